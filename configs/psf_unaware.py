@@ -1,0 +1,9 @@
+"""PSF-unaware network on the many-field prior p_many: the image and background only."""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.fields.prior = "many"
+    return config

@@ -1,0 +1,215 @@
+"""Bank of survey fields: per field the r-band PSF, the sky background and its spatial variation.
+
+A :class:`FieldBank` holds, for K fields,
+
+* ``names``        [K] str: ``"RUN-CAMCOL-FIELD"`` for SDSS fields, ``"synthetic-NNNN"`` for synthetic ones;
+* ``psf_params``   [K, 6] float64: psField parameters ``(s1, s2, sP, beta, b, p0)`` (see :mod:`npejax.psf`);
+* ``sky_grid``     [K, gh, gw] float64: sky background in electrons per pixel on a coarse grid of nodes
+  that spans the frame (node (a, b) sits at frame row ``(a + 0.5) * H / gh``, column ``(b + 0.5) * W / gw``,
+  edge-based pixel coordinates); interpolated bilinearly to full resolution;
+* ``gain``         [K] float64, electrons per DN;
+* ``calibration``  [K] float64, nmgy per DN (so electrons = nmgy * gain / calibration);
+* ``frame_shape``  (H, W) of the survey frame in pixels (SDSS: 1489 x 2048);
+* ``reference``    index of the reference field used by the single-field prior ``p_one``;
+* ``synthetic``    whether the fields are synthetic (never real survey measurements) and a ``description``.
+
+``p_many`` picks a field uniformly from the bank; ``p_one`` always returns the reference field. Every image
+is a crop of the frame at a uniformly drawn position, and its background is the sky grid interpolated there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from npejax import psf as psf_lib
+
+SYNTHETIC_BANK_FILE = "synthetic_sdss_r_bank.npz"
+SDSS_FRAME_SHAPE = (1489, 2048)
+_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FieldBank:
+    names: np.ndarray
+    psf_params: np.ndarray
+    sky_grid: np.ndarray
+    gain: np.ndarray
+    calibration: np.ndarray
+    frame_shape: tuple[int, int] = SDSS_FRAME_SHAPE
+    reference: int = 0
+    synthetic: bool = False
+    description: str = ""
+    source: str = "<memory>"
+
+    def __post_init__(self):
+        object.__setattr__(self, "names", np.asarray(self.names, dtype=str))
+        for key in ("psf_params", "sky_grid", "gain", "calibration"):
+            object.__setattr__(self, key, np.asarray(getattr(self, key), dtype=np.float64))
+        object.__setattr__(self, "frame_shape", tuple(int(v) for v in self.frame_shape))
+        object.__setattr__(self, "reference", int(self.reference))
+        self.validate()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def validate(self) -> None:
+        """Raises ValueError naming the bank source, the field and the bad value."""
+        k = len(self.names)
+        where = f"field bank {self.source}"
+        if k == 0:
+            raise ValueError(f"{where}: the bank holds no fields")
+        expected = {"psf_params": (k, 6), "gain": (k,), "calibration": (k,)}
+        for key, shape in expected.items():
+            if getattr(self, key).shape != shape:
+                raise ValueError(f"{where}: {key} has shape {getattr(self, key).shape}, expected {shape}")
+        if self.sky_grid.ndim != 3 or self.sky_grid.shape[0] != k or min(self.sky_grid.shape[1:]) < 1:
+            raise ValueError(f"{where}: sky_grid has shape {self.sky_grid.shape}, expected ({k}, gh, gw)")
+        if len(set(self.names.tolist())) != k:
+            raise ValueError(f"{where}: field names are not unique")
+        if not 0 <= self.reference < k:
+            raise ValueError(f"{where}: reference index {self.reference} outside 0..{k - 1}")
+        if min(self.frame_shape) < 1:
+            raise ValueError(f"{where}: frame_shape {self.frame_shape} must be positive")
+        for i, name in enumerate(self.names):
+            field = f"{where}, field {name!r} (index {i})"
+            psf_lib.validate_psf_params(self.psf_params[i], where=field)
+            for key in ("gain", "calibration"):
+                value = getattr(self, key)[i]
+                if not (np.isfinite(value) and value > 0):
+                    raise ValueError(f"{field}: {key} must be a positive finite number, got {value}")
+            sky = self.sky_grid[i]
+            if not np.all(np.isfinite(sky)):
+                raise ValueError(f"{field}: sky_grid contains NaN or infinite values")
+            if np.any(sky <= 0):
+                raise ValueError(f"{field}: sky_grid must be positive electrons per pixel, min {sky.min()}")
+
+    def index(self, name: str) -> int:
+        """Index of the field called ``name``; raises KeyError listing a few known names."""
+        hits = np.flatnonzero(self.names == str(name))
+        if hits.size == 0:
+            shown = ", ".join(self.names[:5].tolist())
+            raise KeyError(f"unknown field id {name!r} in field bank {self.source} ({len(self)} fields, e.g. {shown})")
+        return int(hits[0])
+
+    def check_index(self, index) -> np.ndarray:
+        """Returns ``index`` as an int array; raises IndexError for an index outside the bank."""
+        index = np.asarray(index)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            bad = index[(index < 0) | (index >= len(self))].ravel()[0]
+            raise IndexError(f"unknown field index {bad} in field bank {self.source} ({len(self)} fields)")
+        return index.astype(np.int64)
+
+    def subset(self, indices) -> "FieldBank":
+        """A bank of the given fields; the reference becomes the first of them unless it is included."""
+        indices = self.check_index(np.atleast_1d(indices))
+        ref = int(np.flatnonzero(indices == self.reference)[0]) if self.reference in indices else 0
+        return dataclasses.replace(
+            self, names=self.names[indices], psf_params=self.psf_params[indices],
+            sky_grid=self.sky_grid[indices], gain=self.gain[indices], calibration=self.calibration[indices],
+            reference=ref,
+        )
+
+    # --- sampling ---------------------------------------------------------------------------------
+
+    def sample_fields(self, rng: np.random.Generator, n: int, prior: str = "many") -> np.ndarray:
+        """Field indices for ``n`` images: uniform over the bank (``many``) or the reference (``one``)."""
+        if prior == "many":
+            return rng.integers(0, len(self), size=n)
+        if prior == "one":
+            return np.full(n, self.reference, dtype=np.int64)
+        raise ValueError(f"field prior must be 'many' or 'one', got {prior!r}")
+
+    def sample_crop_origins(self, rng: np.random.Generator, n: int, image_shape) -> np.ndarray:
+        """Uniform top-left (row, column) pixel of an image of ``image_shape`` inside the frame; [n, 2]."""
+        h, w = image_shape
+        if h > self.frame_shape[0] or w > self.frame_shape[1]:
+            raise ValueError(f"image shape {image_shape} is larger than the frame {self.frame_shape}")
+        rows = rng.integers(0, self.frame_shape[0] - h + 1, size=n)
+        cols = rng.integers(0, self.frame_shape[1] - w + 1, size=n)
+        return np.stack([rows, cols], axis=-1)
+
+    def background_electrons(self, index: int, origin, image_shape) -> np.ndarray:
+        """Sky in electrons per pixel on the ``image_shape`` crop whose top-left pixel is ``origin``."""
+        grid = self.sky_grid[int(index)]
+        rows = _interp_matrix(origin[0], image_shape[0], self.frame_shape[0], grid.shape[0])
+        cols = _interp_matrix(origin[1], image_shape[1], self.frame_shape[1], grid.shape[1])
+        return rows @ grid @ cols.T
+
+    def to_electrons(self, index) -> np.ndarray:
+        """Conversion factor gain / calibration (electrons per nmgy) for field(s) ``index``."""
+        return self.gain[index] / self.calibration[index]
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Writes the bank to a compressed ``.npz`` atomically (temporary file, then rename)."""
+        path = os.fspath(path)
+        meta = dict(format_version=_FORMAT_VERSION, frame_shape=list(self.frame_shape),
+                    reference=self.reference, synthetic=bool(self.synthetic), description=self.description)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(
+                    f, names=self.names, psf_params=self.psf_params, sky_grid=self.sky_grid.astype(np.float32),
+                    gain=self.gain, calibration=self.calibration, meta=np.array(json.dumps(meta)),
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def _interp_matrix(start: int, length: int, frame_length: int, nodes: int) -> np.ndarray:
+    """Bilinear weights [length, nodes] of pixels start..start+length-1 on a grid of ``nodes`` cell centers."""
+    centers = np.arange(start, start + length) + 0.5  # pixel centers, edge-based coordinates
+    pos = centers * nodes / frame_length - 0.5  # in grid-node units
+    pos = np.clip(pos, 0.0, nodes - 1.0)
+    lo = np.minimum(np.floor(pos).astype(np.int64), max(nodes - 2, 0))
+    frac = pos - lo
+    weights = np.zeros((length, nodes))
+    weights[np.arange(length), lo] = 1.0 - frac
+    if nodes > 1:
+        weights[np.arange(length), lo + 1] += frac
+    return weights
+
+
+def load_bank(path=None) -> FieldBank:
+    """Loads a bank written by :meth:`FieldBank.save`; ``None`` or ``"synthetic"`` gives the embedded bank.
+
+    The embedded bank holds 500 SYNTHETIC SDSS-like r-band fields (see :mod:`npejax.synthetic_bank`); it
+    contains no real survey measurements.
+    """
+    if path is None or str(path) == "synthetic":
+        ref = importlib.resources.files("npejax") / "data" / SYNTHETIC_BANK_FILE
+        with importlib.resources.as_file(ref) as real_path:
+            return load_bank(real_path)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"field bank file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, EOFError
+        raise ValueError(f"field bank file {path} is not a readable .npz bank ({type(exc).__name__}: {exc})") from exc
+    required = ("names", "psf_params", "sky_grid", "gain", "calibration", "meta")
+    missing = [key for key in required if key not in arrays]
+    if missing:
+        raise ValueError(f"field bank file {path} lacks arrays {missing}; expected {list(required)}")
+    meta = json.loads(str(arrays.pop("meta")))
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(f"field bank file {path} has format version {meta.get('format_version')}, "
+                         f"expected {_FORMAT_VERSION}")
+    return FieldBank(
+        names=arrays["names"], psf_params=arrays["psf_params"], sky_grid=arrays["sky_grid"],
+        gain=arrays["gain"], calibration=arrays["calibration"], frame_shape=tuple(meta["frame_shape"]),
+        reference=meta["reference"], synthetic=meta["synthetic"], description=meta["description"], source=path,
+    )
