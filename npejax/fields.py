@@ -161,6 +161,9 @@ class FieldBank:
                     f, names=self.names, psf_params=self.psf_params, sky_grid=self.sky_grid.astype(np.float32),
                     gain=self.gain, calibration=self.calibration, meta=np.array(json.dumps(meta)),
                 )
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a bank is a shareable data file
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

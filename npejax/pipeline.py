@@ -19,11 +19,14 @@ workers exit on their own if the parent process dies.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
+import tempfile
 import threading
 import time
 from typing import Callable, Iterator
@@ -117,8 +120,10 @@ def _watch_parent(parent_pid: int) -> None:
         time.sleep(0.5)
 
 
-def _init_worker(spec: SimulationSpec, parent_pid: int) -> None:
+def _init_worker(spec_path: str, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    with open(spec_path, "rb") as f:
+        spec = pickle.load(f)
     # one BLAS thread per worker: with N workers on N cores, more threads only contend (measured 3.6x slower)
     _WORKER["blas_limit"] = threadpoolctl.threadpool_limits(1)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
@@ -159,6 +164,7 @@ class Simulator:
         self._stop = threading.Event()
         self._executor = None
         self._thread = None
+        self._spec_path = None
         self._finished = False
 
     # lifecycle
@@ -176,9 +182,14 @@ class Simulator:
         if self._thread is not None:
             return
         if self.num_workers > 0:
+            # The spec (with the field bank) goes through a file, not the spawn pipe: a large pickle in
+            # the pipe blocks the parent forever if a child dies before reading it.
+            fd, self._spec_path = tempfile.mkstemp(prefix="npejax-spec-", suffix=".pkl")
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(self.spec, f, protocol=pickle.HIGHEST_PROTOCOL)
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.num_workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.spec, os.getpid()))
+                initializer=_init_worker, initargs=(self._spec_path, os.getpid()))
         self._thread = threading.Thread(target=self._produce, name="npejax-simulator", daemon=True)
         self._thread.start()
 
@@ -195,6 +206,10 @@ class Simulator:
         if getattr(self, "_executor", None) is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+        if getattr(self, "_spec_path", None) is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._spec_path)
+            self._spec_path = None
 
     # production (background thread)
     def _indices(self) -> Iterator[int]:
