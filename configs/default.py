@@ -46,6 +46,28 @@ def get_config() -> ml_collections.ConfigDict:
     config.simulator.num_workers = 2  # worker processes; 0 renders in a background thread
     config.simulator.prefetch = 8  # batches rendered ahead
 
+    # Inference network (npejax.model.CatalogNet): 48 conv-BN-SiLU blocks at this size.
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "psf_aware"  # "psf_aware", "psf_unaware" or "single_field" (inputs)
+    config.model.width = 64  # channels of the first stage
+    config.model.stem_blocks = 3
+    config.model.stages = ((1, 3, 1), (2, 3, 2), (4, 3, 2), (4, 3, 1), (4, 2, 1))  # (width mult, bottlenecks, stride)
+    config.model.dtype = "float32"  # or "bfloat16" (activations; parameters and loss stay float32)
+
+    # Training (paper Section 6): Adam 1e-3, x0.1 after epoch 32 of 50, early stopping.
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 32  # global; a multiple of the number of local devices
+    config.train.eval_batch_size = 64
+    config.train.num_epochs = 50
+    config.train.steps_per_epoch = 210_000 // 32  # one pass over the paper's 210k training images
+    config.train.learning_rate = 1e-3
+    config.train.lr_decay = 0.1
+    config.train.lr_decay_epoch = 32
+    config.train.patience = 10  # epochs without validation improvement before stopping
+    config.train.augment = True  # random 90-degree rotations and flips
+    config.train.normalizer_images = 512  # training images used for the input statistics
+    config.train.progress = True  # progress bar
+
     # Dataset sizes per split (paper: 210k / 30k / 42k images), used by npejax.simulate.
     config.data = ml_collections.ConfigDict()
     config.data.num_train = 210_000

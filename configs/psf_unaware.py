@@ -6,4 +6,5 @@ from configs import default
 def get_config():
     config = default.get_config()
     config.fields.prior = "many"
+    config.model.variant = "psf_unaware"
     return config
