@@ -1,9 +1,11 @@
 """Trains an npejax network: ``python -m npejax.main --config configs/psf_aware.py --workdir runs/aware``."""
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from npejax import train
+from npejax import cli, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the saved config.")
@@ -20,4 +22,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.add_config_root_to_path(sys.argv)
     app.run(main)

@@ -1,0 +1,145 @@
+"""Catalog tables for users: one row per source, written as FITS or CSV.
+
+Conventions (SPEC "Catalog and coordinate conventions"): positions are floats in pixels from the image
+edge, ``x`` = column and ``y`` = row, pixel (i, j) covering [i, i+1) x [j, j+1); fluxes in nanomaggies
+(nmgy); ``mag`` = 22.5 - 2.5 log10(flux / nmgy) (SDSS r). ``image`` is the global index of the image
+in the dataset (or the batch).
+
+:func:`truth_table` turns a batch's true catalog (the padded arrays of :mod:`npejax.prior`) into a table;
+:func:`write_table` / :func:`read_table` store and read any table (truth or predictions) by extension.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+import numpy as np
+from astropy import table as table_lib
+from astropy import units as u
+
+# Column name -> (unit, description). FITS has no nanomaggy unit, so ``flux`` carries no unit; its
+# description (kept in FITS and ECSV metadata) and the table meta ``FLUXUNIT`` say nmgy.
+TRUTH_COLUMNS = {
+    "image": (None, "global image index in the dataset"),
+    "source": (None, "index of the source in its image's catalog"),
+    "x": (u.pix, "column coordinate, pixels from the image edge"),
+    "y": (u.pix, "row coordinate, pixels from the image edge"),
+    "flux": (None, "r-band flux in nanomaggies (nmgy)"),
+    "mag": (u.mag, "r magnitude, 22.5 - 2.5 log10(flux / nmgy)"),
+    "is_galaxy": (None, "true for galaxies, false for stars"),
+    "disk_frac": (None, "fraction of the galaxy flux in the exponential disk (0 for stars)"),
+    "angle": (u.rad, "galaxy position angle, counterclockwise from +x, [0, pi) (0 for stars)"),
+    "disk_q": (None, "disk axis ratio b/a (0 for stars)"),
+    "bulge_q": (None, "bulge axis ratio b/a (0 for stars)"),
+    "disk_a": (u.arcsec, "disk semi-major half-light radius (0 for stars)"),
+    "bulge_a": (u.arcsec, "bulge semi-major half-light radius (0 for stars)"),
+    "field_id": (None, "index of the survey field in the field bank"),
+    "in_tile_catalog": (None, "kept by the one-source-per-tile rule (the brightest in its tile)"),
+}
+_SHAPE_KEYS = ("disk_frac", "angle", "disk_q", "bulge_q", "disk_a", "bulge_a")
+_FORMATS = {".fits": "fits", ".fit": "fits", ".csv": "ascii.csv"}
+
+
+def flux_to_mag(flux) -> np.ndarray:
+    """r magnitude of a flux in nmgy; NaN where the flux is not positive."""
+    flux = np.asarray(flux, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(flux > 0, 22.5 - 2.5 * np.log10(flux), np.nan)
+
+
+def mag_to_flux(mag) -> np.ndarray:
+    """Flux in nmgy of an r magnitude."""
+    return 10.0 ** ((22.5 - np.asarray(mag, dtype=np.float64)) / 2.5)
+
+
+def truth_table(batch: dict, image_offset: int = 0) -> table_lib.Table:
+    """One row per real source of ``batch`` (a dict with ``n_sources`` and the padded catalog arrays).
+
+    Columns: ``image`` (``image_offset`` + index in the batch), ``source``, ``x``, ``y``, ``flux``,
+    ``mag``, ``is_galaxy``, the galaxy shape columns, and ``field_id`` / ``in_tile_catalog`` when the
+    batch holds ``field_id`` / ``tile_source``. Rows are ordered by image, then source index.
+    """
+    missing = [key for key in ("n_sources", "x", "y", "flux", "is_galaxy") if key not in batch]
+    if missing:
+        raise KeyError(f"truth_table: the batch lacks {missing}")
+    n = np.asarray(batch["n_sources"]).astype(np.int64)
+    b, m = np.shape(batch["x"])
+    if n.shape != (b,) or (n.size and (n.min() < 0 or n.max() > m)):
+        raise ValueError(f"truth_table: n_sources {n.shape} does not fit catalog arrays of shape {(b, m)}")
+    valid = np.arange(m)[None, :] < n[:, None]
+    img, src = np.nonzero(valid)  # row-major: by image, then source
+
+    t = table_lib.Table()
+    t["image"] = (img + int(image_offset)).astype(np.int64)
+    t["source"] = src.astype(np.int32)
+    for key in ("x", "y", "flux"):
+        t[key] = np.asarray(batch[key])[img, src].astype(np.float32)
+    t["mag"] = flux_to_mag(t["flux"]).astype(np.float32)
+    t["is_galaxy"] = np.asarray(batch["is_galaxy"])[img, src].astype(bool)
+    for key in _SHAPE_KEYS:
+        if key in batch:
+            t[key] = np.asarray(batch[key])[img, src].astype(np.float32)
+    if "field_id" in batch:
+        t["field_id"] = np.asarray(batch["field_id"])[img].astype(np.int32)
+    if "tile_source" in batch:
+        ts = np.asarray(batch["tile_source"]).reshape(b, -1)
+        kept = np.zeros((b, m), dtype=bool)
+        rows, cols = np.nonzero(ts >= 0)
+        kept[rows, ts[rows, cols]] = True
+        t["in_tile_catalog"] = kept[img, src]
+    for name in t.colnames:
+        unit, description = TRUTH_COLUMNS[name]
+        t[name].unit = unit
+        t[name].description = description
+    t.meta["FLUXUNIT"] = "nmgy"
+    return t
+
+
+def table_format(path) -> str:
+    """The astropy format for ``path`` by extension (.fits, .fit, .csv); ValueError for another."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in _FORMATS:
+        raise ValueError(f"unsupported catalog file extension {ext!r} in {os.fspath(path)!r}; "
+                         f"use one of {sorted(_FORMATS)}")
+    return _FORMATS[ext]
+
+
+def write_table(table: table_lib.Table, path) -> str:
+    """Writes ``table`` to ``path`` (FITS or CSV by extension) atomically; returns the path.
+
+    The table goes to a temporary file in the same directory, which then replaces ``path``: a reader
+    never sees a half-written file, and an interrupted write leaves no temporary file behind.
+    """
+    path = os.fspath(path)
+    fmt = table_format(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-",
+                               suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        table.write(tmp, format=fmt, overwrite=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a catalog is a shareable file
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path
+
+
+def read_table(path) -> table_lib.Table:
+    """Reads a table written by :func:`write_table`; CSV ``True``/``False`` columns come back as bool."""
+    path = os.fspath(path)
+    fmt = table_format(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"catalog file {path} does not exist")
+    if fmt == "fits":
+        return table_lib.Table.read(path, format="fits")
+    from astropy.io import ascii as ascii_lib
+
+    converters = {"*": [ascii_lib.convert_numpy(t) for t in (int, float, bool, str)]}
+    return table_lib.Table.read(path, format="ascii.csv", converters=converters)

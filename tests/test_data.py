@@ -1,0 +1,387 @@
+"""Cached datasets: exact round trip, resume after a crash, refusal to mix datasets, lazy loading, batches."""
+
+import dataclasses
+import json
+import mmap
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from npejax import data, fields, pipeline, prior
+
+NUM_IMAGES, SHARD_SIZE = 10, 4  # shards of 4, 4 and 2 images
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return pipeline.SimulationSpec(bank=fields.load_bank(), batch_size=SHARD_SIZE, seed=123)
+
+
+@pytest.fixture(scope="module")
+def written(spec, tmp_path_factory):
+    """An uninterrupted run; tests that change a dataset work on a copy."""
+    out = tmp_path_factory.mktemp("datasets") / "val"
+    report = data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    assert report.rendered_shards == (0, 1, 2) and report.rendered_images == NUM_IMAGES
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def expected(spec):
+    """The simulator's own batches, truncated to NUM_IMAGES."""
+    batches = [pipeline.simulate_batch(spec, i) for i in range(3)]
+    return {key: np.concatenate([b[key] for b in batches])[:NUM_IMAGES] for key in batches[0]}
+
+
+def _copy(written, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(written, dst)
+    return str(dst)
+
+
+def _assert_equal(a, b):
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _temporaries(directory):
+    return [name for name in os.listdir(directory) if name.startswith(data._TMP_PREFIX)]
+
+
+class _Recorder(pipeline.Simulator):
+    """Simulator that records which batches it was asked for."""
+
+    calls: list = []
+
+    def __init__(self, spec, *args, **kwargs):
+        super().__init__(spec, *args, **kwargs)
+        _Recorder.calls.append((self.start, self.num_batches))
+
+
+class _Crash(pipeline.Simulator):
+    """Simulator that fails after handing over one batch (a crash in the middle of a run)."""
+
+    def __next__(self):
+        if getattr(self, "_handed", 0) >= 1:
+            raise RuntimeError("simulated crash")
+        self._handed = getattr(self, "_handed", 0) + 1
+        return super().__next__()
+
+
+# --- round trip --------------------------------------------------------------------------------------
+
+
+def test_round_trip_equals_simulate_batch(spec, written, expected):
+    ds = data.load(written)
+    assert len(ds) == NUM_IMAGES and ds.num_shards == 3
+    assert set(ds.keys) == set(expected) >= {"images", "background", "psf_params", *prior.CATALOG_KEYS,
+                                            *prior.TILE_KEYS}
+    _assert_equal(ds[:], expected)
+    for i, count in enumerate((4, 4, 2)):
+        batch = pipeline.simulate_batch(spec, i)
+        _assert_equal({k: np.asarray(v) for k, v in ds.shard(i).items()}, {k: v[:count] for k, v in batch.items()})
+
+
+def test_manifest(spec, written):
+    with open(os.path.join(written, "manifest.json")) as f:
+        m = json.load(f)
+    assert m["format"] == "npejax-dataset" and m["complete"] is True
+    assert (m["split"], m["seed"], m["num_images"], m["shard_size"]) == ("val", 123, NUM_IMAGES, SHARD_SIZE)
+    assert m["shards"] == [{"name": "shard-00000", "count": 4}, {"name": "shard-00001", "count": 4},
+                           {"name": "shard-00002", "count": 2}]
+    assert m["image_shape"] == [80, 80] and m["tile_size"] == 4
+    assert m["keys"]["images"] == {"dtype": "float32", "shape": [80, 80]}
+    assert m["keys"]["tile_has_source"] == {"dtype": "bool", "shape": [20, 20]}
+    assert m["bank"]["source"] == "synthetic" and m["bank"]["synthetic"] is True
+    assert m["bank"]["num_fields"] == len(spec.bank) and len(m["bank"]["sha256"]) == 64
+    assert m["bank"]["reference"] == spec.bank.names[spec.bank.reference]
+    assert m["spec"]["prior"]["sources_per_pixel"] == spec.prior.sources_per_pixel
+    assert m["npejax_version"] and m["created"] and m["completed"]
+    assert sorted(os.listdir(written)) == [".npejax-lock", "manifest.json", "shard-00000", "shard-00001",
+                                           "shard-00002"]
+
+
+def test_config_recorded(spec, tmp_path):
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"seed": 7, "data": {"shard_size": 4}})
+    data.write_dataset(spec, tmp_path / "d", 2, "test", config=config, num_workers=0, progress=False)
+    assert data.load(tmp_path / "d").manifest["config"] == {"seed": 7, "data": {"shard_size": 4}}
+
+
+def test_worker_processes_give_the_same_shards(spec, written, tmp_path):
+    data.write_dataset(spec, tmp_path / "w", NUM_IMAGES, "val", num_workers=1, progress=False)
+    _assert_equal(data.load(tmp_path / "w")[:], data.load(written)[:])
+
+
+def test_shard_size_argument_overrides_spec_batch_size(spec, tmp_path):
+    data.write_dataset(dataclasses.replace(spec, batch_size=99), tmp_path / "s", 6, "val", shard_size=3,
+                       num_workers=0, progress=False)
+    ds = data.load(tmp_path / "s")
+    assert ds.num_shards == 2 and ds.shard_size == 3
+    _assert_equal({k: np.asarray(v) for k, v in ds.shard(1).items()},
+                  pipeline.simulate_batch(dataclasses.replace(spec, batch_size=3), 1))
+
+
+# --- reading -----------------------------------------------------------------------------------------
+
+
+def test_indexing(written, expected):
+    ds = data.load(written)
+    one = ds[5]
+    assert one["images"].shape == (80, 80) and one["n_sources"].shape == ()
+    _assert_equal(one, {k: v[5] for k, v in expected.items()})
+    _assert_equal(ds[-1], {k: v[-1] for k, v in expected.items()})
+    _assert_equal(ds[1:9:3], {k: v[1:9:3] for k, v in expected.items()})
+    idx = np.array([9, 0, 5, 5, 3, -2])  # unsorted, repeated, negative, across shards
+    _assert_equal(ds[idx], {k: v[idx] for k, v in expected.items()})
+    _assert_equal(ds[[2, 7]], {k: v[[2, 7]] for k, v in expected.items()})
+    mask = np.arange(NUM_IMAGES) % 3 == 0
+    _assert_equal(ds[mask], {k: v[mask] for k, v in expected.items()})
+    assert ds[[]]["images"].shape == (0, 80, 80)
+    for bad in (NUM_IMAGES, -NUM_IMAGES - 1, [0, NUM_IMAGES], np.ones(3, bool), [0.5]):
+        with pytest.raises(IndexError):
+            ds[bad]
+    writable = ds[0:2]["images"]
+    writable += 1  # a copy, not the file
+
+
+def test_shards_are_memory_mapped_lazily(written):
+    ds = data.load(written, max_open_shards=1)
+    images = ds.shard(0)["images"]
+    base = images
+    while isinstance(base, np.ndarray):
+        base = base.base
+    base = base.obj if isinstance(base, memoryview) else base
+    assert not images.flags.writeable and isinstance(base, mmap.mmap)
+    assert len(ds._cache) == 1
+    ds.shard(1)
+    ds.shard(2)
+    assert list(ds._cache) == [2]  # at most max_open_shards mapped at once
+    np.testing.assert_array_equal(images, ds.shard(0)["images"])  # an evicted map stays valid
+    with pytest.raises(IndexError):
+        ds.shard(3)
+
+
+def _fingerprints(images):
+    return [img.tobytes() for img in images]
+
+
+@pytest.mark.parametrize("read_chunk", [2048, 3])
+def test_batches_cover_every_image_once(written, read_chunk):
+    ds = data.load(written, read_chunk=read_chunk, max_open_shards=2)
+    everything = sorted(_fingerprints(ds[:]["images"]))
+    ordered = list(ds.batches(4))
+    assert [len(b["images"]) for b in ordered] == [4, 4, 2]
+    _assert_equal({k: np.concatenate([b[k] for b in ordered]) for k in ds.keys}, ds[:])
+    assert [len(b["images"]) for b in ds.batches(4, drop_remainder=True)] == [4, 4]
+
+    def shuffled(seed, **kwargs):
+        batches = list(ds.batches(3, shuffle=True, seed=seed, **kwargs))
+        return {k: np.concatenate([b[k] for b in batches]) for k in ds.keys}, [len(b["x"]) for b in batches]
+
+    a, sizes = shuffled(1)
+    assert sizes == [3, 3, 3, 1]
+    assert sorted(_fingerprints(a["images"])) == everything  # every image exactly once
+    _assert_equal(a, shuffled(1)[0])  # deterministic in the seed
+    b, _ = shuffled(2)
+    assert _fingerprints(a["images"]) != _fingerprints(b["images"])
+    assert _fingerprints(a["images"]) != _fingerprints(ds[:]["images"])
+    dropped, sizes = shuffled(1, drop_remainder=True)
+    assert sizes == [3, 3, 3] and len(set(_fingerprints(dropped["images"]))) == 9
+    # each image keeps its own catalog
+    by_fp = {f: i for i, f in enumerate(_fingerprints(ds[:]["images"]))}
+    idx = np.array([by_fp[f] for f in _fingerprints(a["images"])])
+    _assert_equal(a, ds[idx])
+    with pytest.raises(ValueError):
+        next(ds.batches(0))
+
+
+def test_pickled_dataset_reopens(written):
+    import pickle
+
+    ds = data.load(written)
+    ds.shard(0)
+    clone = pickle.loads(pickle.dumps(ds))
+    _assert_equal(clone[:], ds[:])
+
+
+# --- resume ------------------------------------------------------------------------------------------
+
+
+def test_resume_after_crash_renders_only_missing_shards(spec, written, tmp_path, monkeypatch):
+    out = tmp_path / "crashed"
+    monkeypatch.setattr(pipeline, "Simulator", _Crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    assert sorted(os.listdir(out)) == [".npejax-lock", "manifest.json", "shard-00000"]
+    assert json.loads((out / "manifest.json").read_text())["complete"] is False
+    with pytest.raises(data.DatasetError, match="incomplete"):
+        data.load(out)
+
+    _Recorder.calls = []
+    monkeypatch.setattr(pipeline, "Simulator", _Recorder)
+    report = data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    assert report.rendered_shards == (1, 2) and report.rendered_images == 6
+    assert _Recorder.calls == [(1, 2)]
+    _assert_equal(data.load(out)[:], data.load(written)[:])
+    assert data.load(out).manifest["complete"] is True
+
+    _Recorder.calls = []  # a complete dataset: nothing to do
+    report = data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    assert report.rendered_shards == () and _Recorder.calls == []
+
+
+def test_resume_replaces_missing_and_damaged_shards(spec, written, tmp_path, monkeypatch):
+    out = _copy(written, tmp_path)
+    shutil.rmtree(os.path.join(out, "shard-00000"))
+    with open(os.path.join(out, "shard-00002", "flux.npy"), "r+b") as f:
+        f.truncate(100)
+    _Recorder.calls = []
+    monkeypatch.setattr(pipeline, "Simulator", _Recorder)
+    report = data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    assert report.rendered_shards == (0, 2)
+    assert _Recorder.calls == [(0, 1), (2, 1)]  # shard 1 was not rendered again
+    _assert_equal(data.load(out)[:], data.load(written)[:])
+
+
+def test_interrupt_leaves_no_temporary_files(spec, written, tmp_path, monkeypatch):
+    out = tmp_path / "interrupted"
+    calls = []
+    real_save = data._save_array
+
+    def save_then_interrupt(path, array):
+        calls.append(path)
+        if len(calls) == 30:  # in the middle of the second shard
+            raise KeyboardInterrupt
+        real_save(path, array)
+
+    monkeypatch.setattr(data, "_save_array", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    assert _temporaries(out) == []
+    assert sorted(os.listdir(out)) == [".npejax-lock", "manifest.json", "shard-00000"]
+    monkeypatch.setattr(data, "_save_array", real_save)
+    data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    _assert_equal(data.load(out)[:], data.load(written)[:])
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed(spec, written, tmp_path):
+    out = _copy(written, tmp_path)
+    os.makedirs(os.path.join(out, data._TMP_PREFIX + "shard-00001-abc"))
+    open(os.path.join(out, data._TMP_PREFIX + "x.json"), "w").close()
+    data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    assert _temporaries(out) == []
+
+
+# --- refusals and errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(seed=124), "seed: 123 -> 124"),
+    (dict(num_images=12), "num_images: 10 -> 12"),
+    (dict(split="test"), "split: 'val' -> 'test'"),
+    (dict(shard_size=5), "shard_size: 4 -> 5"),
+    (dict(sources_per_pixel=1e-3), "spec.prior.sources_per_pixel"),
+    (dict(field_prior="one"), "spec.field_prior"),
+])
+def test_different_dataset_in_same_directory_is_refused(spec, written, change, message):
+    s = spec
+    if "seed" in change:
+        s = dataclasses.replace(s, seed=change["seed"])
+    if "sources_per_pixel" in change:
+        s = dataclasses.replace(s, prior=dataclasses.replace(s.prior, sources_per_pixel=change["sources_per_pixel"]))
+    if "field_prior" in change:
+        s = dataclasses.replace(s, field_prior=change["field_prior"])
+    with pytest.raises(data.DatasetError) as info:
+        data.write_dataset(s, written, change.get("num_images", NUM_IMAGES), change.get("split", "val"),
+                           shard_size=change.get("shard_size"), num_workers=0, progress=False)
+    assert written in str(info.value) and message in str(info.value)
+
+
+def test_other_bank_is_refused(spec, written):
+    other = dataclasses.replace(spec, bank=spec.bank.subset(np.arange(10)))
+    with pytest.raises(data.DatasetError, match="bank.num_fields: 500 -> 10"):
+        data.write_dataset(other, written, NUM_IMAGES, "val", num_workers=0, progress=False)
+
+
+def test_non_empty_directory_without_manifest_is_refused(spec, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(data.DatasetError, match="not empty"):
+        data.write_dataset(spec, tmp_path, 4, "val", num_workers=0, progress=False)
+    assert sorted(os.listdir(tmp_path)) == [".npejax-lock", "notes.txt"]
+
+
+def test_bad_arguments(spec, tmp_path):
+    with pytest.raises(ValueError, match="num_images"):
+        data.write_dataset(spec, tmp_path / "a", 0, "val", num_workers=0, progress=False)
+    with pytest.raises(ValueError, match="'dev'"):
+        data.write_dataset(spec, tmp_path / "a", 4, "dev", num_workers=0, progress=False)
+
+
+def test_concurrent_writer_is_refused(spec, tmp_path):
+    os.makedirs(tmp_path / "d")
+    with data._DirectoryLock(str(tmp_path / "d")):
+        with pytest.raises(data.DatasetError, match="another process"):
+            data.write_dataset(spec, tmp_path / "d", 4, "val", num_workers=0, progress=False)
+
+
+def test_load_errors_name_the_file(written, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load(tmp_path / "nowhere")
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        data.load(tmp_path / "empty")
+
+    out = _copy(written, tmp_path)
+    os.unlink(os.path.join(out, "shard-00001", "tile_locs.npy"))
+    with pytest.raises(data.DatasetError, match=r"shard-00001/tile_locs.npy is missing"):
+        data.load(out)
+    shutil.rmtree(os.path.join(out, "shard-00001"))
+    with pytest.raises(data.DatasetError, match=r"shard-00001 is missing"):
+        data.load(out)
+    shutil.rmtree(out)
+
+    out = _copy(written, tmp_path)
+    path = os.path.join(out, "shard-00002", "images.npy")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 4)
+    with pytest.raises(data.DatasetError, match=r"shard-00002/images.npy is truncated"):
+        data.load(out)
+    np.save(path, np.zeros((2, 80, 80), np.float64))
+    with pytest.raises(data.DatasetError, match=r"images.npy holds float64\[2, 80, 80\], expected float32"):
+        data.load(out)
+    with open(path, "wb") as f:
+        f.write(b"garbage")
+    with pytest.raises(data.DatasetError, match="not a readable .npy"):
+        data.load(out)
+
+    manifest = os.path.join(out, "manifest.json")
+    with open(manifest, "w") as f:
+        f.write("{not json")
+    with pytest.raises(data.DatasetError, match="manifest.json is not valid JSON"):
+        data.load(out)
+    with open(manifest, "w") as f:
+        json.dump({"format": "npejax-dataset", "format_version": 99}, f)
+    with pytest.raises(data.DatasetError, match="format version 99"):
+        data.load(out)
+    m = json.loads(open(os.path.join(written, "manifest.json")).read())
+    m["shards"][2]["count"] = 4
+    with open(manifest, "w") as f:
+        json.dump(m, f)
+    with pytest.raises(data.DatasetError, match="shard list does not match"):
+        data.load(out)
+
+
+def test_split_seed():
+    seeds = [data.split_seed(0, s) for s in data.SPLITS]
+    assert len(set(seeds)) == 3
+    assert seeds == [data.split_seed(0, s) for s in data.SPLITS]
+    assert seeds[1] == int(np.random.SeedSequence([0, 1]).generate_state(1)[0])
+    assert data.split_seed(1, "train") != seeds[0]
+    with pytest.raises(ValueError, match="'dev'"):
+        data.split_seed(0, "dev")
