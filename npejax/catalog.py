@@ -97,6 +97,39 @@ def truth_table(batch: dict, image_offset: int = 0) -> table_lib.Table:
     return t
 
 
+PREDICTION_COLUMNS = {
+    "image": (None, "global image index"),
+    "x": (u.pix, "column coordinate, pixels from the image edge (posterior mode)"),
+    "y": (u.pix, "row coordinate, pixels from the image edge (posterior mode)"),
+    "flux": (None, "r-band flux in nanomaggies (nmgy), posterior median"),
+    "mag": (u.mag, "r magnitude of flux"),
+    "prob_source": (None, "posterior probability that the tile holds a source"),
+    "prob_galaxy": (None, "posterior probability that the source is a galaxy"),
+    "x_std": (u.pix, "posterior standard deviation of x"),
+    "y_std": (u.pix, "posterior standard deviation of y"),
+    "flux_lo": (None, "flux 15.9th percentile (nmgy): lower end of the central 68% interval"),
+    "flux_hi": (None, "flux 84.1th percentile (nmgy): upper end of the central 68% interval"),
+}
+
+
+def prediction_table(sources: dict) -> table_lib.Table:
+    """Table of predicted sources from :func:`npejax.posterior.tiles_to_sources` output (numpy arrays)."""
+    t = table_lib.Table()
+    t["image"] = np.asarray(sources["image"], np.int64)
+    for key in ("x", "y", "flux"):
+        t[key] = np.asarray(sources[key], np.float32)
+    t["mag"] = flux_to_mag(t["flux"]).astype(np.float32)
+    for key in ("prob_source", "prob_galaxy", "x_std", "y_std", "flux_lo", "flux_hi"):
+        if key in sources:
+            t[key] = np.asarray(sources[key], np.float32)
+    for name in t.colnames:
+        unit, description = PREDICTION_COLUMNS[name]
+        t[name].unit = unit
+        t[name].description = description
+    t.meta["FLUXUNIT"] = "nmgy"
+    return t
+
+
 def table_format(path) -> str:
     """The astropy format for ``path`` by extension (.fits, .fit, .csv); ValueError for another."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
