@@ -1,0 +1,62 @@
+"""Network shapes for the three variants, block count, and augmentation consistency."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cpu_small, default
+from npejax import inputs, model, train
+
+
+def test_full_size_network_has_48_blocks():
+    config = default.get_config()
+    assert model.num_conv_blocks(config.model.stem_blocks, config.model.stages) == 48
+    net = train.create_model(config)
+    variables = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 80, 80, 21)), train=False))
+    batch_norms = [p for p in jax.tree_util.tree_leaves_with_path(variables["batch_stats"]) if "mean" in str(p[0])]
+    assert len(batch_norms) == 48
+
+
+@pytest.mark.parametrize("variant", inputs.VARIANTS)
+def test_variant_shapes(variant):
+    config = cpu_small.get_config()
+    with config.unlocked():
+        config.model.variant = variant
+    net = train.create_model(config)
+    c = inputs.num_channels(variant)
+    assert c == 15 + (6 if variant == "psf_aware" else 0)
+    x = jnp.zeros((2, 80, 80, c))
+    variables = net.init(jax.random.key(0), x, train=False)
+    assert net.apply(variables, x).shape == (2, 20, 20, 8)
+    assert net.apply(variables, jnp.zeros((1, 24, 40, c))).shape == (1, 6, 10, 8)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        net.apply(variables, jnp.zeros((1, 30, 40, c)))
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match="model.variant"):
+        inputs.num_channels("psf_magic")
+
+
+def test_augmentation_moves_catalog_with_image():
+    h = 80
+    y, x = 13.3, 61.7
+    images = np.zeros((1, h, h), np.float32)
+    images[0, int(y), int(x)] = 10.0
+    tiles = dict(tile_has_source=np.zeros((1, 20, 20), bool), tile_locs=np.zeros((1, 20, 20, 2), np.float32),
+                 tile_is_galaxy=np.zeros((1, 20, 20), bool), tile_flux=np.zeros((1, 20, 20), np.float32))
+    r, c = int(y // 4), int(x // 4)
+    tiles["tile_has_source"][0, r, c] = True
+    tiles["tile_locs"][0, r, c] = (y / 4 - r, x / 4 - c)
+    example = dict(images=images[0], background=images[0], **{k: v[0] for k, v in tiles.items()})
+    seen = set()
+    for k in range(8):
+        out = train._dihedral({key: jnp.asarray(v) for key, v in example.items()}, jnp.array(k))
+        iy, ix = np.unravel_index(np.argmax(np.asarray(out["images"])), (h, h))
+        (tr, tc), = np.argwhere(np.asarray(out["tile_has_source"]))
+        ly, lx = np.asarray(out["tile_locs"])[tr, tc]
+        py, px = (tr + ly) * 4, (tc + lx) * 4
+        assert int(py) == iy and int(px) == ix, (k, (py, px), (iy, ix))
+        seen.add((iy, ix))
+    assert len(seen) == 8  # all eight symmetries are distinct
