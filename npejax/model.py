@@ -90,7 +90,7 @@ class CatalogNet(nn.Module):
             x = C3(self.width * mult, n, dtype=self.dtype)(x, train)
         bias = lambda key, shape, dtype=jnp.float32: jnp.asarray(INITIAL_BIAS, dtype)
         head = nn.Conv(NUM_PARAMS, (1, 1), dtype=jnp.float32, bias_init=bias,
-                       kernel_init=nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal"))
+                       kernel_init=nn.initializers.zeros)  # start at the prior-like bias: no extreme outputs
         return head(x.astype(jnp.float32))
 
 
