@@ -77,7 +77,7 @@ class FieldBank:
         if min(self.frame_shape) < 1:
             raise ValueError(f"{where}: frame_shape {self.frame_shape} must be positive")
         for i, name in enumerate(self.names):
-            field = f"{where}, field {name!r} (index {i})"
+            field = f"{where}, field {str(name)!r} (index {i})"
             psf_lib.validate_psf_params(self.psf_params[i], where=field)
             for key in ("gain", "calibration"):
                 value = getattr(self, key)[i]
