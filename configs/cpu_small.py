@@ -10,8 +10,8 @@ def get_config():
     config.model.stages = ((1, 1, 1), (2, 1, 2), (2, 1, 2))
     config.train.batch_size = 32
     config.train.steps_per_epoch = 40
-    config.train.num_epochs = 6
-    config.train.lr_decay_epoch = 5
+    config.train.num_epochs = 10
+    config.train.lr_decay_epoch = 8
     config.train.patience = 3
     config.train.normalizer_images = 128
     config.simulator.num_workers = 1

@@ -74,4 +74,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_val = 30_000
     config.data.num_test = 42_000
     config.data.shard_size = 1024  # images per cached shard
+    config.data.train_dir = ""  # cached training set (npejax.simulate); empty: simulate on the fly
+    config.data.val_dir = ""  # cached validation set; empty: simulate num_val images once
     return config

@@ -7,11 +7,13 @@ flips with the tile catalog transformed consistently; validation NLL on a fixed 
 stopping (``train.patience`` epochs); Orbax checkpoints of the latest epoch and of the best validation
 loss in ``workdir/checkpoints/{latest,best}`` (written to a temporary directory, then renamed). Run again
 in the same workdir, training resumes after the last saved epoch. Data come from the on-the-fly simulator
-or from cached datasets (``data.train_dir`` / ``data.val_dir``). Metrics go to ``workdir/metrics.csv``.
+or from cached datasets written by ``npejax.simulate`` (``data.train_dir`` / ``data.val_dir``; an epoch is
+then one shuffled pass over the training set). Metrics go to ``workdir/metrics.csv``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -200,6 +202,16 @@ def _append_metrics(path: str, row: dict) -> None:
         writer.writerow(row)
 
 
+def _rewrite_metrics(path: str, history: list[dict]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        if history:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+    os.replace(tmp, path)
+
+
 def _write_json_atomic(path: str, obj) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -208,7 +220,11 @@ def _write_json_atomic(path: str, obj) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns a summary dict."""
+    """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints).
+
+    Returns a summary: epochs run, best validation NLL, whether it stopped early, the per-epoch history,
+    and the final ``state`` and ``normalizer``.
+    """
     from tqdm import tqdm
 
     os.makedirs(workdir, exist_ok=True)
@@ -219,7 +235,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if batch_size % len(devices):
         raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {len(devices)} local devices")
     data_sharding = NamedSharding(mesh, P("data"))
-    steps_per_epoch = int(config.train.steps_per_epoch)
+    train_ds = data_lib.load(config.data.train_dir) if config.data.train_dir else None
+    val_ds = data_lib.load(config.data.val_dir) if config.data.val_dir else None
+    if train_ds is not None:  # one epoch = one shuffled pass over the cached training set
+        steps_per_epoch = len(train_ds) // batch_size
+        if steps_per_epoch == 0:
+            raise ValueError(f"data.train_dir {config.data.train_dir} holds {len(train_ds)} images, "
+                             f"fewer than train.batch_size={batch_size}")
+    else:
+        steps_per_epoch = int(config.train.steps_per_epoch)
 
     train_spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, "train"),
                                                      batch_size=batch_size)
@@ -236,28 +260,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, meta = restore(latest_mgr, state)
         state = jax.device_put(state, replicated)
         normalizer = inputs_lib.Normalizer.from_dict(meta["normalizer"])
-        start_epoch, best_val, bad_epochs, history = meta["epoch"] + 1, meta["best_val"], meta["bad_epochs"], meta["history"]
-        logging.info("resuming from epoch %d in %s", meta["epoch"], workdir)
-        print(f"Resuming after epoch {meta['epoch']} (best validation NLL {best_val:.2f})")
+        start_epoch, best_val, bad_epochs, history = meta["epoch"], meta["best_val"], meta["bad_epochs"], meta["history"]
+        _rewrite_metrics(os.path.join(workdir, "metrics.csv"), history)  # drop rows of epochs not checkpointed
+        logging.info("resuming after epoch %d in %s", start_epoch, workdir)
+        print(f"Resuming after epoch {start_epoch} (best validation NLL {best_val:.2f})")
     else:
         normalizer = fit_normalizer(train_spec, int(config.train.normalizer_images))
         start_epoch, best_val, bad_epochs, history = 0, float("inf"), 0, []
     _write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
 
     train_step, eval_step = make_steps(config, net, normalizer, mesh)
-    num_val_batches = max(1, int(config.data.num_val) // val_spec.batch_size)
-    val_batches = [_to_device(pipeline.simulate_batch(val_spec, i), data_sharding) for i in range(num_val_batches)]
-    num_val_images = num_val_batches * val_spec.batch_size
+    if val_ds is not None:
+        val_batches = [_to_device(b, data_sharding) for b in val_ds.batches(val_spec.batch_size, drop_remainder=True)]
+    else:
+        num_val_batches = max(1, int(config.data.num_val) // val_spec.batch_size)
+        val_batches = [_to_device(pipeline.simulate_batch(val_spec, i), data_sharding) for i in range(num_val_batches)]
+    if not val_batches:
+        raise ValueError(f"the validation set has fewer images than train.eval_batch_size={val_spec.batch_size}")
+    num_val_images = len(val_batches) * val_spec.batch_size
 
     key = jax.random.key(config.seed + 1)
     stopped_early = False
     summary = {}
-    with pipeline.Simulator(train_spec, num_workers=int(config.simulator.num_workers),
-                            prefetch=int(config.simulator.prefetch), start=start_epoch * steps_per_epoch,
-                            transform=lambda b: _to_device(b, data_sharding)) as batches:
+    if train_ds is None:
+        source = pipeline.Simulator(train_spec, num_workers=int(config.simulator.num_workers),
+                                    prefetch=int(config.simulator.prefetch), start=start_epoch * steps_per_epoch,
+                                    transform=lambda b: _to_device(b, data_sharding))
+        epoch_batches = lambda epoch: source
+    else:
+        source = contextlib.nullcontext()
+        epoch_batches = lambda epoch: (_to_device(b, data_sharding) for b in train_ds.batches(
+            batch_size, shuffle=True, seed=config.seed + epoch, drop_remainder=True))
+    with source:
         for epoch in range(start_epoch, int(config.train.num_epochs)):
             t0 = time.time()
             losses = []
+            batches = iter(epoch_batches(epoch))
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.train.num_epochs}",
                        leave=False, disable=not config.train.progress)
             for _ in bar:
@@ -278,12 +316,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             _append_metrics(os.path.join(workdir, "metrics.csv"), row)
             print(f"epoch {epoch + 1:3d}  train NLL {train_loss:9.2f}  val NLL {val_loss:9.2f}"
                   f"{' *' if improved else '  '}  {row['images_per_s']:.0f} images/s")
-            meta = dict(epoch=epoch, best_val=best_val, bad_epochs=bad_epochs, history=history,
+            meta = dict(epoch=epoch + 1, best_val=best_val, bad_epochs=bad_epochs, history=history,
                         normalizer=normalizer.to_dict(), variant=config.model.variant,
                         config=json.loads(config.to_json_best_effort()), val_nll=val_loss)
-            _save(latest_mgr, epoch, state, meta)
+            _save(latest_mgr, epoch + 1, state, meta)  # checkpoint step = epochs completed
             if improved:
-                _save(best_mgr, epoch, state, meta)
+                _save(best_mgr, epoch + 1, state, meta)
             if bad_epochs >= int(config.train.patience):
                 stopped_early = True
                 print(f"early stopping: no improvement in {bad_epochs} epochs")
@@ -293,7 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     latest_mgr.close()
     best_mgr.close()
     summary = dict(epochs=len(history), best_val_nll=best_val, stopped_early=stopped_early, history=history,
-                   workdir=os.path.abspath(workdir))
+                   workdir=os.path.abspath(workdir), state=state, normalizer=normalizer)
     if history:
         first, last = history[0]["val_nll"], history[-1]["val_nll"]
         print(f"validation NLL: {first:.2f} (epoch 1) -> {last:.2f} (epoch {history[-1]['epoch']}), "
