@@ -97,6 +97,23 @@ def truth_table(batch: dict, image_offset: int = 0) -> table_lib.Table:
     return t
 
 
+def dataset_truth_table(dataset):
+    """(table, number of sources, number dropped by the one-per-tile rule) of every image of a
+    :class:`npejax.data.Dataset`; the table as :func:`truth_table`, ``image`` the global index."""
+    tables, n_sources, n_dropped = [], 0, 0
+    keys = ("n_sources", "field_id", "tile_source", "n_dropped", *TRUTH_COLUMNS)
+    offset = 0
+    for i in range(dataset.num_shards):
+        shard = dataset.shard(i)
+        batch = {key: np.asarray(shard[key]) for key in keys if key in shard}
+        tables.append(truth_table(batch, image_offset=offset))
+        n_sources += int(batch["n_sources"].sum())
+        n_dropped += int(batch["n_dropped"].sum()) if "n_dropped" in batch else 0
+        offset += len(batch["n_sources"])
+    table = table_lib.vstack(tables, metadata_conflicts="silent") if len(tables) > 1 else tables[0]
+    return table, n_sources, n_dropped
+
+
 PREDICTION_COLUMNS = {
     "image": (None, "global image index"),
     "x": (u.pix, "column coordinate, pixels from the image edge (posterior mode)"),

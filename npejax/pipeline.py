@@ -84,7 +84,16 @@ def batch_rng(seed: int, batch_index: int) -> np.random.Generator:
 
 def simulate_batch(spec: SimulationSpec, batch_index: int,
                    renderer: render_lib.Renderer | None = None) -> dict[str, np.ndarray]:
-    """Simulates batch ``batch_index`` (see module docstring for the keys)."""
+    """Simulates batch ``batch_index`` (see module docstring for the keys).
+
+    Runs with one BLAS thread: the renderer's many small matrix products get slower, not faster, with
+    more threads (2.5x slower with two threads on a busy 2-core machine).
+    """
+    with threadpoolctl.threadpool_limits(1):
+        return _simulate_batch(spec, batch_index, renderer)
+
+
+def _simulate_batch(spec, batch_index, renderer):
     renderer = renderer or render_lib.Renderer(spec.bank, spec.prior.image_shape, spec.render)
     rng = batch_rng(spec.seed, batch_index)
     b = spec.batch_size

@@ -51,27 +51,6 @@ def _setting(flag: str, config, section: str, key: str) -> int:
     return int(value)
 
 
-def truth_catalog(dataset):
-    """The true catalog of every image in a :class:`npejax.data.Dataset` (one row per source), the number
-    of sources and the number the one-per-tile rule dropped."""
-    from astropy import table as table_lib
-
-    from npejax import catalog as catalog_lib
-
-    tables, n_sources, n_dropped = [], 0, 0
-    keys = ("n_sources", "field_id", "tile_source", "n_dropped", *catalog_lib.TRUTH_COLUMNS)
-    offset = 0
-    for i in range(dataset.num_shards):
-        shard = dataset.shard(i)
-        batch = {key: np.asarray(shard[key]) for key in keys if key in shard}
-        tables.append(catalog_lib.truth_table(batch, image_offset=offset))
-        n_sources += int(batch["n_sources"].sum())
-        n_dropped += int(batch["n_dropped"].sum()) if "n_dropped" in batch else 0
-        offset += len(batch["n_sources"])
-    table = table_lib.vstack(tables, metadata_conflicts="silent") if len(tables) > 1 else tables[0]
-    return table, n_sources, n_dropped
-
-
 def main(argv):
     """Runs :func:`simulate`; a usage error prints one line (not the whole flag listing) and exits 1."""
     try:
@@ -132,7 +111,7 @@ def simulate(argv) -> None:
     except data_lib.DatasetError as exc:
         raise app.UsageError(str(exc)) from None
     dataset = data_lib.load(FLAGS.out)
-    table, n_sources, n_dropped = truth_catalog(dataset)
+    table, n_sources, n_dropped = catalog_lib.dataset_truth_table(dataset)
     written = [catalog_lib.write_table(table, os.path.join(FLAGS.out, TRUTH_FILE))]
     if extra_catalog is not None:
         written.append(catalog_lib.write_table(table, extra_catalog))

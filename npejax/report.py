@@ -1,0 +1,347 @@
+"""Figures (PNG, matplotlib) and markdown for the evaluation report of :mod:`npejax.evaluate`.
+
+Figures in the spirit of the paper: ``detection.png`` (Figures 4/5: precision, recall, star/galaxy
+accuracy, flux MAPE by magnitude, one line per method, shaded 1-sigma bootstrap bands, mean over bins
+in brackets), ``calibration.png`` (Figure 6), ``roc.png`` (Figure 7), ``coverage.png`` (Figure 8) and
+``snr.png`` (Figure 9).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from npejax import metrics
+
+# paper's colors/markers: single-field blue circles, PSF-unaware red squares, PSF-aware orange triangles
+STYLES = {"single": ("tab:blue", "o"), "unaware": ("tab:red", "s"), "aware": ("tab:orange", "^"),
+          "sep": ("0.35", "x")}
+LABELS = {"single": "single-field", "unaware": "PSF-unaware", "aware": "PSF-aware", "sep": "Source Extractor (sep)"}
+_EXTRA = [("tab:green", "D"), ("tab:purple", "v"), ("tab:brown", "P"), ("tab:pink", "*")]
+
+
+def _style(name: str, i: int):
+    return STYLES.get(name, _EXTRA[i % len(_EXTRA)])
+
+
+def _label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+def _legend(ax, **kwargs) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
+def _save(fig, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _binned_panels(results: dict, key: str, centers, panels, xlabel: str, path: str, title: str,
+                   logx: bool = False) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 2 if len(panels) == 4 else len(panels)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.7 * rows), squeeze=False)
+    centers = np.asarray(centers, float)
+    for ax, metric in zip(axes.ravel(), panels):
+        for i, (name, m) in enumerate(results["methods"].items()):
+            r = m.get(key, {}).get(metric)
+            if r is None or not r.get("available", True):
+                continue
+            v, s = np.asarray(r["value"], float), np.asarray(r["std"], float)
+            color, marker = _style(name, i)
+            ls = "--" if name == "sep" else "-"
+            ax.plot(centers, v, ls, color=color, marker=marker, ms=5,
+                    label=f"{_label(name)} [{_fmt(r['mean'], 3 if metric != 'mape' else 1)}]")
+            ax.fill_between(centers, v - np.nan_to_num(s), v + np.nan_to_num(s), color=color, alpha=0.2, lw=0)
+        ax.set_xlabel(xlabel(metric) if callable(xlabel) else xlabel)
+        ax.set_ylabel(_METRIC_AXIS[metric])
+        finite = centers[np.isfinite(centers)]
+        if logx and finite.size and np.all(finite > 0):
+            ax.set_xscale("log")
+            ax.set_xlim(finite.min() / 1.3, finite.max() * 1.3)
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+_METRIC_AXIS = {"precision": "precision", "recall": "recall", "accuracy": "star/galaxy accuracy",
+                "mape": "flux MAPE (%)"}
+
+
+def write_figures(out_dir: str, results: dict) -> list[str]:
+    """Writes the report's PNG figures to ``out_dir``; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts = results["test_set"]
+    where = f"{ts['num_images']} test images, p_{ts['prior']}"
+    names = []
+    centers = results["bin_centers"]["equal"]
+    _binned_panels(results, "bins_equal", centers, ("precision", "recall", "accuracy", "mape"),
+                   lambda metric: f"{'estimated' if metric == 'precision' else 'true'} r magnitude (bin median)",
+                   os.path.join(out_dir, "detection.png"),
+                   f"Detection, classification and flux by magnitude, equal-count bins ({where})")
+    names.append("detection.png")
+    if results.get("snr_cutoffs") is not None:
+        _binned_panels(results, "bins_snr", results["bin_centers"]["snr"], ("recall", "accuracy", "mape"),
+                       "SNR (bin median)", os.path.join(out_dir, "snr.png"),
+                       f"Performance by signal-to-noise ratio, equal-count bins ({where})", logx=True)
+        names.append("snr.png")
+
+    subsets = list(metrics.CALIBRATION_SUBSETS)
+    from npejax.evaluate import SUBSET_LABELS
+
+    # calibration: expected vs true count per image
+    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.8))
+    for ax, subset in zip(axes, subsets):
+        top = 1.0
+        for i, (name, m) in enumerate(results["methods"].items()):
+            c = m["calibration"].get(subset)
+            if c is None or not c.get("available", True):
+                continue
+            s = c["summary"]
+            x, y, e = (np.asarray(s[k], float) for k in ("true_count", "mean_expected", "std_expected"))
+            color, marker = _style(name, i)
+            ax.errorbar(x, y, yerr=e, color=color, marker=marker, ms=4, capsize=2, label=_label(name))
+            top = max(top, np.nanmax(x) if x.size else 1, np.nanmax(y + e) if y.size else 1)
+        ax.plot([0, top], [0, top], "--", color="0.6", lw=1, label="perfect calibration")
+        ax.set_xlabel("true number of sources in the image")
+        ax.set_ylabel("expected number (sum of probabilities)")
+        ax.set_title(SUBSET_LABELS[subset], fontsize=9)
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=7)
+    fig.suptitle(f"Detection calibration ({where}; error bars: std over images)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, os.path.join(out_dir, "calibration.png"))
+    plt.close(fig)
+    names.append("calibration.png")
+
+    # ROC
+    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.8))
+    for ax, subset in zip(axes, subsets):
+        for i, (name, m) in enumerate(results["methods"].items()):
+            r = m["roc"].get(subset)
+            if r is None or not r.get("available", True) or not np.isfinite(r["auc"]):
+                continue
+            color, _ = _style(name, i)
+            ax.plot(r["fpr"], r["tpr"], color=color, label=f"{_label(name)} (AUC {r['auc']:.3f})")
+        ax.plot([0, 1], [0, 1], ":", color="0.6", lw=1)
+        ax.set_xlabel("false positive rate (stars called galaxies)")
+        ax.set_ylabel("true positive rate (galaxies)")
+        ax.set_title(SUBSET_LABELS[subset], fontsize=9)
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=7, loc="lower right")
+    fig.suptitle(f"Star/galaxy ROC on matched sources ({where})", fontsize=10)
+    fig.tight_layout()
+    _save(fig, os.path.join(out_dir, "roc.png"))
+    plt.close(fig)
+    names.append("roc.png")
+
+    # coverage
+    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.8))
+    for ax, subset in zip(axes, subsets):
+        for i, (name, m) in enumerate(results["methods"].items()):
+            c = m["coverage"].get(subset)
+            if c is None or not c.get("available", True):
+                continue
+            lv, cv, sd = (np.asarray(c[k], float) for k in ("levels", "coverage", "std"))
+            color, marker = _style(name, i)
+            ax.plot(lv, cv, color=color, marker=marker, ms=4, label=f"{_label(name)} (n={c['count']})")
+            ax.fill_between(lv, cv - np.nan_to_num(sd), cv + np.nan_to_num(sd), color=color, alpha=0.2, lw=0)
+        ax.plot([0, 1], [0, 1], "--", color="0.6", lw=1)
+        ax.set_xlabel("nominal coverage of the central credible interval")
+        ax.set_ylabel("fraction of true fluxes inside")
+        ax.set_title(SUBSET_LABELS[subset], fontsize=9)
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=7)
+    fig.suptitle(f"Flux credible-interval coverage on matched sources ({where})", fontsize=10)
+    fig.tight_layout()
+    _save(fig, os.path.join(out_dir, "coverage.png"))
+    plt.close(fig)
+    names.append("coverage.png")
+    return names
+
+
+def headline_table(results: dict, with_paper: bool = True) -> str:
+    """Markdown table: one row per method, one column per headline metric (value +- 1-sigma bootstrap)."""
+    from npejax.evaluate import HEADLINE
+
+    cols = [label for _, label, *_ in HEADLINE]
+    lines = ["| method | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+    for name, m in results["methods"].items():
+        cells = []
+        for key, *_ in HEADLINE:
+            h = m["headline"].get(key)
+            if h is None or h["value"] is None or not np.isfinite(h["value"]):
+                cells.append("n/a")
+                continue
+            digits = 1 if key == "mape" else 3
+            std = f" ± {h['std']:.{digits}f}" if h["std"] is not None and np.isfinite(h["std"]) else ""
+            cells.append(f"{h['value']:.{digits}f}{std}")
+        lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
+    if with_paper:
+        lines.append("| paper, PSF-aware (p_many, 42k images) | " + " | ".join(p for *_, p in HEADLINE) + " |")
+    return "\n".join(lines)
+
+
+def _bins_table(results: dict, key: str, cutoffs, metric: str, xname: str = "r") -> str:
+    edges = [-np.inf, *np.asarray(cutoffs, float)]
+    heads = []
+    for k in range(len(cutoffs)):
+        lo, hi = edges[k], edges[k + 1]
+        heads.append(f"< {hi:.2f}" if not np.isfinite(lo) else f"{lo:.2f}–{hi:.2f}" if np.isfinite(hi) else f"> {lo:.1f}")
+    digits = 1 if metric == "mape" else 3
+    lines = [f"| {xname} | " + " | ".join(heads) + " | mean |", "| --- |" + " --- |" * (len(heads) + 1)]
+    for name, m in results["methods"].items():
+        r = m.get(key, {}).get(metric)
+        if r is None or not r.get("available", True):
+            continue
+        cells = [_fmt(v, digits) for v in r["value"]]
+        lines.append(f"| {_label(name)} | " + " | ".join(cells) + f" | [{_fmt(r['mean'], digits)}] |")
+    counts = None
+    for m in results["methods"].values():
+        if key in m:
+            counts = m[key][metric]["count"]
+            break
+    if counts is not None and metric != "precision":
+        lines.append("| sources (truth) | " + " | ".join(str(int(c)) for c in counts) + " | |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    """The report's markdown (figures referenced by relative path)."""
+    ts = results["test_set"]
+    bank = "the embedded bank of 500 **SYNTHETIC** SDSS-like fields" if ts["synthetic_bank"] else f"bank {ts['bank']}"
+    methods = ", ".join(_label(n) for n in results["methods"])
+    out = [
+        f"# npejax evaluation: p_{ts['prior']} test set",
+        "",
+        f"{ts['num_images']} test images of 80 x 80 pixels ({ts['num_sources']} true sources; "
+        f"{ts['dropped_by_tile_rule']} of them share a tile with a brighter source and cannot be represented by "
+        f"the one-source-per-tile posterior) drawn from the "
+        f"{'many-field' if ts['prior'] == 'many' else 'single-field'} prior with {bank}. Methods: {methods}. "
+        f"Test set: `{ts['directory']}`.",
+        "",
+        "Definitions (SPEC.md, paper Section 7): true and predicted sources are matched per image with the "
+        "Jonker-Volgenant algorithm (minimum total distance) and a pair counts within 1 pixel; a prediction is a "
+        f"detection when prob_source > {results['options']['prob_threshold']} (Source Extractor: every "
+        "detection). Precision is binned by estimated magnitude, recall, star/galaxy accuracy (galaxy if "
+        "prob_galaxy > 0.5) and flux MAPE (mean |true - predicted| / true x 100, posterior median flux) by true "
+        f"magnitude. ± and shaded bands: 1-sigma bootstrap over images ({results['options']['num_bootstrap']} "
+        "resamples). Bracketed values: mean over bins.",
+        "",
+        "## Headline",
+        "",
+        headline_table(results),
+        "",
+        "The paper's numbers come from full-size networks trained on 210k images for 50 epochs; compare the "
+        "ordering of the methods, not the values, when the networks here are small.",
+        "",
+        "## By magnitude",
+        "",
+        "![detection](detection.png)",
+        "",
+    ]
+    for key, cutoffs, title in (("bins_equal", results["equal_cutoffs"], "equal-count bins"),
+                                ("bins_reference", metrics.REFERENCE_CUTOFFS, "the paper's reference cut-offs")):
+        out += [f"### In {title}", ""]
+        for metric in ("precision", "recall", "accuracy", "mape"):
+            out += [f"**{_METRIC_AXIS[metric]}**" + (" (by estimated magnitude)" if metric == "precision" else ""),
+                    "", _bins_table(results, key, cutoffs, metric), ""]
+    out += ["## Calibration", "",
+            "Expected number of sources per image (sum over tiles of prob_source, times the posterior "
+            "probability that the flux lies in the magnitude range) against the true number.", "",
+            "![calibration](calibration.png)", "", _calibration_table(results), "",
+            "![roc](roc.png)", "", _auc_table(results), "",
+            "![coverage](coverage.png)", "", _coverage_table(results), ""]
+    if results.get("snr_cutoffs") is not None:
+        out += ["## By signal-to-noise ratio (Appendix A)", "",
+                "SNR = C / sqrt(C + B) over the footprint (pixels where the noiseless source exceeds 0.1 of the "
+                "sky noise), C and B the source and sky electrons there (`npejax.snr`). Precision is omitted: "
+                "unmatched detections have no SNR.", "", "![snr](snr.png)", ""]
+        for metric in ("recall", "accuracy", "mape"):
+            out += [f"**{_METRIC_AXIS[metric]}**", "",
+                    _bins_table(results, "bins_snr", results["snr_cutoffs"], metric, "SNR"), ""]
+    out += ["## Files", "",
+            "`metrics.json` (everything above), `headline.csv`, `bins_equal.csv`, `bins_reference.csv`, "
+            "`bins_snr.csv`, `calibration.csv`, `coverage.csv`, `predictions/*.fits` (detections).", ""]
+    return "\n".join(out)
+
+
+def _calibration_table(results: dict) -> str:
+    from npejax.evaluate import SUBSET_LABELS
+
+    lines = ["| method | " + " | ".join(f"{SUBSET_LABELS[s]}: expected / true" for s in metrics.CALIBRATION_SUBSETS)
+             + " |", "| --- |" + " --- |" * len(metrics.CALIBRATION_SUBSETS)]
+    for name, m in results["methods"].items():
+        if not m["calibration"]:
+            continue
+        cells = []
+        for s in metrics.CALIBRATION_SUBSETS:
+            c = m["calibration"][s]
+            cells.append(f"{c['total_expected']:.0f} / {c['total_true']:.0f}")
+        lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _auc_table(results: dict) -> str:
+    from npejax.evaluate import SUBSET_LABELS
+
+    lines = ["| star/galaxy AUC | " + " | ".join(SUBSET_LABELS[s] for s in metrics.CALIBRATION_SUBSETS) + " |",
+             "| --- |" + " --- |" * len(metrics.CALIBRATION_SUBSETS)]
+    for name, m in results["methods"].items():
+        if not any(r.get("available", True) and np.isfinite(r["auc"]) for r in m["roc"].values()):
+            continue
+        lines.append(f"| {_label(name)} | " + " | ".join(_fmt(m["roc"][s]["auc"]) for s in metrics.CALIBRATION_SUBSETS)
+                     + " |")
+    return "\n".join(lines)
+
+
+def _coverage_table(results: dict) -> str:
+    from npejax.evaluate import SUBSET_LABELS
+
+    levels = (0.5, 0.68, 0.8, 0.9, 0.95)
+    lines = ["| flux coverage | subset | " + " | ".join(f"{int(round(100 * l))}%" for l in levels) + " |",
+             "| --- | --- |" + " --- |" * len(levels)]
+    for name, m in results["methods"].items():
+        for s in metrics.CALIBRATION_SUBSETS:
+            c = m["coverage"].get(s)
+            if c is None or not c.get("available", True):
+                continue
+            lv = np.asarray(c["levels"], float)
+            cells = []
+            for l in levels:
+                i = int(np.argmin(np.abs(lv - l)))
+                cells.append(_fmt(c["coverage"][i]) if abs(lv[i] - l) < 0.026 else "")
+            lines.append(f"| {_label(name)} | {SUBSET_LABELS[s]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def index_markdown(reports: dict, results: dict, title: str, elapsed_s: float | None = None) -> str:
+    """Top-level report of an experiment: each prior's headline table with a link to its report."""
+    out = [f"# {title}", ""]
+    if elapsed_s is not None:
+        out += [f"Run time: {elapsed_s / 60:.1f} min.", ""]
+    for prior, directory in reports.items():
+        r = results[prior]
+        out += [f"## Test set p_{prior} ({r['test_set']['num_images']} images) — [full report]({directory}/report.md)",
+                "", headline_table(r), "", f"![detection]({directory}/detection.png)", ""]
+    return "\n".join(out)
