@@ -84,13 +84,37 @@ _METRIC_AXIS = {"precision": "precision", "recall": "recall", "accuracy": "star/
                 "mape": "flux MAPE (%)"}
 
 
-def write_figures(out_dir: str, results: dict) -> list[str]:
-    """Writes the report's PNG figures to ``out_dir``; returns their file names."""
+def _subset_panels(results: dict, key: str, draw, xlabel: str, ylabel: str, title: str, path: str) -> None:
+    """One panel per magnitude subset (all, brightest, faintest); ``draw(ax, name, i, entry)`` draws one
+    method and returns the largest value it drew (for the diagonal)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from npejax.evaluate import SUBSET_LABELS
+
+    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.8))
+    for ax, subset in zip(axes, metrics.CALIBRATION_SUBSETS):
+        top = 1.0
+        for i, (name, m) in enumerate(results["methods"].items()):
+            entry = m[key].get(subset)
+            if entry is not None and entry.get("available", True):
+                top = max(top, draw(ax, name, i, entry))
+        ax.plot([0, top], [0, top], "--", color="0.6", lw=1, label="ideal" if key == "calibration" else None)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(SUBSET_LABELS[subset], fontsize=9)
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=7, loc="lower right" if key == "roc" else "best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_figures(out_dir: str, results: dict) -> list[str]:
+    """Writes the report's PNG figures to ``out_dir``; returns their file names."""
     ts = results["test_set"]
     where = f"{ts['num_images']} test images, p_{ts['prior']}"
     names = []
@@ -106,77 +130,34 @@ def write_figures(out_dir: str, results: dict) -> list[str]:
                        f"Performance by signal-to-noise ratio, equal-count bins ({where})", logx=True)
         names.append("snr.png")
 
-    subsets = list(metrics.CALIBRATION_SUBSETS)
-    from npejax.evaluate import SUBSET_LABELS
+    def calibration(ax, name, i, c):
+        s = c["summary"]
+        x, y, e = (np.asarray(s[k], float) for k in ("true_count", "mean_expected", "std_expected"))
+        color, marker = _style(name, i)
+        ax.errorbar(x, y, yerr=e, color=color, marker=marker, ms=4, capsize=2, label=_label(name))
+        return max(np.nanmax(x) if x.size else 1, np.nanmax(y + e) if y.size else 1)
 
-    # calibration: expected vs true count per image
-    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.8))
-    for ax, subset in zip(axes, subsets):
-        top = 1.0
-        for i, (name, m) in enumerate(results["methods"].items()):
-            c = m["calibration"].get(subset)
-            if c is None or not c.get("available", True):
-                continue
-            s = c["summary"]
-            x, y, e = (np.asarray(s[k], float) for k in ("true_count", "mean_expected", "std_expected"))
-            color, marker = _style(name, i)
-            ax.errorbar(x, y, yerr=e, color=color, marker=marker, ms=4, capsize=2, label=_label(name))
-            top = max(top, np.nanmax(x) if x.size else 1, np.nanmax(y + e) if y.size else 1)
-        ax.plot([0, top], [0, top], "--", color="0.6", lw=1, label="perfect calibration")
-        ax.set_xlabel("true number of sources in the image")
-        ax.set_ylabel("expected number (sum of probabilities)")
-        ax.set_title(SUBSET_LABELS[subset], fontsize=9)
-        ax.grid(alpha=0.3)
-        _legend(ax, fontsize=7)
-    fig.suptitle(f"Detection calibration ({where}; error bars: std over images)", fontsize=10)
-    fig.tight_layout()
-    _save(fig, os.path.join(out_dir, "calibration.png"))
-    plt.close(fig)
-    names.append("calibration.png")
+    def roc(ax, name, i, r):
+        if np.isfinite(r["auc"]):
+            ax.plot(r["fpr"], r["tpr"], color=_style(name, i)[0], label=f"{_label(name)} (AUC {r['auc']:.3f})")
+        return 1.0
 
-    # ROC
-    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.8))
-    for ax, subset in zip(axes, subsets):
-        for i, (name, m) in enumerate(results["methods"].items()):
-            r = m["roc"].get(subset)
-            if r is None or not r.get("available", True) or not np.isfinite(r["auc"]):
-                continue
-            color, _ = _style(name, i)
-            ax.plot(r["fpr"], r["tpr"], color=color, label=f"{_label(name)} (AUC {r['auc']:.3f})")
-        ax.plot([0, 1], [0, 1], ":", color="0.6", lw=1)
-        ax.set_xlabel("false positive rate (stars called galaxies)")
-        ax.set_ylabel("true positive rate (galaxies)")
-        ax.set_title(SUBSET_LABELS[subset], fontsize=9)
-        ax.grid(alpha=0.3)
-        _legend(ax, fontsize=7, loc="lower right")
-    fig.suptitle(f"Star/galaxy ROC on matched sources ({where})", fontsize=10)
-    fig.tight_layout()
-    _save(fig, os.path.join(out_dir, "roc.png"))
-    plt.close(fig)
-    names.append("roc.png")
+    def coverage(ax, name, i, c):
+        lv, cv, sd = (np.asarray(c[k], float) for k in ("levels", "coverage", "std"))
+        color, marker = _style(name, i)
+        ax.plot(lv, cv, color=color, marker=marker, ms=4, label=f"{_label(name)} (n={c['count']})")
+        ax.fill_between(lv, cv - np.nan_to_num(sd), cv + np.nan_to_num(sd), color=color, alpha=0.2, lw=0)
+        return 1.0
 
-    # coverage
-    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.8))
-    for ax, subset in zip(axes, subsets):
-        for i, (name, m) in enumerate(results["methods"].items()):
-            c = m["coverage"].get(subset)
-            if c is None or not c.get("available", True):
-                continue
-            lv, cv, sd = (np.asarray(c[k], float) for k in ("levels", "coverage", "std"))
-            color, marker = _style(name, i)
-            ax.plot(lv, cv, color=color, marker=marker, ms=4, label=f"{_label(name)} (n={c['count']})")
-            ax.fill_between(lv, cv - np.nan_to_num(sd), cv + np.nan_to_num(sd), color=color, alpha=0.2, lw=0)
-        ax.plot([0, 1], [0, 1], "--", color="0.6", lw=1)
-        ax.set_xlabel("nominal coverage of the central credible interval")
-        ax.set_ylabel("fraction of true fluxes inside")
-        ax.set_title(SUBSET_LABELS[subset], fontsize=9)
-        ax.grid(alpha=0.3)
-        _legend(ax, fontsize=7)
-    fig.suptitle(f"Flux credible-interval coverage on matched sources ({where})", fontsize=10)
-    fig.tight_layout()
-    _save(fig, os.path.join(out_dir, "coverage.png"))
-    plt.close(fig)
-    names.append("coverage.png")
+    for key, draw, xlabel, ylabel, title in (
+            ("calibration", calibration, "true number of sources in the image", "expected number (sum of probabilities)",
+             f"Detection calibration ({where}; error bars: std over images)"),
+            ("roc", roc, "false positive rate (stars called galaxies)", "true positive rate (galaxies)",
+             f"Star/galaxy ROC on matched sources ({where})"),
+            ("coverage", coverage, "nominal coverage of the central credible interval", "fraction of true fluxes inside",
+             f"Flux credible-interval coverage on matched sources ({where})")):
+        _subset_panels(results, key, draw, xlabel, ylabel, title, os.path.join(out_dir, f"{key}.png"))
+        names.append(f"{key}.png")
     return names
 
 
