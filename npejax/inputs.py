@@ -3,7 +3,7 @@
 For each quantile q of :data:`ASINH_QUANTILES` of training pixels (sky-subtracted image, nmgy), one channel
 ``asinh((x - Q_q) * 5 / max(|Q_q|, floor))``, as in the reference implementation; ``floor`` keeps the
 quantiles near zero (the median of a sky-subtracted image) from dividing by ~0. Then the background
-(standardized with training mean and std) and, for the PSF-aware variant, the six PSF parameters,
+(standardized with the training mean and std, the std floored at 10% of the mean) and, for the PSF-aware variant, the six PSF parameters,
 each standardized and broadcast to a constant channel. The statistics are computed from training data
 (:meth:`Normalizer.fit`) and saved with the model (:meth:`Normalizer.to_dict`).
 """
@@ -17,6 +17,10 @@ import numpy as np
 
 ASINH_QUANTILES = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 0.999, 0.9999, 0.99999)
 VARIANTS = ("single_field", "psf_unaware", "psf_aware")
+# The background channel's scale is at least this fraction of the mean training background: a network
+# trained on one field (whose sky varies by ~0.3% across an image) would otherwise see other fields'
+# skies as 50-100 sigma inputs. Many-field training sets (std ~23% of the mean) are unaffected.
+BACKGROUND_SCALE_FLOOR = 0.1
 
 
 def num_channels(variant: str) -> int:
@@ -55,7 +59,7 @@ class Normalizer:
             quantiles=tuple(float(v) for v in q),
             scale_floor=max(0.05 * spread, 1e-6),
             background_mean=float(bg.mean()),
-            background_std=float(max(bg.std(), 1e-6 * max(abs(bg.mean()), 1e-6))),
+            background_std=float(max(bg.std(), BACKGROUND_SCALE_FLOOR * abs(bg.mean()), 1e-6)),
             psf_mean=tuple(float(v) for v in psf.mean(axis=0)),
             psf_std=tuple(float(v) if v > 1e-8 else 1.0 for v in psf_std),  # one field: no spread
         )

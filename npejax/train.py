@@ -263,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         start_epoch, best_val, bad_epochs, history = meta["epoch"], meta["best_val"], meta["bad_epochs"], meta["history"]
         _rewrite_metrics(os.path.join(workdir, "metrics.csv"), history)  # drop rows of epochs not checkpointed
         logging.info("resuming after epoch %d in %s", start_epoch, workdir)
-        print(f"Resuming after epoch {start_epoch} (best validation NLL {best_val:.2f})")
+        print(f"Resuming after epoch {start_epoch} (best validation NLL {best_val:.2f})", flush=True)
     else:
         normalizer = fit_normalizer(train_spec, int(config.train.normalizer_images))
         start_epoch, best_val, bad_epochs, history = 0, float("inf"), 0, []
@@ -282,7 +282,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     key = jax.random.key(config.seed + 1)
     stopped_early = False
     summary = {}
-    if train_ds is None:
+    end_epoch = int(config.train.num_epochs)
+    if bad_epochs >= int(config.train.patience):  # a resumed run that had already stopped early
+        stopped_early, end_epoch = True, start_epoch
+        print(f"already stopped early after epoch {start_epoch} (no improvement in {bad_epochs} epochs)", flush=True)
+    if start_epoch >= end_epoch:  # nothing left to train: no simulator workers
+        source = contextlib.nullcontext()
+        epoch_batches = None
+    elif train_ds is None:
         source = pipeline.Simulator(train_spec, num_workers=int(config.simulator.num_workers),
                                     prefetch=int(config.simulator.prefetch), start=start_epoch * steps_per_epoch,
                                     transform=lambda b: _to_device(b, data_sharding))
@@ -292,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         epoch_batches = lambda epoch: (_to_device(b, data_sharding) for b in train_ds.batches(
             batch_size, shuffle=True, seed=config.seed + epoch, drop_remainder=True))
     with source:
-        for epoch in range(start_epoch, int(config.train.num_epochs)):
+        for epoch in range(start_epoch, end_epoch):
             t0 = time.time()
             losses = []
             batches = iter(epoch_batches(epoch))
@@ -315,7 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             history.append(row)
             _append_metrics(os.path.join(workdir, "metrics.csv"), row)
             print(f"epoch {epoch + 1:3d}  train NLL {train_loss:9.2f}  val NLL {val_loss:9.2f}"
-                  f"{' *' if improved else '  '}  {row['images_per_s']:.0f} images/s")
+                  f"{' *' if improved else '  '}  {row['images_per_s']:.0f} images/s", flush=True)
             meta = dict(epoch=epoch + 1, best_val=best_val, bad_epochs=bad_epochs, history=history,
                         normalizer=normalizer.to_dict(), variant=config.model.variant,
                         config=json.loads(config.to_json_best_effort()), val_nll=val_loss)

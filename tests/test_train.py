@@ -105,6 +105,11 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     with pytest.raises(predict.CheckpointError, match="not an npejax training directory"):
         predict.Predictor.from_workdir(str(tmp_path / "checkpoints"))
 
+    # a finished run started again trains nothing and keeps its history
+    rows = (tmp_path / "metrics.csv").read_text()
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert again["epochs"] == 2 and (tmp_path / "metrics.csv").read_text() == rows
+
 
 def test_training_from_cached_datasets(tmp_path):
     config = tiny_config()
