@@ -18,6 +18,11 @@ Writes to ``REPORT_DIR``: ``metrics.json``, CSV tables (``bins_equal.csv``, ``bi
 ``predictions/NAME.fits`` (detections, prob_source > 0.5) and ``report.md``. All files are written
 atomically. The test set is ``--test-dir`` (simulated there with ``--num-images`` if absent;
 resumable), by default ``REPORT_DIR/test-PRIOR``.
+
+A catalog given with ``--catalog NAME=FILE`` is evaluated as it is: precision, recall, accuracy, MAPE,
+ROC and coverage need only its detections, but the detection calibration sums ``prob_source`` over
+every row, so write it with ``npejax.predict --min-prob 0`` (every tile) for that figure to mean what
+it says; a catalog without ``prob_source`` (another pipeline's) gets no calibration.
 """
 
 from __future__ import annotations
