@@ -12,7 +12,8 @@ Inputs: a dataset directory written by ``npejax.simulate``; an ``.npz`` with ``i
 sky-subtracted), ``background`` [N, H, W] (nmgy) and ``psf_params`` [N, 6]; or a FITS image (one 2-D
 HDU, nmgy, sky-subtracted) with the background given by ``--background`` (nmgy per pixel, a number or a
 FITS file) and the PSF by ``--psf-params s1,s2,sP,beta,b,p0`` or ``--field-id NAME`` from the field bank.
-H and W must be multiples of the tile size. The catalog holds one row per tile whose source probability
+Images of any size are accepted (an SDSS frame is 2048 x 1489): sides that are not multiples of the tile
+size are padded for the network and sources in the padding dropped. The catalog holds one row per tile whose source probability
 exceeds ``--min-prob``, with the columns of SPEC.md: ``image``, ``x``, ``y`` (pixels), ``flux`` (nmgy,
 posterior median), ``mag``, ``prob_source``, ``prob_galaxy``, ``x_std``, ``y_std``, ``flux_lo``,
 ``flux_hi`` (central 68% interval, nmgy).
@@ -93,29 +94,44 @@ class Predictor:
         return cls(config, variables, inputs_lib.Normalizer.from_dict(meta["normalizer"]))
 
     def _check(self, images, background, psf_params):
+        """Validated float32 arrays, padded at the bottom and right to multiples of the tile size, and
+        the original (height, width)."""
         images = np.asarray(images, np.float32)
         if images.ndim == 2:
             images = images[None]
-        if images.ndim != 3:
-            raise ValueError(f"images must be [N, H, W] or [H, W], got shape {images.shape}")
+        if images.ndim != 3 or min(images.shape) == 0:
+            raise ValueError(f"images must be [N, H, W] or [H, W] and non-empty, got shape {images.shape}")
         n, h, w = images.shape
-        if h % self.tile_size or w % self.tile_size:
-            raise ValueError(f"image height and width must be multiples of the tile size {self.tile_size}, "
-                             f"got {h} x {w}")
         if not np.all(np.isfinite(images)):
             bad = np.argwhere(~np.isfinite(images))[0]
             raise ValueError(f"images contain NaN or infinite pixels (first at image {bad[0]}, row {bad[1]}, "
                              f"column {bad[2]})")
-        background = np.broadcast_to(np.asarray(background, np.float32), images.shape)
+        try:
+            background = np.broadcast_to(np.asarray(background, np.float32), images.shape)
+        except ValueError:
+            raise ValueError(f"background of shape {np.shape(background)} does not match images of shape "
+                             f"{images.shape}: expected a number, [H, W] or [N, H, W] (nmgy)") from None
         if not np.all(np.isfinite(background)):
             raise ValueError("background contains NaN or infinite values")
-        psf_params = np.broadcast_to(np.asarray(psf_params, np.float32), (n, 6))
+        try:
+            psf_params = np.broadcast_to(np.asarray(psf_params, np.float32), (n, 6))
+        except ValueError:
+            raise ValueError(f"psf_params of shape {np.shape(psf_params)}: expected [6] or [N, 6] "
+                             "(s1, s2, sP, beta, b, p0)") from None
         psf_lib.validate_psf_params(psf_params, where="psf_params")
-        return images, np.ascontiguousarray(background), np.ascontiguousarray(psf_params)
+        pad_h, pad_w = (-h) % self.tile_size, (-w) % self.tile_size
+        if pad_h or pad_w:  # zeros are the sky-subtracted sky; the background continues its edge
+            images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w)))
+            background = np.pad(background, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+        return images, np.ascontiguousarray(background), np.ascontiguousarray(psf_params), (h, w)
 
     def predict_tiles(self, images, background, psf_params, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Per-tile mode and summaries ([N, H/t, W/t] arrays) for images [N, H, W] (nmgy)."""
-        images, background, psf_params = self._check(images, background, psf_params)
+        """Per-tile mode and summaries ([N, ceil(H/t), ceil(W/t)] arrays) for images [N, H, W] (nmgy).
+
+        Images whose sides are not multiples of the tile size t are padded at the bottom and right (image
+        with zeros, background with its edge values); the last row/column of tiles then covers padding.
+        """
+        images, background, psf_params, _ = self._check(images, background, psf_params)
         parts = []
         for start in range(0, len(images), batch_size):
             sl = slice(start, start + batch_size)
@@ -126,11 +142,15 @@ class Predictor:
 
     def catalog(self, images, background, psf_params, min_prob: float = 0.5, batch_size: int = 256,
                 image_offset: int = 0):
-        """Probabilistic catalog (astropy Table) of tiles with ``prob_source > min_prob``."""
+        """Probabilistic catalog (astropy Table) of tiles with ``prob_source > min_prob``; sources whose
+        position falls in the padding of an image of any other size are dropped."""
         from npejax import catalog as catalog_lib
 
+        h, w = np.shape(images)[-2:]
         tiles = self.predict_tiles(images, background, psf_params, batch_size)
         sources = tiles_to_sources(tiles, self.tile_size, min_prob=min_prob)
+        inside = (sources["x"] < w) & (sources["y"] < h)
+        sources = {k: v[inside] for k, v in sources.items()}
         sources["image"] = sources["image"] + image_offset
         return catalog_lib.prediction_table(sources)
 
@@ -211,7 +231,8 @@ def main(argv=None):
                                                      args.field_id, args.bank)
         table = predictor.catalog(images, background, psf_params, args.min_prob, args.batch_size)
     except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError quotes its text
+        print(f"error: {message}", file=sys.stderr)
         return 2
     catalog_lib.write_table(table, args.out)
     print(f"{len(table)} sources in {len(images)} images -> {args.out}")

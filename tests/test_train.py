@@ -94,8 +94,18 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     assert len(table) == 4 * 20 * 20 and {"x", "y", "flux", "prob_source", "flux_lo"} <= set(table.colnames)
 
     # bad input gives clear errors
-    with pytest.raises(ValueError, match="multiples of the tile size"):
-        restored.predict_tiles(b["images"][:, :78, :78], b["background"][:, :78, :78], b["psf_params"])
+    # sides that are not multiples of the tile size are padded; sources in the padding are dropped
+    odd = restored.predict_tiles(b["images"][:, :78, :75], b["background"][:, :78, :75], b["psf_params"])
+    assert odd["prob_source"].shape == (4, 20, 19)
+    np.testing.assert_allclose(odd["prob_source"][:, :19, :18], a["prob_source"][:, :19, :18], atol=0.02)
+    odd_table = restored.catalog(b["images"][:, :78, :75], b["background"][:, :78, :75], b["psf_params"],
+                                 min_prob=0.0)
+    assert 0 < len(odd_table) <= 4 * 20 * 19
+    assert np.all(odd_table["x"] < 75) and np.all(odd_table["y"] < 78)
+    with pytest.raises(ValueError, match="background of shape"):
+        restored.predict_tiles(b["images"], b["background"][:, :, :60], b["psf_params"])
+    with pytest.raises(ValueError, match="psf_params of shape"):
+        restored.predict_tiles(b["images"], b["background"], b["psf_params"][:, :5])
     bad = b["images"].copy()
     bad[1, 5, 7] = np.nan
     with pytest.raises(ValueError, match="NaN.*image 1, row 5, column 7"):
