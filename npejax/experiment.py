@@ -69,7 +69,7 @@ def run_experiment(config, out_dir: str) -> dict:
             workdirs, os.path.join(out_dir, f"report-{prior}"), prior=prior,
             num_images=int(config.num_test_images), test_dir=os.path.join(out_dir, f"test-{prior}"),
             baseline=bool(config.baseline), num_bootstrap=int(config.num_bootstrap), num_bins=int(config.num_bins),
-            sim_config=config.network)
+            sim_config=config.network, num_workers=int(config.network.simulator.num_workers))
     evaluate.write_index(out_dir, {p: f"report-{p}" for p in priors}, results,
                          title="npejax experiment", elapsed_s=time.time() - t0)
     print(f"report: {os.path.join(out_dir, 'report.md')} ({(time.time() - t0) / 60:.1f} min)")
