@@ -43,7 +43,6 @@ from npejax import metrics
 PROB_THRESHOLD = 0.5
 BASELINE = "sep"
 SUBSETS = metrics.CALIBRATION_SUBSETS  # all, brightest (r < 17.777), faintest (21.746 <= r <= 22)
-SUBSET_LABELS = {"all": "all sources", "brightest": "r < 17.78", "faintest": "21.75 < r < 22"}
 # The paper's headline (PSF-aware network, many-field test set), SPEC.md
 HEADLINE = (  # key, label, metric, cut-off, paper
     ("precision", "precision (est. r < 21.5)", "precision", 21.5, "> 0.95"),
@@ -184,7 +183,7 @@ def evaluate_catalog(truth, pred, num_images: int, equal_cutoffs, snr=None, snr_
         if metric is not None:
             headline[key] = _single(truth, pred, num_images, metric, cutoff, num_bootstrap, seed)
     matches = metrics.match(truth, pred, num_images, prob_threshold=PROB_THRESHOLD)
-    has_probs = "prob_source" in _names(pred)
+    has_probs = "prob_source" in metrics.colnames(pred)
     out["calibration"], out["roc"], out["coverage"] = {}, {}, {}
     for subset, mag_range in SUBSETS.items():
         if has_probs:
@@ -200,10 +199,6 @@ def evaluate_catalog(truth, pred, num_images: int, equal_cutoffs, snr=None, snr_
                            count=int(out["roc"]["all"]["num_galaxies"] + out["roc"]["all"]["num_stars"]))
     out["headline"] = headline
     return out
-
-
-def _names(table) -> list[str]:
-    return list(getattr(table, "colnames", None) or table.keys())
 
 
 def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int | None = None,
@@ -228,7 +223,9 @@ def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int 
         raise EvaluationError(f"--num-images must be >= 1, got {num_images}")
     test_dir = test_dir or os.path.join(out_dir, f"test-{prior}")
     if sim_config is None and num_images is not None and workdirs:
-        sim_config = _workdir_config(next(iter(workdirs.values())))
+        from npejax.predict import load_config
+
+        sim_config = load_config(next(iter(workdirs.values())))
     test = load_test_set(test_dir, num_images, prior, sim_config, num_workers, progress)
     truth, n = test.truth, test.num_images
     prior = ((test.manifest.get("config") or {}).get("fields") or {}).get("prior", prior)
@@ -281,19 +278,6 @@ def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int 
     write_report(out_dir, results, preds)
     print(f"report: {os.path.join(out_dir, 'report.md')} ({time.time() - t0:.0f} s)", flush=True)
     return results
-
-
-def _workdir_config(workdir: str):
-    import ml_collections
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise EvaluationError(f"{workdir} is not an npejax training directory (no config.json)")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    with config.unlocked():
-        config.model.stages = tuple(tuple(s) for s in config.model.stages)
-    return config
 
 
 def _bin_centers(truth, cutoffs, values=None) -> np.ndarray:
@@ -374,7 +358,7 @@ def write_report(out_dir: str, results: dict, preds: dict | None = None) -> None
     if preds:
         os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
         for name, p in preds.items():
-            if "prob_source" in _names(p):
+            if "prob_source" in metrics.colnames(p):
                 p = p[np.asarray(p["prob_source"]) > PROB_THRESHOLD]
             catalog_lib.write_table(p, os.path.join(out_dir, "predictions", f"{name}.fits"))
     report.write_figures(out_dir, results)

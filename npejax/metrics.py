@@ -76,7 +76,8 @@ _BOOTSTRAP_CHUNK_ENTRIES = 4_000_000  # weights matrix entries per bootstrap chu
 # Input handling
 
 
-def _colnames(cat) -> list[str]:
+def colnames(cat) -> list[str]:
+    """Column names of a catalog (astropy Table or mapping of column arrays)."""
     if hasattr(cat, "colnames"):
         return list(cat.colnames)
     if isinstance(cat, Mapping):
@@ -99,7 +100,7 @@ def _column(col, fill) -> np.ndarray:
 def _load(cat, name: str, num_images: int | None, required=_REQUIRED, finite=("x", "y", "flux")) -> dict:
     """Validated float64 / int64 / bool columns of a catalog ('truth' or 'prediction'); image indices
     are checked against [0, num_images) unless ``num_images`` is None."""
-    names = _colnames(cat)
+    names = colnames(cat)
     missing = [c for c in required if c not in names]
     if missing:
         raise ValueError(f"{name} catalog lacks required column(s) {missing} (has {names})")

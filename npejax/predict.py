@@ -73,9 +73,7 @@ class Predictor:
         if not os.path.isfile(config_path) or not os.path.isdir(ckpt_dir):
             raise CheckpointError(f"{workdir} is not an npejax training directory: expected config.json and "
                                   f"checkpoints/{which}/ (written by python -m npejax.main)")
-        with open(config_path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-        _tuplify_stages(config)
+        config = load_config(workdir)
         latest, best = train.checkpoint_managers(workdir)
         manager = best if which == "best" else latest
         if manager.latest_step() is None:
@@ -94,8 +92,7 @@ class Predictor:
         return cls(config, variables, inputs_lib.Normalizer.from_dict(meta["normalizer"]))
 
     def _check(self, images, background, psf_params):
-        """Validated float32 arrays, padded at the bottom and right to multiples of the tile size, and
-        the original (height, width)."""
+        """Validated float32 arrays, padded at the bottom and right to multiples of the tile size."""
         images = np.asarray(images, np.float32)
         if images.ndim == 2:
             images = images[None]
@@ -123,7 +120,7 @@ class Predictor:
         if pad_h or pad_w:  # zeros are the sky-subtracted sky; the background continues its edge
             images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w)))
             background = np.pad(background, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-        return images, np.ascontiguousarray(background), np.ascontiguousarray(psf_params), (h, w)
+        return images, np.ascontiguousarray(background), np.ascontiguousarray(psf_params)
 
     def predict_tiles(self, images, background, psf_params, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Per-tile mode and summaries ([N, ceil(H/t), ceil(W/t)] arrays) for images [N, H, W] (nmgy).
@@ -131,7 +128,7 @@ class Predictor:
         Images whose sides are not multiples of the tile size t are padded at the bottom and right (image
         with zeros, background with its edge values); the last row/column of tiles then covers padding.
         """
-        images, background, psf_params, _ = self._check(images, background, psf_params)
+        images, background, psf_params = self._check(images, background, psf_params)
         parts = []
         for start in range(0, len(images), batch_size):
             sl = slice(start, start + batch_size)
@@ -155,9 +152,17 @@ class Predictor:
         return catalog_lib.prediction_table(sources)
 
 
-def _tuplify_stages(config) -> None:
-    with config.unlocked():
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The training config saved in ``workdir/config.json`` (CheckpointError if there is none)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{workdir} is not an npejax training directory: no config.json "
+                              "(written by python -m npejax.main)")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    with config.unlocked():  # JSON turned the stage tuples into lists
         config.model.stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
+    return config
 
 
 # --- command line ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from npejax import metrics
 # paper's colors/markers: single-field blue circles, PSF-unaware red squares, PSF-aware orange triangles
 STYLES = {"single": ("tab:blue", "o"), "unaware": ("tab:red", "s"), "aware": ("tab:orange", "^"),
           "sep": ("0.35", "x")}
+SUBSET_LABELS = {"all": "all sources", "brightest": "r < 17.78", "faintest": "21.75 < r < 22"}
 LABELS = {"single": "single-field", "unaware": "PSF-unaware", "aware": "PSF-aware", "sep": "Source Extractor (sep)"}
 _EXTRA = [("tab:green", "D"), ("tab:purple", "v"), ("tab:brown", "P"), ("tab:pink", "*")]
 
@@ -91,8 +92,6 @@ def _subset_panels(results: dict, key: str, draw, xlabel: str, ylabel: str, titl
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from npejax.evaluate import SUBSET_LABELS
 
     fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.8))
     for ax, subset in zip(axes, metrics.CALIBRATION_SUBSETS):
@@ -268,8 +267,6 @@ def markdown(results: dict) -> str:
 
 
 def _calibration_table(results: dict) -> str:
-    from npejax.evaluate import SUBSET_LABELS
-
     lines = ["| method | " + " | ".join(f"{SUBSET_LABELS[s]}: expected / true" for s in metrics.CALIBRATION_SUBSETS)
              + " |", "| --- |" + " --- |" * len(metrics.CALIBRATION_SUBSETS)]
     for name, m in results["methods"].items():
@@ -284,8 +281,6 @@ def _calibration_table(results: dict) -> str:
 
 
 def _auc_table(results: dict) -> str:
-    from npejax.evaluate import SUBSET_LABELS
-
     lines = ["| star/galaxy AUC | " + " | ".join(SUBSET_LABELS[s] for s in metrics.CALIBRATION_SUBSETS) + " |",
              "| --- |" + " --- |" * len(metrics.CALIBRATION_SUBSETS)]
     for name, m in results["methods"].items():
@@ -297,8 +292,6 @@ def _auc_table(results: dict) -> str:
 
 
 def _coverage_table(results: dict) -> str:
-    from npejax.evaluate import SUBSET_LABELS
-
     levels = (0.5, 0.68, 0.8, 0.9, 0.95)
     lines = ["| flux coverage | subset | " + " | ".join(f"{int(round(100 * l))}%" for l in levels) + " |",
              "| --- | --- |" + " --- |" * len(levels)]
