@@ -1,0 +1,23 @@
+"""npejax: amortized Bayesian cataloging of astronomical images with spatially varying backgrounds and
+PSFs, in JAX (a reimplementation of "Neural posterior estimation with spatially varying backgrounds and
+PSFs"; SPEC.md).
+
+The package reads as its architecture, one data path through four parts:
+
+* :mod:`npejax.sim`: the forward model. Catalog prior, SDSS PSF model, field bank, GalSim renderer and
+  the process-pool simulator that renders batches on the fly.
+* :mod:`npejax.surveys`: survey files (SDSS psField / photoField / frame) read into a field bank, and
+  their downloader.
+* :mod:`npejax.datasets`: simulated batches cached on disk (writer and memory-mapped reader).
+* :mod:`npejax.nn`: the inference network. Input normalization, CatalogNet, the tile posterior, train
+  and eval steps, training loop, Orbax checkpoints and prediction from a checkpoint.
+* :mod:`npejax.evaluation`: matching and metrics, SNR, the Source Extractor baseline, the evaluation
+  report and the paper's experiment.
+
+Imports run one way, simulation <- datasets <- network <- evaluation (surveys build on simulation), and
+every part shares :mod:`npejax.schema` (the catalog contracts: keys, shapes, units), :mod:`npejax.io`
+(atomic file writes), :mod:`npejax.catalogs` (catalog tables) and :mod:`npejax.cli` (the command-line
+convention). ``tests/test_layout.py`` enforces the order. The commands are thin modules at the top:
+``python -m npejax.main`` (train), ``.simulate``, ``.predict``, ``.evaluate``, ``.experiment``, ``.sdss``,
+``.synthetic_bank``, also installed as ``npejax-train``, ``npejax-simulate``, ...
+"""

@@ -1,44 +1,26 @@
 """Catalog tables for users: one row per source, written as FITS or CSV.
 
-Conventions (SPEC "Catalog and coordinate conventions"): positions are floats in pixels from the image
-edge, ``x`` = column and ``y`` = row, pixel (i, j) covering [i, i+1) x [j, j+1); fluxes in nanomaggies
-(nmgy); ``mag`` = 22.5 - 2.5 log10(flux / nmgy) (SDSS r). ``image`` is the global index of the image
-in the dataset (or the batch).
+Columns, units and conventions are those of :mod:`npejax.schema` (:data:`~npejax.schema.TRUTH_COLUMNS`,
+:data:`~npejax.schema.PREDICTION_COLUMNS`; SPEC "Catalog and coordinate conventions"): positions are floats
+in pixels from the image edge, ``x`` = column and ``y`` = row, pixel (i, j) covering [i, i+1) x [j, j+1);
+fluxes in nanomaggies (nmgy); ``mag`` = 22.5 - 2.5 log10(flux / nmgy) (SDSS r). ``image`` is the global
+index of the image in the dataset (or the batch).
 
-:func:`truth_table` turns a batch's true catalog (the padded arrays of :mod:`npejax.prior`) into a table;
+:func:`truth_table` turns a batch's true catalog (the padded arrays of :mod:`npejax.sim.prior`) into a table;
 :func:`write_table` / :func:`read_table` store and read any table (truth or predictions) by extension.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 
 import numpy as np
 from astropy import table as table_lib
-from astropy import units as u
+from astropy.io import ascii as ascii_lib
 
-# Column name -> (unit, description). FITS has no nanomaggy unit, so ``flux`` carries no unit; its
-# description (kept in FITS and ECSV metadata) and the table meta ``FLUXUNIT`` say nmgy.
-TRUTH_COLUMNS = {
-    "image": (None, "global image index in the dataset"),
-    "source": (None, "index of the source in its image's catalog"),
-    "x": (u.pix, "column coordinate, pixels from the image edge"),
-    "y": (u.pix, "row coordinate, pixels from the image edge"),
-    "flux": (None, "r-band flux in nanomaggies (nmgy)"),
-    "mag": (u.mag, "r magnitude, 22.5 - 2.5 log10(flux / nmgy)"),
-    "is_galaxy": (None, "true for galaxies, false for stars"),
-    "disk_frac": (None, "fraction of the galaxy flux in the exponential disk (0 for stars)"),
-    "angle": (u.rad, "galaxy position angle, counterclockwise from +x, [0, pi) (0 for stars)"),
-    "disk_q": (None, "disk axis ratio b/a (0 for stars)"),
-    "bulge_q": (None, "bulge axis ratio b/a (0 for stars)"),
-    "disk_a": (u.arcsec, "disk semi-major half-light radius (0 for stars)"),
-    "bulge_a": (u.arcsec, "bulge semi-major half-light radius (0 for stars)"),
-    "field_id": (None, "index of the survey field in the field bank"),
-    "in_tile_catalog": (None, "kept by the one-source-per-tile rule (the brightest in its tile)"),
-}
-_SHAPE_KEYS = ("disk_frac", "angle", "disk_q", "bulge_q", "disk_a", "bulge_a")
+from npejax import io
+from npejax.schema import PREDICTION_COLUMNS, SHAPE_KEYS, TRUTH_COLUMNS
+
 _FORMATS = {".fits": "fits", ".fit": "fits", ".csv": "ascii.csv"}
 
 
@@ -52,6 +34,15 @@ def flux_to_mag(flux) -> np.ndarray:
 def mag_to_flux(mag) -> np.ndarray:
     """Flux in nmgy of an r magnitude."""
     return 10.0 ** ((22.5 - np.asarray(mag, dtype=np.float64)) / 2.5)
+
+
+def _described(t: table_lib.Table, columns: dict) -> table_lib.Table:
+    """Sets each column's unit and description from ``columns`` (name -> (unit, description)); fluxes are
+    in nmgy, which FITS cannot name as a unit: the table meta ``FLUXUNIT`` says so."""
+    for name in t.colnames:
+        t[name].unit, t[name].description = columns[name]
+    t.meta["FLUXUNIT"] = "nmgy"
+    return t
 
 
 def truth_table(batch: dict, image_offset: int = 0) -> table_lib.Table:
@@ -78,7 +69,7 @@ def truth_table(batch: dict, image_offset: int = 0) -> table_lib.Table:
         t[key] = np.asarray(batch[key])[img, src].astype(np.float32)
     t["mag"] = flux_to_mag(t["flux"]).astype(np.float32)
     t["is_galaxy"] = np.asarray(batch["is_galaxy"])[img, src].astype(bool)
-    for key in _SHAPE_KEYS:
+    for key in SHAPE_KEYS:
         if key in batch:
             t[key] = np.asarray(batch[key])[img, src].astype(np.float32)
     if "field_id" in batch:
@@ -89,17 +80,12 @@ def truth_table(batch: dict, image_offset: int = 0) -> table_lib.Table:
         rows, cols = np.nonzero(ts >= 0)
         kept[rows, ts[rows, cols]] = True
         t["in_tile_catalog"] = kept[img, src]
-    for name in t.colnames:
-        unit, description = TRUTH_COLUMNS[name]
-        t[name].unit = unit
-        t[name].description = description
-    t.meta["FLUXUNIT"] = "nmgy"
-    return t
+    return _described(t, TRUTH_COLUMNS)
 
 
 def dataset_truth_table(dataset):
     """(table, number of sources, number dropped by the one-per-tile rule) of every image of a
-    :class:`npejax.data.Dataset`; the table as :func:`truth_table`, ``image`` the global index."""
+    :class:`npejax.datasets.Dataset`; the table as :func:`truth_table`, ``image`` the global index."""
     tables, n_sources, n_dropped = [], 0, 0
     keys = ("n_sources", "field_id", "tile_source", "n_dropped", *TRUTH_COLUMNS)
     offset = 0
@@ -114,23 +100,8 @@ def dataset_truth_table(dataset):
     return table, n_sources, n_dropped
 
 
-PREDICTION_COLUMNS = {
-    "image": (None, "global image index"),
-    "x": (u.pix, "column coordinate, pixels from the image edge (posterior mode)"),
-    "y": (u.pix, "row coordinate, pixels from the image edge (posterior mode)"),
-    "flux": (None, "r-band flux in nanomaggies (nmgy), posterior median"),
-    "mag": (u.mag, "r magnitude of flux"),
-    "prob_source": (None, "posterior probability that the tile holds a source"),
-    "prob_galaxy": (None, "posterior probability that the source is a galaxy"),
-    "x_std": (u.pix, "posterior standard deviation of x"),
-    "y_std": (u.pix, "posterior standard deviation of y"),
-    "flux_lo": (None, "flux 15.9th percentile (nmgy): lower end of the central 68% interval"),
-    "flux_hi": (None, "flux 84.1th percentile (nmgy): upper end of the central 68% interval"),
-}
-
-
 def prediction_table(sources: dict) -> table_lib.Table:
-    """Table of predicted sources from :func:`npejax.posterior.tiles_to_sources` output (numpy arrays)."""
+    """Table of predicted sources from :func:`npejax.nn.posterior.tiles_to_sources` output (numpy arrays)."""
     t = table_lib.Table()
     t["image"] = np.asarray(sources["image"], np.int64)
     for key in ("x", "y", "flux"):
@@ -139,12 +110,7 @@ def prediction_table(sources: dict) -> table_lib.Table:
     for key in ("prob_source", "prob_galaxy", "x_std", "y_std", "flux_lo", "flux_hi"):
         if key in sources:
             t[key] = np.asarray(sources[key], np.float32)
-    for name in t.colnames:
-        unit, description = PREDICTION_COLUMNS[name]
-        t[name].unit = unit
-        t[name].description = description
-    t.meta["FLUXUNIT"] = "nmgy"
-    return t
+    return _described(t, PREDICTION_COLUMNS)
 
 
 def table_format(path) -> str:
@@ -157,27 +123,12 @@ def table_format(path) -> str:
 
 
 def write_table(table: table_lib.Table, path) -> str:
-    """Writes ``table`` to ``path`` (FITS or CSV by extension) atomically; returns the path.
-
-    The table goes to a temporary file in the same directory, which then replaces ``path``: a reader
-    never sees a half-written file, and an interrupted write leaves no temporary file behind.
-    """
+    """Writes ``table`` to ``path`` (FITS or CSV by extension) atomically (:func:`npejax.io.atomic_path`);
+    returns the path."""
     path = os.fspath(path)
     fmt = table_format(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-",
-                               suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
+    with io.atomic_path(path) as tmp:
         table.write(tmp, format=fmt, overwrite=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a catalog is a shareable file
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return path
 
 
@@ -189,7 +140,5 @@ def read_table(path) -> table_lib.Table:
         raise FileNotFoundError(f"catalog file {path} does not exist")
     if fmt == "fits":
         return table_lib.Table.read(path, format="fits")
-    from astropy.io import ascii as ascii_lib
-
     converters = {"*": [ascii_lib.convert_numpy(t) for t in (int, float, bool, str)]}
     return table_lib.Table.read(path, format="ascii.csv", converters=converters)

@@ -1,0 +1,101 @@
+"""Files written whole or not at all: the one way npejax writes a file.
+
+Every file npejax writes (datasets' manifests, catalogs, banks, metrics, reports, figures, configs) goes
+through :func:`atomic_write`: the content is written to a temporary file in the destination's directory,
+flushed to disk (fsync), given the permissions a plain ``open`` would give (mode 0666 less the umask; a
+temporary file is created 0600), and renamed over the destination. A reader never sees a half-written
+file, a failed write leaves the old file (if any) as it was, and the temporary file is removed on any
+failure, including KeyboardInterrupt.
+
+Temporary files are named ``.NAME.tmp-XXXXXXXX[.EXT]``: hidden, next to the destination, with its
+extension kept (libraries such as astropy and matplotlib choose the format by extension).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+
+TMP_MARKER = ".tmp-"
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Context manager giving a temporary path beside ``path``; on success it replaces ``path``.
+
+    For writers that need a file name (``table.write(tmp)``, ``fig.savefig(tmp)``, ``np.savez(tmp)``)::
+
+        with atomic_path("catalog.fits") as tmp:
+            table.write(tmp, format="fits")
+
+    The directory of ``path`` is created if needed. On an exception the temporary file is removed and
+    ``path`` is left untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    name = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}{TMP_MARKER}", suffix=os.path.splitext(name)[1])
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # the writer may have replaced the file: sync what is there now
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write(path, data: str | bytes | Callable[[object], None]) -> str:
+    """Writes ``data`` to ``path`` atomically (see the module doc); returns ``path``.
+
+    ``data`` is text (written as UTF-8), bytes, or a function that writes to a binary file object.
+    """
+    path = os.fspath(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            if isinstance(data, str):
+                f.write(data.encode("utf-8"))
+            elif isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                data(f)
+    return path
+
+
+def write_json(path, obj, indent: int = 2, allow_nan: bool = True) -> str:
+    """``obj`` as JSON (sorted as given, a trailing newline), atomically."""
+    return atomic_write(path, json.dumps(obj, indent=indent, allow_nan=allow_nan) + "\n")
+
+
+def write_csv(path, rows: Iterable[Mapping], fieldnames: list[str] | None = None) -> str:
+    """Rows (dicts with the same keys) as CSV with a header, atomically; non-finite floats become empty
+    cells. With no rows and no ``fieldnames`` the file is empty."""
+    rows = list(rows)
+    fieldnames = fieldnames if fieldnames is not None else (list(rows[0]) if rows else None)
+    buf = io.StringIO()
+    if fieldnames:
+        writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+    return atomic_write(path, buf.getvalue())
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_path`'s temporaries (left only by a killed process)."""
+    return os.path.basename(name).startswith(".") and TMP_MARKER in name

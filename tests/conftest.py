@@ -1,0 +1,93 @@
+"""Shared test fixtures: the repository root, config loading, and the tiny training configuration.
+
+The tiny configuration is ``configs/cpu_small.py`` with :data:`TINY_OVERRIDES`: a 4-channel network of 7
+conv blocks, batches of 8, 2 steps (16 images) per epoch, 16 validation images, simulation in-process.
+Tests get it as a Python config (``tiny_config()``) or as command-line overrides (``tiny_flags()``), both
+built from the same dict so they cannot drift apart. Fixtures are factories (session-scoped, so that
+module-scoped fixtures can use them); each call returns a fresh config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+import sys
+
+import ml_collections
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `configs` is imported from the repository root, however pytest is started
+    sys.path.insert(0, str(ROOT))
+
+TINY_OVERRIDES = {
+    "model.width": 4,
+    "model.stem_blocks": 1,
+    "model.stages": ((1, 0, 1), (1, 0, 2), (1, 0, 2)),
+    "train.batch_size": 8,
+    "train.eval_batch_size": 8,
+    "train.images_per_epoch": 16,  # 2 steps of 8
+    "train.normalizer_images": 16,
+    "data.num_val": 16,
+    "simulator.num_workers": 0,
+    "train.progress": False,
+}
+TINY_EPOCHS = 2
+
+
+def get_config(name: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """``configs/<name>.py``'s ``get_config()`` with ``{"section.key": value}`` overrides applied."""
+    config = importlib.import_module(f"configs.{name}").get_config()
+    for key, value in (overrides or {}).items():
+        section, _, leaf = key.rpartition(".")
+        target = config
+        for part in filter(None, section.split(".")):
+            target = target[part]
+        if leaf not in target:
+            raise KeyError(f"configs/{name}.py has no key {key!r}")
+        target[leaf] = value
+    return config
+
+
+def override_flags(overrides: dict, prefix: str = "config") -> list[str]:
+    """``{"train.batch_size": 8}`` -> ``["--config.train.batch_size=8"]`` (``prefix`` for nested configs,
+    e.g. ``config.network``)."""
+    return [f"--{prefix}.{key}={value}" for key, value in overrides.items()]
+
+
+def make_tiny_config() -> ml_collections.ConfigDict:
+    """A fresh tiny training config (``TINY_EPOCHS`` epochs)."""
+    config = get_config("cpu_small", TINY_OVERRIDES)
+    config.train.num_epochs = TINY_EPOCHS
+    return config
+
+
+@pytest.fixture(scope="session")
+def root() -> pathlib.Path:
+    """The repository root (commands run from here)."""
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def load_config():
+    """``load_config(name, {"section.key": value})``: ``configs/<name>.py`` with overrides (a fresh copy)."""
+    return get_config
+
+
+@pytest.fixture(scope="session")
+def config_path():
+    """``name -> path of configs/<name>.py`` (for ``--config``)."""
+    return lambda name: os.path.join(ROOT, "configs", f"{name}.py")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """A factory: ``tiny_config()`` is a fresh tiny training config (safe to modify)."""
+    return make_tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_flags():
+    """A factory: ``tiny_flags(prefix="config")`` gives the tiny overrides as command-line flags."""
+    return lambda prefix="config": override_flags(TINY_OVERRIDES, prefix)
