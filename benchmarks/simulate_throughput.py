@@ -3,13 +3,14 @@
     python benchmarks/simulate_throughput.py                 # default prior, 1..cpu_count workers
     python benchmarks/simulate_throughput.py --max-workers 2 --images 640 --json out.json
 
-All figures come from one run so that their ratios are comparable on a shared, noisy machine:
+The prior, renderer settings and field bank are those of ``configs/default.py``. All figures come from one
+run so that their ratios are comparable on a shared, noisy machine:
 
 * ``render``: ``Renderer.render`` in this process (one core, warm caches) for the k-space renderer and
   for the per-source GalSim ``drawImage`` reference;
 * ``per_source``: seconds per star and per galaxy (images of stars only / galaxies only, minus the cost
   of empty images with the same noise and background);
-* ``pipeline``: steady-state images/s of :class:`npejax.pipeline.Simulator` with 1..N worker processes
+* ``pipeline``: steady-state images/s of :class:`npejax.sim.pipeline.Simulator` with 1..N worker processes
   (after a warm-up of ``--warmup`` batches), and the speed-up over one worker.
 """
 
@@ -17,14 +18,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
+import sys
 import time
 
-import numpy as np
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-from npejax import fields, pipeline, prior as prior_lib, render
+import numpy as np  # noqa: E402
+
+from configs import default  # noqa: E402
+from npejax import io  # noqa: E402
+from npejax.sim import fields, pipeline, prior as prior_lib, render  # noqa: E402
 
 
 def _time_render(renderer, catalog, field_id, origins, repeats=1):
@@ -36,15 +42,17 @@ def _time_render(renderer, catalog, field_id, origins, repeats=1):
     return best
 
 
-def bench_render(bank, num_images, seed=0):
+def bench_render(config, bank, num_images, seed=0):
     rng = np.random.default_rng(seed)
-    base = prior_lib.CatalogPrior()
+    image_shape = (config.image_size, config.image_size)
+    base = prior_lib.CatalogPrior.from_config(config.prior, image_shape)
+    render_config = render.RenderConfig.from_config(config.render)
     catalog = base.sample(rng, num_images)
     field_id = bank.sample_fields(rng, num_images)
     origins = bank.sample_crop_origins(rng, num_images, base.image_shape)
     out = {}
     for method in ("kspace", "drawimage"):
-        renderer = render.Renderer(bank, config=render.RenderConfig(method=method))
+        renderer = render.Renderer(bank, image_shape, dataclasses.replace(render_config, method=method))
         renderer.render(catalog, field_id, origins, rng)  # warm the per-field caches
         seconds = _time_render(renderer, catalog, field_id, origins)
         out[method] = dict(images_per_s=num_images / seconds, ms_per_image=1e3 * seconds / num_images)
@@ -52,7 +60,7 @@ def bench_render(bank, num_images, seed=0):
     out["mean_sources_per_image"] = float(catalog["n_sources"].mean())
 
     # per-source cost: same counts and fields, all stars / all galaxies / none
-    renderer = render.Renderer(bank)
+    renderer = render.Renderer(bank, image_shape, render_config)
     renderer.render(catalog, field_id, origins, rng)
     timings = {}
     for name, prob_galaxy in (("stars", 0.0), ("galaxies", 1.0)):
@@ -65,8 +73,8 @@ def bench_render(bank, num_images, seed=0):
     return out
 
 
-def bench_pipeline(bank, workers, batch_size, warmup, batches):
-    spec = pipeline.SimulationSpec(bank=bank, batch_size=batch_size, seed=1)
+def bench_pipeline(config, bank, workers, batch_size, warmup, batches):
+    spec = pipeline.SimulationSpec.from_config(config, seed=1, batch_size=batch_size, bank=bank)
     out = {}
     for n in workers:
         with pipeline.Simulator(spec, num_workers=n, prefetch=2 * max(n, 1)) as sim:
@@ -90,9 +98,10 @@ def main():
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
 
-    bank = fields.load_bank()
+    config = default.get_config()
+    bank = fields.load_bank(config.fields.bank)
     results = dict(machine=f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
-                   render=bench_render(bank, args.images))
+                   render=bench_render(config, bank, args.images))
     r = results["render"]
     print(f"one core, default prior ({r['mean_sources_per_image']:.2f} sources/image):")
     for method in ("kspace", "drawimage"):
@@ -101,14 +110,13 @@ def main():
     print(f"  per star {r['per_source_ms']['stars']:.3f} ms, per galaxy {r['per_source_ms']['galaxies']:.3f} ms, "
           f"empty image {r['empty_image_ms']:.3f} ms")
 
-    pipe = bench_pipeline(bank, range(1, args.max_workers + 1), args.batch_size, args.warmup, args.batches)
+    pipe = bench_pipeline(config, bank, range(1, args.max_workers + 1), args.batch_size, args.warmup, args.batches)
     results["pipeline"] = {str(n): v for n, v in pipe.items()}
     print("Simulator (worker processes), steady state:")
     for n, v in pipe.items():
         print(f"  {n} workers: {v:7.1f} images/s ({v / pipe[1]:.2f}x one worker)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        io.write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -1,565 +1,120 @@
-"""SDSS r-band field covariates from psField, photoField and frame files, and a downloader for them.
+"""SDSS field banks: download psField, photoField and frame-r files, and build a field bank from them.
 
-Per field (run, camcol, field) three files of the SDSS data model are read:
-
-* ``psField-RUN6-CAMCOL-FIELD4.fit``: HDU 6 table, columns ``psf_sigma1 psf_sigma2 psf_sigmap psf_beta psf_b
-  psf_p0`` (one value per band u, g, r, i, z); the six PSF parameters of :mod:`npejax.psf` (widths in pixels);
-* ``photoField-RUN6-CAMCOL.fits``: HDU 1 table, one row per field, columns ``FIELD`` and ``GAIN`` (electrons
-  per DN, per band);
-* ``frame-r-RUN6-CAMCOL-FIELD4.fits[.bz2]``: HDU 0 image [H, W] (nmgy), HDU 1 ``calibvec`` [W] (nmgy per DN),
-  HDU 2 table with ``ALLSKY`` (coarse sky grid in DN), ``XINTERP`` [W] and ``YINTERP`` [H] (grid coordinates
-  of each full-resolution column / row).
-
-:func:`build_bank` turns a folder of such files into a :class:`npejax.fields.FieldBank`;
-:func:`download_fields` fetches them from the SDSS DR17 Science Archive Server. Command line::
-
-    python -m npejax.sdss download --fields fields.txt --out DIR [--base-url URL]
+    python -m npejax.sdss download --fields fields.txt --out DIR [--base-url URL] [--retries N] [--timeout S]
     python -m npejax.sdss build-bank --dir DIR --out bank.npz [--grid 12x16] [--reference RUN-CAMCOL-FIELD]
+
+``download`` fetches the files of the fields listed in a text file (lines ``run camcol field``, ``#``
+comments) from the SDSS DR17 archive into DIR (:mod:`npejax.surveys.download`; rerunning resumes).
+``build-bank`` reads a folder of such files (flat or in the archive layout) into a field bank .npz
+(:mod:`npejax.surveys.sdss`) for ``--config.fields.bank=bank.npz``. ``python -m npejax.sdss SUBCOMMAND
+--help`` lists a subcommand's flags. Exit status: 0 on success, 2 for a bad command line, flag value or
+input file, 1 when the archive cannot be reached or a download fails.
 """
 
 from __future__ import annotations
 
-import argparse
-import http.client
-import os
 import re
-import socket
 import sys
-import time
-import urllib.error
-import urllib.request
-import warnings
 
-import numpy as np
-from astropy.io import fits
+from absl import flags
 
-from npejax import fields as fields_lib
-from npejax import psf as psf_lib
+from npejax import cli
+from npejax.surveys import download, sdss
 
-BANDS = "ugriz"
-R_BAND = 2
-DEFAULT_BASE_URL = "https://data.sdss.org/sas/dr17"
-DEFAULT_GRID = (12, 16)
-PSFIELD_HDU = 6
-PHOTOFIELD_HDU = 1
+EXIT_DOWNLOAD_FAILED = 1
+_GRID_RE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
 
-_FRAME_RE = re.compile(r"^frame-([ugriz])-(\d{6})-(\d)-(\d{4})\.fits(\.bz2)?$")
-_CHUNK = 1 << 20
 
-
-class DownloadError(RuntimeError):
-    """A file could not be fetched from the archive (unreachable host, HTTP error, incomplete transfer)."""
-
-
-# --- file names and archive paths ----------------------------------------------------------------
-
-
-def psfield_name(run: int, camcol: int, field: int) -> str:
-    """``psField-RUN6-CAMCOL-FIELD4.fit``."""
-    return f"psField-{int(run):06d}-{int(camcol)}-{int(field):04d}.fit"
-
-
-def photofield_name(run: int, camcol: int) -> str:
-    """``photoField-RUN6-CAMCOL.fits``."""
-    return f"photoField-{int(run):06d}-{int(camcol)}.fits"
-
-
-def frame_name(run: int, camcol: int, field: int, band: str = "r") -> str:
-    """``frame-BAND-RUN6-CAMCOL-FIELD4.fits.bz2`` (the archive's compressed frame)."""
-    return f"frame-{band}-{int(run):06d}-{int(camcol)}-{int(field):04d}.fits.bz2"
-
-
-def field_id(run: int, camcol: int, field: int) -> str:
-    """Bank name of a field: ``"RUN-CAMCOL-FIELD"`` without zero padding, e.g. ``"94-1-12"``."""
-    return f"{int(run)}-{int(camcol)}-{int(field)}"
-
-
-def parse_field_id(text) -> tuple[int, int, int]:
-    """``"94-1-12"`` or ``(94, 1, 12)`` -> ``(94, 1, 12)``; raises ValueError otherwise."""
-    if isinstance(text, str):
-        parts = text.strip().split("-")
-    else:
-        parts = list(text)
-    try:
-        run, camcol, field = (int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"field id {text!r}: expected RUN-CAMCOL-FIELD (three integers, e.g. 94-1-12)") from None
-    if run < 0 or not 1 <= camcol <= 6 or field < 0:
-        raise ValueError(f"field id {text!r}: need run >= 0, camcol in 1..6, field >= 0")
-    return run, camcol, field
-
-
-def archive_paths(run: int, camcol: int, field: int) -> dict[str, str]:
-    """Paths relative to the archive root (e.g. DR17 SAS) of the psField, photoField and r-band frame files."""
-    run, camcol, field = int(run), int(camcol), int(field)
-    return {
-        "psfield": f"eboss/photo/redux/301/{run}/objcs/{camcol}/{psfield_name(run, camcol, field)}",
-        "photofield": f"eboss/photoObj/301/{run}/{photofield_name(run, camcol)}",
-        "frame": f"eboss/photoObj/frames/301/{run}/{camcol}/{frame_name(run, camcol, field)}",
-    }
-
-
-def _band_index(band) -> int:
-    if isinstance(band, str) and band in BANDS:
-        return BANDS.index(band)
-    if isinstance(band, (int, np.integer)) and 0 <= int(band) < len(BANDS):
-        return int(band)
-    raise ValueError(f"band must be one of {tuple(BANDS)} or an index 0..4, got {band!r}")
-
-
-# --- FITS readers --------------------------------------------------------------------------------
-
-
-def _read_hdus(path, kind: str) -> list[tuple[fits.Header, object]]:
-    """All HDUs of ``path`` as (header, data) with data fully read; ValueError naming the file otherwise."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{kind} file {path} does not exist")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
-                hdus = []
-                for hdu in hdul:
-                    data = hdu.data
-                    if data is not None:
-                        data = data.copy()
-                    hdus.append((hdu.header.copy(), data))
-    except Exception as exc:  # OSError, ValueError, EOFError (bz2), astropy VerifyError, ...
-        raise ValueError(f"{kind} file {path} is not a readable FITS file (truncated or corrupt?): "
-                         f"{type(exc).__name__}: {exc}") from exc
-    for w in caught:
-        if "truncated" in str(w.message).lower():
-            raise ValueError(f"{kind} file {path} is truncated: {w.message}")
-    if not hdus:
-        raise ValueError(f"{kind} file {path} holds no HDUs (not a FITS file?)")
-    return hdus
-
-
-def _table(hdus, index: int, path, kind: str, expected: str):
-    if len(hdus) <= index:
-        raise ValueError(f"{kind} file {path} has {len(hdus)} HDUs (0..{len(hdus) - 1}); expected {expected} "
-                         f"in HDU {index} (truncated or wrong file?)")
-    data = hdus[index][1]
-    if not isinstance(data, fits.FITS_rec) or len(data) == 0:
-        raise ValueError(f"{kind} file {path}: HDU {index} is not a non-empty binary table; expected {expected}")
-    return data
-
-
-def _column(table, name: str, path, kind: str, index: int) -> np.ndarray:
-    names = list(table.columns.names)
-    for candidate in names:
-        if candidate.lower() == name.lower():
-            return np.asarray(table[candidate])
-    raise ValueError(f"{kind} file {path}: HDU {index} table has no column {name!r} (columns: {', '.join(names)})")
-
-
-def read_psfield(path, band=R_BAND) -> np.ndarray:
-    """PSF parameters (s1, s2, sP [pixels], beta, b, p0) [6] of ``band`` from a psField file's HDU 6 table."""
-    path = os.fspath(path)
-    b = _band_index(band)
-    table = _table(_read_hdus(path, "psField"), PSFIELD_HDU, path, "psField", "the PSF parameter table")
-    params = []
-    for name in psf_lib.PSF_PARAM_NAMES:
-        col = _column(table, name, path, "psField", PSFIELD_HDU)
-        row = np.atleast_1d(col[0])
-        if row.shape != (len(BANDS),):
-            raise ValueError(f"psField file {path}: column {name!r} in HDU {PSFIELD_HDU} has shape {row.shape} per "
-                             f"row, expected one value per band ({len(BANDS)},)")
-        params.append(float(row[b]))
-    return psf_lib.validate_psf_params(np.array(params), where=f"psField file {path}, band {BANDS[b]}")
-
-
-def read_photofield(path, field: int, band=R_BAND) -> float:
-    """Gain (electrons per DN) of ``field`` in ``band`` from a photoField file (HDU 1: FIELD, GAIN columns)."""
-    path = os.fspath(path)
-    b = _band_index(band)
-    table = _table(_read_hdus(path, "photoField"), PHOTOFIELD_HDU, path, "photoField", "the per-field table")
-    field_col = _column(table, "FIELD", path, "photoField", PHOTOFIELD_HDU).astype(np.int64).ravel()
-    gain_col = _column(table, "GAIN", path, "photoField", PHOTOFIELD_HDU)
-    rows = np.flatnonzero(field_col == int(field))
-    if rows.size == 0:
-        shown = f"{field_col.min()}..{field_col.max()}" if field_col.size else "none"
-        raise ValueError(f"photoField file {path}: field {int(field)} not present in column FIELD (fields {shown})")
-    gain_row = np.atleast_1d(gain_col[rows[0]])
-    if gain_row.shape != (len(BANDS),):
-        raise ValueError(f"photoField file {path}: column 'GAIN' has shape {gain_row.shape} per row, expected one "
-                         f"value per band ({len(BANDS)},)")
-    gain = float(gain_row[b])
-    if not (np.isfinite(gain) and gain > 0):
-        raise ValueError(f"photoField file {path}: GAIN of field {int(field)} band {BANDS[b]} must be a positive "
-                         f"number of electrons per DN, got {gain}")
-    return gain
-
-
-def _linear_weights(coords: np.ndarray, nodes: int) -> np.ndarray:
-    """Linear-interpolation weights [len(coords), nodes] at fractional grid ``coords``, clamped to the edges."""
-    pos = np.clip(np.asarray(coords, dtype=np.float64), 0.0, nodes - 1.0)
-    lo = np.minimum(np.floor(pos).astype(np.int64), max(nodes - 2, 0))
-    frac = pos - lo
-    weights = np.zeros((pos.size, nodes))
-    weights[np.arange(pos.size), lo] = 1.0 - frac
-    if nodes > 1:
-        weights[np.arange(pos.size), lo + 1] += frac
-    return weights
-
-
-def read_frame(path) -> tuple[np.ndarray, np.ndarray]:
-    """Sky [H, W] in DN per pixel (ALLSKY bilinearly interpolated at (YINTERP, XINTERP)) and calibvec [W] (nmgy/DN).
-
-    Same result as the SDSS recipe ``map_coordinates(allsky, meshgrid(yinterp, xinterp), order=1,
-    mode='nearest')`` (IDL ``interpolate(allsky, xinterp, yinterp, /grid)``). Accepts ``.fits`` or ``.fits.bz2``.
-    """
-    path = os.fspath(path)
-    hdus = _read_hdus(path, "frame")
-    image = hdus[0][1]
-    if image is None or np.ndim(image) != 2:
-        raise ValueError(f"frame file {path}: HDU 0 must be a 2-D image, got "
-                         f"{'no data' if image is None else f'shape {np.shape(image)}'}")
-    h, w = image.shape
-    if len(hdus) < 3:
-        raise ValueError(f"frame file {path} has {len(hdus)} HDUs; expected calibvec in HDU 1 and the sky table "
-                         f"(ALLSKY, XINTERP, YINTERP) in HDU 2 (truncated or wrong file?)")
-    calib = hdus[1][1]
-    if calib is None or np.shape(calib) != (w,):
-        raise ValueError(f"frame file {path}: HDU 1 calibvec has shape {np.shape(calib) if calib is not None else None}"
-                         f", expected ({w},) (one value per image column)")
-    calib = np.asarray(calib, dtype=np.float64)
-    if not np.all(np.isfinite(calib)) or np.any(calib <= 0):
-        raise ValueError(f"frame file {path}: HDU 1 calibvec must be positive finite nmgy per DN")
-    table = _table(hdus, 2, path, "frame", "the sky table (ALLSKY, XINTERP, YINTERP)")
-    allsky = np.asarray(_column(table, "ALLSKY", path, "frame", 2)[0], dtype=np.float64)
-    xinterp = np.asarray(_column(table, "XINTERP", path, "frame", 2)[0], dtype=np.float64).ravel()
-    yinterp = np.asarray(_column(table, "YINTERP", path, "frame", 2)[0], dtype=np.float64).ravel()
-    if allsky.ndim != 2:
-        raise ValueError(f"frame file {path}: HDU 2 column 'ALLSKY' has shape {allsky.shape}, expected a 2-D grid "
-                         f"(TDIM missing?)")
-    if xinterp.shape != (w,) or yinterp.shape != (h,):
-        raise ValueError(f"frame file {path}: HDU 2 XINTERP/YINTERP have lengths {xinterp.size}/{yinterp.size}, "
-                         f"expected {w}/{h} (image columns/rows)")
-    if not (np.all(np.isfinite(allsky)) and np.all(np.isfinite(xinterp)) and np.all(np.isfinite(yinterp))):
-        raise ValueError(f"frame file {path}: HDU 2 ALLSKY/XINTERP/YINTERP contain NaN or infinite values")
-    rows = _linear_weights(yinterp, allsky.shape[0])
-    cols = _linear_weights(xinterp, allsky.shape[1])
-    sky = rows @ allsky @ cols.T
-    return sky, calib
-
-
-# --- one field and a bank ------------------------------------------------------------------------
-
-
-def block_average(image: np.ndarray, grid_shape) -> np.ndarray:
-    """Mean of ``image`` [H, W] over cells: node (a, b) averages rows [a*H/gh, (a+1)*H/gh), cols [b*W/gw, ...)."""
-    image = np.asarray(image, dtype=np.float64)
-    h, w = image.shape
-    gh, gw = (int(v) for v in grid_shape)
-    if not (1 <= gh <= h and 1 <= gw <= w):
-        raise ValueError(f"grid shape {(gh, gw)} must be between (1, 1) and the frame shape {(h, w)}")
-    row_starts = (np.arange(gh) * h + gh - 1) // gh  # first row i with i * gh >= a * h
-    col_starts = (np.arange(gw) * w + gw - 1) // gw
-    sums = np.add.reduceat(np.add.reduceat(image, row_starts, axis=0), col_starts, axis=1)
-    counts = np.outer(np.diff(np.append(row_starts, h)), np.diff(np.append(col_starts, w)))
-    return sums / counts
-
-
-def field_from_files(psfield, photofield, frame, run: int, camcol: int, field: int,
-                     grid_shape=DEFAULT_GRID) -> dict:
-    """One r-band field: ``psf_params`` [6], ``sky_grid`` [gh, gw] (electrons per pixel), ``gain`` (e-/DN),
-    ``calibration`` (median calibvec, nmgy/DN), ``name`` ("RUN-CAMCOL-FIELD"), ``frame_shape`` (H, W), ``files``."""
-    psf_params = read_psfield(psfield, band=R_BAND)
-    gain = read_photofield(photofield, field, band=R_BAND)
-    sky_dn, calibvec = read_frame(frame)
-    sky_grid = block_average(sky_dn * gain, grid_shape)
-    if np.any(sky_grid <= 0):
-        raise ValueError(f"frame file {os.fspath(frame)}: sky level (ALLSKY) must be positive, "
-                         f"got minimum {sky_grid.min()} electrons per pixel")
-    return dict(
-        psf_params=psf_params, sky_grid=sky_grid, gain=gain, calibration=float(np.median(calibvec)),
-        name=field_id(run, camcol, field), frame_shape=tuple(int(v) for v in sky_dn.shape),
-        files=dict(psfield=os.fspath(psfield), photofield=os.fspath(photofield), frame=os.fspath(frame)),
-    )
-
-
-def _index_folder(directory: str) -> dict[str, str]:
-    """Basename -> path of every file below ``directory`` (flat or archive layout); first in sorted order wins."""
-    found: dict[str, str] = {}
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        for name in sorted(files):
-            found.setdefault(name, os.path.join(root, name))
-    return found
-
-
-def _find(index: dict[str, str], names, directory: str, kind: str, archive_path: str) -> str:
-    for name in names:
-        if name in index:
-            return index[name]
-    raise FileNotFoundError(f"{kind} file {names[0]} not found in {directory} (flat, or under the archive path "
-                            f"{archive_path})")
-
-
-def discover_fields(directory) -> list[tuple[int, int, int]]:
-    """(run, camcol, field) of every r-band frame file (``frame-r-*.fits`` or ``.fits.bz2``) below ``directory``."""
-    directory = os.fspath(directory)
-    found = set()
-    for name in _index_folder(directory):
-        match = _FRAME_RE.match(name)
-        if match and match.group(1) == "r":
-            found.add((int(match.group(2)), int(match.group(3)), int(match.group(4))))
-    return sorted(found)
-
-
-def _reference_index(psf_params: np.ndarray, sky_grid: np.ndarray) -> int:
-    """Field nearest (relative distance) to the median PSF FWHM and median mean sky level."""
-    fwhm = np.array([psf_lib.fwhm_pixels(p) for p in psf_params])
-    sky = sky_grid.reshape(len(sky_grid), -1).mean(axis=1)
-    dist = np.hypot(fwhm / np.median(fwhm) - 1.0, sky / np.median(sky) - 1.0)
-    return int(np.argmin(dist))
-
-
-def build_bank(directory, fields=None, grid_shape=DEFAULT_GRID, reference=None) -> fields_lib.FieldBank:
-    """A FieldBank of r-band fields read from SDSS files in ``directory`` (flat or archive layout).
-
-    ``fields``: list of (run, camcol, field), or None for every ``frame-r-*`` file found. ``reference``:
-    (run, camcol, field) or "RUN-CAMCOL-FIELD"; None picks the field nearest the median PSF FWHM and sky.
-    """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"SDSS data directory {directory} does not exist or is not a directory")
-    index = _index_folder(directory)
-    if fields is None:
-        fields = discover_fields(directory)
-        if not fields:
-            raise FileNotFoundError(f"no r-band frame files (frame-r-RUN6-CAMCOL-FIELD4.fits[.bz2]) found in "
-                                    f"{directory}")
-    fields = [parse_field_id(f) for f in fields]
-    if len(set(fields)) != len(fields):
-        raise ValueError(f"duplicate fields in the field list for {directory}")
-    records = []
-    for run, camcol, field in fields:
-        arch = archive_paths(run, camcol, field)
-        frame_fits = frame_name(run, camcol, field)
-        psfield = _find(index, [psfield_name(run, camcol, field)], directory, "psField", arch["psfield"])
-        photofield = _find(index, [photofield_name(run, camcol)], directory, "photoField", arch["photofield"])
-        frame = _find(index, [frame_fits, frame_fits[: -len(".bz2")]], directory, "frame", arch["frame"])
-        records.append(field_from_files(psfield, photofield, frame, run, camcol, field, grid_shape=grid_shape))
-    shapes = {r["frame_shape"] for r in records}
-    if len(shapes) != 1:
-        raise ValueError(f"frames in {directory} have different shapes {sorted(shapes)}; a bank needs one frame shape")
-    names = [r["name"] for r in records]
-    psf_params = np.stack([r["psf_params"] for r in records])
-    sky_grid = np.stack([r["sky_grid"] for r in records])
-    if reference is None:
-        ref = _reference_index(psf_params, sky_grid)
-    else:
-        ref_name = field_id(*parse_field_id(reference))
-        if ref_name not in names:
-            raise ValueError(f"reference field {ref_name} is not among the {len(names)} fields read from {directory}")
-        ref = names.index(ref_name)
-    description = (f"{len(names)} SDSS r-band fields from {directory}: PSF from psField HDU {PSFIELD_HDU}, gain from "
-                   f"photoField GAIN, sky from frame ALLSKY (interpolated with XINTERP/YINTERP) x gain in electrons "
-                   f"per pixel, block-averaged to a {sky_grid.shape[1]}x{sky_grid.shape[2]} grid, calibration = "
-                   f"median frame calibvec; reference field {names[ref]}")
-    return fields_lib.FieldBank(
-        names=np.array(names), psf_params=psf_params, sky_grid=sky_grid,
-        gain=np.array([r["gain"] for r in records]), calibration=np.array([r["calibration"] for r in records]),
-        frame_shape=shapes.pop(), reference=ref, synthetic=False, description=description, source=directory,
-    )
-
-
-# --- downloader ----------------------------------------------------------------------------------
-
-
-def _looks_complete(path: str) -> bool:
-    """Cheap check of a file already in place: non-empty, FITS blocks of 2880 bytes or a bzip2 header."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(6)
-    except OSError:
-        return False
-    if path.endswith(".bz2"):
-        return size > 0 and head[:3] == b"BZh"
-    return size > 0 and size % 2880 == 0 and head == b"SIMPLE"
-
-
-def _unreachable(url: str, out_dir: str, reason) -> DownloadError:
-    return DownloadError(
-        f"cannot reach the SDSS archive (offline?) while fetching {url}: {reason}. Copy the psField, photoField "
-        f"and frame-r files into {out_dir} (flat or in the archive layout) and run "
-        f"`python -m npejax.sdss build-bank --dir {out_dir} --out bank.npz`."
-    )
-
-
-def _fetch_once(url: str, part: str, timeout: float) -> None:
-    """One attempt: (re)starts or resumes ``part`` with a Range request; raises on any failure."""
-    offset = os.path.getsize(part) if os.path.exists(part) else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "npejax-sdss/0.1"})
-    if offset > 0:
-        request.add_header("Range", f"bytes={offset}-")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        status = response.status
-        total = None
-        if status == 206:
-            match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", ""))
-            if not match or int(match.group(1)) != offset:
-                os.remove(part)  # unusable partial answer: the next attempt restarts from scratch
-                raise http.client.HTTPException(f"bad Content-Range {response.headers.get('Content-Range')!r}")
-            total = int(match.group(3)) if match.group(3) != "*" else None
-            mode = "ab"
-        else:  # 200: the server ignored the Range header (or there was none): restart
-            length = response.headers.get("Content-Length")
-            total = int(length) if length is not None else None
-            mode = "wb"
-        with open(part, mode) as f:
-            while True:
-                chunk = response.read(_CHUNK)
-                if not chunk:
-                    break
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-    size = os.path.getsize(part)
-    if total is not None and size != total:
-        raise http.client.IncompleteRead(b"", total - size)
-
-
-def download_file(url: str, dest, retries: int = 3, timeout: float = 30, backoff: float = 1.0) -> bool:
-    """Downloads ``url`` to ``dest`` atomically (``dest.part``, then rename); False if ``dest`` was already there.
-
-    Resumes a partial ``dest.part`` with an HTTP Range request when the server supports it. Retries up to
-    ``retries`` times (sleeping ``backoff * 2**k`` seconds) on connection errors, timeouts and HTTP 5xx/429.
-    """
-    dest = os.fspath(dest)
-    if os.path.exists(dest) and _looks_complete(dest):
-        return False
-    out_dir = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(out_dir, exist_ok=True)
-    part = dest + ".part"
-    last = None
-    for attempt in range(int(retries) + 1):
-        if attempt:
-            time.sleep(float(backoff) * 2 ** (attempt - 1))
-        try:
-            _fetch_once(url, part, timeout)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                raise DownloadError(f"HTTP 404 Not Found: {url} is not in the archive (check run, camcol, field "
-                                    f"and --base-url)") from exc
-            if exc.code == 416:  # our partial file does not fit the remote one: start over
-                if os.path.exists(part):
-                    os.remove(part)
-                last = exc
-                continue
-            if exc.code >= 500 or exc.code == 429:
-                last = exc
-                continue
-            raise DownloadError(f"HTTP {exc.code} {exc.reason} for {url}") from exc
-        except urllib.error.URLError as exc:
-            last = exc
-            continue
-        except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as exc:
-            last = exc
-            continue
-        os.replace(part, dest)
-        return True
-    if isinstance(last, urllib.error.URLError) and not isinstance(last, urllib.error.HTTPError):
-        raise _unreachable(url, out_dir, last.reason) from last
-    raise DownloadError(f"downloading {url} failed after {int(retries) + 1} attempts: "
-                        f"{type(last).__name__}: {last}") from last
-
-
-def download_fields(fields, out_dir, base_url: str = DEFAULT_BASE_URL, retries: int = 3, timeout: float = 30,
-                    backoff: float = 1.0, progress: bool = True) -> list[str]:
-    """Fetches psField, photoField and r-band frame files of (run, camcol, field) triples into ``out_dir`` (flat).
-
-    Files already present are skipped; partial ``.part`` files are resumed. Returns the local paths. Raises
-    DownloadError (unreachable archive, HTTP 404, repeated failures) naming the URL.
-    """
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    jobs: dict[str, str] = {}
-    for run, camcol, field in (parse_field_id(f) for f in fields):
-        for rel in archive_paths(run, camcol, field).values():
-            jobs.setdefault(os.path.join(out_dir, rel.rsplit("/", 1)[1]), f"{base_url.rstrip('/')}/{rel}")
-    paths = []
-    for k, (dest, url) in enumerate(jobs.items(), start=1):
-        fetched = download_file(url, dest, retries=retries, timeout=timeout, backoff=backoff)
-        if progress:
-            state = f"downloaded ({os.path.getsize(dest) / 1e6:.2f} MB)" if fetched else "already present"
-            print(f"[{k}/{len(jobs)}] {os.path.basename(dest)}: {state}", flush=True)
-        paths.append(dest)
-    return paths
-
-
-# --- command line --------------------------------------------------------------------------------
-
-
-def read_fields_file(path) -> list[tuple[int, int, int]]:
-    """(run, camcol, field) triples from a text file of lines ``run camcol field``; '#' starts a comment."""
-    path = os.fspath(path)
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except OSError as exc:
-        raise ValueError(f"fields file {path} cannot be read: {exc}") from exc
-    out = []
-    for number, line in enumerate(lines, start=1):
-        text = line.split("#", 1)[0].replace(",", " ").split()
-        if not text:
-            continue
-        if len(text) != 3:
-            raise ValueError(f"fields file {path} line {number}: expected 'run camcol field', got {line.strip()!r}")
-        try:
-            out.append(parse_field_id(text))
-        except ValueError as exc:
-            raise ValueError(f"fields file {path} line {number}: {exc}") from None
-    if not out:
-        raise ValueError(f"fields file {path} lists no fields (expected lines 'run camcol field')")
-    return out
+def _grid_ok(text: str) -> bool:
+    match = _GRID_RE.fullmatch(text)
+    return bool(match) and min(int(match.group(1)), int(match.group(2))) >= 1
 
 
 def _parse_grid(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or min(int(match.group(1)), int(match.group(2))) < 1:
-        raise argparse.ArgumentTypeError(f"grid must look like 12x16 (rows x columns), got {text!r}")
+    match = _GRID_RE.fullmatch(text)
     return int(match.group(1)), int(match.group(2))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m npejax.sdss", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    dl = sub.add_parser("download", help="download psField, photoField and frame-r files from the SDSS archive")
-    dl.add_argument("--fields", required=True, help="text file of lines 'run camcol field' ('#' comments)")
-    dl.add_argument("--out", required=True, help="output folder")
-    dl.add_argument("--base-url", default=DEFAULT_BASE_URL, help=f"archive root (default {DEFAULT_BASE_URL})")
-    dl.add_argument("--retries", type=int, default=3)
-    dl.add_argument("--timeout", type=float, default=30.0, help="seconds per network operation")
-    bb = sub.add_parser("build-bank", help="build a field bank (.npz) from a folder of SDSS files")
-    bb.add_argument("--dir", required=True, help="folder of psField, photoField and frame-r files")
-    bb.add_argument("--out", required=True, help="output .npz bank")
-    bb.add_argument("--grid", type=_parse_grid, default=DEFAULT_GRID, help="sky grid rows x columns (default 12x16)")
-    bb.add_argument("--reference", default=None, help="reference field RUN-CAMCOL-FIELD (default: most typical)")
-    args = parser.parse_args(argv)
+# --- download ----------------------------------------------------------------------------------------
+
+
+def define_download_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("fields", None, "Text file of lines 'run camcol field' ('#' comments).", flag_values=fv,
+                        required=True)
+    flags.DEFINE_string("out", None, "Output folder.", flag_values=fv, required=True)
+    flags.DEFINE_string("base-url", download.DEFAULT_BASE_URL, "Archive root.", flag_values=fv)
+    flags.DEFINE_integer("retries", 3, "Retries per file on connection errors, timeouts and HTTP 5xx/429.",
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_float("timeout", 30.0, "Seconds per network operation.", flag_values=fv)
+
+
+def run_download(fv: flags.FlagValues) -> int:
+    out = fv["out"].value
+    fields = sdss.read_fields_file(fv["fields"].value)
     try:
-        if args.command == "download":
-            fields = read_fields_file(args.fields)
-            download_fields(fields, args.out, base_url=args.base_url, retries=args.retries, timeout=args.timeout)
-            print(f"{len(fields)} fields in {args.out}; next: python -m npejax.sdss build-bank --dir {args.out} "
-                  f"--out bank.npz")
-        else:
-            bank = build_bank(args.dir, grid_shape=args.grid, reference=args.reference)
-            bank.save(args.out)
-            print(f"wrote {args.out}: {len(bank)} fields, sky grid {bank.sky_grid.shape[1]}x{bank.sky_grid.shape[2]}, "
-                  f"reference {bank.names[bank.reference]}")
-    except DownloadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        download.download_fields(fields, out, base_url=fv["base-url"].value, retries=fv["retries"].value,
+                                 timeout=fv["timeout"].value)
+    except download.DownloadError as exc:  # the archive, not the command line: exit 1
+        return cli.fail(cli.message(exc), EXIT_DOWNLOAD_FAILED)
+    except OSError as exc:  # e.g. --out is a file
+        return cli.fail(cli.message(exc))
+    print(f"{len(fields)} fields in {out}; next: python -m npejax.sdss build-bank --dir {out} --out bank.npz")
     return 0
 
 
+# --- build-bank --------------------------------------------------------------------------------------
+
+
+def define_build_bank_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("dir", None, "Folder of psField, photoField and frame-r files.", flag_values=fv,
+                        required=True)
+    flags.DEFINE_string("out", None, "Output .npz bank.", flag_values=fv, required=True)
+    grid = "x".join(str(v) for v in sdss.DEFAULT_GRID)
+    flags.DEFINE_string("grid", grid, "Sky grid rows x columns.", flag_values=fv)
+    flags.register_validator("grid", _grid_ok, message="grid must look like 12x16 (rows x columns)",
+                             flag_values=fv)
+    flags.DEFINE_string("reference", None, "Reference field RUN-CAMCOL-FIELD (default: the most typical).",
+                        flag_values=fv)
+
+
+def run_build_bank(fv: flags.FlagValues) -> int:
+    out = fv["out"].value
+    try:
+        bank = sdss.build_bank(fv["dir"].value, grid_shape=_parse_grid(fv["grid"].value),
+                               reference=fv["reference"].value)
+        bank.save(out)
+    except OSError as exc:  # e.g. an unreadable folder
+        return cli.fail(cli.message(exc))
+    print(f"wrote {out}: {len(bank)} fields, sky grid {bank.sky_grid.shape[1]}x{bank.sky_grid.shape[2]}, "
+          f"reference {bank.names[bank.reference]}")
+    return 0
+
+
+SUBCOMMANDS = {
+    "download": (define_download_flags, run_download),
+    "build-bank": (define_build_bank_flags, run_build_bank),
+}
+
+
+def main(argv=None) -> int:
+    """``argv``: the program name, the subcommand and its flags (default ``sys.argv``); the program name may
+    be left out (``main(["build-bank", "--dir", ...])``)."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and (argv[0] in SUBCOMMANDS or argv[0].startswith("-")):
+        argv.insert(0, "npejax.sdss")
+    prog, rest = (argv[0], argv[1:]) if argv else ("npejax.sdss", [])
+    if not rest or rest[0] in ("-h", "--help", "--helpshort", "--helpfull"):
+        if rest:
+            print(__doc__.strip())
+            return 0
+        return cli.fail(f"a subcommand is required: one of {', '.join(SUBCOMMANDS)} "
+                        "(python -m npejax.sdss --help)")
+    command = rest[0]
+    if command not in SUBCOMMANDS:
+        return cli.fail(f"unknown subcommand {command!r}; expected one of {', '.join(SUBCOMMANDS)}")
+    define_flags, run = SUBCOMMANDS[command]
+    return cli.main(define_flags, run, [f"{prog} {command}", *rest[1:]], doc=__doc__)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -9,21 +9,25 @@ import shutil
 import numpy as np
 import pytest
 
-from npejax import data, fields, pipeline, prior
+from configs import default  # the repository root is on sys.path (conftest.py)
+from npejax import datasets, io, schema
+from npejax.datasets import format as dataset_format, writer
+from npejax.sim import fields, pipeline
 
 NUM_IMAGES, SHARD_SIZE = 10, 4  # shards of 4, 4 and 2 images
 
 
 @pytest.fixture(scope="module")
 def spec():
-    return pipeline.SimulationSpec(bank=fields.load_bank(), batch_size=SHARD_SIZE, seed=123)
+    return pipeline.SimulationSpec.from_config(default.get_config(), seed=123, batch_size=SHARD_SIZE,
+                                               bank=fields.load_bank())
 
 
 @pytest.fixture(scope="module")
 def written(spec, tmp_path_factory):
     """An uninterrupted run; tests that change a dataset work on a copy."""
     out = tmp_path_factory.mktemp("datasets") / "val"
-    report = data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    report = datasets.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
     assert report.rendered_shards == (0, 1, 2) and report.rendered_images == NUM_IMAGES
     return str(out)
 
@@ -49,7 +53,8 @@ def _assert_equal(a, b):
 
 
 def _temporaries(directory):
-    return [name for name in os.listdir(directory) if name.startswith(data._TMP_PREFIX)]
+    return [name for name in os.listdir(directory)
+            if name.startswith(dataset_format.TMP_PREFIX) or io.is_temporary(name)]
 
 
 class _Recorder(pipeline.Simulator):
@@ -76,10 +81,10 @@ class _Crash(pipeline.Simulator):
 
 
 def test_round_trip_equals_simulate_batch(spec, written, expected):
-    ds = data.load(written)
+    ds = datasets.load(written)
     assert len(ds) == NUM_IMAGES and ds.num_shards == 3
-    assert set(ds.keys) == set(expected) >= {"images", "background", "psf_params", *prior.CATALOG_KEYS,
-                                            *prior.TILE_KEYS}
+    assert set(ds.keys) == set(expected) >= {*schema.IMAGE_KEYS, "n_sources", *schema.CATALOG_KEYS,
+                                            *schema.TILE_KEYS}
     _assert_equal(ds[:], expected)
     for i, count in enumerate((4, 4, 2)):
         batch = pipeline.simulate_batch(spec, i)
@@ -109,19 +114,19 @@ def test_config_recorded(spec, tmp_path):
     import ml_collections
 
     config = ml_collections.ConfigDict({"seed": 7, "data": {"shard_size": 4}})
-    data.write_dataset(spec, tmp_path / "d", 2, "test", config=config, num_workers=0, progress=False)
-    assert data.load(tmp_path / "d").manifest["config"] == {"seed": 7, "data": {"shard_size": 4}}
+    datasets.write_dataset(spec, tmp_path / "d", 2, "test", config=config, num_workers=0, progress=False)
+    assert datasets.load(tmp_path / "d").manifest["config"] == {"seed": 7, "data": {"shard_size": 4}}
 
 
 def test_worker_processes_give_the_same_shards(spec, written, tmp_path):
-    data.write_dataset(spec, tmp_path / "w", NUM_IMAGES, "val", num_workers=1, progress=False)
-    _assert_equal(data.load(tmp_path / "w")[:], data.load(written)[:])
+    datasets.write_dataset(spec, tmp_path / "w", NUM_IMAGES, "val", num_workers=1, progress=False)
+    _assert_equal(datasets.load(tmp_path / "w")[:], datasets.load(written)[:])
 
 
 def test_shard_size_argument_overrides_spec_batch_size(spec, tmp_path):
-    data.write_dataset(dataclasses.replace(spec, batch_size=99), tmp_path / "s", 6, "val", shard_size=3,
+    datasets.write_dataset(dataclasses.replace(spec, batch_size=99), tmp_path / "s", 6, "val", shard_size=3,
                        num_workers=0, progress=False)
-    ds = data.load(tmp_path / "s")
+    ds = datasets.load(tmp_path / "s")
     assert ds.num_shards == 2 and ds.shard_size == 3
     _assert_equal({k: np.asarray(v) for k, v in ds.shard(1).items()},
                   pipeline.simulate_batch(dataclasses.replace(spec, batch_size=3), 1))
@@ -131,7 +136,7 @@ def test_shard_size_argument_overrides_spec_batch_size(spec, tmp_path):
 
 
 def test_indexing(written, expected):
-    ds = data.load(written)
+    ds = datasets.load(written)
     one = ds[5]
     assert one["images"].shape == (80, 80) and one["n_sources"].shape == ()
     _assert_equal(one, {k: v[5] for k, v in expected.items()})
@@ -151,7 +156,7 @@ def test_indexing(written, expected):
 
 
 def test_shards_are_memory_mapped_lazily(written):
-    ds = data.load(written, max_open_shards=1)
+    ds = datasets.load(written, max_open_shards=1)
     images = ds.shard(0)["images"]
     base = images
     while isinstance(base, np.ndarray):
@@ -173,7 +178,7 @@ def _fingerprints(images):
 
 @pytest.mark.parametrize("read_chunk", [2048, 3])
 def test_batches_cover_every_image_once(written, read_chunk):
-    ds = data.load(written, read_chunk=read_chunk, max_open_shards=2)
+    ds = datasets.load(written, read_chunk=read_chunk, max_open_shards=2)
     everything = sorted(_fingerprints(ds[:]["images"]))
     ordered = list(ds.batches(4))
     assert [len(b["images"]) for b in ordered] == [4, 4, 2]
@@ -204,7 +209,7 @@ def test_batches_cover_every_image_once(written, read_chunk):
 def test_pickled_dataset_reopens(written):
     import pickle
 
-    ds = data.load(written)
+    ds = datasets.load(written)
     ds.shard(0)
     clone = pickle.loads(pickle.dumps(ds))
     _assert_equal(clone[:], ds[:])
@@ -217,22 +222,22 @@ def test_resume_after_crash_renders_only_missing_shards(spec, written, tmp_path,
     out = tmp_path / "crashed"
     monkeypatch.setattr(pipeline, "Simulator", _Crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+        datasets.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
     assert sorted(os.listdir(out)) == [".npejax-lock", "manifest.json", "shard-00000"]
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
-    with pytest.raises(data.DatasetError, match="incomplete"):
-        data.load(out)
+    with pytest.raises(datasets.DatasetError, match="incomplete"):
+        datasets.load(out)
 
     _Recorder.calls = []
     monkeypatch.setattr(pipeline, "Simulator", _Recorder)
-    report = data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    report = datasets.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
     assert report.rendered_shards == (1, 2) and report.rendered_images == 6
     assert _Recorder.calls == [(1, 2)]
-    _assert_equal(data.load(out)[:], data.load(written)[:])
-    assert data.load(out).manifest["complete"] is True
+    _assert_equal(datasets.load(out)[:], datasets.load(written)[:])
+    assert datasets.load(out).manifest["complete"] is True
 
     _Recorder.calls = []  # a complete dataset: nothing to do
-    report = data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    report = datasets.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
     assert report.rendered_shards == () and _Recorder.calls == []
 
 
@@ -243,16 +248,16 @@ def test_resume_replaces_missing_and_damaged_shards(spec, written, tmp_path, mon
         f.truncate(100)
     _Recorder.calls = []
     monkeypatch.setattr(pipeline, "Simulator", _Recorder)
-    report = data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    report = datasets.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
     assert report.rendered_shards == (0, 2)
     assert _Recorder.calls == [(0, 1), (2, 1)]  # shard 1 was not rendered again
-    _assert_equal(data.load(out)[:], data.load(written)[:])
+    _assert_equal(datasets.load(out)[:], datasets.load(written)[:])
 
 
 def test_interrupt_leaves_no_temporary_files(spec, written, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
     calls = []
-    real_save = data._save_array
+    real_save = writer._save_array
 
     def save_then_interrupt(path, array):
         calls.append(path)
@@ -260,21 +265,23 @@ def test_interrupt_leaves_no_temporary_files(spec, written, tmp_path, monkeypatc
             raise KeyboardInterrupt
         real_save(path, array)
 
-    monkeypatch.setattr(data, "_save_array", save_then_interrupt)
+    monkeypatch.setattr(writer, "_save_array", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+        datasets.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
     assert _temporaries(out) == []
     assert sorted(os.listdir(out)) == [".npejax-lock", "manifest.json", "shard-00000"]
-    monkeypatch.setattr(data, "_save_array", real_save)
-    data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
-    _assert_equal(data.load(out)[:], data.load(written)[:])
+    monkeypatch.setattr(writer, "_save_array", real_save)
+    datasets.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    _assert_equal(datasets.load(out)[:], datasets.load(written)[:])
 
 
 def test_stale_temporaries_of_a_killed_writer_are_removed(spec, written, tmp_path):
     out = _copy(written, tmp_path)
-    os.makedirs(os.path.join(out, data._TMP_PREFIX + "shard-00001-abc"))
-    open(os.path.join(out, data._TMP_PREFIX + "x.json"), "w").close()
-    data.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    os.makedirs(os.path.join(out, dataset_format.TMP_PREFIX + "shard-00001-abc"))
+    open(os.path.join(out, dataset_format.TMP_PREFIX + "x.json"), "w").close()
+    open(os.path.join(out, f".manifest.json{io.TMP_MARKER}abc.json"), "w").close()  # npejax.io's temporary
+    assert len(_temporaries(out)) == 3
+    datasets.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
     assert _temporaries(out) == []
 
 
@@ -297,91 +304,91 @@ def test_different_dataset_in_same_directory_is_refused(spec, written, change, m
         s = dataclasses.replace(s, prior=dataclasses.replace(s.prior, sources_per_pixel=change["sources_per_pixel"]))
     if "field_prior" in change:
         s = dataclasses.replace(s, field_prior=change["field_prior"])
-    with pytest.raises(data.DatasetError) as info:
-        data.write_dataset(s, written, change.get("num_images", NUM_IMAGES), change.get("split", "val"),
+    with pytest.raises(datasets.DatasetError) as info:
+        datasets.write_dataset(s, written, change.get("num_images", NUM_IMAGES), change.get("split", "val"),
                            shard_size=change.get("shard_size"), num_workers=0, progress=False)
     assert written in str(info.value) and message in str(info.value)
 
 
 def test_other_bank_is_refused(spec, written):
     other = dataclasses.replace(spec, bank=spec.bank.subset(np.arange(10)))
-    with pytest.raises(data.DatasetError, match="bank.num_fields: 500 -> 10"):
-        data.write_dataset(other, written, NUM_IMAGES, "val", num_workers=0, progress=False)
+    with pytest.raises(datasets.DatasetError, match="bank.num_fields: 500 -> 10"):
+        datasets.write_dataset(other, written, NUM_IMAGES, "val", num_workers=0, progress=False)
 
 
 def test_non_empty_directory_without_manifest_is_refused(spec, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(data.DatasetError, match="not empty"):
-        data.write_dataset(spec, tmp_path, 4, "val", num_workers=0, progress=False)
+    with pytest.raises(datasets.DatasetError, match="not empty"):
+        datasets.write_dataset(spec, tmp_path, 4, "val", num_workers=0, progress=False)
     assert sorted(os.listdir(tmp_path)) == [".npejax-lock", "notes.txt"]
 
 
 def test_bad_arguments(spec, tmp_path):
     with pytest.raises(ValueError, match="num_images"):
-        data.write_dataset(spec, tmp_path / "a", 0, "val", num_workers=0, progress=False)
+        datasets.write_dataset(spec, tmp_path / "a", 0, "val", num_workers=0, progress=False)
     with pytest.raises(ValueError, match="'dev'"):
-        data.write_dataset(spec, tmp_path / "a", 4, "dev", num_workers=0, progress=False)
+        datasets.write_dataset(spec, tmp_path / "a", 4, "dev", num_workers=0, progress=False)
 
 
 def test_concurrent_writer_is_refused(spec, tmp_path):
     os.makedirs(tmp_path / "d")
-    with data._DirectoryLock(str(tmp_path / "d")):
-        with pytest.raises(data.DatasetError, match="another process"):
-            data.write_dataset(spec, tmp_path / "d", 4, "val", num_workers=0, progress=False)
+    with writer._DirectoryLock(str(tmp_path / "d")):
+        with pytest.raises(datasets.DatasetError, match="another process"):
+            datasets.write_dataset(spec, tmp_path / "d", 4, "val", num_workers=0, progress=False)
 
 
 def test_load_errors_name_the_file(written, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.load(tmp_path / "nowhere")
+        datasets.load(tmp_path / "nowhere")
     os.makedirs(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="manifest.json"):
-        data.load(tmp_path / "empty")
+        datasets.load(tmp_path / "empty")
 
     out = _copy(written, tmp_path)
     os.unlink(os.path.join(out, "shard-00001", "tile_locs.npy"))
-    with pytest.raises(data.DatasetError, match=r"shard-00001/tile_locs.npy is missing"):
-        data.load(out)
+    with pytest.raises(datasets.DatasetError, match=r"shard-00001/tile_locs.npy is missing"):
+        datasets.load(out)
     shutil.rmtree(os.path.join(out, "shard-00001"))
-    with pytest.raises(data.DatasetError, match=r"shard-00001 is missing"):
-        data.load(out)
+    with pytest.raises(datasets.DatasetError, match=r"shard-00001 is missing"):
+        datasets.load(out)
     shutil.rmtree(out)
 
     out = _copy(written, tmp_path)
     path = os.path.join(out, "shard-00002", "images.npy")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) - 4)
-    with pytest.raises(data.DatasetError, match=r"shard-00002/images.npy is truncated"):
-        data.load(out)
+    with pytest.raises(datasets.DatasetError, match=r"shard-00002/images.npy is truncated"):
+        datasets.load(out)
     np.save(path, np.zeros((2, 80, 80), np.float64))
-    with pytest.raises(data.DatasetError, match=r"images.npy holds float64\[2, 80, 80\], expected float32"):
-        data.load(out)
+    with pytest.raises(datasets.DatasetError, match=r"images.npy holds float64\[2, 80, 80\], expected float32"):
+        datasets.load(out)
     with open(path, "wb") as f:
         f.write(b"garbage")
-    with pytest.raises(data.DatasetError, match="not a readable .npy"):
-        data.load(out)
+    with pytest.raises(datasets.DatasetError, match="not a readable .npy"):
+        datasets.load(out)
 
     manifest = os.path.join(out, "manifest.json")
     with open(manifest, "w") as f:
         f.write("{not json")
-    with pytest.raises(data.DatasetError, match="manifest.json is not valid JSON"):
-        data.load(out)
+    with pytest.raises(datasets.DatasetError, match="manifest.json is not valid JSON"):
+        datasets.load(out)
     with open(manifest, "w") as f:
         json.dump({"format": "npejax-dataset", "format_version": 99}, f)
-    with pytest.raises(data.DatasetError, match="format version 99"):
-        data.load(out)
+    with pytest.raises(datasets.DatasetError, match="format version 99"):
+        datasets.load(out)
     m = json.loads(open(os.path.join(written, "manifest.json")).read())
     m["shards"][2]["count"] = 4
     with open(manifest, "w") as f:
         json.dump(m, f)
-    with pytest.raises(data.DatasetError, match="shard list does not match"):
-        data.load(out)
+    with pytest.raises(datasets.DatasetError, match="shard list does not match"):
+        datasets.load(out)
 
 
 def test_split_seed():
-    seeds = [data.split_seed(0, s) for s in data.SPLITS]
+    seeds = [datasets.split_seed(0, s) for s in datasets.SPLITS]
     assert len(set(seeds)) == 3
-    assert seeds == [data.split_seed(0, s) for s in data.SPLITS]
+    assert seeds == [datasets.split_seed(0, s) for s in datasets.SPLITS]
     assert seeds[1] == int(np.random.SeedSequence([0, 1]).generate_state(1)[0])
-    assert data.split_seed(1, "train") != seeds[0]
+    assert datasets.split_seed(1, "train") != seeds[0]
     with pytest.raises(ValueError, match="'dev'"):
-        data.split_seed(0, "dev")
+        datasets.split_seed(0, "dev")

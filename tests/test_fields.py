@@ -1,13 +1,12 @@
 """Field bank: the embedded synthetic bank's statistics, background interpolation, sampling, errors."""
 
-import dataclasses
 import os
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from npejax import fields, psf, synthetic_bank
+from npejax.sim import fields, interp, psf, synthetic_bank
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +62,32 @@ def test_linear_sky_is_interpolated_exactly():
     np.testing.assert_allclose(_bank().background_electrons(0, (0, 0), (80, 80)), 500.0)
 
 
+def _np_interp_matrix(coords, nodes):
+    """Independent reference: column j = np.interp of the j-th unit vector (clamped at the ends)."""
+    coords = np.asarray(coords, np.float64)
+    return np.stack([np.interp(coords, np.arange(nodes), np.eye(nodes)[j]) for j in range(nodes)], axis=1)
+
+
+@pytest.mark.parametrize("start, length, frame_length, nodes", [
+    (0, 80, 1489, 6), (1409, 80, 1489, 6), (300, 80, 2048, 8), (0, 60, 60, 8), (5, 7, 400, 1), (0, 3, 3, 2)])
+def test_interpolation_weights_match_numpy(start, length, frame_length, nodes):
+    """Both former call sites (sky grid of a crop at pixel centres; SDSS ALLSKY at XINTERP/YINTERP) give
+    np.interp's weights."""
+    new = interp.cell_center_weights(start, length, frame_length, nodes)
+    centers = (np.arange(start, start + length) + 0.5) * nodes / frame_length - 0.5
+    np.testing.assert_allclose(new, _np_interp_matrix(centers, nodes), rtol=0, atol=1e-12)
+    coords = np.random.default_rng(start + nodes).uniform(-2.0, nodes + 1.0, 50).astype(np.float32)
+    np.testing.assert_allclose(interp.linear_weights(coords, nodes), _np_interp_matrix(coords, nodes), atol=1e-12)
+    np.testing.assert_allclose(new.sum(axis=1), 1.0, rtol=1e-12)
+    assert new.shape == (length, nodes) and new.min() >= 0
+
+
+def test_linear_weights_interpolate_and_clamp():
+    w = interp.linear_weights([-1.0, 0.0, 0.25, 1.5, 2.0, 7.0], 3)
+    np.testing.assert_allclose(w @ np.array([10.0, 20.0, 40.0]), [10.0, 10.0, 12.5, 30.0, 40.0, 40.0])
+    np.testing.assert_array_equal(interp.linear_weights([0.3, 5.0], 1), [[1.0], [1.0]])
+
+
 def test_field_sampling(bank):
     rng = np.random.default_rng(0)
     assert np.all(bank.sample_fields(rng, 100, "one") == bank.reference)
@@ -103,6 +128,9 @@ def test_save_load_round_trip_and_bad_files(tmp_path, bank):
     np.testing.assert_allclose(loaded.sky_grid, small.sky_grid, rtol=1e-6)
     np.testing.assert_array_equal(loaded.psf_params, small.psf_params)
 
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.npz"]  # written atomically, no temporary left
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~_umask()
+
     text = tmp_path / "bank.txt"
     text.write_text("not a bank")
     with pytest.raises(ValueError, match="bank.txt is not a readable .npz"):
@@ -117,3 +145,24 @@ def test_save_load_round_trip_and_bad_files(tmp_path, bank):
         fields.load_bank(partial)
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         fields.load_bank(tmp_path / "missing.npz")
+
+
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_failed_save_keeps_the_old_bank(tmp_path, bank, monkeypatch):
+    path = tmp_path / "bank.npz"
+    bank.subset([1, 2]).save(path)
+    before = path.read_bytes()
+
+    def broken(f, **arrays):
+        f.write(b"half a bank")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez_compressed", broken)
+    with pytest.raises(OSError, match="disk full"):
+        bank.subset([3, 4, 5]).save(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["bank.npz"]

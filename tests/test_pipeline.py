@@ -13,14 +13,16 @@ import numpy as np
 import psutil
 import pytest
 
-from npejax import fields, pipeline, prior
+from configs import default  # the repository root is on sys.path (conftest.py)
+from npejax import schema
+from npejax.sim import fields, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def spec():
-    return pipeline.SimulationSpec(bank=fields.load_bank(), batch_size=4, seed=11)
+    return pipeline.SimulationSpec.from_config(default.get_config(), seed=11, batch_size=4, bank=fields.load_bank())
 
 
 def _collect(spec, num_workers, **kwargs):
@@ -54,7 +56,7 @@ def test_batch_contents(spec):
     assert batch["psf_params"].shape == (b, 6)
     np.testing.assert_allclose(batch["psf_params"], spec.bank.psf_params[batch["field_id"]].astype(np.float32))
     assert batch["tile_has_source"].shape == (b, 20, 20)
-    assert set(prior.CATALOG_KEYS) <= batch.keys() and set(prior.TILE_KEYS) <= batch.keys()
+    assert set(batch) == {*schema.IMAGE_KEYS, "n_sources", *schema.CATALOG_KEYS, *schema.TILE_KEYS}
     kept = batch["tile_has_source"].reshape(b, -1).sum(1)
     np.testing.assert_array_equal(kept + batch["n_dropped"], batch["n_sources"])
     assert np.all(batch["background"] > 0)
@@ -78,7 +80,7 @@ def test_prefetch_is_bounded(spec):
 
 
 def test_worker_exception_is_reraised_with_traceback(spec):
-    bad = dataclasses.replace(spec, prior=prior.CatalogPrior(sources_per_pixel=0.01, max_sources=2))
+    bad = dataclasses.replace(spec, prior=dataclasses.replace(spec.prior, sources_per_pixel=0.01, max_sources=2))
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(pipeline.WorkerError, match="max_sources") as info:
         with pipeline.Simulator(bad, num_workers=2, prefetch=2) as sim:
@@ -91,7 +93,7 @@ def test_worker_exception_is_reraised_with_traceback(spec):
 
 
 def test_inline_exception_is_reraised(spec):
-    bad = dataclasses.replace(spec, prior=prior.CatalogPrior(sources_per_pixel=0.01, max_sources=2))
+    bad = dataclasses.replace(spec, prior=dataclasses.replace(spec.prior, sources_per_pixel=0.01, max_sources=2))
     with pytest.raises(ValueError, match="max_sources"):
         with pipeline.Simulator(bad, num_workers=0) as sim:
             next(sim)
@@ -99,10 +101,11 @@ def test_inline_exception_is_reraised(spec):
 
 _SCRIPT = textwrap.dedent("""
     import sys, time
-    from npejax import fields, pipeline
+    from configs import default
+    from npejax.sim import fields, pipeline
 
     def main():
-        spec = pipeline.SimulationSpec(bank=fields.load_bank(), batch_size=2, seed=0)
+        spec = pipeline.SimulationSpec.from_config(default.get_config(), seed=0, batch_size=2)
         with pipeline.Simulator(spec, num_workers=2, prefetch=2) as sim:
             next(sim)
             print("children", *[p.pid for p in sim._executor._processes.values()], flush=True)

@@ -6,14 +6,21 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from npejax import prior
+from configs import default  # the repository root is on sys.path (conftest.py)
+from npejax import schema
+from npejax.sim import prior
 
 P_MIN = 1e-3
 
 
+def _default_prior(**changes):
+    """The paper's prior (configs/default.py) on 80 x 80 images, with ``changes``."""
+    return dataclasses.replace(prior.CatalogPrior.from_config(default.get_config().prior, (80, 80)), **changes)
+
+
 @pytest.fixture(scope="module")
 def draws():
-    p = prior.CatalogPrior()
+    p = _default_prior()
     cat = p.sample(np.random.default_rng(0), 6000)  # ~24k sources
     valid = np.arange(p.max_sources)[None, :] < cat["n_sources"][:, None]
     return p, cat, valid
@@ -56,32 +63,46 @@ def test_marginals_pass_ks_against_scipy(draws):
 
 def test_padding_and_star_fields_are_zero(draws):
     p, cat, valid = draws
-    for key in prior.CATALOG_KEYS:
+    for key in schema.CATALOG_KEYS:
         assert not np.any(cat[key][~valid]), key
     star = valid & ~cat["is_galaxy"]
-    for key in ("disk_frac", "angle", "disk_q", "bulge_q", "disk_a", "bulge_a"):
+    for key in schema.SHAPE_KEYS:
         assert not np.any(cat[key][star]), key
 
 
 def test_same_seed_same_catalog():
-    p = prior.CatalogPrior()
+    p = _default_prior()
     a, b = p.sample(np.random.default_rng(5), 50), p.sample(np.random.default_rng(5), 50)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_bad_prior_settings():
-    p = prior.CatalogPrior(sources_per_pixel=0.01, max_sources=3)
+    p = _default_prior(sources_per_pixel=0.01, max_sources=3)
     with pytest.raises(ValueError, match="max_sources"):
         p.sample(np.random.default_rng(0), 10)
     with pytest.raises(ValueError, match="unknown keys.*bogus"):
         prior.CatalogPrior.from_config({"bogus": 1}, (80, 80))
     with pytest.raises(ValueError, match="prob_galaxy"):
-        prior.CatalogPrior(prob_galaxy=1.5)
+        _default_prior(prob_galaxy=1.5)
+    partial = dict(default.get_config().prior)
+    del partial["min_axis_ratio"]
+    with pytest.raises(ValueError, match=r"missing keys \['min_axis_ratio'\]"):
+        prior.CatalogPrior.from_config(partial, (80, 80))
+
+
+def test_from_config_takes_every_value_from_the_config():
+    config = default.get_config().prior
+    p = prior.CatalogPrior.from_config(config, (40, 48))
+    assert p.image_shape == (40, 48)
+    for key, value in config.items():
+        assert getattr(p, key) == (tuple(value) if isinstance(value, (list, tuple)) else value), key
+    with pytest.raises(TypeError):
+        prior.CatalogPrior()  # no defaults outside configs/default.py
 
 
 def _catalog(sources, b=1, m=4):
-    cat = {k: np.zeros((b, m), bool if k == "is_galaxy" else np.float32) for k in prior.CATALOG_KEYS}
+    cat = {k: np.zeros((b, m), bool if k == "is_galaxy" else np.float32) for k in schema.CATALOG_KEYS}
     cat["n_sources"] = np.zeros(b, np.int32)
     for i, (x, y, flux) in enumerate(sources):
         cat["x"][0, i], cat["y"][0, i], cat["flux"][0, i] = x, y, flux

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npejax import psf
+from npejax.sim import psf
 
 PARAMS = [
     (1.4, 3.5, 2.5, 3.5, 0.1, 0.02),

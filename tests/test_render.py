@@ -1,9 +1,18 @@
 """Renderer: flux conservation, the six-parameter PSF profile, noise variance, edges, reference path."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from npejax import fields, prior, psf, render
+from configs import default  # the repository root is on sys.path (conftest.py)
+from npejax import schema
+from npejax.sim import fields, prior, psf, render
+
+
+def _render_config(**changes):
+    """The renderer settings of configs/default.py, with ``changes``."""
+    return dataclasses.replace(render.RenderConfig.from_config(default.get_config().render), **changes)
 
 
 @pytest.fixture(scope="module")
@@ -12,7 +21,7 @@ def bank():
 
 
 def _one_source(x, y, flux, galaxy=False, **shape):
-    cat = {k: np.zeros((1, 2), bool if k == "is_galaxy" else np.float32) for k in prior.CATALOG_KEYS}
+    cat = {k: np.zeros((1, 2), bool if k == "is_galaxy" else np.float32) for k in schema.CATALOG_KEYS}
     cat["n_sources"] = np.array([1], np.int32)
     cat["x"][0, 0], cat["y"][0, 0], cat["flux"][0, 0], cat["is_galaxy"][0, 0] = x, y, flux, galaxy
     for key, value in shape.items():
@@ -21,7 +30,7 @@ def _one_source(x, y, flux, galaxy=False, **shape):
 
 
 def _draw(bank, cat, field, noise="none", method="kspace", seed=0):
-    r = render.Renderer(bank, config=render.RenderConfig(noise=noise, method=method))
+    r = render.Renderer(bank, (80, 80), _render_config(noise=noise, method=method))
     n = len(cat["n_sources"])
     return r.render(cat, np.full(n, field), np.tile([[300, 400]], (n, 1)), np.random.default_rng(seed))
 
@@ -82,14 +91,14 @@ def test_edge_source_is_partial_and_not_wrapped(bank):
 
 
 def test_kspace_matches_galsim_drawimage(bank):
-    p = prior.CatalogPrior()
+    p = prior.CatalogPrior.from_config(default.get_config().prior, (80, 80))
     rng = np.random.default_rng(3)
     cat = p.sample(rng, 12)
     fid = bank.sample_fields(rng, 12)
     org = bank.sample_crop_origins(rng, 12, (80, 80))
     outs = []
     for method in ("kspace", "drawimage"):
-        r = render.Renderer(bank, config=render.RenderConfig(noise="none", method=method))
+        r = render.Renderer(bank, (80, 80), _render_config(noise="none", method=method))
         outs.append(r.render(cat, fid, org, np.random.default_rng(0))[0])
     peak = np.maximum(np.abs(outs[1]).max(axis=(1, 2)), 1e-12)
     assert np.all(np.abs(outs[0] - outs[1]).max(axis=(1, 2)) < 0.005 * peak)
@@ -103,8 +112,12 @@ def test_noise_is_reproducible_and_config_validated(bank):
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     with pytest.raises(ValueError, match="render.noise"):
-        render.RenderConfig(noise="uniform")
+        _render_config(noise="uniform")
     with pytest.raises(ValueError, match="render.method"):
-        render.RenderConfig(method="magic")
+        _render_config(method="magic")
+    with pytest.raises(ValueError, match="unknown keys.*bogus"):
+        render.RenderConfig.from_config(dict(default.get_config().render, bogus=1))
+    with pytest.raises(ValueError, match=r"missing keys \['noise'\]"):
+        render.RenderConfig.from_config({k: v for k, v in default.get_config().render.items() if k != "noise"})
     with pytest.raises(IndexError, match="unknown field index 500"):
         _draw(bank, cat, 500)

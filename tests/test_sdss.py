@@ -1,4 +1,5 @@
-"""Tests of npejax.sdss: FITS readers on files following the SDSS data model, bank building, downloader, CLI."""
+"""SDSS files: FITS readers on files following the SDSS data model, bank building (npejax.surveys.sdss),
+the downloader (npejax.surveys.download) and the command (npejax.sdss)."""
 
 import bz2
 import io
@@ -14,9 +15,10 @@ import pytest
 from astropy.io import fits
 from scipy import ndimage
 
-from npejax import fields as fields_lib
-from npejax import psf as psf_lib
-from npejax import sdss
+from npejax import sdss as sdss_command
+from npejax.sim import fields as fields_lib
+from npejax.sim import psf as psf_lib
+from npejax.surveys import download, sdss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -460,7 +462,7 @@ def served(state, name):
 
 def test_download_then_resume_skip(server, tmp_path, capsys):
     out = tmp_path / "dl"
-    got = sdss.download_fields(DOWNLOAD_FIELDS, out, base_url=server.base_url, retries=1, timeout=5, backoff=0)
+    got = download.download_fields(DOWNLOAD_FIELDS, out, base_url=server.base_url, retries=1, timeout=5, backoff=0)
     names = sorted(os.path.basename(p) for p in got)
     assert names == sorted(["psField-000094-1-0012.fit", "psField-000094-1-0013.fit", "photoField-000094-1.fits",
                             "frame-r-000094-1-0012.fits.bz2", "frame-r-000094-1-0013.fits.bz2"])
@@ -471,7 +473,7 @@ def test_download_then_resume_skip(server, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 5 and all("downloaded" in line for line in lines)
     # a second run downloads nothing
-    sdss.download_fields(DOWNLOAD_FIELDS, out, base_url=server.base_url, retries=1, timeout=5, backoff=0)
+    download.download_fields(DOWNLOAD_FIELDS, out, base_url=server.base_url, retries=1, timeout=5, backoff=0)
     assert len(server.requests) == 5
     assert all("already present" in line for line in capsys.readouterr().out.strip().splitlines())
     # and the downloaded folder builds a bank with the same content as the source folder
@@ -482,14 +484,14 @@ def test_download_then_resume_skip(server, tmp_path, capsys):
 def test_download_retries_503(server, tmp_path):
     path, data = served(server, "psField-000094-1-0012.fit")
     server.fail[path] = 1
-    sdss.download_fields([(94, 1, 12)], tmp_path, base_url=server.base_url, retries=2, timeout=5, backoff=0,
+    download.download_fields([(94, 1, 12)], tmp_path, base_url=server.base_url, retries=2, timeout=5, backoff=0,
                          progress=False)
     assert [r for r in server.requests if r[0] == path] == [(path, None), (path, None)]
     assert (tmp_path / "psField-000094-1-0012.fit").read_bytes() == data
     server.fail[path] = 10
     os.remove(tmp_path / "psField-000094-1-0012.fit")
-    with pytest.raises(sdss.DownloadError, match=rf"{re.escape(server.base_url)}.*psField.*after 3 attempts"):
-        sdss.download_file(server.base_url + path[len("/sas/dr17"):], tmp_path / "psField-000094-1-0012.fit",
+    with pytest.raises(download.DownloadError, match=rf"{re.escape(server.base_url)}.*psField.*after 3 attempts"):
+        download.download_file(server.base_url + path[len("/sas/dr17"):], tmp_path / "psField-000094-1-0012.fit",
                            retries=2, timeout=5, backoff=0)
 
 
@@ -498,7 +500,7 @@ def test_download_resumes_part_with_range(server, tmp_path):
     dest = tmp_path / "frame-r-000094-1-0013.fits.bz2"
     half = len(data) // 2
     (tmp_path / (dest.name + ".part")).write_bytes(data[:half])
-    assert sdss.download_file(server.base_url + path[len("/sas/dr17"):], dest, retries=0, timeout=5)
+    assert download.download_file(server.base_url + path[len("/sas/dr17"):], dest, retries=0, timeout=5)
     assert server.requests == [(path, f"bytes={half}-")]
     assert dest.read_bytes() == data
     assert not (tmp_path / (dest.name + ".part")).exists()
@@ -509,20 +511,20 @@ def test_download_restarts_when_range_ignored(server, tmp_path):
     path, data = served(server, "frame-r-000094-1-0013.fits.bz2")
     dest = tmp_path / "frame-r-000094-1-0013.fits.bz2"
     (tmp_path / (dest.name + ".part")).write_bytes(b"garbage" + data[:100])
-    assert sdss.download_file(server.base_url + path[len("/sas/dr17"):], dest, retries=0, timeout=5)
+    assert download.download_file(server.base_url + path[len("/sas/dr17"):], dest, retries=0, timeout=5)
     assert dest.read_bytes() == data
 
 
 def test_download_404_names_url(server, tmp_path):
-    with pytest.raises(sdss.DownloadError, match=r"404.*/eboss/photo/redux/301/94/objcs/1/psField-000094-1-0099"):
-        sdss.download_fields([(94, 1, 99)], tmp_path, base_url=server.base_url, retries=3, timeout=5, backoff=0)
+    with pytest.raises(download.DownloadError, match=r"404.*/eboss/photo/redux/301/94/objcs/1/psField-000094-1-0099"):
+        download.download_fields([(94, 1, 99)], tmp_path, base_url=server.base_url, retries=3, timeout=5, backoff=0)
     assert len(server.requests) == 1  # not retried
 
 
 def test_download_unreachable_host(tmp_path):
-    with pytest.raises(sdss.DownloadError, match=r"cannot reach the SDSS archive \(offline\?\).*127\.0\.0\.1:1/"
+    with pytest.raises(download.DownloadError, match=r"cannot reach the SDSS archive \(offline\?\).*127\.0\.0\.1:1/"
                                                  r".*build-bank"):
-        sdss.download_fields([(94, 1, 12)], tmp_path, base_url="http://127.0.0.1:1", retries=1, timeout=2,
+        download.download_fields([(94, 1, 12)], tmp_path, base_url="http://127.0.0.1:1", retries=1, timeout=2,
                              backoff=0)
 
 
@@ -555,18 +557,44 @@ def test_cli_in_process(server, tmp_path, capsys):
     fields_file.write_text("# run camcol field\n94 1 12\n\n94 1 13  # second\n")
     assert sdss.read_fields_file(fields_file) == [(94, 1, 12), (94, 1, 13)]
     out = tmp_path / "dl"
-    assert sdss.main(["download", "--fields", str(fields_file), "--out", str(out), "--base-url",
-                      server.base_url, "--timeout", "5"]) == 0
-    assert sdss.main(["build-bank", "--dir", str(out), "--out", str(tmp_path / "b.npz"), "--grid", "3x4"]) == 0
+    assert sdss_command.main(["download", "--fields", str(fields_file), "--out", str(out), "--base-url",
+                              server.base_url, "--timeout", "5"]) == 0
+    assert sdss_command.main(["build-bank", "--dir", str(out), "--out", str(tmp_path / "b.npz"),
+                              "--grid", "3x4"]) == 0
     assert fields_lib.load_bank(tmp_path / "b.npz").sky_grid.shape == (2, 3, 4)
     capsys.readouterr()
     bad = tmp_path / "bad.txt"
     bad.write_text("94 1\n")
-    assert sdss.main(["download", "--fields", str(bad), "--out", str(out)]) == 2
+    assert sdss_command.main(["download", "--fields", str(bad), "--out", str(out)]) == 2
     assert re.search(rf"{re.escape(str(bad))} line 1: expected 'run camcol field'", capsys.readouterr().err)
-    assert sdss.main(["download", "--fields", str(fields_file), "--out", str(tmp_path / "x"),
-                      "--base-url", "http://127.0.0.1:1", "--retries", "0", "--timeout", "2"]) == 1
-    assert "cannot reach the SDSS archive" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:
-        sdss.main(["build-bank", "--dir", str(out), "--out", "b.npz", "--grid", "12by16"])
-    assert info.value.code == 2
+    # the archive cannot be reached: exit 1 (not a command-line mistake), one error line
+    assert sdss_command.main(["download", "--fields", str(fields_file), "--out", str(tmp_path / "x"),
+                              "--base-url", "http://127.0.0.1:1", "--retries", "0", "--timeout", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the SDSS archive") and len(err.splitlines()) == 1
+    assert sdss_command.main(["build-bank", "--dir", str(out), "--out", "b.npz", "--grid", "12by16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--grid=12by16" in err and "12x16" in err and len(err.splitlines()) == 1
+    assert not os.path.exists("b.npz")
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "a subcommand is required: one of download, build-bank"),
+    (["fetch", "--out", "x"], "unknown subcommand 'fetch'; expected one of download, build-bank"),
+    (["download", "--out", "x"], "--fields"),
+    (["build-bank", "--dir", "d", "--out", "b.npz", "--bogus"], "bogus"),
+    (["download", "--fields", "f.txt", "--out", "x", "--retries", "-1"], "--retries=-1"),
+])
+def test_cli_usage_errors(args, message, capsys):
+    assert sdss_command.main(["npejax-sdss", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_cli_help(capsys):
+    assert sdss_command.main(["npejax-sdss", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "python -m npejax.sdss download" in out and "python -m npejax.sdss build-bank" in out
+    assert sdss_command.main(["npejax-sdss", "build-bank", "--help"]) == 0
+    listed = capsys.readouterr().out.split("flags:")[1]
+    assert "--grid" in listed and "--reference" in listed and "--fields" not in listed

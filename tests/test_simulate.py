@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from npejax import catalog, data, pipeline
+from configs import cpu_small  # the repository root is on sys.path (conftest.py)
+from npejax import catalogs as catalog, datasets
+from npejax.sim import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join("configs", "cpu_small.py")
@@ -17,15 +19,6 @@ CONFIG = os.path.join("configs", "cpu_small.py")
 def _run(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "npejax.simulate", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
-
-
-def _config():
-    sys.path.insert(0, ROOT)
-    try:
-        from configs import cpu_small
-    finally:
-        sys.path.remove(ROOT)
-    return cpu_small.get_config()
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +34,15 @@ def val_run(tmp_path_factory):
 
 def test_cli_writes_dataset_manifest_and_truth(val_run):
     out, csv, result = val_run
-    config = _config()
+    config = cpu_small.get_config()
     with open(os.path.join(out, "manifest.json")) as f:
         m = json.load(f)
-    seed = data.split_seed(config.seed, "val")
+    seed = datasets.split_seed(config.seed, "val")
     assert (m["split"], m["seed"], m["num_images"], m["shard_size"], m["num_shards"]) == ("val", seed, 8, 4, 2)
     assert m["complete"] and m["config"]["simulator"]["num_workers"] == 1
     assert m["config"]["data"]["num_val"] == config.data.num_val
 
-    ds = data.load(out)
+    ds = datasets.load(out)
     spec = pipeline.SimulationSpec.from_config(config, seed=seed, batch_size=4)
     expected = pipeline.simulate_batch(spec, 1)
     for key in ds.keys:
@@ -97,9 +90,3 @@ def test_cli_bad_input(tmp_path, args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "d")
-
-
-def test_cli_splits_match_data_module():
-    from npejax import simulate
-
-    assert simulate.SPLITS == data.SPLITS

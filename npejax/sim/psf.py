@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import galsim
 import numpy as np
-from scipy import optimize
+from scipy import integrate, optimize, special
 
 PSF_PARAM_NAMES = ("psf_sigma1", "psf_sigma2", "psf_sigmap", "psf_beta", "psf_b", "psf_p0")
 DEFAULT_TRUNC_PIXELS = 25.0
@@ -67,8 +67,6 @@ def radial_transfer(k, params, trunc_pixels: float = DEFAULT_TRUNC_PIXELS, num_r
     fields). Agrees with GalSim's ``kValue`` of :func:`galsim_psf` to about 1e-5, and a whole bank costs
     milliseconds instead of GalSim's truncated-Moffat set-up (about 30 ms per field).
     """
-    from scipy import integrate, special
-
     params = np.asarray(params, dtype=np.float64)
     flat = params.reshape(-1, 6)
     k = np.asarray(k, dtype=np.float64).ravel()

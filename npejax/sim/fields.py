@@ -3,7 +3,7 @@
 A :class:`FieldBank` holds, for K fields,
 
 * ``names``        [K] str: ``"RUN-CAMCOL-FIELD"`` for SDSS fields, ``"synthetic-NNNN"`` for synthetic ones;
-* ``psf_params``   [K, 6] float64: psField parameters ``(s1, s2, sP, beta, b, p0)`` (see :mod:`npejax.psf`);
+* ``psf_params``   [K, 6] float64: psField parameters ``(s1, s2, sP, beta, b, p0)`` (see :mod:`npejax.sim.psf`);
 * ``sky_grid``     [K, gh, gw] float64: sky background in electrons per pixel on a coarse grid of nodes
   that spans the frame (node (a, b) sits at frame row ``(a + 0.5) * H / gh``, column ``(b + 0.5) * W / gw``,
   edge-based pixel coordinates); interpolated bilinearly to full resolution;
@@ -23,11 +23,12 @@ import dataclasses
 import importlib.resources
 import json
 import os
-import tempfile
 
 import numpy as np
 
-from npejax import psf as psf_lib
+from npejax import io
+from npejax.sim import interp
+from npejax.sim import psf as psf_lib
 
 SYNTHETIC_BANK_FILE = "synthetic_sdss_r_bank.npz"
 SDSS_FRAME_SHAPE = (1489, 2048)
@@ -137,8 +138,8 @@ class FieldBank:
     def background_electrons(self, index: int, origin, image_shape) -> np.ndarray:
         """Sky in electrons per pixel on the ``image_shape`` crop whose top-left pixel is ``origin``."""
         grid = self.sky_grid[int(index)]
-        rows = _interp_matrix(origin[0], image_shape[0], self.frame_shape[0], grid.shape[0])
-        cols = _interp_matrix(origin[1], image_shape[1], self.frame_shape[1], grid.shape[1])
+        rows = interp.cell_center_weights(origin[0], image_shape[0], self.frame_shape[0], grid.shape[0])
+        cols = interp.cell_center_weights(origin[1], image_shape[1], self.frame_shape[1], grid.shape[1])
         return rows @ grid @ cols.T
 
     def to_electrons(self, index) -> np.ndarray:
@@ -148,51 +149,24 @@ class FieldBank:
     # --- persistence ------------------------------------------------------------------------------
 
     def save(self, path) -> None:
-        """Writes the bank to a compressed ``.npz`` atomically (temporary file, then rename)."""
-        path = os.fspath(path)
+        """Writes the bank to a compressed ``.npz`` atomically (:func:`npejax.io.atomic_write`); the sky grid
+        is stored as float32."""
         meta = dict(format_version=_FORMAT_VERSION, frame_shape=list(self.frame_shape),
                     reference=self.reference, synthetic=bool(self.synthetic), description=self.description)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(
-                    f, names=self.names, psf_params=self.psf_params, sky_grid=self.sky_grid.astype(np.float32),
-                    gain=self.gain, calibration=self.calibration, meta=np.array(json.dumps(meta)),
-                )
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a bank is a shareable data file
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-
-
-def _interp_matrix(start: int, length: int, frame_length: int, nodes: int) -> np.ndarray:
-    """Bilinear weights [length, nodes] of pixels start..start+length-1 on a grid of ``nodes`` cell centers."""
-    centers = np.arange(start, start + length) + 0.5  # pixel centers, edge-based coordinates
-    pos = centers * nodes / frame_length - 0.5  # in grid-node units
-    pos = np.clip(pos, 0.0, nodes - 1.0)
-    lo = np.minimum(np.floor(pos).astype(np.int64), max(nodes - 2, 0))
-    frac = pos - lo
-    weights = np.zeros((length, nodes))
-    weights[np.arange(length), lo] = 1.0 - frac
-    if nodes > 1:
-        weights[np.arange(length), lo + 1] += frac
-    return weights
+        io.atomic_write(path, lambda f: np.savez_compressed(
+            f, names=self.names, psf_params=self.psf_params, sky_grid=self.sky_grid.astype(np.float32),
+            gain=self.gain, calibration=self.calibration, meta=np.array(json.dumps(meta)),
+        ))
 
 
 def load_bank(path=None) -> FieldBank:
     """Loads a bank written by :meth:`FieldBank.save`; ``None`` or ``"synthetic"`` gives the embedded bank.
 
-    The embedded bank holds 500 SYNTHETIC SDSS-like r-band fields (see :mod:`npejax.synthetic_bank`); it
+    The embedded bank holds 500 SYNTHETIC SDSS-like r-band fields (see :mod:`npejax.sim.synthetic_bank`); it
     contains no real survey measurements.
     """
     if path is None or str(path) == "synthetic":
-        ref = importlib.resources.files("npejax") / "data" / SYNTHETIC_BANK_FILE
+        ref = importlib.resources.files("npejax") / "assets" / SYNTHETIC_BANK_FILE
         with importlib.resources.as_file(ref) as real_path:
             return load_bank(real_path)
     path = os.fspath(path)

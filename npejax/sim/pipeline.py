@@ -5,8 +5,11 @@
 * ``images`` [B, H, W] float32, sky-subtracted, nmgy; ``background`` [B, H, W] float32, nmgy;
 * ``psf_params`` [B, 6] float32 (psField ``s1, s2, sP, beta, b, p0``, pixels); ``field_id`` [B] int32
   (index into the field bank); ``crop_origin`` [B, 2] int32 (top-left frame row, column of the image);
-* the full catalog padded to ``max_sources`` with ``n_sources`` (:data:`npejax.prior.CATALOG_KEYS`) and the
-  tile catalog (:data:`npejax.prior.TILE_KEYS`).
+* the full catalog padded to ``max_sources`` with ``n_sources`` (:data:`npejax.schema.CATALOG_KEYS`) and the
+  tile catalog (:data:`npejax.schema.TILE_KEYS`).
+
+These are the batch keys of :mod:`npejax.schema` (IMAGE_KEYS, CATALOG_KEYS, TILE_KEYS), with their shapes
+and units; a cached dataset (:mod:`npejax.datasets`) has the same keys.
 
 Batch ``i`` depends only on ``(spec.seed, i)``, so the same seed gives the same batches for any number
 of workers. :class:`Simulator` renders batches in a pool of worker processes (GalSim holds the GIL, so
@@ -34,25 +37,33 @@ from typing import Callable, Iterator
 import numpy as np
 import threadpoolctl
 
-from npejax import fields as fields_lib
-from npejax import prior as prior_lib
-from npejax import render as render_lib
+from npejax import schema
+from npejax.sim import fields as fields_lib
+from npejax.sim import prior as prior_lib
+from npejax.sim import render as render_lib
+
+DEFAULT_BATCH_SIZE = 32  # images per batch index when a caller does not say (the paper's training batch)
 
 
 @dataclasses.dataclass(frozen=True)
 class SimulationSpec:
-    """Everything needed to simulate batch ``i`` (picklable; sent once to each worker)."""
+    """Everything needed to simulate batch ``i`` (picklable; sent once to each worker).
+
+    Build it from a config with :meth:`from_config` (the values live in ``configs/default.py``).
+    ``batch_size`` is the caller's choice, not a config key: images per batch index (a dataset shard, a
+    training batch); :data:`DEFAULT_BATCH_SIZE` when not given.
+    """
 
     bank: fields_lib.FieldBank
-    prior: prior_lib.CatalogPrior = prior_lib.CatalogPrior()
-    render: render_lib.RenderConfig = render_lib.RenderConfig()
-    field_prior: str = "many"  # "many": uniform over the bank; "one": the bank's reference field
-    tile_size: int = 4
-    batch_size: int = 32
-    seed: int = 0
+    prior: prior_lib.CatalogPrior
+    render: render_lib.RenderConfig
+    field_prior: str  # "many": uniform over the bank; "one": the bank's reference field (schema.FIELD_PRIORS)
+    tile_size: int  # pixels
+    seed: int
+    batch_size: int = DEFAULT_BATCH_SIZE
 
     def __post_init__(self):
-        if self.field_prior not in ("many", "one"):
+        if self.field_prior not in schema.FIELD_PRIORS:
             raise ValueError(f"fields.prior must be 'many' or 'one', got {self.field_prior!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -63,7 +74,8 @@ class SimulationSpec:
     @classmethod
     def from_config(cls, config, *, seed: int | None = None, batch_size: int | None = None,
                     bank: fields_lib.FieldBank | None = None) -> "SimulationSpec":
-        """Builds the spec from a full npejax config (``image_size``, ``prior``, ``fields``, ``render``)."""
+        """Builds the spec from a full npejax config (``seed``, ``image_size``, ``tile_size``, ``prior``,
+        ``fields``, ``render``); ``seed`` and ``bank`` override the config's."""
         image_shape = (int(config.image_size), int(config.image_size))
         bank = bank if bank is not None else fields_lib.load_bank(config.fields.bank)
         return cls(
@@ -72,7 +84,7 @@ class SimulationSpec:
             render=render_lib.RenderConfig.from_config(config.render),
             field_prior=config.fields.prior,
             tile_size=int(config.tile_size),
-            batch_size=int(batch_size if batch_size is not None else config.simulator.batch_size),
+            batch_size=int(batch_size if batch_size is not None else DEFAULT_BATCH_SIZE),
             seed=int(seed if seed is not None else config.seed),
         )
 
@@ -192,9 +204,10 @@ class Simulator:
             return
         if self.num_workers > 0:
             # The spec (with the field bank) goes through a file, not the spawn pipe: a large pickle in
-            # the pipe blocks the parent forever if a child dies before reading it.
-            fd, self._spec_path = tempfile.mkstemp(prefix="npejax-spec-", suffix=".pkl")
-            with os.fdopen(fd, "wb") as f:
+            # the pipe blocks the parent forever if a child dies before reading it. A private scratch file
+            # in the temporary directory (removed by close()), not an output: no npejax.io here.
+            with tempfile.NamedTemporaryFile("wb", prefix="npejax-spec-", suffix=".pkl", delete=False) as f:
+                self._spec_path = f.name
                 pickle.dump(self.spec, f, protocol=pickle.HIGHEST_PROTOCOL)
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.num_workers, mp_context=multiprocessing.get_context("spawn"),

@@ -1,20 +1,16 @@
 """Catalog prior (paper Table 1) and the tile catalog used as the training target.
 
-A *catalog* is a dict of numpy arrays for a batch of B images, padded to ``max_sources`` M:
+:class:`CatalogPrior` draws a batch of *full catalogs* (:data:`npejax.schema.CATALOG_KEYS` plus
+``n_sources``, padded to ``max_sources`` M); :func:`tile_catalog` keeps at most one source per
+``tile_size`` x ``tile_size`` tile, the brightest (:data:`npejax.schema.TILE_KEYS`). Keys, shapes and units
+of both are in :mod:`npejax.schema`; in short: ``x``, ``y`` [B, M] pixels from the image edge (x = column,
+y = row), ``flux`` [B, M] nmgy, galaxy shape zero for stars (``disk_a``, ``bulge_a`` semi-major half-light
+radii in arcsec; the drawn profile has circularized half-light radius a * sqrt(q)); ``tile_locs``
+[B, Th, Tw, 2] (y, x) inside the tile in units of the tile side, ``tile_source`` the index into the full
+catalog (-1 if empty), ``n_dropped`` [B] the sources the one-per-tile rule discarded.
 
-* ``n_sources`` [B] int32: number of sources; entries at index >= n_sources are zero.
-* ``x``, ``y`` [B, M] float32: position in pixels from the image edge (x = column, y = row); pixel
-  (i, j) covers [i, i+1) x [j, j+1).
-* ``flux`` [B, M] float32: r-band flux in nmgy. ``is_galaxy`` [B, M] bool.
-* Galaxy shape (zero for stars): ``disk_frac`` (flux fraction in the exponential disk), ``angle``
-  (radians in [0, pi), counterclockwise from the +x axis), ``disk_q``, ``bulge_q`` (axis ratios) and
-  ``disk_a``, ``bulge_a`` (semi-major half-light radii in arcsec; the drawn profile has circularized
-  half-light radius a * sqrt(q)).
-
-The *tile catalog* keeps at most one source per ``tile_size`` x ``tile_size`` tile, the brightest:
-``tile_has_source`` [B, Th, Tw] bool, ``tile_locs`` [B, Th, Tw, 2] (y, x) inside the tile in units of
-the tile side ([0, 1)), ``tile_flux`` nmgy, ``tile_is_galaxy``, ``tile_source`` (index into the full
-catalog, -1 if empty), and ``n_dropped`` [B]: sources the one-per-tile rule discarded.
+The prior's parameters have no defaults here: the paper's values are ``config.prior`` in
+``configs/default.py`` (build the prior with :meth:`CatalogPrior.from_config`).
 """
 
 from __future__ import annotations
@@ -24,39 +20,35 @@ import dataclasses
 import numpy as np
 from scipy import stats
 
-CATALOG_KEYS = ("x", "y", "flux", "is_galaxy", "disk_frac", "angle", "disk_q", "bulge_q", "disk_a", "bulge_a")
-TILE_KEYS = ("tile_has_source", "tile_locs", "tile_flux", "tile_is_galaxy", "tile_source", "n_dropped")
+from npejax import schema
+from npejax.sim import settings
 
 
 @dataclasses.dataclass(frozen=True)
 class CatalogPrior:
     """Independent source properties of paper Table 1; all parameters in the units shown.
 
-    Galaxy flux uses scale 3.925 nmgy (the reference configuration; lower bound 0.631 nmgy = r 23.0),
-    not the 3.29 printed in the paper's table, which would put the lower bound at 0 nmgy.
-    Axis ratios are U(min_axis_ratio, 1) to keep profiles away from q = 0.
+    The values (``config.prior`` of ``configs/default.py``) are the paper's. Galaxy flux uses scale 3.925
+    nmgy (the reference configuration; lower bound 0.631 nmgy = r 23.0), not the 3.29 printed in the
+    paper's table, which would put the lower bound at 0 nmgy. Axis ratios are U(min_axis_ratio, 1) to keep
+    profiles away from q = 0.
     """
 
-    image_shape: tuple[int, int] = (80, 80)
-    sources_per_pixel: float = 6.25e-4
-    max_sources: int = 32
-    prob_galaxy: float = 0.514
-    star_flux: tuple[float, float, float, float] = (0.469, 1000.0, -0.553, 1.185)  # truncpareto b, c, loc, scale
-    galaxy_flux: tuple[float, float, float, float] = (1.561, 1000.0, -3.29, 3.925)
-    disk_a: tuple[float, float, float] = (0.393, 0.837, 4.432)  # gamma shape, loc, scale (arcsec)
-    bulge_a: tuple[float, float, float] = (0.393, 0.419, 2.216)
-    min_axis_ratio: float = 0.01
+    image_shape: tuple[int, int]  # (H, W) pixels
+    sources_per_pixel: float  # Poisson rate of sources per pixel
+    max_sources: int  # padding M of the full catalog
+    prob_galaxy: float
+    star_flux: tuple[float, float, float, float]  # truncpareto b, c, loc, scale (nmgy)
+    galaxy_flux: tuple[float, float, float, float]
+    disk_a: tuple[float, float, float]  # gamma shape, loc, scale (arcsec)
+    bulge_a: tuple[float, float, float]
+    min_axis_ratio: float
 
     @classmethod
     def from_config(cls, config, image_shape) -> "CatalogPrior":
-        """Builds the prior from the ``config.prior`` ConfigDict (keys as the dataclass fields)."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"image_shape"}
-        values = dict(config)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config.prior: unknown keys {unknown}; expected some of {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}
-        return cls(image_shape=tuple(image_shape), **values)
+        """Builds the prior from the ``config.prior`` ConfigDict (one key per dataclass field but
+        ``image_shape``) and ``image_shape`` (H, W)."""
+        return settings.from_config(cls, "prior", config, image_shape=tuple(image_shape))
 
     def __post_init__(self):
         if self.sources_per_pixel < 0 or self.max_sources < 1:
@@ -79,7 +71,7 @@ class CatalogPrior:
         return stats.truncpareto(b=b, c=c, loc=loc, scale=scale)
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-        """Draws ``batch_size`` catalogs (see module docstring for the keys and units)."""
+        """Draws ``batch_size`` full catalogs: ``n_sources`` [B] and :data:`npejax.schema.CATALOG_KEYS` [B, M]."""
         b, m = batch_size, self.max_sources
         h, w = self.image_shape
         n = rng.poisson(self.mean_sources, size=b)
@@ -102,17 +94,16 @@ class CatalogPrior:
             disk_a=self.disk_a[1] + rng.gamma(self.disk_a[0], self.disk_a[2], (b, m)),
             bulge_a=self.bulge_a[1] + rng.gamma(self.bulge_a[0], self.bulge_a[2], (b, m)),
         )
-        galaxy_only = ("disk_frac", "angle", "disk_q", "bulge_q", "disk_a", "bulge_a")
         out = {"n_sources": n.astype(np.int32)}
         for key, value in cat.items():
-            mask = valid & is_galaxy if key in galaxy_only else valid
+            mask = valid & is_galaxy if key in schema.SHAPE_KEYS else valid
             value = np.where(mask, value, 0)
             out[key] = value.astype(bool if key == "is_galaxy" else np.float32)
         return out
 
 
 def tile_catalog(catalog: dict[str, np.ndarray], image_shape, tile_size: int = 4) -> dict[str, np.ndarray]:
-    """One source per tile, the brightest; returns the ``TILE_KEYS`` arrays (see module docstring)."""
+    """One source per tile, the brightest; returns the :data:`npejax.schema.TILE_KEYS` arrays."""
     h, w = image_shape
     if h % tile_size or w % tile_size:
         raise ValueError(f"image shape {image_shape} is not a multiple of tile_size={tile_size}")

@@ -1,7 +1,7 @@
 """GalSim renderer: catalog + field (PSF, background, gain, calibration) -> sky-subtracted image in nmgy.
 
 Rendering works in electrons (electrons = nmgy * gain / calibration). Stars are the field PSF (two
-Gaussians + a Moffat truncated at ``psf_trunc_pixels``, :mod:`npejax.psf`) scaled by their flux; galaxies
+Gaussians + a Moffat truncated at ``psf_trunc_pixels``, :mod:`npejax.sim.psf`) scaled by their flux; galaxies
 are an exponential disk plus a de Vaucouleurs bulge, each sheared by its own axis ratio at the shared
 angle, convolved with the PSF and the 1-pixel box.
 
@@ -28,23 +28,25 @@ import warnings
 import galsim
 import numpy as np
 
-from npejax import fields as fields_lib
-from npejax import psf as psf_lib
+from npejax.sim import fields as fields_lib
+from npejax.sim import psf as psf_lib
+from npejax.sim import settings
 
 NOISE_MODELS = ("gaussian", "poisson", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class RenderConfig:
-    """Renderer settings. Lengths in pixels unless named otherwise."""
+    """Renderer settings (``config.render``; the values are in ``configs/default.py``, none here). Lengths in
+    pixels unless named otherwise."""
 
-    pixel_scale_arcsec: float = 0.396
-    noise: str = "gaussian"
-    psf_trunc_pixels: float = psf_lib.DEFAULT_TRUNC_PIXELS
-    max_stamp_size: int = 256  # pixels; caps the periodic stamp of the largest galaxies
-    method: str = "kspace"  # or "drawimage": one GalSim drawImage per source (slower reference)
-    folding_threshold: float = 1e-2
-    maxk_threshold: float = 3e-3
+    pixel_scale_arcsec: float  # arcsec per pixel (galaxy radii are in arcsec)
+    noise: str  # one of NOISE_MODELS
+    psf_trunc_pixels: float  # radius at which the PSF's Moffat term is truncated
+    max_stamp_size: int  # pixels; caps the periodic stamp of the largest galaxies
+    method: str  # "kspace", or "drawimage": one GalSim drawImage per source (slower reference)
+    folding_threshold: float  # GalSim GSParams
+    maxk_threshold: float
 
     def __post_init__(self):
         if self.noise not in NOISE_MODELS:
@@ -56,11 +58,8 @@ class RenderConfig:
 
     @classmethod
     def from_config(cls, config) -> "RenderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(dict(config)) - known)
-        if unknown:
-            raise ValueError(f"config.render: unknown keys {unknown}; expected some of {sorted(known)}")
-        return cls(**dict(config))
+        """Builds the settings from the ``config.render`` ConfigDict (one key per field)."""
+        return settings.from_config(cls, "render", config)
 
 
 _FFT_SIZES = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -126,9 +125,10 @@ def _galaxy_jacobian(radius: float, q: float, angle: float) -> np.ndarray:
 
 
 class Renderer:
-    """Draws images for one field bank; caches the GalSim PSF of each field it has seen."""
+    """Draws ``image_shape`` (H, W) images for one field bank with ``config``'s settings; caches the GalSim
+    PSF of each field it has seen."""
 
-    def __init__(self, bank: fields_lib.FieldBank, image_shape=(80, 80), config: RenderConfig = RenderConfig()):
+    def __init__(self, bank: fields_lib.FieldBank, image_shape, config: RenderConfig):
         self.bank = bank
         self.image_shape = tuple(int(v) for v in image_shape)
         self.config = config
