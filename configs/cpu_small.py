@@ -9,7 +9,7 @@ def get_config():
     config.model.stem_blocks = 2
     config.model.stages = ((1, 1, 1), (2, 1, 2), (2, 1, 2))
     config.train.batch_size = 32
-    config.train.steps_per_epoch = 40
+    config.train.images_per_epoch = 1280  # 40 steps of 32
     config.train.num_epochs = 10
     config.train.lr_decay_epoch = 8
     config.train.patience = 3

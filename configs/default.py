@@ -13,8 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_size = 80  # pixels (square images)
     config.tile_size = 4  # pixels; the tile grid is image_size / tile_size on a side
 
-    # Catalog prior, paper Table 1 (npejax.prior.CatalogPrior). Galaxy flux scale 3.925 nmgy, not the
-    # table's 3.29: see SPEC.md and the CatalogPrior docstring.
+    # Catalog prior, paper Table 1 (npejax.sim.prior.CatalogPrior, which has no defaults of its own: every
+    # key is required). Galaxy flux scale 3.925 nmgy, not the table's 3.29: see SPEC.md and the CatalogPrior
+    # docstring.
     config.prior = ml_collections.ConfigDict()
     config.prior.sources_per_pixel = 6.25e-4  # Poisson rate; 4.0 sources per 80 x 80 image
     config.prior.max_sources = 32  # padding of the full catalog; an image with more raises
@@ -30,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.fields.bank = "synthetic"  # "synthetic" (embedded, 500 SYNTHETIC SDSS-like fields) or a .npz path
     config.fields.prior = "many"  # "many": uniform over the bank (p_many); "one": reference field (p_one)
 
-    # Renderer (npejax.render.RenderConfig).
+    # Renderer (npejax.sim.render.RenderConfig; no defaults of its own: every key is required).
     config.render = ml_collections.ConfigDict()
     config.render.pixel_scale_arcsec = 0.396
     config.render.noise = "gaussian"  # "gaussian" N(lambda, lambda) as in the paper, "poisson", "none"
@@ -40,13 +41,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.render.folding_threshold = 1e-2  # GalSim GSParams
     config.render.maxk_threshold = 3e-3
 
-    # On-the-fly simulator (npejax.pipeline.Simulator).
+    # On-the-fly simulator (npejax.sim.pipeline.Simulator).
     config.simulator = ml_collections.ConfigDict()
-    config.simulator.batch_size = 32
     config.simulator.num_workers = 2  # worker processes; 0 renders in a background thread
     config.simulator.prefetch = 8  # batches rendered ahead
 
-    # Inference network (npejax.model.CatalogNet): 48 conv-BN-SiLU blocks at this size.
+    # Inference network (npejax.nn.model.from_config builds CatalogNet, which has no defaults of its own): 48
+    # conv-BN-SiLU blocks at this size.
     config.model = ml_collections.ConfigDict()
     config.model.variant = "psf_aware"  # "psf_aware", "psf_unaware" or "single_field" (inputs)
     config.model.width = 64  # channels of the first stage
@@ -59,7 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.batch_size = 32  # global; a multiple of the number of local devices
     config.train.eval_batch_size = 64
     config.train.num_epochs = 50
-    config.train.steps_per_epoch = 210_000 // 32  # one pass over the paper's 210k training images
+    # Images per epoch when training on the fly (steps = images_per_epoch // batch_size, so a larger batch keeps
+    # the epoch's images): the paper's 210k training images. With data.train_dir an epoch is one pass over it.
+    config.train.images_per_epoch = 210_000
     config.train.learning_rate = 1e-3
     config.train.lr_decay = 0.1
     config.train.lr_decay_epoch = 32

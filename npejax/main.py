@@ -1,26 +1,33 @@
-"""Trains an npejax network: ``python -m npejax.main --config configs/psf_aware.py --workdir runs/aware``."""
+"""Trains an npejax network.
 
-import sys
+    python -m npejax.main --config configs/psf_aware.py --workdir runs/aware [--config.KEY=VALUE ...]
+    npejax-train --config configs/psf_aware.py --workdir runs/aware
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+Calls :func:`npejax.nn.train.train_and_evaluate` (as Flax's examples do); running the same command again
+resumes after the last saved epoch.
+"""
 
-from npejax import cli, train
+from __future__ import annotations
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the saved config.")
-config_flags.DEFINE_config_file("config", None, "Experiment configuration file (configs/*.py).", lock_config=True)
-flags.mark_flags_as_required(["config"])
+from absl import flags
+
+from npejax import cli
+from npejax.nn import train
 
 
-def main(argv):
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    workdir = FLAGS.workdir or f"runs/{FLAGS.config.model.variant}"
-    train.train_and_evaluate(FLAGS.config, workdir)
+def define_flags(fv: flags.FlagValues) -> None:
+    cli.define_config(fv, "Experiment configuration file (configs/*.py).")
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the saved config "
+                        "(default: runs/<model.variant>).", flag_values=fv)
+
+
+def run(fv: flags.FlagValues) -> None:
+    train.train_and_evaluate(fv.config, fv.workdir or f"runs/{fv.config.model.variant}")
+
+
+def main(argv=None) -> int:
+    return cli.main(define_flags, run, argv, doc=__doc__)
 
 
 if __name__ == "__main__":
-    cli.add_config_root_to_path(sys.argv)
-    app.run(main)
+    raise SystemExit(main())

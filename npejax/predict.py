@@ -1,247 +1,55 @@
-"""Catalog new images with a trained network.
+"""Catalogs images with a trained network.
 
     python -m npejax.predict --workdir runs/aware --input DATASET_DIR|images.npz|image.fits --out catalog.fits
+    npejax-predict --workdir runs/aware --input image.fits --background 0.7 --field-id NAME --out catalog.csv
 
-Python API::
-
-    predictor = Predictor.from_workdir("runs/aware")          # best checkpoint: weights, normalizer, config
-    tiles = predictor.predict_tiles(images, background, psf_params)   # per-tile posterior summaries
-    table = predictor.catalog(images, background, psf_params)         # astropy Table, one row per source
-
-Inputs: a dataset directory written by ``npejax.simulate``; an ``.npz`` with ``images`` [N, H, W] (nmgy,
-sky-subtracted), ``background`` [N, H, W] (nmgy) and ``psf_params`` [N, 6]; or a FITS image (one 2-D
-HDU, nmgy, sky-subtracted) with the background given by ``--background`` (nmgy per pixel, a number or a
-FITS file) and the PSF by ``--psf-params s1,s2,sP,beta,b,p0`` or ``--field-id NAME`` from the field bank.
-Images of any size are accepted (an SDSS frame is 2048 x 1489): sides that are not multiples of the tile
-size are padded for the network and sources in the padding dropped. The catalog holds one row per tile whose source probability
-exceeds ``--min-prob``, with the columns of SPEC.md: ``image``, ``x``, ``y`` (pixels), ``flux`` (nmgy,
-posterior median), ``mag``, ``prob_source``, ``prob_galaxy``, ``x_std``, ``y_std``, ``flux_lo``,
-``flux_hi`` (central 68% interval, nmgy).
+Loads the ``--checkpoint`` (best or latest) of a training directory (``python -m npejax.main``) and writes
+one row per tile whose source probability exceeds ``--min-prob`` to ``--out`` (FITS or CSV by extension).
+A FITS input needs ``--background`` and one of ``--psf-params`` and ``--field-id``. See
+:mod:`npejax.nn.predictor` for the inputs and the catalog's columns.
 """
 
 from __future__ import annotations
 
-import json
-import os
+from absl import flags
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
-
-from npejax import inputs as inputs_lib
-from npejax import psf as psf_lib
-from npejax.posterior import TilePosterior, tiles_to_sources
+from npejax import catalogs as catalog_lib
+from npejax import cli
+from npejax.nn import checkpoints, predictor
 
 
-class CheckpointError(ValueError):
-    """A workdir without a usable npejax checkpoint."""
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv,
+                        required=True)
+    flags.DEFINE_string("input", None, "Dataset directory, .npz (images, background, psf_params) or FITS image.",
+                        flag_values=fv, required=True)
+    flags.DEFINE_string("out", None, "Output catalog (.fits or .csv).", flag_values=fv, required=True)
+    flags.DEFINE_enum("checkpoint", "best", list(checkpoints.WHICH), "Which checkpoint of --workdir.",
+                      flag_values=fv)
+    flags.DEFINE_float("min-prob", 0.5, "Keep tiles with prob_source above this.", flag_values=fv)
+    flags.DEFINE_integer("batch-size", 256, "Images per network call.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("background", None, "FITS input: background in nmgy per pixel (a number or a FITS file).",
+                        flag_values=fv)
+    flags.DEFINE_string("psf-params", None, "FITS input: s1,s2,sP,beta,b,p0 (pixels).", flag_values=fv)
+    flags.DEFINE_string("field-id", None, "FITS input: take the PSF from this field of --bank.", flag_values=fv)
+    flags.DEFINE_string("bank", None, "Field bank for --field-id (default: the embedded synthetic bank).",
+                        flag_values=fv)
+    for name in ("min-prob", "batch-size", "psf-params", "field-id"):
+        flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
 
-class Predictor:
-    """A trained network with its normalizer and config; batched, jit-compiled prediction."""
-
-    def __init__(self, config: ml_collections.ConfigDict, variables: dict, normalizer: inputs_lib.Normalizer):
-        from npejax import train
-
-        self.config = config
-        self.variables = variables
-        self.normalizer = normalizer
-        self.variant = config.model.variant
-        self.tile_size = int(config.tile_size)
-        net = train.create_model(config)
-
-        def forward(variables, images, background, psf_params):
-            feats = normalizer.features(images, background, psf_params, self.variant)
-            q = TilePosterior.from_params(net.apply(variables, feats, train=False))
-            return dict(q.mode(), **q.summary())
-
-        self._forward = jax.jit(forward)
-
-    @classmethod
-    def from_workdir(cls, workdir: str, which: str = "best") -> "Predictor":
-        """Loads ``workdir/checkpoints/{best,latest}`` (clear errors for a missing or foreign directory)."""
-        from npejax import train
-
-        workdir = os.path.abspath(workdir)
-        if not os.path.isdir(workdir):
-            raise CheckpointError(f"workdir {workdir} does not exist")
-        if which not in ("best", "latest"):
-            raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-        config_path = os.path.join(workdir, "config.json")
-        ckpt_dir = os.path.join(workdir, "checkpoints", which)
-        if not os.path.isfile(config_path) or not os.path.isdir(ckpt_dir):
-            raise CheckpointError(f"{workdir} is not an npejax training directory: expected config.json and "
-                                  f"checkpoints/{which}/ (written by python -m npejax.main)")
-        config = load_config(workdir)
-        latest, best = train.checkpoint_managers(workdir)
-        manager = best if which == "best" else latest
-        if manager.latest_step() is None:
-            raise CheckpointError(f"no checkpoint in {ckpt_dir}")
-        net = train.create_model(config)
-        abstract = jax.eval_shape(lambda: train.create_state(config, net, int(config.train.steps_per_epoch),
-                                                             jax.random.key(0)))
-        try:
-            state, meta = train.restore(manager, abstract)
-        except Exception as exc:  # structure mismatch: a checkpoint of another model
-            raise CheckpointError(f"checkpoint in {ckpt_dir} does not match the model in {config_path}: {exc}") from exc
-        finally:
-            latest.close()
-            best.close()
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        return cls(config, variables, inputs_lib.Normalizer.from_dict(meta["normalizer"]))
-
-    def _check(self, images, background, psf_params):
-        """Validated float32 arrays, padded at the bottom and right to multiples of the tile size."""
-        images = np.asarray(images, np.float32)
-        if images.ndim == 2:
-            images = images[None]
-        if images.ndim != 3 or min(images.shape) == 0:
-            raise ValueError(f"images must be [N, H, W] or [H, W] and non-empty, got shape {images.shape}")
-        n, h, w = images.shape
-        if not np.all(np.isfinite(images)):
-            bad = np.argwhere(~np.isfinite(images))[0]
-            raise ValueError(f"images contain NaN or infinite pixels (first at image {bad[0]}, row {bad[1]}, "
-                             f"column {bad[2]})")
-        try:
-            background = np.broadcast_to(np.asarray(background, np.float32), images.shape)
-        except ValueError:
-            raise ValueError(f"background of shape {np.shape(background)} does not match images of shape "
-                             f"{images.shape}: expected a number, [H, W] or [N, H, W] (nmgy)") from None
-        if not np.all(np.isfinite(background)):
-            raise ValueError("background contains NaN or infinite values")
-        try:
-            psf_params = np.broadcast_to(np.asarray(psf_params, np.float32), (n, 6))
-        except ValueError:
-            raise ValueError(f"psf_params of shape {np.shape(psf_params)}: expected [6] or [N, 6] "
-                             "(s1, s2, sP, beta, b, p0)") from None
-        psf_lib.validate_psf_params(psf_params, where="psf_params")
-        pad_h, pad_w = (-h) % self.tile_size, (-w) % self.tile_size
-        if pad_h or pad_w:  # zeros are the sky-subtracted sky; the background continues its edge
-            images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w)))
-            background = np.pad(background, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-        return images, np.ascontiguousarray(background), np.ascontiguousarray(psf_params)
-
-    def predict_tiles(self, images, background, psf_params, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Per-tile mode and summaries ([N, ceil(H/t), ceil(W/t)] arrays) for images [N, H, W] (nmgy).
-
-        Images whose sides are not multiples of the tile size t are padded at the bottom and right (image
-        with zeros, background with its edge values); the last row/column of tiles then covers padding.
-        """
-        images, background, psf_params = self._check(images, background, psf_params)
-        parts = []
-        for start in range(0, len(images), batch_size):
-            sl = slice(start, start + batch_size)
-            out = self._forward(self.variables, jnp.asarray(images[sl]), jnp.asarray(background[sl]),
-                                jnp.asarray(psf_params[sl]))
-            parts.append(jax.device_get(out))
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    def catalog(self, images, background, psf_params, min_prob: float = 0.5, batch_size: int = 256,
-                image_offset: int = 0):
-        """Probabilistic catalog (astropy Table) of tiles with ``prob_source > min_prob``; sources whose
-        position falls in the padding of an image of any other size are dropped."""
-        from npejax import catalog as catalog_lib
-
-        h, w = np.shape(images)[-2:]
-        tiles = self.predict_tiles(images, background, psf_params, batch_size)
-        sources = tiles_to_sources(tiles, self.tile_size, min_prob=min_prob)
-        inside = (sources["x"] < w) & (sources["y"] < h)
-        sources = {k: v[inside] for k, v in sources.items()}
-        sources["image"] = sources["image"] + image_offset
-        return catalog_lib.prediction_table(sources)
+def run(fv: flags.FlagValues) -> None:
+    catalog_lib.table_format(fv.out)  # a bad extension fails before the network loads
+    net = predictor.Predictor.from_workdir(fv.workdir, fv.checkpoint)
+    images, background, psf_params = predictor.load_inputs(fv.input, fv.background, fv["psf-params"].value,
+                                                           fv["field-id"].value, fv.bank)
+    table = net.catalog(images, background, psf_params, fv["min-prob"].value, fv["batch-size"].value)
+    catalog_lib.write_table(table, fv.out)
+    print(f"{len(table)} sources in {len(images)} images -> {fv.out}")
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The training config saved in ``workdir/config.json`` (CheckpointError if there is none)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{workdir} is not an npejax training directory: no config.json "
-                              "(written by python -m npejax.main)")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    with config.unlocked():  # JSON turned the stage tuples into lists
-        config.model.stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
-    return config
-
-
-# --- command line ----------------------------------------------------------------------------------
-
-def load_inputs(path: str, background=None, psf_params=None, field_id=None, bank=None):
-    """(images, background, psf_params) from a dataset directory, an .npz or a FITS image (see module doc)."""
-    from npejax import data as data_lib
-    from npejax import fields as fields_lib
-
-    if os.path.isdir(path):
-        ds = data_lib.load(path)
-        arrays = ds[np.arange(len(ds))]
-        return arrays["images"], arrays["background"], arrays["psf_params"]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"input {path} does not exist")
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            missing = [k for k in ("images", "background", "psf_params") if k not in f.files]
-            if missing:
-                raise ValueError(f"{path} lacks arrays {missing}; expected images, background, psf_params")
-            return f["images"], f["background"], f["psf_params"]
-    if path.lower().endswith((".fits", ".fit", ".fits.gz")):
-        from astropy.io import fits
-
-        try:
-            with fits.open(path) as hdul:
-                image = next((h.data for h in hdul if h.data is not None and h.data.ndim == 2), None)
-        except OSError as exc:
-            raise ValueError(f"{path} is not a readable FITS file: {exc}") from exc
-        if image is None:
-            raise ValueError(f"{path} holds no 2-D image HDU")
-        if background is None:
-            raise ValueError(f"a FITS input needs --background (nmgy per pixel, a number or a FITS file)")
-        try:
-            bg = np.full(image.shape, float(background), np.float32)
-        except ValueError:
-            bg = np.asarray(fits.getdata(background), np.float32)
-        if (psf_params is None) == (field_id is None):
-            raise ValueError("a FITS input needs exactly one of --psf-params and --field-id")
-        if field_id is not None:
-            bank = fields_lib.load_bank(bank)
-            psf = bank.psf_params[bank.index(field_id)]
-        else:
-            psf = np.array([float(v) for v in psf_params.split(",")])
-        return np.asarray(image, np.float32)[None], bg[None], np.asarray(psf, np.float32)[None]
-    raise ValueError(f"unsupported input {path}: expected a dataset directory, an .npz or a .fits file")
-
-
-def main(argv=None):
-    import argparse
-    import sys
-
-    from npejax import catalog as catalog_lib
-
-    parser = argparse.ArgumentParser(description="Catalog images with a trained npejax network.")
-    parser.add_argument("--workdir", required=True, help="training directory (python -m npejax.main)")
-    parser.add_argument("--input", required=True, help="dataset directory, .npz or FITS image")
-    parser.add_argument("--out", required=True, help="output catalog (.fits or .csv)")
-    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    parser.add_argument("--min-prob", type=float, default=0.5, help="keep tiles with prob_source above this")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--background", help="FITS input: background in nmgy per pixel (number or FITS file)")
-    parser.add_argument("--psf-params", help="FITS input: s1,s2,sP,beta,b,p0 (pixels)")
-    parser.add_argument("--field-id", help="FITS input: take the PSF from this field of --bank")
-    parser.add_argument("--bank", default=None, help="field bank for --field-id (default: embedded synthetic)")
-    args = parser.parse_args(argv)
-    try:
-        catalog_lib.table_format(args.out)
-        predictor = Predictor.from_workdir(args.workdir, args.checkpoint)
-        images, background, psf_params = load_inputs(args.input, args.background, args.psf_params,
-                                                     args.field_id, args.bank)
-        table = predictor.catalog(images, background, psf_params, args.min_prob, args.batch_size)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError quotes its text
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    catalog_lib.write_table(table, args.out)
-    print(f"{len(table)} sources in {len(images)} images -> {args.out}")
-    return 0
+def main(argv=None) -> int:
+    return cli.main(define_flags, run, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npejax import inputs
+from npejax.nn import inputs
 
 
 def _data(bg_levels, n=8, seed=0):

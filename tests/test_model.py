@@ -1,4 +1,5 @@
-"""Network shapes for the three variants, block count, and augmentation consistency."""
+"""Network shapes for the three variants, block count, construction from the config, and augmentation
+consistency."""
 
 import jax
 import jax.numpy as jnp
@@ -6,13 +7,13 @@ import numpy as np
 import pytest
 
 from configs import cpu_small, default
-from npejax import inputs, model, train
+from npejax.nn import inputs, model, steps
 
 
 def test_full_size_network_has_48_blocks():
     config = default.get_config()
     assert model.num_conv_blocks(config.model.stem_blocks, config.model.stages) == 48
-    net = train.create_model(config)
+    net = model.from_config(config)
     variables = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 80, 80, 21)), train=False))
     batch_norms = [p for p in jax.tree_util.tree_leaves_with_path(variables["batch_stats"]) if "mean" in str(p[0])]
     assert len(batch_norms) == 48
@@ -23,7 +24,7 @@ def test_variant_shapes(variant):
     config = cpu_small.get_config()
     with config.unlocked():
         config.model.variant = variant
-    net = train.create_model(config)
+    net = model.from_config(config)
     c = inputs.num_channels(variant)
     assert c == 15 + (6 if variant == "psf_aware" else 0)
     x = jnp.zeros((2, 80, 80, c))
@@ -32,6 +33,24 @@ def test_variant_shapes(variant):
     assert net.apply(variables, jnp.zeros((1, 24, 40, c))).shape == (1, 6, 10, 8)
     with pytest.raises(ValueError, match="multiples of 4"):
         net.apply(variables, jnp.zeros((1, 30, 40, c)))
+
+
+def test_network_takes_its_settings_from_the_config():
+    config = cpu_small.get_config()
+    net = model.from_config(config)
+    assert (net.width, net.stem_blocks, net.dtype) == (16, 2, jnp.float32)
+    assert net.stages == ((1, 1, 1), (2, 1, 2), (2, 1, 2)) and net.stride == config.tile_size
+    with pytest.raises(TypeError):  # no defaults of its own: configs/default.py is the one place
+        model.CatalogNet()
+    config.model.dtype = "bfloat16"
+    assert model.from_config(config).dtype == jnp.bfloat16
+    config.model.dtype = "float16"
+    with pytest.raises(ValueError, match="model.dtype must be 'float32' or 'bfloat16', got 'float16'"):
+        model.from_config(config)
+    config.model.dtype = "float32"
+    config.model.stages = ((1, 1, 1), (2, 1, 2))
+    with pytest.raises(ValueError, match="stride 2 must equal tile_size 4"):
+        model.from_config(config)
 
 
 def test_unknown_variant():
@@ -52,7 +71,7 @@ def test_augmentation_moves_catalog_with_image():
     example = dict(images=images[0], background=images[0], **{k: v[0] for k, v in tiles.items()})
     seen = set()
     for k in range(8):
-        out = train._dihedral({key: jnp.asarray(v) for key, v in example.items()}, jnp.array(k))
+        out = steps.dihedral({key: jnp.asarray(v) for key, v in example.items()}, jnp.array(k))
         iy, ix = np.unravel_index(np.argmax(np.asarray(out["images"])), (h, h))
         (tr, tc), = np.argwhere(np.asarray(out["tile_has_source"]))
         ly, lx = np.asarray(out["tile_locs"])[tr, tc]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from npejax import posterior
+from npejax.nn import posterior
 
 
 def _random_case(seed=0, shape=(2, 3, 4)):

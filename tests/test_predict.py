@@ -1,6 +1,6 @@
-"""The prediction CLI end to end: dataset, .npz and FITS inputs (any image size), CSV/FITS out, bad input."""
+"""The prediction command end to end: its catalogs equal the library's (dataset, .npz and FITS inputs of
+any size, CSV/FITS out, flags), and bad input gives one ``error:`` line and exit status 2."""
 
-import os
 import subprocess
 import sys
 
@@ -8,87 +8,138 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from npejax import catalog, data, fields, pipeline, train
-from test_train import tiny_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from npejax import catalogs as catalog, datasets as data, predict
+from npejax.nn import predictor, train
+from npejax.sim import fields, pipeline
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_config):
+    """A tiny network trained 2 epochs (best and latest may differ) and a cached test set of 6 images."""
     root = tmp_path_factory.mktemp("predict")
     config = tiny_config()
-    config.train.num_epochs = 1
     train.train_and_evaluate(config, str(root / "run"))
     spec = pipeline.SimulationSpec.from_config(config, seed=5, batch_size=6)
     data.write_dataset(spec, root / "test", 6, "test", num_workers=0, progress=False)
-    return root, config
+    arrays = data.load(root / "test")[np.arange(6)]
+    return root, predictor.Predictor.from_workdir(str(root / "run")), arrays
 
 
-def _predict(*args):
-    proc = subprocess.run([sys.executable, "-m", "npejax.predict", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    return proc.returncode, proc.stdout + proc.stderr
+def _predict(capsys, *args):
+    """``npejax.predict`` in this process: (exit status, stdout, stderr)."""
+    code = predict.main(["npejax.predict", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_dataset_and_npz_inputs_give_the_same_catalog(trained):
-    root, _ = trained
-    code, out = _predict("--workdir", root / "run", "--input", root / "test", "--out", root / "a.fits",
-                         "--min-prob", "0")
-    assert code == 0, out
-    a = catalog.read_table(root / "a.fits")
-    assert len(a) == 6 * 20 * 20 and set(a["image"]) == set(range(6))
-    ds = data.load(root / "test")
-    arrays = ds[np.arange(6)]
-    np.savez(root / "in.npz", images=arrays["images"], background=arrays["background"],
+def assert_same_catalog(got, expected, allow_empty=False):
+    """Row for row: same columns, same images, positions and fluxes to float32 precision."""
+    assert got.colnames == expected.colnames and len(got) == len(expected)
+    assert allow_empty or len(got) > 0
+    for name in got.colnames:
+        np.testing.assert_allclose(np.asarray(got[name], float), np.asarray(expected[name], float),
+                                   rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_readme_command_writes_the_predictor_catalog(trained, root):
+    """``python -m npejax.predict --workdir ... --input ... --out catalog.fits`` as the README writes it."""
+    tmp, net, arrays = trained
+    proc = subprocess.run([sys.executable, "-m", "npejax.predict", "--workdir", str(tmp / "run"), "--input",
+                           str(tmp / "test"), "--out", str(tmp / "catalog.fits")], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = net.catalog(arrays["images"], arrays["background"], arrays["psf_params"])  # min_prob 0.5
+    assert proc.stdout.strip() == f"{len(expected)} sources in 6 images -> {tmp / 'catalog.fits'}"
+    got = catalog.read_table(tmp / "catalog.fits")
+    assert_same_catalog(got, expected, allow_empty=True)  # the tiny network may find nothing above 0.5
+    assert np.all(np.asarray(got["prob_source"]) > 0.5)
+
+
+def test_dataset_and_npz_inputs_give_the_predictor_catalog(trained, capsys):
+    tmp, net, arrays = trained
+    expected = net.catalog(arrays["images"], arrays["background"], arrays["psf_params"], min_prob=0.0)
+    assert len(expected) == 6 * 20 * 20 and set(expected["image"]) == set(range(6))
+    code, out, err = _predict(capsys, "--workdir", tmp / "run", "--input", tmp / "test", "--out", tmp / "a.fits",
+                              "--min-prob", "0")
+    assert code == 0 and err == "", err
+    assert out == f"{6 * 20 * 20} sources in 6 images -> {tmp / 'a.fits'}\n"
+    assert_same_catalog(catalog.read_table(tmp / "a.fits"), expected)
+    np.savez(tmp / "in.npz", images=arrays["images"], background=arrays["background"],
              psf_params=arrays["psf_params"])
-    code, out = _predict("--workdir", root / "run", "--input", root / "in.npz", "--out", root / "b.csv",
-                         "--min-prob", "0")
-    assert code == 0, out
-    b = catalog.read_table(root / "b.csv")
-    np.testing.assert_allclose(np.asarray(b["flux"]), np.asarray(a["flux"]), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(b["x"]), np.asarray(a["x"]), atol=1e-4)
+    code, out, err = _predict(capsys, "--workdir", tmp / "run", "--input", tmp / "in.npz", "--out", tmp / "b.csv",
+                              "--min_prob", "0", "--batch-size", "4")  # both spellings; batches of 4 and 2
+    assert code == 0, err
+    assert_same_catalog(catalog.read_table(tmp / "b.csv"), expected)
 
 
-def test_fits_input_of_any_size(trained):
-    root, _ = trained
-    ds = data.load(root / "test")
-    image = np.asarray(ds[np.arange(1)]["images"][0, :77, :75])  # not multiples of the tile size
-    fits.PrimaryHDU(image).writeto(root / "frame.fits", overwrite=True)
+def test_latest_checkpoint_and_min_prob(trained, capsys):
+    tmp, _, arrays = trained
+    latest = predictor.Predictor.from_workdir(str(tmp / "run"), "latest")
+    probs = latest.predict_tiles(arrays["images"], arrays["background"], arrays["psf_params"])["prob_source"]
+    min_prob = float(np.quantile(probs, 0.9))  # keeps about a tenth of the tiles
+    expected = latest.catalog(arrays["images"], arrays["background"], arrays["psf_params"], min_prob=min_prob)
+    assert len(expected) == np.sum(probs > min_prob) > 0
+    code, _, err = _predict(capsys, "--workdir", tmp / "run", "--input", tmp / "test", "--out", tmp / "l.csv",
+                            "--checkpoint", "latest", "--min-prob", repr(min_prob))
+    assert code == 0, err
+    got = catalog.read_table(tmp / "l.csv")
+    assert_same_catalog(got, expected)
+    assert np.all(np.asarray(got["prob_source"]) > min_prob)
+
+
+def test_fits_input_of_any_size(trained, capsys):
+    tmp, net, arrays = trained
+    image = np.asarray(arrays["images"][0, :77, :75])  # not multiples of the tile size
+    fits.PrimaryHDU(image).writeto(tmp / "frame.fits", overwrite=True)
     bank = fields.load_bank("synthetic")
-    code, out = _predict("--workdir", root / "run", "--input", root / "frame.fits", "--out", root / "f.fits",
-                         "--background", "0.7", "--field-id", bank.names[3], "--min-prob", "0")
-    assert code == 0, out
-    t = catalog.read_table(root / "f.fits")
-    assert 0 < len(t) <= 20 * 19 and np.all(t["x"] < 75) and np.all(t["y"] < 77)
-    code, out = _predict("--workdir", root / "run", "--input", root / "frame.fits", "--out", root / "g.fits",
-                         "--background", "0.7", "--psf-params", "1.2,3.5,1.5,3.0,0.1,0.08")
-    assert code == 0, out
+    code, _, err = _predict(capsys, "--workdir", tmp / "run", "--input", tmp / "frame.fits", "--out",
+                            tmp / "f.fits", "--background", "0.7", "--field-id", bank.names[3], "--min-prob", "0")
+    assert code == 0, err
+    got = catalog.read_table(tmp / "f.fits")
+    # the rows expected: the library on the same pixels, a 0.7 nmgy sky and field 3's PSF
+    expected = net.catalog(image[None], np.full((1, 77, 75), 0.7, np.float32), bank.psf_params[3][None],
+                           min_prob=0.0)
+    assert_same_catalog(got, expected)
+    assert 0 < len(got) <= 20 * 19 and np.all(got["x"] < 75) and np.all(got["y"] < 77)
+    assert set(got["image"]) == {0}
+
+    psf = "1.2,3.5,1.5,3.0,0.1,0.08"
+    code, _, err = _predict(capsys, "--workdir", tmp / "run", "--input", tmp / "frame.fits", "--out",
+                            tmp / "g.fits", "--background", "0.7", "--psf-params", psf)
+    assert code == 0, err
+    expected = net.catalog(image[None], np.full((1, 77, 75), 0.7, np.float32),
+                           np.array([[1.2, 3.5, 1.5, 3.0, 0.1, 0.08]], np.float32))  # min_prob 0.5
+    assert_same_catalog(catalog.read_table(tmp / "g.fits"), expected, allow_empty=True)
 
 
 @pytest.mark.parametrize("case, message", [
     ("missing_workdir", "does not exist"),
+    ("missing_flag", "--out"),
     ("fits_without_background", "--background"),
     ("npz_missing_arrays", "lacks arrays"),
     ("bad_extension", "unsupported catalog file extension"),
     ("negative_psf_width", "psf_params"),
     ("unknown_field", "unknown field id 'no-such-field'"),
+    ("bad_checkpoint", "checkpoint"),
 ])
-def test_bad_input_gives_a_clear_error(trained, case, message):
-    root, _ = trained
-    fits.PrimaryHDU(np.zeros((8, 8), np.float32)).writeto(root / "small.fits", overwrite=True)
-    np.savez(root / "partial.npz", images=np.zeros((1, 8, 8), np.float32))
+def test_bad_input_gives_a_clear_error(trained, capsys, case, message):
+    tmp, _, _ = trained
+    fits.PrimaryHDU(np.zeros((8, 8), np.float32)).writeto(tmp / "small.fits", overwrite=True)
+    np.savez(tmp / "partial.npz", images=np.zeros((1, 8, 8), np.float32))
+    run, test, small, out = tmp / "run", tmp / "test", tmp / "small.fits", tmp / "x.fits"
     args = {
-        "missing_workdir": ["--workdir", root / "nope", "--input", root / "test", "--out", root / "x.fits"],
-        "fits_without_background": ["--workdir", root / "run", "--input", root / "small.fits", "--out",
-                                    root / "x.fits", "--psf-params", "1,3,1,3,0.1,0.1"],
-        "npz_missing_arrays": ["--workdir", root / "run", "--input", root / "partial.npz", "--out", root / "x.fits"],
-        "bad_extension": ["--workdir", root / "run", "--input", root / "test", "--out", root / "x.txt"],
-        "negative_psf_width": ["--workdir", root / "run", "--input", root / "small.fits", "--out", root / "x.fits",
-                               "--background", "0.7", "--psf-params=-1,3,1,3,0.1,0.1"],
-        "unknown_field": ["--workdir", root / "run", "--input", root / "small.fits", "--out", root / "x.fits",
-                          "--background", "0.7", "--field-id", "no-such-field"],
+        "missing_workdir": ["--workdir", tmp / "nope", "--input", test, "--out", out],
+        "missing_flag": ["--workdir", run, "--input", test],
+        "fits_without_background": ["--workdir", run, "--input", small, "--out", out, "--psf-params", "1,3,1,3,0.1,0.1"],
+        "npz_missing_arrays": ["--workdir", run, "--input", tmp / "partial.npz", "--out", out],
+        "bad_extension": ["--workdir", run, "--input", test, "--out", tmp / "x.txt"],
+        "negative_psf_width": ["--workdir", run, "--input", small, "--out", out, "--background", "0.7",
+                               "--psf-params=-1,3,1,3,0.1,0.1"],
+        "unknown_field": ["--workdir", run, "--input", small, "--out", out, "--background", "0.7",
+                          "--field-id", "no-such-field"],
+        "bad_checkpoint": ["--workdir", run, "--input", test, "--out", out, "--checkpoint", "first"],
     }[case]
-    code, out = _predict(*args)
-    assert code == 2 and message in out, out
-    assert not (root / "x.fits").exists()
+    code, stdout, err = _predict(capsys, *args)
+    assert code == 2 and stdout == "", stdout
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists() and not (tmp / "x.txt").exists()

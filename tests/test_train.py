@@ -1,55 +1,38 @@
 """Training end to end on a tiny configuration: CLI, resume after a kill, checkpoint round trip, errors."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from configs import cpu_small
-from npejax import data, pipeline, predict, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "--config.model.width=4", "--config.model.stem_blocks=1", "--config.model.stages=((1,0,1),(1,0,2),(1,0,2))",
-    "--config.train.batch_size=8", "--config.train.eval_batch_size=8", "--config.train.steps_per_epoch=2",
-    "--config.train.normalizer_images=16", "--config.data.num_val=16", "--config.simulator.num_workers=0",
-    "--config.train.progress=False",
-]
+from npejax import datasets as data, io
+from npejax.nn import checkpoints, predictor, train
+from npejax.sim import pipeline
 
 
-def tiny_config():
-    config = cpu_small.get_config()
-    config.model.width = 4
-    config.model.stem_blocks = 1
-    config.model.stages = ((1, 0, 1), (1, 0, 2), (1, 0, 2))
-    config.train.batch_size = config.train.eval_batch_size = 8
-    config.train.steps_per_epoch = 2
-    config.train.num_epochs = 2
-    config.train.normalizer_images = 16
-    config.train.progress = False
-    config.data.num_val = 16
-    config.simulator.num_workers = 0
-    return config
+@pytest.fixture
+def run_main(root, config_path, tiny_flags):
+    """``run_main(workdir, *flags, wait=True)``: ``python -m npejax.main`` on the tiny cpu_small config;
+    (returncode, output), or the process when ``wait`` is False."""
+    def run(workdir, *extra, wait=True):
+        cmd = [sys.executable, "-m", "npejax.main", "--config", config_path("cpu_small"), "--workdir", str(workdir),
+               *tiny_flags(), *extra]
+        proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if not wait:
+            return proc
+        out, _ = proc.communicate(timeout=600)
+        return proc.returncode, out
+    return run
 
 
-def _main(workdir, *extra, wait=True):
-    cmd = [sys.executable, "-m", "npejax.main", "--config", os.path.join(ROOT, "configs/cpu_small.py"),
-           "--workdir", str(workdir), *TINY, *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if not wait:
-        return proc
-    out, _ = proc.communicate(timeout=600)
-    return proc.returncode, out
-
-
-def test_cli_trains_and_resumes_after_a_kill(tmp_path):
+def test_cli_trains_and_resumes_after_a_kill(tmp_path, run_main):
     workdir = tmp_path / "run"
-    proc = _main(workdir, "--config.train.num_epochs=30", wait=False)
+    proc = run_main(workdir, "--config.train.num_epochs=30", wait=False)
     latest = workdir / "checkpoints" / "latest"
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
@@ -62,28 +45,38 @@ def test_cli_trains_and_resumes_after_a_kill(tmp_path):
     saved = max(int(d) for d in os.listdir(latest) if d.isdigit())
     assert not any(".orbax-checkpoint-tmp" in d for d in os.listdir(latest) if d.isdigit())
 
-    code, out = _main(workdir, f"--config.train.num_epochs={saved + 2}")
+    code, out = run_main(workdir, f"--config.train.num_epochs={saved + 2}")
     assert code == 0, out
     assert f"Resuming after epoch {saved}" in out
     rows = (workdir / "metrics.csv").read_text().strip().splitlines()
     epochs = [int(r.split(",")[0]) for r in rows[1:]]
     assert epochs[-2:] == [saved + 1, saved + 2]
     assert "validation NLL" in out and (workdir / "checkpoints" / "best").is_dir()
+    saved_config = json.loads((workdir / "config.json").read_text())
+    assert saved_config["train"]["num_epochs"] == saved + 2 and saved_config["train"]["images_per_epoch"] == 16
+    assert not [name for name in os.listdir(workdir) if io.is_temporary(name)]
 
 
-def test_unknown_config_key_is_rejected(tmp_path):
-    code, out = _main(tmp_path / "bad", "--config.train.learning_rat=0.1")
-    assert code != 0 and "learning_rat" in out
+@pytest.mark.parametrize("flag, message", [
+    ("--config.train.learning_rat=0.1", "learning_rat"),
+    ("--config.model.dtype=float16", "model.dtype must be 'float32' or 'bfloat16', got 'float16'"),
+    ("--config.train.images_per_epoch=4", "train.images_per_epoch=4 is smaller than train.batch_size=8"),
+])
+def test_bad_config_is_one_error_line(tmp_path, run_main, flag, message):
+    code, out = run_main(tmp_path / "bad", flag)
+    assert code == 2 and out.strip().splitlines()[-1].startswith("error:") and message in out, out
+    assert "Traceback" not in out
 
 
-def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
+def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, tiny_config):
     config = tiny_config()
     summary = train.train_and_evaluate(config, str(tmp_path))
     assert summary["epochs"] == 2 and np.isfinite(summary["best_val_nll"])
+    assert [row["step"] for row in summary["history"]] == [2, 4]  # images_per_epoch 16 / batch 8
     state = summary["state"]
-    in_memory = predict.Predictor(config, {"params": state.params, "batch_stats": state.batch_stats},
+    in_memory = predictor.Predictor(config, {"params": state.params, "batch_stats": state.batch_stats},
                                   summary["normalizer"])
-    restored = predict.Predictor.from_workdir(str(tmp_path), "latest")
+    restored = predictor.Predictor.from_workdir(str(tmp_path), "latest")
     spec = pipeline.SimulationSpec.from_config(config, seed=99, batch_size=4)
     b = pipeline.simulate_batch(spec, 0)
     a = in_memory.predict_tiles(b["images"], b["background"], b["psf_params"])
@@ -110,10 +103,10 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     bad[1, 5, 7] = np.nan
     with pytest.raises(ValueError, match="NaN.*image 1, row 5, column 7"):
         restored.predict_tiles(bad, b["background"], b["psf_params"])
-    with pytest.raises(predict.CheckpointError, match="does not exist"):
-        predict.Predictor.from_workdir(str(tmp_path / "missing"))
-    with pytest.raises(predict.CheckpointError, match="not an npejax training directory"):
-        predict.Predictor.from_workdir(str(tmp_path / "checkpoints"))
+    with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
+        predictor.Predictor.from_workdir(str(tmp_path / "missing"))
+    with pytest.raises(checkpoints.CheckpointError, match="not an npejax training directory"):
+        predictor.Predictor.from_workdir(str(tmp_path / "checkpoints"))
 
     # a finished run started again trains nothing and keeps its history
     rows = (tmp_path / "metrics.csv").read_text()
@@ -121,7 +114,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     assert again["epochs"] == 2 and (tmp_path / "metrics.csv").read_text() == rows
 
 
-def test_training_from_cached_datasets(tmp_path):
+def test_training_from_cached_datasets(tmp_path, tiny_config):
     config = tiny_config()
     spec = pipeline.SimulationSpec.from_config(config, seed=1, batch_size=8)
     data.write_dataset(spec, tmp_path / "train", 16, "train", num_workers=0, progress=False)
@@ -131,3 +124,19 @@ def test_training_from_cached_datasets(tmp_path):
     config.train.num_epochs = 1
     summary = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert summary["history"][0]["step"] == 2  # 16 images / batch 8
+
+
+def test_checkpoint_managers_are_closed_when_the_loop_raises(tmp_path, tiny_config, monkeypatch):
+    closed = []
+    close = checkpoints.ocp.CheckpointManager.close
+    monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "close",
+                        lambda self: closed.append(os.path.basename(self.directory)) or close(self))
+
+    def broken_epoch(*args, **kwargs):
+        raise RuntimeError("simulated failure in the loop")
+
+    monkeypatch.setattr(train, "run_epoch", broken_epoch)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        train.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert sorted(closed) == ["best", "latest"]
+    assert not (tmp_path / "metrics.csv").exists()

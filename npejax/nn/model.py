@@ -5,8 +5,12 @@ Building blocks as in YOLOv5: ``ConvBlock`` (conv without bias, batch norm, SiLU
 bottlenecks, concatenated and fused by a 1x1 block; 3 + 2n blocks). The network is a stem, then stages
 ``(width multiplier, bottlenecks, stride)``; a stage with stride 2 starts with a strided 3x3 block. The
 strides multiply to the tile size, so an H x W input (multiples of the tile size) gives an
-H/tile x W/tile grid, and a final 1x1 convolution gives :data:`npejax.posterior.NUM_PARAMS` per tile.
+H/tile x W/tile grid, and a final 1x1 convolution gives :data:`npejax.nn.posterior.NUM_PARAMS` per tile.
 The full-size configuration (``configs/default.py``) has 48 conv-BN-SiLU blocks.
+
+:func:`from_config` builds the network from the ``model`` section of a config (``model.width``,
+``model.stem_blocks``, ``model.stages``, ``model.dtype``) and checks that its stride equals ``tile_size``;
+:class:`CatalogNet` itself has no defaults: they live in ``configs/default.py`` only.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from npejax.posterior import INITIAL_BIAS, NUM_PARAMS
+from npejax.nn.posterior import INITIAL_BIAS, NUM_PARAMS
 
 
 class ConvBlock(nn.Module):
@@ -61,12 +65,17 @@ class C3(nn.Module):
 
 
 class CatalogNet(nn.Module):
-    """Image features [B, H, W, C] -> posterior parameters [B, H/t, W/t, 8] (float32)."""
+    """Image features [B, H, W, C] -> posterior parameters [B, H/t, W/t, 8] (float32).
 
-    width: int = 64
-    stem_blocks: int = 3
-    stages: Sequence[Sequence[int]] = ((1, 3, 1), (2, 3, 2), (4, 3, 2), (4, 3, 1), (4, 2, 1))
-    dtype: Any = jnp.float32
+    ``width``: channels of the stem; ``stem_blocks``: conv blocks before the stages; ``stages``:
+    (width multiplier, bottlenecks, stride) per stage; ``dtype``: activation dtype (parameters float32).
+    Build it with :func:`from_config` (the values of ``configs/default.py``).
+    """
+
+    width: int
+    stem_blocks: int
+    stages: Sequence[Sequence[int]]
+    dtype: Any
 
     @property
     def stride(self) -> int:
@@ -92,6 +101,22 @@ class CatalogNet(nn.Module):
         head = nn.Conv(NUM_PARAMS, (1, 1), dtype=jnp.float32, bias_init=bias,
                        kernel_init=nn.initializers.zeros)  # start at the prior-like bias: no extreme outputs
         return head(x.astype(jnp.float32))
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype -> activation dtype
+
+
+def from_config(config) -> CatalogNet:
+    """The network of ``config.model``; ValueError for an unknown dtype or a stride other than ``tile_size``."""
+    dtype = DTYPES.get(config.model.dtype)
+    if dtype is None:
+        raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
+    stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
+    net = CatalogNet(width=int(config.model.width), stem_blocks=int(config.model.stem_blocks), stages=stages,
+                     dtype=dtype)
+    if net.stride != config.tile_size:
+        raise ValueError(f"model stages stride {net.stride} must equal tile_size {config.tile_size}")
+    return net
 
 
 def num_conv_blocks(stem_blocks: int, stages) -> int:

@@ -1,0 +1,15 @@
+"""The inference network (paper Section 5) and its training.
+
+* :mod:`~npejax.nn.inputs` -- input normalization (asinh image channels, background, PSF channels).
+* :mod:`~npejax.nn.model` -- the YOLOv5-style CatalogNet, built from ``config.model`` (:func:`~npejax.nn.model.from_config`).
+* :mod:`~npejax.nn.posterior` -- the tile-factorized variational posterior (TFP on JAX) and its NLL.
+* :mod:`~npejax.nn.state` -- the train state and Adam with the paper's learning-rate schedule.
+* :mod:`~npejax.nn.steps` -- augmentation, train and eval steps (module-level, pure), jit with mesh shardings.
+* :mod:`~npejax.nn.checkpoints` -- Orbax checkpoints of a workdir (closed on exit), loading one for prediction.
+* :mod:`~npejax.nn.train` -- the training loop (``train_and_evaluate``) in named pieces.
+* :mod:`~npejax.nn.predictor` -- ``Predictor`` (batched prediction from a checkpoint) and ``load_inputs``.
+
+Reads data from :mod:`npejax.sim` (on the fly) or :mod:`npejax.datasets`; imports nothing from
+:mod:`npejax.evaluation`. Within the package, imports run inputs, posterior -> model, state -> steps,
+checkpoints -> train; the predictor uses checkpoints, model and inputs, not the training loop.
+"""

@@ -1,0 +1,144 @@
+"""The train and eval steps, the augmentation, and their jit-compiled, data-parallel versions.
+
+A batch here holds :data:`npejax.schema.NETWORK_KEYS`: ``images`` and ``background`` [B, H, W] (nmgy),
+``psf_params`` [B, 6] and the tile catalog's :data:`npejax.schema.TARGET_KEYS` ([B, H/t, W/t] and
+``tile_locs`` [B, H/t, W/t, 2]). The loss is the tile posterior's negative log-likelihood of the tile
+catalog (:meth:`npejax.nn.posterior.TilePosterior.nll`: summed over the tiles of an image, averaged over
+images; paper Section 5).
+
+* :func:`train_step` -- one Adam step (batch-norm statistics updated), after a random rotation by a
+  multiple of 90 degrees and flip per image when ``do_augment`` (:func:`augment`; the tile catalog is
+  transformed with the image). The augmentation key is ``fold_in(key, state.step)``.
+* :func:`eval_step` -- the NLL summed over images and tiles, batch-norm running statistics.
+* :func:`jit_steps` -- both compiled with the batch sharded over a mesh of devices (axis ``"data"``) and
+  the state replicated (data parallel); the train step donates its input state.
+
+All are pure functions of their arguments: a test can call them on a tiny network without a loop.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from npejax.nn import inputs as inputs_lib
+from npejax.nn.posterior import TilePosterior
+from npejax.nn.state import TrainState
+from npejax.schema import NETWORK_KEYS, SPATIAL_KEYS
+
+DATA_AXIS = "data"
+
+
+# --- augmentation ----------------------------------------------------------------------------------
+
+def _rot90(a):  # counterclockwise, on the two leading (spatial) axes
+    return jnp.swapaxes(a[:, ::-1], 0, 1)
+
+
+def _rot_locs(locs):  # (ly, lx) -> (1 - lx, ly) for a counterclockwise quarter turn
+    return jnp.stack([1.0 - locs[..., 1], locs[..., 0]], axis=-1)
+
+
+def _flip(a):  # left-right
+    return a[:, ::-1]
+
+
+def _flip_locs(locs):
+    return jnp.stack([locs[..., 0], 1.0 - locs[..., 1]], axis=-1)
+
+
+def dihedral(example: dict, k: jax.Array) -> dict:
+    """Applies element ``k`` (0..7) of the square's symmetry group to one example (no batch axis):
+    ``k % 4`` counterclockwise quarter turns, then a left-right flip if ``k >= 4``. Moves every key of
+    :data:`npejax.schema.SPATIAL_KEYS`; ``tile_locs`` values are transformed with their tiles."""
+    grids = tuple(key for key in SPATIAL_KEYS if key != "tile_locs")
+
+    def transform(turns, flip):
+        def fn(ex):
+            ex = dict(ex)
+            for _ in range(turns):
+                ex.update({key: _rot90(ex[key]) for key in grids})
+                ex["tile_locs"] = _rot_locs(_rot90(ex["tile_locs"]))
+            if flip:
+                ex.update({key: _flip(ex[key]) for key in grids})
+                ex["tile_locs"] = _flip_locs(_flip(ex["tile_locs"]))
+            return ex
+        return fn
+
+    branches = [transform(t, f) for f in (False, True) for t in range(4)]
+    return jax.lax.switch(k, branches, example)
+
+
+def augment(batch: dict, key: jax.Array) -> dict:
+    """Random rotation by a multiple of 90 degrees and random flip per image, catalog included."""
+    ks = jax.random.randint(key, (batch["images"].shape[0],), 0, 8)
+    out = jax.vmap(dihedral)({k: batch[k] for k in SPATIAL_KEYS}, ks)
+    return dict(batch, **out)
+
+
+# --- steps -----------------------------------------------------------------------------------------
+
+def features(batch: dict, normalizer: inputs_lib.Normalizer, variant: str) -> jax.Array:
+    """Network input [B, H, W, C] of a batch (:meth:`npejax.nn.inputs.Normalizer.features`)."""
+    return normalizer.features(batch["images"], batch["background"], batch["psf_params"], variant)
+
+
+def train_step(state: TrainState, batch: dict, key: jax.Array, normalizer: inputs_lib.Normalizer,
+               variant: str, do_augment: bool) -> tuple[TrainState, jax.Array]:
+    """One optimizer step on ``batch``; returns the new state and the batch's mean NLL (before the step)."""
+    if do_augment:
+        batch = augment(batch, jax.random.fold_in(key, state.step))
+
+    def loss_fn(params):
+        out, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
+                                      features(batch, normalizer, variant), train=True, mutable=["batch_stats"])
+        return TilePosterior.from_params(out).nll(batch), updates
+
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    return state, loss
+
+
+def eval_step(state: TrainState, batch: dict, normalizer: inputs_lib.Normalizer, variant: str) -> jax.Array:
+    """The NLL of ``batch`` summed over images and tiles (divide by the number of images for the mean)."""
+    out = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                         features(batch, normalizer, variant), train=False)
+    return jnp.sum(TilePosterior.from_params(out).tile_nll(batch))
+
+
+# --- devices ---------------------------------------------------------------------------------------
+
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+    """A one-axis mesh (``"data"``) over ``devices`` (default: all local devices)."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh) -> NamedSharding:
+    """The sharding of the state: a full copy on every device."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    """The sharding of a batch: split along its first (image) axis."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def to_device(batch: dict, sharding) -> dict:
+    """The :data:`npejax.schema.NETWORK_KEYS` of a host batch, put on the devices with ``sharding``."""
+    return {k: jax.device_put(np.asarray(batch[k]), sharding) for k in NETWORK_KEYS}
+
+
+def jit_steps(normalizer: inputs_lib.Normalizer, mesh, variant: str, do_augment: bool):
+    """(train_step(state, batch, key), eval_step(state, batch)) compiled for ``mesh``: state replicated,
+    batch sharded over ``"data"``, the train step's input state donated."""
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    train = functools.partial(train_step, normalizer=normalizer, variant=variant, do_augment=bool(do_augment))
+    evaluate = functools.partial(eval_step, normalizer=normalizer, variant=variant)
+    train = jax.jit(train, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
+    evaluate = jax.jit(evaluate, in_shardings=(rep, data), out_shardings=rep)
+    return train, evaluate
