@@ -4,17 +4,36 @@ Trains three networks from ``network`` (the shared settings) -- ``single`` (imag
 on the reference field, p_one), ``unaware`` (image and background, p_many) and ``aware`` (plus the six
 PSF parameters, p_many) -- then simulates a test set per prior in ``priors`` and evaluates every network
 and the Source Extractor baseline on it (npejax.evaluate).
+
+What differs between the three networks (``model.variant`` and the training ``fields.prior``) is read from
+their own config files, configs/single_field.py, psf_unaware.py and psf_aware.py, into
+``network_settings``; everything else is ``network``.
 """
 
 import ml_collections
 
-from configs import psf_aware
+from configs import psf_aware, psf_unaware, single_field
+
+# network name -> its config file (paper Section 6)
+NETWORK_CONFIGS = {"single": single_field, "unaware": psf_unaware, "aware": psf_aware}
+
+
+def network_settings() -> ml_collections.ConfigDict:
+    """name -> ConfigDict(variant=model.variant, prior=fields.prior) of each network's config file."""
+    settings = ml_collections.ConfigDict()
+    for name, module in NETWORK_CONFIGS.items():
+        c = module.get_config()
+        settings[name] = ml_collections.ConfigDict(dict(variant=c.model.variant, prior=c.fields.prior))
+    return settings
 
 
 def get_config():
     config = ml_collections.ConfigDict()
     config.network = psf_aware.get_config()  # shared network, training and simulation settings
-    config.networks = "single,unaware,aware"  # subset of these three, comma-separated
+    # Per network: model.variant and training fields.prior that replace those of `network` (from the
+    # network's config file, above; e.g. single: variant "single_field", prior "one").
+    config.network_settings = network_settings()
+    config.networks = "single,unaware,aware"  # subset of network_settings to train, comma-separated
     config.priors = "many,one"  # test-set priors: "many" (p_many) and/or "one" (p_one)
     config.num_test_images = 42_000  # per prior (paper: 42k)
     config.num_bootstrap = 200  # bootstrap resamples of the test images for the 1-sigma bands

@@ -1,11 +1,18 @@
-"""Source Extractor baseline (npejax.baseline) and per-source SNR (npejax.snr)."""
+"""Source Extractor baseline (npejax.evaluation.baseline) and per-source SNR (npejax.evaluation.snr)."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import threadpoolctl
-from scipy import optimize, special
+from astropy import table as table_lib
+from scipy import optimize, special, stats
 
-from npejax import baseline, catalog, fields, prior, render, snr
+from configs import cpu_small, default
+from npejax import catalogs as catalog
+from npejax.evaluation import baseline, snr
+from npejax.schema import CATALOG_KEYS
+from npejax.sim import fields, pipeline, render
 
 COLUMNS = ["image", "x", "y", "flux", "mag", "flux_err", "flag"]
 
@@ -13,6 +20,18 @@ COLUMNS = ["image", "x", "y", "flux", "mag", "flux_err", "flag"]
 @pytest.fixture(scope="module")
 def bank():
     return fields.load_bank()
+
+
+@pytest.fixture(scope="module")
+def render_config():
+    """The default render settings (configs/default.py)."""
+    return render.RenderConfig.from_config(default.get_config().render)
+
+
+@pytest.fixture(scope="module")
+def renderer(bank, render_config):
+    """80 x 80 images of the embedded bank with the default render settings."""
+    return render.Renderer(bank, (80, 80), render_config)
 
 
 def _gaussian_image(xs, ys, fluxes, sigma=1.5, shape=(80, 80)):
@@ -71,12 +90,12 @@ def test_gaussian_stars_positions_and_fluxes():
     assert np.hypot(xs[rows] - np.asarray(iso["x"])[cols], ys[rows] - np.asarray(iso["y"])[cols]).max() < 0.2
 
 
-def test_rendered_sdss_stars(bank):
+def test_rendered_sdss_stars(bank, renderer):
     """Stars drawn by npejax's renderer (SDSS PSF with extended wings), with noise, via bank lookup.
 
     FLUX_AUTO (Kron factor 2.5) misses the far PSF wings: measured 95-97% of the flux without noise."""
     field = 42
-    r = render.Renderer(bank)
+    r = renderer
     xs, ys = np.array([20.3, 60.7, 20.5, 59.9]), np.array([20.6, 19.2, 61.1, 60.4])
     fluxes = np.array([50.0, 100.0, 200.0, 400.0])
     cat = dict(n_sources=4, x=xs, y=ys, flux=fluxes, is_galaxy=np.zeros(4, bool))
@@ -113,8 +132,6 @@ def test_pure_noise_and_zero_images():
     # zero variance too (all pixels masked) and a single 2-D image
     assert len(baseline.sep_catalog(np.zeros((80, 80)), np.zeros((80, 80)), per_e)) == 0
     # the empty table stacks with a non-empty one
-    from astropy import table as table_lib
-
     bright = baseline.sep_catalog(_gaussian_image([40.2], [40.7], [100.0])[None], background[:1], per_e)
     assert len(table_lib.vstack([zero, bright])) == 1
     with pytest.raises(ValueError):
@@ -123,9 +140,6 @@ def test_pure_noise_and_zero_images():
 
 @pytest.fixture(scope="module")
 def sim_batches(bank):
-    from configs import cpu_small
-    from npejax import pipeline
-
     spec = pipeline.SimulationSpec.from_config(cpu_small.get_config(), seed=2024, batch_size=32, bank=bank)
     with threadpoolctl.threadpool_limits(1):  # the renderer's small matrix products hate thread contention
         batches = [pipeline.simulate_batch(spec, i) for i in range(6)]
@@ -166,7 +180,7 @@ def test_recall_on_simulated_images(sim_batches):
 def _snr_batch(field, sources, background_nmgy=0.7, max_sources=4):
     """One image of ``field`` with a flat background and the given sources (dicts of catalog values)."""
     batch = {key: np.zeros((1, max_sources), bool if key == "is_galaxy" else np.float32)
-             for key in prior.CATALOG_KEYS}
+             for key in CATALOG_KEYS}
     for s, source in enumerate(sources):
         for key, value in source.items():
             batch[key][0, s] = value
@@ -180,52 +194,52 @@ def _snr_batch(field, sources, background_nmgy=0.7, max_sources=4):
 GALAXY = dict(is_galaxy=True, disk_frac=0.6, angle=0.7, disk_q=0.5, bulge_q=0.8, disk_a=1.5, bulge_a=0.8)
 
 
-def test_brighter_copy_has_higher_snr(bank):
+def test_brighter_copy_has_higher_snr(renderer):
     star, star4 = dict(x=20.3, y=20.7, flux=3.0), dict(x=60.1, y=60.6, flux=12.0)
     gal = dict(x=20.3, y=60.7, flux=3.0, **GALAXY)
     gal4 = dict(x=60.2, y=20.4, flux=12.0, **GALAXY)
-    values = snr.source_snr(_snr_batch(5, [star, star4, gal, gal4]), bank)
+    values = snr.source_snr(_snr_batch(5, [star, star4, gal, gal4]), renderer)
     assert values.shape == (1, 4)
     assert values[0, 1] > values[0, 0] > 0
     assert values[0, 3] > values[0, 2] > 0
     assert values[0, 0] > values[0, 2]  # same flux: the compact star beats the extended galaxy
 
 
-def test_star_snr_matches_hand_computation(bank):
+def test_star_snr_matches_hand_computation(bank, renderer, render_config):
     field, flux, sky_nmgy, x, y = 17, 4.0, 0.7, 40.3, 39.6
     batch = _snr_batch(field, [dict(x=x, y=y, flux=flux)], background_nmgy=sky_nmgy)
-    value = snr.source_snr(batch, bank)[0, 0]
+    value = snr.source_snr(batch, renderer)[0, 0]
 
     to_e = float(bank.to_electrons(field))
     sky_e = np.float32(sky_nmgy) * to_e
     hand = {}
     for method in ("kspace", "drawimage"):  # the renderer's own path, and GalSim's drawImage
-        renderer = render.Renderer(bank, config=render.RenderConfig(noise="none", method=method))
-        stamp = renderer.source_electrons(dict(n_sources=1, x=[x], y=[y], flux=[flux], is_galaxy=[False]),
-                                          field)
+        config = dataclasses.replace(render_config, noise="none", method=method)
+        source = dict(n_sources=1, x=[x], y=[y], flux=[flux], is_galaxy=[False])
+        stamp = render.Renderer(bank, (80, 80), config).source_electrons(source, field)
         footprint = stamp > 0.1 * np.sqrt(sky_e)
         c, b = stamp[footprint].sum(), sky_e * footprint.sum()
         hand[method] = (c / np.sqrt(c + b), c, footprint.sum())
     assert value == pytest.approx(hand["kspace"][0], rel=1e-6)
     assert value == pytest.approx(hand["drawimage"][0], rel=0.02)
-    counts = snr.footprint_counts(batch, bank)
+    counts = snr.footprint_counts(batch, renderer)
     assert counts["npix"][0, 0] == hand["kspace"][2]
     assert counts["C"][0, 0] == pytest.approx(hand["kspace"][1], rel=1e-6)
     # the footprint holds most of the star's electrons, and the sky makes the SNR smaller than sqrt(C)
     assert counts["C"][0, 0] > 0.9 * flux * to_e
     assert value < 0.9 * np.sqrt(counts["C"][0, 0])
     # a detector-noise term lowers the SNR; a higher footprint threshold shrinks the footprint
-    assert snr.source_snr(batch, bank, extra_variance=25.0)[0, 0] < value
-    assert snr.footprint_counts(batch, bank, footprint_threshold=1.0)["npix"][0, 0] < counts["npix"][0, 0]
+    assert snr.source_snr(batch, renderer, extra_variance=25.0)[0, 0] < value
+    assert snr.footprint_counts(batch, renderer, footprint_threshold=1.0)["npix"][0, 0] < counts["npix"][0, 0]
 
 
-def test_padding_and_zero_flux_give_nan(bank):
+def test_padding_and_zero_flux_give_nan(renderer):
     batch = _snr_batch(3, [dict(x=30.0, y=30.0, flux=5.0), dict(x=50.0, y=50.0, flux=0.0)])
-    values = snr.source_snr(batch, bank)
+    values = snr.source_snr(batch, renderer)
     assert np.isfinite(values[0, 0]) and values[0, 0] > 0
     assert np.all(np.isnan(values[0, 1:]))  # zero flux, then padding
     # a source far too faint to change any pixel by 0.1 sigma has an empty footprint: SNR 0
-    faint = snr.source_snr(_snr_batch(3, [dict(x=30.0, y=30.0, flux=1e-4)]), bank)
+    faint = snr.source_snr(_snr_batch(3, [dict(x=30.0, y=30.0, flux=1e-4)]), renderer)
     assert faint[0, 0] == 0.0
 
 
@@ -236,9 +250,12 @@ def test_snr_on_simulated_batch(sim_batches):
     valid = np.arange(values.shape[1])[None, :] < batch["n_sources"][:, None]
     assert np.all(np.isnan(values[~valid]))
     assert np.all(np.isfinite(values[valid]) & (values[valid] >= 0))
-    np.testing.assert_allclose(snr.source_snr(batch, spec.bank), values, rtol=1e-6)  # default render settings
+    # a renderer with the spec's bank and settings gives the same values; a bank alone has no settings
+    np.testing.assert_allclose(snr.source_snr(batch, render.Renderer(spec.bank, (80, 80), spec.render)), values,
+                               rtol=1e-6)
+    with pytest.raises(TypeError, match="SimulationSpec or a Renderer"):
+        snr.source_snr(batch, spec.bank)
     # stars: SNR rises with flux (rank correlation; fields differ in sky and seeing)
     stars = valid & ~batch["is_galaxy"]
-    from scipy import stats
 
     assert stats.spearmanr(batch["flux"][stars], values[stars]).statistic > 0.9

@@ -1,6 +1,10 @@
-"""Evaluation and report: the experiment end to end on a tiny configuration, degenerate inputs, errors."""
+"""Evaluation: the experiment and evaluate commands end to end on a tiny configuration (files checked
+against the metrics they hold and against metrics recomputed from the written catalogs), a perfect
+catalog through the command line, degenerate inputs, errors, and the experiment's network configs."""
 
+import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,18 +13,24 @@ import numpy as np
 import pytest
 from astropy import table as table_lib
 
-from npejax import catalog, evaluate, metrics
+from configs import experiment_cpu, psf_aware, psf_unaware, single_field
+from npejax import catalogs as catalog
+from npejax import datasets
+from npejax import evaluate as evaluate_cmd
+from npejax.evaluation import evaluate, experiment as experiment_lib, metrics
+from npejax.schema import METRIC_LABELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--config.network.model.width=4", "--config.network.model.stem_blocks=1",
     "--config.network.model.stages=((1,0,1),(1,0,2),(1,0,2))", "--config.network.train.batch_size=8",
-    "--config.network.train.eval_batch_size=8", "--config.network.train.steps_per_epoch=2",
+    "--config.network.train.eval_batch_size=8", "--config.network.train.images_per_epoch=16",
     "--config.network.train.num_epochs=1", "--config.network.train.normalizer_images=16",
     "--config.network.data.num_val=16", "--config.network.simulator.num_workers=0",
     "--config.network.train.progress=False", "--config.network.data.shard_size=32",
     "--config.num_test_images=48", "--config.num_bootstrap=20", "--config.num_bins=5",
 ]
+NUM_BOOTSTRAP, NUM_BINS = 20, 5
 
 
 @pytest.fixture(scope="module")
@@ -33,64 +43,198 @@ def experiment(tmp_path_factory):
     return out
 
 
+# --- helpers -----------------------------------------------------------------------------------------
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _cell(text):
+    return math.nan if text == "" else float(text)
+
+
+def _num(value):
+    return math.nan if value is None else float(value)
+
+
+def _bin_rows_of(methods: dict, key: str, cutoffs) -> list[tuple]:
+    """Expected rows of bins_*.csv from binned-metrics dicts (name -> {metric: {value, std, count}})."""
+    edges = [math.nan, *np.asarray(cutoffs, float)]  # the first bin's -inf is written as an empty cell
+    return [(name, metric, k, edges[k], edges[k + 1], _num(r[metric]["value"][k]), _num(r[metric]["std"][k]),
+             int(r[metric]["count"][k]))
+            for name, r in methods.items() for metric in METRIC_LABELS for k in range(len(cutoffs))]
+
+
+def _csv_bin_rows(path) -> list[tuple]:
+    """Rows of bins_*.csv; empty cells (-inf lower edge of the first bin, undefined values) read as NaN."""
+    return [(r["method"], r["metric"], int(r["bin"]), _cell(r["lo"]), _cell(r["hi"]), _cell(r["value"]),
+             _cell(r["std"]), int(r["count"])) for r in _rows(path)]
+
+
+def _assert_rows_equal(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g[:3] == e[:3] and g[7] == e[7], (g, e)
+        np.testing.assert_array_equal(g[3:7], e[3:7], err_msg=str(e))  # NaN == NaN
+
+
+def _assert_headline_csv_matches(report_dir, m):
+    rows = _rows(report_dir / "headline.csv")
+    expected = [(name, key) for name, r in m["methods"].items() for key in r["headline"]]
+    assert [(r["method"], r["metric"]) for r in rows] == expected
+    for r in rows:
+        h = m["methods"][r["method"]]["headline"][r["metric"]]
+        np.testing.assert_array_equal([_cell(r["value"]), _cell(r["std"])], [_num(h["value"]), _num(h["std"])])
+        assert int(r["count"]) == h["count"]
+
+
+def _truth(test_dir):
+    table, _, _ = catalog.dataset_truth_table(datasets.load(str(test_dir)))
+    return table
+
+
+# --- end to end --------------------------------------------------------------------------------------
+
 def test_experiment_runs_end_to_end(experiment):
     out = experiment
     index = (out / "report.md").read_text()
     assert "p_many" in index and "p_one" in index and "PSF-aware" in index
     for prior in ("many", "one"):
         report = out / f"report-{prior}"
-        for name in ("report.md", "metrics.json", "bins_equal.csv", "bins_reference.csv", "calibration.csv",
-                     "coverage.csv", "headline.csv", "detection.png", "calibration.png", "roc.png", "coverage.png",
-                     "predictions/aware.fits", "predictions/sep.fits"):
+        for name in ("report.md", "metrics.json", "bins_equal.csv", "bins_reference.csv", "bins_snr.csv",
+                     "calibration.csv", "coverage.csv", "headline.csv", "detection.png", "calibration.png",
+                     "roc.png", "coverage.png", "snr.png", "predictions/aware.fits", "predictions/sep.fits"):
             assert (report / name).is_file(), name
+        assert not [p for p in report.rglob("*") if ".tmp" in p.name]
         for png in report.glob("*.png"):
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         m = json.loads((report / "metrics.json").read_text())
         assert m["test_set"]["num_images"] == 48 and m["test_set"]["prior"] == prior
         assert m["test_set"]["synthetic_bank"] is True
         assert set(m["methods"]) == {"single", "unaware", "aware", "sep"}
-        for name, r in m["methods"].items():
-            assert len(r["bins_equal"]["recall"]["value"]) == 5
-            assert len(r["bins_reference"]["recall"]["value"]) == 10
-            assert sum(r["bins_equal"]["recall"]["count"]) == sum(r["bins_reference"]["recall"]["count"])
-            rec = r["headline"]["recall"]["value"]
-            assert rec is None or 0.0 <= rec <= 1.0
+
+        # the files hold the metrics of metrics.json ...
+        _assert_headline_csv_matches(report, m)
+        _assert_rows_equal(_csv_bin_rows(report / "bins_equal.csv"),
+                           _bin_rows_of({k: r["bins_equal"] for k, r in m["methods"].items()}, "bins_equal",
+                                        m["equal_cutoffs"]))
+        # ... and those are binned_metrics of the written detections against the test set's truth
+        truth = _truth(out / f"test-{prior}")
+        assert len(truth) == m["test_set"]["num_sources"]
+        recomputed = {}
+        for name in m["methods"]:
+            pred = catalog.read_table(report / "predictions" / f"{name}.fits")
+            if name != "sep":
+                assert np.all(np.asarray(pred["prob_source"]) > 0.5)
+            recomputed[name] = metrics.binned_metrics(truth, pred, 48, cutoffs=m["equal_cutoffs"],
+                                                      num_bootstrap=NUM_BOOTSTRAP, seed=0, prob_threshold=0.5)
+            recall = metrics.binned_metrics(truth, pred, 48, cutoffs=(21.2,), num_bootstrap=NUM_BOOTSTRAP, seed=0,
+                                            prob_threshold=0.5)["recall"]
+            np.testing.assert_array_equal(_num(m["methods"][name]["headline"]["recall"]["value"]),
+                                          recall["value"][0])
+            assert len(m["methods"][name]["bins_reference"]["recall"]["value"]) == 10
+            assert sum(m["methods"][name]["bins_equal"]["recall"]["count"]) == \
+                sum(m["methods"][name]["bins_reference"]["recall"]["count"]) == int(np.sum(truth["mag"] <= 22.0))
+        _assert_rows_equal(_csv_bin_rows(report / "bins_equal.csv"),
+                           _bin_rows_of(recomputed, "bins_equal", m["equal_cutoffs"]))
+
         # the baseline has no probabilities: no calibration, but detection and flux metrics
         assert m["methods"]["sep"]["calibration"] == {}
         assert m["methods"]["sep"]["bins_equal"]["accuracy"]["available"] is False
         assert m["methods"]["sep"]["headline"]["recall"]["value"] > 0.3
         text = (report / "report.md").read_text()
         assert "SYNTHETIC" in text and "![detection](detection.png)" in text and "Source Extractor" in text
-    # a run of the same command again reuses everything (resume): no retraining, same test set
-    cmd = [sys.executable, "-m", "npejax.evaluate", "--workdir", f"aware={out / 'networks' / 'aware'}",
-           "--test-dir", str(out / "test-many"), "--out", str(out / "again"), "--num-bootstrap", "20",
-           "--num-bins", "5", "--no-snr"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    again = json.loads((out / "again" / "metrics.json").read_text())
+
+
+def test_evaluate_command_reproduces_the_experiment(experiment, tmp_path):
+    # the same test set and network evaluated again by the command: no retraining, the same numbers
+    out = experiment
+    rc = evaluate_cmd.main(["npejax.evaluate", "--workdir", f"aware={out / 'networks' / 'aware'}",
+                            "--test-dir", str(out / "test-many"), "--out", str(tmp_path / "again"),
+                            "--num-bootstrap", str(NUM_BOOTSTRAP), "--num-bins", str(NUM_BINS), "--no-snr"])
+    assert rc == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     first = json.loads((out / "report-many" / "metrics.json").read_text())
-    assert again["methods"]["aware"]["headline"] == first["methods"]["aware"]["headline"]
+    assert set(again["methods"]) == {"aware", "sep"}
+    for name in ("aware", "sep"):
+        assert again["methods"][name]["headline"] == first["methods"][name]["headline"]
+        assert again["methods"][name]["bins_equal"] == first["methods"][name]["bins_equal"]
+    assert "bins_snr" not in again["methods"]["aware"] and not (tmp_path / "again" / "bins_snr.csv").exists()
 
 
-def test_catalog_of_another_test_set_is_a_clear_error(experiment, tmp_path):
+def test_perfect_catalog_through_the_command(experiment, tmp_path):
+    """The truth itself as a prediction catalog: precision = recall = accuracy = 1, MAPE 0, coverage 1."""
+    test_dir = experiment / "test-many"
+    truth = _truth(test_dir)
+    pred = table_lib.Table({k: truth[k] for k in ("image", "x", "y", "flux", "mag")})
+    pred["prob_source"] = np.ones(len(truth))
+    pred["prob_galaxy"] = np.asarray(truth["is_galaxy"], np.float64)
+    pred["flux_lo"], pred["flux_hi"] = pred["flux"] / 1.2, pred["flux"] * 1.2
+    catalog.write_table(pred, tmp_path / "perfect.fits")
+    out = tmp_path / "report"
+    rc = evaluate_cmd.main(["npejax.evaluate", "--catalog", f"truth={tmp_path / 'perfect.fits'}",
+                            "--test-dir", str(test_dir), "--out", str(out), "--no-baseline", "--no-snr",
+                            "--num-bootstrap", "5", "--num-bins", "4"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["methods"]) == ["truth"] and m["options"]["num_bootstrap"] == 5
+    head = m["methods"]["truth"]["headline"]
+    for key in ("precision", "recall", "accuracy", "coverage95", "auc"):
+        assert head[key]["value"] == 1.0, key
+    assert head["mape"] == dict(value=0.0, std=0.0, count=int(np.sum(truth["mag"] <= 22.0)))
+    assert head["recall"]["count"] == int(np.sum(truth["mag"] <= 21.2)) and head["recall"]["std"] == 0.0
+    bins = m["methods"]["truth"]["bins_equal"]
+    assert len(bins["recall"]["value"]) == 4 and bins["recall"]["value"] == [1.0] * 4
+    assert bins["mape"]["value"] == [0.0] * 4 and bins["recall"]["mean"] == 1.0
+    cal = m["methods"]["truth"]["calibration"]["all"]
+    assert cal["total_expected"] == cal["total_true"] == len(truth)
+    _assert_headline_csv_matches(out, m)
+    _assert_rows_equal(_csv_bin_rows(out / "bins_equal.csv"),
+                       _bin_rows_of({"truth": bins}, "bins_equal", m["equal_cutoffs"]))
+    with open(out / "headline.csv", newline="") as f:
+        assert f.readline() == "method,metric,label,value,std,count\n"
+    written = catalog.read_table(out / "predictions" / "truth.fits")
+    assert len(written) == len(truth)
+    assert sorted(os.listdir(out)) == sorted(
+        ["metrics.json", "bins_equal.csv", "bins_reference.csv", "calibration.csv", "coverage.csv", "headline.csv",
+         "predictions", "detection.png", "calibration.png", "roc.png", "coverage.png", "report.md"])
+
+
+def test_catalog_of_another_test_set_is_a_clear_error(experiment, tmp_path, capsys):
     bad = table_lib.Table(dict(image=[0, 60], x=[1.0, 2.0], y=[1.0, 2.0], flux=[5.0, 5.0]))
     catalog.write_table(bad, tmp_path / "bad.fits")
-    cmd = [sys.executable, "-m", "npejax.evaluate", "--catalog", f"mine={tmp_path / 'bad.fits'}",
-           "--test-dir", str(experiment / "test-many"), "--out", str(tmp_path / "r"), "--no-baseline"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert "image 60" in proc.stderr and "48 images" in proc.stderr
+    rc = evaluate_cmd.main(["npejax.evaluate", "--catalog", f"mine={tmp_path / 'bad.fits'}",
+                            "--test-dir", str(experiment / "test-many"), "--out", str(tmp_path / "r"),
+                            "--no-baseline"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert "image 60" in err and "48 images" in err
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--workdir", "aware"], "NAME=PATH"),
-    (["--workdir", "a=/nonexistent/run", "--num-images", "4"], "no such directory"),
+    (["--workdir", "aware"], "--workdir expects NAME=PATH, got 'aware'"),
+    (["--catalog", "a=x.fits", "--catalog", "a=y.fits"], "--catalog name 'a' given twice"),
+    (["--workdir", "a=/nonexistent/run", "--num-images", "4"], "--workdir a=/nonexistent/run: no such directory"),
     (["--no-baseline"], "nothing to evaluate"),
+    (["--workdir", "sep={tmp}"], "not 'sep'"),
+    (["--workdir", "a={tmp}"], "give --num-images N (simulate a test set) or --test-dir DATASET"),
+    (["--workdir", "a={tmp}", "--num-images", "0"], "--num-images must be >= 1, got 0"),
+    (["--catalog", "a=x.fits", "--test-dir", "{tmp}"], "has no manifest.json"),
+    (["--prior", "few"], "--prior=few"),
+    (["--num-bins", "many"], "--num-bins"),
 ])
-def test_bad_command_lines(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "npejax.evaluate", "--out", str(tmp_path / "r"), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+def test_bad_command_lines(tmp_path, capsys, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    rc = evaluate_cmd.main(["npejax.evaluate", "--out", str(tmp_path / "r"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_is_required(capsys):
+    assert evaluate_cmd.main(["npejax.evaluate", "--no-baseline"]) == 2
+    assert capsys.readouterr().err.startswith("error: flag --out=None")
 
 
 def test_missing_test_set_without_num_images(tmp_path):
@@ -98,7 +242,24 @@ def test_missing_test_set_without_num_images(tmp_path):
         evaluate.load_test_set(str(tmp_path / "nothing"))
 
 
-def _truth(n_images):
+# --- the experiment's networks -----------------------------------------------------------------------
+
+def test_network_configs_come_from_their_config_files():
+    config = experiment_cpu.get_config()
+    paper = {"single": ("single_field", "one"), "unaware": ("psf_unaware", "many"), "aware": ("psf_aware", "many")}
+    for name, module in (("single", single_field), ("unaware", psf_unaware), ("aware", psf_aware)):
+        net = experiment_lib.network_config(config, name)
+        own = module.get_config()
+        assert (net.model.variant, net.fields.prior) == (own.model.variant, own.fields.prior) == paper[name]
+        assert net.model.width == config.network.model.width == 16  # the shared (cpu_small) settings
+    assert config.network.model.variant == "psf_aware"  # the shared config is not modified
+    with pytest.raises(ValueError, match="config.networks='single,big'"):
+        experiment_lib._names("single,big", list(config.network_settings), "networks")
+
+
+# --- degenerate inputs -------------------------------------------------------------------------------
+
+def _synthetic_truth(n_images):
     rng = np.random.default_rng(0)
     n = 3 * n_images
     flux = 10 ** rng.uniform(0, 2, n)
@@ -112,7 +273,7 @@ def _empty_pred():
 
 
 def test_degenerate_catalogs_give_defined_values():
-    truth = _truth(10)
+    truth = _synthetic_truth(10)
     cut = metrics.equal_count_edges(truth["mag"], 4)
     # a network that predicts nothing
     r = evaluate.evaluate_catalog(truth, _empty_pred(), 10, cut, num_bootstrap=10)
@@ -137,7 +298,7 @@ def test_degenerate_catalogs_give_defined_values():
 
 
 def test_mismatched_image_counts_raise():
-    truth = _truth(5)
+    truth = _synthetic_truth(5)
     pred = dict(truth, image=truth["image"] + 3)  # refers to images 5..7 of a 5-image set
     with pytest.raises(ValueError, match="prediction"):
         evaluate.evaluate_catalog(truth, pred, 5, metrics.REFERENCE_CUTOFFS, num_bootstrap=5)

@@ -8,8 +8,8 @@ import pytest
 from astropy.table import Table
 from scipy import stats
 
-from npejax import metrics
-from npejax.catalog import flux_to_mag, mag_to_flux
+from npejax.evaluation import metrics
+from npejax.catalogs import flux_to_mag, mag_to_flux
 
 CUT = metrics.REFERENCE_CUTOFFS
 

@@ -47,7 +47,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import optimize, special, stats
 
-from npejax.catalog import flux_to_mag
+from npejax.catalogs import flux_to_mag
 
 __all__ = [
     "REFERENCE_CUTOFFS", "CALIBRATION_SUBSETS", "DEFAULT_COVERAGE_LEVELS", "match", "assign_bins",

@@ -6,7 +6,7 @@ from the image. The background enters only as the per-pixel noise level,
 
     variance (nmgy^2) = background (nmgy) * nmgy_per_electron,   nmgy_per_electron = calibration / gain,
 
-the sky's Poisson variance in electrons (= sky electrons) converted to nmgy^2 (see :mod:`npejax.render`:
+the sky's Poisson variance in electrons (= sky electrons) converted to nmgy^2 (see :mod:`npejax.sim.render`:
 electrons = nmgy * gain / calibration; the noise of the simulated images is N(lambda, lambda) electrons).
 
 Steps per image (Source Extractor's defaults unless said otherwise):
@@ -43,7 +43,7 @@ galaxies), precision 0.93 for detections with estimated r < 19 and r < 21; media
 flux 0.96 for r < 19. Most bright stars missed sit on the image edge or against a brighter neighbour.
 
 :func:`sep_catalog` returns an astropy table in the column format of
-:func:`npejax.catalog.prediction_table` (``image``, ``x``, ``y``, ``flux`` in nmgy, ``mag``; no
+:func:`npejax.catalogs.prediction_table` (``image``, ``x``, ``y``, ``flux`` in nmgy, ``mag``; no
 probability columns) plus ``flux_err`` (nmgy) and ``flag`` (sep's extraction and aperture flags, OR-ed,
 plus :data:`FLAG_CIRCULAR`).
 """
@@ -54,7 +54,7 @@ import numpy as np
 import sep
 from astropy import table as table_lib
 
-from npejax import catalog as catalog_lib
+from npejax import catalogs as catalog_lib
 
 #: SExtractor's default detection kernel (``default.conv``), sep's default as well.
 DEFAULT_KERNEL = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=np.float32)
@@ -182,7 +182,7 @@ def sep_catalog(images, background, nmgy_per_electron=None, *, field_id=None, ba
       images: [B, H, W] (or [H, W]) sky-subtracted images in nmgy.
       background: same shape, the sky that was subtracted, in nmgy.
       nmgy_per_electron: calibration / gain, a scalar or [B]; or give ``field_id`` [B] and ``bank`` (a
-        :class:`npejax.fields.FieldBank`) and it is looked up there.
+        :class:`npejax.sim.fields.FieldBank`) and it is looked up there.
       image_offset: added to the batch index in the ``image`` column.
       **kwargs: detection and photometry settings of :func:`sep_extract` (``thresh=1.5``, ``minarea=5``,
         ``deblend_nthresh=32``, ``deblend_cont=0.005``, ``filter_type='conv'``, ``kron_factor=2.5``,
@@ -191,7 +191,7 @@ def sep_catalog(images, background, nmgy_per_electron=None, *, field_id=None, ba
     Returns:
       An astropy Table, one row per detection ordered by image: ``image``, ``x``, ``y`` (pixels from the
       image edge, x = column), ``flux`` (nmgy), ``mag`` (NaN where flux <= 0) as in
-      :func:`npejax.catalog.prediction_table`, plus ``flux_err`` (nmgy) and ``flag``. Empty (zero rows,
+      :func:`npejax.catalogs.prediction_table`, plus ``flux_err`` (nmgy) and ``flag``. Empty (zero rows,
       same columns) when nothing is detected.
     """
     images = np.asarray(images)

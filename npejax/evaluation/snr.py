@@ -9,7 +9,7 @@ object" (after Jones 2024). Exact definitions used here (all in electrons, the r
 electrons = nmgy * gain / calibration):
 
 * The source is drawn alone and noiselessly with the same renderer that made the images
-  (:meth:`npejax.render.Renderer.source_electrons`, the k-space renderer by default), giving s_ij,
+  (:meth:`npejax.sim.render.Renderer.source_electrons`, the k-space renderer by default), giving s_ij,
   its expected electrons per pixel inside the image (parts of a source beyond the image edge do not
   count).
 * Footprint F = {pixels with s_ij > ``footprint_threshold`` x sigma_ij}, where sigma_ij = sqrt(b_ij) is the
@@ -36,9 +36,8 @@ import functools
 import numpy as np
 import threadpoolctl
 
-from npejax import fields as fields_lib
-from npejax import prior as prior_lib
-from npejax import render as render_lib
+from npejax.schema import CATALOG_KEYS
+from npejax.sim import render as render_lib
 
 
 @functools.lru_cache(maxsize=4)
@@ -47,40 +46,37 @@ def _cached_renderer(bank, image_shape, config) -> render_lib.Renderer:
     return render_lib.Renderer(bank, image_shape, config)
 
 
-def _renderer(spec_or_bank, image_shape) -> render_lib.Renderer:
-    """A renderer for a SimulationSpec (its bank and render settings), a FieldBank or a Renderer."""
+def _renderer(spec_or_renderer, image_shape) -> render_lib.Renderer:
+    """A renderer for a SimulationSpec (its bank and render settings) or a Renderer."""
     image_shape = tuple(int(v) for v in image_shape)
-    if isinstance(spec_or_bank, render_lib.Renderer):
-        renderer = spec_or_bank
-    elif isinstance(spec_or_bank, fields_lib.FieldBank):
-        renderer = _cached_renderer(spec_or_bank, image_shape, render_lib.RenderConfig())
-    elif hasattr(spec_or_bank, "bank") and hasattr(spec_or_bank, "render"):  # pipeline.SimulationSpec
-        renderer = _cached_renderer(spec_or_bank.bank, image_shape, spec_or_bank.render)
+    if isinstance(spec_or_renderer, render_lib.Renderer):
+        renderer = spec_or_renderer
+    elif hasattr(spec_or_renderer, "bank") and hasattr(spec_or_renderer, "render"):  # pipeline.SimulationSpec
+        renderer = _cached_renderer(spec_or_renderer.bank, image_shape, spec_or_renderer.render)
     else:
-        raise TypeError("source_snr: expected a SimulationSpec, FieldBank or Renderer, got "
-                        f"{type(spec_or_bank).__name__}")
+        raise TypeError("source_snr: expected a SimulationSpec or a Renderer (a field bank alone has no render "
+                        f"settings), got {type(spec_or_renderer).__name__}")
     if tuple(renderer.image_shape) != tuple(image_shape):
         raise ValueError(f"source_snr: renderer draws {renderer.image_shape} images, the batch has {image_shape}")
     return renderer
 
 
-def footprint_counts(batch: dict, spec_or_bank, *, footprint_threshold: float = 0.1
+def footprint_counts(batch: dict, spec_or_renderer, *, footprint_threshold: float = 0.1
                      ) -> dict[str, np.ndarray]:
     """Per true source: ``C`` (source electrons in the footprint), ``B`` (sky electrons there) and
     ``npix`` (footprint size), each [B, max_sources]; NaN (``npix`` -1) for padding and flux <= 0.
 
     ``batch`` needs ``background`` [B, H, W] (nmgy), ``field_id`` [B], ``n_sources`` and the padded
     catalog (``x``, ``y``, ``flux``, ``is_galaxy`` and, for galaxies, the shape keys).
-    ``spec_or_bank``: the :class:`npejax.pipeline.SimulationSpec` that made the batch (preferred: its
-    render settings are used), a :class:`npejax.fields.FieldBank` (default render settings) or a
-    :class:`npejax.render.Renderer`.
+    ``spec_or_renderer``: the :class:`npejax.sim.pipeline.SimulationSpec` that made the batch (its bank and
+    render settings are used) or a :class:`npejax.sim.render.Renderer` (its bank and settings).
     """
     if footprint_threshold < 0:
         raise ValueError(f"footprint_threshold must be >= 0, got {footprint_threshold}")
     background = np.asarray(batch["background"], dtype=np.float64)
     if background.ndim != 3:
         raise ValueError(f"source_snr: background must be [B, H, W], got {background.shape}")
-    renderer = _renderer(spec_or_bank, background.shape[1:])
+    renderer = _renderer(spec_or_renderer, background.shape[1:])
     bank = renderer.bank
     field_id = bank.check_index(np.asarray(batch["field_id"]).reshape(-1))
     n_sources = np.asarray(batch["n_sources"]).astype(np.int64)
@@ -88,7 +84,7 @@ def footprint_counts(batch: dict, spec_or_bank, *, footprint_threshold: float = 
     b, m = flux.shape
     if field_id.shape != (b,) or n_sources.shape != (b,) or background.shape[0] != b:
         raise ValueError("source_snr: field_id, n_sources, background and the catalog disagree on the batch size")
-    keys = [key for key in prior_lib.CATALOG_KEYS if key in batch]
+    keys = [key for key in CATALOG_KEYS if key in batch]
     catalog = {key: np.asarray(batch[key]) for key in keys}
 
     counts = {"C": np.full((b, m), np.nan), "B": np.full((b, m), np.nan), "npix": np.full((b, m), -1, np.int64)}
@@ -130,7 +126,7 @@ def snr_from_counts(C, B, npix, extra_variance: float = 0.0) -> np.ndarray:
     return np.where(np.isnan(C), np.nan, snr)
 
 
-def source_snr(batch: dict, spec_or_bank, *, footprint_threshold: float = 0.1,
+def source_snr(batch: dict, spec_or_renderer, *, footprint_threshold: float = 0.1,
                extra_variance: float = 0.0) -> np.ndarray:
     """SNR = C / sqrt(C + B + P) of every true source of ``batch``: [B, max_sources] float64.
 
@@ -139,5 +135,5 @@ def source_snr(batch: dict, spec_or_bank, *, footprint_threshold: float = 0.1,
     arguments. ``extra_variance``: detector noise variance per pixel in electrons^2 (P = it x footprint
     size); 0 for the simulated images.
     """
-    counts = footprint_counts(batch, spec_or_bank, footprint_threshold=footprint_threshold)
+    counts = footprint_counts(batch, spec_or_renderer, footprint_threshold=footprint_threshold)
     return snr_from_counts(counts["C"], counts["B"], counts["npix"], extra_variance)

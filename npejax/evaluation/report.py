@@ -1,9 +1,17 @@
-"""Figures (PNG, matplotlib) and markdown for the evaluation report of :mod:`npejax.evaluate`.
+"""Figures (PNG, matplotlib) and markdown for the evaluation report of :mod:`npejax.evaluation.evaluate`.
 
 Figures in the spirit of the paper: ``detection.png`` (Figures 4/5: precision, recall, star/galaxy
 accuracy, flux MAPE by magnitude, one line per method, shaded 1-sigma bootstrap bands, mean over bins
 in brackets), ``calibration.png`` (Figure 6), ``roc.png`` (Figure 7), ``coverage.png`` (Figure 8) and
-``snr.png`` (Figure 9).
+``snr.png`` (Figure 9). Every figure is written atomically (:func:`npejax.io.atomic_path`).
+
+The tables (:func:`headline_table`, :func:`bins_table`, :func:`markdown`, :func:`index_markdown`) read a
+results dict as :func:`npejax.evaluation.evaluate.evaluate` returns it: ``test_set`` (``num_images``,
+``num_sources``, ``prior``, ``dropped_by_tile_rule``, ``bank``, ``synthetic_bank``, ``directory``),
+``options`` (``prob_threshold``, ``num_bootstrap``), ``equal_cutoffs``, ``snr_cutoffs`` (or None),
+``bin_centers`` and ``methods``: name -> the dict of
+:func:`~npejax.evaluation.evaluate.evaluate_catalog` (``headline``, ``bins_equal``, ``bins_reference``,
+``bins_snr``, ``calibration``, ``roc``, ``coverage``). Values are floats (NaN or None: shown as n/a).
 """
 
 from __future__ import annotations
@@ -12,14 +20,26 @@ import os
 
 import numpy as np
 
-from npejax import metrics
+from npejax import io
+from npejax.evaluation import metrics
+from npejax.evaluation.headline import BASELINE, HEADLINE, LABELS, SUBSET_LABELS, SUBSETS
+from npejax.schema import METRIC_LABELS
 
 # paper's colors/markers: single-field blue circles, PSF-unaware red squares, PSF-aware orange triangles
 STYLES = {"single": ("tab:blue", "o"), "unaware": ("tab:red", "s"), "aware": ("tab:orange", "^"),
-          "sep": ("0.35", "x")}
-SUBSET_LABELS = {"all": "all sources", "brightest": "r < 17.78", "faintest": "21.75 < r < 22"}
-LABELS = {"single": "single-field", "unaware": "PSF-unaware", "aware": "PSF-aware", "sep": "Source Extractor (sep)"}
+          BASELINE: ("0.35", "x")}
 _EXTRA = [("tab:green", "D"), ("tab:purple", "v"), ("tab:brown", "P"), ("tab:pink", "*")]
+DPI = 110
+
+
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (figures are only written to files)."""
+    import matplotlib  # deferred: the backend must be chosen before pyplot loads, and only when drawing
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: after matplotlib.use
+
+    return plt
 
 
 def _style(name: str, i: int):
@@ -36,9 +56,12 @@ def _legend(ax, **kwargs) -> None:
 
 
 def _save(fig, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    """Writes ``fig`` to ``path`` atomically and closes it (also when writing fails)."""
+    try:
+        with io.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -47,11 +70,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _binned_panels(results: dict, key: str, centers, panels, xlabel: str, path: str, title: str,
                    logx: bool = False) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     cols = 2 if len(panels) == 4 else len(panels)
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.7 * rows), squeeze=False)
@@ -63,12 +82,12 @@ def _binned_panels(results: dict, key: str, centers, panels, xlabel: str, path: 
                 continue
             v, s = np.asarray(r["value"], float), np.asarray(r["std"], float)
             color, marker = _style(name, i)
-            ls = "--" if name == "sep" else "-"
+            ls = "--" if name == BASELINE else "-"
             ax.plot(centers, v, ls, color=color, marker=marker, ms=5,
                     label=f"{_label(name)} [{_fmt(r['mean'], 3 if metric != 'mape' else 1)}]")
             ax.fill_between(centers, v - np.nan_to_num(s), v + np.nan_to_num(s), color=color, alpha=0.2, lw=0)
         ax.set_xlabel(xlabel(metric) if callable(xlabel) else xlabel)
-        ax.set_ylabel(_METRIC_AXIS[metric])
+        ax.set_ylabel(METRIC_LABELS[metric])
         finite = centers[np.isfinite(centers)]
         if logx and finite.size and np.all(finite > 0):
             ax.set_xscale("log")
@@ -78,23 +97,14 @@ def _binned_panels(results: dict, key: str, centers, panels, xlabel: str, path: 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
-    plt.close(fig)
-
-
-_METRIC_AXIS = {"precision": "precision", "recall": "recall", "accuracy": "star/galaxy accuracy",
-                "mape": "flux MAPE (%)"}
 
 
 def _subset_panels(results: dict, key: str, draw, xlabel: str, ylabel: str, title: str, path: str) -> None:
     """One panel per magnitude subset (all, brightest, faintest); ``draw(ax, name, i, entry)`` draws one
     method and returns the largest value it drew (for the diagonal)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.8))
-    for ax, subset in zip(axes, metrics.CALIBRATION_SUBSETS):
+    for ax, subset in zip(axes, SUBSETS):
         top = 1.0
         for i, (name, m) in enumerate(results["methods"].items()):
             entry = m[key].get(subset)
@@ -109,7 +119,6 @@ def _subset_panels(results: dict, key: str, draw, xlabel: str, ylabel: str, titl
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
-    plt.close(fig)
 
 
 def write_figures(out_dir: str, results: dict) -> list[str]:
@@ -162,8 +171,6 @@ def write_figures(out_dir: str, results: dict) -> list[str]:
 
 def headline_table(results: dict, with_paper: bool = True) -> str:
     """Markdown table: one row per method, one column per headline metric (value +- 1-sigma bootstrap)."""
-    from npejax.evaluate import HEADLINE
-
     cols = [label for _, label, *_ in HEADLINE]
     lines = ["| method | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
     for name, m in results["methods"].items():
@@ -182,7 +189,11 @@ def headline_table(results: dict, with_paper: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _bins_table(results: dict, key: str, cutoffs, metric: str, xname: str = "r") -> str:
+def bins_table(results: dict, key: str, cutoffs, metric: str, xname: str = "r") -> str:
+    """Markdown table of one binned ``metric`` (results ``methods.NAME[key]``): one column per bin
+    (headed by its range of ``xname``; ``cutoffs`` as in :func:`npejax.evaluation.metrics.assign_bins`)
+    and the mean over bins; a last row with the true sources per bin, except for precision (binned by
+    estimated magnitude)."""
     edges = [-np.inf, *np.asarray(cutoffs, float)]
     heads = []
     for k in range(len(cutoffs)):
@@ -244,8 +255,8 @@ def markdown(results: dict) -> str:
                                 ("bins_reference", metrics.REFERENCE_CUTOFFS, "the paper's reference cut-offs")):
         out += [f"### In {title}", ""]
         for metric in ("precision", "recall", "accuracy", "mape"):
-            out += [f"**{_METRIC_AXIS[metric]}**" + (" (by estimated magnitude)" if metric == "precision" else ""),
-                    "", _bins_table(results, key, cutoffs, metric), ""]
+            out += [f"**{METRIC_LABELS[metric]}**" + (" (by estimated magnitude)" if metric == "precision" else ""),
+                    "", bins_table(results, key, cutoffs, metric), ""]
     out += ["## Calibration", "",
             "Expected number of sources per image (sum over tiles of prob_source, times the posterior "
             "probability that the flux lies in the magnitude range) against the true number.", "",
@@ -255,11 +266,11 @@ def markdown(results: dict) -> str:
     if results.get("snr_cutoffs") is not None:
         out += ["## By signal-to-noise ratio (Appendix A)", "",
                 "SNR = C / sqrt(C + B) over the footprint (pixels where the noiseless source exceeds 0.1 of the "
-                "sky noise), C and B the source and sky electrons there (`npejax.snr`). Precision is omitted: "
+                "sky noise), C and B the source and sky electrons there (`npejax.evaluation.snr`). Precision is omitted: "
                 "unmatched detections have no SNR.", "", "![snr](snr.png)", ""]
         for metric in ("recall", "accuracy", "mape"):
-            out += [f"**{_METRIC_AXIS[metric]}**", "",
-                    _bins_table(results, "bins_snr", results["snr_cutoffs"], metric, "SNR"), ""]
+            out += [f"**{METRIC_LABELS[metric]}**", "",
+                    bins_table(results, "bins_snr", results["snr_cutoffs"], metric, "SNR"), ""]
     out += ["## Files", "",
             "`metrics.json` (everything above), `headline.csv`, `bins_equal.csv`, `bins_reference.csv`, "
             "`bins_snr.csv`, `calibration.csv`, `coverage.csv`, `predictions/*.fits` (detections).", ""]
@@ -267,13 +278,13 @@ def markdown(results: dict) -> str:
 
 
 def _calibration_table(results: dict) -> str:
-    lines = ["| method | " + " | ".join(f"{SUBSET_LABELS[s]}: expected / true" for s in metrics.CALIBRATION_SUBSETS)
-             + " |", "| --- |" + " --- |" * len(metrics.CALIBRATION_SUBSETS)]
+    lines = ["| method | " + " | ".join(f"{SUBSET_LABELS[s]}: expected / true" for s in SUBSETS)
+             + " |", "| --- |" + " --- |" * len(SUBSETS)]
     for name, m in results["methods"].items():
         if not m["calibration"]:
             continue
         cells = []
-        for s in metrics.CALIBRATION_SUBSETS:
+        for s in SUBSETS:
             c = m["calibration"][s]
             cells.append(f"{c['total_expected']:.0f} / {c['total_true']:.0f}")
         lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
@@ -281,12 +292,12 @@ def _calibration_table(results: dict) -> str:
 
 
 def _auc_table(results: dict) -> str:
-    lines = ["| star/galaxy AUC | " + " | ".join(SUBSET_LABELS[s] for s in metrics.CALIBRATION_SUBSETS) + " |",
-             "| --- |" + " --- |" * len(metrics.CALIBRATION_SUBSETS)]
+    lines = ["| star/galaxy AUC | " + " | ".join(SUBSET_LABELS[s] for s in SUBSETS) + " |",
+             "| --- |" + " --- |" * len(SUBSETS)]
     for name, m in results["methods"].items():
         if not any(r.get("available", True) and np.isfinite(r["auc"]) for r in m["roc"].values()):
             continue
-        lines.append(f"| {_label(name)} | " + " | ".join(_fmt(m["roc"][s]["auc"]) for s in metrics.CALIBRATION_SUBSETS)
+        lines.append(f"| {_label(name)} | " + " | ".join(_fmt(m["roc"][s]["auc"]) for s in SUBSETS)
                      + " |")
     return "\n".join(lines)
 
@@ -296,7 +307,7 @@ def _coverage_table(results: dict) -> str:
     lines = ["| flux coverage | subset | " + " | ".join(f"{int(round(100 * l))}%" for l in levels) + " |",
              "| --- | --- |" + " --- |" * len(levels)]
     for name, m in results["methods"].items():
-        for s in metrics.CALIBRATION_SUBSETS:
+        for s in SUBSETS:
             c = m["coverage"].get(s)
             if c is None or not c.get("available", True):
                 continue

@@ -1,0 +1,187 @@
+"""Evaluation report (npejax.evaluation.report): markdown tables on hand-built results, atomic figures."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from npejax import catalogs as catalog
+from npejax import io
+from npejax.evaluation import evaluate, metrics, report
+from npejax.evaluation.headline import SUBSETS
+
+NAN = math.nan
+HEADER = ("| method | precision (est. r < 21.5) | recall (r < 21.2) | star/galaxy accuracy (r < 22) "
+          "| flux MAPE % (r < 22) | 95% flux interval coverage | star/galaxy AUC (all) |")
+SEPARATOR = "| --- | --- | --- | --- | --- | --- | --- |"
+PAPER = "| paper, PSF-aware (p_many, 42k images) | > 0.95 | > 0.9 | > 0.96 | - | about 0.96 | - |"
+
+
+def _h(value, std=NAN, count=10):
+    return dict(value=value, std=std, count=count)
+
+
+def _binned(values, mean, counts, available=True):
+    return dict(value=list(values), std=[0.0] * len(values), mean=mean, count=list(counts), available=available)
+
+
+def _headline_results():
+    return dict(methods={
+        "aware": dict(headline=dict(precision=_h(0.97123, 0.00456), recall=_h(0.9), accuracy=_h(None),
+                                    mape=_h(12.345, 1.26), coverage95=_h(0.95, NAN), auc=_h(0.98765, NAN))),
+        "mine": dict(headline=dict(precision=_h(NAN), recall=_h(1.0, 0.0))),  # unknown name, missing keys
+    })
+
+
+def test_headline_table_cells():
+    table = report.headline_table(_headline_results())
+    assert table.split("\n") == [
+        HEADER, SEPARATOR,
+        "| PSF-aware | 0.971 ± 0.005 | 0.900 | n/a | 12.3 ± 1.3 | 0.950 | 0.988 |",
+        "| mine | n/a | 1.000 ± 0.000 | n/a | n/a | n/a | n/a |",
+        PAPER,
+    ]
+    assert report.headline_table(_headline_results(), with_paper=False).split("\n")[-1].startswith("| mine |")
+
+
+def _bins_results():
+    aware = dict(bins_equal=dict(
+        precision=_binned([0.91234, 0.5, NAN], 0.70617, [7, 2, 0]),
+        recall=_binned([1.0, 0.5, NAN], 0.75, [4, 2, 0]),
+        accuracy=_binned([1.0, 1.0, 1.0], 1.0, [4, 2, 0]),
+        mape=_binned([3.14159, 20.0, NAN], 11.5708, [4, 2, 0])))
+    sep = dict(bins_equal=dict(
+        precision=_binned([1.0, 1.0, 1.0], 1.0, [1, 1, 1]),
+        recall=_binned([0.25, 0.0, NAN], 0.125, [4, 2, 0]),
+        accuracy=_binned([NAN] * 3, NAN, [4, 2, 0], available=False),  # no prob_galaxy: row left out
+        mape=_binned([50.0, 60.04, NAN], 55.02, [4, 2, 0])))
+    return dict(methods=dict(aware=aware, sep=sep))
+
+
+def test_bins_table_cells():
+    results = _bins_results()
+    head = "| r | < 18.00 | 18.00–20.00 | 20.00–22.00 | mean |"
+    sep = "| --- | --- | --- | --- | --- |"
+    assert report.bins_table(results, "bins_equal", (18.0, 20.0, 22.0), "recall").split("\n") == [
+        head, sep,
+        "| PSF-aware | 1.000 | 0.500 | n/a | [0.750] |",
+        "| Source Extractor (sep) | 0.250 | 0.000 | n/a | [0.125] |",
+        "| sources (truth) | 4 | 2 | 0 | |",
+    ]
+    # MAPE has one decimal; precision (by estimated magnitude) has no truth-count row
+    assert report.bins_table(results, "bins_equal", (18.0, 20.0, 22.0), "mape").split("\n")[2:] == [
+        "| PSF-aware | 3.1 | 20.0 | n/a | [11.6] |",
+        "| Source Extractor (sep) | 50.0 | 60.0 | n/a | [55.0] |",
+        "| sources (truth) | 4 | 2 | 0 | |",
+    ]
+    assert report.bins_table(results, "bins_equal", (18.0, 20.0, 22.0), "precision").split("\n")[2:] == [
+        "| PSF-aware | 0.912 | 0.500 | n/a | [0.706] |",
+        "| Source Extractor (sep) | 1.000 | 1.000 | 1.000 | [1.000] |",
+    ]
+    # an unavailable metric leaves its method out; SNR bins end open (> last finite cut-off)
+    snr = report.bins_table({"methods": {"sep": {"bins_snr": results["methods"]["sep"]["bins_equal"]}}},
+                            "bins_snr", (5.0, 10.0, np.inf), "accuracy", "SNR")
+    assert snr.split("\n") == ["| SNR | < 5.00 | 5.00–10.00 | > 10.0 | mean |", sep,
+                               "| sources (truth) | 4 | 2 | 0 | |"]
+
+
+def test_index_markdown():
+    r = _headline_results()
+    r["test_set"] = dict(num_images=12)
+    text = report.index_markdown({"many": "report-many"}, {"many": r}, "npejax experiment", elapsed_s=90.0)
+    assert text == "\n".join([
+        "# npejax experiment", "",
+        "Run time: 1.5 min.", "",
+        "## Test set p_many (12 images) — [full report](report-many/report.md)", "",
+        report.headline_table(r), "",
+        "![detection](report-many/detection.png)", "",
+    ])
+    assert "Run time" not in report.index_markdown({"many": "r"}, {"many": r}, "t")
+
+
+# ---------------------------------------------------------------------------------- full results
+
+
+def _full_results():
+    """Results of evaluate_catalog on 12 synthetic images: a near-perfect network and a baseline."""
+    rng = np.random.default_rng(0)
+    n_images, per = 12, 4
+    n = n_images * per
+    flux = 10 ** rng.uniform(0.2, 2.5, n)
+    truth = dict(image=np.repeat(np.arange(n_images), per), x=rng.uniform(2, 78, n), y=rng.uniform(2, 78, n),
+                 flux=flux, mag=catalog.flux_to_mag(flux), is_galaxy=rng.random(n) < 0.5)
+    net_flux = flux * rng.lognormal(0, 0.1, n)
+    net = dict(image=truth["image"], x=truth["x"] + 0.2, y=truth["y"], flux=net_flux,
+               mag=catalog.flux_to_mag(net_flux), prob_source=rng.uniform(0.3, 1.0, n),
+               prob_galaxy=np.where(truth["is_galaxy"], 0.8, 0.2), flux_lo=net_flux / 1.1, flux_hi=net_flux * 1.1)
+    keep = rng.random(n) < 0.7
+    sep = {k: truth[k][keep] for k in ("image", "x", "y", "flux", "mag")}
+    cut = metrics.equal_count_edges(truth["mag"], 3)
+    snr_values = truth["flux"] * 2.0
+    snr_cut = metrics.equal_count_edges(snr_values, 3, max_mag=np.inf)
+    methods = {name: evaluate.evaluate_catalog(truth, pred, n_images, cut, snr_values, snr_cut, num_bootstrap=10)
+               for name, pred in (("aware", net), ("sep", sep))}
+    return dict(
+        test_set=dict(directory="/data/test-many", num_images=n_images, num_sources=n, prior="many",
+                      dropped_by_tile_rule=3, bank="synthetic", synthetic_bank=True, seed=0),
+        options=dict(num_bootstrap=10, num_bins=3, prob_threshold=0.5, slack_pixels=1.0, seed=0),
+        equal_cutoffs=cut, snr_cutoffs=snr_cut,
+        bin_centers=dict(equal=np.array([16.0, 18.0, 20.0]), reference=np.linspace(17, 22, 10),
+                         snr=np.array([10.0, 40.0, 150.0])),
+        workdirs={}, methods=methods)
+
+
+def test_markdown_holds_the_tables():
+    results = _full_results()
+    text = report.markdown(results)
+    assert text.startswith("# npejax evaluation: p_many test set\n")
+    assert "12 test images of 80 x 80 pixels (48 true sources; 3 of them share a tile" in text
+    assert "SYNTHETIC" in text and "Methods: PSF-aware, Source Extractor (sep)." in text
+    assert "## Headline\n\n" + report.headline_table(results) + "\n" in text
+    for key, cutoffs in (("bins_equal", results["equal_cutoffs"]), ("bins_reference", metrics.REFERENCE_CUTOFFS)):
+        for metric in ("precision", "recall", "accuracy", "mape"):
+            assert report.bins_table(results, key, cutoffs, metric) in text
+    for metric in ("recall", "accuracy", "mape"):
+        assert report.bins_table(results, "bins_snr", results["snr_cutoffs"], metric, "SNR") in text
+    # the baseline has no probabilities: no calibration row, but coverage rows only for the network
+    cal = results["methods"]["aware"]["calibration"]["all"]
+    assert f"| PSF-aware | {cal['total_expected']:.0f} / {cal['total_true']:.0f} |" in text
+    assert "| Source Extractor (sep) | " not in text.split("## Calibration")[1].split("![roc]")[0]
+    for name in ("detection", "calibration", "roc", "coverage", "snr"):
+        assert f"![{name}]({name}.png)" in text
+
+
+def test_write_figures_writes_pngs(tmp_path):
+    names = report.write_figures(str(tmp_path), _full_results())
+    assert names == ["detection.png", "snr.png", "calibration.png", "roc.png", "coverage.png"]
+    assert sorted(os.listdir(tmp_path)) == sorted(names)
+    for name in names:
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_write_figures_is_atomic_when_savefig_fails(tmp_path, monkeypatch):
+    plt = report._pyplot()
+    (tmp_path / "detection.png").write_bytes(b"old figure")
+    calls = []
+
+    def failing_savefig(self, fname, *args, **kwargs):
+        calls.append(fname)
+        with open(fname, "wb") as f:  # a partial file, then the failure
+            f.write(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(plt.Figure, "savefig", failing_savefig)
+    open_before = plt.get_fignums()
+    with pytest.raises(OSError, match="disk full"):
+        report.write_figures(str(tmp_path), _full_results())
+    assert len(calls) == 1 and io.is_temporary(calls[0]) and calls[0].endswith(".png")
+    assert os.path.dirname(calls[0]) == str(tmp_path)
+    assert os.listdir(tmp_path) == ["detection.png"]  # no temporary left, the old file untouched
+    assert (tmp_path / "detection.png").read_bytes() == b"old figure"
+    assert plt.get_fignums() == open_before  # the figure was closed
+
+
+def test_subsets_have_labels():
+    assert set(report.SUBSET_LABELS) == set(SUBSETS) == {"all", "brightest", "faintest"}
