@@ -114,13 +114,23 @@ def main(define_flags: Callable[[flags.FlagValues], None], run: Callable[[flags.
         argv.insert(0, "npejax")
     add_config_root_to_path(argv)
     fv = flags.FlagValues()
-    define_flags(fv)
+    # ml_collections' config_flags finds the --config.KEY overrides in sys.argv (when the flag is defined
+    # and parsed), not in the argv given: in-process calls (tests) need sys.argv to be theirs meanwhile.
+    saved_argv, sys.argv = sys.argv, argv
+    try:
+        define_flags(fv)
+    finally:
+        sys.argv = saved_argv
     if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
         print((doc or "").strip() + "\n\nflags:\n" + fv.get_help(include_special_flags=False))
         return 0
     logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every step at INFO
     try:
-        rest = _parse(fv, argv)
+        saved_argv, sys.argv = sys.argv, argv
+        try:
+            rest = _parse(fv, argv)
+        finally:
+            sys.argv = saved_argv
         if len(rest) > 1:
             raise UsageError(f"unexpected arguments {rest[1:]}")
         status = run(fv)

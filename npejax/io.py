@@ -99,3 +99,27 @@ def write_csv(path, rows: Iterable[Mapping], fieldnames: list[str] | None = None
 def is_temporary(name: str) -> bool:
     """Whether a file name is one of :func:`atomic_path`'s temporaries (left only by a killed process)."""
     return os.path.basename(name).startswith(".") and TMP_MARKER in name
+
+
+def check_output_dir(path, what: str = "--out") -> str:
+    """Raises a one-line error (naming ``what`` and ``path``) unless ``path`` is a directory, or can be
+    created as one, that this process can write in; returns ``path``. Creates nothing: commands call it
+    before any work, so that an unusable output path is reported before hours of computing. A directory
+    that does not exist yet is probed in its nearest existing ancestor (a probe directory made and removed
+    at once), which also catches read-only and virtual file systems such as /proc."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{what} {path} is an existing file, not a directory: give a directory "
+                                 "(new or existing)")
+    parent = os.path.abspath(path)
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(f"{what} {path}: {parent} is a file, so no directory can be made under it; "
+                                 "give a path in a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".npejax-probe-"))
+    except OSError as exc:
+        raise PermissionError(f"{what} {path}: cannot write in {parent} ({exc.strerror}); give a path in a "
+                              "writable directory") from None
+    return path
