@@ -66,10 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.learning_rate = 1e-3
     config.train.lr_decay = 0.1
     config.train.lr_decay_epoch = 32
-    config.train.patience = 10  # epochs without validation improvement before stopping
+    config.train.patience = 10  # epochs without validation improvement before stopping (>= 1)
     config.train.augment = True  # random 90-degree rotations and flips
     config.train.normalizer_images = 512  # training images used for the input statistics
     config.train.progress = True  # progress bar
+    # A validation figure (the first validation image with its true sources and the network's detections) in
+    # WORKDIR/tensorboard every figure_every epochs; 0: never. Losses, learning rate and images/s: every epoch.
+    config.train.figure_every = 5
 
     # Dataset sizes per split (paper: 210k / 30k / 42k images), used by npejax.simulate.
     config.data = ml_collections.ConfigDict()

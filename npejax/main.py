@@ -4,25 +4,39 @@
     npejax-train --config configs/psf_aware.py --workdir runs/aware
 
 Calls :func:`npejax.nn.train.train_and_evaluate` (as Flax's examples do); running the same command again
-resumes after the last saved epoch.
+resumes after the last saved epoch, with the same config (only the training length -- train.num_epochs,
+train.patience, train.progress -- may change). TensorBoard: ``tensorboard --logdir WORKDIR/tensorboard``.
+
+Refused before anything is written (one ``error:`` line, exit 2; no workdir is created): an unknown config
+key or a missing config file; a bad value (model.variant, model.dtype, fields.prior, a network whose stride
+is not tile_size, batch sizes < 1 or not multiples of the local devices, train.images_per_epoch smaller than
+train.batch_size, train.eval_batch_size larger than the validation set, train.num_epochs or train.patience
+< 1); a cached dataset of the wrong split, image or tile size, prior or field bank; a --workdir that is a
+file or not writable; a workdir whose checkpoint was trained with another config (the differences listed)
+or whose checkpoint files are damaged (SHA-256). A checkpoint that cannot be saved (disk full) stops
+training at that epoch with one line.
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from npejax import cli
+from npejax import cli, io
 from npejax.nn import train
 
 
 def define_flags(fv: flags.FlagValues) -> None:
     cli.define_config(fv, "Experiment configuration file (configs/*.py).")
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the saved config "
-                        "(default: runs/<model.variant>).", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, TensorBoard events and the saved "
+                        "config (default: runs/<model.variant>).", flag_values=fv)
 
 
 def run(fv: flags.FlagValues) -> None:
-    train.train_and_evaluate(fv.config, fv.workdir or f"runs/{fv.config.model.variant}")
+    config = fv.config
+    train.validate_config(config)  # the values first: a bad variant is named before the default workdir uses it
+    workdir = fv.workdir or f"runs/{config.model.variant}"
+    io.check_output_dir(workdir, "--workdir")
+    train.train_and_evaluate(config, workdir)  # checks datasets and the workdir's checkpoint before writing
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from npejax import datasets as data, io
+from npejax import main as train_main
 from npejax.nn import checkpoints, predictor, train
 from npejax.sim import pipeline
 
@@ -54,6 +55,7 @@ def test_cli_trains_and_resumes_after_a_kill(tmp_path, run_main):
     assert "validation NLL" in out and (workdir / "checkpoints" / "best").is_dir()
     saved_config = json.loads((workdir / "config.json").read_text())
     assert saved_config["train"]["num_epochs"] == saved + 2 and saved_config["train"]["images_per_epoch"] == 16
+    assert len(os.listdir(workdir / "tensorboard")) == 2  # one event file per run
     assert not [name for name in os.listdir(workdir) if io.is_temporary(name)]
 
 
@@ -62,10 +64,12 @@ def test_cli_trains_and_resumes_after_a_kill(tmp_path, run_main):
     ("--config.model.dtype=float16", "model.dtype must be 'float32' or 'bfloat16', got 'float16'"),
     ("--config.train.images_per_epoch=4", "train.images_per_epoch=4 is smaller than train.batch_size=8"),
 ])
-def test_bad_config_is_one_error_line(tmp_path, run_main, flag, message):
-    code, out = run_main(tmp_path / "bad", flag)
-    assert code == 2 and out.strip().splitlines()[-1].startswith("error:") and message in out, out
-    assert "Traceback" not in out
+def test_bad_config_is_one_error_line(tmp_path, config_path, tiny_flags, capsys, flag, message):
+    code = train_main.main(["npejax-train", "--config", config_path("cpu_small"), "--workdir",
+                            str(tmp_path / "bad"), *tiny_flags(), flag])  # in-process: the same code path
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1 and message in err, err
+    assert out == "" and not (tmp_path / "bad").exists()
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, tiny_config):

@@ -2,40 +2,77 @@
 
 Layout of a workdir (written by :func:`npejax.nn.train.train_and_evaluate`)::
 
-    config.json              the training config (ml_collections as JSON)
-    metrics.csv              one row per epoch
-    checkpoints/latest/N/    the state after epoch N, the last epoch done (one kept)
-    checkpoints/best/N/      the state of the epoch with the lowest validation NLL (one kept)
+    config.json                          the training config (ml_collections as JSON)
+    metrics.csv                          one row per epoch
+    tensorboard/                         TensorBoard event files (losses, learning rate, images/s, figures)
+    checkpoints/latest/N/                the state after epoch N, the last epoch done (one kept)
+    checkpoints/best/N/                  the state of the epoch with the lowest validation NLL (one kept)
+    checkpoints/{latest,best}/N/npejax-sha256.json   SHA-256 of every file of the checkpoint
 
 Each checkpoint has two items: ``state`` (:class:`npejax.nn.state.TrainState`: step, parameters,
 batch-norm statistics, Adam moments) and ``meta`` (JSON: ``epoch``, ``best_val``, ``bad_epochs``,
 ``history`` (the metrics rows so far), ``normalizer`` (:meth:`npejax.nn.inputs.Normalizer.to_dict`),
 ``variant``, ``config``, ``val_nll``). The checkpoint step is the number of epochs completed. Orbax writes
 a checkpoint to a temporary directory and renames it when complete.
+
+Integrity. :func:`save` waits until Orbax has finished writing (so that a full disk is reported at the
+epoch where it happens, as one :class:`CheckpointSaveError`) and then records the SHA-256 of every file of
+the checkpoint in ``N/npejax-sha256.json`` (written atomically by :mod:`npejax.io`). Every restore --
+resuming training (:func:`read_meta`, :func:`restore`) and prediction (:func:`load`) -- recomputes them
+first: a damaged file is refused with a :class:`CheckpointError` naming it. A checkpoint without the file
+(written before npejax recorded checksums, or by a run killed between the save and the checksum) is loaded
+with a warning: refusing it would strand every network trained before, and the warning says that it is
+unverified. Files added to a checkpoint afterwards are not checked (Orbax reads only its own).
+
+Identity. A checkpoint is restored only into the network it was saved from: :func:`load` refuses a
+``config.json`` that differs from the checkpoint's ``meta["config"]`` (:func:`config_differences`), and
+every restore first compares the checkpoint's array shapes with the model's, so that a checkpoint of
+another network is one line naming the workdir and the first arrays that differ.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import hashlib
+import io as io_lib
 import json
+import logging as std_logging
 import os
+import re
+import shutil
+import sys
 from typing import Iterator, NamedTuple
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
+from npejax import io
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
+CHECKSUM_FILE = "npejax-sha256.json"
 WHICH = ("best", "latest")
 ITEMS = ("state", "meta")
+# Config keys that may differ between a checkpoint and the config that resumes it or predicts with it: the
+# training length, and keys that do not change what an epoch computes (display; the simulator's worker
+# count, whose batches depend only on their index; dataset sizes that only npejax.simulate reads).
+RESUMABLE_KEYS = ("train.num_epochs", "train.patience", "train.progress", "train.figure_every",
+                  "simulator.num_workers", "simulator.prefetch", "data.num_train", "data.num_test",
+                  "data.shard_size")
 
 
 class CheckpointError(ValueError):
-    """A workdir without a usable npejax checkpoint."""
+    """A workdir without a usable npejax checkpoint (missing, damaged, of another network or config)."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written (disk full, directory not writable, ...)."""
 
 
 class Managers(NamedTuple):
@@ -43,33 +80,301 @@ class Managers(NamedTuple):
     best: ocp.CheckpointManager
 
 
+def _manager(directory: str, create: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=create)
+    handlers = dict(state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler())
+    return ocp.CheckpointManager(directory, item_handlers=handlers, options=options)
+
+
 @contextlib.contextmanager
 def managers(workdir: str) -> Iterator[Managers]:
-    """The Orbax managers of ``workdir/checkpoints/{latest,best}`` (one checkpoint kept in each), closed on
-    exit -- after their pending saves finish -- also when the body raises."""
+    """The Orbax managers of ``workdir/checkpoints/{latest,best}`` (created if needed; one checkpoint kept in
+    each), closed on exit -- after their pending saves finish -- also when the body raises (then an error
+    of the close itself does not replace the body's)."""
     root = os.path.join(os.path.abspath(workdir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    with contextlib.ExitStack() as stack:
-        opened = {}
+    opened = {}
+    try:
         for name in ("latest", "best"):
-            manager = ocp.CheckpointManager(os.path.join(root, name), item_names=ITEMS, options=options)
-            stack.callback(manager.close)  # close() waits for outstanding saves
-            opened[name] = manager
+            opened[name] = _manager(os.path.join(root, name), create=True)
         yield Managers(**opened)
+    except BaseException:
+        with quiet(keep=False):  # a failed save is reported once, by the body's error
+            for manager in opened.values():
+                with contextlib.suppress(Exception):
+                    manager.close()  # close() waits for outstanding saves
+        raise
+    for manager in opened.values():
+        manager.close()
 
 
-def save(manager: ocp.CheckpointManager, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
-    """Saves (asynchronously) ``state`` and ``meta`` as checkpoint step ``epoch``."""
-    manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                meta=ocp.args.JsonSave(meta)))
+@contextlib.contextmanager
+def _existing_manager(directory: str) -> Iterator[ocp.CheckpointManager]:
+    """A manager of an existing checkpoint directory (nothing is created), closed on exit."""
+    manager = _manager(directory, create=False)
+    try:
+        yield manager
+    finally:
+        manager.close()
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: state_lib.TrainState, step: int | None = None):
-    """(state, meta) of ``step`` (default: the latest) from an Orbax manager."""
+def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+    """The directory of checkpoint ``step`` of ``manager``."""
+    return os.path.join(os.fspath(manager.directory), str(int(step)))
+
+
+# --- checksums -------------------------------------------------------------------------------------
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(directory: str) -> dict[str, str]:
+    """``{path relative to directory: SHA-256}`` of every file under ``directory`` (the checksum file and
+    :mod:`npejax.io` temporaries left out), in sorted order."""
+    digests = {}
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, directory)
+            if rel == CHECKSUM_FILE or io.is_temporary(name):
+                continue
+            digests[rel] = _sha256(path)
+    return digests
+
+
+def write_checksums(directory: str) -> str:
+    """Records the SHA-256 of every file of the checkpoint in ``directory/npejax-sha256.json``."""
+    return io.write_json(os.path.join(directory, CHECKSUM_FILE),
+                         dict(algorithm="sha256", files=file_digests(directory)))
+
+
+def verify_checksums(directory: str) -> bool:
+    """Checks every file of the checkpoint in ``directory`` against its recorded SHA-256: True when they
+    all match, False when none are recorded (a checkpoint of an older npejax); CheckpointError naming the
+    first damaged or missing file."""
+    record = os.path.join(directory, CHECKSUM_FILE)
+    if not os.path.exists(record):
+        return False
+    try:
+        with open(record) as f:
+            files = json.load(f)["files"]
+        files = {str(rel): str(digest) for rel, digest in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint checksum file {record} is damaged ({type(exc).__name__}); the "
+                              "checkpoint cannot be verified") from None
+    for rel, digest in files.items():
+        path = os.path.join(directory, rel)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint file {path} is missing (listed in {CHECKSUM_FILE}): the "
+                                  "checkpoint is damaged")
+        if _sha256(path) != digest:
+            raise CheckpointError(f"checkpoint file {path} is damaged: its SHA-256 differs from the one "
+                                  f"recorded when it was saved ({CHECKSUM_FILE}); restore it from a copy, or "
+                                  "train again in a new workdir")
+    return True
+
+
+def _verify(directory: str) -> None:
+    if not verify_checksums(directory):
+        sys.stderr.write(f"warning: checkpoint {directory} has no {CHECKSUM_FILE} (saved before npejax recorded "
+                         "checksums, or by a run killed during the save): loading it unverified\n")
+        sys.stderr.flush()
+
+
+# --- save ------------------------------------------------------------------------------------------
+
+class _Hold(std_logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def filter(self, record):
+        self.records.append(record)
+        return False
+
+
+@contextlib.contextmanager
+def quiet(keep: bool = True):
+    """Holds back what is printed while Orbax writes (absl log records, and the tracebacks its background
+    threads and TensorStore print on a failed write -- thousands of lines for a full disk): printed
+    afterwards when the body succeeds (and ``keep``), dropped when it raises, whose one-line error then
+    says what happened."""
+    hold = _Hold()
+    loggers = (absl_logging.get_absl_logger(), std_logging.getLogger("asyncio"))
+    for logger in loggers:
+        logger.addFilter(hold)
+    saved, sys.stderr = sys.stderr, io_lib.StringIO()
+    ok = False
+    try:
+        yield
+        ok = keep
+    except BaseException:
+        gc.collect()  # Orbax's failed asyncio tasks log "Task exception was never retrieved" when collected
+        raise
+    finally:
+        held, sys.stderr = sys.stderr, saved
+        for logger in loggers:
+            logger.removeFilter(hold)
+        if ok:
+            for record in hold.records:
+                std_logging.getLogger(record.name).handle(record)
+            saved.write(held.getvalue())
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as one short line: an OS error's text first (also when TensorStore wraps it as
+    ``os_error_code='28'``), then the first line of the message, cut at 200 characters."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    full = str(exc).strip()
+    lines = full.splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    text = text if len(text) <= 200 else text[:200] + " ..."
+    code = re.search(r"os_error_code='?(\d+)|\[Errno (\d+)\]", full)
+    if code:
+        errno = int(code.group(1) or code.group(2))
+        text = f"[Errno {errno}] {os.strerror(errno)} ({text})"
+    return text
+
+
+def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
+    """Saves ``state`` and ``meta`` as checkpoint step ``epoch`` with each manager of ``targets`` (one or a
+    list; the writes run concurrently), waits until they are written and records their checksums.
+    CheckpointSaveError (one line: the directory and the OS error) when a save fails."""
+    targets = [targets] if isinstance(targets, ocp.CheckpointManager) else list(targets)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    manager = targets[0]
+    need = len(targets) * (_nbytes(state) + len(json.dumps(meta))) + (1 << 20)
+    free = shutil.disk_usage(os.fspath(manager.directory)).free
+    if free < need:
+        raise CheckpointSaveError(f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: it needs "
+                                  f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free on that disk")
+    try:
+        with quiet():
+            try:
+                for manager in targets:
+                    manager.save(epoch, args=args)
+                for manager in targets:
+                    manager.wait_until_finished()  # an asynchronous write error surfaces here, at this epoch
+                    write_checksums(step_dir(manager, epoch))
+            except Exception:
+                for other in targets:  # let the other writes end (and print) inside quiet()
+                    with contextlib.suppress(Exception):
+                        other.wait_until_finished()
+                raise
+    except Exception as exc:  # noqa: BLE001  (any failure of the write: disk full, permissions, ...)
+        raise CheckpointSaveError(f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: "
+                                  f"{_short(exc)}") from exc
+
+
+def _nbytes(tree) -> int:
+    return int(sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+# --- restore ---------------------------------------------------------------------------------------
+
+def _key(entry) -> str:
+    for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """``{"params/ConvBlock_0/Conv_0/kernel": shape}`` of a state or of a checkpoint's metadata tree (the
+    two name their nodes differently: attributes vs dict keys)."""
+    return {"/".join(_key(e) for e in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_structure(manager: ocp.CheckpointManager, step: int, abstract_state, where: str) -> None:
+    """CheckpointError (one line, naming ``where`` and the first arrays that differ) unless checkpoint
+    ``step`` holds arrays of the shapes of ``abstract_state``: restoring another network otherwise fails
+    deep in TensorStore with a page of specification."""
+    try:
+        stored = manager.item_metadata(step)["state"]
+    except Exception as exc:  # noqa: BLE001  (unreadable metadata: reported as such, briefly)
+        raise CheckpointError(f"{where}: cannot read the checkpoint's metadata ({_short(exc)})") from exc
+    if stored is None:
+        raise CheckpointError(f"{where}: the checkpoint has no 'state' item")
+    have, want = _shapes(stored), _shapes(abstract_state)
+    problems = [f"{k} has shape {have[k]} in the checkpoint, {want[k]} in the model"
+                for k in want if k in have and have[k] != want[k]]
+    missing, extra = [k for k in want if k not in have], [k for k in have if k not in want]
+    if missing:
+        problems.append(f"{len(missing)} arrays of the model are not in the checkpoint (first {missing[0]})")
+    if extra:
+        problems.append(f"{len(extra)} arrays of the checkpoint are not in the model (first {extra[0]})")
+    if problems:
+        more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+        raise CheckpointError(f"{where} holds another network than the config's model: "
+                              + "; ".join(problems[:2]) + more)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: state_lib.TrainState, step: int | None = None,
+            verify: bool = True, where: str | None = None):
+    """(state, meta) of ``step`` (default: the latest) from an Orbax manager: checksums verified (unless
+    ``verify`` is False: the caller did), shapes compared with ``abstract_state``, then restored."""
     step = manager.latest_step() if step is None else step
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                             meta=ocp.args.JsonRestore()))
+    directory = step_dir(manager, step)
+    where = where or f"checkpoint {directory}"
+    if verify:
+        _verify(directory)
+    check_structure(manager, step, abstract_state, where)
+    try:
+        with quiet():  # a failed read prints TensorStore's specification and stray asyncio tracebacks
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    except Exception as exc:  # noqa: BLE001  (an unreadable checkpoint: one line, not a TensorStore dump)
+        raise CheckpointError(f"{where} cannot be restored: {_short(exc)}") from exc
     return restored["state"], restored["meta"]
+
+
+def read_meta(workdir: str, which: str = "latest") -> tuple[int, dict] | None:
+    """(step, meta) of ``workdir``'s latest ``which`` checkpoint, its checksums verified first; None when
+    there is none. Creates nothing."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints", which)
+    if not os.path.isdir(directory):
+        return None
+    with _existing_manager(directory) as manager:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        _verify(step_dir(manager, step))
+        return step, _meta(manager, step)
+
+
+def _meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    try:
+        with quiet():
+            return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {step_dir(manager, step)}: cannot read its meta ({_short(exc)})") from exc
+
+
+# --- configs ---------------------------------------------------------------------------------------
+
+def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]:
+    """``["key: old -> new", ...]`` for every dotted config key whose value differs between two configs as
+    JSON dicts (keys of ``ignore`` and below them left out; a missing key shows as ``<absent>``)."""
+    out = []
+
+    def walk(a, b, path):
+        if path in ignore:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{path}.{key}" if path else key)
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+
+    walk(old, new, "")
+    return out
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -78,8 +383,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         raise CheckpointError(f"{workdir} is not an npejax training directory: no config.json "
                               "(written by python -m npejax.main)")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    try:
+        with open(path) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is not a valid config file ({_short(exc)})") from None
     with config.unlocked():  # JSON turned the stage tuples into lists
         config.model.stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
     return config
@@ -87,8 +395,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load(workdir: str, which: str = "best"):
     """(config, variables, normalizer) of ``workdir``'s ``best`` or ``latest`` checkpoint, for prediction;
-    ``variables`` = {"params", "batch_stats"}. CheckpointError for a missing or foreign directory or a
-    checkpoint that does not match the saved config's model."""
+    ``variables`` = {"params", "batch_stats"}. CheckpointError for a missing or foreign directory, a damaged
+    checkpoint file, or a checkpoint that does not match the saved config (or its model)."""
     workdir = os.path.abspath(workdir)
     if not os.path.isdir(workdir):
         raise CheckpointError(f"workdir {workdir} does not exist")
@@ -100,15 +408,23 @@ def load(workdir: str, which: str = "best"):
         raise CheckpointError(f"{workdir} is not an npejax training directory: expected config.json and "
                               f"checkpoints/{which}/ (written by python -m npejax.main)")
     config = load_config(workdir)
-    abstract = state_lib.abstract_state(config, model_lib.from_config(config))
-    with managers(workdir) as mgrs:
-        manager = getattr(mgrs, which)
-        if manager.latest_step() is None:
+    with _existing_manager(ckpt_dir) as manager:
+        step = manager.latest_step()
+        if step is None:
             raise CheckpointError(f"no checkpoint in {ckpt_dir}")
+        directory = step_dir(manager, step)
+        _verify(directory)
+        saved = _meta(manager, step).get("config")
+        if saved is not None:
+            differences = config_differences(saved, json.loads(config.to_json_best_effort()))
+            if differences:
+                raise CheckpointError(f"{config_path} differs from the config checkpoint {directory} was trained "
+                                      f"with (checkpoint -> config.json): " + "; ".join(differences[:8]))
         try:
-            state, meta = restore(manager, abstract)
-        except Exception as exc:  # structure mismatch: a checkpoint of another model
-            raise CheckpointError(f"checkpoint in {ckpt_dir} does not match the model in {config_path}: "
-                                  f"{exc}") from exc
+            abstract = state_lib.abstract_state(config, model_lib.from_config(config))
+        except ValueError as exc:
+            raise CheckpointError(f"{config_path}: {exc}") from None
+        state, meta = restore(manager, abstract, step, verify=False,
+                              where=f"checkpoint {directory} (workdir {workdir})")
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return config, variables, inputs_lib.Normalizer.from_dict(meta["normalizer"])

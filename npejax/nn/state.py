@@ -9,6 +9,7 @@ Section 6: 1e-3, x0.1 after epoch 32). Parameters are initialized from ``jax.ran
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -29,11 +30,18 @@ def learning_rate_schedule(config, steps_per_epoch: int):
     return optax.piecewise_constant_schedule(config.train.learning_rate, {boundary: config.train.lr_decay})
 
 
+@functools.lru_cache(maxsize=8)
+def _init_fn(net, shape: tuple[int, ...]):
+    """``net.init`` on zeros of ``shape``, jit-compiled once per (network, input shape) in a process: the
+    compilation of the initializers takes longer than a small network's epoch on a CPU."""
+    return jax.jit(lambda k: net.init(k, jnp.zeros(shape, jnp.float32), train=False))
+
+
 def create_state(config, net, steps_per_epoch: int, key) -> TrainState:
     """A fresh state for ``net`` (:func:`npejax.nn.model.from_config`), initialized from ``key``."""
     channels = inputs_lib.num_channels(config.model.variant)
-    shape = (1, config.image_size, config.image_size, channels)
-    variables = jax.jit(lambda k: net.init(k, jnp.zeros(shape, jnp.float32), train=False))(key)
+    shape = (1, int(config.image_size), int(config.image_size), channels)
+    variables = _init_fn(net, shape)(key)
     tx = optax.adam(learning_rate_schedule(config, steps_per_epoch))
     return TrainState.create(apply_fn=net.apply, params=variables["params"], tx=tx,
                              batch_stats=variables["batch_stats"])

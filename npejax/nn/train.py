@@ -5,19 +5,36 @@ Adam with the paper's schedule (:mod:`npejax.nn.state`); the jit-compiled train 
 replicated); batch-norm statistics; random 90-degree rotations and flips with the tile catalog transformed
 consistently (``train.augment``); validation NLL on a fixed set every epoch; early stopping
 (``train.patience`` epochs); Orbax checkpoints of the latest epoch and of the best validation loss in
-``workdir/checkpoints/{latest,best}`` (:mod:`npejax.nn.checkpoints`). Run again in the same workdir,
-training resumes after the last saved epoch.
+``workdir/checkpoints/{latest,best}`` (:mod:`npejax.nn.checkpoints`), each written before the next epoch
+starts and its files' SHA-256 recorded. Run again in the same workdir, training resumes after the last
+saved epoch -- with the same config: a config that differs from the checkpoint's in anything but the
+training length (:data:`npejax.nn.checkpoints.RESUMABLE_KEYS`) is refused, the differences listed.
 
 Data come from the on-the-fly simulator -- an epoch is then ``train.images_per_epoch // train.batch_size``
 steps, the simulator's batches continuing where the last epoch stopped -- or from cached datasets written
 by ``npejax.simulate`` (``data.train_dir`` / ``data.val_dir``; an epoch is then one shuffled pass over the
 training set, ``len(train set) // train.batch_size`` steps). The validation set is ``data.val_dir`` or
-``data.num_val`` simulated images (whole batches of ``train.eval_batch_size``).
+``data.num_val`` simulated images (whole batches of ``train.eval_batch_size``). The input normalizer is
+fitted on the first ``train.normalizer_images`` images of the cached training set, or on as many freshly
+simulated training-prior images (a batch never trained on).
+
+Before any work (:func:`validate_config`, :func:`setup_data`, :func:`check_resume`; nothing is written
+until they pass) the config is checked: variant, dtype, the network's stride against ``tile_size``, sizes
+and counts (batch sizes positive multiples of the local devices, an epoch of at least one batch, a
+validation set of at least one ``eval_batch_size`` batch, ``num_epochs`` and ``patience`` >= 1), and the
+cached datasets against the config: ``data.train_dir`` must be a 'train' split and ``data.val_dir`` a 'val'
+split, simulated at the config's image and tile size from the config's prior, renderer, field prior and
+field bank.
 
 Files in ``workdir``: ``config.json`` (the config), ``metrics.csv`` (one row per epoch: ``epoch``,
-``step``, ``train_nll``, ``val_nll`` (mean per image), ``learning_rate``, ``images_per_s``, ``seconds``),
-``checkpoints/``. The pieces of the loop: :func:`setup_data`, :func:`restore_or_init`,
-:func:`run_epoch`, :func:`record_epoch`.
+``step``, ``train_nll``, ``val_nll`` (mean per image), ``learning_rate``, ``images_per_s``, ``seconds``;
+rewritten from the checkpoint's history, so a killed run never leaves a duplicate row), ``checkpoints/``,
+and ``tensorboard/`` (TensorBoard event files, tensorboardX; global step = epoch): ``nll/train``,
+``nll/val``, ``learning_rate`` and ``images_per_s`` every epoch (the metrics.csv values) and, every
+``train.figure_every`` epochs, ``validation/image`` (the first validation image, asinh stretch, with the
+true tile-catalog sources (circles) and the network's detections (crosses)). A resumed run purges events
+after its checkpoint (TensorBoard's ``purge_step``). The pieces of the loop: :func:`setup_data`,
+:func:`restore_or_init`, :func:`run_epoch`, :func:`record_epoch`.
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Callable, Iterator
@@ -32,17 +50,73 @@ from typing import Callable, Iterator
 import jax
 import ml_collections
 import numpy as np
+import tensorboardX
 from absl import logging
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from npejax import datasets as data_lib
-from npejax import io
+from npejax import io, schema
 from npejax.nn import checkpoints
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
 from npejax.nn import steps as steps_lib
+from npejax.nn.posterior import TilePosterior, tiles_to_sources
 from npejax.sim import pipeline
+
+TENSORBOARD_DIR = "tensorboard"
+
+# --- the config ------------------------------------------------------------------------------------
+
+def validate_config(config, num_devices: int | None = None) -> None:
+    """Refuses nonsense values before any work: ValueError naming the key, its value and what would be
+    right. ``num_devices`` defaults to the local devices (the batch sizes must be multiples of it). The
+    datasets are checked by :func:`setup_data`."""
+    num_devices = len(jax.local_devices()) if num_devices is None else int(num_devices)
+    inputs_lib.check_variant(config.model.variant)
+    if config.fields.prior not in schema.FIELD_PRIORS:
+        raise ValueError(f"fields.prior must be one of {schema.FIELD_PRIORS}, got {config.fields.prior!r}")
+    if int(config.tile_size) < 1 or int(config.image_size) % int(config.tile_size):
+        raise ValueError(f"image_size={config.image_size} must be a positive multiple of tile_size="
+                         f"{config.tile_size}")
+    model_lib.from_config(config)  # model.dtype, and the network's stride against tile_size
+    train = config.train
+    for key in ("batch_size", "eval_batch_size"):
+        value = int(train[key])
+        if value < 1:
+            raise ValueError(f"train.{key}={value}: must be >= 1 (a multiple of the {num_devices} local "
+                             "device(s))")
+        if value % num_devices:
+            lower = value - value % num_devices
+            hint = f"{lower} or {lower + num_devices}" if lower else f"{num_devices}"
+            raise ValueError(f"train.{key}={value} must be a multiple of the {num_devices} local devices "
+                             f"(e.g. {hint})")
+    for key in ("num_epochs", "patience", "normalizer_images"):
+        if int(train[key]) < 1:
+            what = {"num_epochs": "0 epochs: nothing to train", "patience": "training would stop after its "
+                    "first epoch", "normalizer_images": "no images to fit the input normalizer on"}[key]
+            raise ValueError(f"train.{key}={train[key]}: must be >= 1 ({what})")
+    if int(train.figure_every) < 0:
+        raise ValueError(f"train.figure_every={train.figure_every}: must be >= 0 (0: no figures)")
+    for key in ("learning_rate", "lr_decay"):
+        if not (math.isfinite(float(train[key])) and float(train[key]) > 0):
+            raise ValueError(f"train.{key}={train[key]}: must be a positive number")
+    if int(train.lr_decay_epoch) < 0:
+        raise ValueError(f"train.lr_decay_epoch={train.lr_decay_epoch}: must be >= 0")
+    if not config.data.train_dir and int(train.images_per_epoch) < int(train.batch_size):
+        raise ValueError(f"train.images_per_epoch={train.images_per_epoch} is smaller than train.batch_size="
+                         f"{train.batch_size}: an epoch must hold at least one batch")
+    if not config.data.val_dir and int(config.data.num_val) < int(train.eval_batch_size):
+        raise ValueError(f"train.eval_batch_size={train.eval_batch_size} is larger than the validation set "
+                         f"(data.num_val={config.data.num_val}): give data.num_val >= train.eval_batch_size")
+
+
+def config_dict(config: ml_collections.ConfigDict) -> dict:
+    """The config as plain JSON values (saved as config.json and in every checkpoint)."""
+    return json.loads(config.to_json_best_effort())
+
 
 # --- data ------------------------------------------------------------------------------------------
 
@@ -75,23 +149,74 @@ def steps_per_epoch(config, train_ds: data_lib.Dataset | None = None) -> int:
     return steps
 
 
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def check_dataset(ds: data_lib.Dataset, split: str, spec: pipeline.SimulationSpec, key: str) -> None:
+    """DatasetError (one line naming ``data.<key>`` and each difference) unless the cached dataset ``ds`` is
+    the ``split`` split simulated as ``spec`` says: image and tile size, catalog prior, renderer, field
+    prior and field bank (its checksum)."""
+    m = ds.manifest
+    problems = []
+    if m["split"] != split:
+        problems.append(f"it is the {m['split']!r} split, expected the {split!r} split")
+    h, w = spec.prior.image_shape
+    if list(m["image_shape"]) != [h, w]:
+        problems.append(f"its images are {m['image_shape'][0]} x {m['image_shape'][1]} pixels, the config's "
+                        f"image_size is {h}")
+    if int(m["tile_size"]) != spec.tile_size:
+        problems.append(f"its tile_size is {m['tile_size']}, the config's {spec.tile_size}")
+    stored = m.get("spec") or {}
+    if stored.get("field_prior") != spec.field_prior:
+        problems.append(f"it was simulated with fields.prior={stored.get('field_prior')!r}, the config has "
+                        f"{spec.field_prior!r}")
+    for section, settings in (("prior", spec.prior), ("render", spec.render)):
+        if section in stored:
+            ours = _jsonable(dataclasses.asdict(settings))
+            theirs = stored[section]
+            problems += [f"{section}.{k}: {theirs.get(k, '<absent>')!r} in the dataset, {ours.get(k)!r} in the "
+                         "config" for k in sorted(set(ours) | set(theirs))
+                         if k != "image_shape" and theirs.get(k, "<absent>") != ours.get(k, "<absent>")]
+    bank = m.get("bank") or {}
+    if bank.get("sha256") and bank["sha256"] != data_lib.bank_sha256(spec.bank):
+        problems.append(f"it was simulated from the field bank {bank.get('source')!r}, not the config's "
+                        f"fields.bank={spec.bank.source!r} (their contents differ)")
+    if problems:
+        raise data_lib.DatasetError(f"data.{key} {ds.directory} does not fit the config: " + "; ".join(problems[:6]))
+
+
 def setup_data(config, num_devices: int) -> TrainingData:
-    """Opens the cached datasets (if any) and sets the simulation specs of the train and val splits."""
+    """Opens the cached datasets (if any), checks them against the config (:func:`check_dataset`) and the
+    validation batch size, and sets the simulation specs of the train and val splits."""
     batch_size = int(config.train.batch_size)
     if batch_size % num_devices:
         raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {num_devices} local devices")
-    train_ds = data_lib.load(config.data.train_dir) if config.data.train_dir else None
-    val_ds = data_lib.load(config.data.val_dir) if config.data.val_dir else None
     train_spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, "train"),
                                                      batch_size=batch_size)
     val_spec = dataclasses.replace(train_spec, seed=data_lib.split_seed(config.seed, "val"),
                                    batch_size=int(config.train.eval_batch_size))
+    train_ds = data_lib.load(config.data.train_dir) if config.data.train_dir else None
+    val_ds = data_lib.load(config.data.val_dir) if config.data.val_dir else None
+    if train_ds is not None:
+        check_dataset(train_ds, "train", train_spec, "train_dir")
+    if val_ds is not None:
+        check_dataset(val_ds, "val", train_spec, "val_dir")
+        if len(val_ds) < val_spec.batch_size:
+            raise ValueError(f"train.eval_batch_size={val_spec.batch_size} is larger than the validation set "
+                             f"data.val_dir {config.data.val_dir} ({len(val_ds)} images)")
     return TrainingData(batch_size, steps_per_epoch(config, train_ds), train_spec, val_spec, train_ds, val_ds)
 
 
-def fit_normalizer(spec: pipeline.SimulationSpec, num_images: int) -> inputs_lib.Normalizer:
-    """Statistics of ``num_images`` training-prior images (batch 2**40 of the training seed, never trained on)."""
-    batch = pipeline.simulate_batch(dataclasses.replace(spec, batch_size=num_images), 2**40)
+def fit_normalizer(config, data: TrainingData) -> inputs_lib.Normalizer:
+    """The input statistics of the data trained on: the first ``train.normalizer_images`` images of the
+    cached training set (all of them if it is smaller), or as many simulated training-prior images (batch
+    2**40 of the training seed, never trained on)."""
+    num_images = int(config.train.normalizer_images)
+    if data.train_ds is not None:
+        batch = data.train_ds[0:min(num_images, len(data.train_ds))]
+    else:
+        batch = pipeline.simulate_batch(dataclasses.replace(data.train_spec, batch_size=num_images), 2**40)
     return inputs_lib.Normalizer.fit(batch["images"], batch["background"], batch["psf_params"])
 
 
@@ -101,7 +226,7 @@ def validation_batches(config, data: TrainingData, sharding) -> list[dict]:
     if data.val_ds is not None:
         batches = [steps_lib.to_device(b, sharding) for b in data.val_ds.batches(batch_size, drop_remainder=True)]
     else:
-        count = max(1, int(config.data.num_val) // batch_size)
+        count = int(config.data.num_val) // batch_size
         batches = [steps_lib.to_device(pipeline.simulate_batch(data.val_spec, i), sharding) for i in range(count)]
     if not batches:
         raise ValueError(f"the validation set has fewer images than train.eval_batch_size={batch_size}")
@@ -150,31 +275,116 @@ class Progress:
         return improved
 
 
-def config_dict(config: ml_collections.ConfigDict) -> dict:
-    """The config as plain JSON values (saved as config.json and in every checkpoint)."""
-    return json.loads(config.to_json_best_effort())
-
-
 def write_metrics(workdir: str, history: list[dict]) -> None:
-    """``workdir/metrics.csv``: one row per epoch of ``history`` (nothing while it is empty)."""
+    """``workdir/metrics.csv``: one row per epoch of ``history``; removed while it is empty (a fresh start
+    after a run killed before its first checkpoint keeps no row of that run)."""
+    path = os.path.join(workdir, checkpoints.METRICS_FILE)
     if history:
-        io.write_csv(os.path.join(workdir, checkpoints.METRICS_FILE), history)
+        io.write_csv(path, history)
+    elif os.path.exists(path):
+        os.remove(path)
 
 
-def restore_or_init(config, net, manager, data: TrainingData, mesh):
-    """(state, normalizer, progress): restored from the latest checkpoint in ``manager``, or fresh (state
-    from ``jax.random.key(config.seed)``, normalizer fitted on training-prior images); replicated on ``mesh``."""
+def check_resume(config, workdir: str) -> tuple[int, dict] | None:
+    """(epoch, meta) of the latest checkpoint in ``workdir`` (its checksums verified), or None for a fresh
+    start; CheckpointError listing the differences (checkpoint -> now, dotted keys) when the config differs
+    from the checkpoint's in anything but :data:`npejax.nn.checkpoints.RESUMABLE_KEYS`. Writes nothing."""
+    found = checkpoints.read_meta(workdir, "latest")
+    if found is None:
+        return None
+    step, meta = found
+    differences = checkpoints.config_differences(meta.get("config") or {}, config_dict(config))
+    if differences:
+        allowed = ", ".join(checkpoints.RESUMABLE_KEYS[:3])
+        raise checkpoints.CheckpointError(
+            f"workdir {os.path.abspath(workdir)} holds a run (epoch {step}) trained with another config; "
+            f"differences (checkpoint -> now): {'; '.join(differences[:8])}"
+            f"{f' (and {len(differences) - 8} more)' if len(differences) > 8 else ''}. Only {allowed} may "
+            "change when resuming: use another --workdir, or the workdir's config.json")
+    return step, meta
+
+
+def restore_or_init(config, net, manager, data: TrainingData, mesh, resume: tuple[int, dict] | None = None):
+    """(state, normalizer, progress): restored from the latest checkpoint in ``manager`` when ``resume``
+    (:func:`check_resume`, which verified its checksums) is given, or fresh (state from
+    ``jax.random.key(config.seed)``, normalizer from :func:`fit_normalizer`); replicated on ``mesh``."""
     replicated = steps_lib.replicated(mesh)
     state = state_lib.create_state(config, net, data.steps_per_epoch, jax.random.key(config.seed))
     state = jax.device_put(state, replicated)
-    if manager.latest_step() is None:
-        return state, fit_normalizer(data.train_spec, int(config.train.normalizer_images)), Progress()
-    state, meta = checkpoints.restore(manager, state)
+    if resume is None:
+        return state, fit_normalizer(config, data), Progress()
+    state, meta = checkpoints.restore(manager, state, resume[0], verify=False)
     state = jax.device_put(state, replicated)
     progress = Progress(meta["epoch"], meta["best_val"], meta["bad_epochs"], meta["history"])
     logging.info("resuming after epoch %d", progress.epoch)
     print(f"Resuming after epoch {progress.epoch} (best validation NLL {progress.best_val:.2f})", flush=True)
     return state, inputs_lib.Normalizer.from_dict(meta["normalizer"]), progress
+
+
+# --- TensorBoard -----------------------------------------------------------------------------------
+
+SCALARS = {"nll/train": "train_nll", "nll/val": "val_nll", "learning_rate": "learning_rate",
+           "images_per_s": "images_per_s"}  # TensorBoard tag -> metrics.csv column
+
+
+@contextlib.contextmanager
+def tensorboard(workdir: str, start_epoch: int, end_epoch: int):
+    """A tensorboardX writer of ``workdir/tensorboard`` (None when no epoch is left to train), closed on
+    exit. Events of epochs after ``start_epoch`` left by a killed run are purged (``purge_step``)."""
+    if start_epoch >= end_epoch:
+        yield None
+        return
+    writer = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=start_epoch + 1)
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def validation_figure(config, net, normalizer: inputs_lib.Normalizer, val_batch: dict) -> Callable:
+    """``(state, epoch) -> RGB array [h, w, 3]``: the first image of ``val_batch`` (asinh stretch) with its
+    true tile-catalog sources (circles) and the network's detections (crosses, probability > 0.5)."""
+    first = {k: np.asarray(jax.device_get(val_batch[k]))[:1] for k in steps_lib.NETWORK_KEYS}
+    tile = int(config.tile_size)
+    truth = tiles_to_sources({k: first[k] for k in schema.TARGET_KEYS}, tile)
+    feats = steps_lib.features(first, normalizer, config.model.variant)
+
+    mode = jax.jit(lambda variables: TilePosterior.from_params(net.apply(variables, feats, train=False)).mode())
+
+    def draw(state, epoch: int) -> np.ndarray:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        predicted = tiles_to_sources(jax.device_get(mode(variables)), tile)
+        image = first["images"][0]
+        scale = max(float(np.quantile(np.abs(image), 0.5)), 1e-6)
+        fig = Figure(figsize=(4.0, 4.3), dpi=100)
+        canvas = FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.imshow(np.arcsinh(image / scale), cmap="gray_r", origin="upper", interpolation="nearest")
+        # positions are from the image edge (pixel i covers [i, i+1)); imshow centres pixel i at i
+        ax.scatter(truth["x"] - 0.5, truth["y"] - 0.5, s=60, facecolors="none", edgecolors="tab:blue",
+                   label=f"true ({len(truth['x'])})")
+        ax.scatter(predicted["x"] - 0.5, predicted["y"] - 0.5, s=40, marker="x", c="tab:red",
+                   label=f"detected ({len(predicted['x'])})")
+        ax.set_title(f"validation image 0, epoch {epoch}", fontsize=9)
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.tight_layout()
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+    return draw
+
+
+def log_epoch(writer, row: dict, figure=None) -> None:
+    """Writes an epoch's metrics.csv values (and the figure, an RGB array, if any) at step = epoch."""
+    if writer is None:
+        return
+    for tag, column in SCALARS.items():
+        writer.add_scalar(tag, row[column], row["epoch"])
+    if figure is not None:
+        writer.add_image("validation/image", figure, row["epoch"], dataformats="HWC")
+    writer.flush()
 
 
 # --- one epoch -------------------------------------------------------------------------------------
@@ -208,7 +418,8 @@ def run_epoch(config, data: TrainingData, state, train_step, eval_step, batches:
 def record_epoch(workdir: str, managers: checkpoints.Managers, config, progress: Progress, state,
                  normalizer: inputs_lib.Normalizer, row: dict, train_loss: float, val_loss: float) -> None:
     """Adds ``row`` to the history and metrics.csv, prints it, and checkpoints ``state`` as the latest
-    (and as the best when ``val_loss`` improved), checkpoint step = epochs completed."""
+    (and as the best when ``val_loss`` improved), checkpoint step = epochs completed; returns when the
+    checkpoints are written (CheckpointSaveError, one line, when they cannot be)."""
     improved = progress.update(row, val_loss)
     write_metrics(workdir, progress.history)
     print(f"epoch {row['epoch']:3d}  train NLL {train_loss:9.2f}  val NLL {val_loss:9.2f}"
@@ -216,45 +427,64 @@ def record_epoch(workdir: str, managers: checkpoints.Managers, config, progress:
     meta = dict(epoch=progress.epoch, best_val=progress.best_val, bad_epochs=progress.bad_epochs,
                 history=list(progress.history), normalizer=normalizer.to_dict(), variant=config.model.variant,
                 config=config_dict(config), val_nll=val_loss)
-    checkpoints.save(managers.latest, progress.epoch, state, meta)
-    if improved:
-        checkpoints.save(managers.best, progress.epoch, state, meta)
+    checkpoints.save([managers.latest, managers.best] if improved else [managers.latest], progress.epoch, state,
+                     meta)
 
 
 # --- the loop --------------------------------------------------------------------------------------
 
+def train_epochs(config, workdir: str, data: TrainingData, net, mesh, managers: checkpoints.Managers, state,
+                 normalizer: inputs_lib.Normalizer, progress: Progress, end_epoch: int):
+    """Trains from epoch ``progress.epoch`` up to ``end_epoch`` (or early stopping): each epoch validated,
+    logged (metrics.csv, TensorBoard) and checkpointed; returns the final state."""
+    train_step, eval_step = steps_lib.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
+    sharding = steps_lib.batch_sharding(mesh)
+    val_batches = validation_batches(config, data, sharding)
+    key = jax.random.key(config.seed + 1)
+    figure_every = int(config.train.figure_every)
+    draw = validation_figure(config, net, normalizer, val_batches[0]) if figure_every else None
+    with training_batches(config, data, progress.epoch, end_epoch, sharding) as epoch_batches, \
+            tensorboard(workdir, progress.epoch, end_epoch) as writer:
+        for epoch in range(progress.epoch, end_epoch):
+            state, row, *losses = run_epoch(config, data, state, train_step, eval_step, epoch_batches(epoch),
+                                            val_batches, key, epoch)
+            figure = draw(state, row["epoch"]) if draw and row["epoch"] % figure_every == 0 else None
+            log_epoch(writer, row, figure)  # before the checkpoint: a resume purges events after it
+            record_epoch(workdir, managers, config, progress, state, normalizer, row, *losses)
+            if progress.bad_epochs >= int(config.train.patience):
+                print(f"early stopping: no improvement in {progress.bad_epochs} epochs")
+                break
+    return state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
-    Returns a summary: epochs run, best validation NLL, whether it stopped early, the per-epoch history,
-    the workdir, and the final ``state`` and ``normalizer``.
+    Validates the config, the datasets and the workdir (a resume: the checkpoint's config and checksums)
+    before writing anything. Returns a summary: epochs run, best validation NLL, whether it stopped early,
+    the per-epoch history, the workdir, and the final ``state`` and ``normalizer``.
     """
-    os.makedirs(workdir, exist_ok=True)
-    inputs_lib.check_variant(config.model.variant)
     mesh = steps_lib.data_mesh()
+    validate_config(config, mesh.size)
     data = setup_data(config, mesh.size)
     net = model_lib.from_config(config)
+    io.check_output_dir(workdir, "workdir")
+    resume = check_resume(config, workdir)
     patience, end_epoch = int(config.train.patience), int(config.train.num_epochs)
+    os.makedirs(workdir, exist_ok=True)
     with checkpoints.managers(workdir) as managers:  # closed (pending saves finished) even on an error
-        state, normalizer, progress = restore_or_init(config, net, managers.latest, data, mesh)
+        state, normalizer, progress = restore_or_init(config, net, managers.latest, data, mesh, resume)
         write_metrics(workdir, progress.history)  # a resumed run drops rows of epochs not checkpointed
         io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_dict(config))
-        train_step, eval_step = steps_lib.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
-        sharding = steps_lib.batch_sharding(mesh)
-        val_batches = validation_batches(config, data, sharding)
-        key = jax.random.key(config.seed + 1)
         if progress.bad_epochs >= patience:  # a resumed run that had already stopped early
             end_epoch = progress.epoch
             print(f"already stopped early after epoch {progress.epoch} (no improvement in {progress.bad_epochs} "
                   "epochs)", flush=True)
-        with training_batches(config, data, progress.epoch, end_epoch, sharding) as epoch_batches:
-            for epoch in range(progress.epoch, end_epoch):
-                state, row, *losses = run_epoch(config, data, state, train_step, eval_step, epoch_batches(epoch),
-                                                val_batches, key, epoch)
-                record_epoch(workdir, managers, config, progress, state, normalizer, row, *losses)
-                if progress.bad_epochs >= patience:
-                    print(f"early stopping: no improvement in {progress.bad_epochs} epochs")
-                    break
+        elif progress.epoch >= end_epoch:
+            print(f"nothing to train: {progress.epoch} epochs done, train.num_epochs={end_epoch} (raise it to train "
+                  "more)", flush=True)
+        if progress.epoch < end_epoch:
+            state = train_epochs(config, workdir, data, net, mesh, managers, state, normalizer, progress, end_epoch)
     summary = dict(epochs=len(progress.history), best_val_nll=progress.best_val,
                    stopped_early=progress.bad_epochs >= patience, history=progress.history,
                    workdir=os.path.abspath(workdir), state=state, normalizer=normalizer)
