@@ -2,50 +2,176 @@
 
     python -m npejax.predict --workdir runs/aware --input DATASET_DIR|images.npz|image.fits --out catalog.fits
     npejax-predict --workdir runs/aware --input image.fits --background 0.7 --field-id NAME --out catalog.csv
+    npejax-predict --workdir runs/aware --sdss-frame frame-r-000094-1-0012.fits.bz2 \\
+        --psfield psField-000094-1-0012.fit --out catalog.fits --png catalog.png
 
 Loads the ``--checkpoint`` (best or latest) of a training directory (``python -m npejax.main``) and writes
 one row per tile whose source probability exceeds ``--min-prob`` to ``--out`` (FITS or CSV by extension).
-A FITS input needs ``--background`` and one of ``--psf-params`` and ``--field-id``. See
+A FITS ``--input`` needs ``--background`` and one of ``--psf-params`` and ``--field-id``. An SDSS frame
+(``--sdss-frame``, r band) brings its own image (HDU 0, nmgy), background (its sky grid interpolated to
+every pixel times its calibration, nmgy) and, with ``--psfield``, its PSF parameters: nothing to convert
+by hand. A FITS input with a celestial WCS (an SDSS frame has one) gives ``ra`` and ``dec`` columns and
+a FITS catalog keeps the WCS in its header. ``--png`` draws the detections on the (first) image. See
 :mod:`npejax.nn.predictor` for the inputs and the catalog's columns.
+
+Refused before any prediction, with one ``error:`` line and exit status 2, nothing written: a missing or
+foreign workdir, a missing, truncated or corrupt input (FITS, .npz, dataset, SDSS frame or psField), a
+frame of another band or a psField of another field, a background <= 0 or above 1e4 nmgy per pixel,
+NaN pixels, invalid PSF parameters, ``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out`` or
+``--png`` that cannot be written (under a file, in a read-only directory, an existing directory). A
+network that gives NaN or infinite outputs (a corrupt checkpoint) is an error naming the image.
 """
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 from npejax import catalogs as catalog_lib
-from npejax import cli
+from npejax import cli, io
 from npejax.nn import checkpoints, predictor
+from npejax.surveys import sdss
 
 
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv,
                         required=True)
     flags.DEFINE_string("input", None, "Dataset directory, .npz (images, background, psf_params) or FITS image.",
-                        flag_values=fv, required=True)
+                        flag_values=fv)
+    flags.DEFINE_string("sdss-frame", None, "SDSS r-band frame file (frame-r-RUN6-CAMCOL-FIELD4.fits[.bz2]) "
+                        "instead of --input; needs --psfield.", flag_values=fv)
+    flags.DEFINE_string("psfield", None, "The frame's psField file (psField-RUN6-CAMCOL-FIELD4.fit): its r-band "
+                        "PSF parameters.", flag_values=fv)
     flags.DEFINE_string("out", None, "Output catalog (.fits or .csv).", flag_values=fv, required=True)
+    flags.DEFINE_string("png", None, "Also write a PNG of the (first) image with the detections drawn on it.",
+                        flag_values=fv)
     flags.DEFINE_enum("checkpoint", "best", list(checkpoints.WHICH), "Which checkpoint of --workdir.",
                       flag_values=fv)
-    flags.DEFINE_float("min-prob", 0.5, "Keep tiles with prob_source above this.", flag_values=fv)
+    flags.DEFINE_float("min-prob", 0.5, "Keep tiles with prob_source above this, in [0, 1).", flag_values=fv)
     flags.DEFINE_integer("batch-size", 256, "Images per network call.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("chunk-size", predictor.CHUNK_SIZE, "Images larger than this many pixels on a side are "
+                         "predicted in overlapping chunks of this size (bounded memory; 0: whole).",
+                         lower_bound=0, flag_values=fv)
     flags.DEFINE_string("background", None, "FITS input: background in nmgy per pixel (a number or a FITS file).",
                         flag_values=fv)
     flags.DEFINE_string("psf-params", None, "FITS input: s1,s2,sP,beta,b,p0 (pixels).", flag_values=fv)
     flags.DEFINE_string("field-id", None, "FITS input: take the PSF from this field of --bank.", flag_values=fv)
     flags.DEFINE_string("bank", None, "Field bank for --field-id (default: the embedded synthetic bank).",
                         flag_values=fv)
-    for name in ("min-prob", "batch-size", "psf-params", "field-id"):
+    for name in ("min-prob", "batch-size", "chunk-size", "psf-params", "field-id", "sdss-frame"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
 
+def check_output_file(path: str, flag: str) -> None:
+    """A file ``path`` can be written (its directory may be created): not a directory, not under a file,
+    in a writable place; raises a one-line error naming ``flag`` otherwise. Creates nothing."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{flag} {path} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    existing = parent
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"{flag} {path}: {existing} is a file, so no directory can be made under it; "
+                                 "give a path in a directory")
+    io.check_output_dir(parent, f"{flag} {path}: directory")
+
+
+def _number_or_file(text: str | None):
+    """--background as a float (checked against the accepted sky range) or a file name (checked on reading)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        if not os.path.isfile(text):
+            raise cli.UsageError(f"--background {text!r}: expected a number (nmgy per pixel) or an existing FITS "
+                                 "file") from None
+        return text
+    if not 0 < value <= predictor.MAX_BACKGROUND:  # also refuses NaN
+        raise cli.UsageError(f"--background {text}: expected a sky level in nmgy per pixel, > 0 and <= "
+                             f"{predictor.MAX_BACKGROUND:g} (SDSS r-band skies are about 0.3-25)")
+    return value
+
+
+def open_sdss_frame(frame: str, psfield: str) -> predictor.Inputs:
+    """The r-band SDSS ``frame`` (image and background, nmgy; WCS) with the r-band PSF of ``psfield``,
+    refusing a frame of another band or a psField of another field."""
+    for path, flag in ((frame, "--sdss-frame"), (psfield, "--psfield")):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag} {path} does not exist")
+    image, background, header = sdss.read_frame_for_prediction(frame)
+    named = sdss.frame_name_parts(frame)
+    band = str(header.get("FILTER", named[0] if named else "r")).strip()
+    if band != "r":
+        raise ValueError(f"--sdss-frame {frame} is a {band}-band frame (FILTER); the network catalogs r-band "
+                         "images: give frame-r-...")
+    if all(k in header for k in ("RUN", "CAMCOL", "FIELD")):
+        frame_field = tuple(int(header[k]) for k in ("RUN", "CAMCOL", "FIELD"))
+    else:
+        frame_field = named[1:] if named else None
+    psf_field = sdss.psfield_name_parts(psfield)
+    if frame_field and psf_field and frame_field != psf_field:
+        raise ValueError(f"--psfield {psfield} is field {sdss.field_id(*psf_field)} but --sdss-frame {frame} is "
+                         f"field {sdss.field_id(*frame_field)}: give the psField of the same run, camcol and field")
+    psf = sdss.read_psfield(psfield, band="r")
+    return predictor.Inputs.from_arrays(image[None], background[None], psf[None], name=frame,
+                                        wcs=predictor.celestial_wcs(header, f"--sdss-frame {frame}"))
+
+
+def open_inputs(fv: flags.FlagValues) -> predictor.Inputs:
+    """The images named by --input or --sdss-frame/--psfield, read and checked."""
+    frame, psfield, path = fv["sdss-frame"].value, fv.psfield, fv.input
+    if (path is None) == (frame is None):
+        raise cli.UsageError("give one of --input (a dataset directory, .npz or FITS image) and --sdss-frame "
+                             "(with --psfield)" + (", not both" if path else ""))
+    if frame is not None:
+        given = [f"--{n}" for n in ("background", "psf-params", "field-id", "bank") if fv[n].value is not None]
+        if given:
+            raise cli.UsageError(f"{', '.join(given)}: an SDSS frame brings its own background and --psfield its "
+                                 "PSF; leave them out")
+        if psfield is None:
+            raise cli.UsageError("--sdss-frame needs --psfield (the frame's psField file, for its PSF)")
+        return open_sdss_frame(frame, psfield)
+    if psfield is not None:
+        raise cli.UsageError("--psfield goes with --sdss-frame; for --input give --psf-params or --field-id")
+    return predictor.open_inputs(path, _number_or_file(fv.background), fv["psf-params"].value,
+                                 fv["field-id"].value, fv.bank)
+
+
 def run(fv: flags.FlagValues) -> None:
+    # everything a user can get wrong is checked before the network runs: flags, output paths, inputs
+    try:
+        min_prob = predictor.check_min_prob(fv["min-prob"].value)
+    except ValueError:
+        raise cli.UsageError(f"--min-prob {fv['min-prob'].value}: expected a probability in [0, 1) (rows with "
+                             "prob_source above it are kept)") from None
+    batch_size, chunk_size = fv["batch-size"].value, fv["chunk-size"].value
+    if batch_size < 1:
+        raise cli.UsageError(f"--batch-size {batch_size}: expected a positive number of images per network call")
     catalog_lib.table_format(fv.out)  # a bad extension fails before the network loads
+    check_output_file(fv.out, "--out")
+    if fv.png is not None:
+        if not fv.png.lower().endswith(".png"):
+            raise cli.UsageError(f"--png {fv.png}: expected a file name ending in .png")
+        if os.path.abspath(fv.png) == os.path.abspath(fv.out):
+            raise cli.UsageError(f"--png {fv.png} is also --out; give two different files")
+        check_output_file(fv.png, "--png")
+    inputs = open_inputs(fv)
     net = predictor.Predictor.from_workdir(fv.workdir, fv.checkpoint)
-    images, background, psf_params = predictor.load_inputs(fv.input, fv.background, fv["psf-params"].value,
-                                                           fv["field-id"].value, fv.bank)
-    table = net.catalog(images, background, psf_params, fv["min-prob"].value, fv["batch-size"].value)
+    try:
+        net.check_chunk_size(chunk_size)
+    except ValueError as exc:
+        raise cli.UsageError(f"--chunk-size {chunk_size}: {cli.message(exc).split(': ', 1)[1]}") from None
+
+    table = net.catalog_of(inputs, min_prob, batch_size, chunk_size or None)
     catalog_lib.write_table(table, fv.out)
-    print(f"{len(table)} sources in {len(images)} images -> {fv.out}")
+    print(f"{len(table)} sources in {inputs.num_images} images -> {fv.out}")
+    if fv.png is not None:
+        image = inputs.read(0, 1)[0][0]
+        width, height = predictor.write_catalog_png(fv.png, image, table[table["image"] == 0])
+        print(f"image 0 with {int((table['image'] == 0).sum())} detections ({width} x {height} pixels) -> {fv.png}")
 
 
 def main(argv=None) -> int:

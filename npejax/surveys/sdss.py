@@ -40,6 +40,7 @@ PSFIELD_HDU = 6
 PHOTOFIELD_HDU = 1
 
 _FRAME_RE = re.compile(r"^frame-([ugriz])-(\d{6})-(\d)-(\d{4})\.fits(\.bz2)?$")
+_PSFIELD_RE = re.compile(r"^psField-(\d{6})-(\d)-(\d{4})\.fits?$")
 
 
 # --- file names and archive paths ----------------------------------------------------------------
@@ -214,7 +215,36 @@ def read_frame(path) -> tuple[np.ndarray, np.ndarray]:
     mode='nearest')`` (IDL ``interpolate(allsky, xinterp, yinterp, /grid)``). Accepts ``.fits`` or ``.fits.bz2``.
     """
     path = os.fspath(path)
+    return _frame_sky(_read_hdus(path, "frame"), path)
+
+
+def read_frame_for_prediction(path) -> tuple[np.ndarray, np.ndarray, fits.Header]:
+    """A frame as a network input: (image [H, W], background [H, W], HDU 0 header).
+
+    ``image`` is HDU 0 (nmgy, sky-subtracted); ``background`` is the sky of :func:`read_frame` (DN) times
+    calibvec (nmgy per DN, per column), i.e. the frame's own sky in nmgy per pixel (the SDSS recipe
+    ``img_dn = img / calibvec + sky``); the header carries the frame's WCS, FILTER, RUN, CAMCOL, FIELD.
+    """
+    path = os.fspath(path)
     hdus = _read_hdus(path, "frame")
+    sky_dn, calibvec = _frame_sky(hdus, path)
+    return np.asarray(hdus[0][1], np.float32), sky_dn * calibvec[None, :], hdus[0][0]
+
+
+def frame_name_parts(path):
+    """``(band, run, camcol, field)`` of a file named ``frame-BAND-RUN6-CAMCOL-FIELD4.fits[.bz2]``, else None."""
+    match = _FRAME_RE.match(os.path.basename(os.fspath(path)))
+    return None if match is None else (match.group(1), *(int(match.group(k)) for k in (2, 3, 4)))
+
+
+def psfield_name_parts(path):
+    """``(run, camcol, field)`` of a file named ``psField-RUN6-CAMCOL-FIELD4.fit``, else None."""
+    match = _PSFIELD_RE.match(os.path.basename(os.fspath(path)))
+    return None if match is None else tuple(int(match.group(k)) for k in (1, 2, 3))
+
+
+def _frame_sky(hdus, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_frame` of HDUs already read."""
     image = hdus[0][1]
     if image is None or np.ndim(image) != 2:
         raise ValueError(f"frame file {path}: HDU 0 must be a 2-D image, got "
