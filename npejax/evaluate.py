@@ -9,8 +9,11 @@ r"""Evaluates npejax networks, prediction catalogs and a Source Extractor baseli
 ``--workdir NAME=DIR`` (a training directory; its best checkpoint catalogs the test set) and ``--catalog
 NAME=FILE`` (a prediction catalog of the test set, FITS or CSV) repeat; the names label the methods in
 the report. The test set is ``--test-dir`` (simulated there with ``--num-images`` and the first network's
-config when absent; resumable), by default ``REPORT_DIR/test-PRIOR``. What is computed and written:
-:mod:`npejax.evaluation.evaluate`.
+config when absent; resumable), by default ``REPORT_DIR/test-PRIOR``; a dataset of another split (train,
+val) is refused. What is computed and written (metrics, CSV tables, figures, a gallery of test images with
+each method's detections, report.md), and what is refused before any work (an ``--out`` that is a file or
+not writable, catalogs with missing columns, text, NaN, image indices outside the test set or
+probabilities outside [0, 1]): :mod:`npejax.evaluation.evaluate`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import time
 
 from absl import flags
 
-from npejax import cli, schema
+from npejax import cli, io, schema
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -65,6 +65,7 @@ def run(fv: flags.FlagValues) -> None:
         raise cli.UsageError(f"the number of workers must be >= 0, got {num_workers}")
     if shard_size < 1:
         raise cli.UsageError(f"the shard size must be >= 1, got {shard_size}")
+    io.check_output_dir(fv.out, "--out")  # before any rendering
     from npejax import catalogs as catalog_lib  # deferred: astropy loads after the flags are checked
 
     extra_catalog = fv.catalog
@@ -73,6 +74,9 @@ def run(fv: flags.FlagValues) -> None:
             catalog_lib.table_format(extra_catalog)
         except ValueError as exc:
             raise cli.UsageError(f"--catalog: {exc}") from None
+        if os.path.isdir(extra_catalog):
+            raise cli.UsageError(f"--catalog {extra_catalog} is a directory; give a file name (.fits or .csv)")
+        io.check_output_dir(os.path.dirname(extra_catalog) or ".", f"--catalog {extra_catalog}: directory")
     from npejax import datasets  # deferred: GalSim (seconds) loads after the cheap checks
     from npejax.sim import pipeline  # deferred: as datasets
 

@@ -155,6 +155,18 @@ def test_indexing(written, expected):
     writable += 1  # a copy, not the file
 
 
+def test_read_gives_only_the_keys_asked_for(written, expected):
+    ds = datasets.load(written)
+    part = ds.read(slice(3, 9), ("images", "field_id"))  # across the shard boundary at 4 and 8
+    assert set(part) == {"images", "field_id"}
+    for key in part:
+        np.testing.assert_array_equal(part[key], expected[key][3:9], err_msg=key)
+    np.testing.assert_array_equal(ds.read([7, 1], ("n_sources",))["n_sources"], expected["n_sources"][[7, 1]])
+    _assert_equal(ds.read(slice(0, 10)), ds[0:10])
+    with pytest.raises(KeyError, match=r"has no key\(s\) \['imgs'\]"):
+        ds.read(slice(0, 2), ("imgs",))
+
+
 def test_shards_are_memory_mapped_lazily(written):
     ds = datasets.load(written, max_open_shards=1)
     images = ds.shard(0)["images"]

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from astropy import table as table_lib
@@ -17,8 +18,11 @@ from configs import experiment_cpu, psf_aware, psf_unaware, single_field
 from npejax import catalogs as catalog
 from npejax import datasets
 from npejax import evaluate as evaluate_cmd
-from npejax.evaluation import evaluate, experiment as experiment_lib, metrics
+from npejax.evaluation import baseline, evaluate, experiment as experiment_lib, metrics, snr
+from npejax.nn.posterior import tiles_to_sources
+from npejax.nn.predictor import Predictor
 from npejax.schema import METRIC_LABELS
+from npejax.sim import fields, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -104,7 +108,8 @@ def test_experiment_runs_end_to_end(experiment):
         report = out / f"report-{prior}"
         for name in ("report.md", "metrics.json", "bins_equal.csv", "bins_reference.csv", "bins_snr.csv",
                      "calibration.csv", "coverage.csv", "headline.csv", "detection.png", "calibration.png",
-                     "roc.png", "coverage.png", "snr.png", "predictions/aware.fits", "predictions/sep.fits"):
+                     "roc.png", "coverage.png", "snr.png", "gallery.png", "predictions/aware.fits",
+                     "predictions/sep.fits"):
             assert (report / name).is_file(), name
         assert not [p for p in report.rglob("*") if ".tmp" in p.name]
         for png in report.glob("*.png"):
@@ -145,6 +150,7 @@ def test_experiment_runs_end_to_end(experiment):
         assert m["methods"]["sep"]["headline"]["recall"]["value"] > 0.3
         text = (report / "report.md").read_text()
         assert "SYNTHETIC" in text and "![detection](detection.png)" in text and "Source Extractor" in text
+        assert "![gallery](gallery.png)" in text and len(m["gallery"]["images"]) == 12
 
 
 def test_evaluate_command_reproduces_the_experiment(experiment, tmp_path):
@@ -161,6 +167,49 @@ def test_evaluate_command_reproduces_the_experiment(experiment, tmp_path):
         assert again["methods"][name]["headline"] == first["methods"][name]["headline"]
         assert again["methods"][name]["bins_equal"] == first["methods"][name]["bins_equal"]
     assert "bins_snr" not in again["methods"]["aware"] and not (tmp_path / "again" / "bins_snr.csv").exists()
+
+
+def test_streamed_evaluation_equals_the_whole_set_at_once(experiment):
+    """The report's metrics (the test set streamed in chunks) are those of catalogs made from the whole
+    test set in memory at once, as evaluate did before it streamed."""
+    out = experiment
+    test_dir = out / "test-many"
+    whole = datasets.load(str(test_dir))[:]
+    truth = _truth(test_dir)
+    m = json.loads((out / "report-many" / "metrics.json").read_text())
+    predictor = Predictor.from_workdir(str(out / "networks" / "aware"), "best")
+
+    def whole_catalog(batch_size):
+        tiles = predictor.predict_tiles(whole["images"], whole["background"], whole["psf_params"], batch_size)
+        return catalog.prediction_table(tiles_to_sources(tiles, predictor.tile_size, min_prob=-1.0))
+
+    preds = {"aware": whole_catalog(256),  # evaluate's batch size
+             "sep": baseline.sep_catalog(whole["images"], whole["background"], field_id=whole["field_id"],
+                                         bank=fields.load_bank())}
+    manifest_config = datasets.load(str(test_dir)).manifest["config"]
+    spec = pipeline.SimulationSpec.from_config(ml_collections.ConfigDict(manifest_config))
+    snr_values = snr.source_snr(whole, spec)[np.asarray(truth["image"]), np.asarray(truth["source"])]
+    equal_cutoffs = metrics.equal_count_edges(np.asarray(truth["mag"]), NUM_BINS)
+    snr_cutoffs = metrics.equal_count_edges(snr_values, NUM_BINS, max_mag=np.inf)
+    assert m["equal_cutoffs"] == metrics.to_jsonable(equal_cutoffs)
+    assert m["snr_cutoffs"] == metrics.to_jsonable(snr_cutoffs)  # the last, inf, is null in JSON
+    for name, pred in preds.items():
+        r = metrics.to_jsonable(evaluate.evaluate_catalog(truth, pred, 48, equal_cutoffs, snr_values, snr_cutoffs,
+                                                          NUM_BOOTSTRAP, 0))
+        for key in ("headline", "bins_equal", "bins_reference", "bins_snr", "calibration", "coverage", "roc"):
+            assert r[key] == m["methods"][name][key], (name, key)
+
+    # a network reads at most a chunk of images at a time, and its catalog does not depend on the chunks
+    test = evaluate.load_test_set(str(test_dir))
+    reads = []
+    real_read = test.dataset.read
+    test.dataset.read = lambda index, keys=None: reads.append(index) or real_read(index, keys)
+    streamed = evaluate.network_catalog(str(out / "networks" / "aware"), test, batch_size=16, chunk_images=16)
+    assert [(r.start, r.stop) for r in reads] == [(0, 16), (16, 32), (32, 48)]
+    expected = whole_catalog(16)
+    assert streamed.colnames == expected.colnames and len(streamed) == 48 * 400  # every tile of every image
+    for col in streamed.colnames:
+        np.testing.assert_array_equal(streamed[col], expected[col], err_msg=col)
 
 
 def test_perfect_catalog_through_the_command(experiment, tmp_path):
@@ -198,7 +247,7 @@ def test_perfect_catalog_through_the_command(experiment, tmp_path):
     assert len(written) == len(truth)
     assert sorted(os.listdir(out)) == sorted(
         ["metrics.json", "bins_equal.csv", "bins_reference.csv", "calibration.csv", "coverage.csv", "headline.csv",
-         "predictions", "detection.png", "calibration.png", "roc.png", "coverage.png", "report.md"])
+         "predictions", "detection.png", "calibration.png", "roc.png", "coverage.png", "gallery.png", "report.md"])
 
 
 def test_catalog_of_another_test_set_is_a_clear_error(experiment, tmp_path, capsys):

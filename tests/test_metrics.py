@@ -332,6 +332,12 @@ def test_validation_errors():
         metrics.match(truth, pred, num_images=-1)
     with pytest.raises(ValueError, match="matches"):
         metrics.flux_coverage(truth, pred, np.array([0]), num_images=5)
+    # text where numbers belong: named, not a KeyError from deep inside the matching
+    text = dict(pred, x=np.array(["1.0", "abc"]))
+    with pytest.raises(ValueError, match=r"prediction catalog: column 'x' holds text \(e.g. '1.0'\), expected numbers"):
+        metrics.match(truth, text, num_images=5)
+    with pytest.raises(ValueError, match=r"truth catalog: column 'image' holds text"):
+        metrics.binned_metrics(dict(truth, image=np.array(["0", "four"])), pred, num_images=5)
 
 
 # -------------------------------------------------------------------------------------------- calibration

@@ -108,6 +108,7 @@ _SCRIPT = textwrap.dedent("""
         spec = pipeline.SimulationSpec.from_config(default.get_config(), seed=0, batch_size=2)
         with pipeline.Simulator(spec, num_workers=2, prefetch=2) as sim:
             next(sim)
+            print("spec", sim._spec_path, flush=True)
             print("children", *[p.pid for p in sim._executor._processes.values()], flush=True)
             time.sleep(120)
 
@@ -129,6 +130,8 @@ def _read_children(proc, timeout=120):
 
     def reader():
         for line in proc.stdout:
+            if line.startswith("spec"):
+                result["spec"] = line.split(maxsplit=1)[1].strip()
             if line.startswith("children"):
                 result["pids"] = [int(v) for v in line.split()[1:]]
                 return
@@ -137,7 +140,7 @@ def _read_children(proc, timeout=120):
     thread.start()
     thread.join(timeout)
     assert "pids" in result, f"simulator did not start: {proc.stderr.read() if proc.poll() is not None else ''}"
-    return result["pids"]
+    return result["pids"], result.get("spec")
 
 
 def _wait_gone(pids, timeout=10.0):
@@ -154,7 +157,7 @@ def _wait_gone(pids, timeout=10.0):
 def test_no_orphan_workers_after_interrupt_or_kill(tmp_path, sig):
     proc = _start(tmp_path)
     try:
-        pids = _read_children(proc)
+        pids, _ = _read_children(proc)
         assert len(pids) == 2
         proc.send_signal(sig)
         proc.wait(timeout=30)
@@ -163,6 +166,34 @@ def test_no_orphan_workers_after_interrupt_or_kill(tmp_path, sig):
         assert _wait_gone(pids) == [], f"orphan workers after {sig.name}"
     finally:
         proc.kill()
+
+
+def test_spec_file_of_a_killed_parent_is_removed_by_the_next_simulator(tmp_path, spec):
+    proc = _start(tmp_path)
+    try:
+        _, spec_path = _read_children(proc)
+        assert os.path.basename(spec_path).startswith(f"npejax-spec-{proc.pid}-") and os.path.isfile(spec_path)
+        proc.kill()  # SIGKILL: close() never runs, the file stays behind
+        proc.wait(timeout=30)
+        assert os.path.isfile(spec_path)
+    finally:
+        proc.kill()
+    # a file of a running process and a file of another name are left alone
+    alive = os.path.join(os.path.dirname(spec_path), f"npejax-spec-{os.getpid()}-keepme00.pkl")
+    other = os.path.join(os.path.dirname(spec_path), "npejax-spec-12345678.pkl.unrelated")
+    for path in (alive, other):
+        with open(path, "wb"):
+            pass
+    try:
+        with pipeline.Simulator(spec, num_workers=1, num_batches=0) as sim:
+            assert list(sim) == []
+            own = sim._spec_path
+            assert os.path.isfile(own) and os.path.basename(own).startswith(f"npejax-spec-{os.getpid()}-")
+        assert not os.path.exists(spec_path), "the killed parent's spec file is still there"
+        assert os.path.exists(alive) and os.path.exists(other) and not os.path.exists(own)
+    finally:
+        for path in (alive, other):
+            os.unlink(path)
 
 
 def test_unguarded_script_fails_clearly_instead_of_hanging(tmp_path):

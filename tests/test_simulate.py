@@ -1,5 +1,6 @@
 """`python -m npejax.simulate` end to end: dataset, manifest, truth catalog, resume, and clear input errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from configs import cpu_small  # the repository root is on sys.path (conftest.py)
-from npejax import catalogs as catalog, datasets
-from npejax.sim import pipeline
+from npejax import catalogs as catalog, datasets, simulate
+from npejax.sim import fields, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join("configs", "cpu_small.py")
@@ -90,3 +91,41 @@ def test_cli_bad_input(tmp_path, args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "d")
+
+
+# --- output paths and banks refused before any rendering (in-process: the command's main) -------------
+
+def _main(capsys, *args):
+    rc = simulate.main(["npejax.simulate", "--config", os.path.join(ROOT, CONFIG), "--split", "val",
+                        "--num-images", "2", "--num-workers", "0", "--noprogress", *[str(a) for a in args]])
+    return rc, capsys.readouterr()
+
+
+@pytest.mark.parametrize("where, message", [
+    ("file", "is an existing file, not a directory"),
+    ("under-file", "is a file, so no directory can be made under it"),
+    ("proc", "cannot write in /proc"),
+])
+def test_unusable_out_is_refused_before_rendering(tmp_path, capsys, where, message):
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep\n")
+    out = {"file": blocker, "under-file": blocker / "d", "proc": "/proc/npejax-test-dataset"}[where]
+    rc, captured = _main(capsys, "--out", out)
+    assert rc == 2 and captured.err.startswith(f"error: --out {out}") and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err
+    assert "simulating" not in captured.out and blocker.read_text() == "keep\n"
+    assert sorted(os.listdir(tmp_path)) == ["afile"]
+
+
+def test_bank_with_frames_smaller_than_the_image_is_refused(tmp_path, capsys):
+    bank_path = tmp_path / "small_frames.npz"
+    dataclasses.replace(fields.load_bank().subset([0, 1]), frame_shape=(40, 60)).save(bank_path)
+    out = tmp_path / "d"
+    rc, captured = _main(capsys, "--out", out, f"--config.fields.bank={bank_path}")
+    assert rc == 2 and captured.err.count("\n") == 1, captured.err
+    assert f"field bank {bank_path}" in captured.err and "40 x 60" in captured.err and "80 x 80" in captured.err
+    assert not out.exists()
+    # the simulator's own check names the bank too
+    with pytest.raises(ValueError, match=r"small_frames.npz: its frames are 40 x 60 pixels, smaller than the image "
+                                         r"size 80 x 80"):
+        fields.load_bank(bank_path).sample_crop_origins(np.random.default_rng(0), 1, (80, 80))

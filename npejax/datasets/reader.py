@@ -153,9 +153,19 @@ class Dataset:
             return {key: value[0] for key, value in batch.items()}
         return self._gather(self._indices(index))
 
-    def _gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+    def read(self, index, keys=None) -> dict[str, np.ndarray]:
+        """``ds[index]`` (a slice or an index array) restricted to ``keys`` (default: every key): reads only
+        those arrays, e.g. ``ds.read(slice(0, 256), ("images", "background"))``."""
+        keys = self._keys if keys is None else tuple(keys)
+        unknown = [k for k in keys if k not in self._keys]
+        if unknown:
+            raise KeyError(f"dataset {self.directory} has no key(s) {unknown}; it has {list(self._keys)}")
+        return self._gather(self._indices(index), keys)
+
+    def _gather(self, idx: np.ndarray, keys=None) -> dict[str, np.ndarray]:
         info = self.manifest["keys"]
-        out = {key: np.empty((len(idx), *info[key]["shape"]), dtype=info[key]["dtype"]) for key in self._keys}
+        keys = self._keys if keys is None else keys
+        out = {key: np.empty((len(idx), *info[key]["shape"]), dtype=info[key]["dtype"]) for key in keys}
         shard_of = idx // self._shard_size
         local = idx - shard_of * self._shard_size
         shards = np.unique(shard_of).tolist()
@@ -169,7 +179,7 @@ class Dataset:
             arrays = self.shard(s)
             if rows[-1] - rows[0] + 1 == len(rows):  # a contiguous run: read it as a slice
                 rows = slice(int(rows[0]), int(rows[-1]) + 1)
-            for key in self._keys:
+            for key in keys:
                 out[key][sel] = arrays[key][rows]
         return out
 

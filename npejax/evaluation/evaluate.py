@@ -18,9 +18,18 @@ in :mod:`npejax.evaluation.headline`.
 Writes to ``REPORT_DIR``: ``metrics.json``, CSV tables (``bins_equal.csv``, ``bins_reference.csv``,
 ``bins_snr.csv``, ``calibration.csv``, ``coverage.csv``, ``headline.csv``), PNG figures
 (``detection.png``, ``calibration.png``, ``roc.png``, ``coverage.png``, ``snr.png``; :mod:`npejax.evaluation.report`),
-``predictions/NAME.fits`` (detections, prob_source > 0.5) and ``report.md``. All files are written
-atomically (:mod:`npejax.io`). The test set is ``--test-dir`` (simulated there with ``--num-images`` if absent;
-resumable), by default ``REPORT_DIR/test-PRIOR``.
+``gallery.png`` (a dozen test images with the true sources and each method's detections, the worst-scored
+images first: :func:`gallery_images`), ``predictions/NAME.fits`` (detections, prob_source > 0.5) and
+``report.md``. All files are written atomically (:mod:`npejax.io`). The test set is ``--test-dir`` (simulated
+there with ``--num-images`` if absent; resumable), by default ``REPORT_DIR/test-PRIOR``; it must be a
+``test`` split. It is streamed: networks, the baseline and the SNR read :data:`CHUNK_IMAGES` images at a
+time (memory-mapped), so memory holds the catalogs and the truth, never the images of the whole set.
+
+Refused before any work (one line naming the file, column, row or value): an ``--out`` that is a file or
+not writable, a ``--test-dir`` whose manifest split is not ``test``, and a catalog (``--catalog`` file or
+a network's) that lacks ``image``, ``x``, ``y`` or ``flux``, holds text or non-finite values in them,
+an image index outside the test set, or a ``prob_source`` / ``prob_galaxy`` outside [0, 1] or NaN
+(:func:`check_catalog`).
 
 CSV tables (one row per method and entry; non-finite values are empty cells):
 
@@ -47,6 +56,7 @@ import time
 
 import ml_collections
 import numpy as np
+from astropy import table as table_lib
 
 from npejax import catalogs as catalog_lib
 from npejax import datasets as data_lib
@@ -57,13 +67,21 @@ from npejax.evaluation import snr as snr_lib
 from npejax.evaluation.headline import BASELINE, HEADLINE, PROB_THRESHOLD, SUBSETS
 from npejax.nn.posterior import tiles_to_sources
 from npejax.nn.predictor import Predictor, load_config
-from npejax.schema import FIELD_PRIORS, METRIC_LABELS
+from npejax.schema import CATALOG_KEYS, FIELD_PRIORS, METRIC_LABELS
 from npejax.sim import fields as fields_lib
 from npejax.sim import pipeline
 
-__all__ = ["BASELINE", "HEADLINE", "PROB_THRESHOLD", "SUBSETS", "EvaluationError", "TestSet", "load_test_set",
-           "network_catalog", "baseline_catalog", "truth_snr", "evaluate_catalog", "evaluate", "write_report",
+__all__ = ["BASELINE", "HEADLINE", "PROB_THRESHOLD", "SUBSETS", "CHUNK_IMAGES", "GALLERY_IMAGES", "EvaluationError",
+           "TestSet", "load_test_set", "check_test_split", "check_catalog", "read_catalog", "network_catalog",
+           "baseline_catalog", "truth_snr", "evaluate_catalog", "gallery_images", "evaluate", "write_report",
            "write_index"]
+
+CHUNK_IMAGES = 256  # test images in memory at a time (a multiple of the prediction batch: the same batches)
+GALLERY_IMAGES = 12  # panels of gallery.png
+GALLERY_WORST = 6  # of which the worst-scored images (the rest spread over the test set)
+GALLERY_BRIGHT_MAG = 21.2  # "bright" true sources of the gallery's score: the recall headline cut
+REQUIRED_COLUMNS = ("image", "x", "y", "flux")
+PROBABILITY_COLUMNS = ("prob_source", "prob_galaxy")
 
 
 class EvaluationError(ValueError):
@@ -72,30 +90,49 @@ class EvaluationError(ValueError):
 
 @dataclasses.dataclass
 class TestSet:
-    """Test images and their truth: arrays [N, H, W] (nmgy), ``truth`` one row per true source."""
+    """A cached test set, read in chunks (:meth:`chunks`), never whole: ``dataset`` is the memory-mapped
+    :class:`npejax.datasets.Dataset`, ``truth`` one row per true source (astropy Table)."""
 
     directory: str
-    images: np.ndarray
-    background: np.ndarray
-    psf_params: np.ndarray
-    field_id: np.ndarray
-    arrays: dict  # every dataset key (padded catalog arrays included), for the SNR
+    dataset: object  # npejax.datasets.Dataset
     truth: object  # astropy Table
     manifest: dict
     num_dropped: int
 
     @property
     def num_images(self) -> int:
-        return len(self.images)
+        return len(self.dataset)
+
+    def chunks(self, keys, size: int = CHUNK_IMAGES):
+        """``(first image index, {key: array of at most size images})`` over the whole set, in order."""
+        size = max(1, int(size))
+        for start in range(0, self.num_images, size):
+            yield start, self.dataset.read(slice(start, start + size), keys)
+
+    def read(self, index, keys) -> dict:
+        """``keys`` of the images ``index`` (a slice or an index array)."""
+        return self.dataset.read(index, keys)
 
 
 # --- test set ----------------------------------------------------------------------------------------
 
+def check_test_split(test_dir: str) -> None:
+    """Refuses a dataset whose manifest split is not ``test`` (a training or validation set evaluated as a
+    test set would report optimistic numbers); a directory without a manifest passes (nothing to check)."""
+    if not os.path.isfile(os.path.join(test_dir, data_lib.MANIFEST)):
+        return
+    split = data_lib.read_manifest(test_dir)["split"]
+    if split != "test":
+        raise EvaluationError(f"--test-dir {test_dir} holds the {split!r} split (manifest.json split={split!r}), "
+                              "not a test set: give a dataset written with python -m npejax.simulate --split test")
+
+
 def load_test_set(test_dir: str, num_images: int | None = None, prior: str | None = None, sim_config=None,
                   num_workers: int = 2, progress: bool = True) -> TestSet:
-    """Loads the dataset in ``test_dir``, first simulating ``num_images`` test images there (prior
-    ``prior``, settings of ``sim_config``) when it is absent or incomplete."""
+    """Opens the test dataset in ``test_dir`` (a ``test`` split), first simulating ``num_images`` test images
+    there (prior ``prior``, settings of ``sim_config``) when it is absent or incomplete."""
     manifest_path = os.path.join(test_dir, "manifest.json")
+    check_test_split(test_dir)
     if num_images is not None:
         if sim_config is None:
             raise EvaluationError("simulating a test set needs a config (that of the first network by default)")
@@ -113,28 +150,112 @@ def load_test_set(test_dir: str, num_images: int | None = None, prior: str | Non
     dataset = data_lib.load(test_dir)
     if num_images is not None and len(dataset) != int(num_images):
         raise EvaluationError(f"test set {test_dir} holds {len(dataset)} images, not --num-images={num_images}")
-    arrays = dataset[np.arange(len(dataset))]
     truth, _, dropped = catalog_lib.dataset_truth_table(dataset)
-    with open(manifest_path) as f:
-        manifest = json.load(f)
-    return TestSet(directory=os.path.abspath(test_dir), images=arrays["images"], background=arrays["background"],
-                   psf_params=arrays["psf_params"], field_id=arrays["field_id"], arrays=arrays, truth=truth,
-                   manifest=manifest, num_dropped=int(dropped))
+    return TestSet(directory=os.path.abspath(test_dir), dataset=dataset, truth=truth,
+                   manifest=dataset.manifest, num_dropped=int(dropped))
 
 
 # --- catalogs ----------------------------------------------------------------------------------------
 
-def network_catalog(workdir: str, test: TestSet, batch_size: int = 256):
-    """Every tile of every test image as a prediction table (prob_source >= 0), from the best checkpoint."""
+def _first_bad(values: np.ndarray, bad: np.ndarray) -> tuple[int, object]:
+    row = int(np.flatnonzero(bad)[0])
+    return row, values[row]
+
+
+def check_catalog(table, where: str, num_images: int | None = None, test_dir: str | None = None) -> None:
+    """Raises EvaluationError (one line naming ``where`` -- the catalog's file or method --, the column and
+    the row, counted from 0) unless ``table`` has numeric ``image``, ``x``, ``y``, ``flux`` columns with
+    finite values, integer image indices in [0, ``num_images``) and ``prob_source`` / ``prob_galaxy``
+    (where present) in [0, 1]."""
+    names = metrics.colnames(table)
+    for col in REQUIRED_COLUMNS:
+        if col not in names:
+            raise EvaluationError(f"{where} lacks column {col!r} (it has {names}); a prediction catalog needs "
+                                  f"{', '.join(REQUIRED_COLUMNS)}")
+    for col in (*REQUIRED_COLUMNS, *(c for c in PROBABILITY_COLUMNS if c in names)):
+        column = table[col]
+        raw = np.asarray(np.ma.getdata(column))
+        mask = np.ma.getmaskarray(column) if isinstance(column, np.ma.MaskedArray) else np.zeros(raw.shape, bool)
+        if raw.ndim != 1:
+            raise EvaluationError(f"{where}: column {col!r} has shape {raw.shape}, expected one value per row")
+        if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == bool):
+            row = next((i for i, v in enumerate(raw) if not _is_number(v)), 0)
+            raise EvaluationError(f"{where}: column {col!r} holds text ({_text(raw[row])!r} in row {row}), "
+                                  "expected numbers")
+        values = np.where(mask, np.nan, raw.astype(np.float64))
+        if col in PROBABILITY_COLUMNS:
+            bad = ~((values >= 0) & (values <= 1))  # NaN too
+            if bad.any():
+                row, v = _first_bad(values, bad)
+                raise EvaluationError(f"{where}: column {col!r} is {'NaN or empty' if mask[row] else v} in row {row}; "
+                                      "a probability must lie in [0, 1]")
+            continue
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row, v = _first_bad(values, bad)
+            raise EvaluationError(f"{where}: column {col!r} is {'NaN or empty' if mask[row] else v} in row {row}; "
+                                  "expected a finite number")
+        if col == "image":
+            bad = values != np.round(values)
+            if bad.any():
+                row, v = _first_bad(values, bad)
+                raise EvaluationError(f"{where}: column 'image' is {v} in row {row}; expected an integer image "
+                                      "index")
+            if num_images is not None and ((values < 0) | (values >= num_images)).any():
+                row, v = _first_bad(values, (values < 0) | (values >= num_images))
+                holds = f"the test set {test_dir} holds" if test_dir else "the test set holds"
+                raise EvaluationError(f"{where} refers to image {int(v)} (row {row}), but {holds} {num_images} "
+                                      f"images (0..{num_images - 1}): truth and predictions differ")
+
+
+def _is_number(value) -> bool:
+    try:
+        float(_text(value))
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def read_catalog(path: str, name: str):
+    """The prediction catalog ``path`` (FITS or CSV) of ``--catalog NAME=PATH``; a file that cannot be read
+    as a table is a one-line error naming it."""
+    try:
+        return catalog_lib.read_table(path)
+    except FileNotFoundError:
+        raise EvaluationError(f"--catalog {name}={path}: no such file") from None
+    except (OSError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError) as exc:
+        raise EvaluationError(f"--catalog {name}={path}: cannot read it as a catalog table "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+
+
+def network_catalog(workdir: str, test: TestSet, batch_size: int = 256, chunk_images: int = CHUNK_IMAGES):
+    """Every tile of every test image as a prediction table (prob_source >= 0), from the best checkpoint;
+    the test images are read ``chunk_images`` at a time (rounded to whole batches, so the network sees
+    the same batches as it would the whole set)."""
     predictor = Predictor.from_workdir(workdir, "best")
-    tiles = predictor.predict_tiles(test.images, test.background, test.psf_params, batch_size)
-    return catalog_lib.prediction_table(tiles_to_sources(tiles, predictor.tile_size, min_prob=-1.0))
+    chunk = batch_size * max(1, int(chunk_images) // batch_size)
+    parts = []
+    for start, batch in test.chunks(("images", "background", "psf_params"), chunk):
+        tiles = predictor.predict_tiles(batch["images"], batch["background"], batch["psf_params"], batch_size,
+                                        image_offset=start)  # errors name the test set's image index
+        sources = tiles_to_sources(tiles, predictor.tile_size, min_prob=-1.0)
+        sources["image"] = sources["image"] + start
+        parts.append(sources)
+    return catalog_lib.prediction_table({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
 
-def baseline_catalog(test: TestSet, bank=None):
-    """Source Extractor (sep) catalog of the test images with the known background and noise."""
+def baseline_catalog(test: TestSet, bank=None, chunk_images: int = CHUNK_IMAGES):
+    """Source Extractor (sep) catalog of the test images with the known background and noise (read
+    ``chunk_images`` at a time)."""
     bank = bank if bank is not None else fields_lib.load_bank(_bank_path(test.manifest))
-    return baseline_lib.sep_catalog(test.images, test.background, field_id=test.field_id, bank=bank)
+    tables = [baseline_lib.sep_catalog(b["images"], b["background"], field_id=b["field_id"], bank=bank,
+                                       image_offset=start)
+              for start, b in test.chunks(("images", "background", "field_id"), chunk_images)]
+    return tables[0] if len(tables) == 1 else table_lib.vstack(tables, metadata_conflicts="silent")
 
 
 def _bank_path(manifest: dict) -> str:
@@ -142,15 +263,20 @@ def _bank_path(manifest: dict) -> str:
     return (config.get("fields") or {}).get("bank", "synthetic")
 
 
-def truth_snr(test: TestSet) -> np.ndarray | None:
+def truth_snr(test: TestSet, chunk_images: int = CHUNK_IMAGES) -> np.ndarray | None:
     """SNR (Appendix A) of each truth row, drawn with the test set's own bank and render settings (its
     manifest's config); None when the manifest holds no usable config (no SNR metrics then)."""
     try:
         spec = pipeline.SimulationSpec.from_config(ml_collections.ConfigDict(test.manifest["config"]))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    per_source = np.asarray(snr_lib.source_snr(test.arrays, spec))  # [N, max_sources], NaN for padding
-    values = per_source[np.asarray(test.truth["image"]), np.asarray(test.truth["source"])]
+    image, source = np.asarray(test.truth["image"]), np.asarray(test.truth["source"])
+    values = np.full(len(image), np.nan)
+    keys = ("background", "field_id", "n_sources", *(k for k in CATALOG_KEYS if k in test.dataset.keys))
+    for start, batch in test.chunks(keys, chunk_images):
+        per_source = np.asarray(snr_lib.source_snr(batch, spec))  # [chunk, max_sources], NaN for padding
+        rows = (image >= start) & (image < start + len(batch["n_sources"]))
+        values[rows] = per_source[image[rows] - start, source[rows]]
     return values.astype(np.float64)
 
 
@@ -196,12 +322,83 @@ def evaluate_catalog(truth, pred, num_images: int, equal_cutoffs, snr=None, snr_
     return out
 
 
+def gallery_images(truth, preds: dict, num_images: int, num: int = GALLERY_IMAGES, num_worst: int = GALLERY_WORST,
+                   bright_mag: float = GALLERY_BRIGHT_MAG) -> dict:
+    """The images of the report's gallery: up to ``num_worst`` worst-scored images (most true sources
+    brighter than r = ``bright_mag`` missed, summed over the methods; ties: more false detections brighter
+    than that), then images spread evenly over the rest of the test set, ``num`` in all (fewer when the
+    set is smaller). Returns ``images`` (indices in display order), ``worst`` (how many of them lead),
+    ``missed`` and ``false`` (per gallery image: method -> count) and ``bright_mag``."""
+    num = min(int(num), int(num_images))
+    truth_image = np.asarray(truth["image"], np.int64)
+    bright = _mags(truth) < bright_mag
+    missed_by, false_by = {}, {}
+    score, ties = np.zeros(num_images), np.zeros(num_images)
+    for name, pred in preds.items():
+        t2p, p2t = metrics.match(truth, pred, num_images, prob_threshold=PROB_THRESHOLD)
+        false = _detected(pred) & (p2t < 0) & (_mags(pred) < bright_mag)
+        missed_by[name] = np.bincount(truth_image[bright & (t2p < 0)], minlength=num_images)
+        false_by[name] = np.bincount(np.asarray(pred["image"], np.int64)[false], minlength=num_images)
+        score += missed_by[name]
+        ties += false_by[name]
+    order = np.lexsort((np.arange(num_images), -ties, -score))  # worst first; the lower index on ties
+    worst = [int(i) for i in order[:min(num_worst, num)] if score[i] > 0 or ties[i] > 0]
+    rest = np.setdiff1d(np.arange(num_images), worst)
+    spread = rest[np.unique(np.linspace(0, len(rest) - 1, num - len(worst)).round().astype(int))] \
+        if num > len(worst) else rest[:0]
+    images = worst + sorted(int(i) for i in spread)
+    return dict(images=images, worst=len(worst), bright_mag=float(bright_mag),
+                missed=[{n: int(m[i]) for n, m in missed_by.items()} for i in images],
+                false=[{n: int(f[i]) for n, f in false_by.items()} for i in images])
+
+
+def _mags(cat) -> np.ndarray:
+    """The ``mag`` column of a catalog, or the magnitude of its ``flux``."""
+    if "mag" in metrics.colnames(cat):
+        return np.asarray(np.ma.filled(np.ma.asarray(cat["mag"], np.float64), np.nan))
+    return catalog_lib.flux_to_mag(np.asarray(cat["flux"], np.float64))
+
+
+def _detected(pred) -> np.ndarray:
+    """Which rows of a prediction catalog are detections (prob_source > PROB_THRESHOLD; all without it)."""
+    if "prob_source" in metrics.colnames(pred):
+        return np.asarray(pred["prob_source"], np.float64) > PROB_THRESHOLD
+    return np.ones(len(pred["image"]), bool)
+
+
+def _gallery_panels(test: TestSet, preds: dict, gallery: dict) -> list[dict]:
+    """What :func:`npejax.evaluation.report.write_gallery` draws: per gallery image its pixels, its true
+    sources and each method's detections."""
+    images = test.read(np.asarray(gallery["images"], np.int64), ("images",))["images"]
+    truth_image = np.asarray(test.truth["image"])
+    columns = {}
+    for name, pred in preds.items():
+        image = np.asarray(pred["image"], np.int64)
+        keep = _detected(pred)
+        columns[name] = (image[keep], np.asarray(pred["x"])[keep], np.asarray(pred["y"])[keep])
+    panels = []
+    for k, i in enumerate(gallery["images"]):
+        rows = truth_image == i
+        missed = gallery["missed"][k]
+        title = f"image {i}"
+        if k < gallery["worst"]:
+            title += f": r < {gallery['bright_mag']:g} missed " + ", ".join(f"{n} {c}" for n, c in missed.items())
+        panels.append(dict(
+            image=images[k], title=title, worst=k < gallery["worst"],
+            truth=dict(x=np.asarray(test.truth["x"])[rows], y=np.asarray(test.truth["y"])[rows],
+                       mag=np.asarray(test.truth["mag"])[rows]),
+            detections={n: dict(x=x[img == i], y=y[img == i]) for n, (img, x, y) in columns.items()}))
+    return panels
+
+
 def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int | None = None,
              test_dir: str | None = None, catalogs: dict | None = None, baseline: bool = True,
              num_bootstrap: int = 200, num_bins: int = 10, seed: int = 0, sim_config=None,
-             num_workers: int = 2, snr: bool = True, progress: bool = True) -> dict:
+             num_workers: int = 2, snr: bool = True, progress: bool = True,
+             chunk_images: int = CHUNK_IMAGES) -> dict:
     """Evaluates networks (``workdirs``: name -> training directory) and prediction ``catalogs`` (name ->
-    table or file) on a test set, writes the report to ``out_dir`` and returns the metrics dict."""
+    table or file) on a test set, writes the report to ``out_dir`` and returns the metrics dict. The
+    inputs (output directory, test set split, catalogs) are checked before any work."""
     t0 = time.time()
     workdirs, catalogs = dict(workdirs or {}), dict(catalogs or {})
     names = list(workdirs) + list(catalogs)
@@ -216,7 +413,22 @@ def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int 
         raise EvaluationError("give --num-images N (simulate a test set) or --test-dir DATASET")
     if num_images is not None and int(num_images) < 1:
         raise EvaluationError(f"--num-images must be >= 1, got {num_images}")
+    io.check_output_dir(out_dir, "--out")
     test_dir = test_dir or os.path.join(out_dir, f"test-{prior}")
+    has_manifest = os.path.isfile(os.path.join(test_dir, data_lib.MANIFEST))
+    if num_images is None and not has_manifest:
+        raise EvaluationError(f"test set {test_dir} has no manifest.json: give --num-images to simulate one, "
+                              "or a directory written by python -m npejax.simulate")
+    check_test_split(test_dir)
+    expected_images = int(num_images) if num_images is not None else data_lib.read_manifest(test_dir)["num_images"]
+    given = {}
+    for name, c in catalogs.items():  # read and checked before any simulation or prediction
+        if isinstance(c, (str, os.PathLike)):
+            given[name] = read_catalog(os.fspath(c), name)
+            check_catalog(given[name], f"catalog {os.fspath(c)}", expected_images, test_dir)
+        else:
+            given[name] = c if hasattr(c, "colnames") else table_lib.Table(dict(c))  # a mapping of columns
+            check_catalog(given[name], f"catalog {name!r}", expected_images, test_dir)
     if sim_config is None and num_images is not None and workdirs:
         sim_config = load_config(next(iter(workdirs.values())))
     test = load_test_set(test_dir, num_images, prior, sim_config, num_workers, progress)
@@ -227,29 +439,28 @@ def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int 
     preds = {}
     for name, w in workdirs.items():
         t = time.time()
-        preds[name] = network_catalog(w, test)
+        preds[name] = network_catalog(w, test, chunk_images=chunk_images)
+        check_catalog(preds[name], f"the catalog of network {name} ({w})", n, test.directory)
         print(f"  {name}: cataloged in {time.time() - t:.1f} s", flush=True)
-    for name, c in catalogs.items():
-        preds[name] = catalog_lib.read_table(c) if isinstance(c, (str, os.PathLike)) else c
+    for name, c in given.items():
+        check_catalog(c, f"catalog {catalogs[name]}" if isinstance(catalogs[name], (str, os.PathLike))
+                      else f"catalog {name!r}", n, test.directory)
+        preds[name] = c
     if baseline:
         t = time.time()
-        preds[BASELINE] = baseline_catalog(test)
+        preds[BASELINE] = baseline_catalog(test, chunk_images=chunk_images)
         print(f"  {BASELINE}: cataloged in {time.time() - t:.1f} s", flush=True)
-    for name, p in preds.items():  # a clear error for catalogs of another test set
-        image = np.asarray(p["image"])
-        if image.size and (image.min() < 0 or image.max() >= n):
-            raise EvaluationError(f"catalog {name!r} refers to image {int(image.max())}, but the test set "
-                                  f"{test.directory} holds {n} images (0..{n - 1}): truth and predictions differ")
 
     equal_cutoffs = metrics.equal_count_edges(np.asarray(truth["mag"]), num_bins) if len(truth) else \
         np.asarray(metrics.REFERENCE_CUTOFFS)
     snr_values, snr_cutoffs = None, None
     if snr and len(truth):
-        snr_values = truth_snr(test)
+        snr_values = truth_snr(test, chunk_images)
         if snr_values is not None and np.isfinite(snr_values).sum() >= num_bins:
             snr_cutoffs = metrics.equal_count_edges(snr_values[np.isfinite(snr_values)], num_bins, max_mag=np.inf)
         else:
             snr_values = None
+    gallery = gallery_images(truth, preds, n)
     results = dict(
         test_set=dict(directory=test.directory, num_images=n, num_sources=len(truth), prior=prior,
                       dropped_by_tile_rule=test.num_dropped, bank=_bank_path(test.manifest),
@@ -262,12 +473,13 @@ def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int 
                          snr=None if snr_values is None else _bin_centers(truth, snr_cutoffs, snr_values)),
         workdirs={k: os.path.abspath(v) for k, v in workdirs.items()},
         methods={},
+        gallery=gallery,
     )
     for name, p in preds.items():
         results["methods"][name] = evaluate_catalog(truth, p, n, equal_cutoffs, snr_values, snr_cutoffs,
                                                     num_bootstrap, seed)
     results["seconds"] = time.time() - t0
-    write_report(out_dir, results, preds)
+    write_report(out_dir, results, preds, gallery_panels=_gallery_panels(test, preds, gallery))
     print(f"report: {os.path.join(out_dir, 'report.md')} ({time.time() - t0:.0f} s)", flush=True)
     return results
 
@@ -300,8 +512,9 @@ def _bin_rows(results: dict, key: str, cutoffs) -> list[dict]:
     return rows
 
 
-def write_report(out_dir: str, results: dict, preds: dict | None = None) -> None:
-    """Writes metrics.json, the CSV tables, the figures and report.md to ``out_dir``."""
+def write_report(out_dir: str, results: dict, preds: dict | None = None, gallery_panels: list | None = None) -> None:
+    """Writes metrics.json, the CSV tables, the figures (the gallery when ``gallery_panels`` are given:
+    :func:`npejax.evaluation.report.write_gallery`) and report.md to ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
     io.write_json(os.path.join(out_dir, "metrics.json"), metrics.to_jsonable(results), indent=1, allow_nan=False)
     io.write_csv(os.path.join(out_dir, "bins_equal.csv"), _bin_rows(results, "bins_equal", results["equal_cutoffs"]))
@@ -335,7 +548,9 @@ def write_report(out_dir: str, results: dict, preds: dict | None = None) -> None
                 p = p[np.asarray(p["prob_source"]) > PROB_THRESHOLD]
             catalog_lib.write_table(p, os.path.join(out_dir, "predictions", f"{name}.fits"))
     report.write_figures(out_dir, results)
-    io.atomic_write(os.path.join(out_dir, "report.md"), report.markdown(results))
+    if gallery_panels:
+        report.write_gallery(os.path.join(out_dir, report.GALLERY_FILE), gallery_panels)
+    io.atomic_write(os.path.join(out_dir, "report.md"), report.markdown(results, gallery=bool(gallery_panels)))
 
 
 def write_index(out_dir: str, reports: dict, results: dict, title: str, elapsed_s: float | None = None) -> None:

@@ -16,7 +16,8 @@ Columns read:
 A baseline without probabilities (Source Extractor) is accepted everywhere: every prediction is then a
 detection, and a metric that needs a missing column is NaN with ``available`` False.
 
-Validation (ValueError): a missing required column (named), an image index outside [0, num_images)
+Validation (ValueError): a missing or non-numeric (e.g. text) required column (named), an image index
+outside [0, num_images)
 (naming the catalog, 'truth' or 'prediction', and the offending value), a non-finite ``x``, ``y`` or
 ``flux``, or columns of different lengths.
 
@@ -111,6 +112,10 @@ def _load(cat, name: str, num_images: int | None, required=_REQUIRED, finite=("x
             if col in required:
                 raise ValueError(f"{name} catalog: column {col!r} must be 1-D, has shape {raw.shape}")
             continue
+        if col in required and not (np.issubdtype(raw.dtype, np.number) or raw.dtype == bool):
+            what = "text" if raw.dtype.kind in "USO" else f"{raw.dtype} values"
+            example = f" (e.g. {str(raw[0])!r})" if raw.size else ""
+            raise ValueError(f"{name} catalog: column {col!r} holds {what}{example}, expected numbers")
         if col == "image":
             img = raw.astype(np.float64)
             bad = ~np.isfinite(img) | (img != np.round(img))

@@ -3,7 +3,8 @@
 Figures in the spirit of the paper: ``detection.png`` (Figures 4/5: precision, recall, star/galaxy
 accuracy, flux MAPE by magnitude, one line per method, shaded 1-sigma bootstrap bands, mean over bins
 in brackets), ``calibration.png`` (Figure 6), ``roc.png`` (Figure 7), ``coverage.png`` (Figure 8) and
-``snr.png`` (Figure 9). Every figure is written atomically (:func:`npejax.io.atomic_path`).
+``snr.png`` (Figure 9), and ``gallery.png`` (:func:`write_gallery`: test images with the true sources and
+each method's detections). Every figure is written atomically (:func:`npejax.io.atomic_path`).
 
 The tables (:func:`headline_table`, :func:`bins_table`, :func:`markdown`, :func:`index_markdown`) read a
 results dict as :func:`npejax.evaluation.evaluate.evaluate` returns it: ``test_set`` (``num_images``,
@@ -30,6 +31,9 @@ STYLES = {"single": ("tab:blue", "o"), "unaware": ("tab:red", "s"), "aware": ("t
           BASELINE: ("0.35", "x")}
 _EXTRA = [("tab:green", "D"), ("tab:purple", "v"), ("tab:brown", "P"), ("tab:pink", "*")]
 DPI = 110
+GALLERY_FILE = "gallery.png"
+GALLERY_COLUMNS = 4
+GALLERY_PANEL_INCHES = (3.2, 3.4)  # width, height of one gallery panel (the figure has no tight bounding box)
 
 
 def _pyplot():
@@ -169,6 +173,79 @@ def write_figures(out_dir: str, results: dict) -> list[str]:
     return names
 
 
+def gallery_pixels(num_panels: int) -> tuple[int, int]:
+    """(width, height) in pixels of a gallery of ``num_panels`` panels (:data:`GALLERY_COLUMNS` a row)."""
+    cols = min(GALLERY_COLUMNS, max(1, num_panels))
+    rows = max(1, -(-num_panels // GALLERY_COLUMNS))
+    return int(round(cols * GALLERY_PANEL_INCHES[0] * DPI)), int(round(rows * GALLERY_PANEL_INCHES[1] * DPI))
+
+
+def asinh_stretch(image) -> tuple[np.ndarray, float, float]:
+    """(asinh-stretched image, vmin, vmax) for display: arcsinh(image / s) with s the noise level (1.4826
+    x the median absolute deviation), shown from -2 sigma to the 99.8th percentile."""
+    image = np.asarray(image, np.float64)
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return np.zeros_like(image), 0.0, 1.0
+    sigma = 1.4826 * np.median(np.abs(finite - np.median(finite)))
+    sigma = sigma if sigma > 0 else max(float(np.std(finite)), 1e-12)
+    stretched = np.arcsinh(np.nan_to_num(image) / sigma)
+    vmin = float(np.arcsinh(-2.0))
+    vmax = max(float(np.percentile(np.arcsinh(finite / sigma), 99.8)), vmin + 1.0)
+    return stretched, vmin, vmax
+
+
+def write_gallery(path: str, panels: list[dict]) -> None:
+    """A grid of test images (:data:`GALLERY_COLUMNS` a row, asinh stretch, grey), one panel per entry of
+    ``panels``: ``image`` (2-D, nmgy), ``title``, ``truth`` (``x``, ``y``, ``mag`` of the true sources: open
+    cyan circles, larger for brighter sources) and ``detections`` (method -> ``x``, ``y``: each method in
+    its colour and marker, as in the other figures); ``worst`` panels get a red frame. Pixel (i, j) covers
+    [i, i+1) x [j, j+1) (catalog convention), so the image is drawn with that extent."""
+    plt = _pyplot()
+    n = len(panels)
+    cols = min(GALLERY_COLUMNS, max(1, n))
+    rows = max(1, -(-n // GALLERY_COLUMNS))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * GALLERY_PANEL_INCHES[0], rows * GALLERY_PANEL_INCHES[1]),
+                             squeeze=False)
+    handles = {}
+    for ax, panel in zip(axes.ravel(), panels):
+        image = np.asarray(panel["image"])
+        h, w = image.shape
+        shown, vmin, vmax = asinh_stretch(image)
+        ax.imshow(shown, cmap="gray", origin="upper", vmin=vmin, vmax=vmax, extent=(0, w, h, 0),
+                  interpolation="nearest")
+        truth = panel["truth"]
+        mag = np.asarray(truth["mag"], float)
+        size = np.clip(2.5 * (23.0 - np.nan_to_num(mag, nan=23.0)), 5.0, 22.0) ** 2
+        handles["truth"] = ax.scatter(truth["x"], truth["y"], s=size, facecolors="none", edgecolors="cyan",
+                                      linewidths=1.0, label="true source (size: brightness)")
+        for i, (name, det) in enumerate(panel["detections"].items()):
+            color, marker = _style(name, i)
+            colors = dict(c=color) if marker in ("x", "+") else dict(facecolors="none", edgecolors=color)  # x: lines
+            handles[name] = ax.scatter(det["x"], det["y"], s=22, marker=marker, linewidths=1.0, label=_label(name),
+                                       **colors)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(panel["title"], fontsize=6.5)
+        if panel.get("worst"):
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:red")
+                spine.set_linewidth(2.0)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.legend(list(handles.values()), [hd.get_label() for hd in handles.values()], loc="upper center",
+               ncol=min(len(handles), 5), fontsize=7, frameon=False)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.45 / (rows * GALLERY_PANEL_INCHES[1]),
+                        wspace=0.05, hspace=0.25)
+    try:
+        with io.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI)
+    finally:
+        plt.close(fig)
+
+
 def headline_table(results: dict, with_paper: bool = True) -> str:
     """Markdown table: one row per method, one column per headline metric (value +- 1-sigma bootstrap)."""
     cols = [label for _, label, *_ in HEADLINE]
@@ -217,8 +294,8 @@ def bins_table(results: dict, key: str, cutoffs, metric: str, xname: str = "r") 
     return "\n".join(lines)
 
 
-def markdown(results: dict) -> str:
-    """The report's markdown (figures referenced by relative path)."""
+def markdown(results: dict, gallery: bool = False) -> str:
+    """The report's markdown (figures referenced by relative path; the gallery section when ``gallery``)."""
     ts = results["test_set"]
     bank = "the embedded bank of 500 **SYNTHETIC** SDSS-like fields" if ts["synthetic_bank"] else f"bank {ts['bank']}"
     methods = ", ".join(_label(n) for n in results["methods"])
@@ -271,9 +348,20 @@ def markdown(results: dict) -> str:
         for metric in ("recall", "accuracy", "mape"):
             out += [f"**{METRIC_LABELS[metric]}**", "",
                     bins_table(results, "bins_snr", results["snr_cutoffs"], metric, "SNR"), ""]
+    if gallery and results.get("gallery"):
+        g = results["gallery"]
+        out += ["## Gallery", "",
+                f"{len(g['images'])} test images (asinh stretch): true sources as cyan circles (larger for brighter "
+                "sources), each method's detections in its colour. "
+                + (f"The first {g['worst']} (red frames) are the worst-scored: the most true sources brighter "
+                   f"than r = {g['bright_mag']:g} missed, summed over the methods; the others are spread over the "
+                   "test set. " if g["worst"] else "")
+                + f"Images: {', '.join(str(i) for i in g['images'])}.", "",
+                f"![gallery]({GALLERY_FILE})", ""]
     out += ["## Files", "",
             "`metrics.json` (everything above), `headline.csv`, `bins_equal.csv`, `bins_reference.csv`, "
-            "`bins_snr.csv`, `calibration.csv`, `coverage.csv`, `predictions/*.fits` (detections).", ""]
+            "`bins_snr.csv`, `calibration.csv`, `coverage.csv`, `predictions/*.fits` (detections)"
+            + (f", `{GALLERY_FILE}`" if gallery and results.get("gallery") else "") + ".", ""]
     return "\n".join(out)
 
 

@@ -130,7 +130,9 @@ class FieldBank:
         """Uniform top-left (row, column) pixel of an image of ``image_shape`` inside the frame; [n, 2]."""
         h, w = image_shape
         if h > self.frame_shape[0] or w > self.frame_shape[1]:
-            raise ValueError(f"image shape {image_shape} is larger than the frame {self.frame_shape}")
+            raise ValueError(f"field bank {self.source}: its frames are {self.frame_shape[0]} x {self.frame_shape[1]} "
+                             f"pixels, smaller than the image size {h} x {w}: use a bank of larger frames or "
+                             "smaller images")
         rows = rng.integers(0, self.frame_shape[0] - h + 1, size=n)
         cols = rng.integers(0, self.frame_shape[1] - w + 1, size=n)
         return np.stack([rows, cols], axis=-1)

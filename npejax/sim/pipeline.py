@@ -17,6 +17,12 @@ threads do not scale), keeps at most ``prefetch`` batches in flight, and hands t
 bounded queue that a background thread fills. A worker's exception is re-raised in the consumer with the
 worker's traceback; leaving the ``with`` block (normally, on an error or on Ctrl-C) stops the pool, and
 workers exit on their own if the parent process dies.
+
+With workers, the spec goes to them through a scratch file in the temporary directory,
+``npejax-spec-PID-XXXXXXXX.pkl`` (PID: the parent's process id), not the spawn pipe (see
+:meth:`Simulator._launch`). ``close()`` removes it; a parent killed outright (SIGKILL, OOM) cannot, so
+every Simulator that starts workers first removes the spec files of parents that no longer run
+(:func:`remove_stale_spec_files`): they do not accumulate.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import re
 import signal
 import tempfile
 import threading
@@ -70,6 +77,11 @@ class SimulationSpec:
         h, w = self.prior.image_shape
         if h % self.tile_size or w % self.tile_size:
             raise ValueError(f"image shape {(h, w)} must be a multiple of tile_size={self.tile_size}")
+        fh, fw = self.bank.frame_shape
+        if h > fh or w > fw:  # images are crops of a frame (fields.FieldBank.sample_crop_origins)
+            raise ValueError(f"field bank {self.bank.source}: its frames are {fh} x {fw} pixels, smaller than "
+                             f"the image size {h} x {w} (image_size): use a bank of larger frames or a smaller "
+                             "image_size")
 
     @classmethod
     def from_config(cls, config, *, seed: int | None = None, batch_size: int | None = None,
@@ -156,6 +168,43 @@ def _work(batch_index: int) -> dict[str, np.ndarray]:
     return simulate_batch(_WORKER["spec"], batch_index, _WORKER["renderer"])
 
 
+# --- the spec file -----------------------------------------------------------------------------------
+
+SPEC_FILE_PREFIX = "npejax-spec-"
+_SPEC_FILE = re.compile(rf"^{SPEC_FILE_PREFIX}(\d+)-[A-Za-z0-9_]+\.pkl$")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_spec_files(directory: str | None = None) -> list[str]:
+    """Removes the spec files (``npejax-spec-PID-*.pkl`` in ``directory``, default the temporary
+    directory) whose parent process PID no longer exists; returns their paths. Files of running
+    processes, of other users and of other names are left alone."""
+    directory = directory or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = _SPEC_FILE.match(name)
+        if m is None or _process_exists(int(m.group(1))):
+            continue
+        path = os.path.join(directory, name)
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
 # --- consumer side ----------------------------------------------------------------------------------
 
 _DONE = object()
@@ -205,8 +254,11 @@ class Simulator:
         if self.num_workers > 0:
             # The spec (with the field bank) goes through a file, not the spawn pipe: a large pickle in
             # the pipe blocks the parent forever if a child dies before reading it. A private scratch file
-            # in the temporary directory (removed by close()), not an output: no npejax.io here.
-            with tempfile.NamedTemporaryFile("wb", prefix="npejax-spec-", suffix=".pkl", delete=False) as f:
+            # in the temporary directory (removed by close()), not an output: no npejax.io here. Its name
+            # carries this process's id, so that the next Simulator removes it if this process is killed.
+            remove_stale_spec_files()
+            with tempfile.NamedTemporaryFile("wb", prefix=f"{SPEC_FILE_PREFIX}{os.getpid()}-", suffix=".pkl",
+                                             delete=False) as f:
                 self._spec_path = f.name
                 pickle.dump(self.spec, f, protocol=pickle.HIGHEST_PROTOCOL)
             self._executor = concurrent.futures.ProcessPoolExecutor(
