@@ -101,25 +101,41 @@ def is_temporary(name: str) -> bool:
     return os.path.basename(name).startswith(".") and TMP_MARKER in name
 
 
-def check_output_dir(path, what: str = "--out") -> str:
-    """Raises a one-line error (naming ``what`` and ``path``) unless ``path`` is a directory, or can be
-    created as one, that this process can write in; returns ``path``. Creates nothing: commands call it
-    before any work, so that an unusable output path is reported before hours of computing. A directory
-    that does not exist yet is probed in its nearest existing ancestor (a probe directory made and removed
-    at once), which also catches read-only and virtual file systems such as /proc."""
-    path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise NotADirectoryError(f"{what} {path} is an existing file, not a directory: give a directory "
-                                 "(new or existing)")
+def _check_writable_ancestor(path: str, what: str) -> None:
+    """The nearest existing ancestor of ``path`` (itself included) must be a directory this process can write
+    in: probed with a directory made and removed at once, which also catches read-only and virtual file
+    systems such as /proc. One-line errors begin with ``what``."""
     parent = os.path.abspath(path)
     while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise NotADirectoryError(f"{what} {path}: {parent} is a file, so no directory can be made under it; "
+        raise NotADirectoryError(f"{what}: {parent} is a file, so no directory can be made under it; "
                                  "give a path in a directory")
     try:
         os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".npejax-probe-"))
     except OSError as exc:
-        raise PermissionError(f"{what} {path}: cannot write in {parent} ({exc.strerror}); give a path in a "
+        raise PermissionError(f"{what}: cannot write in {parent} ({exc.strerror}); give a path in a "
                               "writable directory") from None
+
+
+def check_output_dir(path, what: str = "--out") -> str:
+    """Raises a one-line error (naming ``what`` and ``path``) unless ``path`` is a directory, or can be
+    created as one, that this process can write in; returns ``path``. Creates nothing: commands call it
+    before any work, so that an unusable output path is reported before hours of computing."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{what} {path} is an existing file, not a directory: give a directory "
+                                 "(new or existing)")
+    _check_writable_ancestor(path, f"{what} {path}")
+    return path
+
+
+def check_output_file(path, what: str = "--out") -> str:
+    """Raises a one-line error (naming ``what`` and ``path``) unless ``path`` names a file that can be written:
+    not a directory, its directory existing or creatable, in a writable place; returns ``path``. Creates
+    nothing."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path} is a directory; give a file name")
+    _check_writable_ancestor(os.path.dirname(os.path.abspath(path)), f"{what} {path}")
     return path

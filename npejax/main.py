@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from npejax import cli, io
+from npejax import cli
 from npejax.nn import train
 
 
@@ -33,10 +33,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def run(fv: flags.FlagValues) -> None:
     config = fv.config
-    train.validate_config(config)  # the values first: a bad variant is named before the default workdir uses it
-    workdir = fv.workdir or f"runs/{config.model.variant}"
-    io.check_output_dir(workdir, "--workdir")
-    train.train_and_evaluate(config, workdir)  # checks datasets and the workdir's checkpoint before writing
+    # train_and_evaluate checks the config, the datasets, the workdir and its checkpoint before writing
+    train.train_and_evaluate(config, fv.workdir or f"runs/{config.model.variant}")
 
 
 def main(argv=None) -> int:

@@ -63,21 +63,6 @@ def define_flags(fv: flags.FlagValues) -> None:
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
 
-def check_output_file(path: str, flag: str) -> None:
-    """A file ``path`` can be written (its directory may be created): not a directory, not under a file,
-    in a writable place; raises a one-line error naming ``flag`` otherwise. Creates nothing."""
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{flag} {path} is a directory; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    existing = parent
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise NotADirectoryError(f"{flag} {path}: {existing} is a file, so no directory can be made under it; "
-                                 "give a path in a directory")
-    io.check_output_dir(parent, f"{flag} {path}: directory")
-
-
 def _number_or_file(text: str | None):
     """--background as a float (checked against the accepted sky range) or a file name (checked on reading)."""
     if text is None:
@@ -151,13 +136,13 @@ def run(fv: flags.FlagValues) -> None:
     if batch_size < 1:
         raise cli.UsageError(f"--batch-size {batch_size}: expected a positive number of images per network call")
     catalog_lib.table_format(fv.out)  # a bad extension fails before the network loads
-    check_output_file(fv.out, "--out")
+    io.check_output_file(fv.out, "--out")
     if fv.png is not None:
         if not fv.png.lower().endswith(".png"):
             raise cli.UsageError(f"--png {fv.png}: expected a file name ending in .png")
         if os.path.abspath(fv.png) == os.path.abspath(fv.out):
             raise cli.UsageError(f"--png {fv.png} is also --out; give two different files")
-        check_output_file(fv.png, "--png")
+        io.check_output_file(fv.png, "--png")
     inputs = open_inputs(fv)
     net = predictor.Predictor.from_workdir(fv.workdir, fv.checkpoint)
     try:

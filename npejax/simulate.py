@@ -74,9 +74,7 @@ def run(fv: flags.FlagValues) -> None:
             catalog_lib.table_format(extra_catalog)
         except ValueError as exc:
             raise cli.UsageError(f"--catalog: {exc}") from None
-        if os.path.isdir(extra_catalog):
-            raise cli.UsageError(f"--catalog {extra_catalog} is a directory; give a file name (.fits or .csv)")
-        io.check_output_dir(os.path.dirname(extra_catalog) or ".", f"--catalog {extra_catalog}: directory")
+        io.check_output_file(extra_catalog, "--catalog")
     from npejax import datasets  # deferred: GalSim (seconds) loads after the cheap checks
     from npejax.sim import pipeline  # deferred: as datasets
 

@@ -464,8 +464,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     before writing anything. Returns a summary: epochs run, best validation NLL, whether it stopped early,
     the per-epoch history, the workdir, and the final ``state`` and ``normalizer``.
     """
+    validate_config(config)  # against the local devices, before the mesh over them is built
     mesh = steps_lib.data_mesh()
-    validate_config(config, mesh.size)
     data = setup_data(config, mesh.size)
     net = model_lib.from_config(config)
     io.check_output_dir(workdir, "workdir")
