@@ -1,10 +1,11 @@
-"""Catalog prior marginals against scipy, padding, and the one-source-per-tile catalog."""
+"""Catalog prior marginals against scipy, the paper's equal-count r cut-offs, padding, and the
+one-source-per-tile catalog."""
 
 import dataclasses
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 
 from configs import default  # the repository root is on sys.path (conftest.py)
 from npejax import schema
@@ -42,7 +43,7 @@ def test_marginals_pass_ks_against_scipy(draws):
     gal = valid & cat["is_galaxy"]
     star = valid & ~cat["is_galaxy"]
     checks = {
-        "star flux": (cat["flux"][star], stats.truncpareto(b=0.469, c=1000, loc=-0.553, scale=1.185).cdf),
+        "star flux": (cat["flux"][star], stats.truncpareto(b=0.469, c=613314, loc=-0.553, scale=1.185).cdf),
         "galaxy flux": (cat["flux"][gal], stats.truncpareto(b=1.561, c=1000, loc=-3.29, scale=3.925).cdf),
         "disk a": (cat["disk_a"][gal], stats.gamma(0.393, loc=0.837, scale=4.432).cdf),
         "bulge a": (cat["bulge_a"][gal], stats.gamma(0.393, loc=0.419, scale=2.216).cdf),
@@ -57,8 +58,65 @@ def test_marginals_pass_ks_against_scipy(draws):
         assert stats.kstest(sample.astype(np.float64), cdf).pvalue > P_MIN, name
     # both flux priors start at r = 23.0 (0.631 nmgy); the paper's printed galaxy scale 3.29 would give 0
     assert cat["flux"][gal].min() >= 0.631 and cat["flux"][star].min() >= 0.631
+    # star fluxes run past r 14.8, the end of the c = 1000 prior printed in the paper's Table 1
+    assert cat["flux"][star].max() > 1184.5
     frac = gal.sum() / valid.sum()
     assert stats.binomtest(int(gal.sum()), int(valid.sum()), 0.514).pvalue > P_MIN, frac
+
+
+# The paper's equal-count bin edges of r (stars + galaxies with r < 22, deciles; last edge 22), Section 5
+PAPER_CUTOFFS = np.array([17.777, 19.101, 19.781, 20.258, 20.625, 20.940, 21.227, 21.495, 21.746])
+DECILES = np.arange(1, 10) / 10
+
+
+def _r_cdf(p):
+    """P(r < m) as a function of m for one source of prior ``p``, from the prior's own flux distributions."""
+    def cdf(m):
+        flux = 10.0 ** ((22.5 - m) / 2.5)
+        return p.prob_galaxy * p.galaxy_flux_dist().sf(flux) + (1 - p.prob_galaxy) * p.star_flux_dist().sf(flux)
+    return cdf
+
+
+def _exact_cutoffs(p):
+    """Deciles of r among sources with r < 22 (root finding on :func:`_r_cdf`) and the density there."""
+    cdf = _r_cdf(p)
+    total = cdf(22.0)
+    cut = np.array([optimize.brentq(lambda m: cdf(m) / total - q, 5.0, 22.0, xtol=1e-6) for q in DECILES])
+    density = (cdf(cut + 1e-4) - cdf(cut - 1e-4)) / 2e-4 / total
+    return cut, density
+
+
+def test_star_flux_truncation_reproduces_the_paper_cutoffs():
+    """c = 613314 (the experiments' value) gives the paper's cut-offs; c = 1000 (its Table 1) does not."""
+    p = _default_prior()
+    assert p.star_flux[1] == 613314.0
+    cut, _ = _exact_cutoffs(p)
+    assert np.abs(cut - PAPER_CUTOFFS).max() < 0.05, cut - PAPER_CUTOFFS  # 0.042, at the first decile
+    table1 = _default_prior(star_flux=(0.469, 1000.0, -0.553, 1.185))
+    cut_1000, _ = _exact_cutoffs(table1)
+    assert cut_1000[0] - PAPER_CUTOFFS[0] > 0.4  # 18.19: too faint by 0.41 mag
+
+
+def test_prior_draws_reproduce_the_paper_cutoffs():
+    """Equal-count deciles of r from 4M sources drawn by the sampler: within 0.05 mag of the paper's, and
+    within 4 standard errors of the exact deciles (the first decile's is 6.0 / sqrt(n) = 0.0035 mag, so
+    0.05 is 2.3 of them above the exact 0.042 offset). Images of 400 x 400 pixels (100 sources each, same
+    rate per pixel) only cut the sampler's padding; the sources are the prior's."""
+    p = _default_prior(image_shape=(400, 400), max_sources=160)
+    rng = np.random.default_rng(1)
+    mags = []
+    for _ in range(4):
+        cat = p.sample(rng, 10_000)
+        valid = np.arange(p.max_sources)[None, :] < cat["n_sources"][:, None]
+        r = 22.5 - 2.5 * np.log10(cat["flux"][valid].astype(np.float64))
+        mags.append(r[r < 22.0])
+    mags = np.concatenate(mags)
+    assert mags.size > 2_800_000
+    cut = np.quantile(mags, DECILES)
+    assert np.abs(cut - PAPER_CUTOFFS).max() < 0.05, cut - PAPER_CUTOFFS
+    exact, density = _exact_cutoffs(p)
+    stderr = np.sqrt(DECILES * (1 - DECILES) / mags.size) / density
+    assert np.all(np.abs(cut - exact) < 4 * stderr), (cut - exact) / stderr
 
 
 def test_padding_and_star_fields_are_zero(draws):

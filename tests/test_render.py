@@ -1,4 +1,5 @@
-"""Renderer: flux conservation, the six-parameter PSF profile, noise variance, edges, reference path."""
+"""Renderer: flux conservation, the six-parameter PSF profile, noise variance, edges, reference path, and the
+brightest stars of the prior (real-space path)."""
 
 import dataclasses
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default  # the repository root is on sys.path (conftest.py)
-from npejax import schema
+from npejax import catalogs, schema
 from npejax.sim import fields, prior, psf, render
 
 
@@ -121,3 +122,88 @@ def test_noise_is_reproducible_and_config_validated(bank):
         render.RenderConfig.from_config({k: v for k, v in default.get_config().render.items() if k != "noise"})
     with pytest.raises(IndexError, match="unknown field index 500"):
         _draw(bank, cat, 500)
+
+
+def _midpoint_star(params, x, y, sub, size=80, trunc=25.0):
+    """Unit star: the six-parameter formula averaged over ``sub`` x ``sub`` midpoints per pixel, [size, size]."""
+    fine = (np.arange(sub) + 0.5) / sub
+    r0, r1 = max(int(y - trunc) - 3, 0), min(int(y + trunc) + 4, size)
+    c0, c1 = max(int(x - trunc) - 3, 0), min(int(x + trunc) + 4, size)
+    xs = (np.arange(c0, c1)[:, None] + fine).ravel() - x
+    out = np.zeros((size, size))
+    for row in range(r0, r1):
+        density = psf.profile(np.hypot((row + fine - y)[:, None], xs[None, :]), params, trunc)
+        out[row, c0:c1] = density.reshape(sub, c1 - c0, sub).mean(axis=(0, 2))
+    return out
+
+
+def _accurate_star(params, x, y, trunc=25.0, edge_sub=128):
+    """Unit star, pixel-integrated to about 1e-8 of the flux: Richardson extrapolation of 16 and 32 midpoints
+    per pixel side, and in the pixels near the truncation circle (where the profile jumps and Richardson does
+    not help) ``edge_sub`` x ``edge_sub`` midpoints."""
+    out = (4 * _midpoint_star(params, x, y, 32) - _midpoint_star(params, x, y, 16)) / 3
+    fine = (np.arange(edge_sub) + 0.5) / edge_sub
+    rows, cols = np.nonzero(np.abs(np.hypot(np.arange(80)[None, :] + 0.5 - x, np.arange(80)[:, None] + 0.5 - y)
+                                   - trunc) < 1.0)
+    for row, col in zip(rows, cols):
+        density = psf.profile(np.hypot((row + fine - y)[:, None], (col + fine - x)[None, :]), params, trunc)
+        out[row, col] = density.mean()
+    return out
+
+
+def _pixel_noise(bank, field, expected_e):
+    """Noise sigma in nmgy of each pixel of a noiseless image (electrons, sources only) over the crop's sky."""
+    sky = bank.background_electrons(field, (300, 400), (80, 80))
+    return np.sqrt(sky + np.maximum(expected_e, 0)) / bank.to_electrons(field)
+
+
+BRIGHTEST = 0.469, 613314.0, -0.553, 1.185  # star prior truncpareto b, c, loc, scale: the brightest star
+
+
+@pytest.mark.parametrize("field, x, y", [(0, 40.3, 39.7), (250, 2.2, 40.6), (499, 60.9, 77.5)])
+def test_brightest_star_matches_formula_within_pixel_noise(bank, field, x, y):
+    """r 7.85 (c * scale + loc = 7.3e5 nmgy): the k-space stamp would ring at 100+ sigma with negative
+    counts; the real-space path matches the pixel-integrated formula within 0.1 sigma of every pixel's noise
+    and keeps all of the flux that falls inside the image."""
+    b, c, loc, scale = BRIGHTEST
+    flux = c * scale + loc
+    assert catalogs.flux_to_mag(flux) == pytest.approx(7.85, abs=0.01)
+    assert default.get_config().prior.star_flux == BRIGHTEST
+    images, _ = _draw(bank, _one_source(x, y, flux), field)
+    expected = flux * _accurate_star(bank.psf_params[field], x, y)
+    sigma = _pixel_noise(bank, field, expected * bank.to_electrons(field))
+    assert (np.abs(images[0] - expected) / sigma).max() < 0.1
+    assert images.min() >= 0.0  # no ringing: expected counts never below the sky
+    assert images.sum() == pytest.approx(expected.sum(), rel=1e-6)
+    if min(x, y, 80 - x, 80 - y) > 25.5:  # the truncated PSF lies inside the image: all of the flux
+        assert images.sum() == pytest.approx(flux, rel=1e-6)
+
+
+def test_brightest_stars_render_finite_noisy_images(bank):
+    """Gaussian N(lambda, lambda) and Poisson noise need lambda >= 0: a batch of r 7.85 stars in many fields,
+    in both render paths (field 250's sky is 365 electrons; its r 7.85 star rang to -1500 in both)."""
+    b, c, loc, scale = BRIGHTEST
+    for noise, method, fields_ in (("gaussian", "kspace", np.r_[np.arange(0, 500, 50), 250]),
+                                   ("poisson", "kspace", np.r_[np.arange(0, 500, 50), 250]),
+                                   ("gaussian", "drawimage", np.array([250, 499]))):  # GalSim: 70 ms a field
+        cat = {k: np.repeat(v, len(fields_), axis=0) for k, v in _one_source(20.4, 61.7, c * scale + loc).items()}
+        r = render.Renderer(bank, (80, 80), _render_config(noise=noise, method=method))
+        images, _ = r.render(cat, fields_, np.tile([[300, 400]], (len(fields_), 1)), np.random.default_rng(0))
+        assert np.isfinite(images).all(), (noise, method)
+
+
+def test_kspace_stars_stay_within_tolerance_up_to_the_switch(bank):
+    """Just below the per-field switch the k-space star errs by at most about STAR_KSPACE_TOLERANCE of the
+    pixel noise; just above it the star is drawn in real space, far more accurately."""
+    field, x, y = 123, 33.6, 47.2
+    r = render.Renderer(bank, (80, 80), _render_config(noise="none"))
+    to_e = float(bank.to_electrons(field))
+    limit = r._star_kspace_limit(field) / to_e  # nmgy
+    assert 15.0 < catalogs.flux_to_mag(limit) < 20.0
+    reference = _accurate_star(bank.psf_params[field], x, y)
+    errors = []
+    for flux in (0.99 * limit, 1.01 * limit):
+        image = r.source_electrons({k: v[0] for k, v in _one_source(x, y, flux).items()}, field) / to_e
+        errors.append((np.abs(image - flux * reference) / _pixel_noise(bank, field, flux * reference * to_e)).max())
+    assert errors[0] < 1.5 * render.STAR_KSPACE_TOLERANCE
+    assert errors[1] < 0.1 * errors[0]

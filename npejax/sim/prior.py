@@ -28,10 +28,18 @@ from npejax.sim import settings
 class CatalogPrior:
     """Independent source properties of paper Table 1; all parameters in the units shown.
 
-    The values (``config.prior`` of ``configs/default.py``) are the paper's. Galaxy flux uses scale 3.925
-    nmgy (the reference configuration; lower bound 0.631 nmgy = r 23.0), not the 3.29 printed in the
-    paper's table, which would put the lower bound at 0 nmgy. Axis ratios are U(min_axis_ratio, 1) to keep
-    profiles away from q = 0.
+    The values (``config.prior`` of ``configs/default.py``) are the ones behind the paper's experiments,
+    which differ from its Table 1 in two places (SPEC.md, "Catalog prior"):
+
+    * Star flux truncation c = 613314, not the 1000 printed in the table: the authors' base configuration
+      used 613314, and only that value reproduces the paper's equal-count r cut-offs (17.777, 19.101, ...,
+      21.746 for stars + galaxies with r < 22; c = 1000 is up to 0.42 mag off, ``tests/test_prior.py``
+      checks 0.05). Star fluxes then reach (c * scale + loc) = 7.3e5 nmgy, r 7.85; the renderer has no
+      saturation, as in the paper.
+    * Galaxy flux scale 3.925 nmgy (the reference configuration; lower bound 0.631 nmgy = r 23.0), not the
+      3.29 printed in the table, which would put the lower bound at 0 nmgy.
+
+    Axis ratios are U(min_axis_ratio, 1) to keep profiles away from q = 0.
     """
 
     image_shape: tuple[int, int]  # (H, W) pixels

@@ -13,6 +13,19 @@ and summed back to real space only at the pixels where stamp and image overlap. 
 call at all. ``method='drawimage'`` calls GalSim's ``drawImage(method='fft')`` per source: slower,
 kept as the reference (the two agree to about 0.2% of the peak; tests check 0.5%).
 
+Bright stars are drawn in real space. The k-space star is cut at the PSF's maxk (``maxk_threshold``), which
+rings at about 1e-5 of the flux per pixel out to the stamp edge, both signs: invisible for faint stars but,
+for the brightest stars of the prior (r 7.85, 7e5 nmgy, SPEC.md), 100+ sigma of pixel noise and negative
+expected counts (NaN pixels under Gaussian noise). So a star whose k-space error (measured once per field
+against the real-space star) would exceed :data:`STAR_KSPACE_TOLERANCE` of the pixel noise is integrated
+over pixels directly (:func:`_add_star_pixels`): Gaussians exactly (erf), the truncated Moffat by
+Gauss-Legendre quadrature, exact chords where its truncation circle crosses a pixel. That is the
+six-parameter formula of :func:`npejax.sim.psf.profile` to about 5e-9 of the flux per pixel (a few electrons
+for the brightest star), at about 1 ms per star. With the default settings the switch sits near r 16.9
+(r 15.4 to 19.8 over the synthetic bank). The ``drawimage`` reference path rings the same way; above the
+same switch it draws stars with GalSim's ``maxk_threshold`` lowered to 1e-5 (within about 3 sigma, no
+negative counts).
+
 Sources near the edge are drawn partially, never wrapped. The expected counts lambda = sources +
 background get noise (``gaussian``: N(lambda, lambda), the paper's approximation; ``poisson``: exact;
 ``none``: noiseless), then the background is subtracted and the image converted back to nmgy.
@@ -27,6 +40,7 @@ import warnings
 
 import galsim
 import numpy as np
+from scipy import special
 
 from npejax.sim import fields as fields_lib
 from npejax.sim import psf as psf_lib
@@ -62,6 +76,11 @@ class RenderConfig:
         return settings.from_config(cls, "render", config)
 
 
+STAR_KSPACE_TOLERANCE = 0.1  # largest k-space star error in pixel-noise sigmas (sky + star); brighter: real space
+_STAR_NODES, _STAR_WEIGHTS = np.polynomial.legendre.leggauss(3)  # Moffat quadrature per pixel side
+_STAR_NODES, _STAR_WEIGHTS = (_STAR_NODES + 1) / 2, _STAR_WEIGHTS / 2  # on [0, 1]
+_STAR_EDGE_ROWS = 8  # midpoint rows per pixel where the Moffat's truncation circle crosses
+_BRIGHT_STAR_MAXK_THRESHOLD = 1e-5  # GalSim maxk_threshold of bright stars in the drawimage path
 _FFT_SIZES = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 _TABLE_POINTS = 385
 _TABLE_KMAX = 1.5 * math.pi  # radians per pixel; beyond the Nyquist frequency pi
@@ -116,6 +135,63 @@ def _add_band_limited(image: np.ndarray, kvalues: np.ndarray, ky: np.ndarray, kx
     image[r0:r1, c0:c1] += stamp.real / size**2
 
 
+def _add_star_pixels(image: np.ndarray, params: np.ndarray, trunc: float, x: float, y: float,
+                     flux: float) -> None:
+    """Adds a star of ``flux`` centred at edge-based (x, y): :func:`npejax.sim.psf.profile` (``params``,
+    Moffat truncated at radius ``trunc`` pixels) integrated over each pixel of ``image``, in real space.
+
+    The Gaussians are separable, so their pixel integrals are products of erf differences (exact). The
+    Moffat is integrated by Gauss-Legendre quadrature (:data:`_STAR_NODES` per pixel side); in the pixels that
+    its truncation circle crosses, by :data:`_STAR_EDGE_ROWS` midpoint rows (columns near the circle's top and
+    bottom), each integrated exactly over its chord inside the circle (Gauss-Legendre again), so the jump at
+    the circle costs little accuracy.
+    """
+    h, w = image.shape
+    s1, s2, sp, beta, b, p0 = (float(v) for v in params)
+    total = float(psf_lib.term_fluxes(params, trunc).sum())
+    rows, cols = np.arange(h + 1) - y, np.arange(w + 1) - x  # pixel edges relative to the centre
+    for sigma, peak in ((s1, 1.0), (s2, b)):
+        if peak > 0:
+            scale = math.sqrt(2.0) * sigma
+            iy, ix = np.diff(special.erf(rows / scale)) / 2, np.diff(special.erf(cols / scale)) / 2
+            image += (flux * peak * 2 * math.pi * sigma**2 / total) * np.outer(iy, ix)
+    r0, r1 = max(math.floor(y - trunc), 0), min(math.floor(y + trunc) + 1, h)
+    c0, c1 = max(math.floor(x - trunc), 0), min(math.floor(x + trunc) + 1, w)
+    if p0 <= 0 or r0 >= r1 or c0 >= c1:
+        return
+    width2, trunc2 = beta * sp**2, trunc**2
+
+    def moffat(r2):  # peak-normalized Moffat where r2 <= trunc^2, 0 outside
+        out = np.zeros(r2.shape)
+        inside = r2 <= trunc2
+        out[inside] = np.exp(np.log(1.0 + r2[inside] / width2) * (-beta / 2))
+        return out
+
+    lo_y, lo_x = np.arange(r0, r1) - y, np.arange(c0, c1) - x  # pixel's low edges relative to the centre
+    dy, dx = lo_y[:, None] + _STAR_NODES[None, :], lo_x[:, None] + _STAR_NODES[None, :]  # [pixels, nodes]
+    values = moffat(dy[:, :, None, None] ** 2 + dx[None, None, :, :] ** 2)
+    pixels = np.einsum("ajbk,j,k->ab", values, _STAR_WEIGHTS, _STAR_WEIGHTS)
+    # pixels the circle crosses: nearest point inside it, farthest corner outside
+    near_y = np.where((lo_y <= 0) & (lo_y + 1 >= 0), 0.0, np.minimum(np.abs(lo_y), np.abs(lo_y + 1)))
+    near_x = np.where((lo_x <= 0) & (lo_x + 1 >= 0), 0.0, np.minimum(np.abs(lo_x), np.abs(lo_x + 1)))
+    far_y, far_x = np.maximum(np.abs(lo_y), np.abs(lo_y + 1)), np.maximum(np.abs(lo_x), np.abs(lo_x + 1))
+    ey, ex = np.nonzero((near_y[:, None] ** 2 + near_x[None, :] ** 2 < trunc2)
+                        & (far_y[:, None] ** 2 + far_x[None, :] ** 2 > trunc2))
+    if ey.size:
+        # rows across the circle's sides (|dx| >= |dy|), columns across its top and bottom: there the
+        # circle's edge is a smooth function of the sampled coordinate
+        across, along = lo_y[ey], lo_x[ex]
+        swap = np.abs(across + 0.5) > np.abs(along + 0.5)
+        across, along = np.where(swap, along, across), np.where(swap, across, along)
+        sub = across[:, None] + (np.arange(_STAR_EDGE_ROWS) + 0.5) / _STAR_EDGE_ROWS  # [edge, rows]
+        half = np.sqrt(np.maximum(trunc2 - sub**2, 0.0))  # half chord of the circle at each row
+        start, end = np.clip(along[:, None], -half, half), np.clip(along[:, None] + 1.0, -half, half)
+        nodes = start[:, :, None] + (end - start)[:, :, None] * _STAR_NODES  # [edge, rows, nodes] in the chord
+        r2 = np.minimum(sub[:, :, None] ** 2 + nodes**2, trunc2)  # rounding must not drop a node
+        pixels[ey, ex] = ((moffat(r2) * _STAR_WEIGHTS).sum(axis=2) * (end - start)).mean(axis=1)
+    image[r0:r1, c0:c1] += (flux * p0 / total) * pixels
+
+
 def _galaxy_jacobian(radius: float, q: float, angle: float) -> np.ndarray:
     """Maps a round unit-half-light-radius profile to circularized radius ``radius``, axis ratio q, angle."""
     c, s = math.cos(angle), math.sin(angle)
@@ -139,8 +215,10 @@ class Renderer:
         # GalSim recomputes a Sersic's stepk/maxk on every access: keep the unit-radius values
         self._base_k = {id(b): (b.stepk, b.maxk) for b in (self._disk, self._bulge)}
         self._psf_cache: dict[int, galsim.GSObject] = {}
+        self._bright_psf_cache: dict[int, galsim.GSObject] = {}
         self._tables = None
         self._star_cache: dict[int, tuple] = {}
+        self._star_limit: dict[int, float] = {}
         self._psf_stepk = math.pi / config.psf_trunc_pixels  # GalSim's stepk of the truncated PSF
 
     def psf(self, field: int) -> galsim.GSObject:
@@ -151,6 +229,17 @@ class Renderer:
             self._psf_cache[field] = psf_lib.galsim_psf(
                 self.bank.psf_params[field], self.config.psf_trunc_pixels, gsparams=self.gsparams)
         return self._psf_cache[field]
+
+    def _bright_psf(self, field: int) -> galsim.GSObject:
+        """The field's PSF with ``maxk_threshold`` :data:`_BRIGHT_STAR_MAXK_THRESHOLD`, for bright stars in the
+        ``drawimage`` path (cached)."""
+        field = int(field)
+        if field not in self._bright_psf_cache:
+            gsparams = galsim.GSParams(folding_threshold=self.config.folding_threshold,
+                                       maxk_threshold=_BRIGHT_STAR_MAXK_THRESHOLD)
+            self._bright_psf_cache[field] = psf_lib.galsim_psf(
+                self.bank.psf_params[field], self.config.psf_trunc_pixels, gsparams=gsparams)
+        return self._bright_psf_cache[field]
 
     def _psf_table(self, field: int) -> tuple[float, np.ndarray, float]:
         """(table step, radial transfer table of the PSF, maxk) for bank field ``field``."""
@@ -180,6 +269,33 @@ class Renderer:
             ky, kx = _k_grid(size, self._psf_table(field)[2])
             self._star_cache[field] = (self._psf_transfer(field, ky, kx), ky, kx, size)
         return self._star_cache[field]
+
+    def _star_kspace_limit(self, field: int) -> float:
+        """Brightest star (electrons) that the k-space path draws within :data:`STAR_KSPACE_TOLERANCE` of the
+        pixel noise in field ``field`` (cached); brighter stars take :func:`_add_star_pixels`.
+
+        The k-space error e (per unit flux, per pixel) is measured once, for a unit star at two sub-pixel
+        positions, against the real-space star f. A star of F electrons stays within tolerance t in a pixel
+        while F e <= t sqrt(sky + F f), i.e. F <= (t^2 f + sqrt(t^4 f^2 + 4 t^2 e^2 sky)) / (2 e^2); the sky is
+        the field's lowest (``sky_grid`` minimum, a lower bound of every crop's interpolated sky) and the
+        limit the smallest over the pixels.
+        """
+        field = int(field)
+        if field not in self._star_limit:
+            star_k, ky, kx, size = self._star_kimage(field)
+            params, trunc = self.bank.psf_params[field], self.config.psf_trunc_pixels
+            sky, tol = max(float(self.bank.sky_grid[field].min()), 0.0), STAR_KSPACE_TOLERANCE
+            limit = math.inf
+            for dx, dy in ((0.5, 0.5), (0.13, 0.91)):
+                kspace, real = np.zeros((size, size)), np.zeros((size, size))
+                _add_band_limited(kspace, star_k, ky, kx, size, size / 2 + dx, size / 2 + dy)
+                _add_star_pixels(real, params, trunc, size / 2 + dx, size / 2 + dy, 1.0)
+                e2 = np.maximum((kspace - real) ** 2, 1e-300)
+                real = np.maximum(real, 0.0)
+                bound = (tol**2 * real + np.sqrt(tol**4 * real**2 + 4 * tol**2 * e2 * sky)) / (2 * e2)
+                limit = min(limit, float(bound.min()))
+            self._star_limit[field] = limit
+        return self._star_limit[field]
 
     def _galaxy(self, catalog, s: int, flux_e: float) -> tuple[galsim.GSObject, float, float]:
         """Unconvolved bulge + disk of source ``s`` in electrons, with its stepk and maxk (radians/pixel).
@@ -222,7 +338,10 @@ class Renderer:
             x, y = float(catalog["x"][s]), float(catalog["y"][s])
             flux = float(catalog["flux"][s]) * to_e
             if not catalog["is_galaxy"][s]:
-                _add_band_limited(image, flux * star_k, star_ky, star_kx, star_size, x, y)
+                if flux > self._star_kspace_limit(field):
+                    _add_star_pixels(image, self.bank.psf_params[field], self.config.psf_trunc_pixels, x, y, flux)
+                else:
+                    _add_band_limited(image, flux * star_k, star_ky, star_kx, star_size, x, y)
                 continue
             galaxy, stepk, maxk = self._galaxy(catalog, s, flux)
             stepk = 1.0 / math.sqrt(stepk**-2 + self._psf_stepk**-2)  # as galsim.Convolve combines them
@@ -241,8 +360,12 @@ class Renderer:
         for s in range(int(catalog["n_sources"])):
             x, y = float(catalog["x"][s]), float(catalog["y"][s])
             flux = float(catalog["flux"][s]) * to_e
-            obj = galsim.Convolve([self._galaxy(catalog, s, flux)[0], psf]) if catalog["is_galaxy"][s] \
-                else psf.withFlux(flux)
+            if catalog["is_galaxy"][s]:
+                obj = galsim.Convolve([self._galaxy(catalog, s, flux)[0], psf])
+            elif flux > self._star_kspace_limit(field):  # GalSim's maxk cut would ring below zero
+                obj = self._bright_psf(field).withFlux(flux)
+            else:
+                obj = psf.withFlux(flux)
             radius = self._stamp_size(obj.stepk) // 2
             gx, gy = x + 0.5, y + 0.5  # GalSim pixel (1, 1) is centred at (1, 1); ours at (0.5, 0.5)
             ix, iy = int(round(gx)), int(round(gy))
