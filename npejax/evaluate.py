@@ -40,6 +40,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("num-workers", 2, "Simulation worker processes.", flag_values=fv)
     flags.DEFINE_boolean("no-baseline", False, "Skip Source Extractor.", flag_values=fv)
     flags.DEFINE_boolean("no-snr", False, "Skip the SNR-stratified metrics.", flag_values=fv)
+    flags.DEFINE_boolean("no-ceiling", False, "Skip the r-band star/galaxy accuracy ceiling.", flag_values=fv)
+    flags.DEFINE_integer("ceiling-galaxies", 200, "Galaxies per bin for the r-band ceiling.", lower_bound=1,
+                         flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Bootstrap seed.", flag_values=fv)
 
 
@@ -61,7 +64,8 @@ def run(fv: flags.FlagValues) -> None:
                       test_dir=fv["test-dir"].value, catalogs=_pairs(fv.catalog, "--catalog"),
                       baseline=not fv["no-baseline"].value, num_bootstrap=fv["num-bootstrap"].value,
                       num_bins=fv["num-bins"].value, seed=fv.seed, num_workers=fv["num-workers"].value,
-                      snr=not fv["no-snr"].value)
+                      snr=not fv["no-snr"].value, ceiling=not fv["no-ceiling"].value,
+                      ceiling_galaxies=fv["ceiling-galaxies"].value)
 
 
 def main(argv=None) -> int:

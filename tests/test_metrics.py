@@ -1,12 +1,13 @@
 """Evaluation metrics: matching, magnitude bins, binned metrics with bootstrap bands, calibration."""
 
+import itertools
 import json
 import time
 
 import numpy as np
 import pytest
 from astropy.table import Table
-from scipy import stats
+from scipy import optimize, stats
 
 from npejax.evaluation import metrics
 from npejax.catalogs import flux_to_mag, mag_to_flux
@@ -69,6 +70,49 @@ def test_match_minimizes_total_distance_not_greedy():
     t2p, p2t = metrics.match(truth, pred, num_images=1)
     np.testing.assert_array_equal(t2p, [1, 0])
     np.testing.assert_array_equal(p2t, [1, 0])
+
+
+def test_match_maximizes_valid_matches_before_distance():
+    # Truth A sits on prediction P1; its neighbour B reaches only P1 (0.854 px), A also reaches P0 (0.854).
+    # Distances (rows A, B; columns P0, P1): [[0.854, 0.0], [1.208, 0.854]].
+    # Raw assignment: A-P1 + B-P0 = 0 + 1.208 < 0.854 + 0.854, and B-P0 is beyond the 1-pixel slack:
+    # one match. With far pairs at a prohibitive cost: A-P0 + B-P1, two matches.
+    truth = concat(one_source(x=10.9, y=10.3), one_source(x=10.1, y=10.0))
+    pred = concat(one_source(x=10.6, y=11.1), one_source(x=10.9, y=10.3))
+    dist = np.hypot(truth["x"][:, None] - pred["x"][None, :], truth["y"][:, None] - pred["y"][None, :])
+    np.testing.assert_allclose(dist, [[0.854, 0.0], [1.208, 0.854]], atol=1e-3)
+    rows, cols = optimize.linear_sum_assignment(dist)  # what assigning on raw distances would do
+    assert np.sum(dist[rows, cols] <= 1.0) == 1
+    t2p, p2t = metrics.match(truth, pred, num_images=1)
+    np.testing.assert_array_equal(t2p, [0, 1])
+    np.testing.assert_array_equal(p2t, [0, 1])
+    res = metrics.binned_metrics(truth, pred, 1, cutoffs=(22.0,), num_bootstrap=0)
+    assert res["num_matched"] == 2 and res["recall"]["value"][0] == 1.0
+    # among equally many valid matches the total distance still decides
+    t2p, _ = metrics.match(concat(one_source(x=10.0), one_source(x=11.0)),
+                           concat(one_source(x=10.45), one_source(x=9.5)), num_images=1)
+    np.testing.assert_array_equal(t2p, [1, 0])
+
+
+def test_match_is_the_lexicographic_optimum_of_a_brute_force_search():
+    # most pairs within the slack, then the least summed distance of those pairs: every assignment of small
+    # random crowds tried (the authors' 1e20 cost misses the second criterion in about 10% of them)
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        nt, npred = (int(v) for v in rng.integers(1, 5, 2))
+        truth = dict(image=np.zeros(nt, int), x=rng.uniform(0, 3, nt), y=rng.uniform(0, 3, nt))
+        pred = dict(image=np.zeros(npred, int), x=rng.uniform(0, 3, npred), y=rng.uniform(0, 3, npred))
+        dist = np.hypot(truth["x"][:, None] - pred["x"][None], truth["y"][:, None] - pred["y"][None])
+        candidates = []
+        for perm in itertools.permutations(range(max(nt, npred)), min(nt, npred)):
+            rows, cols = (np.arange(nt), np.array(perm)) if nt <= npred else (np.array(perm), np.arange(npred))
+            ok = dist[rows, cols] <= 1.0
+            candidates.append((-int(ok.sum()), float(dist[rows, cols][ok].sum())))
+        best = min(candidates)
+        t2p, _ = metrics.match(truth, pred, num_images=1)
+        ok = t2p >= 0
+        got = (-int(ok.sum()), float(dist[np.nonzero(ok)[0], t2p[ok]].sum()))
+        assert got[0] == best[0] and got[1] == pytest.approx(best[1], abs=1e-12), (got, best)
 
 
 def test_match_is_per_image_and_respects_prob_threshold():

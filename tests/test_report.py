@@ -8,18 +8,21 @@ import pytest
 
 from npejax import catalogs as catalog
 from npejax import io
-from npejax.evaluation import evaluate, metrics, report
+from npejax.evaluation import ceiling, evaluate, metrics, report
 from npejax.evaluation.headline import SUBSETS
 
 NAN = math.nan
-HEADER = ("| method | precision (est. r < 21.5) | recall (r < 21.2) | star/galaxy accuracy (r < 22) "
-          "| flux MAPE % (r < 22) | 95% flux interval coverage | star/galaxy AUC (all) |")
+HEADER = ("| method | precision, est. r < 21.5: [mean of ref. bins 1-8, to 21.495] "
+          "| recall, r < 21.2: [mean of ref. bins 1-7, to 21.227] | star/galaxy accuracy, r < 22: [mean of ref. "
+          "bins 1-10] | flux MAPE %, r < 22: [mean of ref. bins 1-10] | 95% flux interval coverage "
+          "| star/galaxy AUC (all) |")
 SEPARATOR = "| --- | --- | --- | --- | --- | --- | --- |"
 PAPER = "| paper, PSF-aware (p_many, 42k images) | > 0.95 | > 0.9 | > 0.96 | - | about 0.96 | - |"
 
 
-def _h(value, std=NAN, count=10):
-    return dict(value=value, std=std, count=count)
+def _h(value, std=NAN, count=10, bins=None):
+    return dict(value=value, std=std, count=count) if bins is None else dict(value=value, std=std, count=count,
+                                                                             bins=bins)
 
 
 def _binned(values, mean, counts, available=True):
@@ -28,9 +31,14 @@ def _binned(values, mean, counts, available=True):
 
 def _headline_results():
     return dict(methods={
-        "aware": dict(headline=dict(precision=_h(0.97123, 0.00456), recall=_h(0.9), accuracy=_h(None),
-                                    mape=_h(12.345, 1.26), coverage95=_h(0.95, NAN), auc=_h(0.98765, NAN))),
-        "mine": dict(headline=dict(precision=_h(NAN), recall=_h(1.0, 0.0))),  # unknown name, missing keys
+        "aware": dict(headline=dict(
+            precision=_h(0.97123, 0.00456, bins=8), precision_pooled=_h(0.955, 0.002), recall=_h(0.9, bins=7),
+            recall_pooled=_h(NAN), accuracy=_h(None, bins=10), accuracy_pooled=_h(0.8),
+            mape=_h(12.345, 1.26, bins=10), mape_pooled=_h(20.04, 1.0), coverage95=_h(0.95, NAN),
+            auc=_h(0.98765, NAN))),
+        "mine": dict(headline=dict(precision=_h(NAN, bins=8), recall=_h(1.0, 0.0, bins=7))),  # missing keys
+        # metrics.json written before the bin means: its values pooled every source below the cut-off
+        "old": dict(headline=dict(precision=_h(0.96, 0.01), recall=_h(0.91), coverage95=_h(0.9))),
     })
 
 
@@ -38,11 +46,23 @@ def test_headline_table_cells():
     table = report.headline_table(_headline_results())
     assert table.split("\n") == [
         HEADER, SEPARATOR,
-        "| PSF-aware | 0.971 ± 0.005 | 0.900 | n/a | 12.3 ± 1.3 | 0.950 | 0.988 |",
-        "| mine | n/a | 1.000 ± 0.000 | n/a | n/a | n/a | n/a |",
+        "| PSF-aware | [0.971 ± 0.005] pooled 0.955 | [0.900] | pooled 0.800 | [12.3 ± 1.3] pooled 20.0 | 0.950 "
+        "| 0.988 |",
+        "| mine | n/a | [1.000 ± 0.000] | n/a | n/a | n/a | n/a |",
+        "| old | pooled 0.960 | pooled 0.910 | n/a | n/a | 0.900 | n/a |",
         PAPER,
     ]
-    assert report.headline_table(_headline_results(), with_paper=False).split("\n")[-1].startswith("| mine |")
+    assert report.headline_table(_headline_results(), with_paper=False).split("\n")[-1].startswith("| old |")
+
+
+def test_headline_table_has_a_ceiling_row():
+    r = _headline_results()
+    r["ceiling"] = dict(headline=dict(value=0.95432, std=0.0021, pooled=0.9611, pooled_std=0.001, bins=10,
+                                      count=1234))
+    lines = report.headline_table(r).split("\n")
+    assert lines[-2] == ("| r-band ceiling (ideal test), 1234 galaxies | - | - | [0.954 ± 0.002] pooled 0.961 "
+                         "| - | - | - |")
+    assert lines[-1] == PAPER
 
 
 def _bins_results():
@@ -86,6 +106,19 @@ def test_bins_table_cells():
                                "| sources (truth) | 4 | 2 | 0 | |"]
 
 
+def test_bins_table_has_a_ceiling_row_for_accuracy_only():
+    results = _bins_results()
+    results["ceiling"] = dict(bins_equal=dict(value=[1.0, 0.95123, NAN], std=[0.0, 0.01, NAN], mean=0.975615))
+    lines = report.bins_table(results, "bins_equal", (18.0, 20.0, 22.0), "accuracy").split("\n")
+    assert lines[2:] == [
+        "| PSF-aware | 1.000 | 1.000 | 1.000 | [1.000] |",
+        "| r-band ceiling (ideal test) | 1.000 | 0.951 | n/a | [0.976] |",
+        "| sources (truth) | 4 | 2 | 0 | |",
+    ]
+    assert "ceiling" not in report.bins_table(results, "bins_equal", (18.0, 20.0, 22.0), "recall")
+    assert "ceiling" not in report.bins_table(results, "bins_reference", (18.0, 20.0, 22.0), "accuracy")
+
+
 def test_index_markdown():
     r = _headline_results()
     r["test_set"] = dict(num_images=12)
@@ -122,7 +155,15 @@ def _full_results():
     snr_cut = metrics.equal_count_edges(snr_values, 3, max_mag=np.inf)
     methods = {name: evaluate.evaluate_catalog(truth, pred, n_images, cut, snr_values, snr_cut, num_bootstrap=10)
                for name, pred in (("aware", net), ("sep", sep))}
+    d = np.where(truth["is_galaxy"], rng.uniform(0, 5, n), np.nan)  # distances to the best star, made up
+    ceil = {key: ceiling.binned_ceiling(values, cutoffs, truth["is_galaxy"], d)
+            for key, values, cutoffs in (("bins_equal", truth["mag"], cut),
+                                         ("bins_reference", truth["mag"], metrics.REFERENCE_CUTOFFS),
+                                         ("bins_snr", snr_values, snr_cut))}
+    ceil["options"] = dict(max_per_bin=200, seed=0, num_galaxies=int(truth["is_galaxy"].sum()), seconds=1.0)
+    ceil["headline"] = ceiling._headline(ceil["bins_reference"])
     return dict(
+        ceiling=ceil,
         test_set=dict(directory="/data/test-many", num_images=n_images, num_sources=n, prior="many",
                       dropped_by_tile_rule=3, bank="synthetic", synthetic_bank=True, seed=0),
         options=dict(num_bootstrap=10, num_bins=3, prob_threshold=0.5, slack_pixels=1.0, seed=0),
@@ -144,6 +185,13 @@ def test_markdown_holds_the_tables():
             assert report.bins_table(results, key, cutoffs, metric) in text
     for metric in ("recall", "accuracy", "mape"):
         assert report.bins_table(results, "bins_snr", results["snr_cutoffs"], metric, "SNR") in text
+    # the ceiling: explained, in the headline table and in every accuracy table, listed with the files
+    assert text.count("| r-band ceiling (ideal test) |") == 3 and "| r-band ceiling (ideal test), " in text
+    assert "**r-band ceiling (ideal test)**: the star/galaxy accuracy of an ideal test" in text
+    assert "`ceiling.csv`" in text
+    results["ceiling"] = None  # an evaluation without it
+    text = report.markdown(results)
+    assert "ceiling" not in text and "| paper, PSF-aware" in text
     # the baseline has no probabilities: no calibration row, but coverage rows only for the network
     cal = results["methods"]["aware"]["calibration"]["all"]
     assert f"| PSF-aware | {cal['total_expected']:.0f} / {cal['total_true']:.0f} |" in text

@@ -4,6 +4,7 @@
   bootstrap bands, calibration, ROC, flux coverage (plain numpy/scipy).
 * :mod:`~npejax.evaluation.snr` -- the signal-to-noise ratio of each true source (Appendix A).
 * :mod:`~npejax.evaluation.baseline` -- the Source Extractor (``sep``) baseline catalog.
+* :mod:`~npejax.evaluation.ceiling` -- the r-band accuracy ceiling (the ideal star/galaxy test).
 * :mod:`~npejax.evaluation.headline` -- the headline metrics, detection threshold, method and subset names.
 * :mod:`~npejax.evaluation.report` -- the report's figures (PNG) and markdown tables.
 * :mod:`~npejax.evaluation.evaluate` -- test set, catalogs of every method, all metrics, the report's files.

@@ -13,10 +13,14 @@ precision by estimated magnitude, recall, star/galaxy accuracy and flux MAPE by 
 equal-count bins and in the reference cut-offs, with 1-sigma bootstrap bands over images and the mean
 over bins; detection calibration; star/galaxy ROC and AUC; flux credible-interval coverage; and recall,
 accuracy and MAPE by SNR (Appendix A). The headline metrics, detection threshold and method names are
-in :mod:`npejax.evaluation.headline`.
+in :mod:`npejax.evaluation.headline`: each headline value is the mean over the paper's reference bins below
+its cut-off, with the pooled figure beside it (``KEY_pooled``). Beside the methods, the r-band ceiling
+(:mod:`npejax.evaluation.ceiling`, ``ceiling=False`` skips it): the accuracy of an ideal star/galaxy test
+per bin of every binning, computed once per test set from its own galaxies (at most ``ceiling_galaxies``
+per bin), so the report says how far each network is from what r-band pixels allow.
 
 Writes to ``REPORT_DIR``: ``metrics.json``, CSV tables (``bins_equal.csv``, ``bins_reference.csv``,
-``bins_snr.csv``, ``calibration.csv``, ``coverage.csv``, ``headline.csv``), PNG figures
+``bins_snr.csv``, ``calibration.csv``, ``coverage.csv``, ``headline.csv``, ``ceiling.csv``), PNG figures
 (``detection.png``, ``calibration.png``, ``roc.png``, ``coverage.png``, ``snr.png``; :mod:`npejax.evaluation.report`),
 ``gallery.png`` (a dozen test images with the true sources and each method's detections, the worst-scored
 images first: :func:`gallery_images`), ``predictions/NAME.fits`` (detections, prob_source > 0.5) and
@@ -39,7 +43,11 @@ CSV tables (one row per method and entry; non-finite values are empty cells):
   ``methods.NAME.bins_*.METRIC``, ``count`` the bin's denominator.
 - ``calibration.csv``: ``method, subset, true_count, num_images, mean_expected, std_expected``.
 - ``coverage.csv``: ``method, subset, level, coverage, std, count``.
-- ``headline.csv``: ``method, metric, label, value, std, count`` (``metrics.json`` ``methods.NAME.headline``).
+- ``headline.csv``: ``method, metric, label, value, std, count`` (``metrics.json`` ``methods.NAME.headline``),
+  and the ceiling's ``accuracy`` / ``accuracy_pooled`` as method ``ceiling`` (``count``: galaxies used).
+- ``ceiling.csv``: ``bins, bin, lo, hi, value, std, galaxy_fraction, galaxy_error, star_error, num_galaxies,
+  count`` -- ``bins`` is ``equal``, ``reference`` or ``snr``; ``metrics.json`` ``ceiling.bins_*``
+  (:func:`npejax.evaluation.ceiling.binned_ceiling`).
 
 A catalog given with ``--catalog NAME=FILE`` is evaluated as it is: precision, recall, accuracy, MAPE,
 ROC and coverage need only its detections, but the detection calibration sums ``prob_source`` over
@@ -64,7 +72,8 @@ from npejax import io
 from npejax.evaluation import baseline as baseline_lib
 from npejax.evaluation import metrics, report
 from npejax.evaluation import snr as snr_lib
-from npejax.evaluation.headline import BASELINE, HEADLINE, PROB_THRESHOLD, SUBSETS
+from npejax.evaluation import ceiling as ceiling_lib
+from npejax.evaluation.headline import BASELINE, CEILING, HEADLINE, HEADLINE_ROWS, POOLED, PROB_THRESHOLD, SUBSETS
 from npejax.nn.posterior import tiles_to_sources
 from npejax.nn.predictor import Predictor, load_config
 from npejax.schema import CATALOG_KEYS, FIELD_PRIORS, METRIC_LABELS
@@ -300,9 +309,14 @@ def evaluate_catalog(truth, pred, num_images: int, equal_cutoffs, snr=None, snr_
     if snr is not None:
         out["bins_snr"] = metrics.binned_metrics(truth, pred, num_images, cutoffs=snr_cutoffs, truth_strata=snr, **kw)
     headline = {}
-    for key, _, metric, cutoff, _ in HEADLINE:
+    for key, _, metric, cutoff, bins, _ in HEADLINE:  # the mean over reference bins, then the pooled figure
         if metric is not None:
-            headline[key] = _single(truth, pred, num_images, metric, cutoff, num_bootstrap, seed)
+            ref = out["bins_reference"] if bins == len(metrics.REFERENCE_CUTOFFS) else metrics.binned_metrics(
+                truth, pred, num_images, cutoffs=metrics.REFERENCE_CUTOFFS[:bins], **kw)
+            r = ref[metric]
+            headline[key] = dict(value=r["mean"], std=r["mean_std"], count=int(np.sum(r["count"][:bins])),
+                                 bins=int(bins), num_defined=int(np.sum(np.isfinite(r["value"][:bins]))))
+            headline[key + POOLED] = _single(truth, pred, num_images, metric, cutoff, num_bootstrap, seed)
     matches = metrics.match(truth, pred, num_images, prob_threshold=PROB_THRESHOLD)
     has_probs = "prob_source" in metrics.colnames(pred)
     out["calibration"], out["roc"], out["coverage"] = {}, {}, {}
@@ -395,17 +409,22 @@ def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int 
              test_dir: str | None = None, catalogs: dict | None = None, baseline: bool = True,
              num_bootstrap: int = 200, num_bins: int = 10, seed: int = 0, sim_config=None,
              num_workers: int = 2, snr: bool = True, progress: bool = True,
-             chunk_images: int = CHUNK_IMAGES) -> dict:
+             chunk_images: int = CHUNK_IMAGES, ceiling: bool = True,
+             ceiling_galaxies: int = ceiling_lib.DEFAULT_MAX_PER_BIN) -> dict:
     """Evaluates networks (``workdirs``: name -> training directory) and prediction ``catalogs`` (name ->
     table or file) on a test set, writes the report to ``out_dir`` and returns the metrics dict. The
-    inputs (output directory, test set split, catalogs) are checked before any work."""
+    inputs (output directory, test set split, catalogs) are checked before any work. ``ceiling``: compute
+    the r-band accuracy ceiling (:mod:`npejax.evaluation.ceiling`, at most ``ceiling_galaxies`` galaxies per
+    bin; about 15 ms a galaxy)."""
     t0 = time.time()
     workdirs, catalogs = dict(workdirs or {}), dict(catalogs or {})
     names = list(workdirs) + list(catalogs)
     if not names and not baseline:
         raise EvaluationError("nothing to evaluate: give at least one --workdir NAME=DIR or --catalog NAME=FILE")
-    if len(set(names)) != len(names) or BASELINE in names:
-        raise EvaluationError(f"method names must be unique and not {BASELINE!r}: {names}")
+    if len(set(names)) != len(names) or BASELINE in names or CEILING in names:
+        raise EvaluationError(f"method names must be unique and not {BASELINE!r} or {CEILING!r}: {names}")
+    if int(ceiling_galaxies) < 1:
+        raise EvaluationError(f"ceiling_galaxies must be >= 1, got {ceiling_galaxies}")
     for name, w in workdirs.items():
         if not os.path.isdir(w):
             raise EvaluationError(f"--workdir {name}={w}: no such directory")
@@ -460,19 +479,32 @@ def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int 
             snr_cutoffs = metrics.equal_count_edges(snr_values[np.isfinite(snr_values)], num_bins, max_mag=np.inf)
         else:
             snr_values = None
+    ceiling_result = None
+    readable = set(ceiling_lib.BATCH_KEYS) <= set(test.dataset.keys)
+    spec = ceiling_lib.manifest_spec(test.manifest) if ceiling and len(truth) and readable else None
+    if spec is not None:  # once per test set: it depends on the truth only
+        t = time.time()
+        mags = np.asarray(truth["mag"], np.float64)
+        binnings = dict(bins_equal=(mags, equal_cutoffs), bins_reference=(mags, metrics.REFERENCE_CUTOFFS),
+                        bins_snr=None if snr_values is None else (snr_values, snr_cutoffs))
+        ceiling_result = ceiling_lib.test_set_ceiling(test.read, truth, spec, binnings, int(ceiling_galaxies), seed,
+                                                      chunk_images=chunk_images)
+        print(f"  r-band ceiling: {ceiling_result['options']['num_galaxies']} galaxies in {time.time() - t:.1f} s",
+              flush=True)
     gallery = gallery_images(truth, preds, n)
     results = dict(
         test_set=dict(directory=test.directory, num_images=n, num_sources=len(truth), prior=prior,
                       dropped_by_tile_rule=test.num_dropped, bank=_bank_path(test.manifest),
                       synthetic_bank=_bank_path(test.manifest) == "synthetic", seed=test.manifest.get("seed")),
         options=dict(num_bootstrap=num_bootstrap, num_bins=num_bins, prob_threshold=PROB_THRESHOLD, slack_pixels=1.0,
-                     seed=seed),
+                     seed=seed, ceiling_galaxies=int(ceiling_galaxies) if ceiling_result else None),
         equal_cutoffs=np.asarray(equal_cutoffs), snr_cutoffs=snr_cutoffs,
         bin_centers=dict(equal=_bin_centers(truth, equal_cutoffs),
                          reference=_bin_centers(truth, metrics.REFERENCE_CUTOFFS),
                          snr=None if snr_values is None else _bin_centers(truth, snr_cutoffs, snr_values)),
         workdirs={k: os.path.abspath(v) for k, v in workdirs.items()},
         methods={},
+        ceiling=ceiling_result,
         gallery=gallery,
     )
     for name, p in preds.items():
@@ -512,6 +544,24 @@ def _bin_rows(results: dict, key: str, cutoffs) -> list[dict]:
     return rows
 
 
+def _ceiling_rows(results: dict) -> list[dict]:
+    """Rows of ``ceiling.csv`` (module doc)."""
+    rows = []
+    ceil = results["ceiling"]
+    for key, cutoffs in (("bins_equal", results["equal_cutoffs"]), ("bins_reference", metrics.REFERENCE_CUTOFFS),
+                         ("bins_snr", results.get("snr_cutoffs"))):
+        c = ceil.get(key)
+        if not c or cutoffs is None:
+            continue
+        edges = [-np.inf, *np.asarray(cutoffs, float)]
+        for k in range(len(cutoffs)):
+            rows.append(dict(bins=key[5:], bin=k, lo=float(edges[k]), hi=float(edges[k + 1]),
+                             **{f: float(np.asarray(c[f], float)[k]) for f in (
+                                 "value", "std", "galaxy_fraction", "galaxy_error", "star_error")},
+                             num_galaxies=int(c["num_galaxies"][k]), count=int(c["count"][k])))
+    return rows
+
+
 def write_report(out_dir: str, results: dict, preds: dict | None = None, gallery_panels: list | None = None) -> None:
     """Writes metrics.json, the CSV tables, the figures (the gallery when ``gallery_panels`` are given:
     :func:`npejax.evaluation.report.write_gallery`) and report.md to ``out_dir``."""
@@ -534,13 +584,23 @@ def write_report(out_dir: str, results: dict, preds: dict | None = None, gallery
             for i, level in enumerate(c["levels"]):
                 cov.append(dict(method=name, subset=subset, level=float(level), coverage=float(c["coverage"][i]),
                                 std=float(c["std"][i]), count=int(c["count"])))
-        for key, label, *_ in HEADLINE:
+        for key, label in HEADLINE_ROWS:
             h = m["headline"].get(key)
             if h is not None:
-                head.append(dict(method=name, metric=key, label=label, **h))
+                head.append(dict(method=name, metric=key, label=label, value=h["value"], std=h["std"],
+                                 count=h["count"]))
+    ceil = results.get("ceiling")
+    if ceil and ceil.get("headline"):
+        h = ceil["headline"]
+        for key, value, std in (("accuracy", h["value"], h["std"]),
+                                ("accuracy" + POOLED, h["pooled"], h["pooled_std"])):
+            head.append(dict(method=CEILING, metric=key, label=dict(HEADLINE_ROWS)[key], value=value, std=std,
+                             count=h["count"]))
     io.write_csv(os.path.join(out_dir, "calibration.csv"), cal)
     io.write_csv(os.path.join(out_dir, "coverage.csv"), cov)
     io.write_csv(os.path.join(out_dir, "headline.csv"), head)
+    if ceil:
+        io.write_csv(os.path.join(out_dir, "ceiling.csv"), _ceiling_rows(results))
     if preds:
         os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
         for name, p in preds.items():

@@ -12,7 +12,11 @@ results dict as :func:`npejax.evaluation.evaluate.evaluate` returns it: ``test_s
 ``options`` (``prob_threshold``, ``num_bootstrap``), ``equal_cutoffs``, ``snr_cutoffs`` (or None),
 ``bin_centers`` and ``methods``: name -> the dict of
 :func:`~npejax.evaluation.evaluate.evaluate_catalog` (``headline``, ``bins_equal``, ``bins_reference``,
-``bins_snr``, ``calibration``, ``roc``, ``coverage``). Values are floats (NaN or None: shown as n/a).
+``bins_snr``, ``calibration``, ``roc``, ``coverage``) and ``ceiling`` (None, or the r-band accuracy ceiling of
+:func:`npejax.evaluation.ceiling.test_set_ceiling`: ``bins_equal``, ``bins_reference``, ``bins_snr``,
+``headline``), drawn as a line in the accuracy panels and a row of the accuracy and headline tables. Values
+are floats (NaN or None: shown as n/a). Headline entries written before the bin means existed (no ``bins``
+key: their value pooled every source below the cut-off) are shown as pooled figures.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from npejax import io
 from npejax.evaluation import metrics
-from npejax.evaluation.headline import BASELINE, HEADLINE, LABELS, SUBSET_LABELS, SUBSETS
+from npejax.evaluation.headline import BASELINE, CEILING, HEADLINE, LABELS, POOLED, SUBSET_LABELS, SUBSETS
 from npejax.schema import METRIC_LABELS
 
 # paper's colors/markers: single-field blue circles, PSF-unaware red squares, PSF-aware orange triangles
@@ -90,6 +94,11 @@ def _binned_panels(results: dict, key: str, centers, panels, xlabel: str, path: 
             ax.plot(centers, v, ls, color=color, marker=marker, ms=5,
                     label=f"{_label(name)} [{_fmt(r['mean'], 3 if metric != 'mape' else 1)}]")
             ax.fill_between(centers, v - np.nan_to_num(s), v + np.nan_to_num(s), color=color, alpha=0.2, lw=0)
+        ceiling = (results.get("ceiling") or {}).get(key) if metric == "accuracy" else None
+        if ceiling:
+            v, s = np.asarray(ceiling["value"], float), np.asarray(ceiling["std"], float)
+            ax.plot(centers, v, ":", color="k", lw=1.6, label=f"{_label(CEILING)} [{_fmt(ceiling['mean'])}]")
+            ax.fill_between(centers, v - np.nan_to_num(s), v + np.nan_to_num(s), color="k", alpha=0.12, lw=0)
         ax.set_xlabel(xlabel(metric) if callable(xlabel) else xlabel)
         ax.set_ylabel(METRIC_LABELS[metric])
         finite = centers[np.isfinite(centers)]
@@ -246,21 +255,45 @@ def write_gallery(path: str, panels: list[dict]) -> None:
         plt.close(fig)
 
 
+def _value_std(h, digits: int) -> str | None:
+    """'value ± std' of a headline entry (no ± without a finite std); None when it has no finite value."""
+    if h is None or h.get("value") is None or not np.isfinite(h["value"]):
+        return None
+    std = h.get("std")
+    return f"{h['value']:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and np.isfinite(std) else "")
+
+
+def _headline_cell(key: str, headline: dict, digits: int, binned: bool) -> str:
+    """A headline cell: '[mean over bins ± std] pooled X' for a binned metric, 'value ± std' otherwise."""
+    h = headline.get(key)
+    if not binned:
+        return _value_std(h, digits) or "n/a"
+    pooled = headline.get(key + POOLED)
+    if h is not None and "bins" not in h:  # metrics.json from before the bin means: the value was pooled
+        h, pooled = None, h
+    mean = _value_std(h, digits)
+    pooled = _value_std(None if pooled is None else dict(pooled, std=None), digits)
+    parts = ([f"[{mean}]"] if mean else []) + ([f"pooled {pooled}"] if pooled else [])
+    return " ".join(parts) or "n/a"
+
+
 def headline_table(results: dict, with_paper: bool = True) -> str:
-    """Markdown table: one row per method, one column per headline metric (value +- 1-sigma bootstrap)."""
+    """Markdown table: one row per method, one column per headline metric. Binned metrics show the mean over
+    the reference bins named in the column, bracketed, ± its 1-sigma bootstrap, then the pooled figure
+    (every source below the paper's cut-off); the others show value ± 1-sigma bootstrap. With a ceiling
+    (``results["ceiling"]``) a row gives the r-band accuracy ceiling, its ± the Monte Carlo error."""
     cols = [label for _, label, *_ in HEADLINE]
     lines = ["| method | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
     for name, m in results["methods"].items():
-        cells = []
-        for key, *_ in HEADLINE:
-            h = m["headline"].get(key)
-            if h is None or h["value"] is None or not np.isfinite(h["value"]):
-                cells.append("n/a")
-                continue
-            digits = 1 if key == "mape" else 3
-            std = f" ± {h['std']:.{digits}f}" if h["std"] is not None and np.isfinite(h["std"]) else ""
-            cells.append(f"{h['value']:.{digits}f}{std}")
+        cells = [_headline_cell(key, m["headline"], 1 if key == "mape" else 3, metric is not None)
+                 for key, _, metric, *_ in HEADLINE]
         lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
+    ceiling = (results.get("ceiling") or {}).get("headline")
+    if ceiling:
+        entries = {"accuracy": dict(value=ceiling["value"], std=ceiling["std"], bins=ceiling["bins"]),
+                   "accuracy" + POOLED: dict(value=ceiling["pooled"])}
+        cells = [_headline_cell(key, entries, 3, True) if key == "accuracy" else "-" for key, *_ in HEADLINE]
+        lines.append(f"| {_label(CEILING)}, {ceiling['count']} galaxies | " + " | ".join(cells) + " |")
     if with_paper:
         lines.append("| paper, PSF-aware (p_many, 42k images) | " + " | ".join(p for *_, p in HEADLINE) + " |")
     return "\n".join(lines)
@@ -284,6 +317,10 @@ def bins_table(results: dict, key: str, cutoffs, metric: str, xname: str = "r") 
             continue
         cells = [_fmt(v, digits) for v in r["value"]]
         lines.append(f"| {_label(name)} | " + " | ".join(cells) + f" | [{_fmt(r['mean'], digits)}] |")
+    ceiling = (results.get("ceiling") or {}).get(key) if metric == "accuracy" else None
+    if ceiling:
+        cells = [_fmt(v) for v in ceiling["value"]]
+        lines.append(f"| {_label(CEILING)} | " + " | ".join(cells) + f" | [{_fmt(ceiling['mean'])}] |")
     counts = None
     for m in results["methods"].values():
         if key in m:
@@ -320,9 +357,14 @@ def markdown(results: dict, gallery: bool = False) -> str:
         "",
         headline_table(results),
         "",
-        "The paper's numbers come from full-size networks trained on 210k images for 50 epochs; compare the "
-        "ordering of the methods, not the values, when the networks here are small.",
+        "The paper reads its headline numbers off per-bin curves, so bracketed values compare like with like: "
+        "the mean over the paper's reference bins (equal-count r bins with upper edges "
+        + ", ".join(f"{c:g}" for c in metrics.REFERENCE_CUTOFFS) + ") up to the cut-off named in the column; "
+        "'pooled' counts every source below the paper's cut-off together, so each bin weighs as much as the "
+        "sources it counts (for accuracy and MAPE the matched ones: bins with low recall weigh less). The paper's numbers come from full-size networks trained on 210k images for 50 "
+        "epochs; compare the ordering of the methods, not the values, when the networks here are small.",
         "",
+        *(_ceiling_paragraph(results["ceiling"]) if results.get("ceiling") else []),
         "## By magnitude",
         "",
         "![detection](detection.png)",
@@ -360,9 +402,25 @@ def markdown(results: dict, gallery: bool = False) -> str:
                 f"![gallery]({GALLERY_FILE})", ""]
     out += ["## Files", "",
             "`metrics.json` (everything above), `headline.csv`, `bins_equal.csv`, `bins_reference.csv`, "
-            "`bins_snr.csv`, `calibration.csv`, `coverage.csv`, `predictions/*.fits` (detections)"
+            "`bins_snr.csv`, `calibration.csv`, `coverage.csv`, "
+            + ("`ceiling.csv`, " if results.get("ceiling") else "") + "`predictions/*.fits` (detections)"
             + (f", `{GALLERY_FILE}`" if gallery and results.get("gallery") else "") + ".", ""]
     return "\n".join(out)
+
+
+def _ceiling_paragraph(ceiling: dict) -> list[str]:
+    """The report's explanation of the r-band ceiling row (``npejax.evaluation.ceiling``)."""
+    opts = ceiling.get("options") or {}
+    return [
+        f"**{_label(CEILING)}**: the star/galaxy accuracy of an ideal test that knows each galaxy's position, "
+        "flux and shape and compares it with its best-fitting star under the image's pixel noise (Bayes-optimal "
+        "at the bin's galaxy fraction; `npejax.evaluation.ceiling`), from this test set's own galaxies "
+        f"({opts.get('num_galaxies', 'n/a')} of them, at most {opts.get('max_per_bin', 'n/a')} per bin; ± its "
+        "Monte Carlo error). A network that sees only r-band pixels cannot beat it, up to that error and the "
+        "approximations stated in `npejax.evaluation.ceiling`; it is the dotted line in the accuracy panels "
+        "and a row of the accuracy tables. The gap between a network and this row is what better networks can "
+        "gain; where this row is below the paper's > 0.96, that figure is not reachable "
+        "from r-band pixels.", ""]
 
 
 def _calibration_table(results: dict) -> str:

@@ -31,7 +31,6 @@ of each field costs some tens of ms more for its PSF tables; renderers are kept 
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import threadpoolctl
@@ -40,25 +39,6 @@ from npejax.schema import CATALOG_KEYS
 from npejax.sim import render as render_lib
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_renderer(bank, image_shape, config) -> render_lib.Renderer:
-    # Renderers cache per-field PSF tables (tens of ms per field when first seen): keep them across calls.
-    return render_lib.Renderer(bank, image_shape, config)
-
-
-def _renderer(spec_or_renderer, image_shape) -> render_lib.Renderer:
-    """A renderer for a SimulationSpec (its bank and render settings) or a Renderer."""
-    image_shape = tuple(int(v) for v in image_shape)
-    if isinstance(spec_or_renderer, render_lib.Renderer):
-        renderer = spec_or_renderer
-    elif hasattr(spec_or_renderer, "bank") and hasattr(spec_or_renderer, "render"):  # pipeline.SimulationSpec
-        renderer = _cached_renderer(spec_or_renderer.bank, image_shape, spec_or_renderer.render)
-    else:
-        raise TypeError("source_snr: expected a SimulationSpec or a Renderer (a field bank alone has no render "
-                        f"settings), got {type(spec_or_renderer).__name__}")
-    if tuple(renderer.image_shape) != tuple(image_shape):
-        raise ValueError(f"source_snr: renderer draws {renderer.image_shape} images, the batch has {image_shape}")
-    return renderer
 
 
 def footprint_counts(batch: dict, spec_or_renderer, *, footprint_threshold: float = 0.1
@@ -76,7 +56,7 @@ def footprint_counts(batch: dict, spec_or_renderer, *, footprint_threshold: floa
     background = np.asarray(batch["background"], dtype=np.float64)
     if background.ndim != 3:
         raise ValueError(f"source_snr: background must be [B, H, W], got {background.shape}")
-    renderer = _renderer(spec_or_renderer, background.shape[1:])
+    renderer = render_lib.renderer_for(spec_or_renderer, background.shape[1:], "source_snr")
     bank = renderer.bank
     field_id = bank.check_index(np.asarray(batch["field_id"]).reshape(-1))
     n_sources = np.asarray(batch["n_sources"]).astype(np.int64)

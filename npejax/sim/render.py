@@ -404,3 +404,26 @@ class Renderer:
             images[i] = (counts - sky) * to_nmgy
             background[i] = sky * to_nmgy
         return images, background
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_renderer(bank, image_shape, config) -> Renderer:
+    # Renderers cache per-field PSF tables (tens of ms per field when first seen): keep them across calls.
+    return Renderer(bank, image_shape, config)
+
+
+def renderer_for(spec_or_renderer, image_shape, what: str) -> Renderer:
+    """A renderer of ``image_shape`` images for a ``pipeline.SimulationSpec`` (its bank and render settings;
+    cached across calls) or a Renderer itself; ``what`` names the caller in errors (TypeError for anything
+    else, ValueError for a renderer of another image shape)."""
+    image_shape = tuple(int(v) for v in image_shape)
+    if isinstance(spec_or_renderer, Renderer):
+        renderer = spec_or_renderer
+    elif hasattr(spec_or_renderer, "bank") and hasattr(spec_or_renderer, "render"):  # pipeline.SimulationSpec
+        renderer = _cached_renderer(spec_or_renderer.bank, image_shape, spec_or_renderer.render)
+    else:
+        raise TypeError(f"{what}: expected a SimulationSpec or a Renderer (a field bank alone has no render "
+                        f"settings), got {type(spec_or_renderer).__name__}")
+    if tuple(renderer.image_shape) != image_shape:
+        raise ValueError(f"{what}: the renderer draws {renderer.image_shape} images, the batch has {image_shape}")
+    return renderer
