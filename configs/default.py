@@ -59,6 +59,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.stages = ((1, 3, 1), (2, 3, 2), (4, 3, 2), (4, 3, 1), (4, 2, 1))  # (width mult, bottlenecks, stride)
     config.model.dtype = "float32"  # or "bfloat16" (activations; parameters and loss stay float32)
 
+    # Posterior over the tile catalog (npejax.nn.model, npejax.nn.posterior): the same eight-parameter family
+    # per tile; "independent" tiles (paper Table 2) or "checkerboard": q(z) = prod_k q(z_k | x, z_<k) over
+    # interleaved colours of tiles, each colour also seeing the catalog decided for the earlier ones (SPEC.md
+    # "Tile boundaries"); trained with the true catalog as context, predicted colour by colour.
+    config.posterior = ml_collections.ConfigDict()
+    config.posterior.context = "independent"  # "independent" or "checkerboard"
+    config.posterior.colours = 2  # checkerboard colours: 2 ((h + w) % 2) or 4 (each 2 x 2 block of tiles)
+    config.posterior.context_width = 16  # channels of the context network (checkerboard)
+
     # Training (paper Section 6): Adam 1e-3, x0.1 after epoch 32 of 50, early stopping.
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32  # global; a multiple of the number of local devices
@@ -86,4 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.shard_size = 1024  # images per cached shard
     config.data.train_dir = ""  # cached training set (npejax.simulate); empty: simulate on the fly
     config.data.val_dir = ""  # cached validation set; empty: simulate num_val images once
+    # Simulate num_train training and num_val validation images into WORKDIR/data/{train,val} before training
+    # (resumable), then train from them: on a CPU the cores render first and train afterwards, instead of
+    # sharing every step with the simulator (npejax.nn.train.simulate_first).
+    config.data.simulate_first = False
+    config.data.simulate_workers = 0  # processes for simulate_first; 0: one per CPU
     return config

@@ -86,9 +86,16 @@ def _assert_rows_equal(got, expected):
 def _assert_headline_csv_matches(report_dir, m):
     rows = _rows(report_dir / "headline.csv")
     expected = [(name, key) for name, r in m["methods"].items() for key in r["headline"]]
+    if m.get("ceiling"):
+        expected += [("ceiling", "accuracy"), ("ceiling", "accuracy_pooled")]
     assert [(r["method"], r["metric"]) for r in rows] == expected
     for r in rows:
-        h = m["methods"][r["method"]]["headline"][r["metric"]]
+        if r["method"] == "ceiling":
+            c = m["ceiling"]["headline"]
+            h = dict(value=c["value"], std=c["std"], count=c["count"]) if r["metric"] == "accuracy" else \
+                dict(value=c["pooled"], std=c["pooled_std"], count=c["count"])
+        else:
+            h = m["methods"][r["method"]]["headline"][r["metric"]]
         np.testing.assert_array_equal([_cell(r["value"]), _cell(r["std"])], [_num(h["value"]), _num(h["std"])])
         assert int(r["count"]) == h["count"]
 
@@ -117,7 +124,7 @@ def test_experiment_runs_end_to_end(experiment):
         m = json.loads((report / "metrics.json").read_text())
         assert m["test_set"]["num_images"] == 48 and m["test_set"]["prior"] == prior
         assert m["test_set"]["synthetic_bank"] is True
-        assert set(m["methods"]) == {"single", "unaware", "aware", "sep"}
+        assert set(m["methods"]) == {"single", "unaware", "aware", "aware_cb", "sep"}
 
         # the files hold the metrics of metrics.json ...
         _assert_headline_csv_matches(report, m)
@@ -134,10 +141,14 @@ def test_experiment_runs_end_to_end(experiment):
                 assert np.all(np.asarray(pred["prob_source"]) > 0.5)
             recomputed[name] = metrics.binned_metrics(truth, pred, 48, cutoffs=m["equal_cutoffs"],
                                                       num_bootstrap=NUM_BOOTSTRAP, seed=0, prob_threshold=0.5)
+            # headline: the mean over reference bins 1-7 (to r 21.227), and the pooled figure for r < 21.2
+            head = m["methods"][name]["headline"]
             recall = metrics.binned_metrics(truth, pred, 48, cutoffs=(21.2,), num_bootstrap=NUM_BOOTSTRAP, seed=0,
                                             prob_threshold=0.5)["recall"]
-            np.testing.assert_array_equal(_num(m["methods"][name]["headline"]["recall"]["value"]),
-                                          recall["value"][0])
+            np.testing.assert_array_equal(_num(head["recall_pooled"]["value"]), recall["value"][0])
+            ref = np.array([_num(v) for v in m["methods"][name]["bins_reference"]["recall"]["value"][:7]])
+            np.testing.assert_allclose(_num(head["recall"]["value"]), np.nanmean(ref), rtol=1e-12)
+            assert head["recall"]["bins"] == 7 and head["precision"]["bins"] == 8 and head["accuracy"]["bins"] == 10
             assert len(m["methods"][name]["bins_reference"]["recall"]["value"]) == 10
             assert sum(m["methods"][name]["bins_equal"]["recall"]["count"]) == \
                 sum(m["methods"][name]["bins_reference"]["recall"]["count"]) == int(np.sum(truth["mag"] <= 22.0))
@@ -229,10 +240,22 @@ def test_perfect_catalog_through_the_command(experiment, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert list(m["methods"]) == ["truth"] and m["options"]["num_bootstrap"] == 5
     head = m["methods"]["truth"]["headline"]
-    for key in ("precision", "recall", "accuracy", "coverage95", "auc"):
+    for key in ("precision", "recall", "accuracy", "coverage95", "auc", "precision_pooled", "recall_pooled"):
         assert head[key]["value"] == 1.0, key
-    assert head["mape"] == dict(value=0.0, std=0.0, count=int(np.sum(truth["mag"] <= 22.0)))
-    assert head["recall"]["count"] == int(np.sum(truth["mag"] <= 21.2)) and head["recall"]["std"] == 0.0
+    assert head["mape_pooled"] == dict(value=0.0, std=0.0, count=int(np.sum(truth["mag"] <= 22.0)))
+    assert head["mape"] == dict(value=0.0, std=0.0, count=int(np.sum(truth["mag"] <= 22.0)), bins=10,
+                                num_defined=10)
+    assert head["recall_pooled"]["count"] == int(np.sum(truth["mag"] <= 21.2)) and head["recall"]["std"] == 0.0
+    assert head["recall"]["count"] == int(np.sum(truth["mag"] < 21.227))
+    # the r-band ceiling of this test set: at most 200 galaxies per bin, all of them here; a perfect catalog
+    # beats it (it knows the types), but the ceiling is near 1 at the bright end and below 1 at the faint end
+    ceil = m["ceiling"]
+    assert ceil["options"]["max_per_bin"] == 200
+    num_gal = sum(np.asarray(truth["is_galaxy"]) & (np.asarray(truth["mag"]) <= 22.0))
+    assert sum(ceil["bins_reference"]["num_galaxies"]) == num_gal == ceil["headline"]["count"]
+    values = np.array([_num(v) for v in ceil["bins_reference"]["value"]])
+    assert np.nanmin(values) < 1.0 and np.all(values[np.isfinite(values)] <= 1.0)
+    assert values[0] == 1.0 or ceil["bins_reference"]["galaxy_fraction"][0] > 0
     bins = m["methods"]["truth"]["bins_equal"]
     assert len(bins["recall"]["value"]) == 4 and bins["recall"]["value"] == [1.0] * 4
     assert bins["mape"]["value"] == [0.0] * 4 and bins["recall"]["mean"] == 1.0
@@ -247,7 +270,34 @@ def test_perfect_catalog_through_the_command(experiment, tmp_path):
     assert len(written) == len(truth)
     assert sorted(os.listdir(out)) == sorted(
         ["metrics.json", "bins_equal.csv", "bins_reference.csv", "calibration.csv", "coverage.csv", "headline.csv",
-         "predictions", "detection.png", "calibration.png", "roc.png", "coverage.png", "gallery.png", "report.md"])
+         "ceiling.csv", "predictions", "detection.png", "calibration.png", "roc.png", "coverage.png", "gallery.png",
+         "report.md"])
+    rows = _rows(out / "ceiling.csv")
+    assert {r["bins"] for r in rows} == {"equal", "reference"} and len(rows) == 4 + 10
+    for r in rows[4:]:
+        k = int(r["bin"])
+        np.testing.assert_array_equal(_cell(r["value"]), _num(ceil["bins_reference"]["value"][k]))
+        assert int(r["num_galaxies"]) == ceil["bins_reference"]["num_galaxies"][k]
+
+
+def test_ceiling_can_be_turned_off_and_is_the_same_for_every_method(experiment, tmp_path):
+    test_dir = experiment / "test-many"
+    truth = _truth(test_dir)
+    pred = table_lib.Table({k: truth[k] for k in ("image", "x", "y", "flux", "mag")})
+    m = evaluate.evaluate({}, str(tmp_path / "off"), test_dir=str(test_dir), catalogs={"truth": pred},
+                          baseline=False, num_bootstrap=5, num_bins=4, snr=False, progress=False, ceiling=False)
+    assert m["ceiling"] is None and not (tmp_path / "off" / "ceiling.csv").exists()
+    assert "ceiling" not in (tmp_path / "off" / "report.md").read_text()
+    first = json.loads((experiment / "report-many" / "metrics.json").read_text())["ceiling"]
+    m = evaluate.evaluate({}, str(tmp_path / "on"), test_dir=str(test_dir), catalogs={"truth": pred},
+                          baseline=False, num_bootstrap=5, num_bins=4, snr=False, progress=False, ceiling_galaxies=2)
+    assert max(m["ceiling"]["bins_reference"]["num_galaxies"]) <= 2 and m["options"]["ceiling_galaxies"] == 2
+    # with the cap of the experiment (200: every galaxy) the reference bins are the experiment's
+    m = evaluate.evaluate({}, str(tmp_path / "again"), test_dir=str(test_dir), catalogs={"truth": pred},
+                          baseline=False, num_bootstrap=5, num_bins=4, snr=False, progress=False)
+    assert metrics.to_jsonable(m["ceiling"]["bins_reference"]) == first["bins_reference"]
+    with pytest.raises(evaluate.EvaluationError, match="ceiling"):
+        evaluate.evaluate({}, str(tmp_path / "x"), test_dir=str(test_dir), catalogs={"ceiling": pred})
 
 
 def test_catalog_of_another_test_set_is_a_clear_error(experiment, tmp_path, capsys):

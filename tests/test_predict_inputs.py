@@ -96,8 +96,8 @@ def test_non_finite_output_in_one_image_stops_the_command(trained, capsys, monke
         net = load(workdir, which)
         forward, seen = net._forward, [0]
 
-        def bad_forward(variables, images, background, psf_params):
-            out = dict(forward(variables, images, background, psf_params))
+        def bad_forward(variables, images, background, psf_params, origin):
+            out = dict(forward(variables, images, background, psf_params, origin))
             if seen[0] <= 3 < seen[0] + len(images):
                 out["tile_flux"] = out["tile_flux"].at[3 - seen[0], 1, 2].set(np.inf)
             seen[0] += len(images)

@@ -130,6 +130,29 @@ def test_training_from_cached_datasets(tmp_path, tiny_config):
     assert summary["history"][0]["step"] == 2  # 16 images / batch 8
 
 
+def test_simulate_first_renders_then_trains_and_a_rerun_reuses_the_data(tmp_path, tiny_config, capsys):
+    """data.simulate_first: WORKDIR/data/{train,val} written first (split seeds of npejax.simulate), trained
+    from; a rerun with more epochs finds them complete and renders nothing."""
+    config = tiny_config()
+    config.data.simulate_first, config.data.simulate_workers = True, 1
+    config.data.num_train, config.data.num_val, config.data.shard_size = 24, 8, 8
+    config.train.num_epochs = 1
+    workdir = tmp_path / "run"
+    summary = train.train_and_evaluate(config, str(workdir))
+    assert "simulated 24 train images" in capsys.readouterr().out
+    train_ds, val_ds = data.load(workdir / "data" / "train"), data.load(workdir / "data" / "val")
+    assert (len(train_ds), len(val_ds)) == (24, 8)
+    assert summary["history"][0]["step"] == 3  # one pass over the 24 cached images, batch 8
+    expected = pipeline.simulate_batch(pipeline.SimulationSpec.from_config(
+        config, seed=data.split_seed(config.seed, "val"), batch_size=8), 0)
+    np.testing.assert_array_equal(val_ds[0:8]["images"], expected["images"])
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["data"]["train_dir"] == str(workdir / "data" / "train")
+    config.train.num_epochs = 2
+    summary = train.train_and_evaluate(config, str(workdir))  # resumes: same config once the dirs are set
+    assert "simulated" not in capsys.readouterr().out and len(summary["history"]) == 2
+
+
 def test_checkpoint_managers_are_closed_when_the_loop_raises(tmp_path, tiny_config, monkeypatch):
     closed = []
     close = checkpoints.ocp.CheckpointManager.close
@@ -144,3 +167,28 @@ def test_checkpoint_managers_are_closed_when_the_loop_raises(tmp_path, tiny_conf
         train.train_and_evaluate(tiny_config(), str(tmp_path))
     assert sorted(closed) == ["best", "latest"]
     assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_checkpoint_written_on_four_devices_predicts_on_one(tmp_path, root, config_path, tiny_flags):
+    """A run on 4 devices (XLA's forced host devices: the batch sharded 4 ways) restores on 1 device and
+    predicts the same tiles as on 4 (issue 9: "Topology mismatch" before the restore target's sharding)."""
+    workdir = tmp_path / "run4"
+    env4 = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run([sys.executable, "-m", "npejax.main", "--config", config_path("cpu_small"), "--workdir",
+                           str(workdir), *tiny_flags(), "--config.train.num_epochs=1"],
+                          cwd=root, env=env4, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    script = ("import sys, json, jax, numpy as np; from npejax.nn import predictor; from npejax.sim import pipeline\n"
+              "p = predictor.Predictor.from_workdir(sys.argv[1])\n"
+              "spec = pipeline.SimulationSpec.from_config(p.config, seed=5, batch_size=4)\n"
+              "b = pipeline.simulate_batch(spec, 0)\n"
+              "t = p.predict_tiles(b['images'], b['background'], b['psf_params'])\n"
+              "print(json.dumps(dict(devices=len(jax.devices()), prob=t['prob_source'].tolist())))\n")
+    outs = {}
+    for name, env in (("one", dict(os.environ, XLA_FLAGS="")), ("four", env4)):
+        run = subprocess.run([sys.executable, "-c", script, str(workdir)], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        outs[name] = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (outs["one"]["devices"], outs["four"]["devices"]) == (1, 4)
+    np.testing.assert_allclose(outs["one"]["prob"], outs["four"]["prob"], rtol=1e-5, atol=1e-6)

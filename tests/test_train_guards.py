@@ -402,3 +402,19 @@ def test_the_normalizer_is_fitted_on_the_cached_training_set(cached, tiny_config
     config.data.train_dir = ""
     simulated = train.fit_normalizer(config, train.setup_data(config, 1))
     assert simulated.quantiles != fitted.quantiles
+
+
+def test_early_stopping_waits_for_the_learning_rate_decay(tiny_config):
+    """Patience runs out before the decay: training goes on; after an epoch at the decayed rate it stops."""
+    config = tiny_config()
+    config.train.patience, config.train.lr_decay_epoch = 2, 5
+    progress = train.Progress()
+    stops = []
+    for epoch, val in enumerate([10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0], start=1):
+        progress.update(dict(epoch=epoch), val)
+        stops.append(train.stops_early(config, progress))
+    assert stops == [False, False, False, False, False, True, True]
+    progress = train.Progress()
+    for epoch, val in enumerate([10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0], start=1):  # improving: never stops
+        progress.update(dict(epoch=epoch), val)
+        assert not train.stops_early(config, progress)

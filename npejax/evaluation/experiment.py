@@ -3,12 +3,13 @@
     python -m npejax.experiment --config configs/experiment_cpu.py --out runs/experiment [--config.KEY=VALUE]
 
 Config keys (configs/experiment.py): ``network`` (the shared training and simulation settings),
-``network_settings`` (name -> ``variant`` and training ``prior``, read from the networks' own config
-files: single -> single_field on p_one, unaware -> psf_unaware on p_many, aware -> psf_aware on p_many,
-paper Section 6), ``networks`` (comma-separated names to train), ``priors`` (test-set priors),
-``num_test_images``, ``num_bootstrap``, ``num_bins``, ``baseline``.
+``network_settings`` (name -> ``variant``, training ``prior`` and posterior ``context``, read from the
+networks' own config files: single -> single_field on p_one, unaware -> psf_unaware on p_many, aware ->
+psf_aware on p_many (paper Section 6), aware_cb -> psf_aware_checkerboard, PSF-aware with the
+checkerboard posterior), ``networks`` (comma-separated names to train), ``priors`` (test-set priors),
+``num_test_images``, ``num_bootstrap``, ``num_bins``, ``ceiling_galaxies`` (0: no r-band ceiling), ``baseline``.
 
-Layout of ``--out``: ``networks/{single,unaware,aware}/`` (training workdirs), ``test-{many,one}/``
+Layout of ``--out``: ``networks/{single,unaware,aware,aware_cb}/`` (training workdirs), ``test-{many,one}/``
 (cached test sets), ``report-{many,one}/`` (npejax.evaluate output) and ``report.md`` linking both.
 Every stage resumes: run the same command again after an interruption and finished work is reused
 (training resumes from its last checkpoint, test sets from their finished shards).
@@ -36,13 +37,14 @@ def _names(value: str, allowed, what: str) -> list[str]:
 
 
 def network_config(config, name: str):
-    """The training config of network ``name``: ``config.network`` with the ``model.variant`` and training
-    ``fields.prior`` of ``config.network_settings[name]``."""
+    """The training config of network ``name``: ``config.network`` with the ``model.variant``, training
+    ``fields.prior`` and ``posterior.context`` of ``config.network_settings[name]``."""
     settings = config.network_settings[name]
     net = copy.deepcopy(config.network)
     with net.unlocked():
         net.model.variant = settings.variant
         net.fields.prior = settings.prior
+        net.posterior.context = settings.get("context", net.posterior.context)
     return net
 
 
@@ -66,7 +68,8 @@ def run_experiment(config, out_dir: str) -> dict:
             workdirs, os.path.join(out_dir, f"report-{prior}"), prior=prior,
             num_images=int(config.num_test_images), test_dir=os.path.join(out_dir, f"test-{prior}"),
             baseline=bool(config.baseline), num_bootstrap=int(config.num_bootstrap), num_bins=int(config.num_bins),
-            sim_config=config.network, num_workers=int(config.network.simulator.num_workers))
+            sim_config=config.network, num_workers=int(config.network.simulator.num_workers),
+            ceiling=int(config.ceiling_galaxies) > 0, ceiling_galaxies=max(int(config.ceiling_galaxies), 1))
     evaluate.write_index(out_dir, {p: f"report-{p}" for p in priors}, results,
                          title="npejax experiment", elapsed_s=time.time() - t0)
     print(f"report: {os.path.join(out_dir, 'report.md')} ({(time.time() - t0) / 60:.1f} min)")

@@ -377,6 +377,17 @@ def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]
     return out
 
 
+POSTERIOR_BEFORE_CONTEXT = {"context": "independent", "colours": 2, "context_width": 16}
+
+
+def upgrade_config(config: dict) -> dict:
+    """A saved config (plain dict) with the keys added since it was written, at the values that reproduce
+    what it trained: ``posterior`` (independent tiles, the only kind before ``posterior.context``)."""
+    if config and "posterior" not in config:
+        config = dict(config, posterior=dict(POSTERIOR_BEFORE_CONTEXT))
+    return config
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The training config saved in ``workdir/config.json`` (CheckpointError if there is none)."""
     path = os.path.join(workdir, CONFIG_FILE)
@@ -390,6 +401,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise CheckpointError(f"{path} is not a valid config file ({_short(exc)})") from None
     with config.unlocked():  # JSON turned the stage tuples into lists
         config.model.stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
+        if "posterior" not in config:  # saved before posterior.context existed (upgrade_config)
+            config.posterior = ml_collections.ConfigDict(POSTERIOR_BEFORE_CONTEXT)
     return config
 
 
@@ -414,7 +427,7 @@ def load(workdir: str, which: str = "best"):
             raise CheckpointError(f"no checkpoint in {ckpt_dir}")
         directory = step_dir(manager, step)
         _verify(directory)
-        saved = _meta(manager, step).get("config")
+        saved = upgrade_config(_meta(manager, step).get("config"))
         if saved is not None:
             differences = config_differences(saved, json.loads(config.to_json_best_effort()))
             if differences:
@@ -424,6 +437,11 @@ def load(workdir: str, which: str = "best"):
             abstract = state_lib.abstract_state(config, model_lib.from_config(config))
         except ValueError as exc:
             raise CheckpointError(f"{config_path}: {exc}") from None
+        # onto this process's first device, whatever devices wrote it (a network trained on a multi-GPU node
+        # catalogs on a laptop): without a sharding, Orbax would restore the saved one ("Topology mismatch")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                          abstract)
         state, meta = restore(manager, abstract, step, verify=False,
                               where=f"checkpoint {directory} (workdir {workdir})")
     variables = {"params": state.params, "batch_stats": state.batch_stats}

@@ -8,8 +8,30 @@ strides multiply to the tile size, so an H x W input (multiples of the tile size
 H/tile x W/tile grid, and a final 1x1 convolution gives :data:`npejax.nn.posterior.NUM_PARAMS` per tile.
 The full-size configuration (``configs/default.py``) has 48 conv-BN-SiLU blocks.
 
-:func:`from_config` builds the network from the ``model`` section of a config (``model.width``,
-``model.stem_blocks``, ``model.stages``, ``model.dtype``) and checks that its stride equals ``tile_size``;
+Two posterior heads (``config.posterior.context``):
+
+* ``"independent"`` -- the paper's Table 2: one 1x1 convolution of the image features; every tile's factors
+  depend on the image only.
+* ``"checkerboard"`` -- tiles dependent on their neighbours (SPEC.md "Tile boundaries"; paper Section 5.1 names
+  the limitation of independent tiles). The tile grid is split into ``posterior.colours`` interleaved colours:
+  2 as a checkerboard, colour ``(h + w) % 2``; 4 over each 2 x 2 block of tiles, colour ``2 (h % 2) + w % 2``
+  (h, w: tile row and column in the whole image). q(z) = prod_k q(z_k | x, z_<k): colour k's factors see the
+  image features and a per-tile **context map** of the catalog already decided for colours < k
+  (:func:`context_map`: decided, has-source, (y, x) offset from the tile centre, normalized log flux,
+  is-galaxy; zero where undecided or empty): the parameters are the independent head's plus a correction
+  from :class:`ContextHead` (two 3x3 convolutions (SiLU) of the map at tile resolution, concatenated with the
+  image features, a 1x1 convolution (SiLU) and a zero-initialized 1x1 convolution to the 8 parameters), so
+  a checkerboard network starts as the independent one and learns what the context adds (without the
+  independent path, a cpu_small run on the c = 613314 prior never learned the y position: median error
+  1.3 px). With ``tiles`` given (training, teacher forcing) the context of colour k is the true catalog on
+  colours < k and the output holds, for each tile, the factors of its own
+  colour: the sum over tiles of their NLL is exactly -log q(true catalog | x). Without ``tiles``
+  (prediction) colours are decided in turn from the mode of the earlier ones (``key`` given: a sample).
+  The image backbone runs once; the head runs once per colour.
+
+:func:`from_config` builds the network from the ``model`` and ``posterior`` sections of a config
+(``model.width``, ``model.stem_blocks``, ``model.stages``, ``model.dtype``, ``posterior.context``,
+``posterior.colours``, ``posterior.context_width``) and checks that its stride equals ``tile_size``;
 :class:`CatalogNet` itself has no defaults: they live in ``configs/default.py`` only.
 """
 
@@ -18,9 +40,16 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from npejax.nn.posterior import INITIAL_BIAS, NUM_PARAMS
+from npejax.nn.posterior import INITIAL_BIAS, NUM_PARAMS, TilePosterior
+
+CONTEXTS = ("independent", "checkerboard")
+COLOURS = (2, 4)
+CONTEXT_CHANNELS = 6  # decided, has source, y and x offsets, log flux, is galaxy
+LOG_FLUX_CENTER, LOG_FLUX_SCALE = 2.0, 4.0  # context map's log flux: (ln(flux / nmgy) - 2) / 4
+CONTEXT_RADIUS = 2  # tiles: the context map's two 3x3 convolutions
 
 
 class ConvBlock(nn.Module):
@@ -64,11 +93,63 @@ class C3(nn.Module):
         return ConvBlock(self.features, 1, dtype=self.dtype)(jnp.concatenate([a, b], axis=-1), train)
 
 
+def _bias(key, shape, dtype=jnp.float32):
+    return jnp.asarray(INITIAL_BIAS, dtype)
+
+
+def _head_conv():  # start at the prior-like bias: no extreme outputs
+    return nn.Conv(NUM_PARAMS, (1, 1), dtype=jnp.float32, bias_init=_bias, kernel_init=nn.initializers.zeros)
+
+
+def colour_map(grid_shape, colours: int, origin=(0, 0)) -> jax.Array:
+    """Colour (0 .. colours-1) of each tile [Th, Tw] of a grid whose first tile is tile ``origin`` (row,
+    column) of the whole image: ``(h + w) % 2`` for 2 colours, ``2 (h % 2) + w % 2`` for 4."""
+    h = jnp.arange(grid_shape[0])[:, None] + origin[0]
+    w = jnp.arange(grid_shape[1])[None, :] + origin[1]
+    if colours == 2:
+        return (h + w) % 2
+    return 2 * (h % 2) + w % 2
+
+
+def context_map(tiles: dict, decided: jax.Array) -> jax.Array:
+    """Per-tile context [B, Th, Tw, 6] (float32) of a tile catalog (``tile_*`` keys) on the ``decided`` tiles
+    ([Th, Tw] or [B, Th, Tw] bool): decided, has source, (y, x) offset from the tile centre (tile units),
+    (ln flux - 2) / 4, is galaxy; the last five are zero on undecided or empty tiles."""
+    has = tiles["tile_has_source"].astype(jnp.float32)
+    decided = jnp.broadcast_to(decided, has.shape).astype(jnp.float32)
+    on = has * decided
+    flux = jnp.clip(jnp.where(on > 0, tiles["tile_flux"], 1.0), 1e-6, 1e30)  # an overflowing mode stays finite
+    log_flux = jnp.where(on > 0, (jnp.log(flux) - LOG_FLUX_CENTER) / LOG_FLUX_SCALE, 0.0)
+    offsets = jnp.where(on[..., None] > 0, tiles["tile_locs"].astype(jnp.float32) - 0.5, 0.0)
+    parts = [decided, on, offsets[..., 0], offsets[..., 1], log_flux,
+             jnp.where(on > 0, tiles["tile_is_galaxy"].astype(jnp.float32), 0.0)]
+    return jnp.stack(parts, axis=-1)
+
+
+class ContextHead(nn.Module):
+    """Image features [B, Th, Tw, F] and a context map [B, Th, Tw, 6] -> a correction [B, Th, Tw, 8] to the
+    independent head's parameters (zero at initialization, so training starts from the independent
+    posterior's conditioning)."""
+
+    features: int
+    context_width: int
+
+    @nn.compact
+    def __call__(self, feats, context):
+        c = nn.silu(nn.Conv(self.context_width, (3, 3), padding="SAME")(context))
+        c = nn.silu(nn.Conv(self.context_width, (3, 3), padding="SAME")(c))
+        z = jnp.concatenate([feats.astype(jnp.float32), c], axis=-1)
+        z = nn.silu(nn.Conv(self.features, (1, 1))(z))
+        return nn.Conv(NUM_PARAMS, (1, 1), use_bias=False, kernel_init=nn.initializers.zeros)(z)
+
+
 class CatalogNet(nn.Module):
     """Image features [B, H, W, C] -> posterior parameters [B, H/t, W/t, 8] (float32).
 
     ``width``: channels of the stem; ``stem_blocks``: conv blocks before the stages; ``stages``:
-    (width multiplier, bottlenecks, stride) per stage; ``dtype``: activation dtype (parameters float32).
+    (width multiplier, bottlenecks, stride) per stage; ``dtype``: activation dtype (parameters float32);
+    ``context``: ``"independent"`` or ``"checkerboard"`` (module doc), with ``colours`` (2 or 4) and
+    ``context_width`` (channels of the context map's convolutions) used by the latter.
     Build it with :func:`from_config` (the values of ``configs/default.py``).
     """
 
@@ -76,6 +157,9 @@ class CatalogNet(nn.Module):
     stem_blocks: int
     stages: Sequence[Sequence[int]]
     dtype: Any
+    context: str
+    colours: int
+    context_width: int
 
     @property
     def stride(self) -> int:
@@ -84,8 +168,17 @@ class CatalogNet(nn.Module):
             total *= s
         return total
 
+    @property
+    def context_margin(self) -> int:
+        """Tiles beyond the image backbone's receptive field that a tile's output depends on: the decisions
+        of earlier colours within ``CONTEXT_RADIUS`` tiles, each of which depends on its own neighbours."""
+        return 0 if self.context == "independent" else CONTEXT_RADIUS * (self.colours - 1)
+
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, tiles: dict | None = None, origin=(0, 0), key=None):
+        """``tiles``: the true tile catalog (teacher forcing; checkerboard only, ignored otherwise);
+        ``origin``: (row, column) in the whole image of the first tile (chunked prediction keeps the colours
+        of the whole image); ``key``: sample earlier colours' decisions instead of taking their mode."""
         h, w = x.shape[1:3]
         if h % self.stride or w % self.stride:
             raise ValueError(f"input height and width must be multiples of {self.stride}, got {(h, w)}")
@@ -97,10 +190,25 @@ class CatalogNet(nn.Module):
             if stride > 1:
                 x = ConvBlock(self.width * mult, 3, stride, dtype=self.dtype)(x, train)
             x = C3(self.width * mult, n, dtype=self.dtype)(x, train)
-        bias = lambda key, shape, dtype=jnp.float32: jnp.asarray(INITIAL_BIAS, dtype)
-        head = nn.Conv(NUM_PARAMS, (1, 1), dtype=jnp.float32, bias_init=bias,
-                       kernel_init=nn.initializers.zeros)  # start at the prior-like bias: no extreme outputs
-        return head(x.astype(jnp.float32))
+        independent = _head_conv()(x.astype(jnp.float32))
+        if self.context == "independent":
+            return independent
+        head = ContextHead(x.shape[-1], self.context_width)
+        colour = colour_map(x.shape[1:3], self.colours, origin)
+        out = jnp.zeros(x.shape[:3] + (NUM_PARAMS,), jnp.float32)
+        decided_tiles = tiles
+        for k in range(self.colours):
+            if tiles is None and k > 0:  # the catalog decided so far, from the earlier colours' factors
+                q = TilePosterior.from_params(out)
+                if key is None:
+                    decided_tiles = q.mode()
+                else:
+                    decided_tiles = jax.tree_util.tree_map(lambda a: a[0], q.sample(jax.random.fold_in(key, k), 1))
+            context = (jnp.zeros(x.shape[:3] + (CONTEXT_CHANNELS,), jnp.float32) if k == 0
+                       else context_map(decided_tiles, colour < k))
+            params = independent + head(x, context)
+            out = jnp.where((colour == k)[None, :, :, None], params, out)
+        return out
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype -> activation dtype
@@ -112,8 +220,16 @@ def from_config(config) -> CatalogNet:
     if dtype is None:
         raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
     stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
+    post = config.posterior
+    if post.context not in CONTEXTS:
+        raise ValueError(f"posterior.context must be one of {CONTEXTS}, got {post.context!r}")
+    if int(post.colours) not in COLOURS:
+        raise ValueError(f"posterior.colours must be 2 (checkerboard) or 4 (2 x 2 blocks), got {post.colours!r}")
+    if int(post.context_width) < 1:
+        raise ValueError(f"posterior.context_width must be >= 1, got {post.context_width!r}")
     net = CatalogNet(width=int(config.model.width), stem_blocks=int(config.model.stem_blocks), stages=stages,
-                     dtype=dtype)
+                     dtype=dtype, context=str(post.context), colours=int(post.colours),
+                     context_width=int(post.context_width))
     if net.stride != config.tile_size:
         raise ValueError(f"model stages stride {net.stride} must equal tile_size {config.tile_size}")
     return net

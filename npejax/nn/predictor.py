@@ -19,8 +19,9 @@ Images of any size are accepted (an SDSS frame is 2048 x 1489): sides that are n
 size are padded for the network and sources in the padding dropped. Images larger than ``chunk_size``
 pixels on a side are predicted in overlapping square chunks (:data:`CHUNK_SIZE`), so memory stays bounded;
 the network is fully convolutional, and each tile is taken from a chunk in which its whole receptive field
-(:func:`receptive_margin`) lies inside the chunk, so the result equals the whole-image prediction to float
-precision.
+(:func:`receptive_margin`, plus :attr:`~npejax.nn.model.CatalogNet.context_margin` for a checkerboard
+posterior, whose colours follow the whole image's tile grid) lies inside the chunk, so the result equals the
+whole-image prediction to float precision.
 
 The catalog holds one row per tile whose source probability exceeds ``min_prob``, with the columns of
 :data:`npejax.schema.PREDICTION_COLUMNS`: ``image``, ``x``, ``y`` (pixels), ``flux`` (nmgy, posterior
@@ -172,11 +173,11 @@ class Predictor:
         self.variant = config.model.variant
         self.tile_size = int(config.tile_size)
         net = model_lib.from_config(config)
-        self.margin = receptive_margin(net)  # tiles
+        self.margin = receptive_margin(net) + net.context_margin  # tiles
 
-        def forward(variables, images, background, psf_params):
+        def forward(variables, images, background, psf_params, origin):
             feats = normalizer.features(images, background, psf_params, self.variant)
-            q = TilePosterior.from_params(net.apply(variables, feats, train=False))
+            q = TilePosterior.from_params(net.apply(variables, feats, train=False, origin=origin))
             return dict(q.mode(), **q.summary())
 
         self._forward = jax.jit(forward)
@@ -214,7 +215,7 @@ class Predictor:
         """One network call on host arrays; outputs checked to be finite (``row0``/``col0``: the tile
         offset of a chunk, for the message)."""
         out = jax.device_get(self._forward(self.variables, jnp.asarray(images), jnp.asarray(background),
-                                           jnp.asarray(psf_params)))
+                                           jnp.asarray(psf_params), jnp.asarray([row0, col0], jnp.int32)))
         for key in TILE_FLOAT_KEYS:
             bad = ~np.isfinite(out[key])
             if np.any(bad):

@@ -4,7 +4,9 @@ A batch here holds :data:`npejax.schema.NETWORK_KEYS`: ``images`` and ``backgrou
 ``psf_params`` [B, 6] and the tile catalog's :data:`npejax.schema.TARGET_KEYS` ([B, H/t, W/t] and
 ``tile_locs`` [B, H/t, W/t, 2]). The loss is the tile posterior's negative log-likelihood of the tile
 catalog (:meth:`npejax.nn.posterior.TilePosterior.nll`: summed over the tiles of an image, averaged over
-images; paper Section 5).
+images; paper Section 5). With a checkerboard posterior (``posterior.context``) the network is given the
+true tile catalog (teacher forcing, :class:`npejax.nn.model.CatalogNet`), so the loss is still exactly
+-log q(true catalog | image).
 
 * :func:`train_step` -- one Adam step (batch-norm statistics updated), after a random rotation by a
   multiple of 90 degrees and flip per image when ``do_augment`` (:func:`augment`; the tile catalog is
@@ -95,7 +97,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, normalizer: input
 
     def loss_fn(params):
         out, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                      features(batch, normalizer, variant), train=True, mutable=["batch_stats"])
+                                      features(batch, normalizer, variant), train=True, tiles=batch,
+                                      mutable=["batch_stats"])
         return TilePosterior.from_params(out).nll(batch), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -106,7 +109,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, normalizer: input
 def eval_step(state: TrainState, batch: dict, normalizer: inputs_lib.Normalizer, variant: str) -> jax.Array:
     """The NLL of ``batch`` summed over images and tiles (divide by the number of images for the mean)."""
     out = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                         features(batch, normalizer, variant), train=False)
+                         features(batch, normalizer, variant), train=False, tiles=batch)
     return jnp.sum(TilePosterior.from_params(out).tile_nll(batch))
 
 

@@ -4,7 +4,8 @@ Adam with the paper's schedule (:mod:`npejax.nn.state`); the jit-compiled train 
 :mod:`npejax.nn.steps`, its batch sharded over a mesh of all local devices (data parallel; parameters
 replicated); batch-norm statistics; random 90-degree rotations and flips with the tile catalog transformed
 consistently (``train.augment``); validation NLL on a fixed set every epoch; early stopping
-(``train.patience`` epochs); Orbax checkpoints of the latest epoch and of the best validation loss in
+(``train.patience`` epochs without improvement, never before an epoch at the decayed learning rate:
+:func:`stops_early`); Orbax checkpoints of the latest epoch and of the best validation loss in
 ``workdir/checkpoints/{latest,best}`` (:mod:`npejax.nn.checkpoints`), each written before the next epoch
 starts and its files' SHA-256 recorded. Run again in the same workdir, training resumes after the last
 saved epoch -- with the same config: a config that differs from the checkpoint's in anything but the
@@ -186,6 +187,37 @@ def check_dataset(ds: data_lib.Dataset, split: str, spec: pipeline.SimulationSpe
         raise data_lib.DatasetError(f"data.{key} {ds.directory} does not fit the config: " + "; ".join(problems[:6]))
 
 
+CACHE_DIR = "data"  # WORKDIR/data/{train,val}: the datasets of data.simulate_first
+
+
+def simulate_first(config, workdir: str) -> ml_collections.ConfigDict:
+    """With ``data.simulate_first`` (and no ``data.train_dir``/``data.val_dir``): simulates ``data.num_train``
+    training and ``data.num_val`` validation images into ``WORKDIR/data/train`` and ``WORKDIR/data/val``
+    (split seeds as :mod:`npejax.simulate`; resumable: a rerun finds them complete) with
+    ``data.simulate_workers`` processes (0: one per CPU), and returns a copy of ``config`` that trains from
+    them. On a CPU the whole machine then renders first and trains afterwards, instead of the simulator and
+    the train step sharing the cores every step; the images are reused over epochs (augmented)."""
+    if not config.data.simulate_first or (config.data.train_dir and config.data.val_dir):
+        return config
+    config = config.copy_and_resolve_references()
+    workers = int(config.data.simulate_workers) or os.cpu_count() or 1
+    for split, key, count in (("train", "train_dir", "num_train"), ("val", "val_dir", "num_val")):
+        if config.data[key]:
+            continue
+        out = os.path.join(os.path.abspath(workdir), CACHE_DIR, split)
+        spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, split),
+                                                   batch_size=int(config.data.shard_size))
+        report = data_lib.write_dataset(spec, out, int(config.data[count]), split, config=config_dict(config),
+                                        num_workers=workers, shard_size=int(config.data.shard_size),
+                                        progress=bool(config.train.progress))
+        if report.rendered_images:
+            print(f"simulated {report.rendered_images} {split} images into {out} in {report.seconds:.0f} s "
+                  f"({workers} worker(s))", flush=True)
+        with config.unlocked():
+            config.data[key] = out
+    return config
+
+
 def setup_data(config, num_devices: int) -> TrainingData:
     """Opens the cached datasets (if any), checks them against the config (:func:`check_dataset`) and the
     validation batch size, and sets the simulation specs of the train and val splits."""
@@ -293,7 +325,8 @@ def check_resume(config, workdir: str) -> tuple[int, dict] | None:
     if found is None:
         return None
     step, meta = found
-    differences = checkpoints.config_differences(meta.get("config") or {}, config_dict(config))
+    differences = checkpoints.config_differences(checkpoints.upgrade_config(meta.get("config") or {}),
+                                                 config_dict(config))
     if differences:
         allowed = ", ".join(checkpoints.RESUMABLE_KEYS[:3])
         raise checkpoints.CheckpointError(
@@ -433,6 +466,14 @@ def record_epoch(workdir: str, managers: checkpoints.Managers, config, progress:
 
 # --- the loop --------------------------------------------------------------------------------------
 
+def stops_early(config, progress: Progress) -> bool:
+    """Early stopping: ``train.patience`` epochs without a better validation NLL, and never before an epoch
+    at the decayed learning rate (``train.lr_decay_epoch``) is done: a noisy validation loss must not end a
+    run before the decay, which is where the loss falls most (measured: issue 8)."""
+    return (progress.bad_epochs >= int(config.train.patience)
+            and progress.epoch > int(config.train.lr_decay_epoch))
+
+
 def train_epochs(config, workdir: str, data: TrainingData, net, mesh, managers: checkpoints.Managers, state,
                  normalizer: inputs_lib.Normalizer, progress: Progress, end_epoch: int):
     """Trains from epoch ``progress.epoch`` up to ``end_epoch`` (or early stopping): each epoch validated,
@@ -451,7 +492,7 @@ def train_epochs(config, workdir: str, data: TrainingData, net, mesh, managers: 
             figure = draw(state, row["epoch"]) if draw and row["epoch"] % figure_every == 0 else None
             log_epoch(writer, row, figure)  # before the checkpoint: a resume purges events after it
             record_epoch(workdir, managers, config, progress, state, normalizer, row, *losses)
-            if progress.bad_epochs >= int(config.train.patience):
+            if stops_early(config, progress):
                 print(f"early stopping: no improvement in {progress.bad_epochs} epochs")
                 break
     return state
@@ -466,17 +507,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     validate_config(config)  # against the local devices, before the mesh over them is built
     mesh = steps_lib.data_mesh()
+    io.check_output_dir(workdir, "workdir")
+    config = simulate_first(config, workdir)
     data = setup_data(config, mesh.size)
     net = model_lib.from_config(config)
-    io.check_output_dir(workdir, "workdir")
     resume = check_resume(config, workdir)
-    patience, end_epoch = int(config.train.patience), int(config.train.num_epochs)
+    end_epoch = int(config.train.num_epochs)
     os.makedirs(workdir, exist_ok=True)
     with checkpoints.managers(workdir) as managers:  # closed (pending saves finished) even on an error
         state, normalizer, progress = restore_or_init(config, net, managers.latest, data, mesh, resume)
         write_metrics(workdir, progress.history)  # a resumed run drops rows of epochs not checkpointed
         io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_dict(config))
-        if progress.bad_epochs >= patience:  # a resumed run that had already stopped early
+        if stops_early(config, progress):  # a resumed run that had already stopped early
             end_epoch = progress.epoch
             print(f"already stopped early after epoch {progress.epoch} (no improvement in {progress.bad_epochs} "
                   "epochs)", flush=True)
@@ -486,7 +528,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if progress.epoch < end_epoch:
             state = train_epochs(config, workdir, data, net, mesh, managers, state, normalizer, progress, end_epoch)
     summary = dict(epochs=len(progress.history), best_val_nll=progress.best_val,
-                   stopped_early=progress.bad_epochs >= patience, history=progress.history,
+                   stopped_early=stops_early(config, progress), history=progress.history,
                    workdir=os.path.abspath(workdir), state=state, normalizer=normalizer)
     if progress.history:
         first, last = progress.history[0]["val_nll"], progress.history[-1]["val_nll"]
