@@ -1,0 +1,296 @@
+"""The benchmarks: FLOP counts against hand counts, the GPU suite's command (``benchmarks/gpu.sh``) run tiny on
+the CPU, and its RESULTS.md section.
+
+``benchmarks/gpu.sh OUTDIR --cpu-smoke`` runs ``train_throughput.py`` and ``predict_throughput.py`` in
+subprocesses on ``configs/cpu_small.py`` shrunk to a 4-channel network (about a minute on a 2-core CPU,
+most of it XLA compiles); their JSON files are checked against FLOPs counted by hand from the network's
+documented architecture (:class:`npejax.nn.model.CatalogNet`: 5x5 stem block, 3x3 blocks, C3 stages).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from astropy.table import Table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+# the network of gpu.sh --cpu-smoke: configs/cpu_small.py with these model values
+SMOKE_MODEL = dict(width=4, stem_blocks=1, stages=((1, 0, 1), (1, 0, 2), (1, 0, 2)))
+IMAGE, CHANNELS, NUM_PARAMS = 80, 21, 8  # cpu_small image size; psf_aware input channels; outputs per tile
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, BENCH)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(BENCH)
+    return module
+
+
+tt = _load("train_throughput")
+report = _load("gpu_report")
+
+
+# --- hand counts ------------------------------------------------------------------------------------
+
+def conv_layers(width, stem_blocks, stages, size=IMAGE, cin=CHANNELS):
+    """(output side, kernel, in channels, out channels) of every convolution of a CatalogNet, head included."""
+    layers = [(size, 5, cin, width)]
+    c = width
+    layers += [(size, 3, c, c)] * (stem_blocks - 1)
+    for mult, n, stride in stages:
+        out = width * mult
+        if stride > 1:
+            size //= stride
+            layers.append((size, 3, c, out))
+            c = out
+        hidden = max(out // 2, 1)
+        layers += [(size, 1, c, hidden)] + [(size, 1, hidden, hidden), (size, 3, hidden, hidden)] * n
+        layers += [(size, 1, c, hidden), (size, 1, 2 * hidden, out)]
+        c = out
+    return layers + [(size, 1, c, NUM_PARAMS)]
+
+
+def forward_flops(layers):
+    return [2.0 * s * s * k * k * a * b for s, k, a, b in layers]
+
+
+def test_hand_count_matches_the_full_size_description():
+    # configs/default.py: 48 conv-BN-SiLU blocks (+ the head)
+    layers = conv_layers(64, 3, ((1, 3, 1), (2, 3, 2), (4, 3, 2), (4, 3, 1), (4, 2, 1)))
+    assert len(layers) == 48 + 1
+
+
+# --- the FLOP counters ------------------------------------------------------------------------------
+
+def test_matmul_flops_of_one_convolution_and_its_gradients():
+    x = jnp.ones((2, 16, 16, 3))
+    w = jnp.ones((3, 3, 3, 5))
+
+    def conv(x, w, stride):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    for stride in (1, 2):
+        out = 16 // stride
+        hand = 2.0 * 2 * out * out * 9 * 3 * 5
+        assert tt.matmul_flops(jax.make_jaxpr(lambda x, w: conv(x, w, stride))(x, w)) == hand
+        # backward: input and weight gradients cost one forward each (the strided one's zeros not counted)
+        grads = jax.make_jaxpr(jax.grad(lambda x, w: conv(x, w, stride).sum(), argnums=(0, 1)))(x, w)
+        assert tt.matmul_flops(grads) == pytest.approx(3 * hand, rel=1e-9)
+        compiled = jax.jit(lambda x, w: conv(x, w, stride)).lower(x, w).compile()
+        assert 0.85 * hand <= tt.xla_flops(compiled) <= hand  # XLA leaves out the products with SAME's zeros
+    a, b = jnp.ones((4, 6)), jnp.ones((6, 7))
+    assert tt.matmul_flops(jax.make_jaxpr(jnp.dot)(a, b)) == 2 * 4 * 6 * 7
+
+
+def test_xla_flops_forms():
+    class Fake:
+        def __init__(self, value):
+            self.value = value
+
+        def cost_analysis(self):
+            if isinstance(self.value, Exception):
+                raise self.value
+            return self.value
+
+    assert tt.xla_flops(Fake({"flops": 10.0}), 4) == 40.0
+    assert tt.xla_flops(Fake([{"flops": 10.0}])) == 10.0  # older JAX: one dict per program
+    assert tt.xla_flops(Fake([])) is None
+    assert tt.xla_flops(Fake({"bytes accessed": 1.0})) is None
+    assert tt.xla_flops(Fake(NotImplementedError("no"))) is None
+
+
+def test_parse_peaks():
+    assert tt.parse_peaks(None, ["float32"]) == {"float32": None}
+    assert tt.parse_peaks("989", ["float32", "bfloat16"]) == {"float32": 989.0, "bfloat16": 989.0}
+    assert tt.parse_peaks("float32=494.7,bfloat16=989", ["bfloat16"]) == {"bfloat16": 989.0}
+    for bad in ("fast", "float32=x", "-3"):
+        with pytest.raises(ValueError, match="peak_tflops"):
+            tt.parse_peaks(bad, ["float32"])
+
+
+def test_utilization_arithmetic():
+    r = dict(images_per_s=1000.0, batch_size=100)
+    u = tt.utilization(r, flops=2e12, conv_flops=1e12, peak_tflops=50.0, num_devices=2)
+    assert u["gflop_per_image"] == pytest.approx(20.0)  # 2e12 / 100 images
+    assert u["tflops"] == pytest.approx(20.0)  # 10 steps/s x 2 TFLOP
+    assert u["mfu"] == pytest.approx(0.2)  # of 2 x 50
+    assert u["conv_mfu"] == pytest.approx(0.1)
+    assert u["paper_protocol_hours"] == pytest.approx(10.5e6 / 1000 / 3600)
+    assert tt.utilization(r, None, 1e12, None, 1)["mfu"] is None
+
+
+# --- the suite, tiny on the CPU ---------------------------------------------------------------------
+
+def _gpu_sh(*args, env=None, timeout=600):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("OUT", "RESULTS")}
+    full_env.update(PYTHON=sys.executable, **(env or {}))
+    return subprocess.run(["bash", os.path.join(BENCH, "gpu.sh"), *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """gpu.sh --cpu-smoke into a temporary directory, with a copy of RESULTS.md to append to."""
+    tmp = tmp_path_factory.mktemp("gpu_smoke")
+    results = tmp / "RESULTS.md"
+    shutil.copy(os.path.join(BENCH, "RESULTS.md"), results)
+    proc = _gpu_sh(str(tmp / "out"), "--cpu-smoke", env={"RESULTS": str(results)})
+    return proc, tmp / "out", results
+
+
+def test_smoke_suite_runs_and_appends_a_section(smoke):
+    proc, out, results = smoke
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # everything in OUTDIR comes back from a lent machine's $OUT (at most 8 files)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["predict_small.json", "section.md", "suite.log", "train_full_b4.json"]
+    log = (out / "suite.log").read_text()
+    assert "== train_full_b4: " in log and "== predict_small: " in log and "!!" not in log
+    text = results.read_text()
+    with open(os.path.join(BENCH, "RESULTS.md")) as f:
+        original = f.read()
+    assert text.startswith(original)  # appended, nothing rewritten
+    added = text[len(original):]
+    assert added.count("\n## CPU smoke (") == 1
+    assert "| cpu_small (width 4, 12 blocks) | float32 | 4 |" in added
+    assert (out / "section.md").read_text().strip() == added.strip()
+
+
+def test_smoke_train_flops_match_the_hand_count(smoke):
+    proc, out, _ = smoke
+    doc = json.loads((out / "train_full_b4.json").read_text())
+    (r,) = doc["results"]
+    assert r["dtype"] == "float32" and r["batch_size"] == 4 and r["images_per_s"] > 0
+    fwd = forward_flops(conv_layers(**SMOKE_MODEL))
+    # backward: weight and input gradients, one forward each, except the input gradient of the first layer
+    # (the input features are not differentiated)
+    hand = (3 * sum(fwd) - fwd[0]) / 1e9
+    assert r["conv_gflop_per_image"] == pytest.approx(hand, rel=1e-6)
+    # XLA also counts batch norm, SiLU, Adam, the NLL, and leaves out the products with the zero padding
+    assert 0.9 * hand <= r["gflop_per_image"] <= 1.5 * hand
+    assert r["tflops"] == pytest.approx(r["gflop_per_image"] * r["images_per_s"] / 1e3)
+    assert r["mfu"] == pytest.approx(r["tflops"] / 494.7)
+    assert r["paper_protocol_hours"] == pytest.approx(10.5e6 / r["images_per_s"] / 3600)
+
+
+def test_smoke_predict_figures(smoke):
+    proc, out, _ = smoke
+    doc = json.loads((out / "predict_small.json").read_text())
+    im = doc["images"]
+    assert im["network_images_per_s"] > 0 and im["predict_images_per_s"] > 0
+    hand = sum(forward_flops(conv_layers(**SMOKE_MODEL))) / 1e9
+    assert im["conv_gflop_per_image"] == pytest.approx(hand, rel=1e-6)
+    assert 0.9 * hand <= im["gflop_per_image"] <= 1.5 * hand
+    assert [f["chunk_size"] for f in doc["frames"]] == [48, 0]
+    for f in doc["frames"]:
+        assert f["frame_shape"] == [100, 120] and f["tile_grid"] == [25, 30]
+        assert f["frames_per_s"] > 0 and f["peak_bytes"] > 2 ** 20
+    assert doc["peak_memory_source"].startswith("host max RSS")  # no GPU here
+    assert "synthetic" in doc["inputs"]
+
+
+def test_gpu_sh_refuses_without_a_gpu_or_an_output_directory(tmp_path):
+    proc = _gpu_sh(str(tmp_path / "out"), timeout=300)
+    assert proc.returncode == 4
+    assert "no GPU visible to JAX" in proc.stderr and "--cpu-smoke" in proc.stderr
+    proc = _gpu_sh(timeout=60)
+    assert proc.returncode == 2 and "no output directory" in proc.stderr
+    proc = _gpu_sh("--fast", timeout=60)
+    assert proc.returncode == 2 and "unknown option --fast" in proc.stderr
+    proc = _gpu_sh("--help", timeout=60)
+    assert proc.returncode == 0 and "--cpu-smoke" in proc.stdout and "set -uo" not in proc.stdout
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+def _train_doc(batch, rows):
+    return dict(benchmark="train", jax="0.11.2", device_kind="NVIDIA H100 80GB HBM3", platform="gpu",
+                config_file="/repo/configs/psf_aware.py", variant="psf_aware", width=64, conv_blocks=48,
+                results=[dict(dtype=d, batch_size=batch, steps=30, images_per_s=ips, ms_per_step=1e3 * batch / ips,
+                              compile_s=41.0, gflop_per_image=12.05, conv_gflop_per_image=11.8,
+                              tflops=12.05 * ips / 1e3, conv_tflops=11.8 * ips / 1e3, peak_tflops=peak,
+                              mfu=12.05 * ips / 1e3 / peak, conv_mfu=11.8 * ips / 1e3 / peak,
+                              paper_protocol_hours=10.5e6 / ips / 3600) for d, ips, peak in rows])
+
+
+def test_report_section_from_fabricated_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_full_b64.json").write_text(json.dumps(_train_doc(64, [("float32", 4000.0, 494.7),
+                                                                         ("bfloat16", 7000.0, 989.0)])))
+    (out / "train_full_b256.json").write_text(json.dumps(_train_doc(256, [("bfloat16", 9000.0, 989.0)])))
+    (out / "predict_small.json").write_text(json.dumps(dict(
+        benchmark="predict", jax="0.11.2", device_kind="NVIDIA H100 80GB HBM3", config_file="configs/cpu_small.py",
+        width=16, conv_blocks=19, dtype="float32", inputs="synthetic: noise", peak_memory_source="device memory",
+        images=dict(batch_size=256, network_images_per_s=50000.0, predict_images_per_s=20000.0,
+                    gflop_per_image=0.19, peak_bytes=3 * 2 ** 20),
+        frames=[dict(frame_shape=[1489, 2048], chunk_size=512, frames_per_s=12.5, s_per_frame=0.08,
+                     peak_bytes=5 * 2 ** 20)])))
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\nearlier text")  # no trailing newline
+    assert report.main([str(out), "--results", str(results), "--date", "2026-11-26", "--command", "bash x",
+                        "--failed", " predict_full_float32"]) == 0
+    text = results.read_text()
+    assert text.startswith("# Benchmark results\n\nearlier text\n\n## GPU (2026-11-26, NVIDIA H100 80GB HBM3, "
+                           "jax 0.11.2)\n\n`bash x`\n")
+    assert "**Failed or timed out** (no figures): predict_full_float32" in text
+    # files sorted by name: b256 before b64; 9000 images/s x 12.05 GFLOP = 108.45 TFLOP/s = 11.0% of 989
+    assert ("| psf_aware (width 64, 48 blocks) | bfloat16 | 256 | 9,000.0 | 28.44 | 12.050 | 108.45 | 11.0 (989) | "
+            "11.800 | 10.7 | 41.0 | 0.32 |") in text
+    assert "| psf_aware (width 64, 48 blocks) | float32 | 64 | 4,000.0 | 16.00 | 12.050 | 48.20 | 9.7 (494.7) |" in text
+    assert "Fastest: bfloat16 at batch 256, 9,000.0 images/s: the paper's 10.5M image-steps in 0.32 h" in text
+    assert ("| cpu_small (width 16, 19 blocks) | float32 | 50,000.0 (256) | 20,000.0 | 0.190 | 1489 x 2048 | 512 | "
+            "12.500 | 0.080 | 5 |") in text
+    assert text.count("## GPU") == 1
+
+
+def test_report_refuses_foreign_or_missing_files(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert "no benchmark JSON files" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text(json.dumps({"benchmark": "simulate"}))
+    assert report.main([str(tmp_path)]) == 2
+    assert "x.json: 'benchmark' is 'simulate'" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text("{")
+    assert report.main([str(tmp_path)]) == 2
+    assert "is not JSON" in capsys.readouterr().err
+
+
+def test_hand_count_of_cpu_small_agrees_with_the_measured_figure():
+    """configs/cpu_small.py (width 16, 19 blocks): the train step's 0.487 GFLOP/image (XLA, measured on the CPU)
+    lies just above the hand count of its convolutions."""
+    fwd = forward_flops(conv_layers(16, 2, ((1, 1, 1), (2, 1, 2), (2, 1, 2))))
+    assert len(fwd) == 19 + 1
+    assert (3 * sum(fwd) - fwd[0]) / 1e9 == pytest.approx(0.470, abs=0.001)
+    assert sum(fwd) / 1e9 == pytest.approx(0.1925, abs=0.001)
+    np.testing.assert_allclose(fwd[0], 2 * 80 * 80 * 25 * 21 * 16)
+
+
+def test_bright_detection_counts_against_a_hand_built_catalog():
+    """Recall over true r < 19, precision over detections with estimated r < 19, 1-pixel matching."""
+    bright = _load("bright_detection")
+    truth = Table(dict(image=[0, 0, 0, 1], x=[10.0, 30.0, 50.0, 20.0], y=[10.0, 30.0, 50.0, 20.0],
+                       mag=[17.0, 18.5, 21.0, 18.0], flux=[0.0] * 4))
+    # image 0: the r 17 source found; the r 18.5 one 1.5 px off (missed); a bright false detection;
+    # image 1: the r 18 source found but estimated fainter than 19 (not in the precision count); a faint
+    # detection below the probability threshold is ignored
+    flux = lambda mag: 10 ** ((22.5 - np.asarray(mag)) / 2.5)  # noqa: E731
+    pred = Table(dict(image=[0, 0, 0, 1, 1], x=[10.2, 31.5, 70.0, 20.0, 60.0], y=[10.0, 30.0, 70.0, 20.3, 60.0],
+                      flux=flux([17.1, 18.4, 18.0, 19.5, 18.0]), prob_source=[0.9, 0.8, 0.7, 0.9, 0.3]))
+    r = bright.bright_metrics(truth, pred, 2, 19.0)
+    assert (r["found"], r["num_true"]) == (2, 3) and r["recall"] == pytest.approx(2 / 3)
+    assert (r["correct"], r["num_detections"]) == (1, 3) and r["precision"] == pytest.approx(1 / 3)
