@@ -45,7 +45,7 @@ def test_train_step_loss_is_the_posterior_nll_before_the_update(tiny):
     config, state, batch, normalizer = tiny
     feats = steps.features(batch, normalizer, config.model.variant)
     out, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, feats, train=True,
-                            mutable=["batch_stats"])
+                            tiles=batch, mutable=["batch_stats"])  # the true catalog as the checkerboard's context
     expected = posterior.TilePosterior.from_params(out).nll(batch)
     step = jax.jit(functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant,
                                      do_augment=False))  # jit only for speed: the same function
@@ -116,3 +116,30 @@ def test_learning_rate_decays_after_lr_decay_epoch(load_config):
     schedule = state_lib.learning_rate_schedule(config, steps_per_epoch=40)
     assert float(schedule(8 * 40 - 1)) == pytest.approx(1e-3)
     assert float(schedule(8 * 40)) == pytest.approx(1e-4)
+
+
+def test_bfloat16_trains_like_float32(tiny):
+    """30 steps on the same batches from the same initial state in float32 and bfloat16 (activations; parameters
+    and the loss float32): the losses agree to the tolerance measured here, and both fall. Measured on the
+    2-core CPU: largest relative difference of the per-step losses 0.0037 (last step 0.0014); required 0.02."""
+    config, state, batch, normalizer = tiny
+    spec = pipeline.SimulationSpec.from_config(config, seed=4, batch_size=8)
+    batches = [{k: jnp.asarray(v) for k, v in pipeline.simulate_batch(spec, i).items() if k in NETWORK_KEYS}
+               for i in range(3)]
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        c = config.copy_and_resolve_references()
+        c.model.dtype = dtype
+        net = model.from_config(c)
+        s = state.replace(apply_fn=net.apply)
+        step = jax.jit(functools.partial(steps.train_step, normalizer=normalizer, variant=c.model.variant,
+                                         do_augment=False))
+        losses[dtype] = []
+        for i in range(30):
+            s, loss = step(s, batches[i % 3], jax.random.key(1))
+            losses[dtype].append(float(loss))
+    f32, bf16 = np.asarray(losses["float32"]), np.asarray(losses["bfloat16"])
+    assert np.all(np.isfinite(bf16))
+    rel = np.abs(bf16 - f32) / np.abs(f32)
+    assert rel.max() < 0.02, rel
+    assert bf16[-3:].mean() < bf16[:3].mean() - 1.0 and f32[-3:].mean() < f32[:3].mean() - 1.0
