@@ -89,8 +89,8 @@ if [ "$SMOKE" = 1 ]; then
   SUITE_LIMIT=${SUITE_LIMIT:-600}
   RESULTS=${RESULTS:-$OUTDIR/RESULTS.md}
   FULL="--config configs/cpu_small.py --config.model.width=4 --config.model.stem_blocks=1"
-  FULL="$FULL --config.model.stages=((1,0,1),(1,0,2),(1,0,2))"
-  SMALL=$FULL
+  FULL="$FULL --config.model.stages=((1,0,1),(1,0,2),(1,0,2)) --config.posterior.context=independent"
+  SMALL=$FULL  # independent tiles: the tests compare with a hand count of the plain network
   FULL="$FULL --config.train.augment=False"  # its switch over 8 flips/turns doubles the CPU compile
   B1=4; B2=8; TRAIN_STEPS="--steps 2 --warmup 1 --distinct_batches 1"
   PRED_ARGS="--batch-size 4 --repeats 2 --warmup 1 --frame-shape 100,120 --chunk-size 48,0 --frames 1"
