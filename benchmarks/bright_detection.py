@@ -55,12 +55,7 @@ def bright_metrics(truth, pred, num_images: int, max_mag: float, prob_threshold:
 
 
 def run(fv: flags.FlagValues) -> None:
-    workdirs = {}
-    for v in fv.workdir:
-        name, sep, path = v.partition("=")
-        if not sep:
-            raise cli.UsageError(f"--workdir expects NAME=DIR, got {v!r}")
-        workdirs[name] = path
+    workdirs = cli.parse_pairs(fv.workdir, "--workdir")
     if not workdirs and not fv.sep:
         raise cli.UsageError("give at least one --workdir NAME=DIR (or --sep)")
     n = fv["num-images"].value

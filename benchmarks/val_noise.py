@@ -54,7 +54,7 @@ def per_image_nll(workdir: str, num_images: int) -> np.ndarray:
 
 
 def run(fv: flags.FlagValues) -> None:
-    workdirs = dict(v.partition("=")[::2] for v in fv.workdir)
+    workdirs = cli.parse_pairs(fv.workdir, "--workdir")
     if not workdirs or any(not k or not v for k, v in workdirs.items()):
         raise cli.UsageError("give --workdir NAME=DIR (one or two)")
     per = {name: per_image_nll(w, fv["num-images"].value) for name, w in workdirs.items()}

@@ -72,6 +72,19 @@ def define_config(fv: flags.FlagValues, help_text: str = "Experiment config file
         flags.mark_flag_as_required("config", flag_values=fv)
 
 
+def parse_pairs(values, option: str) -> dict[str, str]:
+    """``["NAME=PATH", ...]`` (a repeatable flag) -> {NAME: PATH}; a malformed or repeated name is a usage error."""
+    out = {}
+    for v in values or []:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"{option} expects NAME=PATH, got {v!r}")
+        if name in out:
+            raise UsageError(f"{option} name {name!r} given twice")
+        out[name] = path
+    return out
+
+
 def fail(text: str, code: int = EXIT_USAGE) -> int:
     """Prints ``error: text`` on stderr and returns ``code`` (for ``return cli.fail(...)``)."""
     sys.stderr.write(f"error: {text}\n")

@@ -46,22 +46,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("seed", 0, "Bootstrap seed.", flag_values=fv)
 
 
-def _pairs(values, option: str) -> dict:
-    """``["NAME=PATH", ...]`` -> {NAME: PATH}; a malformed or repeated name is a usage error."""
-    out = {}
-    for v in values or []:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise cli.UsageError(f"{option} expects NAME=PATH, got {v!r}")
-        if name in out:
-            raise cli.UsageError(f"{option} name {name!r} given twice")
-        out[name] = path
-    return out
-
-
 def run(fv: flags.FlagValues) -> None:
-    evaluate.evaluate(_pairs(fv.workdir, "--workdir"), fv.out, prior=fv.prior, num_images=fv["num-images"].value,
-                      test_dir=fv["test-dir"].value, catalogs=_pairs(fv.catalog, "--catalog"),
+    evaluate.evaluate(cli.parse_pairs(fv.workdir, "--workdir"), fv.out, prior=fv.prior, num_images=fv["num-images"].value,
+                      test_dir=fv["test-dir"].value, catalogs=cli.parse_pairs(fv.catalog, "--catalog"),
                       baseline=not fv["no-baseline"].value, num_bootstrap=fv["num-bootstrap"].value,
                       num_bins=fv["num-bins"].value, seed=fv.seed, num_workers=fv["num-workers"].value,
                       snr=not fv["no-snr"].value, ceiling=not fv["no-ceiling"].value,
