@@ -294,3 +294,39 @@ def test_bright_detection_counts_against_a_hand_built_catalog():
     r = bright.bright_metrics(truth, pred, 2, 19.0)
     assert (r["found"], r["num_true"]) == (2, 3) and r["recall"] == pytest.approx(2 / 3)
     assert (r["correct"], r["num_detections"]) == (1, 3) and r["precision"] == pytest.approx(1 / 3)
+
+
+def test_flux_linearity_images_and_slopes(load_config, monkeypatch):
+    """benchmarks/flux_linearity.py: one star per noiseless image holds the star's flux (the renderer conserves
+    it) inside the reported tile; a network whose estimate is the true flux to the power 0.5 has slope 0.5
+    and the bias of that law."""
+    lin = _load("flux_linearity")
+    config = load_config("cpu_small")
+    config.render.noise = "none"
+    data = lin.isolated_stars(config, [14.0, 16.0, 18.0], per_mag=2, field_prior="one", seed=3)
+    flux = 10 ** ((22.5 - data["mag"]) / 2.5)
+    np.testing.assert_allclose(data["images"].sum(axis=(1, 2)), flux, rtol=2e-3)
+    ty, tx = data["tile"]
+    t = config.tile_size
+    for image in data["images"]:  # the star's brightest pixel is within a pixel of its tile
+        y, x = np.unravel_index(np.argmax(image), image.shape)
+        assert ty * t - 1 <= y <= ty * t + t and tx * t - 1 <= x <= tx * t + t
+
+    class SquareRoot:
+        @classmethod
+        def from_workdir(cls, workdir):
+            return cls()
+
+        def predict_tiles(self, images, background, psf_params):
+            shape = (len(images), 20, 20)
+            tile_flux = np.ones(shape)
+            tile_flux[:, ty, tx] = np.sqrt(flux)
+            return dict(tile_flux=tile_flux, prob_source=np.full(shape, 0.9))
+
+    monkeypatch.setattr(lin.predictor, "Predictor", SquareRoot)
+    rows = lin.linearity("unused", data)
+    assert [r["mag"] for r in rows] == [14.0, 16.0, 18.0]
+    # estimated r = 22.5 - 2.5 log10(sqrt(F)) = (22.5 + r) / 2
+    np.testing.assert_allclose([r["est_mag"] for r in rows], [18.25, 19.25, 20.25])
+    np.testing.assert_allclose([r["bias"] for r in rows], [4.25, 3.25, 2.25])
+    assert np.isnan(rows[0]["slope"]) and rows[1]["slope"] == pytest.approx(0.5) and rows[2]["slope"] == pytest.approx(0.5)
