@@ -178,6 +178,7 @@ def test_checkpoint_written_on_four_devices_predicts_on_one(tmp_path, root, conf
                            str(workdir), *tiny_flags(), "--config.train.num_epochs=1"],
                           cwd=root, env=env4, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "devices: 4 x cpu" in proc.stdout and "mesh: data=4" in proc.stdout, proc.stdout[-2000:]
     script = ("import sys, json, jax, numpy as np; from npejax.nn import predictor; from npejax.sim import pipeline\n"
               "p = predictor.Predictor.from_workdir(sys.argv[1])\n"
               "spec = pipeline.SimulationSpec.from_config(p.config, seed=5, batch_size=4)\n"

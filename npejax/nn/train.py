@@ -25,7 +25,8 @@ and counts (batch sizes positive multiples of the local devices, an epoch of at 
 validation set of at least one ``eval_batch_size`` batch, ``num_epochs`` and ``patience`` >= 1), and the
 cached datasets against the config: ``data.train_dir`` must be a 'train' split and ``data.val_dir`` a 'val'
 split, simulated at the config's image and tile size from the config's prior, renderer, field prior and
-field bank.
+field bank. Once they pass, training prints (and logs) the devices, the mesh and the batch per device
+(:func:`describe_devices`).
 
 Files in ``workdir``: ``config.json`` (the config), ``metrics.csv`` (one row per epoch: ``epoch``,
 ``step``, ``train_nll``, ``val_nll`` (mean per image), ``learning_rate``, ``images_per_s``, ``seconds``;
@@ -498,6 +499,23 @@ def train_epochs(config, workdir: str, data: TrainingData, net, mesh, managers: 
     return state
 
 
+def describe_devices(mesh, batch_size: int) -> str:
+    """One line naming the devices of ``mesh``, its axes and the batch each device gets, e.g. ``devices: 4 x cpu
+    (cpu:0, cpu:1, cpu:2, cpu:3); mesh: data=4; global batch 32 = 8 per device`` (a GPU adds its kind:
+    ``1 x gpu (NVIDIA H100 80GB HBM3: cuda:0)``; past 8 devices the middle names are elided); printed by
+    :func:`train_and_evaluate` at start-up."""
+    devices = list(mesh.devices.flat)
+    names = [str(d) for d in devices]
+    if len(names) > 8:
+        names = names[:4] + ["..."] + names[-2:]
+    kinds = sorted({d.device_kind for d in devices})
+    platform = devices[0].platform
+    kind = "" if kinds == [platform] else ", ".join(kinds) + ": "
+    axes = ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    return (f"devices: {len(devices)} x {platform} ({kind}{', '.join(names)}); mesh: {axes}; global batch "
+            f"{batch_size} = {batch_size // len(devices)} per device")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
@@ -512,6 +530,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data = setup_data(config, mesh.size)
     net = model_lib.from_config(config)
     resume = check_resume(config, workdir)
+    devices = describe_devices(mesh, int(config.train.batch_size))  # every check passed: say where it runs
+    logging.info("%s", devices)
+    print(devices, flush=True)
     end_epoch = int(config.train.num_epochs)
     os.makedirs(workdir, exist_ok=True)
     with checkpoints.managers(workdir) as managers:  # closed (pending saves finished) even on an error
