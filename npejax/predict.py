@@ -31,7 +31,6 @@ from absl import flags
 from npejax import catalogs as catalog_lib
 from npejax import cli, io
 from npejax.nn import checkpoints, predictor
-from npejax.surveys import sdss
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -63,48 +62,6 @@ def define_flags(fv: flags.FlagValues) -> None:
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
 
-def _number_or_file(text: str | None):
-    """--background as a float (checked against the accepted sky range) or a file name (checked on reading)."""
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        if not os.path.isfile(text):
-            raise cli.UsageError(f"--background {text!r}: expected a number (nmgy per pixel) or an existing FITS "
-                                 "file") from None
-        return text
-    if not 0 < value <= predictor.MAX_BACKGROUND:  # also refuses NaN
-        raise cli.UsageError(f"--background {text}: expected a sky level in nmgy per pixel, > 0 and <= "
-                             f"{predictor.MAX_BACKGROUND:g} (SDSS r-band skies are about 0.3-25)")
-    return value
-
-
-def open_sdss_frame(frame: str, psfield: str) -> predictor.Inputs:
-    """The r-band SDSS ``frame`` (image and background, nmgy; WCS) with the r-band PSF of ``psfield``,
-    refusing a frame of another band or a psField of another field."""
-    for path, flag in ((frame, "--sdss-frame"), (psfield, "--psfield")):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{flag} {path} does not exist")
-    image, background, header = sdss.read_frame_for_prediction(frame)
-    named = sdss.frame_name_parts(frame)
-    band = str(header.get("FILTER", named[0] if named else "r")).strip()
-    if band != "r":
-        raise ValueError(f"--sdss-frame {frame} is a {band}-band frame (FILTER); the network catalogs r-band "
-                         "images: give frame-r-...")
-    if all(k in header for k in ("RUN", "CAMCOL", "FIELD")):
-        frame_field = tuple(int(header[k]) for k in ("RUN", "CAMCOL", "FIELD"))
-    else:
-        frame_field = named[1:] if named else None
-    psf_field = sdss.psfield_name_parts(psfield)
-    if frame_field and psf_field and frame_field != psf_field:
-        raise ValueError(f"--psfield {psfield} is field {sdss.field_id(*psf_field)} but --sdss-frame {frame} is "
-                         f"field {sdss.field_id(*frame_field)}: give the psField of the same run, camcol and field")
-    psf = sdss.read_psfield(psfield, band="r")
-    return predictor.Inputs.from_arrays(image[None], background[None], psf[None], name=frame,
-                                        wcs=predictor.celestial_wcs(header, f"--sdss-frame {frame}"))
-
-
 def open_inputs(fv: flags.FlagValues) -> predictor.Inputs:
     """The images named by --input or --sdss-frame/--psfield, read and checked."""
     frame, psfield, path = fv["sdss-frame"].value, fv.psfield, fv.input
@@ -118,10 +75,10 @@ def open_inputs(fv: flags.FlagValues) -> predictor.Inputs:
                                  "PSF; leave them out")
         if psfield is None:
             raise cli.UsageError("--sdss-frame needs --psfield (the frame's psField file, for its PSF)")
-        return open_sdss_frame(frame, psfield)
+        return predictor.open_sdss_frame(frame, psfield)
     if psfield is not None:
         raise cli.UsageError("--psfield goes with --sdss-frame; for --input give --psf-params or --field-id")
-    return predictor.open_inputs(path, _number_or_file(fv.background), fv["psf-params"].value,
+    return predictor.open_inputs(path, predictor.parse_background_arg(fv.background), fv["psf-params"].value,
                                  fv["field-id"].value, fv.bank)
 
 

@@ -13,12 +13,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "npejax")
 
 BASE = {"schema", "io", "cli", "catalogs"}  # shared by every part
-# subpackage -> the npejax parts it may import (besides the base): simulation <- datasets <- network <- evaluation
+# subpackage -> the npejax parts it may import (besides the base): simulation <- datasets <- network <- evaluation;
+# surveys build on simulation, and the network reads survey frames (nn.predictor.open_sdss_frame)
 ALLOWED = {
     "sim": {"sim"},
     "surveys": {"sim", "surveys"},
     "datasets": {"sim", "datasets"},
-    "nn": {"sim", "datasets", "nn"},
+    "nn": {"sim", "surveys", "datasets", "nn"},
     "evaluation": {"sim", "datasets", "nn", "evaluation"},
 }
 BASE_ALLOWED = {"schema": set(), "io": set(), "cli": set(), "catalogs": {"io", "schema"}}

@@ -2,6 +2,7 @@
 the downloader (npejax.surveys.download) and the command (npejax.sdss)."""
 
 import bz2
+import gzip
 import io
 import os
 import re
@@ -598,3 +599,68 @@ def test_cli_help(capsys):
     assert sdss_command.main(["npejax-sdss", "build-bank", "--help"]) == 0
     listed = capsys.readouterr().out.split("flags:")[1]
     assert "--grid" in listed and "--reference" in listed and "--fields" not in listed
+
+
+# --- compressed frames: decompressed into memory once -----------------------------------------------
+
+
+def _compressed_copies(plain, tmp_path):
+    with open(plain, "rb") as f:
+        data = f.read()
+    out = {}
+    for ext, compress in ((".bz2", bz2.compress), (".gz", gzip.compress)):
+        out[ext] = str(tmp_path / (os.path.basename(plain) + ext))
+        with open(out[ext], "wb") as f:
+            f.write(compress(data))
+    return data, out
+
+
+def test_compressed_frame_reads_as_plain_decompressing_once(sdss_dir, tmp_path, monkeypatch):
+    """A .fits.bz2 / .fits.gz frame gives exactly the plain file's image, background and header, and its
+    bz2 stream is decompressed once (astropy reading the stream itself seeks backwards, and every backward
+    seek restarted the decompression: 3-5 s for a full-size frame)."""
+    _, paths = sdss_dir
+    plain = paths[("frame", 94, 1, 13)]
+    _, packed = _compressed_copies(plain, tmp_path)
+    decompressors = []
+    real = bz2.BZ2Decompressor
+
+    def counting(*args, **kwargs):
+        decompressors.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bz2, "BZ2Decompressor", counting)
+    image, background, header = sdss.read_frame_for_prediction(plain)
+    assert image.shape == (H, W) and not decompressors
+    for ext, path in packed.items():
+        decompressors.clear()
+        got_image, got_background, got_header = sdss.read_frame_for_prediction(path)
+        assert got_image.dtype == image.dtype and got_background.dtype == background.dtype
+        np.testing.assert_array_equal(got_image, image)
+        np.testing.assert_array_equal(got_background, background)
+        assert got_header.tostring() == header.tostring()
+        assert len(decompressors) == (1 if ext == ".bz2" else 0), ext
+
+
+def test_truncated_or_corrupt_compressed_frames_name_the_file(sdss_dir, tmp_path):
+    _, paths = sdss_dir
+    data, packed = _compressed_copies(paths[("frame", 94, 1, 13)], tmp_path)
+    for ext, path in packed.items():  # the compressed stream ends early
+        with open(path, "rb") as f:
+            stream = f.read()
+        bad = str(tmp_path / f"half{ext}")
+        with open(bad, "wb") as f:
+            f.write(stream[: len(stream) // 2])
+        with pytest.raises(ValueError, match=rf"frame file {re.escape(bad)} is not a readable FITS file "
+                                             r"\(truncated or corrupt\?\): EOFError"):
+            sdss.read_frame(bad)
+    bad = str(tmp_path / "garbage.fits.bz2")  # bz2 magic, then not a bz2 stream
+    with open(bad, "wb") as f:
+        f.write(b"BZh9" + bytes(1000))
+    with pytest.raises(ValueError, match=rf"{re.escape(bad)} is not a readable FITS file.*OSError"):
+        sdss.read_frame(bad)
+    bad = str(tmp_path / "cut.fits.bz2")  # a whole bz2 stream of a FITS file cut inside its last HDU
+    with open(bad, "wb") as f:
+        f.write(bz2.compress(data[:-100]))
+    with pytest.raises(ValueError, match=rf"frame file {re.escape(bad)} is truncated"):
+        sdss.read_frame(bad)

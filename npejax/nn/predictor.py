@@ -11,7 +11,8 @@ Inputs (:func:`open_inputs`): a dataset directory written by ``npejax.simulate``
 never whole); an ``.npz`` with ``images`` [N, H, W] (nmgy, sky-subtracted), ``background`` [N, H, W]
 (nmgy) and ``psf_params`` [N, 6]; or a FITS image (the first 2-D image HDU, nmgy, sky-subtracted) with the
 background given as a number or a FITS file (nmgy per pixel) and the PSF as ``s1,s2,sP,beta,b,p0`` or
-as a field of the field bank. Every input is checked before any prediction: finite pixels, a background
+as a field of the field bank; or an SDSS r-band frame with its psField (:func:`open_sdss_frame`: the frame's
+own sky as background, the psField's PSF). Every input is checked before any prediction: finite pixels, a background
 in (0, :data:`MAX_BACKGROUND`] nmgy per pixel, valid PSF parameters; a truncated or corrupt file is one
 ``ValueError`` naming it.
 
@@ -50,7 +51,7 @@ from astropy.io import fits
 
 from npejax import catalogs as catalog_lib
 from npejax import datasets as data_lib
-from npejax import io
+from npejax import cli, io
 from npejax.nn import checkpoints
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
@@ -58,6 +59,7 @@ from npejax.nn.checkpoints import CheckpointError, load_config  # noqa: F401  (p
 from npejax.nn.posterior import TilePosterior, tiles_to_sources
 from npejax.sim import fields as fields_lib
 from npejax.sim import psf as psf_lib
+from npejax.surveys import sdss
 
 INPUT_ARRAYS = ("images", "background", "psf_params")  # what an .npz input holds (npejax.schema batch keys)
 FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.bz2")
@@ -473,6 +475,50 @@ def _fits_inputs(path: str, background, psf_params=None, field_id=None, bank=Non
         psf = parse_psf_params(psf_params)
     return Inputs.from_arrays(image[None], bg[None], np.asarray(psf, np.float32)[None], name=path,
                               wcs=celestial_wcs(header, f"input FITS file {path}"))
+
+
+def open_sdss_frame(frame: str, psfield: str) -> Inputs:
+    """The r-band SDSS ``frame`` (image and background, nmgy; WCS) with the r-band PSF of ``psfield``,
+    refusing a frame of another band or a psField of another field (errors name ``--sdss-frame`` and
+    ``--psfield``, the options of ``python -m npejax.predict``)."""
+    for path, flag in ((frame, "--sdss-frame"), (psfield, "--psfield")):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag} {path} does not exist")
+    image, background, header = sdss.read_frame_for_prediction(frame)
+    named = sdss.frame_name_parts(frame)
+    band = str(header.get("FILTER", named[0] if named else "r")).strip()
+    if band != "r":
+        raise ValueError(f"--sdss-frame {frame} is a {band}-band frame (FILTER); the network catalogs r-band "
+                         "images: give frame-r-...")
+    if all(k in header for k in ("RUN", "CAMCOL", "FIELD")):
+        frame_field = tuple(int(header[k]) for k in ("RUN", "CAMCOL", "FIELD"))
+    else:
+        frame_field = named[1:] if named else None
+    psf_field = sdss.psfield_name_parts(psfield)
+    if frame_field and psf_field and frame_field != psf_field:
+        raise ValueError(f"--psfield {psfield} is field {sdss.field_id(*psf_field)} but --sdss-frame {frame} is "
+                         f"field {sdss.field_id(*frame_field)}: give the psField of the same run, camcol and field")
+    psf = sdss.read_psfield(psfield, band="r")
+    return Inputs.from_arrays(image[None], background[None], psf[None], name=frame,
+                              wcs=celestial_wcs(header, f"--sdss-frame {frame}"))
+
+
+def parse_background_arg(text: str | None):
+    """A ``--background`` value: a float (checked against the accepted sky range) or the name of an existing
+    file (checked when read); None stays None. Errors are :class:`npejax.cli.UsageError` naming the option."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        if not os.path.isfile(text):
+            raise cli.UsageError(f"--background {text!r}: expected a number (nmgy per pixel) or an existing FITS "
+                                 "file") from None
+        return text
+    if not 0 < value <= MAX_BACKGROUND:  # also refuses NaN
+        raise cli.UsageError(f"--background {text}: expected a sky level in nmgy per pixel, > 0 and <= "
+                             f"{MAX_BACKGROUND:g} (SDSS r-band skies are about 0.3-25)")
+    return value
 
 
 def parse_psf_params(text) -> np.ndarray:

@@ -22,6 +22,9 @@ files from the SDSS DR17 Science Archive Server. Command line (:mod:`npejax.sdss
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io as std_io  # (npejax.io is the atomic writer)
 import os
 import re
 import warnings
@@ -126,15 +129,35 @@ def _band_index(band) -> int:
 # --- FITS readers --------------------------------------------------------------------------------
 
 
+# Stream compressions of a FITS file (SDSS frames are .fits.bz2), by their magic bytes, as astropy detects them.
+_STREAM_COMPRESSIONS = ((b"BZh", bz2.open), (b"\x1f\x8b", gzip.open))
+
+
+def _fits_source(path: str):
+    """What :func:`astropy.io.fits.open` reads for ``path``: the file itself, or, for a bz2 or gzip stream, its
+    whole content decompressed into memory (a BytesIO). Astropy reading a compressed stream seeks backwards
+    in it, and every backward seek restarts the decompression: a full-size SDSS frame (.fits.bz2, 12 MB
+    decompressed) took 3-5 s that way, most of it decompressing; once into memory is several times faster.
+    A truncated or corrupt stream raises here (EOFError, OSError)."""
+    with open(path, "rb") as f:
+        magic = f.read(3)
+    for prefix, opener in _STREAM_COMPRESSIONS:
+        if magic.startswith(prefix):
+            with opener(path, "rb") as stream:
+                return std_io.BytesIO(stream.read())
+    return path
+
+
 def _read_hdus(path, kind: str) -> list[tuple[fits.Header, object]]:
-    """All HDUs of ``path`` as (header, data) with data fully read; ValueError naming the file otherwise."""
+    """All HDUs of ``path`` (FITS, or FITS compressed with bz2 or gzip) as (header, data) with data fully
+    read; ValueError naming the file otherwise."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{kind} file {path} does not exist")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+            with fits.open(_fits_source(path), memmap=False, lazy_load_hdus=False) as hdul:
                 hdus = []
                 for hdu in hdul:
                     data = hdu.data

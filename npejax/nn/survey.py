@@ -1,0 +1,489 @@
+"""Cataloging a survey: a list of frames, one catalog file per frame, resumable, split into shards (the library
+behind ``python -m npejax.survey``).
+
+Python API::
+
+    frames = read_frame_list("frames.txt", background=None, field_id=None, psf_params=None)   # [Frame]
+    shard, num_shards, _ = resolve_shard("0/4")             # None: the Slurm job array's, else 0/1
+    todo = pending_frames(shard_frames(frames, shard, num_shards), out, "fits")  # without a catalog yet
+    summary = catalog_frames(Predictor.from_workdir(workdir), todo, out, "fits", FieldBankCache(None),
+                             failures_file=failures_path(out, shard, num_shards))
+    table, missing = merge_catalogs(out)                    # one table of every catalog, by frame name
+
+**The frame list** is a text file, one frame per line, ``#`` comments, blank lines ignored::
+
+    frame-r-000094-1-0012.fits.bz2 psfield=psField-000094-1-0012.fit    # an SDSS r-band frame
+    images/f1.fits background=0.7 field-id=94-1-12                     # a FITS image (nmgy, sky-subtracted)
+    images/f2.fits background=images/f2-sky.fits psf-params=1.2,3.5,1.5,3.0,0.1,0.08
+    images/f3.fits                                                     # the command's --background, --field-id
+
+Each line is a path and ``key=value`` words (:data:`LINE_KEYS`; shell quoting for paths with spaces; a path
+that looks like ``word=...`` is written ``./word=...``). A line with ``psfield=`` is an SDSS frame read as
+``python -m npejax.predict --sdss-frame F --psfield P`` reads it (:func:`npejax.nn.predictor.open_sdss_frame`:
+image, its own sky as background, the r-band PSF of the psField). Any other line is a FITS image (its first
+2-D image HDU, in nmgy, sky-subtracted) with ``background=`` (nmgy per pixel: a number or a FITS file of the
+image's shape) and one of ``field-id=`` (a field of the field bank, default the embedded synthetic bank) or
+``psf-params=`` (s1,s2,sP,beta,b,p0, pixels); the ``background``, ``field_id`` and ``psf_params`` given to
+:func:`read_frame_list` (the command's flags) are the defaults of lines that leave them out (a line's own PSF
+key replaces both PSF defaults). Relative paths are relative to the folder of the list file. A frame's
+*name* (:func:`frame_name`) is its file name without ``.fits``/``.fit``/``.fts`` and ``.gz``/``.bz2``/
+``.fz``; names must be unique in the list.
+
+**Files** under the output folder ``out``: ``catalogs/NAME.fits`` (or ``.csv``; :func:`catalog_path`), one
+per frame, written atomically, with the columns of :meth:`npejax.nn.predictor.Predictor.catalog` (``image``
+is 0; ``ra``/``dec`` for frames with a celestial WCS) and ``FRAME`` (its name) in the metadata; and
+``failures-I-of-N.csv`` (:func:`failures_path`; columns ``index, name, path, reason``), rewritten at each
+failure of shard I of N and removed by a run of that shard with none (:func:`clear_failures`).
+:func:`catalog_frames` predicts each frame in overlapping chunks of ``chunk_size`` pixels (bounded memory;
+a tile is taken from exactly one chunk, so a source on a chunk seam is reported once and the catalog equals
+the whole-frame one, see :mod:`npejax.nn.predictor`), while ``readers`` threads read the next frames (a
+full-size .fits.bz2 frame takes a CPU core up to a second to read, mostly bz2 decompression: on an
+accelerator, give as many readers as it takes to keep up). A frame that cannot be cataloged (missing,
+truncated or corrupt file, a value out of range, a non-finite network output) is one line
+``failed: frame K NAME (PATH): REASON`` on stderr and a row of the failures file; the other frames go on.
+Frames whose catalog exists are skipped (:func:`pending_frames`), so rerunning the same command resumes.
+
+**Sharding**: frame K (0-based, counting the list's frames in order) belongs to shard K mod N
+(:func:`shard_frames`). :func:`resolve_shard` takes ``I/N`` (0 <= I < N); without it, a Slurm job array's
+``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT`` give I = (task id - ``SLURM_ARRAY_TASK_MIN``) /
+``SLURM_ARRAY_TASK_STEP`` (0 and 1 when unset) and N (:func:`shard_from_environment`); otherwise every frame
+(0/1). Shards write different files: N jobs may share ``out``.
+
+**Merging** (:func:`merge_catalogs`): one table of every catalog in ``out/catalogs`` (sorted by frame name),
+or of the given names in that order: a ``frame`` column (the frame's name) followed by the catalog columns
+less ``image`` (units kept, ``FLUXUNIT`` nmgy, ``NFRAMES``; NaN ``ra``/``dec`` for frames without a WCS among
+frames with one), held in memory (about 150 bytes a row), and the names without a catalog.
+
+**Exit semantics** of the command: a frame that failed (:attr:`Summary.failures`) or a name without a catalog
+makes the exit status :data:`EXIT_FRAMES_FAILED` (1) at the end, after the other frames; a bad frame list
+(syntax, a duplicate name, a FITS line with no background or PSF: ValueError naming the list and line), a
+bad shard (:class:`npejax.cli.UsageError`) or a missing field bank is refused before any frame is read.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import re
+import resource
+import shlex
+import sys
+import time
+import traceback
+
+import jax
+import numpy as np
+from astropy import table as table_lib
+
+from npejax import catalogs as catalog_lib
+from npejax import cli, io
+from npejax.nn import predictor
+from npejax.sim import fields as fields_lib
+
+EXIT_FRAMES_FAILED = 1
+CATALOG_DIR = "catalogs"
+FORMATS = {"fits": ".fits", "csv": ".csv"}
+LINE_KEYS = ("background", "field-id", "psf-params", "psfield")
+FAILURE_COLUMNS = ["index", "name", "path", "reason"]
+_COMPRESSION = (".gz", ".bz2", ".fz")
+_FITS_EXT = (".fits", ".fit", ".fts")
+_SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*=")  # a key=value word (a path like this: write ./x=y.fits)
+SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP")
+
+
+# --- the frame list ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """One frame of the list: ``index`` (0-based among the list's frames), ``line`` (1-based line number),
+    ``path`` (resolved), ``name`` (:func:`frame_name`), and either ``psfield`` (an SDSS frame) or
+    ``background`` (float or FITS path) with ``field_id`` or ``psf_params`` (text)."""
+
+    index: int
+    line: int
+    path: str
+    name: str
+    psfield: str | None = None
+    background: float | str | None = None
+    field_id: str | None = None
+    psf_params: str | None = None
+
+    @property
+    def is_sdss(self) -> bool:
+        return self.psfield is not None
+
+
+def frame_name(path: str) -> str:
+    """The name of a frame file: its base name without a compression and a FITS extension
+    (``frame-r-000094-1-0012.fits.bz2`` -> ``frame-r-000094-1-0012``)."""
+    name = os.path.basename(os.fspath(path))
+    for exts in (_COMPRESSION, _FITS_EXT):
+        for ext in exts:
+            if name.lower().endswith(ext) and len(name) > len(ext):
+                name = name[:-len(ext)]
+                break
+    return name
+
+
+def _resolve(folder: str, path: str) -> str:
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(folder, path))
+
+
+def read_frame_list(path: str, background=None, field_id: str | None = None, psf_params: str | None = None,
+                    require_inputs: bool = True) -> list[Frame]:
+    """The frames of the list file ``path`` (module doc), with the command's defaults filled in.
+
+    Raises ValueError (``path line N: ...``) for a line that cannot be a frame: unknown or repeated keys,
+    more than one path, an SDSS line with background or PSF keys, a FITS line with no background or PSF
+    (after the defaults; unless ``require_inputs`` is false: for the names alone), two frames of the same
+    name; FileNotFoundError for a missing list. Values (numbers, files, fields) are checked per frame when
+    it is read, so that one bad frame does not stop the others."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--frames {path}: no such file (a list of frames, one per line)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--frames {path}: cannot read it as a text file ({type(exc).__name__}: {exc})") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    frames, names = [], {}
+    for number, text in enumerate(lines, 1):
+        where = f"--frames {path} line {number}"
+        try:
+            words = shlex.split(text, comments=True)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc} in {text.strip()!r}") from None
+        if not words:
+            continue
+        keys, paths = {}, []
+        for word in words:
+            if "=" in word and word.split("=", 1)[0] in LINE_KEYS:
+                key, value = word.split("=", 1)
+                if key in keys:
+                    raise ValueError(f"{where}: {key}= given twice")
+                if not value:
+                    raise ValueError(f"{where}: {key}= has no value")
+                keys[key] = value
+            elif _KEY_RE.match(word):
+                raise ValueError(f"{where}: unknown key {word.split('=', 1)[0]!r}; expected "
+                                 f"{', '.join(k + '=' for k in LINE_KEYS)}")
+            else:
+                paths.append(word)
+        if len(paths) != 1:
+            raise ValueError(f"{where}: expected one frame file and key=value words, got "
+                             f"{len(paths)} paths {paths}")
+        file = _resolve(folder, paths[0])
+        name = frame_name(file)
+        if name in names:
+            raise ValueError(f"{where}: frame name {name!r} is also line {names[name]}'s; catalogs are named by "
+                             "frame, so names must be unique (rename or list one of them)")
+        names[name] = number
+        if "psfield" in keys:
+            extra = [k + "=" for k in ("background", "field-id", "psf-params") if k in keys]
+            if extra:
+                raise ValueError(f"{where}: {', '.join(extra)} with psfield=: an SDSS frame brings its own "
+                                 "background and the psField its PSF; leave them out")
+            frames.append(Frame(len(frames), number, file, name, psfield=_resolve(folder, keys["psfield"])))
+            continue
+        bg = keys.get("background", background)
+        if bg is None and require_inputs:
+            raise ValueError(f"{where}: {paths[0]} needs background= (nmgy per pixel: a number or a FITS file) "
+                             "or the command's --background")
+        if isinstance(bg, str):
+            try:
+                bg = float(bg)
+            except ValueError:
+                bg = _resolve(folder, bg) if "background" in keys else bg
+        if "field-id" in keys or "psf-params" in keys:
+            if "field-id" in keys and "psf-params" in keys:
+                raise ValueError(f"{where}: give one of field-id= and psf-params=, not both")
+            fid, psf = keys.get("field-id"), keys.get("psf-params")
+        else:
+            fid, psf = field_id, psf_params
+        if fid is None and psf is None and require_inputs:
+            raise ValueError(f"{where}: {paths[0]} needs field-id= or psf-params= (or the command's --field-id "
+                             "or --psf-params)")
+        frames.append(Frame(len(frames), number, file, name, background=bg, field_id=fid, psf_params=psf))
+    return frames
+
+
+# --- shards ----------------------------------------------------------------------------------------------
+
+def parse_shard(text: str, what: str = "--shard") -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N; :class:`npejax.cli.UsageError` naming ``what`` otherwise."""
+    match = _SHARD_RE.fullmatch(str(text))
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise cli.UsageError(f"{what} {text}: expected I/N with 0 <= I < N (this job's shard and the number of "
+                             "shards; frame K goes to shard K mod N), e.g. 0/4")
+    return int(match.group(1)), int(match.group(2))
+
+
+def shard_from_environment(environ=None) -> tuple[int, int] | None:
+    """(I, N) of a Slurm job array task (module doc), or None outside one."""
+    environ = os.environ if environ is None else environ
+    if environ.get("SLURM_ARRAY_TASK_ID") is None:
+        return None
+    values = {}
+    for name, default in zip(SLURM_VARS, (None, None, "0", "1")):
+        text = environ.get(name, default)
+        if text is None or not str(text).strip().lstrip("-").isdigit():
+            raise cli.UsageError(f"{name}={text!r}: a Slurm job array task needs integer SLURM_ARRAY_TASK_ID and "
+                                 "SLURM_ARRAY_TASK_COUNT; give --shard I/N instead")
+        values[name] = int(text)
+    task, count, low, step = (values[n] for n in SLURM_VARS)
+    index, rest = divmod(task - low, max(step, 1))
+    if rest or not 0 <= index < count:
+        raise cli.UsageError(f"SLURM_ARRAY_TASK_ID={task} (min {low}, step {step}, count {count}) is not one of "
+                             "count evenly spaced tasks (an array like --array=0-99 or 1-100:1 is); give --shard I/N")
+    return index, count
+
+
+def resolve_shard(text: str | None, environ=None) -> tuple[int, int, str]:
+    """(I, N, where they came from) of ``--shard`` ``text``, else of the Slurm job array, else (0, 1)."""
+    if text is not None:
+        return (*parse_shard(text), f"--shard {text}")
+    environ = os.environ if environ is None else environ
+    found = shard_from_environment(environ)
+    if found is not None:
+        return (*found, f"SLURM_ARRAY_TASK_ID={environ['SLURM_ARRAY_TASK_ID']} of "
+                        f"SLURM_ARRAY_TASK_COUNT={environ['SLURM_ARRAY_TASK_COUNT']}")
+    return 0, 1, "all frames"
+
+
+def shard_frames(frames: list[Frame], shard: int, num_shards: int) -> list[Frame]:
+    """The frames of shard ``shard`` of ``num_shards``: frame K goes to shard K mod N."""
+    return [f for f in frames if f.index % num_shards == shard]
+
+
+# --- files -----------------------------------------------------------------------------------------------
+
+def catalog_path(out: str, frame: Frame | str, fmt: str) -> str:
+    """``out/catalogs/NAME.fits`` (or ``.csv``: ``fmt`` is a key of :data:`FORMATS`)."""
+    name = frame.name if isinstance(frame, Frame) else frame
+    return os.path.join(out, CATALOG_DIR, name + FORMATS[fmt])
+
+
+def failures_path(out: str, shard: int, num_shards: int) -> str:
+    return os.path.join(out, f"failures-{shard}-of-{num_shards}.csv")
+
+
+def failure_files(out: str) -> list[str]:
+    """The failures files of every shard in ``out`` (sorted)."""
+    return sorted(os.path.join(out, f) for f in os.listdir(out) if f.startswith("failures-") and f.endswith(".csv"))
+
+
+def pending_frames(frames: list[Frame], out: str, fmt: str) -> list[Frame]:
+    """The frames of ``frames`` whose catalog does not exist yet."""
+    return [f for f in frames if not os.path.exists(catalog_path(out, f, fmt))]
+
+
+def clear_failures(path: str, failures: list[dict]) -> None:
+    """Removes the failures file ``path`` after a run of its shard with no failure."""
+    if not failures and os.path.exists(path):
+        os.unlink(path)
+
+
+def peak_memory_text() -> str:
+    """The process's peak resident memory (and the first device's peak, on an accelerator)."""
+    text = f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (host max RSS)"
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001  (not implemented on some backends)
+        stats = {}
+    if stats.get("peak_bytes_in_use"):
+        text += f", {stats['peak_bytes_in_use'] / 2**20:.0f} MiB on {jax.local_devices()[0]}"
+    return text
+
+
+# --- one frame ---------------------------------------------------------------------------------------------
+
+class FieldBankCache:
+    """The field bank ``path`` (None: the embedded synthetic bank), loaded at its first use (once per run)."""
+
+    def __init__(self, path):
+        self.path, self._bank = path, None
+
+    def load(self) -> fields_lib.FieldBank:
+        if self._bank is None:
+            try:
+                self._bank = fields_lib.load_bank(self.path)
+            except (OSError, ValueError) as exc:
+                raise cli.UsageError(f"--bank {self.path}: {cli.message(exc)}") from None
+        return self._bank
+
+    def psf_params(self, field_id: str) -> np.ndarray:
+        self.load()
+        try:
+            return self._bank.psf_params[self._bank.index(field_id)]
+        except KeyError as exc:
+            raise ValueError(f"field-id {field_id}: {cli.message(exc)}") from None
+
+    def check_default(self, field_id: str | None) -> None:
+        """The command's ``--field-id`` (None: nothing to check) is a field of the bank; a
+        :class:`npejax.cli.UsageError` naming it otherwise (loads the bank)."""
+        if field_id is None:
+            return
+        try:
+            self.psf_params(field_id)
+        except ValueError as exc:
+            raise cli.UsageError(f"--field-id {field_id}: {cli.message(exc).split(': ', 1)[1]}") from None
+
+
+def check_defaults(background: str | None, field_id: str | None, psf_params: str | None) -> None:
+    """The command's defaults of FITS lines (``--background``, ``--field-id``, ``--psf-params``): at most one
+    PSF, valid PSF parameters, a background that :func:`npejax.nn.predictor.parse_background_arg` accepts (the
+    same check as ``npejax.predict``'s); a :class:`npejax.cli.UsageError` naming the option otherwise."""
+    if field_id is not None and psf_params is not None:
+        raise cli.UsageError("give one of --field-id and --psf-params, not both")
+    if psf_params is not None:
+        try:
+            predictor.parse_psf_params(psf_params)
+        except ValueError as exc:
+            raise cli.UsageError(f"--psf-params: {cli.message(exc)}") from None
+    predictor.parse_background_arg(background)
+
+
+def open_frame(frame: Frame, bank: FieldBankCache) -> predictor.Inputs:
+    """The frame's image, background and PSF, read and checked (the readers of ``npejax.predict``)."""
+    if frame.is_sdss:
+        return predictor.open_sdss_frame(frame.path, frame.psfield)
+    psf = bank.psf_params(frame.field_id) if frame.field_id is not None else frame.psf_params
+    return predictor.open_inputs(frame.path, background=frame.background, psf_params=psf)
+
+
+# A frame's own fault (a missing, truncated or corrupt file, a value out of range, a non-finite output): its
+# message is the reason. Anything else is reported with its type and traceback, and the survey goes on.
+_FRAME_ERRORS = cli.USER_ERRORS + (OSError, EOFError)
+
+
+def _reason(exc: BaseException) -> str:
+    text = cli.message(exc)
+    return text if isinstance(exc, _FRAME_ERRORS) else f"{type(exc).__name__}: {text}"
+
+
+# --- catalog ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Summary:
+    """What :func:`catalog_frames` did: ``done`` frames cataloged with ``sources`` rows in all, ``failures``
+    (rows of the failures file), ``timings`` (seconds per cataloged frame, the first with the compilation)
+    and ``wall`` (seconds of the whole loop: reading overlapped, writing, failures included)."""
+
+    done: int = 0
+    sources: int = 0
+    failures: list[dict] = dataclasses.field(default_factory=list)
+    timings: list[float] = dataclasses.field(default_factory=list)
+    wall: float = 0.0
+
+    def rate_text(self) -> str:
+        """`` in W s (R frames/s; the first, with compilation, T s, the others R' frames/s)`` or ``""``."""
+        if not self.timings:
+            return ""
+        text = f" in {self.wall:.1f} s ({self.done / self.wall:.3f} frames/s"
+        if len(self.timings) > 1:
+            text += (f"; the first, with compilation, {self.timings[0]:.1f} s, the others "
+                     f"{(self.done - 1) / max(self.wall - self.timings[0], 1e-9):.3f} frames/s")
+        return text + ")"
+
+
+def catalog_frames(net: predictor.Predictor, frames: list[Frame], out: str, fmt: str, bank: FieldBankCache,
+                   min_prob: float = 0.5, chunk_size: int | None = predictor.CHUNK_SIZE, readers: int = 2,
+                   failures_file: str | None = None) -> Summary:
+    """Catalogs ``frames`` with ``net`` into ``out/catalogs`` (module doc), ``readers`` threads reading the
+    next frames while one is predicted (frames held in memory: readers + 1). A frame that fails is a line on
+    stderr and a row of ``failures_file`` (default ``failures-0-of-1.csv``); the others go on. Prints one
+    line per cataloged frame; returns the :class:`Summary`."""
+    failures_file = failures_file or failures_path(out, 0, 1)
+    summary = Summary()
+    os.makedirs(os.path.join(out, CATALOG_DIR), exist_ok=True)
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=readers) as pool:
+        # frames k+1 .. k+readers are read (in threads) while frame k is predicted and written
+        pending = collections.deque(pool.submit(open_frame, f, bank) for f in frames[:readers])
+        for k, frame in enumerate(frames):
+            t0 = time.perf_counter()
+            try:
+                future = pending.popleft()
+                if k + readers < len(frames):
+                    pending.append(pool.submit(open_frame, frames[k + readers], bank))
+                table = net.catalog_of(future.result(), min_prob, batch_size=1, chunk_size=chunk_size or None)
+                future = None  # the frame's arrays go
+                table.meta["FRAME"] = frame.name
+                path = catalog_lib.write_table(table, catalog_path(out, frame, fmt))
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001  (one frame's failure must not stop the survey)
+                reason = _reason(exc)
+                if not isinstance(exc, _FRAME_ERRORS):
+                    traceback.print_exc(file=sys.stderr)  # not a known bad input: keep the traceback
+                sys.stderr.write(f"failed: frame {frame.index} {frame.name} ({frame.path}): {reason}\n")
+                sys.stderr.flush()
+                summary.failures.append(dict(index=frame.index, name=frame.name, path=frame.path, reason=reason))
+                io.write_csv(failures_file, summary.failures, fieldnames=FAILURE_COLUMNS)
+                continue
+            seconds = time.perf_counter() - t0
+            summary.timings.append(seconds)
+            summary.done += 1
+            summary.sources += len(table)
+            print(f"[{k + 1}/{len(frames)}] frame {frame.index} {frame.name}: {len(table)} sources, "
+                  f"{seconds:.2f} s -> {path}", flush=True)
+    summary.wall = time.perf_counter() - start
+    return summary
+
+
+# --- merge -----------------------------------------------------------------------------------------------
+
+def catalog_files(out: str) -> dict[str, str]:
+    """Frame name -> catalog file in ``out/catalogs`` (ValueError for a frame with both a .fits and a .csv)."""
+    folder = os.path.join(out, CATALOG_DIR)
+    found: dict[str, str] = {}
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        stem, ext = os.path.splitext(entry)
+        if ext not in FORMATS.values() or io.is_temporary(entry):
+            continue
+        if stem in found:
+            raise ValueError(f"frame {stem} has two catalogs, {found[stem]} and {os.path.join(folder, entry)}: "
+                             "remove one")
+        found[stem] = os.path.join(folder, entry)
+    return found
+
+
+def merge_catalogs(out: str, names: list[str] | None = None) -> tuple[table_lib.Table, list[str]]:
+    """(the merged table, names of ``names`` without a catalog) of the catalogs in ``out/catalogs`` (module
+    doc): every catalog by name, or those of ``names`` in that order."""
+    files = catalog_files(out)
+    names = sorted(files) if names is None else list(names)
+    missing = [n for n in names if n not in files]
+    tables = []
+    for name in names:
+        if name not in files:
+            continue
+        try:
+            t = catalog_lib.read_table(files[name])
+        except (OSError, ValueError, TypeError) as exc:
+            raise ValueError(f"catalog {files[name]} cannot be read ({type(exc).__name__}: {cli.message(exc)}); "
+                             "remove it and run the catalog command again") from None
+        if len(t) == 0:
+            continue
+        if "image" in t.colnames:
+            t.remove_column("image")
+        t.add_column(table_lib.Column(np.full(len(t), name), name="frame",
+                                      description="frame name (file name without extensions)"), index=0)
+        t.meta.clear()
+        tables.append(t)
+    if tables:
+        merged = table_lib.vstack(tables, join_type="outer", metadata_conflicts="silent")
+    else:
+        merged = table_lib.Table({"frame": np.zeros(0, "U1")})
+    for name in merged.colnames:  # a frame without a WCS has no ra/dec: NaN there, not a masked value
+        col = merged[name]
+        if isinstance(col, table_lib.MaskedColumn) and col.dtype.kind == "f":
+            merged[name] = table_lib.Column(col.filled(np.nan), unit=col.unit, description=col.description)
+    merged.meta["FLUXUNIT"] = "nmgy"
+    merged.meta["NFRAMES"] = len(names) - len(missing)
+    return merged, missing

@@ -1,0 +1,169 @@
+"""Catalogs a survey: a list of frames, one catalog file per frame, resumable, split across machines.
+
+    python -m npejax.survey catalog --workdir runs/aware --frames frames.txt --out DIR [--format fits|csv]
+        [--shard I/N] [--min-prob 0.5] [--chunk-size 512] [--background B] [--field-id NAME | --psf-params P]
+        [--bank bank.npz] [--checkpoint best|latest] [--readers 2]
+    python -m npejax.survey merge --out DIR --table all.fits [--frames frames.txt]
+
+The frame list (``--frames``) is a text file, one frame per line, ``#`` comments::
+
+    frame-r-000094-1-0012.fits.bz2 psfield=psField-000094-1-0012.fit    # an SDSS r-band frame
+    images/f1.fits background=0.7 field-id=94-1-12                     # a FITS image (nmgy, sky-subtracted)
+    images/f2.fits background=images/f2-sky.fits psf-params=1.2,3.5,1.5,3.0,0.1,0.08
+    images/f3.fits                                                     # the command's --background, --field-id
+
+``catalog`` writes ``DIR/catalogs/NAME.fits`` (or ``.csv``) per frame of its shard (NAME: the file name
+without its extensions), skipping frames whose catalog exists (a rerun resumes). A frame that cannot be
+cataloged is one line ``failed: frame K NAME (PATH): REASON`` on stderr and a row of
+``DIR/failures-I-of-N.csv``; the others go on. Frame K belongs to shard K mod N: ``--shard I/N``, else a
+Slurm job array's ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, else every frame. ``merge`` writes one
+table (FITS or CSV by extension) of every catalog in ``DIR/catalogs`` (by name), or of the ``--frames``
+list's frames in its order, with a ``frame`` column. The frame list's keys, the files, the sharding rule and
+the merged table: :mod:`npejax.nn.survey`.
+
+Exit status: 0; 1 when a frame failed (catalog) or a listed frame has no catalog (merge; the table of the
+others is written); 2 for a bad command line, flag value, frame list (syntax, a duplicate name, a FITS line
+with no background or PSF) or output folder, before any frame is read, with one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+from npejax import catalogs as catalog_lib
+from npejax import cli, io
+from npejax.nn import checkpoints, predictor
+from npejax.nn import survey as survey_lib
+
+
+def define_catalog_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv,
+                        required=True)
+    flags.DEFINE_enum("checkpoint", "best", list(checkpoints.WHICH), "Which checkpoint of --workdir.",
+                      flag_values=fv)
+    flags.DEFINE_string("frames", None, "Frame list: one frame per line, 'PATH [key=value ...]' (module doc).",
+                        flag_values=fv, required=True)
+    flags.DEFINE_string("out", None, "Output folder: catalogs/NAME.fits|csv per frame, failures-I-of-N.csv.",
+                        flag_values=fv, required=True)
+    flags.DEFINE_enum("format", "fits", list(survey_lib.FORMATS), "Catalog file format.", flag_values=fv)
+    flags.DEFINE_string("shard", None, "I/N: catalog the frames K with K mod N == I (default: from a Slurm job "
+                        "array's SLURM_ARRAY_TASK_ID/COUNT, else all).", flag_values=fv)
+    flags.DEFINE_float("min-prob", 0.5, "Keep tiles with prob_source above this, in [0, 1).", flag_values=fv)
+    flags.DEFINE_integer("readers", 2, "Threads reading the next frames while one is predicted (frames held in "
+                         "memory: readers + 1).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("chunk-size", predictor.CHUNK_SIZE, "Frames larger than this many pixels on a side are "
+                         "predicted in overlapping chunks of this size (bounded memory; 0: whole).",
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_string("background", None, "Default background of FITS lines (nmgy per pixel, a number or a "
+                        "FITS file).", flag_values=fv)
+    flags.DEFINE_string("field-id", None, "Default PSF of FITS lines: this field of --bank.", flag_values=fv)
+    flags.DEFINE_string("psf-params", None, "Default PSF of FITS lines: s1,s2,sP,beta,b,p0 (pixels).",
+                        flag_values=fv)
+    flags.DEFINE_string("bank", None, "Field bank of field-id (default: the embedded synthetic bank).",
+                        flag_values=fv)
+    for name in ("min-prob", "chunk-size", "field-id", "psf-params"):
+        flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
+
+
+def run_catalog(fv: flags.FlagValues) -> int:
+    # everything a user can get wrong in the command line is checked before a frame is read
+    try:
+        min_prob = predictor.check_min_prob(fv["min-prob"].value)
+    except ValueError:
+        raise cli.UsageError(f"--min-prob {fv['min-prob'].value}: expected a probability in [0, 1) (rows with "
+                             "prob_source above it are kept)") from None
+    field_id, psf_params = fv["field-id"].value, fv["psf-params"].value
+    survey_lib.check_defaults(fv.background, field_id, psf_params)
+    shard, num_shards, shard_source = survey_lib.resolve_shard(fv.shard)
+    out, fmt = fv.out, fv.format
+    io.check_output_dir(out, "--out")
+    frames = survey_lib.read_frame_list(fv.frames, fv.background, field_id, psf_params)
+    if not frames:
+        raise cli.UsageError(f"--frames {fv.frames} lists no frame")
+    bank = survey_lib.FieldBankCache(fv.bank)
+    bank.check_default(field_id)
+    mine = survey_lib.shard_frames(frames, shard, num_shards)
+    todo = survey_lib.pending_frames(mine, out, fmt)
+    skipped = len(mine) - len(todo)
+    print(f"shard {shard}/{num_shards} ({shard_source}; frame K goes to shard K mod {num_shards}): {len(mine)} of "
+          f"{len(frames)} frames; {skipped} skipped (catalog exists in {os.path.join(out, survey_lib.CATALOG_DIR)})"
+          f", {len(todo)} to catalog", flush=True)
+    failures_file = survey_lib.failures_path(out, shard, num_shards)
+    summary = survey_lib.Summary()
+    if todo:  # the network is loaded only when there is a frame to catalog
+        net = predictor.Predictor.from_workdir(fv.workdir, fv.checkpoint)
+        chunk_size = fv["chunk-size"].value
+        try:
+            net.check_chunk_size(chunk_size)
+        except ValueError as exc:
+            raise cli.UsageError(f"--chunk-size {chunk_size}: {cli.message(exc).split(': ', 1)[1]}") from None
+        if any(f.field_id is not None for f in todo):
+            bank.load()  # a missing or unreadable bank is the command's error, not every frame's
+        summary = survey_lib.catalog_frames(net, todo, out, fmt, bank, min_prob, chunk_size, fv.readers,
+                                            failures_file)
+    survey_lib.clear_failures(failures_file, summary.failures)  # a rerun that catalogued every frame
+    failed = len(summary.failures)
+    print(f"shard {shard}/{num_shards}: {summary.done} frames cataloged ({summary.sources} sources)"
+          f"{summary.rate_text()}, {skipped} skipped, {failed} failed" +
+          (f" (listed in {failures_file})" if failed else "") + f"; {survey_lib.peak_memory_text()}", flush=True)
+    return survey_lib.EXIT_FRAMES_FAILED if failed else 0
+
+
+def define_merge_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("out", None, "The --out folder of the catalog runs.", flag_values=fv, required=True)
+    flags.DEFINE_string("table", None, "The merged table (.fits or .csv).", flag_values=fv, required=True)
+    flags.DEFINE_string("frames", None, "Merge this list's frames, in its order, and name those without a "
+                        "catalog (default: every catalog of --out, by name).", flag_values=fv)
+
+
+def run_merge(fv: flags.FlagValues) -> int:
+    out, path = fv.out, fv.table
+    catalog_lib.table_format(path)
+    io.check_output_file(path, "--table")
+    if not os.path.isdir(out):
+        raise NotADirectoryError(f"--out {out}: no such folder (the --out of python -m npejax.survey catalog)")
+    names = None
+    if fv.frames is not None:
+        names = [f.name for f in survey_lib.read_frame_list(fv.frames, require_inputs=False)]
+    elif not survey_lib.catalog_files(out):
+        raise FileNotFoundError(f"--out {out}: no catalogs in {os.path.join(out, survey_lib.CATALOG_DIR)}")
+    merged, missing = survey_lib.merge_catalogs(out, names)
+    catalog_lib.write_table(merged, path)
+    listed = survey_lib.failure_files(out)
+    print(f"{merged.meta['NFRAMES']} frame catalogs, {len(merged)} rows -> {path}" +
+          (f"; failures of the last runs listed in {', '.join(listed)}" if listed else ""))
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        sys.stderr.write(f"missing: {len(missing)} frames of {fv.frames} have no catalog in "
+                         f"{os.path.join(out, survey_lib.CATALOG_DIR)} ({shown}); run the catalog command again\n")
+        return survey_lib.EXIT_FRAMES_FAILED
+    return 0
+
+
+SUBCOMMANDS = {"catalog": (define_catalog_flags, run_catalog), "merge": (define_merge_flags, run_merge)}
+
+
+def main(argv=None) -> int:
+    """``argv``: the program name, the subcommand and its flags (default ``sys.argv``); the program name may
+    be left out (``main(["merge", "--out", ...])``)."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and (argv[0] in SUBCOMMANDS or argv[0].startswith("-")):
+        argv.insert(0, "npejax.survey")
+    prog, rest = (argv[0], argv[1:]) if argv else ("npejax.survey", [])
+    if not rest or rest[0] in ("-h", "--help", "--helpshort", "--helpfull"):
+        if rest:
+            print(__doc__.strip())
+            return 0
+        return cli.fail(f"a subcommand is required: one of {', '.join(SUBCOMMANDS)} (python -m npejax.survey "
+                        "--help)")
+    if rest[0] not in SUBCOMMANDS:
+        return cli.fail(f"unknown subcommand {rest[0]!r}; expected one of {', '.join(SUBCOMMANDS)}")
+    define_flags, run = SUBCOMMANDS[rest[0]]
+    return cli.main(define_flags, run, [f"{prog} {rest[0]}", *rest[1:]], doc=__doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
