@@ -14,10 +14,11 @@ The package reads as its architecture, one data path through four parts:
 * :mod:`npejax.evaluation`: matching and metrics, SNR, the Source Extractor baseline, the evaluation
   report and the paper's experiment.
 
-Imports run one way, simulation <- datasets <- network <- evaluation (surveys build on simulation), and
+Imports run one way, simulation <- datasets <- network <- evaluation (surveys build on simulation, and the
+network reads survey frames), and
 every part shares :mod:`npejax.schema` (the catalog contracts: keys, shapes, units), :mod:`npejax.io`
 (atomic file writes), :mod:`npejax.catalogs` (catalog tables) and :mod:`npejax.cli` (the command-line
 convention). ``tests/test_layout.py`` enforces the order. The commands are thin modules at the top:
-``python -m npejax.main`` (train), ``.simulate``, ``.predict``, ``.evaluate``, ``.experiment``, ``.sdss``,
+``python -m npejax.main`` (train), ``.simulate``, ``.predict``, ``.survey``, ``.evaluate``, ``.experiment``, ``.sdss``,
 ``.synthetic_bank``, also installed as ``npejax-train``, ``npejax-simulate``, ...
 """
