@@ -396,7 +396,7 @@ def read_fits_image(path: str, what: str = "FITS file") -> tuple[np.ndarray, fit
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+            with fits.open(sdss.fits_source(path), memmap=False, lazy_load_hdus=False) as hdul:
                 for hdu in hdul:
                     if hdu.is_image and hdu.header.get("NAXIS") == 2 and hdu.data is not None:
                         found = np.array(hdu.data, np.float32), hdu.header.copy()

@@ -133,7 +133,7 @@ def _band_index(band) -> int:
 _STREAM_COMPRESSIONS = ((b"BZh", bz2.open), (b"\x1f\x8b", gzip.open))
 
 
-def _fits_source(path: str):
+def fits_source(path: str):
     """What :func:`astropy.io.fits.open` reads for ``path``: the file itself, or, for a bz2 or gzip stream, its
     whole content decompressed into memory (a BytesIO). Astropy reading a compressed stream seeks backwards
     in it, and every backward seek restarts the decompression: a full-size SDSS frame (.fits.bz2, 12 MB
@@ -157,7 +157,7 @@ def _read_hdus(path, kind: str) -> list[tuple[fits.Header, object]]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with fits.open(_fits_source(path), memmap=False, lazy_load_hdus=False) as hdul:
+            with fits.open(fits_source(path), memmap=False, lazy_load_hdus=False) as hdul:
                 hdus = []
                 for hdu in hdul:
                     data = hdu.data
