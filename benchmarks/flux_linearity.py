@@ -43,8 +43,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("json", None, "Also write the results here.", flag_values=fv)
 
 
-def isolated_stars(config, mags, per_mag: int, field_prior: str, seed: int) -> dict:
-    """Images [N, H, W], background, psf_params, the true magnitudes [N] and the star's tile (row, col)."""
+def isolated_stars(config, mags, per_mag: int, field_prior: str, seed: int, centre=CENTRE, jitter: float = 1.0) -> dict:
+    """Images [N, H, W], background, psf_params, the true magnitudes [N] and the star's tile (row, col): one
+    star per image at ``centre`` (y, x pixels) plus a uniform offset of up to ``jitter`` pixels per axis."""
     spec = pipeline.SimulationSpec.from_config(config, seed=seed)
     renderer = render_lib.Renderer(spec.bank, spec.prior.image_shape, spec.render)
     rng = np.random.default_rng(seed)
@@ -54,12 +55,12 @@ def isolated_stars(config, mags, per_mag: int, field_prior: str, seed: int) -> d
     catalog["n_sources"] = np.ones(n, np.int64)
     catalog["is_galaxy"] = np.zeros((n, 1), bool)
     catalog["flux"][:, 0] = catalogs.mag_to_flux(mag)
-    catalog["y"][:, 0] = CENTRE[0] + rng.uniform(-1, 1, n)
-    catalog["x"][:, 0] = CENTRE[1] + rng.uniform(-1, 1, n)
+    catalog["y"][:, 0] = centre[0] + rng.uniform(-jitter, jitter, n)
+    catalog["x"][:, 0] = centre[1] + rng.uniform(-jitter, jitter, n)
     field = spec.bank.sample_fields(rng, n, field_prior)
     origins = spec.bank.sample_crop_origins(rng, n, spec.prior.image_shape)
     images, background = renderer.render(catalog, field, origins, rng)
-    tile = (int(CENTRE[0]) // spec.tile_size, int(CENTRE[1]) // spec.tile_size)
+    tile = (int(centre[0]) // spec.tile_size, int(centre[1]) // spec.tile_size)
     return dict(images=images, background=background, psf_params=spec.bank.psf_params[field].astype(np.float32),
                 mag=mag, tile=tile)
 

@@ -271,8 +271,9 @@ def test_report_refuses_foreign_or_missing_files(tmp_path, capsys):
 
 
 def test_hand_count_of_cpu_small_agrees_with_the_measured_figure():
-    """configs/cpu_small.py (width 16, 19 blocks): the train step's 0.487 GFLOP/image (XLA, measured on the CPU)
-    lies just above the hand count of its convolutions."""
+    """The cpu_small network of RESULTS.md's CPU step figures (width 16, 19 blocks; configs/cpu_small.py before its
+    two-stage recipe): the train step's 0.487 GFLOP/image (XLA, measured on the CPU) lies just above the hand
+    count of its convolutions."""
     fwd = forward_flops(conv_layers(16, 2, ((1, 1, 1), (2, 1, 2), (2, 1, 2))))
     assert len(fwd) == 19 + 1
     assert (3 * sum(fwd) - fwd[0]) / 1e9 == pytest.approx(0.470, abs=0.001)
