@@ -15,7 +15,10 @@ Two posterior heads (``config.posterior.context``):
 * ``"checkerboard"`` -- tiles dependent on their neighbours (SPEC.md "Tile boundaries"; paper Section 5.1 names
   the limitation of independent tiles). The tile grid is split into ``posterior.colours`` interleaved colours:
   2 as a checkerboard, colour ``(h + w) % 2``; 4 over each 2 x 2 block of tiles, colour ``2 (h % 2) + w % 2``
-  (h, w: tile row and column in the whole image). q(z) = prod_k q(z_k | x, z_<k): colour k's factors see the
+  (h, w: tile row and column in the whole image). Two tiles of one colour meet at every corner of a two-colour
+  checkerboard and decide together, so a source on a corner can be split between them and missed; with four
+  colours a corner's four tiles decide in turn (measured: benchmarks/RESULTS.md, tests/test_trained.py).
+  q(z) = prod_k q(z_k | x, z_<k): colour k's factors see the
   image features and a per-tile **context map** of the catalog already decided for colours < k
   (:func:`context_map`: decided, has-source, (y, x) offset from the tile centre, normalized log flux,
   is-galaxy; zero where undecided or empty): the parameters are the independent head's plus a correction
