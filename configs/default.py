@@ -86,6 +86,11 @@ def get_config() -> ml_collections.ConfigDict:
     # A validation figure (the first validation image with its true sources and the network's detections) in
     # WORKDIR/tensorboard every figure_every epochs; 0: never. Losses, learning rate and images/s: every epoch.
     config.train.figure_every = 5
+    # Train steps per jitted call (>= 1): K > 1 runs K steps in one lax.scan, so that Python's dispatch does not
+    # bound the step rate of a fast accelerator; the same states and losses as K calls (the epoch's last call
+    # runs the remaining steps_per_epoch % K, a second compile). K batches are on the devices at once. On a CPU
+    # leave it at 1: the step is slow enough for Python (and K steps compile as K copies there).
+    config.train.steps_per_dispatch = 1
 
     # Dataset sizes per split (paper: 210k / 30k / 42k images), used by npejax.simulate.
     config.data = ml_collections.ConfigDict()
@@ -95,6 +100,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.shard_size = 1024  # images per cached shard
     config.data.train_dir = ""  # cached training set (npejax.simulate); empty: simulate on the fly
     config.data.val_dir = ""  # cached validation set; empty: simulate num_val images once
+    # Hold the cached training set (data.train_dir or simulate_first's) on the devices: its images and background
+    # [N, H, W] float32, psf_params [N, 6] and tile targets, replicated on every device (about 57 KB per 80 x 80
+    # image with tile_size 4: 12 GB per device for the paper's 210k), put there once; every epoch's shuffled
+    # batches (the same as from the host) are gathered on the devices. For a GPU whose memory holds the set (refused
+    # when it would take more than 80% of a device's memory, where the backend reports it).
+    config.data.on_device = False
     # Simulate num_train training and num_val validation images into WORKDIR/data/{train,val} before training
     # (resumable), then train from them: on a CPU the cores render first and train afterwards, instead of
     # sharing every step with the simulator (npejax.nn.train.simulate_first).

@@ -61,10 +61,11 @@ WHICH = ("best", "latest")
 ITEMS = ("state", "meta")
 # Config keys that may differ between a checkpoint and the config that resumes it or predicts with it: the
 # training length, and keys that do not change what an epoch computes (display; the simulator's worker
-# count, whose batches depend only on their index; dataset sizes that only npejax.simulate reads).
+# count, whose batches depend only on their index; dataset sizes that only npejax.simulate reads; how the
+# batches reach the devices: data.on_device and train.steps_per_dispatch train the same batches and states).
 RESUMABLE_KEYS = ("train.num_epochs", "train.patience", "train.progress", "train.figure_every",
                   "simulator.num_workers", "simulator.prefetch", "data.num_train", "data.num_test",
-                  "data.shard_size")
+                  "data.shard_size", "data.on_device", "train.steps_per_dispatch")
 
 
 class CheckpointError(ValueError):

@@ -12,8 +12,13 @@ true tile catalog (teacher forcing, :class:`npejax.nn.model.CatalogNet`), so the
   multiple of 90 degrees and flip per image when ``do_augment`` (:func:`augment`; the tile catalog is
   transformed with the image). The augmentation key is ``fold_in(key, state.step)``.
 * :func:`eval_step` -- the NLL summed over images and tiles, batch-norm running statistics.
+* :func:`train_steps` -- K train steps in one call (``jax.lax.scan`` of :func:`train_step`) on K batches
+  stacked on a leading axis ([K, B, ...]); :func:`resident_train_steps` the same on batches gathered from a
+  training set held on the devices (index rows [K, B]). Both give the state of K :func:`train_step` calls
+  (the augmentation key of each step is still ``fold_in(key, state.step)``) and the K losses.
 * :func:`jit_steps` -- both compiled with the batch sharded over a mesh of devices (axis ``"data"``) and
-  the state replicated (data parallel); the train step donates its input state.
+  the state replicated (data parallel); the train step donates its input state. :func:`jit_multi_step`
+  compiles :func:`train_steps` or :func:`resident_train_steps` the same way.
 
 All are pure functions of their arguments: a test can call them on a tiny network without a loop.
 """
@@ -113,6 +118,51 @@ def eval_step(state: TrainState, batch: dict, normalizer: inputs_lib.Normalizer,
     return jnp.sum(TilePosterior.from_params(out).tile_nll(batch))
 
 
+def stack(batches) -> dict:
+    """Batches (a sequence of dicts of [B, ...] arrays) stacked on a new leading axis: [K, B, ...]; a dict is
+    taken as stacked already."""
+    if isinstance(batches, dict):
+        return batches
+    return {k: jnp.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def _loop(body, state, xs, unroll: int | bool):
+    """``jax.lax.scan(body, state, xs, unroll=unroll)``; with ``unroll=True`` the K calls of ``body`` as
+    straight-line code instead (no loop operation in the program: :func:`scan_unroll`)."""
+    if unroll is not True:
+        return jax.lax.scan(body, state, xs, unroll=unroll)
+    outputs = []
+    for k in range(jax.tree_util.tree_leaves(xs)[0].shape[0]):
+        state, out = body(state, jax.tree_util.tree_map(lambda x: x[k], xs))
+        outputs.append(out)
+    return state, jnp.stack(outputs)
+
+
+def train_steps(state: TrainState, batches, key: jax.Array, normalizer: inputs_lib.Normalizer, variant: str,
+                do_augment: bool, unroll: int | bool = 1) -> tuple[TrainState, jax.Array]:
+    """K optimizer steps in one ``jax.lax.scan`` of :func:`train_step`: step k on ``batches[k]`` (a dict of
+    [K, B, ...] arrays, or a sequence of K batches, stacked here: on the devices when jitted). Returns the state
+    after the K steps and their losses [K]: the same as K :func:`train_step` calls. ``unroll``: the scan's
+    (True: K copies of the step in straight-line code, :func:`scan_unroll`)."""
+    def body(state, batch):
+        return train_step(state, batch, key, normalizer, variant, do_augment)
+    return _loop(body, state, stack(batches), unroll)
+
+
+def resident_train_steps(state: TrainState, data: dict, indices: jax.Array, key: jax.Array,
+                         normalizer: inputs_lib.Normalizer, variant: str, do_augment: bool,
+                         sharding=None, unroll: int | bool = 1) -> tuple[TrainState, jax.Array]:
+    """:func:`train_steps` on batches gathered from ``data`` (a training set's :data:`NETWORK_KEYS`, [N, ...]
+    arrays already on the devices): step k trains on images ``indices[k]`` ([K, B] int32, in that order).
+    ``sharding`` (optional): the gathered batch's sharding (:func:`batch_sharding`)."""
+    def body(state, rows):
+        batch = {k: jnp.take(v, rows, axis=0) for k, v in data.items()}
+        if sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, sharding)
+        return train_step(state, batch, key, normalizer, variant, do_augment)
+    return _loop(body, state, indices, unroll)
+
+
 # --- devices ---------------------------------------------------------------------------------------
 
 def data_mesh(devices=None) -> jax.sharding.Mesh:
@@ -131,6 +181,11 @@ def batch_sharding(mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def stacked_sharding(mesh) -> NamedSharding:
+    """The sharding of K stacked batches [K, B, ...] or index rows [K, B]: split along the image axis (1)."""
+    return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def to_device(batch: dict, sharding) -> dict:
     """The :data:`npejax.schema.NETWORK_KEYS` of a host batch, put on the devices with ``sharding``."""
     return {k: jax.device_put(np.asarray(batch[k]), sharding) for k in NETWORK_KEYS}
@@ -145,3 +200,34 @@ def jit_steps(normalizer: inputs_lib.Normalizer, mesh, variant: str, do_augment:
     train = jax.jit(train, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
     evaluate = jax.jit(evaluate, in_shardings=(rep, data), out_shardings=rep)
     return train, evaluate
+
+
+def scan_unroll(mesh) -> int | bool:
+    """How :func:`jit_multi_step` runs its K steps on ``mesh``'s platform: on a CPU as straight-line code (True:
+    K copies of the step to compile), elsewhere as a rolled ``lax.scan`` (1: one copy however large K).
+
+    XLA:CPU runs a train step inside a loop operation far slower than the same step outside one (2-core CPU,
+    configs/cpu_small.py, batch 8: 0.30 s per step alone, 2.5 s inside a scan, even of one trip with
+    ``unroll=True``, 0.19-0.32 s per step straight-line; the 4-channel test network: 70 ms, 152 ms in a scan).
+    A loop on a GPU is XLA's usual while loop; ``benchmarks/input_paths.py`` measures it there."""
+    return True if mesh.devices.flat[0].platform == "cpu" else 1
+
+
+def jit_multi_step(normalizer: inputs_lib.Normalizer, mesh, variant: str, do_augment: bool, resident: bool = False,
+                   unroll: int | bool | None = None):
+    """:func:`train_steps` compiled for ``mesh`` as ``step(state, batches, key)`` (a sequence of K batches, each
+    sharded over ``"data"`` as :func:`jit_steps` takes them, or a dict of stacked [K, B, ...] arrays sharded with
+    :func:`stacked_sharding`), or with ``resident`` :func:`resident_train_steps` as ``step(state, data, indices,
+    key)`` (``data`` replicated: every device holds the whole training set and gathers its share of each batch
+    locally; ``indices`` [K, B] sharded with :func:`stacked_sharding`). State replicated and donated; the losses
+    [K] replicated. A new K (the last call of an epoch) compiles again. ``unroll``: the scan's (default
+    :func:`scan_unroll`)."""
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    kwargs = dict(normalizer=normalizer, variant=variant, do_augment=bool(do_augment),
+                  unroll=scan_unroll(mesh) if unroll is None else unroll)
+    if resident:
+        fn = functools.partial(resident_train_steps, sharding=data, **kwargs)
+        return jax.jit(fn, in_shardings=(rep, rep, stacked_sharding(mesh), rep), out_shardings=(rep, rep),
+                       donate_argnums=0)
+    fn = functools.partial(train_steps, **kwargs)
+    return jax.jit(fn, out_shardings=(rep, rep), donate_argnums=0)

@@ -14,15 +14,22 @@ training length (:data:`npejax.nn.checkpoints.RESUMABLE_KEYS`) is refused, the d
 Data come from the on-the-fly simulator -- an epoch is then ``train.images_per_epoch // train.batch_size``
 steps, the simulator's batches continuing where the last epoch stopped -- or from cached datasets written
 by ``npejax.simulate`` (``data.train_dir`` / ``data.val_dir``; an epoch is then one shuffled pass over the
-training set, ``len(train set) // train.batch_size`` steps). The validation set is ``data.val_dir`` or
-``data.num_val`` simulated images (whole batches of ``train.eval_batch_size``). The input normalizer is
-fitted on the first ``train.normalizer_images`` images of the cached training set, or on as many freshly
-simulated training-prior images (a batch never trained on).
+training set, ``len(train set) // train.batch_size`` steps). With ``data.on_device`` the cached training set
+is put on the devices once (replicated: every device holds all of it) and each batch is gathered there from
+the epoch's permutation, the same batches in the same order as from the host (:func:`epoch_order`). With
+``train.steps_per_dispatch`` K > 1, each jitted call runs K steps (``lax.scan``:
+:func:`npejax.nn.steps.jit_multi_step`), the last call of an epoch the remaining ``steps % K``; the same
+states and losses as one step per call (:func:`training_batches`, :func:`step_function`). The validation
+set is ``data.val_dir`` or ``data.num_val`` simulated images (whole batches of ``train.eval_batch_size``).
+The input normalizer is fitted on the first ``train.normalizer_images`` images of the cached training set, or
+on as many freshly simulated training-prior images (a batch never trained on).
 
 Before any work (:func:`validate_config`, :func:`setup_data`, :func:`check_resume`; nothing is written
 until they pass) the config is checked: variant, dtype, the network's stride against ``tile_size``, sizes
 and counts (batch sizes positive multiples of the local devices, an epoch of at least one batch, a
-validation set of at least one ``eval_batch_size`` batch, ``num_epochs`` and ``patience`` >= 1), and the
+validation set of at least one ``eval_batch_size`` batch, ``num_epochs``, ``patience`` and
+``steps_per_dispatch`` >= 1, ``data.on_device`` only with a cached training set that takes at most 80% of a
+device's memory: :func:`check_device_memory`), and the
 cached datasets against the config: ``data.train_dir`` must be a 'train' split and ``data.val_dir`` a 'val'
 split, simulated at the config's image and tile size from the config's prior, renderer, field prior and
 field bank. Once they pass, training prints (and logs) the devices, the mesh and the batch per device
@@ -43,11 +50,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import jax
 import ml_collections
@@ -107,12 +115,25 @@ def validate_config(config, num_devices: int | None = None) -> None:
             raise ValueError(f"train.{key}={train[key]}: must be a positive number")
     if int(train.lr_decay_epoch) < 0:
         raise ValueError(f"train.lr_decay_epoch={train.lr_decay_epoch}: must be >= 0")
+    check_input_path(config)
     if not config.data.train_dir and int(train.images_per_epoch) < int(train.batch_size):
         raise ValueError(f"train.images_per_epoch={train.images_per_epoch} is smaller than train.batch_size="
                          f"{train.batch_size}: an epoch must hold at least one batch")
     if not config.data.val_dir and int(config.data.num_val) < int(train.eval_batch_size):
         raise ValueError(f"train.eval_batch_size={train.eval_batch_size} is larger than the validation set "
                          f"(data.num_val={config.data.num_val}): give data.num_val >= train.eval_batch_size")
+
+
+def check_input_path(config) -> None:
+    """ValueError naming the key unless ``train.steps_per_dispatch`` >= 1 and ``data.on_device`` has a cached
+    training set to hold (``data.train_dir`` or ``data.simulate_first``)."""
+    per_dispatch = config.train.get("steps_per_dispatch", 1)
+    if isinstance(per_dispatch, bool) or int(per_dispatch) != per_dispatch or per_dispatch < 1:
+        raise ValueError(f"train.steps_per_dispatch={per_dispatch!r}: must be an integer >= 1 (train steps per "
+                         "jitted call)")
+    if config.data.get("on_device", False) and not (config.data.train_dir or config.data.simulate_first):
+        raise ValueError("data.on_device=True needs a cached training set to put on the devices: give "
+                         "data.train_dir or data.simulate_first=True (on-the-fly batches are made on the host)")
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -233,6 +254,8 @@ def setup_data(config, num_devices: int) -> TrainingData:
     val_ds = data_lib.load(config.data.val_dir) if config.data.val_dir else None
     if train_ds is not None:
         check_dataset(train_ds, "train", train_spec, "train_dir")
+        if config.data.get("on_device", False):
+            check_device_memory(train_ds)
     if val_ds is not None:
         check_dataset(val_ds, "val", train_spec, "val_dir")
         if len(val_ds) < val_spec.batch_size:
@@ -266,26 +289,109 @@ def validation_batches(config, data: TrainingData, sharding) -> list[dict]:
     return batches
 
 
+def epoch_order(num_images: int, batch_size: int, seed: int) -> np.ndarray:
+    """[steps, batch_size] image indices of one shuffled epoch over a cached set of ``num_images``: row i is
+    batch i of ``Dataset.batches(batch_size, shuffle=True, seed=seed, drop_remainder=True)`` (numpy's
+    ``default_rng(seed).permutation``, cut to whole batches), as int32."""
+    steps = num_images // batch_size
+    order = np.random.default_rng(seed).permutation(num_images)[:steps * batch_size]
+    return order.reshape(steps, batch_size).astype(np.int32)
+
+
+def groups(items: Iterable, size: int) -> Iterator[tuple]:
+    """``items`` in tuples of ``size`` (the last one shorter if they do not divide)."""
+    items = iter(items)
+    while group := tuple(itertools.islice(items, size)):
+        yield group
+
+
+def resident_bytes(ds: data_lib.Dataset) -> int:
+    """Bytes that :func:`resident_training_set` puts on each device: the set's NETWORK_KEYS (its manifest)."""
+    keys = ds.manifest["keys"]
+    return sum(len(ds) * int(np.prod(keys[k]["shape"], dtype=np.int64)) * np.dtype(keys[k]["dtype"]).itemsize
+               for k in steps_lib.NETWORK_KEYS)
+
+
+def check_device_memory(ds: data_lib.Dataset, bytes_limit: int | None = None, fraction: float = 0.8) -> None:
+    """ValueError naming ``data.on_device`` when the training set would take more than ``fraction`` of a device's
+    memory (``bytes_limit``, default: the first local device's, where the backend reports it: GPUs do, CPUs
+    not), leaving too little for the network."""
+    if bytes_limit is None:
+        bytes_limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    size = resident_bytes(ds)
+    if bytes_limit and size > fraction * bytes_limit:
+        raise ValueError(f"data.on_device=True: the training set {ds.directory} ({len(ds)} images) needs "
+                         f"{size / 2**30:.2f} GiB on every device, more than {fraction:.0%} of its "
+                         f"{bytes_limit / 2**30:.2f} GiB; train from the host (data.on_device=False) or on a "
+                         "smaller set")
+
+
+def resident_training_set(ds: data_lib.Dataset, mesh) -> dict:
+    """The :data:`npejax.schema.NETWORK_KEYS` of the whole cached training set on every device of ``mesh``
+    (replicated: [N, ...] arrays, read and put one key at a time); prints its size per device."""
+    replicated = steps_lib.replicated(mesh)
+    resident = {k: jax.device_put(ds.read(slice(None), (k,))[k], replicated) for k in steps_lib.NETWORK_KEYS}
+    size = sum(v.nbytes for v in resident.values())
+    print(f"data.on_device: {len(ds)} training images on the devices, {size / 2**20:.1f} MiB per device",
+          flush=True)
+    return resident
+
+
+@dataclasses.dataclass(frozen=True)
+class Feed:
+    """The training inputs: ``batches(epoch)`` iterates over what each jitted call of :func:`step_function` takes
+    (one batch; K batches; or an index array [K, B] into ``resident``, the training set on the devices)."""
+
+    batches: Callable[[int], Iterator]
+    resident: dict | None = None
+
+
 @contextlib.contextmanager
-def training_batches(config, data: TrainingData, start_epoch: int, end_epoch: int,
-                     sharding) -> Iterator[Callable[[int], Iterator[dict]] | None]:
-    """Yields ``epoch -> iterator of device batches`` (None when no epoch is left to train).
+def training_batches(config, data: TrainingData, start_epoch: int, end_epoch: int, mesh) -> Iterator[Feed | None]:
+    """Yields the :class:`Feed` of epochs ``start_epoch`` .. ``end_epoch`` (None when no epoch is left).
 
     Simulated batches come from a :class:`npejax.sim.pipeline.Simulator` started at batch
-    ``start_epoch * steps_per_epoch`` (stopped on exit); cached ones are reshuffled each epoch
-    (seed ``config.seed + epoch``).
+    ``start_epoch * steps_per_epoch`` (stopped on exit; an epoch takes ``steps_per_epoch`` of them); cached
+    ones are reshuffled each epoch (seed ``config.seed + epoch``). Batches are put on the devices one at a time
+    and grouped by ``train.steps_per_dispatch`` K (when K > 1). With ``data.on_device`` the training set is put
+    on the devices here and an epoch is the rows of :func:`epoch_order`, K at a time, put on the devices at its
+    start ([K, B] int32 each, :func:`npejax.nn.steps.stacked_sharding`).
     """
-    put = lambda batch: steps_lib.to_device(batch, sharding)
+    put = lambda batch: steps_lib.to_device(batch, steps_lib.batch_sharding(mesh))
+    per_dispatch = int(config.train.get("steps_per_dispatch", 1))
+    group = (lambda batches: batches) if per_dispatch == 1 else (lambda batches: groups(batches, per_dispatch))
     if start_epoch >= end_epoch:  # nothing left to train: no simulator workers
         yield None
     elif data.train_ds is None:
         with pipeline.Simulator(data.train_spec, num_workers=int(config.simulator.num_workers),
                                 prefetch=int(config.simulator.prefetch), start=start_epoch * data.steps_per_epoch,
                                 transform=put) as simulator:
-            yield lambda epoch: iter(simulator)
+            yield Feed(lambda epoch: group(itertools.islice(simulator, data.steps_per_epoch)))
+    elif config.data.get("on_device", False):
+        resident = resident_training_set(data.train_ds, mesh)
+        sharding = steps_lib.stacked_sharding(mesh)
+        def rows(epoch):  # every call's index rows on the devices at the start of the epoch
+            order = epoch_order(len(data.train_ds), data.batch_size, config.seed + epoch)
+            return iter([jax.device_put(order[i:i + per_dispatch], sharding)
+                         for i in range(0, len(order), per_dispatch)])
+        yield Feed(rows, resident)
     else:
-        yield lambda epoch: (put(b) for b in data.train_ds.batches(
-            data.batch_size, shuffle=True, seed=config.seed + epoch, drop_remainder=True))
+        yield Feed(lambda epoch: group(put(b) for b in data.train_ds.batches(
+            data.batch_size, shuffle=True, seed=config.seed + epoch, drop_remainder=True)))
+
+
+def step_function(config, normalizer: inputs_lib.Normalizer, mesh, train_step, feed: Feed | None) -> Callable:
+    """``step(state, inputs, key) -> (state, loss)``, the jitted call :func:`run_epoch` makes per input of
+    ``feed``: ``train_step`` (:func:`npejax.nn.steps.jit_steps`, one batch, a scalar loss) when
+    ``train.steps_per_dispatch`` is 1 and the data are not on the devices, else
+    :func:`npejax.nn.steps.jit_multi_step` (K batches or index rows into ``feed.resident``; losses [K])."""
+    if feed is None or (feed.resident is None and int(config.train.get("steps_per_dispatch", 1)) == 1):
+        return train_step
+    multi = steps_lib.jit_multi_step(normalizer, mesh, config.model.variant, config.train.augment,
+                                     resident=feed.resident is not None)
+    if feed.resident is None:
+        return multi
+    return lambda state, rows, key: multi(state, feed.resident, rows, key)
 
 
 # --- restore or init -------------------------------------------------------------------------------
@@ -423,21 +529,27 @@ def log_epoch(writer, row: dict, figure=None) -> None:
 
 # --- one epoch -------------------------------------------------------------------------------------
 
-def run_epoch(config, data: TrainingData, state, train_step, eval_step, batches: Iterator[dict],
+def run_epoch(config, data: TrainingData, state, train_step, eval_step, batches: Iterator,
               val_batches: list[dict], key, epoch: int):
-    """Trains ``data.steps_per_epoch`` steps on ``batches`` and validates; returns (state, metrics row,
-    mean training NLL, validation NLL per image)."""
+    """Trains on ``batches`` (an epoch's inputs of :func:`training_batches`, ``data.steps_per_epoch`` steps in
+    all, each call of ``train_step`` (:func:`step_function`) returning one loss or K) and validates; returns
+    (state, metrics row, mean training NLL over the steps, validation NLL per image)."""
     t0 = time.time()
-    losses = []
-    bar = tqdm(range(data.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.train.num_epochs}", leave=False,
-               disable=not config.train.progress)
-    for _ in bar:
-        state, loss = train_step(state, next(batches), key)
-        losses.append(loss)
-        if len(losses) % 10 == 0:
-            bar.set_postfix(loss=f"{float(loss):.1f}",
-                            img_s=f"{len(losses) * data.batch_size / (time.time() - t0):.0f}")
-    train_loss = float(np.mean(jax.device_get(losses)))
+    losses, done = [], 0
+    with tqdm(total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.train.num_epochs}", leave=False,
+              disable=not config.train.progress) as bar:
+        for inputs in batches:
+            state, loss = train_step(state, inputs, key)
+            losses.append(loss)
+            done += loss.size
+            bar.update(loss.size)
+            if config.train.progress and len(losses) > 1 and done // 10 > (done - loss.size) // 10:
+                # the previous call's loss: waiting for this one would leave the devices idle until the next
+                bar.set_postfix(loss=f"{float(np.ravel(losses[-2])[-1]):.1f}",
+                                img_s=f"{done * data.batch_size / (time.time() - t0):.0f}")
+    if done != data.steps_per_epoch:
+        raise RuntimeError(f"epoch {epoch + 1} ran {done} train steps, expected {data.steps_per_epoch}")
+    train_loss = float(np.mean(np.concatenate([np.ravel(loss) for loss in jax.device_get(losses)])))
     train_seconds = time.time() - t0
     num_val_images = sum(b["images"].shape[0] for b in val_batches)
     val_loss = float(sum(float(eval_step(state, b)) for b in val_batches) / num_val_images)
@@ -480,16 +592,16 @@ def train_epochs(config, workdir: str, data: TrainingData, net, mesh, managers: 
     """Trains from epoch ``progress.epoch`` up to ``end_epoch`` (or early stopping): each epoch validated,
     logged (metrics.csv, TensorBoard) and checkpointed; returns the final state."""
     train_step, eval_step = steps_lib.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
-    sharding = steps_lib.batch_sharding(mesh)
-    val_batches = validation_batches(config, data, sharding)
+    val_batches = validation_batches(config, data, steps_lib.batch_sharding(mesh))
     key = jax.random.key(config.seed + 1)
     figure_every = int(config.train.figure_every)
     draw = validation_figure(config, net, normalizer, val_batches[0]) if figure_every else None
-    with training_batches(config, data, progress.epoch, end_epoch, sharding) as epoch_batches, \
+    with training_batches(config, data, progress.epoch, end_epoch, mesh) as feed, \
             tensorboard(workdir, progress.epoch, end_epoch) as writer:
+        step = step_function(config, normalizer, mesh, train_step, feed)
         for epoch in range(progress.epoch, end_epoch):
-            state, row, *losses = run_epoch(config, data, state, train_step, eval_step, epoch_batches(epoch),
-                                            val_batches, key, epoch)
+            state, row, *losses = run_epoch(config, data, state, step, eval_step, feed.batches(epoch), val_batches,
+                                            key, epoch)
             figure = draw(state, row["epoch"]) if draw and row["epoch"] % figure_every == 0 else None
             log_epoch(writer, row, figure)  # before the checkpoint: a resume purges events after it
             record_epoch(workdir, managers, config, progress, state, normalizer, row, *losses)
