@@ -84,11 +84,7 @@ def open_inputs(fv: flags.FlagValues) -> predictor.Inputs:
 
 def run(fv: flags.FlagValues) -> None:
     # everything a user can get wrong is checked before the network runs: flags, output paths, inputs
-    try:
-        min_prob = predictor.check_min_prob(fv["min-prob"].value)
-    except ValueError:
-        raise cli.UsageError(f"--min-prob {fv['min-prob'].value}: expected a probability in [0, 1) (rows with "
-                             "prob_source above it are kept)") from None
+    min_prob = predictor.min_prob_flag(fv["min-prob"].value)
     batch_size, chunk_size = fv["batch-size"].value, fv["chunk-size"].value
     if batch_size < 1:
         raise cli.UsageError(f"--batch-size {batch_size}: expected a positive number of images per network call")

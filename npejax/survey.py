@@ -70,11 +70,7 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
 
 def run_catalog(fv: flags.FlagValues) -> int:
     # everything a user can get wrong in the command line is checked before a frame is read
-    try:
-        min_prob = predictor.check_min_prob(fv["min-prob"].value)
-    except ValueError:
-        raise cli.UsageError(f"--min-prob {fv['min-prob'].value}: expected a probability in [0, 1) (rows with "
-                             "prob_source above it are kept)") from None
+    min_prob = predictor.min_prob_flag(fv["min-prob"].value)
     field_id, psf_params = fv["field-id"].value, fv["psf-params"].value
     survey_lib.check_defaults(fv.background, field_id, psf_params)
     shard, num_shards, shard_source = survey_lib.resolve_shard(fv.shard)

@@ -67,6 +67,20 @@ def make_tiny_config() -> ml_collections.ConfigDict:
     return config
 
 
+def one_error_line(err: str) -> str:
+    """The single ``error: ...`` line a command prints for a user's mistake (npejax.cli), no traceback."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+def assert_one_error(code: int, out: str, err: str, fragment: str) -> None:
+    """Exit status 2, nothing on stdout, one error line containing ``fragment``."""
+    assert code == 2 and out == "", out + err
+    assert fragment in one_error_line(err), err
+
+
 @pytest.fixture(scope="session")
 def root() -> pathlib.Path:
     """The repository root (commands run from here)."""

@@ -15,6 +15,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 import test_sdss as sdss_files  # the SDSS data-model fixture writers
+from conftest import assert_one_error
 from npejax import catalogs as catalog, datasets as data, predict
 from npejax.nn import predictor, train
 from npejax.sim import pipeline
@@ -40,12 +41,6 @@ def _predict(capsys, *args):
     code = predict.main(["npejax.predict", *map(str, args)])
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-def _one_error(code, out, err, fragment):
-    assert code == 2 and out == "", out + err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert fragment in err, err
 
 
 @pytest.fixture
@@ -110,7 +105,7 @@ def test_non_finite_output_in_one_image_stops_the_command(trained, capsys, monke
     out = root / "nan.fits"
     code, stdout, err = _predict(capsys, "--workdir", root / "run", "--input", root / "test", "--out", out,
                                  "--batch-size", "2")
-    _one_error(code, stdout, err, "output for image 3 is not finite (tile_flux = inf at tile row 1, column 2)")
+    assert_one_error(code, stdout, err, "output for image 3 is not finite (tile_flux = inf at tile row 1, column 2)")
     assert not out.exists()
 
 
@@ -141,7 +136,7 @@ def test_nonsense_values_refused_before_any_work(trained, capsys, monkeypatch, f
     out = root / "nonsense.fits"
     code, stdout, err = _predict(capsys, "--workdir", root / "run", "--input", root / "small.fits", "--out", out,
                                  *psf, *flags)
-    _one_error(code, stdout, err, fragment)
+    assert_one_error(code, stdout, err, fragment)
     assert not out.exists()
 
 
@@ -153,7 +148,7 @@ def test_nonsense_arrays_and_library_values(trained, capsys, no_network_run):
     np.savez(root / "bright.npz", images=images, background=background, psf_params=np.tile(PSF_ARRAY, (3, 1)))
     code, stdout, err = _predict(capsys, "--workdir", root / "run", "--input", root / "bright.npz", "--out",
                                  root / "bright.fits")
-    _one_error(code, stdout, err, "background 20000 at image 2, row 5, column 7: expected a sky level")
+    assert_one_error(code, stdout, err, "background 20000 at image 2, row 5, column 7: expected a sky level")
     with pytest.raises(ValueError, match=r"background 0 at image 0, row 0, column 0"):
         net.catalog(images, 0.0, PSF_ARRAY)
     with pytest.raises(ValueError, match=r"min_prob nan: expected a probability in \[0, 1\)"):
@@ -162,7 +157,7 @@ def test_nonsense_arrays_and_library_values(trained, capsys, no_network_run):
         net.predict_tiles(images, 0.7, PSF_ARRAY, batch_size=0)
     code, stdout, err = _predict(capsys, "--workdir", root / "run", "--input", root / "test", "--out",
                                  root / "c.fits", "--chunk-size", "8")
-    _one_error(code, stdout, err, "--chunk-size 8: expected 0 (whole images) or at least")
+    assert_one_error(code, stdout, err, "--chunk-size 8: expected 0 (whole images) or at least")
     assert not (root / "bright.fits").exists() and not (root / "c.fits").exists()
 
 
@@ -227,7 +222,7 @@ def test_bad_files_and_outputs_refused_before_predicting(trained, capsys, no_net
     else:
         args = ["--input", d / "good.npz", "--out", out, "--background", "0.7"]
     code, stdout, err = _predict(capsys, "--workdir", root / "run", *args)
-    _one_error(code, stdout, err, fragment)
+    assert_one_error(code, stdout, err, fragment)
     assert not os.path.exists(out) or os.path.isdir(out)
     assert {p.name for p in d.iterdir()} <= {"good.fits", "good.npz", "afile", "bad.fits", "bad.npz", "adir.fits"}
 
@@ -376,7 +371,7 @@ def test_sdss_frame_refusals(trained, capsys, no_network_run, case, fragment):
     if case != "no_psfield":
         args += ["--psfield", psfield]
     code, stdout, err = _predict(capsys, "--workdir", root / "run", *args)
-    _one_error(code, stdout, err, fragment)
+    assert_one_error(code, stdout, err, fragment)
     assert not (d / "cat.fits").exists()
 
 

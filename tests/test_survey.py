@@ -21,7 +21,7 @@ import pytest
 from astropy.io import fits
 
 import test_sdss as sdss_files  # the SDSS data-model fixture writers
-from conftest import make_tiny_config
+from conftest import assert_one_error, make_tiny_config
 from npejax import catalogs as catalog, io, survey
 from npejax.nn import checkpoints, predictor, train
 from npejax.nn import survey as survey_lib
@@ -168,12 +168,6 @@ def _survey(capsys, *args):
     code = survey.main(["npejax.survey", *map(str, args)])
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-def _one_error(code, out, err, fragment):
-    assert code == 2 and out == "", out + err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert fragment in err, err
 
 
 def _write_small(path, seed):
@@ -334,7 +328,7 @@ def test_catalog_per_frame_rerun_skips_and_failures_reported(workdir, tmp_path, 
     # the same name twice in a list is refused before any work (catalogs are named by frame)
     (tmp_path / "dup.txt").write_text("\n".join(lines[:2] + lines[-1:]) + "\n")
     code, stdout, err = _survey(capsys, *args[:4], tmp_path / "dup.txt", *args[5:])
-    _one_error(code, stdout, err, "frame name 'b' is also line 2's")
+    assert_one_error(code, stdout, err, "frame name 'b' is also line 2's")
 
 
 # --- shards, Slurm job arrays, merge ------------------------------------------------------------------------
@@ -512,7 +506,7 @@ def test_bad_command_lines_give_one_error_line(case, fragment, tmp_path, capsys,
         args = ["merge", "--out", tmp_path / ("nowhere" if case == "merge_no_out" else "out"), "--table",
                 tmp_path / ("all.txt" if case == "merge_extension" else "all.fits")]
     code, stdout, err = _survey(capsys, *args)
-    _one_error(code, stdout, err, fragment)
+    assert_one_error(code, stdout, err, fragment)
     assert not (tmp_path / "out" / "catalogs").exists() and not (tmp_path / "all.fits").exists()
 
 

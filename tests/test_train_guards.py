@@ -18,6 +18,7 @@ import pytest
 import tensorboardX
 from tensorboardX.proto import event_pb2
 
+from conftest import one_error_line
 from npejax import datasets as data
 from npejax import main as train_main
 from npejax.nn import checkpoints, inputs, state as state_lib, model as model_lib, train
@@ -108,12 +109,6 @@ def run_main(config_path, tiny_flags, capsys):
     return run
 
 
-def _one_error_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 # --- 5. metrics.csv, 12. TensorBoard ---------------------------------------------------------------
 
 def test_fresh_start_after_a_kill_in_the_first_save_has_one_row_per_epoch(trained):
@@ -179,7 +174,7 @@ def test_a_flipped_byte_is_refused_naming_the_file(trained, copy_of, run_main):
 
     before = _snapshot(workdir)
     code, out, err = run_main(workdir, "--config.train.num_epochs=2")  # resuming reads the same file
-    assert code == 2 and f"checkpoint file {victim} is damaged" in _one_error_line(err), err
+    assert code == 2 and f"checkpoint file {victim} is damaged" in one_error_line(err), err
     assert _snapshot(workdir) == before and "epoch" not in out
 
 
@@ -212,7 +207,7 @@ def test_resume_with_another_config_is_refused(trained, run_main, flag, differen
     before = _snapshot(workdir)
     config_json = (workdir / "config.json").read_bytes()
     code, out, err = run_main(workdir, flag)
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2 and f"workdir {workdir} holds a run (epoch 1) trained with another config" in line, err
     assert f"differences (checkpoint -> now): {difference}." in line, line
     assert (workdir / "config.json").read_bytes() == config_json and _snapshot(workdir) == before
@@ -284,7 +279,7 @@ def test_a_checkpoint_of_another_network_is_one_line(trained, copy_of, tiny_conf
 def test_bad_values_are_one_line_and_leave_no_workdir(tmp_path, run_main, flag, message):
     workdir = tmp_path / "new" / "run"
     code, out, err = run_main(workdir, flag)
-    assert code == 2 and message in _one_error_line(err), err
+    assert code == 2 and message in one_error_line(err), err
     assert not (tmp_path / "new").exists() and out == ""
 
 
@@ -304,7 +299,7 @@ def test_batch_sizes_must_be_multiples_of_the_devices(tmp_path, run_main, monkey
 def test_a_workdir_under_a_file_is_refused(tmp_path, run_main):
     (tmp_path / "file").write_text("x")
     code, _, err = run_main(tmp_path / "file" / "run")
-    assert code == 2 and "is a file" in _one_error_line(err), err
+    assert code == 2 and "is a file" in one_error_line(err), err
 
 
 # --- 6. a checkpoint that cannot be saved ----------------------------------------------------------
@@ -334,7 +329,7 @@ def test_a_failed_checkpoint_save_stops_at_that_epoch_in_one_line(tmp_path, run_
 
     monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "wait_until_finished", disk_full)
     code, out, err = run_main(tmp_path / "run", "--config.train.num_epochs=3", "--config.train.figure_every=0")
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2 and line == (f"error: cannot save the checkpoint of epoch 1 in {tmp_path}/run/checkpoints/"
                                   "latest: [Errno 28] No space left on device"), err
     assert out.count("train NLL") == 1  # stopped at the epoch whose save failed
@@ -343,7 +338,7 @@ def test_a_failed_checkpoint_save_stops_at_that_epoch_in_one_line(tmp_path, run_
 def test_too_little_free_space_is_refused_before_the_save(tmp_path, run_main, monkeypatch, no_training):
     monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1000))
     code, out, err = run_main(tmp_path / "run", "--config.train.figure_every=0")
-    assert code == 2 and "cannot save the checkpoint of epoch 1" in _one_error_line(err)
+    assert code == 2 and "cannot save the checkpoint of epoch 1" in one_error_line(err)
     assert "MiB are free on that disk" in err and not any((tmp_path / "run" / "checkpoints" / "latest").iterdir())
 
 
@@ -377,7 +372,7 @@ def cached(tmp_path_factory, tiny_config):
 ])
 def test_a_dataset_that_does_not_fit_the_config_is_refused(tmp_path, cached, run_main, key, name, message):
     code, _, err = run_main(tmp_path / "run", f"--config.data.{key}={cached / name}")
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2 and f"data.{key} {cached / name} does not fit the config: " in line and message in line, err
     assert not (tmp_path / "run").exists()
 
@@ -386,7 +381,7 @@ def test_eval_batch_size_larger_than_the_cached_validation_set(tmp_path, cached,
     code, _, err = run_main(tmp_path / "run", f"--config.data.val_dir={cached / 'val'}",
                             "--config.train.eval_batch_size=16")
     assert code == 2 and (f"train.eval_batch_size=16 is larger than the validation set data.val_dir "
-                          f"{cached / 'val'} (8 images)") in _one_error_line(err), err
+                          f"{cached / 'val'} (8 images)") in one_error_line(err), err
 
 
 def test_the_normalizer_is_fitted_on_the_cached_training_set(cached, tiny_config):

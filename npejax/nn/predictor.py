@@ -90,6 +90,15 @@ def check_min_prob(min_prob) -> float:
     return value
 
 
+def min_prob_flag(value) -> float:
+    """The ``--min-prob`` flag of the commands: :func:`check_min_prob`, a usage error (one line) otherwise."""
+    try:
+        return check_min_prob(value)
+    except ValueError:
+        raise cli.UsageError(f"--min-prob {value}: expected a probability in [0, 1) (rows with prob_source above "
+                             "it are kept)") from None
+
+
 def check_batch_size(batch_size) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size {batch_size!r}: expected a positive number of images per network call")
