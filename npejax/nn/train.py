@@ -127,11 +127,11 @@ def validate_config(config, num_devices: int | None = None) -> None:
 def check_input_path(config) -> None:
     """ValueError naming the key unless ``train.steps_per_dispatch`` >= 1 and ``data.on_device`` has a cached
     training set to hold (``data.train_dir`` or ``data.simulate_first``)."""
-    per_dispatch = config.train.get("steps_per_dispatch", 1)
+    per_dispatch = config.train.steps_per_dispatch
     if isinstance(per_dispatch, bool) or int(per_dispatch) != per_dispatch or per_dispatch < 1:
         raise ValueError(f"train.steps_per_dispatch={per_dispatch!r}: must be an integer >= 1 (train steps per "
                          "jitted call)")
-    if config.data.get("on_device", False) and not (config.data.train_dir or config.data.simulate_first):
+    if config.data.on_device and not (config.data.train_dir or config.data.simulate_first):
         raise ValueError("data.on_device=True needs a cached training set to put on the devices: give "
                          "data.train_dir or data.simulate_first=True (on-the-fly batches are made on the host)")
 
@@ -254,7 +254,7 @@ def setup_data(config, num_devices: int) -> TrainingData:
     val_ds = data_lib.load(config.data.val_dir) if config.data.val_dir else None
     if train_ds is not None:
         check_dataset(train_ds, "train", train_spec, "train_dir")
-        if config.data.get("on_device", False):
+        if config.data.on_device:
             check_device_memory(train_ds)
     if val_ds is not None:
         check_dataset(val_ds, "val", train_spec, "val_dir")
@@ -358,7 +358,7 @@ def training_batches(config, data: TrainingData, start_epoch: int, end_epoch: in
     start ([K, B] int32 each, :func:`npejax.nn.steps.stacked_sharding`).
     """
     put = lambda batch: steps_lib.to_device(batch, steps_lib.batch_sharding(mesh))
-    per_dispatch = int(config.train.get("steps_per_dispatch", 1))
+    per_dispatch = int(config.train.steps_per_dispatch)
     group = (lambda batches: batches) if per_dispatch == 1 else (lambda batches: groups(batches, per_dispatch))
     if start_epoch >= end_epoch:  # nothing left to train: no simulator workers
         yield None
@@ -367,7 +367,7 @@ def training_batches(config, data: TrainingData, start_epoch: int, end_epoch: in
                                 prefetch=int(config.simulator.prefetch), start=start_epoch * data.steps_per_epoch,
                                 transform=put) as simulator:
             yield Feed(lambda epoch: group(itertools.islice(simulator, data.steps_per_epoch)))
-    elif config.data.get("on_device", False):
+    elif config.data.on_device:
         resident = resident_training_set(data.train_ds, mesh)
         sharding = steps_lib.stacked_sharding(mesh)
         def rows(epoch):  # every call's index rows on the devices at the start of the epoch
@@ -385,7 +385,7 @@ def step_function(config, normalizer: inputs_lib.Normalizer, mesh, train_step, f
     ``feed``: ``train_step`` (:func:`npejax.nn.steps.jit_steps`, one batch, a scalar loss) when
     ``train.steps_per_dispatch`` is 1 and the data are not on the devices, else
     :func:`npejax.nn.steps.jit_multi_step` (K batches or index rows into ``feed.resident``; losses [K])."""
-    if feed is None or (feed.resident is None and int(config.train.get("steps_per_dispatch", 1)) == 1):
+    if feed is None or (feed.resident is None and int(config.train.steps_per_dispatch) == 1):
         return train_step
     multi = steps_lib.jit_multi_step(normalizer, mesh, config.model.variant, config.train.augment,
                                      resident=feed.resident is not None)
