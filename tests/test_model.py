@@ -39,7 +39,8 @@ def test_network_takes_its_settings_from_the_config():
     config = cpu_small.get_config()
     net = model.from_config(config)
     assert (net.width, net.stem_blocks, net.dtype) == (16, 2, jnp.float32)
-    assert net.stages == ((1, 1, 1), (2, 1, 2), (2, 1, 2)) and net.stride == config.tile_size
+    assert net.stages == ((2, 1, 2), (2, 1, 2)) and net.stride == config.tile_size
+    assert (net.context, net.colours) == ("checkerboard", 4)
     with pytest.raises(TypeError):  # no defaults of its own: configs/default.py is the one place
         model.CatalogNet()
     config.model.dtype = "bfloat16"

@@ -112,10 +112,11 @@ def test_steps_per_epoch_errors_name_the_keys(load_config):
 
 
 def test_learning_rate_decays_after_lr_decay_epoch(load_config):
-    config = load_config("cpu_small")  # 1e-3, x0.1 after epoch 8
+    config = load_config("cpu_small")  # 3e-3, x0.1 after epoch 10
     schedule = state_lib.learning_rate_schedule(config, steps_per_epoch=40)
-    assert float(schedule(8 * 40 - 1)) == pytest.approx(1e-3)
-    assert float(schedule(8 * 40)) == pytest.approx(1e-4)
+    assert float(schedule(0)) == pytest.approx(3e-3)
+    assert float(schedule(10 * 40 - 1)) == pytest.approx(3e-3)
+    assert float(schedule(10 * 40)) == pytest.approx(3e-4)
 
 
 def test_bfloat16_trains_like_float32(tiny):
