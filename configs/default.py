@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.variant = "psf_aware"  # "psf_aware", "psf_unaware" or "single_field" (inputs)
     config.model.width = 64  # channels of the first stage
     config.model.stem_blocks = 3
+    # Kernel of the first stem block (odd; the other blocks are 3 x 3). It runs at full resolution on every input
+    # channel, so on a small network it holds most of the FLOPs: 5 x 5 on 21 channels is about 60% of cpu_small's.
+    config.model.stem_kernel = 5
     config.model.stages = ((1, 3, 1), (2, 3, 2), (4, 3, 2), (4, 3, 1), (4, 2, 1))  # (width mult, bottlenecks, stride)
     config.model.dtype = "float32"  # or "bfloat16" (activations; parameters and loss stay float32)
 
@@ -88,8 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.figure_every = 5
     # Train steps per jitted call (>= 1): K > 1 runs K steps in one lax.scan, so that Python's dispatch does not
     # bound the step rate of a fast accelerator; the same states and losses as K calls (the epoch's last call
-    # runs the remaining steps_per_epoch % K, a second compile). K batches are on the devices at once. On a CPU
-    # leave it at 1: the step is slow enough for Python (and K steps compile as K copies there).
+    # runs the remaining steps_per_epoch % K, a second compile). K batches are on the devices at once. On a CPU the
+    # K steps are K straight-line copies (compiled about K times longer), which still ran 1.35x more images/s than
+    # K = 1 for cpu_small on the 2-core VM (benchmarks/input_paths.py, batch 16; RESULTS.md), so cpu_small uses 4.
     config.train.steps_per_dispatch = 1
 
     # Dataset sizes per split (paper: 210k / 30k / 42k images), used by npejax.simulate.

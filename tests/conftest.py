@@ -36,6 +36,7 @@ TINY_OVERRIDES = {
     "posterior.colours": 2,
     "train.learning_rate": 1e-3,
     "train.lr_decay_epoch": 8,
+    "train.steps_per_dispatch": 1,
 }
 TINY_EPOCHS = 2
 

@@ -52,6 +52,22 @@ def test_network_takes_its_settings_from_the_config():
     config.model.stages = ((1, 1, 1), (2, 1, 2))
     with pytest.raises(ValueError, match="stride 2 must equal tile_size 4"):
         model.from_config(config)
+    config.model.stages = ((2, 1, 2), (2, 1, 2))
+    for bad in (0, 4):
+        config.model.stem_kernel = bad
+        with pytest.raises(ValueError, match=f"model.stem_kernel must be an odd number >= 1, got {bad}"):
+            model.from_config(config)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_the_first_stem_block_has_the_configured_kernel(kernel):
+    config = cpu_small.get_config()
+    config.model.stem_kernel = kernel
+    net = model.from_config(config)
+    c = inputs.num_channels(config.model.variant)
+    params = net.init(jax.random.key(0), jnp.zeros((1, 16, 16, c)), train=False)["params"]
+    assert params["ConvBlock_0"]["Conv_0"]["kernel"].shape == (kernel, kernel, c, config.model.width)
+    assert params["ConvBlock_1"]["Conv_0"]["kernel"].shape == (3, 3, config.model.width, config.model.width)
 
 
 def test_unknown_variant():

@@ -99,6 +99,7 @@ def test_augment_moves_pixels_and_catalog_without_changing_them(tiny):
     ("default", 32, 210_000 // 32),  # the paper's 210k images per epoch
     ("default", 64, 210_000 // 64),  # a larger batch keeps the epoch's images, not its steps
     ("cpu_small", 32, 40),  # 1280 images, as before images_per_epoch
+    ("cpu_small", 16, 80),  # cpu_small's own batch
 ])
 def test_steps_per_epoch_from_images_per_epoch(load_config, name, batch_size, expected):
     config = load_config(name, {"train.batch_size": batch_size})
@@ -106,8 +107,8 @@ def test_steps_per_epoch_from_images_per_epoch(load_config, name, batch_size, ex
 
 
 def test_steps_per_epoch_errors_name_the_keys(load_config):
-    config = load_config("cpu_small", {"train.images_per_epoch": 16})
-    with pytest.raises(ValueError, match="train.images_per_epoch=16 is smaller than train.batch_size=32"):
+    config = load_config("cpu_small", {"train.images_per_epoch": 8})
+    with pytest.raises(ValueError, match="train.images_per_epoch=8 is smaller than train.batch_size=16"):
         train.steps_per_epoch(config)
 
 

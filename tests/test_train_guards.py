@@ -256,6 +256,32 @@ def test_a_checkpoint_of_another_network_is_one_line(trained, copy_of, tiny_conf
     assert "Event loop is closed" not in err and "Traceback" not in err and "TensorStore" not in err
 
 
+def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, copy_of):
+    """config.json written before posterior.* and model.stem_kernel existed: filled in with the values that
+    reproduce what it trained (checkpoints.ADDED_KEYS), so it loads; a changed value is still refused."""
+    workdir = copy_of(trained[0])
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["stem_kernel"] == 5 and saved["posterior"]["context"] == "checkerboard"
+    # an old independent-tile network's config: no posterior section, no stem_kernel
+    old = json.loads(json.dumps(saved))
+    del old["model"]["stem_kernel"], old["posterior"]
+    upgraded = checkpoints.upgrade_config(old)
+    assert upgraded["model"]["stem_kernel"] == 5
+    assert upgraded["posterior"] == {"context": "independent", "colours": 2, "context_width": 16}
+    assert "stem_kernel" not in old["model"]  # the argument is left as it was
+    assert checkpoints.upgrade_config(saved) == saved and checkpoints.upgrade_config({}) == {}
+    # this workdir's config.json without stem_kernel loads and predicts with the 5 x 5 stem it was trained with
+    del saved["model"]["stem_kernel"]
+    (workdir / "config.json").write_text(json.dumps(saved))
+    config, variables, _ = checkpoints.load(str(workdir), "best")
+    assert config.model.stem_kernel == 5 and model_lib.from_config(config).stem_kernel == 5
+    assert variables["params"]["ConvBlock_0"]["Conv_0"]["kernel"].shape[:2] == (5, 5)
+    saved["model"]["stem_kernel"] = 3
+    (workdir / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(checkpoints.CheckpointError, match=r"model.stem_kernel: 5 -> 3$"):
+        checkpoints.load(str(workdir), "best")
+
+
 # --- 4, 6. nonsense values, refused before the workdir exists ---------------------------------------
 
 @pytest.mark.parametrize("flag, message", [

@@ -378,14 +378,24 @@ def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]
     return out
 
 
-POSTERIOR_BEFORE_CONTEXT = {"context": "independent", "colours": 2, "context_width": 16}
+# Keys added since configs were first saved, at the values that reproduce what an older config trained:
+# independent tiles (the only kind before posterior.context) and the 5 x 5 first stem block.
+ADDED_KEYS = {"posterior": {"context": "independent", "colours": 2, "context_width": 16},
+              "model.stem_kernel": 5}
 
 
 def upgrade_config(config: dict) -> dict:
-    """A saved config (plain dict) with the keys added since it was written, at the values that reproduce
-    what it trained: ``posterior`` (independent tiles, the only kind before ``posterior.context``)."""
-    if config and "posterior" not in config:
-        config = dict(config, posterior=dict(POSTERIOR_BEFORE_CONTEXT))
+    """A saved config (plain dict) with the :data:`ADDED_KEYS` it lacks filled in (a new dict; ``{}`` or
+    ``None`` returned as given)."""
+    if not config or not isinstance(config, dict):
+        return config
+    config = json.loads(json.dumps(config))
+    for dotted, value in ADDED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node.setdefault(name, {})
+        node.setdefault(leaf, json.loads(json.dumps(value)))
     return config
 
 
@@ -397,13 +407,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                               "(written by python -m npejax.main)")
     try:
         with open(path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
+            config = ml_collections.ConfigDict(upgrade_config(json.load(f)))
     except ValueError as exc:
         raise CheckpointError(f"{path} is not a valid config file ({_short(exc)})") from None
     with config.unlocked():  # JSON turned the stage tuples into lists
         config.model.stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
-        if "posterior" not in config:  # saved before posterior.context existed (upgrade_config)
-            config.posterior = ml_collections.ConfigDict(POSTERIOR_BEFORE_CONTEXT)
     return config
 
 

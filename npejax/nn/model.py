@@ -149,7 +149,8 @@ class ContextHead(nn.Module):
 class CatalogNet(nn.Module):
     """Image features [B, H, W, C] -> posterior parameters [B, H/t, W/t, 8] (float32).
 
-    ``width``: channels of the stem; ``stem_blocks``: conv blocks before the stages; ``stages``:
+    ``width``: channels of the stem; ``stem_blocks``: conv blocks before the stages, the first with
+    ``stem_kernel`` x ``stem_kernel`` kernels (the rest 3 x 3); ``stages``:
     (width multiplier, bottlenecks, stride) per stage; ``dtype``: activation dtype (parameters float32);
     ``context``: ``"independent"`` or ``"checkerboard"`` (module doc), with ``colours`` (2 or 4) and
     ``context_width`` (channels of the context map's convolutions) used by the latter.
@@ -158,6 +159,7 @@ class CatalogNet(nn.Module):
 
     width: int
     stem_blocks: int
+    stem_kernel: int
     stages: Sequence[Sequence[int]]
     dtype: Any
     context: str
@@ -186,7 +188,7 @@ class CatalogNet(nn.Module):
         if h % self.stride or w % self.stride:
             raise ValueError(f"input height and width must be multiples of {self.stride}, got {(h, w)}")
         x = x.astype(self.dtype)
-        x = ConvBlock(self.width, 5, dtype=self.dtype)(x, train)
+        x = ConvBlock(self.width, self.stem_kernel, dtype=self.dtype)(x, train)
         for _ in range(self.stem_blocks - 1):
             x = ConvBlock(self.width, 3, dtype=self.dtype)(x, train)
         for mult, n, stride in self.stages:
@@ -230,7 +232,10 @@ def from_config(config) -> CatalogNet:
         raise ValueError(f"posterior.colours must be 2 (checkerboard) or 4 (2 x 2 blocks), got {post.colours!r}")
     if int(post.context_width) < 1:
         raise ValueError(f"posterior.context_width must be >= 1, got {post.context_width!r}")
-    net = CatalogNet(width=int(config.model.width), stem_blocks=int(config.model.stem_blocks), stages=stages,
+    if int(config.model.stem_kernel) < 1 or int(config.model.stem_kernel) % 2 == 0:
+        raise ValueError(f"model.stem_kernel must be an odd number >= 1, got {config.model.stem_kernel!r}")
+    net = CatalogNet(width=int(config.model.width), stem_blocks=int(config.model.stem_blocks),
+                     stem_kernel=int(config.model.stem_kernel), stages=stages,
                      dtype=dtype, context=str(post.context), colours=int(post.colours),
                      context_width=int(post.context_width))
     if net.stride != config.tile_size:
