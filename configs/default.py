@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.width = 64  # channels of the first stage
     config.model.stem_blocks = 3
     # Kernel of the first stem block (odd; the other blocks are 3 x 3). It runs at full resolution on every input
-    # channel, so on a small network it holds most of the FLOPs: 5 x 5 on 21 channels is about 60% of cpu_small's.
+    # channel: 5 x 5 on 21 channels is 46% of cpu_small's conv FLOPs, yet 3 x 3 trains only 4% faster on the CPU.
     config.model.stem_kernel = 5
     config.model.stages = ((1, 3, 1), (2, 3, 2), (4, 3, 2), (4, 3, 1), (4, 2, 1))  # (width mult, bottlenecks, stride)
     config.model.dtype = "float32"  # or "bfloat16" (activations; parameters and loss stay float32)
