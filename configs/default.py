@@ -115,4 +115,20 @@ def get_config() -> ml_collections.ConfigDict:
     # sharing every step with the simulator (npejax.nn.train.simulate_first).
     config.data.simulate_first = False
     config.data.simulate_workers = 0  # processes for simulate_first; 0: one per CPU
+
+    # --- Many hosts: JAX's multi-process runtime (npejax.nn.distributed) ----------------------------------------
+    # One process per GPU (or per node), all running the same command; each feeds its share of every global batch.
+    # These keys are never compared when resuming or predicting (each process has its own process_id).
+    config.distributed = ml_collections.ConfigDict()
+    # "auto": call jax.distributed.initialize() when a key below is set or the environment says so
+    # (JAX_COORDINATOR_ADDRESS; a Slurm step with SLURM_NTASKS > 1; Open MPI with OMPI_COMM_WORLD_SIZE > 1);
+    # "true": always (JAX then detects the cluster: Slurm, Open MPI, Cloud TPU, ...); "false": never (one process).
+    config.distributed.enabled = "auto"
+    config.distributed.coordinator_address = ""  # "host:port" of process 0; empty: JAX_COORDINATOR_ADDRESS or detected
+    config.distributed.num_processes = -1  # processes in all; -1: detected (e.g. SLURM_NTASKS)
+    config.distributed.process_id = -1  # this process, 0 .. num_processes - 1; -1: detected (e.g. SLURM_PROCID)
+    # Devices this process uses, e.g. "0,1,2,3" for one process per 4-GPU node; empty: JAX's default (under
+    # Slurm or Open MPI the task's local id, i.e. one GPU per process; otherwise every local device).
+    config.distributed.local_device_ids = ""
+    config.distributed.timeout_s = 300  # seconds to wait for every process to join the coordinator
     return config

@@ -9,7 +9,7 @@ train.patience, train.progress -- may change). TensorBoard: ``tensorboard --logd
 
 Refused before anything is written (one ``error:`` line, exit 2; no workdir is created): an unknown config
 key or a missing config file; a bad value (model.variant, model.dtype, fields.prior, a network whose stride
-is not tile_size, batch sizes < 1 or not multiples of the local devices, train.images_per_epoch smaller than
+is not tile_size, batch sizes < 1 or not multiples of the devices, train.images_per_epoch smaller than
 train.batch_size, train.eval_batch_size larger than the validation set, train.num_epochs or train.patience
 < 1); a cached dataset of the wrong split, image or tile size, prior or field bank; a --workdir that is a
 file or not writable; a workdir whose checkpoint was trained with another config (the differences listed)

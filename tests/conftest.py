@@ -110,3 +110,20 @@ def tiny_config():
 def tiny_flags():
     """A factory: ``tiny_flags(prefix="config")`` gives the tiny overrides as command-line flags."""
     return lambda prefix="config": override_flags(TINY_OVERRIDES, prefix)
+
+
+@pytest.fixture
+def network_call_shapes(monkeypatch) -> list:
+    """The shapes of the image batches handed to the network (``Predictor._run``) from here on, in call order
+    (the list fills as prediction runs; clear it between runs)."""
+    from npejax.nn import predictor  # noqa: PLC0415  (imports JAX: only the tests that use it pay for it)
+
+    shapes = []
+    run = predictor.Predictor._run
+
+    def spy(self, images, *args):
+        shapes.append(images.shape)
+        return run(self, images, *args)
+
+    monkeypatch.setattr(predictor.Predictor, "_run", spy)
+    return shapes

@@ -390,7 +390,7 @@ def test_chunk_plan_covers_each_tile_once_with_its_margin():
             assert s + size - b >= margin or s + size == n
 
 
-def test_chunked_prediction_equals_whole_image(trained, monkeypatch):
+def test_chunked_prediction_equals_whole_image(trained, network_call_shapes):
     _, trained_net = trained
     # random weights: outputs that vary from tile to tile, so that a misplaced piece would show
     leaves, tree = jax.tree.flatten(trained_net.variables["params"])
@@ -404,14 +404,8 @@ def test_chunked_prediction_equals_whole_image(trained, monkeypatch):
     for key in ("prob_source", "tile_locs", "tile_flux"):  # a tile's value is far from its neighbours'
         ratio = np.abs(np.diff(whole[key], axis=2)).mean() / np.abs(whole[key]).mean()
         assert ratio > 0.05, (key, ratio)
-    shapes = []
-    run = predictor.Predictor._run
-
-    def spy(self, images, *args):
-        shapes.append(images.shape)
-        return run(self, images, *args)
-
-    monkeypatch.setattr(predictor.Predictor, "_run", spy)
+    shapes = network_call_shapes
+    shapes.clear()  # the whole-image call above
     chunked = net.predict_tiles(image, background, PSF_ARRAY, chunk_size=64)
     assert len(shapes) > 20 and set(shapes) == {(1, 64, 64)}  # bounded pieces, one compiled shape
     assert whole.keys() == chunked.keys()

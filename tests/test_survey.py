@@ -183,7 +183,7 @@ def _assert_same_table(got, expected, where=""):
 
 # --- seams: a chunked frame gives the whole-frame catalog, each tile once ----------------------------------
 
-def test_sources_on_chunk_seams_reported_once_on_a_full_frame(workdir, tmp_path, capsys, monkeypatch):
+def test_sources_on_chunk_seams_reported_once_on_a_full_frame(workdir, tmp_path, capsys, network_call_shapes):
     net = predictor.Predictor.from_workdir(workdir)
     h, w = fields.SDSS_FRAME_SHAPE  # 1489 rows x 2048 columns
     t = net.tile_size
@@ -204,14 +204,7 @@ def test_sources_on_chunk_seams_reported_once_on_a_full_frame(workdir, tmp_path,
     fits.PrimaryHDU(background).writeto(tmp_path / "sky.fits")
     (tmp_path / "frames.txt").write_text(f"frame-seams.fits background=sky.fits field-id={field}\n")
 
-    shapes = []
-    run = predictor.Predictor._run
-
-    def spy(self, images, *args):
-        shapes.append(images.shape)
-        return run(self, images, *args)
-
-    monkeypatch.setattr(predictor.Predictor, "_run", spy)
+    shapes = network_call_shapes
     common = ["catalog", "--workdir", workdir, "--frames", tmp_path / "frames.txt", "--min-prob", "0"]
     code, out, err = _survey(capsys, *common, "--out", tmp_path / "whole", "--chunk-size", "0")
     assert code == 0, err

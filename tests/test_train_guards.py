@@ -310,13 +310,13 @@ def test_bad_values_are_one_line_and_leave_no_workdir(tmp_path, run_main, flag, 
 
 
 def test_batch_sizes_must_be_multiples_of_the_devices(tmp_path, run_main, monkeypatch, tiny_config):
-    monkeypatch.setattr(train.jax, "local_devices", lambda: ["cpu:0", "cpu:1", "cpu:2"])
+    monkeypatch.setattr(train.jax, "devices", lambda: ["cpu:0", "cpu:1", "cpu:2"])  # every process's devices
     code, _, err = run_main(tmp_path / "run")
-    assert code == 2 and "train.batch_size=8 must be a multiple of the 3 local devices (e.g. 6 or 9)" in err, err
+    assert code == 2 and "train.batch_size=8 must be a multiple of the 3 devices (e.g. 6 or 9)" in err, err
     assert not (tmp_path / "run").exists()
     config = tiny_config()
     config.train.batch_size = 6
-    with pytest.raises(ValueError, match=r"train.eval_batch_size=8 must be a multiple of the 3 local devices"):
+    with pytest.raises(ValueError, match=r"train.eval_batch_size=8 must be a multiple of the 3 devices"):
         train.validate_config(config, num_devices=3)
     config.train.eval_batch_size = 3
     train.validate_config(config, num_devices=3)

@@ -184,22 +184,36 @@ class Dataset:
         return out
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
-                drop_remainder: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                drop_remainder: bool = False, rows: slice | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Batches covering every image once, in order or shuffled (a uniform permutation from ``seed``).
 
         With ``drop_remainder`` the last incomplete batch is left out. Shuffled batches are read
-        ``read_chunk`` images at a time so that each shard is mapped once per chunk.
+        ``read_chunk`` images at a time so that each shard is mapped once per chunk. ``rows`` (a slice of
+        ``range(batch_size)``, with ``drop_remainder``): only those rows of each of these batches are read and
+        yielded (one process's share of a global batch, :func:`npejax.nn.distributed.local_rows`).
         """
         batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = len(self)
         stop = n - n % batch_size if drop_remainder else n
-        if not shuffle:
+        if rows is not None:
+            if not drop_remainder:
+                raise ValueError("rows= needs drop_remainder=True (every batch whole)")
+            order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+            order = order[:stop].reshape(-1, batch_size)[:, rows]
+            batch_size, stop = order.shape[1], order.size
+            if not shuffle:  # contiguous rows of consecutive batches: slices, not gathers
+                for first in order[:, 0]:
+                    yield self[int(first):int(first) + batch_size]
+                return
+            order = order.ravel()
+        elif not shuffle:
             for start in range(0, stop, batch_size):
                 yield self[start:min(start + batch_size, stop)]
             return
-        order = np.random.default_rng(seed).permutation(n)[:stop]
+        else:
+            order = np.random.default_rng(seed).permutation(n)[:stop]
         chunk = batch_size * max(1, self.read_chunk // batch_size)
         for c in range(0, stop, chunk):
             data = self._gather(order[c:c + chunk])

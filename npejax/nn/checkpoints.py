@@ -62,10 +62,11 @@ ITEMS = ("state", "meta")
 # Config keys that may differ between a checkpoint and the config that resumes it or predicts with it: the
 # training length, and keys that do not change what an epoch computes (display; the simulator's worker
 # count, whose batches depend only on their index; dataset sizes that only npejax.simulate reads; how the
-# batches reach the devices: data.on_device and train.steps_per_dispatch train the same batches and states).
+# batches reach the devices: data.on_device and train.steps_per_dispatch train the same batches and states; the
+# processes that train: distributed, whose process_id differs between the processes of one run).
 RESUMABLE_KEYS = ("train.num_epochs", "train.patience", "train.progress", "train.figure_every",
                   "simulator.num_workers", "simulator.prefetch", "data.num_train", "data.num_test",
-                  "data.shard_size", "data.on_device", "train.steps_per_dispatch")
+                  "data.shard_size", "data.on_device", "train.steps_per_dispatch", "distributed")
 
 
 class CheckpointError(ValueError):
@@ -246,7 +247,9 @@ def _short(exc: BaseException) -> str:
 def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
     """Saves ``state`` and ``meta`` as checkpoint step ``epoch`` with each manager of ``targets`` (one or a
     list; the writes run concurrently), waits until they are written and records their checksums.
-    CheckpointSaveError (one line: the directory and the OS error) when a save fails."""
+    CheckpointSaveError (one line: the directory and the OS error) when a save fails. In a multi-process run
+    (:mod:`npejax.nn.distributed`) every process calls it: Orbax writes each array once (the managers one after
+    the other), process 0 records the checksums, and all processes return together (a barrier)."""
     targets = [targets] if isinstance(targets, ocp.CheckpointManager) else list(targets)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     manager = targets[0]
@@ -258,11 +261,17 @@ def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
     try:
         with quiet():
             try:
+                # several processes: one save at a time (concurrent multi-process saves of two managers collide
+                # in Orbax's barriers, "Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing")
+                one_by_one = jax.process_count() > 1
                 for manager in targets:
                     manager.save(epoch, args=args)
+                    if one_by_one:
+                        manager.wait_until_finished()
                 for manager in targets:
                     manager.wait_until_finished()  # an asynchronous write error surfaces here, at this epoch
-                    write_checksums(step_dir(manager, epoch))
+                    if jax.process_index() == 0:  # several processes: Orbax wrote once, the checksums too
+                        write_checksums(step_dir(manager, epoch))
             except Exception:
                 for other in targets:  # let the other writes end (and print) inside quiet()
                     with contextlib.suppress(Exception):
@@ -271,6 +280,9 @@ def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
     except Exception as exc:  # noqa: BLE001  (any failure of the write: disk full, permissions, ...)
         raise CheckpointSaveError(f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: "
                                   f"{_short(exc)}") from exc
+    if jax.process_count() > 1:  # no process goes on (and may read the checkpoint) before the checksums exist
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+        multihost_utils.sync_global_devices(f"npejax-checkpoint-{epoch}")
 
 
 def _nbytes(tree) -> int:

@@ -166,8 +166,9 @@ def resident_train_steps(state: TrainState, data: dict, indices: jax.Array, key:
 # --- devices ---------------------------------------------------------------------------------------
 
 def data_mesh(devices=None) -> jax.sharding.Mesh:
-    """A one-axis mesh (``"data"``) over ``devices`` (default: all local devices)."""
-    devices = jax.local_devices() if devices is None else list(devices)
+    """A one-axis mesh (``"data"``) over ``devices`` (default: all devices: the local ones in one process, every
+    process's in a multi-process run, :mod:`npejax.nn.distributed`)."""
+    devices = jax.devices() if devices is None else list(devices)
     return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
@@ -187,7 +188,11 @@ def stacked_sharding(mesh) -> NamedSharding:
 
 
 def to_device(batch: dict, sharding) -> dict:
-    """The :data:`npejax.schema.NETWORK_KEYS` of a host batch, put on the devices with ``sharding``."""
+    """The :data:`npejax.schema.NETWORK_KEYS` of a host batch, put on the devices with ``sharding``. With a
+    sharding over several processes' devices, ``batch`` is this process's rows of the global batch
+    (``jax.make_array_from_process_local_data``: :func:`npejax.nn.distributed.local_rows`)."""
+    if not sharding.is_fully_addressable:
+        return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in NETWORK_KEYS}
     return {k: jax.device_put(np.asarray(batch[k]), sharding) for k in NETWORK_KEYS}
 
 

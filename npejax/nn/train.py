@@ -1,10 +1,12 @@
 """Training: ``train_and_evaluate(config, workdir)``.
 
 Adam with the paper's schedule (:mod:`npejax.nn.state`); the jit-compiled train step of
-:mod:`npejax.nn.steps`, its batch sharded over a mesh of all local devices (data parallel; parameters
-replicated); batch-norm statistics; random 90-degree rotations and flips with the tile catalog transformed
-consistently (``train.augment``); validation NLL on a fixed set every epoch; early stopping
-(``train.patience`` epochs without improvement, never before an epoch at the decayed learning rate:
+:mod:`npejax.nn.steps`, its batch sharded over a mesh of all devices (data parallel; parameters replicated;
+with several processes, JAX's multi-process runtime, every process's devices: :mod:`npejax.nn.distributed` says
+which rows each process reads and what process 0 alone writes); batch-norm statistics; random 90-degree
+rotations and flips with the tile catalog transformed consistently (``train.augment``); validation NLL on a
+fixed set every epoch; early stopping (``train.patience`` epochs without improvement, never before an epoch at
+the decayed learning rate:
 :func:`stops_early`); Orbax checkpoints of the latest epoch and of the best validation loss in
 ``workdir/checkpoints/{latest,best}`` (:mod:`npejax.nn.checkpoints`), each written before the next epoch
 starts and its files' SHA-256 recorded. Run again in the same workdir, training resumes after the last
@@ -26,7 +28,7 @@ on as many freshly simulated training-prior images (a batch never trained on).
 
 Before any work (:func:`validate_config`, :func:`setup_data`, :func:`check_resume`; nothing is written
 until they pass) the config is checked: variant, dtype, the network's stride against ``tile_size``, sizes
-and counts (batch sizes positive multiples of the local devices, an epoch of at least one batch, a
+and counts (batch sizes positive multiples of the devices (every process's), an epoch of at least one batch, a
 validation set of at least one ``eval_batch_size`` batch, ``num_epochs``, ``patience`` and
 ``steps_per_dispatch`` >= 1, ``data.on_device`` only with a cached training set that takes at most 80% of a
 device's memory: :func:`check_device_memory`), and the
@@ -69,6 +71,7 @@ from tqdm import tqdm
 from npejax import datasets as data_lib
 from npejax import io, schema
 from npejax.nn import checkpoints
+from npejax.nn import distributed
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
@@ -78,13 +81,19 @@ from npejax.sim import pipeline
 
 TENSORBOARD_DIR = "tensorboard"
 
+
+def say(*args, **kwargs) -> None:
+    """``print`` in process 0 only (:mod:`npejax.nn.distributed`: stdout is written once)."""
+    if distributed.is_main():
+        print(*args, **kwargs)
+
 # --- the config ------------------------------------------------------------------------------------
 
 def validate_config(config, num_devices: int | None = None) -> None:
     """Refuses nonsense values before any work: ValueError naming the key, its value and what would be
-    right. ``num_devices`` defaults to the local devices (the batch sizes must be multiples of it). The
+    right. ``num_devices`` defaults to all devices, every process's (the batch sizes must be multiples of it). The
     datasets are checked by :func:`setup_data`."""
-    num_devices = len(jax.local_devices()) if num_devices is None else int(num_devices)
+    num_devices = len(jax.devices()) if num_devices is None else int(num_devices)  # every process's
     inputs_lib.check_variant(config.model.variant)
     if config.fields.prior not in schema.FIELD_PRIORS:
         raise ValueError(f"fields.prior must be one of {schema.FIELD_PRIORS}, got {config.fields.prior!r}")
@@ -96,12 +105,12 @@ def validate_config(config, num_devices: int | None = None) -> None:
     for key in ("batch_size", "eval_batch_size"):
         value = int(train[key])
         if value < 1:
-            raise ValueError(f"train.{key}={value}: must be >= 1 (a multiple of the {num_devices} local "
+            raise ValueError(f"train.{key}={value}: must be >= 1 (a multiple of the {num_devices} "
                              "device(s))")
         if value % num_devices:
             lower = value - value % num_devices
             hint = f"{lower} or {lower + num_devices}" if lower else f"{num_devices}"
-            raise ValueError(f"train.{key}={value} must be a multiple of the {num_devices} local devices "
+            raise ValueError(f"train.{key}={value} must be a multiple of the {num_devices} devices "
                              f"(e.g. {hint})")
     for key in ("num_epochs", "patience", "normalizer_images"):
         if int(train[key]) < 1:
@@ -229,10 +238,11 @@ def simulate_first(config, workdir: str) -> ml_collections.ConfigDict:
         out = os.path.join(os.path.abspath(workdir), CACHE_DIR, split)
         spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, split),
                                                    batch_size=int(config.data.shard_size))
-        report = data_lib.write_dataset(spec, out, int(config.data[count]), split, config=config_dict(config),
-                                        num_workers=workers, shard_size=int(config.data.shard_size),
-                                        progress=bool(config.train.progress))
-        if report.rendered_images:
+        if distributed.is_main():  # the other processes wait (train_and_evaluate) and read it
+            report = data_lib.write_dataset(spec, out, int(config.data[count]), split, config=config_dict(config),
+                                            num_workers=workers, shard_size=int(config.data.shard_size),
+                                            progress=bool(config.train.progress))
+        if distributed.is_main() and report.rendered_images:
             print(f"simulated {report.rendered_images} {split} images into {out} in {report.seconds:.0f} s "
                   f"({workers} worker(s))", flush=True)
         with config.unlocked():
@@ -245,7 +255,7 @@ def setup_data(config, num_devices: int) -> TrainingData:
     validation batch size, and sets the simulation specs of the train and val splits."""
     batch_size = int(config.train.batch_size)
     if batch_size % num_devices:
-        raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {num_devices} local devices")
+        raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {num_devices} devices")
     train_spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, "train"),
                                                      batch_size=batch_size)
     val_spec = dataclasses.replace(train_spec, seed=data_lib.split_seed(config.seed, "val"),
@@ -279,11 +289,16 @@ def fit_normalizer(config, data: TrainingData) -> inputs_lib.Normalizer:
 def validation_batches(config, data: TrainingData, sharding) -> list[dict]:
     """The fixed validation set on the devices: whole batches of ``train.eval_batch_size``."""
     batch_size = data.val_spec.batch_size
+    # several processes: each puts its rows of every batch (the one-process batches, cut)
+    rows = None if sharding.is_fully_addressable else distributed.local_rows(sharding, batch_size)
     if data.val_ds is not None:
-        batches = [steps_lib.to_device(b, sharding) for b in data.val_ds.batches(batch_size, drop_remainder=True)]
+        batches = [steps_lib.to_device(b, sharding)
+                   for b in data.val_ds.batches(batch_size, drop_remainder=True, rows=rows)]
     else:
         count = int(config.data.num_val) // batch_size
-        batches = [steps_lib.to_device(pipeline.simulate_batch(data.val_spec, i), sharding) for i in range(count)]
+        cut = (lambda b: b) if rows is None else (lambda b: {k: v[rows] for k, v in b.items()})
+        batches = [steps_lib.to_device(cut(pipeline.simulate_batch(data.val_spec, i)), sharding)
+                   for i in range(count)]
     if not batches:
         raise ValueError(f"the validation set has fewer images than train.eval_batch_size={batch_size}")
     return batches
@@ -330,9 +345,10 @@ def resident_training_set(ds: data_lib.Dataset, mesh) -> dict:
     """The :data:`npejax.schema.NETWORK_KEYS` of the whole cached training set on every device of ``mesh``
     (replicated: [N, ...] arrays, read and put one key at a time); prints its size per device."""
     replicated = steps_lib.replicated(mesh)
-    resident = {k: jax.device_put(ds.read(slice(None), (k,))[k], replicated) for k in steps_lib.NETWORK_KEYS}
+    resident = {k: distributed.put_replicated(ds.read(slice(None), (k,))[k], replicated)
+                for k in steps_lib.NETWORK_KEYS}
     size = sum(v.nbytes for v in resident.values())
-    print(f"data.on_device: {len(ds)} training images on the devices, {size / 2**20:.1f} MiB per device",
+    say(f"data.on_device: {len(ds)} training images on the devices, {size / 2**20:.1f} MiB per device",
           flush=True)
     return resident
 
@@ -358,26 +374,31 @@ def training_batches(config, data: TrainingData, start_epoch: int, end_epoch: in
     start ([K, B] int32 each, :func:`npejax.nn.steps.stacked_sharding`).
     """
     put = lambda batch: steps_lib.to_device(batch, steps_lib.batch_sharding(mesh))
+    # several processes: each reads its rows of every batch, or renders its own simulator batches (distributed)
+    rows = None if jax.process_count() == 1 else distributed.local_rows(steps_lib.batch_sharding(mesh),
+                                                                         data.batch_size)
     per_dispatch = int(config.train.steps_per_dispatch)
     group = (lambda batches: batches) if per_dispatch == 1 else (lambda batches: groups(batches, per_dispatch))
     if start_epoch >= end_epoch:  # nothing left to train: no simulator workers
         yield None
     elif data.train_ds is None:
-        with pipeline.Simulator(data.train_spec, num_workers=int(config.simulator.num_workers),
+        local_batch, stride, offset = distributed.simulator_indices(data.batch_size)
+        spec = data.train_spec if rows is None else dataclasses.replace(data.train_spec, batch_size=local_batch)
+        with pipeline.Simulator(spec, num_workers=int(config.simulator.num_workers),
                                 prefetch=int(config.simulator.prefetch), start=start_epoch * data.steps_per_epoch,
-                                transform=put) as simulator:
+                                transform=put, stride=stride, offset=offset) as simulator:
             yield Feed(lambda epoch: group(itertools.islice(simulator, data.steps_per_epoch)))
     elif config.data.on_device:
         resident = resident_training_set(data.train_ds, mesh)
         sharding = steps_lib.stacked_sharding(mesh)
         def rows(epoch):  # every call's index rows on the devices at the start of the epoch
             order = epoch_order(len(data.train_ds), data.batch_size, config.seed + epoch)
-            return iter([jax.device_put(order[i:i + per_dispatch], sharding)
+            return iter([distributed.put_replicated(order[i:i + per_dispatch], sharding)
                          for i in range(0, len(order), per_dispatch)])
         yield Feed(rows, resident)
     else:
         yield Feed(lambda epoch: group(put(b) for b in data.train_ds.batches(
-            data.batch_size, shuffle=True, seed=config.seed + epoch, drop_remainder=True)))
+            data.batch_size, shuffle=True, seed=config.seed + epoch, drop_remainder=True, rows=rows)))
 
 
 def step_function(config, normalizer: inputs_lib.Normalizer, mesh, train_step, feed: Feed | None) -> Callable:
@@ -418,6 +439,8 @@ def write_metrics(workdir: str, history: list[dict]) -> None:
     """``workdir/metrics.csv``: one row per epoch of ``history``; removed while it is empty (a fresh start
     after a run killed before its first checkpoint keeps no row of that run)."""
     path = os.path.join(workdir, checkpoints.METRICS_FILE)
+    if not distributed.is_main():  # written once, by process 0
+        return
     if history:
         io.write_csv(path, history)
     elif os.path.exists(path):
@@ -450,14 +473,14 @@ def restore_or_init(config, net, manager, data: TrainingData, mesh, resume: tupl
     ``jax.random.key(config.seed)``, normalizer from :func:`fit_normalizer`); replicated on ``mesh``."""
     replicated = steps_lib.replicated(mesh)
     state = state_lib.create_state(config, net, data.steps_per_epoch, jax.random.key(config.seed))
-    state = jax.device_put(state, replicated)
+    state = distributed.put_replicated(state, replicated)
     if resume is None:
         return state, fit_normalizer(config, data), Progress()
     state, meta = checkpoints.restore(manager, state, resume[0], verify=False)
     state = jax.device_put(state, replicated)
     progress = Progress(meta["epoch"], meta["best_val"], meta["bad_epochs"], meta["history"])
     logging.info("resuming after epoch %d", progress.epoch)
-    print(f"Resuming after epoch {progress.epoch} (best validation NLL {progress.best_val:.2f})", flush=True)
+    say(f"Resuming after epoch {progress.epoch} (best validation NLL {progress.best_val:.2f})", flush=True)
     return state, inputs_lib.Normalizer.from_dict(meta["normalizer"]), progress
 
 
@@ -471,7 +494,7 @@ SCALARS = {"nll/train": "train_nll", "nll/val": "val_nll", "learning_rate": "lea
 def tensorboard(workdir: str, start_epoch: int, end_epoch: int):
     """A tensorboardX writer of ``workdir/tensorboard`` (None when no epoch is left to train), closed on
     exit. Events of epochs after ``start_epoch`` left by a killed run are purged (``purge_step``)."""
-    if start_epoch >= end_epoch:
+    if start_epoch >= end_epoch or not distributed.is_main():  # written by process 0 only
         yield None
         return
     writer = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=start_epoch + 1)
@@ -484,7 +507,7 @@ def tensorboard(workdir: str, start_epoch: int, end_epoch: int):
 def validation_figure(config, net, normalizer: inputs_lib.Normalizer, val_batch: dict) -> Callable:
     """``(state, epoch) -> RGB array [h, w, 3]``: the first image of ``val_batch`` (asinh stretch) with its
     true tile-catalog sources (circles) and the network's detections (crosses, probability > 0.5)."""
-    first = {k: np.asarray(jax.device_get(val_batch[k]))[:1] for k in steps_lib.NETWORK_KEYS}
+    first = {k: distributed.first_rows(val_batch[k], 1) for k in steps_lib.NETWORK_KEYS}
     tile = int(config.tile_size)
     truth = tiles_to_sources({k: first[k] for k in schema.TARGET_KEYS}, tile)
     feats = steps_lib.features(first, normalizer, config.model.variant)
@@ -492,7 +515,7 @@ def validation_figure(config, net, normalizer: inputs_lib.Normalizer, val_batch:
     mode = jax.jit(lambda variables: TilePosterior.from_params(net.apply(variables, feats, train=False)).mode())
 
     def draw(state, epoch: int) -> np.ndarray:
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        variables = distributed.local_copy({"params": state.params, "batch_stats": state.batch_stats})
         predicted = tiles_to_sources(jax.device_get(mode(variables)), tile)
         image = first["images"][0]
         scale = max(float(np.quantile(np.abs(image), 0.5)), 1e-6)
@@ -537,7 +560,7 @@ def run_epoch(config, data: TrainingData, state, train_step, eval_step, batches:
     t0 = time.time()
     losses, done = [], 0
     with tqdm(total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.train.num_epochs}", leave=False,
-              disable=not config.train.progress) as bar:
+              disable=not (config.train.progress and distributed.is_main())) as bar:
         for inputs in batches:
             state, loss = train_step(state, inputs, key)
             losses.append(loss)
@@ -568,7 +591,7 @@ def record_epoch(workdir: str, managers: checkpoints.Managers, config, progress:
     checkpoints are written (CheckpointSaveError, one line, when they cannot be)."""
     improved = progress.update(row, val_loss)
     write_metrics(workdir, progress.history)
-    print(f"epoch {row['epoch']:3d}  train NLL {train_loss:9.2f}  val NLL {val_loss:9.2f}"
+    say(f"epoch {row['epoch']:3d}  train NLL {train_loss:9.2f}  val NLL {val_loss:9.2f}"
           f"{' *' if improved else '  '}  {row['images_per_s']:.0f} images/s", flush=True)
     meta = dict(epoch=progress.epoch, best_val=progress.best_val, bad_epochs=progress.bad_epochs,
                 history=list(progress.history), normalizer=normalizer.to_dict(), variant=config.model.variant,
@@ -595,7 +618,8 @@ def train_epochs(config, workdir: str, data: TrainingData, net, mesh, managers: 
     val_batches = validation_batches(config, data, steps_lib.batch_sharding(mesh))
     key = jax.random.key(config.seed + 1)
     figure_every = int(config.train.figure_every)
-    draw = validation_figure(config, net, normalizer, val_batches[0]) if figure_every else None
+    draw = (validation_figure(config, net, normalizer, val_batches[0])
+            if figure_every and distributed.is_main() else None)  # process 0 draws (and writes) the figures
     with training_batches(config, data, progress.epoch, end_epoch, mesh) as feed, \
             tensorboard(workdir, progress.epoch, end_epoch) as writer:
         step = step_function(config, normalizer, mesh, train_step, feed)
@@ -606,7 +630,7 @@ def train_epochs(config, workdir: str, data: TrainingData, net, mesh, managers: 
             log_epoch(writer, row, figure)  # before the checkpoint: a resume purges events after it
             record_epoch(workdir, managers, config, progress, state, normalizer, row, *losses)
             if stops_early(config, progress):
-                print(f"early stopping: no improvement in {progress.bad_epochs} epochs")
+                say(f"early stopping: no improvement in {progress.bad_epochs} epochs")
                 break
     return state
 
@@ -624,6 +648,8 @@ def describe_devices(mesh, batch_size: int) -> str:
     platform = devices[0].platform
     kind = "" if kinds == [platform] else ", ".join(kinds) + ": "
     axes = ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    processes = len({d.process_index for d in devices})
+    axes = axes if processes == 1 else f"{axes} over {processes} processes"
     return (f"devices: {len(devices)} x {platform} ({kind}{', '.join(names)}); mesh: {axes}; global batch "
             f"{batch_size} = {batch_size // len(devices)} per device")
 
@@ -635,28 +661,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     before writing anything. Returns a summary: epochs run, best validation NLL, whether it stopped early,
     the per-epoch history, the workdir, and the final ``state`` and ``normalizer``.
     """
-    validate_config(config)  # against the local devices, before the mesh over them is built
+    distributed.initialize(config)  # several processes when the config or the environment asks for them
+    validate_config(config)  # against the devices (all processes'), before the mesh over them is built
     mesh = steps_lib.data_mesh()
     io.check_output_dir(workdir, "workdir")
     config = simulate_first(config, workdir)
+    distributed.sync("npejax-simulate-first", timeout_s=7 * 86400)  # process 0 wrote WORKDIR/data (simulate_first)
     data = setup_data(config, mesh.size)
     net = model_lib.from_config(config)
     resume = check_resume(config, workdir)
+    distributed.sync("npejax-resume-checked")  # every process read the checkpoints before anything is written
     devices = describe_devices(mesh, int(config.train.batch_size))  # every check passed: say where it runs
     logging.info("%s", devices)
-    print(devices, flush=True)
+    say(devices, flush=True)
     end_epoch = int(config.train.num_epochs)
     os.makedirs(workdir, exist_ok=True)
     with checkpoints.managers(workdir) as managers:  # closed (pending saves finished) even on an error
         state, normalizer, progress = restore_or_init(config, net, managers.latest, data, mesh, resume)
         write_metrics(workdir, progress.history)  # a resumed run drops rows of epochs not checkpointed
-        io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_dict(config))
+        if distributed.is_main():
+            io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_dict(config))
         if stops_early(config, progress):  # a resumed run that had already stopped early
             end_epoch = progress.epoch
-            print(f"already stopped early after epoch {progress.epoch} (no improvement in {progress.bad_epochs} "
+            say(f"already stopped early after epoch {progress.epoch} (no improvement in {progress.bad_epochs} "
                   "epochs)", flush=True)
         elif progress.epoch >= end_epoch:
-            print(f"nothing to train: {progress.epoch} epochs done, train.num_epochs={end_epoch} (raise it to train "
+            say(f"nothing to train: {progress.epoch} epochs done, train.num_epochs={end_epoch} (raise it to train "
                   "more)", flush=True)
         if progress.epoch < end_epoch:
             state = train_epochs(config, workdir, data, net, mesh, managers, state, normalizer, progress, end_epoch)
@@ -665,6 +695,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    workdir=os.path.abspath(workdir), state=state, normalizer=normalizer)
     if progress.history:
         first, last = progress.history[0]["val_nll"], progress.history[-1]["val_nll"]
-        print(f"validation NLL: {first:.2f} (epoch 1) -> {last:.2f} (epoch {progress.history[-1]['epoch']}), "
+        say(f"validation NLL: {first:.2f} (epoch 1) -> {last:.2f} (epoch {progress.history[-1]['epoch']}), "
               f"best {progress.best_val:.2f}; checkpoints in {summary['workdir']}/checkpoints")
     return summary

@@ -211,7 +211,9 @@ _DONE = object()
 
 
 class Simulator:
-    """Iterator over simulated batches ``start, start + 1, ...`` (``num_batches`` of them, or endless).
+    """Iterator over simulated batches ``start, start + 1, ...`` (``num_batches`` of them, or endless); with
+    ``stride`` and ``offset``, batches ``start * stride + offset, (start + 1) * stride + offset, ...`` (one
+    process's share of a multi-process run: :func:`npejax.nn.distributed.simulator_indices`).
 
     Args:
       spec: what to simulate.
@@ -221,7 +223,8 @@ class Simulator:
     """
 
     def __init__(self, spec: SimulationSpec, num_workers: int = 2, prefetch: int = 4, start: int = 0,
-                 num_batches: int | None = None, transform: Callable[[dict], object] | None = None):
+                 num_batches: int | None = None, transform: Callable[[dict], object] | None = None,
+                 stride: int = 1, offset: int = 0):
         if num_workers < 0 or prefetch < 1:
             raise ValueError(f"num_workers must be >= 0 and prefetch >= 1, got {num_workers}, {prefetch}")
         self.spec = spec
@@ -230,6 +233,7 @@ class Simulator:
         self.start = start
         self.num_batches = num_batches
         self.transform = transform
+        self.stride, self.offset = int(stride), int(offset)
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._executor = None
@@ -289,7 +293,7 @@ class Simulator:
     def _indices(self) -> Iterator[int]:
         i = self.start
         while self.num_batches is None or i < self.start + self.num_batches:
-            yield i
+            yield i * self.stride + self.offset
             i += 1
 
     def _put(self, item) -> bool:
