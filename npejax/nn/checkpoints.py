@@ -48,6 +48,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+from jax.experimental import multihost_utils
 
 from npejax import io
 from npejax.nn import inputs as inputs_lib
@@ -281,7 +282,6 @@ def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
         raise CheckpointSaveError(f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: "
                                   f"{_short(exc)}") from exc
     if jax.process_count() > 1:  # no process goes on (and may read the checkpoint) before the checksums exist
-        from jax.experimental import multihost_utils  # noqa: PLC0415
         multihost_utils.sync_global_devices(f"npejax-checkpoint-{epoch}")
 
 

@@ -44,6 +44,8 @@ import os
 
 import jax
 import numpy as np
+from jax._src import distributed as _jax_distributed  # jax.distributed.is_initialized and barriers with a timeout
+from jax.experimental import multihost_utils
 
 ENABLED = ("auto", "true", "false")
 
@@ -80,8 +82,7 @@ def requested(config) -> bool:
 
 
 def is_initialized() -> bool:
-    from jax._src import distributed as _dist  # noqa: PLC0415  (jax.distributed.is_initialized is recent)
-    return _dist.global_state.client is not None
+    return _jax_distributed.global_state.client is not None
 
 
 def initialize(config) -> bool:
@@ -123,10 +124,8 @@ def sync(name: str, timeout_s: float | None = None) -> None:
     if jax.process_count() == 1:
         return
     if timeout_s is not None:
-        from jax._src import distributed as _dist  # noqa: PLC0415
-        _dist.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))
+        _jax_distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))
         return
-    from jax.experimental import multihost_utils  # noqa: PLC0415
     multihost_utils.sync_global_devices(name)
 
 
