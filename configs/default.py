@@ -59,6 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Kernel of the first stem block (odd; the other blocks are 3 x 3). It runs at full resolution on every input
     # channel: 5 x 5 on 21 channels is 46% of cpu_small's conv FLOPs, yet 3 x 3 trains only 4% faster on the CPU.
     config.model.stem_kernel = 5
+    # Add ln(softplus(A / f) / ln 2) to each tile's log-flux location, A the sum of the sky-subtracted pixels
+    # over its 3 x 3 tiles, f learned (npejax.nn.model, "Aperture flux"): bright fluxes keep a slope of 1
+    # beyond those seen in training. Off: the paper's network.
+    config.model.aperture_flux = False
     config.model.stages = ((1, 3, 1), (2, 3, 2), (4, 3, 2), (4, 3, 1), (4, 2, 1))  # (width mult, bottlenecks, stride)
     config.model.dtype = "float32"  # or "bfloat16" (activations; parameters and loss stay float32)
 

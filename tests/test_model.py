@@ -70,6 +70,85 @@ def test_the_first_stem_block_has_the_configured_kernel(kernel):
     assert params["ConvBlock_1"]["Conv_0"]["kernel"].shape == (3, 3, config.model.width, config.model.width)
 
 
+def _aperture_setup(context="independent"):
+    """A small aperture-flux network and a normalizer fitted on sky-noise images (sigma 0.2 nmgy)."""
+    config = cpu_small.get_config()
+    config.model.aperture_flux = True
+    config.posterior.context = context
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.2, (8, 32, 32)).astype(np.float32)
+    norm = inputs.Normalizer.fit(noise, np.full_like(noise, 1.0), np.ones((8, 6)))
+    return config, model.from_config(config), norm
+
+
+def _star(flux, y=13.5, x=18.5, size=32, sigma=1.5):
+    yy, xx = np.mgrid[:size, :size]
+    g = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma ** 2))
+    return (flux * g / g.sum()).astype(np.float32)
+
+
+def test_aperture_term_is_the_log_of_a_3x3_tile_pixel_sum():
+    """Against numpy on the raw pixels: A = sum over the 12 x 12 px around each 4-px tile of (x - Q_0.5) / s
+    (the median channel's own units), term = ln(softplus(A / f) / ln 2)."""
+    _, _, norm = _aperture_setup()
+    rng = np.random.default_rng(1)
+    image = _star(500.0) + rng.normal(0, 0.2, (32, 32)).astype(np.float32)
+    feats = norm.features(image[None], np.ones((1, 32, 32), np.float32), np.ones((1, 6)), "psf_aware")
+    log_scale = 5.0
+    got = np.asarray(model.aperture_term(jnp.asarray(feats), 4, log_scale))[0]
+    q = norm.quantiles[inputs.ASINH_QUANTILES.index(0.5)]
+    units = (image.astype(np.float64) - q) / (max(abs(q), norm.scale_floor) / 5.0)
+    padded = np.pad(units, 4)
+    expect = np.empty((8, 8))
+    for i in range(8):
+        for j in range(8):
+            a = padded[4 * i:4 * i + 12, 4 * j:4 * j + 12].sum() / np.exp(log_scale)
+            expect[i, j] = np.log(np.logaddexp(0.0, a) / np.log(2.0))
+    np.testing.assert_allclose(got, expect, rtol=2e-4, atol=2e-4)
+    assert got[3, 4] > 5 and abs(got[0, 0]) < 0.5  # the star's tile, an empty corner
+
+
+@pytest.mark.parametrize("context", ["independent", "checkerboard"])
+def test_aperture_flux_adds_the_term_to_the_flux_location_only(context):
+    config, net, norm = _aperture_setup(context)
+    image = _star(300.0)[None]
+    feats = norm.features(image, np.ones_like(image), np.ones((1, 6)), "psf_aware")
+    variables = net.init(jax.random.key(0), jnp.asarray(feats), train=False)
+    params = dict(variables["params"])
+    assert float(params["aperture_log_scale"]) == model.APERTURE_LOG_SCALE_INIT
+    rng = jax.random.key(3)  # random weights: a term that went to another parameter would show
+    leaves, tree = jax.tree.flatten(params)
+    params = jax.tree.unflatten(tree, [v + 0.1 * jax.random.normal(k, jnp.shape(v))
+                                       for v, k in zip(leaves, jax.random.split(rng, len(leaves)))])
+    with_term = net.apply(dict(variables, params=params), jnp.asarray(feats))
+    config.model.aperture_flux = False
+    plain = model.from_config(config)
+    without = {k: v for k, v in params.items() if k != "aperture_log_scale"}
+    out = plain.apply(dict(variables, params=without), jnp.asarray(feats))
+    term = model.aperture_term(jnp.asarray(feats), 4, params["aperture_log_scale"])
+    if context == "independent":
+        np.testing.assert_allclose(with_term[..., 6] - out[..., 6], term, atol=1e-4)
+        others = [i for i in range(8) if i != 6]
+        np.testing.assert_allclose(with_term[..., others], out[..., others], atol=1e-5)
+    else:  # later colours see the decided fluxes: only the first colour's tiles are the same but for the term
+        first = np.asarray(model.colour_map((8, 8), 4)) == 0
+        np.testing.assert_allclose((with_term[..., 6] - out[..., 6])[:, first], term[:, first], atol=1e-4)
+
+
+def test_aperture_flux_responds_to_bright_stars_with_slope_one():
+    """At initialization (zero head kernel) the flux location is the bias plus the term: doubling a bright
+    star's flux adds ln 2 to its tile's log flux, at r 12 as at r 16; without the term it does not move."""
+    config, net, norm = _aperture_setup()
+    variables = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 21)), train=False)
+    mu = []
+    for flux in (400.0, 800.0, 16000.0, 32000.0):  # r 16.0, 15.2, 12.0, 11.2
+        image = _star(flux)[None]
+        feats = norm.features(image, np.ones_like(image), np.ones((1, 6)), "psf_aware")
+        mu.append(float(net.apply(variables, jnp.asarray(feats))[0, 3, 4, 6]))
+    assert mu[1] - mu[0] == pytest.approx(np.log(2), abs=0.01)
+    assert mu[3] - mu[2] == pytest.approx(np.log(2), abs=1e-3)
+
+
 def test_unknown_variant():
     with pytest.raises(ValueError, match="model.variant"):
         inputs.num_channels("psf_magic")

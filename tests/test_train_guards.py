@@ -257,16 +257,16 @@ def test_a_checkpoint_of_another_network_is_one_line(trained, copy_of, tiny_conf
 
 
 def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, copy_of):
-    """config.json written before posterior.* and model.stem_kernel existed: filled in with the values that
+    """config.json written before posterior.*, model.stem_kernel and model.aperture_flux existed: filled in with the values that
     reproduce what it trained (checkpoints.ADDED_KEYS), so it loads; a changed value is still refused."""
     workdir = copy_of(trained[0])
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["model"]["stem_kernel"] == 5 and saved["posterior"]["context"] == "checkerboard"
     # an old independent-tile network's config: no posterior section, no stem_kernel
     old = json.loads(json.dumps(saved))
-    del old["model"]["stem_kernel"], old["posterior"]
+    del old["model"]["stem_kernel"], old["model"]["aperture_flux"], old["posterior"]
     upgraded = checkpoints.upgrade_config(old)
-    assert upgraded["model"]["stem_kernel"] == 5
+    assert upgraded["model"]["stem_kernel"] == 5 and upgraded["model"]["aperture_flux"] is False
     assert upgraded["posterior"] == {"context": "independent", "colours": 2, "context_width": 16}
     assert "stem_kernel" not in old["model"]  # the argument is left as it was
     assert checkpoints.upgrade_config(saved) == saved and checkpoints.upgrade_config({}) == {}

@@ -391,9 +391,9 @@ def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]
 
 
 # Keys added since configs were first saved, at the values that reproduce what an older config trained:
-# independent tiles (the only kind before posterior.context) and the 5 x 5 first stem block.
+# independent tiles (the only kind before posterior.context), the 5 x 5 first stem block, no aperture flux.
 ADDED_KEYS = {"posterior": {"context": "independent", "colours": 2, "context_width": 16},
-              "model.stem_kernel": 5}
+              "model.stem_kernel": 5, "model.aperture_flux": False}
 
 
 def upgrade_config(config: dict) -> dict:

@@ -32,8 +32,18 @@ Two posterior heads (``config.posterior.context``):
   (prediction) colours are decided in turn from the mode of the earlier ones (``key`` given: a sample).
   The image backbone runs once; the head runs once per colour.
 
+**Aperture flux** (``model.aperture_flux``, off in the paper's network): the log-normal flux location of each
+tile (parameter 6, ln nmgy) gets ``ln(softplus(A / f) / ln 2)`` added, where A is the sum of the sky-subtracted
+pixels over the 3 x 3 tiles centred on the tile (recovered exactly from the median-quantile asinh input
+channel, which is linear in the pixel value after ``sinh``, in that channel's units) and f > 0 a learned scale
+(``aperture_log_scale``, initialized at e^6 ~ 400 units, about the noise of a 12 x 12 px sum). The term is 0 for
+an empty aperture and ln A + const for a bright source, so the flux head only learns a correction that is
+constant at the bright end and the response to bright sources keeps a slope of 1 beyond the fluxes seen in
+training (without it the estimated magnitudes of the cpu_small networks are compressed: benchmarks/RESULTS.md).
+
 :func:`from_config` builds the network from the ``model`` and ``posterior`` sections of a config
-(``model.width``, ``model.stem_blocks``, ``model.stages``, ``model.dtype``, ``posterior.context``,
+(``model.width``, ``model.stem_blocks``, ``model.stem_kernel``, ``model.aperture_flux``, ``model.stages``,
+``model.dtype``, ``posterior.context``,
 ``posterior.colours``, ``posterior.context_width``) and checks that its stride equals ``tile_size``;
 :class:`CatalogNet` itself has no defaults: they live in ``configs/default.py`` only.
 """
@@ -46,6 +56,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from npejax.nn.inputs import ASINH_QUANTILES
 from npejax.nn.posterior import INITIAL_BIAS, NUM_PARAMS, TilePosterior
 
 CONTEXTS = ("independent", "checkerboard")
@@ -53,6 +64,20 @@ COLOURS = (2, 4)
 CONTEXT_CHANNELS = 6  # decided, has source, y and x offsets, log flux, is galaxy
 LOG_FLUX_CENTER, LOG_FLUX_SCALE = 2.0, 4.0  # context map's log flux: (ln(flux / nmgy) - 2) / 4
 CONTEXT_RADIUS = 2  # tiles: the context map's two 3x3 convolutions
+MEDIAN_CHANNEL = ASINH_QUANTILES.index(0.5)  # input channel asinh((x - Q_0.5) / s): sinh of it is linear in x
+FLUX_PARAM = 6  # log_flux_mean among the NUM_PARAMS (npejax.nn.posterior)
+APERTURE_LOG_SCALE_INIT = 6.0  # ln f: e^6 ~ 400 units of the median channel, a 12 x 12 px sum's noise
+
+
+def aperture_term(x, stride: int, log_scale) -> jax.Array:
+    """[B, H/stride, W/stride]: ``ln(softplus(A / f) / ln 2)`` of each tile (module doc, "Aperture flux"), A the
+    sum of ``sinh`` of the median channel of ``x`` [B, H, W, C] over the 3 x 3 tiles centred on the tile (zero
+    padding at the edges), ``f = exp(log_scale)``."""
+    u = jnp.sinh(x[..., MEDIAN_CHANNEL:MEDIAN_CHANNEL + 1].astype(jnp.float32))
+    window = 3 * stride
+    total = nn.avg_pool(u, (window, window), strides=(stride, stride),
+                        padding=((stride, stride), (stride, stride)), count_include_pad=True)[..., 0] * window ** 2
+    return jnp.log(jax.nn.softplus(total / jnp.exp(log_scale)) / jnp.log(2.0))
 
 
 class ConvBlock(nn.Module):
@@ -160,6 +185,7 @@ class CatalogNet(nn.Module):
     width: int
     stem_blocks: int
     stem_kernel: int
+    aperture_flux: bool
     stages: Sequence[Sequence[int]]
     dtype: Any
     context: str
@@ -187,6 +213,9 @@ class CatalogNet(nn.Module):
         h, w = x.shape[1:3]
         if h % self.stride or w % self.stride:
             raise ValueError(f"input height and width must be multiples of {self.stride}, got {(h, w)}")
+        if self.aperture_flux:
+            log_scale = self.param("aperture_log_scale", nn.initializers.constant(APERTURE_LOG_SCALE_INIT), ())
+            aperture = aperture_term(x, self.stride, log_scale)
         x = x.astype(self.dtype)
         x = ConvBlock(self.width, self.stem_kernel, dtype=self.dtype)(x, train)
         for _ in range(self.stem_blocks - 1):
@@ -196,6 +225,8 @@ class CatalogNet(nn.Module):
                 x = ConvBlock(self.width * mult, 3, stride, dtype=self.dtype)(x, train)
             x = C3(self.width * mult, n, dtype=self.dtype)(x, train)
         independent = _head_conv()(x.astype(jnp.float32))
+        if self.aperture_flux:
+            independent = independent.at[..., FLUX_PARAM].add(aperture)
         if self.context == "independent":
             return independent
         head = ContextHead(x.shape[-1], self.context_width)
@@ -235,7 +266,8 @@ def from_config(config) -> CatalogNet:
     if int(config.model.stem_kernel) < 1 or int(config.model.stem_kernel) % 2 == 0:
         raise ValueError(f"model.stem_kernel must be an odd number >= 1, got {config.model.stem_kernel!r}")
     net = CatalogNet(width=int(config.model.width), stem_blocks=int(config.model.stem_blocks),
-                     stem_kernel=int(config.model.stem_kernel), stages=stages,
+                     stem_kernel=int(config.model.stem_kernel), aperture_flux=bool(config.model.aperture_flux),
+                     stages=stages,
                      dtype=dtype, context=str(post.context), colours=int(post.colours),
                      context_width=int(post.context_width))
     if net.stride != config.tile_size:
