@@ -172,8 +172,9 @@ def local_copy(tree):
 
 
 def first_rows(array, n: int) -> np.ndarray:
-    """Rows ``0 .. n-1`` of a batch-sharded array as numpy, from this process's shards (process 0 holds them)."""
-    if array.is_fully_addressable:
+    """Rows ``0 .. n-1`` of a batch-sharded array (or a host array) as numpy, from this process's shards (process
+    0 holds them)."""
+    if not isinstance(array, jax.Array) or array.is_fully_addressable:
         return np.asarray(jax.device_get(array))[:n]
     for shard in array.addressable_shards:
         if (shard.index[0].start or 0) == 0:
