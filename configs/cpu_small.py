@@ -8,10 +8,10 @@ matching, prob_source > 0.5; benchmarks/RESULTS.md "Training on the CPU"): two s
 cannot do) and 12 epochs of 1280 images, the rate decayed x0.1 after epoch 10. Recall 0.966, precision 0.996,
 against 0.943 and 0.936 for the earlier recipe and 0.909, 0.955 for Source Extractor.
 
-Then made faster without losing accuracy: batches of 16 instead of 32 (XLA:CPU runs this network 1.35x faster
-per image at batch 16: a batch-32 step's activations overflow the caches) and 4 train steps per jitted call
-(another 1.35x on this CPU), so training takes about 7 minutes instead of 12; validation NLL 5.45 (5.86 at batch
-32), recall 0.970, precision 0.992.
+Two faster variants were measured and not taken (benchmarks/RESULTS.md, "Stars on tile corners"): 4 train steps
+per jitted call (``train.steps_per_dispatch``; training 533 s instead of 727 s, but that network put an r 12
+corner star 1.2 px off) and batch 16 with 4 steps per call (415-450 s, recall 0.970, but it misses every r 14
+star on a tile corner). tests/test_trained.py checks both on the README command's network.
 """
 
 from configs import psf_aware
@@ -24,9 +24,8 @@ def get_config():
     config.model.width = 16
     config.model.stem_blocks = 2
     config.model.stages = ((2, 1, 2), (2, 1, 2))
-    config.train.batch_size = 16
-    config.train.steps_per_dispatch = 4
-    config.train.images_per_epoch = 1280  # 80 steps of 16, 20 calls of 4
+    config.train.batch_size = 32
+    config.train.images_per_epoch = 1280  # 40 steps of 32
     config.train.num_epochs = 12
     config.train.learning_rate = 3e-3
     config.train.lr_decay_epoch = 10

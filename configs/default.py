@@ -97,7 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
     # bound the step rate of a fast accelerator; the same states and losses as K calls (the epoch's last call
     # runs the remaining steps_per_epoch % K, a second compile). K batches are on the devices at once. On a CPU the
     # K steps are K straight-line copies (compiled about K times longer), which still ran 1.35x more images/s than
-    # K = 1 for cpu_small on the 2-core VM (benchmarks/input_paths.py, batch 16; RESULTS.md), so cpu_small uses 4.
+    # K = 1 for cpu_small on the 2-core VM (benchmarks/input_paths.py, batch 16; RESULTS.md).
     config.train.steps_per_dispatch = 1
 
     # Dataset sizes per split (paper: 210k / 30k / 42k images), used by npejax.simulate.
