@@ -1,4 +1,4 @@
-"""The paper's Section 7 experiment at CPU size (python -m npejax.experiment; about 40 minutes on 2 cores).
+"""The paper's Section 7 experiment at CPU size (python -m npejax.experiment; about an hour on 2 cores).
 
 Four networks (single-field, PSF-unaware, PSF-aware, and PSF-aware with cpu_small's four-colour checkerboard) of
 the ``configs/cpu_small.py`` size and budget, each evaluated with the Source Extractor baseline on 2000 test
