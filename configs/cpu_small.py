@@ -9,7 +9,7 @@ cannot do) and 12 epochs of 1280 images, the rate decayed x0.1 after epoch 10. R
 against 0.943 and 0.936 for the earlier recipe and 0.909, 0.955 for Source Extractor.
 
 Two faster variants were measured and not taken (benchmarks/RESULTS.md, "Stars on tile corners"): 4 train steps
-per jitted call (``train.steps_per_dispatch``; training 533 s instead of 727 s, but that network put an r 12
+per jitted call (``train.steps_per_dispatch``; training 533 s against 541 s, and that network put an r 12
 corner star 1.2 px off) and batch 16 with 4 steps per call (415-450 s, recall 0.970, but it misses every r 14
 star on a tile corner). tests/test_trained.py checks both on the README command's network.
 """
