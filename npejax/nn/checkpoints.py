@@ -48,9 +48,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
-from jax.experimental import multihost_utils
 
 from npejax import io
+from npejax.nn import distributed
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
@@ -271,7 +271,7 @@ def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
                         manager.wait_until_finished()
                 for manager in targets:
                     manager.wait_until_finished()  # an asynchronous write error surfaces here, at this epoch
-                    if jax.process_index() == 0:  # several processes: Orbax wrote once, the checksums too
+                    if distributed.is_main():  # several processes: Orbax wrote once, the checksums too
                         write_checksums(step_dir(manager, epoch))
             except Exception:
                 for other in targets:  # let the other writes end (and print) inside quiet()
@@ -281,8 +281,7 @@ def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
     except Exception as exc:  # noqa: BLE001  (any failure of the write: disk full, permissions, ...)
         raise CheckpointSaveError(f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: "
                                   f"{_short(exc)}") from exc
-    if jax.process_count() > 1:  # no process goes on (and may read the checkpoint) before the checksums exist
-        multihost_utils.sync_global_devices(f"npejax-checkpoint-{epoch}")
+    distributed.sync(f"npejax-checkpoint-{epoch}")  # no process goes on (and may read it) before the checksums exist
 
 
 def _nbytes(tree) -> int:
