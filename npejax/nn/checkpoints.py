@@ -33,6 +33,7 @@ another network is one line naming the workdir and the first arrays that differ.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import hashlib
 import io as io_lib
@@ -400,13 +401,13 @@ def upgrade_config(config: dict) -> dict:
     ``None`` returned as given)."""
     if not config or not isinstance(config, dict):
         return config
-    config = json.loads(json.dumps(config))
+    config = copy.deepcopy(config)
     for dotted, value in ADDED_KEYS.items():
         *parents, leaf = dotted.split(".")
         node = config
         for name in parents:
             node = node.setdefault(name, {})
-        node.setdefault(leaf, json.loads(json.dumps(value)))
+        node.setdefault(leaf, copy.deepcopy(value))
     return config
 
 
