@@ -109,3 +109,65 @@ def test_tiles_to_sources_pixel_coordinates():
 def test_wrong_parameter_count():
     with pytest.raises(ValueError, match="8 parameters"):
         posterior.TilePosterior.from_params(jnp.zeros((1, 2, 2, 7)))
+
+
+# --- merge_split_sources (posterior.decode = "group") ---------------------------------------------------
+
+def _tiles(prob, on=None):
+    """Tile dict of probabilities [N, Th, Tw] (decoded on where given, else where prob > 0.5)."""
+    prob = np.asarray(prob, np.float32)
+    on = prob > 0.5 if on is None else np.asarray(on, bool)
+    return dict(tile_has_source=on, prob_source=prob, tile_flux=np.full(prob.shape, 7.0, np.float32),
+                tile_locs=np.full(prob.shape + (2,), 0.5, np.float32))
+
+
+def test_merge_split_sources_detects_a_corner_source_once_with_the_windows_probability():
+    prob = np.full((1, 4, 4), 0.01)
+    prob[0, 1:3, 1:3] = [[0.30, 0.20], [0.35, 0.30]]  # a source on the corner between tiles 1 and 2
+    tiles = _tiles(prob)
+    assert not tiles["tile_has_source"].any()
+    out = posterior.merge_split_sources(tiles)
+    assert np.argwhere(out["tile_has_source"]).tolist() == [[0, 2, 1]]  # the most probable of the four
+    assert out["prob_source"][0, 2, 1] == pytest.approx(1 - 0.70 * 0.80 * 0.65 * 0.70, rel=1e-6)
+    # nothing else changed, and the argument is left as it was
+    unchanged = np.ones((1, 4, 4), bool)
+    unchanged[0, 2, 1] = False
+    np.testing.assert_array_equal(out["prob_source"][unchanged], tiles["prob_source"][unchanged])
+    assert out["tile_flux"] is tiles["tile_flux"] and not tiles["tile_has_source"].any()
+    # the detection is kept by the catalog's probability cut
+    sources = posterior.tiles_to_sources(out, 4, min_prob=0.5)
+    assert len(sources["x"]) == 1 and sources["prob_source"][0] > 0.5
+
+
+def test_merge_split_sources_leaves_improbable_windows_and_decided_sources_alone():
+    # every window's P(no source) = 0.9 ** 4 = 0.656 > 0.5: nothing to add
+    tiles = _tiles(np.full((2, 5, 5), 0.1))
+    out = posterior.merge_split_sources(tiles)
+    assert not out["tile_has_source"].any()
+    np.testing.assert_array_equal(out["prob_source"], tiles["prob_source"])
+    # a source already decided, its neighbours at 0.2: windows holding it are skipped, the others have
+    # P(none) >= 0.8 * 0.8 = 0.64
+    prob = np.full((1, 5, 5), 0.0)
+    prob[0, 1:4, 1:4] = 0.2
+    prob[0, 2, 2] = 0.9
+    out = posterior.merge_split_sources(_tiles(prob))
+    assert np.argwhere(out["tile_has_source"]).tolist() == [[0, 2, 2]]
+    # a 1-tile-wide grid has no window
+    one_row = _tiles(np.full((1, 1, 6), 0.45))
+    assert not posterior.merge_split_sources(one_row)["tile_has_source"].any()
+
+
+def test_merge_split_sources_takes_one_of_overlapping_windows_and_each_separate_one():
+    prob = np.full((2, 6, 8), 0.01)
+    prob[0, 1, 1:3] = 0.45  # a source on an edge: two windows hold both tiles, with equal P(none)
+    prob[0, 4, 5:7] = 0.45  # a second one, far from the first
+    prob[1, 3:5, 3:5] = 0.3  # another image: a corner source
+    out = posterior.merge_split_sources(_tiles(prob))
+    on = np.argwhere(out["tile_has_source"]).tolist()
+    assert len(on) == 3, on
+    assert sum(1 for b, i, j in on if b == 0 and i == 1 and j in (1, 2)) == 1
+    assert sum(1 for b, i, j in on if b == 0 and i == 4 and j in (5, 6)) == 1
+    assert sum(1 for b, i, j in on if b == 1 and 3 <= i <= 4 and 3 <= j <= 4) == 1
+    # without spending a taken window's tiles, the window beside the corner source (two tiles at 0.3,
+    # P(none) = 0.7 ** 2 * 0.99 ** 2 = 0.48) would have given it a second detection
+    assert sum(1 for b, i, j in on if b == 1) == 1

@@ -257,8 +257,8 @@ def test_a_checkpoint_of_another_network_is_one_line(trained, copy_of, tiny_conf
 
 
 def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, copy_of):
-    """config.json written before posterior.*, model.stem_kernel and model.aperture_flux existed: filled in with the values that
-    reproduce what it trained (checkpoints.ADDED_KEYS), so it loads; a changed value is still refused."""
+    """config.json written before posterior.*, model.stem_kernel, model.aperture_flux and posterior.decode existed:
+    filled in with the values that reproduce what it trained (checkpoints.ADDED_KEYS), so it loads; a changed value is still refused."""
     workdir = copy_of(trained[0])
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["model"]["stem_kernel"] == 5 and saved["posterior"]["context"] == "checkerboard"
@@ -267,7 +267,10 @@ def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, c
     del old["model"]["stem_kernel"], old["model"]["aperture_flux"], old["posterior"]
     upgraded = checkpoints.upgrade_config(old)
     assert upgraded["model"]["stem_kernel"] == 5 and upgraded["model"]["aperture_flux"] is False
-    assert upgraded["posterior"] == {"context": "independent", "colours": 2, "context_width": 16}
+    assert upgraded["posterior"] == {"context": "independent", "colours": 2, "context_width": 16, "decode": "tile"}
+    del old["posterior"]
+    old["posterior"] = {"context": "checkerboard", "colours": 4, "context_width": 16}  # before posterior.decode
+    assert checkpoints.upgrade_config(old)["posterior"]["decode"] == "tile"
     assert "stem_kernel" not in old["model"]  # the argument is left as it was
     assert checkpoints.upgrade_config(saved) == saved and checkpoints.upgrade_config({}) == {}
     # this workdir's config.json without stem_kernel loads and predicts with the 5 x 5 stem it was trained with

@@ -68,7 +68,8 @@ ITEMS = ("state", "meta")
 # processes that train: distributed, whose process_id differs between the processes of one run).
 RESUMABLE_KEYS = ("train.num_epochs", "train.patience", "train.progress", "train.figure_every",
                   "simulator.num_workers", "simulator.prefetch", "data.num_train", "data.num_test",
-                  "data.shard_size", "data.on_device", "train.steps_per_dispatch", "distributed")
+                  "data.shard_size", "data.on_device", "train.steps_per_dispatch", "distributed",
+                  "posterior.decode")
 
 
 class CheckpointError(ValueError):
@@ -393,7 +394,7 @@ def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]
 # Keys added since configs were first saved, at the values that reproduce what an older config trained:
 # independent tiles (the only kind before posterior.context), the 5 x 5 first stem block, no aperture flux.
 ADDED_KEYS = {"posterior": {"context": "independent", "colours": 2, "context_width": 16},
-              "model.stem_kernel": 5, "model.aperture_flux": False}
+              "model.stem_kernel": 5, "model.aperture_flux": False, "posterior.decode": "tile"}
 
 
 def upgrade_config(config: dict) -> dict:

@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 
 from npejax.nn.inputs import ASINH_QUANTILES
-from npejax.nn.posterior import INITIAL_BIAS, NUM_PARAMS, TilePosterior
+from npejax.nn.posterior import DECODES, INITIAL_BIAS, NUM_PARAMS, TilePosterior
 
 CONTEXTS = ("independent", "checkerboard")
 COLOURS = (2, 4)
@@ -261,6 +261,8 @@ def from_config(config) -> CatalogNet:
         raise ValueError(f"posterior.context must be one of {CONTEXTS}, got {post.context!r}")
     if int(post.colours) not in COLOURS:
         raise ValueError(f"posterior.colours must be 2 (checkerboard) or 4 (2 x 2 blocks), got {post.colours!r}")
+    if str(post.get("decode", "tile")) not in DECODES:
+        raise ValueError(f"posterior.decode must be one of {DECODES}, got {post.decode!r}")
     if int(post.context_width) < 1:
         raise ValueError(f"posterior.context_width must be >= 1, got {post.context_width!r}")
     if int(config.model.stem_kernel) < 1 or int(config.model.stem_kernel) % 2 == 0:

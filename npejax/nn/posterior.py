@@ -28,6 +28,7 @@ import tensorflow_probability.substrates.jax as tfp
 tfd = tfp.distributions
 
 NUM_PARAMS = 8
+DECODES = ("tile", "group")  # posterior.decode: how a catalog is read (merge_split_sources)
 MIN_LOC_SCALE = 1e-3  # tile units; keeps the truncated normal away from a degenerate spike
 MIN_FLUX_SCALE = 1e-3  # log nmgy
 # Output bias at initialization: about 1 source in 100 tiles (4 per 400-tile image), locations at the
@@ -147,4 +148,62 @@ def tiles_to_sources(tiles: dict, tile_size: int = 4, min_prob: float | None = N
     if "loc_std" in tiles:
         std = tiles["loc_std"][image, row, col] * tile_size
         out["y_std"], out["x_std"] = std[:, 0], std[:, 1]
+    return out
+
+
+def merge_split_sources(tiles: dict, threshold: float = 0.5, max_passes: int = 4) -> dict[str, np.ndarray]:
+    """Detections whose probability is split over the tiles around a tile corner (``posterior.decode =
+    "group"``).
+
+    A source on a tile boundary or corner can leave every tile it touches below probability 0.5 although
+    the posterior says there is a source among them: the tiles' probabilities along the decoded path
+    (conditionals for the checkerboard, in the order decided; marginals for independent tiles) give
+    P(no source in a 2 x 2 window of tiles) = prod (1 - p) when all four are decoded empty. Where that is
+    below ``1 - threshold`` the window's most probable tile is switched on (its location, type and flux are
+    already its factors given the earlier, empty, tiles) and its ``prob_source`` becomes the window's
+    1 - prod (1 - p). Overlapping windows: only a window whose P(none) is the smallest among the
+    candidate windows sharing a tile with it is taken, in passes until none is left (``max_passes``); a
+    taken window's four tiles then count as empty-for-sure (their probability is spent on its source).
+
+    ``tiles``: numpy arrays [N, Th, Tw, ...] with ``tile_has_source`` and ``prob_source`` (Predictor
+    output); returns a copy with those two keys changed.
+    """
+    out = dict(tiles)
+    on = np.array(tiles["tile_has_source"], dtype=bool)
+    prob = np.array(tiles["prob_source"], dtype=np.float64)
+    n, th, tw = on.shape
+    if th < 2 or tw < 2:
+        return out
+    log_off = np.log1p(-np.clip(prob, 0.0, 1.0 - 1e-12))
+    for _ in range(max_passes):
+        # windows [N, Th-1, Tw-1]: top-left tile (i, j)
+        none = np.exp(log_off[:, :-1, :-1] + log_off[:, :-1, 1:] + log_off[:, 1:, :-1] + log_off[:, 1:, 1:])
+        empty = ~(on[:, :-1, :-1] | on[:, :-1, 1:] | on[:, 1:, :-1] | on[:, 1:, 1:])
+        score = np.where(empty & (none < 1.0 - threshold), none, np.inf)
+        if not np.isfinite(score).any():
+            break
+        # a candidate wins if no window sharing a tile (within one window step) has a smaller P(none);
+        # ties go to the first in row-major order
+        padded = np.pad(score, ((0, 0), (1, 1), (1, 1)), constant_values=np.inf)
+        order = np.arange(score[0].size).reshape(score.shape[1:])
+        padded_order = np.pad(order, 1, constant_values=-1)
+        wins = np.isfinite(score)
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                if di == 0 and dj == 0:
+                    continue
+                other = padded[:, 1 + di:1 + di + score.shape[1], 1 + dj:1 + dj + score.shape[2]]
+                other_order = padded_order[1 + di:1 + di + score.shape[1], 1 + dj:1 + dj + score.shape[2]]
+                wins &= (score < other) | ((score == other) & (order < other_order)[None])
+        b, i, j = np.nonzero(wins)
+        quad = np.stack([prob[b, i, j], prob[b, i, j + 1], prob[b, i + 1, j], prob[b, i + 1, j + 1]], axis=-1)
+        pick = np.argmax(quad, axis=-1)
+        ti, tj = i + pick // 2, j + pick % 2
+        on[b, ti, tj] = True
+        prob[b, ti, tj] = 1.0 - none[b, i, j]
+        for di in (0, 1):  # the window's probability is spent: its tiles add nothing to other windows
+            for dj in (0, 1):
+                log_off[b, i + di, j + dj] = 0.0
+    out["tile_has_source"] = on
+    out["prob_source"] = prob.astype(np.asarray(tiles["prob_source"]).dtype)
     return out

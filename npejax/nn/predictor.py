@@ -24,6 +24,9 @@ the network is fully convolutional, and each tile is taken from a chunk in which
 posterior, whose colours follow the whole image's tile grid) lies inside the chunk, so the result equals the
 whole-image prediction to float precision.
 
+With ``posterior.decode = "group"`` (the default) a source whose probability is split over the tiles around
+a tile corner, each below 1/2, is still detected once (:func:`npejax.nn.posterior.merge_split_sources`).
+
 The catalog holds one row per tile whose source probability exceeds ``min_prob``, with the columns of
 :data:`npejax.schema.PREDICTION_COLUMNS`: ``image``, ``x``, ``y`` (pixels), ``flux`` (nmgy, posterior
 median), ``mag``, ``prob_source``, ``prob_galaxy``, ``x_std``, ``y_std``, ``flux_lo``, ``flux_hi``
@@ -56,7 +59,7 @@ from npejax.nn import checkpoints
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn.checkpoints import CheckpointError, load_config  # noqa: F401  (part of this module's API)
-from npejax.nn.posterior import TilePosterior, tiles_to_sources
+from npejax.nn.posterior import TilePosterior, merge_split_sources, tiles_to_sources
 from npejax.sim import fields as fields_lib
 from npejax.sim import psf as psf_lib
 from npejax.surveys import sdss
@@ -184,6 +187,7 @@ class Predictor:
         self.variant = config.model.variant
         self.tile_size = int(config.tile_size)
         net = model_lib.from_config(config)
+        self.decode = str(config.posterior.get("decode", "tile"))  # checked by model_lib.from_config
         self.margin = receptive_margin(net) + net.context_margin  # tiles
 
         def forward(variables, images, background, psf_params, origin):
@@ -277,7 +281,8 @@ class Predictor:
         else:
             for i in range(len(images)):
                 parts.append(self._chunked(images[i], background[i], psf_params[i], image_offset + i, chunk))
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        tiles = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return merge_split_sources(tiles) if self.decode == "group" else tiles
 
     def _sources(self, images, background, psf_params, min_prob, batch_size, chunk_size, image_offset) -> dict:
         h, w = np.shape(images)[-2:]
