@@ -331,3 +331,47 @@ def test_flux_linearity_images_and_slopes(load_config, monkeypatch):
     np.testing.assert_allclose([r["est_mag"] for r in rows], [18.25, 19.25, 20.25])
     np.testing.assert_allclose([r["bias"] for r in rows], [4.25, 3.25, 2.25])
     assert np.isnan(rows[0]["slope"]) and rows[1]["slope"] == pytest.approx(0.5) and rows[2]["slope"] == pytest.approx(0.5)
+
+
+def test_sweep_configs_budgets_and_plot_only(tmp_path):
+    """benchmarks/sweep.py: "small" is configs/cpu_small.py's network, budgets become whole jitted calls of
+    images over 12 epochs with the decay after 10 and no early stop, and --plot-only redraws the table and PNG
+    from sweep.json files (two seeds) without training."""
+    sweep = _load("sweep")
+    from configs import cpu_small
+    base = cpu_small.get_config()
+    small = sweep.network_config("small", 40_000, "/val", workers=3, seed=7)
+    assert (small.model.width, small.model.stem_blocks, tuple(map(tuple, small.model.stages))) == \
+        (base.model.width, base.model.stem_blocks, tuple(map(tuple, base.model.stages)))
+    call = base.train.batch_size * base.train.steps_per_dispatch
+    assert small.train.images_per_epoch % call == 0
+    assert abs(12 * small.train.images_per_epoch - 40_000) <= 12 * call / 2
+    assert (small.train.num_epochs, small.train.lr_decay_epoch, small.train.patience) == (12, 10, 12)
+    assert small.seed == 7 and small.data.val_dir == "/val" and small.simulator.num_workers == 3
+    assert sweep.network_config("medium", 100, "/val", 2).model.width == 24
+    assert sweep.network_config("medium", 100, "/val", 2).train.images_per_epoch == call  # at least one call
+    # CPU minutes -> images: (minutes x 60 - overhead) x rate
+    assert sweep.parse_per_size(["small=48.9,medium=17"], ["small", "medium"], "--x") == {"small": 48.9,
+                                                                                          "medium": 17.0}
+    with pytest.raises(ValueError, match="no value for size"):
+        sweep.parse_per_size(["small=1"], ["small", "medium"], "--cpu-images-per-s")
+    row = dict(size="small", name="small-7", seed=0, cpu_minutes=7.0, images=16128, parameters=39609,
+               val_nll=5.04, seconds_here=50.0, recall=0.92, recall_std=0.007, precision=0.945,
+               precision_std=0.005, accuracy=0.9, accuracy_std=0.01, mape=14.4, mape_std=0.3, sep_recall=0.862,
+               sep_precision=0.938, sep_accuracy=float("nan"), sep_mape=13.8, sep_mape_std=0.2)
+    other = dict(row, name="small-7-seed1", seed=1, recall=0.93)
+    for i, r in enumerate((row, other)):
+        (tmp_path / f"s{i}.json").write_text(json.dumps(dict(rows=[r])))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "sweep.py"), "--out", str(out), "--plot-only",
+                           f"{tmp_path / 's0.json'},{tmp_path / 's1.json'}"], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    table = (out / "sweep.md").read_text()
+    assert "| small | 39,609 | 7 | 16,128 | 0 | 5.04 | 0.920 +- 0.007 |" in table
+    assert "| small | 39,609 | 7 | 16,128 | 1 | 5.04 | 0.930 +- 0.007 |" in table
+    assert "| Source Extractor | | | | | | 0.862 | 0.938 |" in table
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([sys.executable, os.path.join(BENCH, "sweep.py"), "--out", str(out), "--sizes", "huge"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "--sizes huge" in bad.stderr
