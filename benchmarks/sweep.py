@@ -204,7 +204,8 @@ def run(fv: flags.FlagValues) -> None:
             params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(summary["state"].params))
             workdirs[name] = workdir
             rows.append(dict(size=size, name=name, seed=int(config.seed), cpu_minutes=m,
-                             images=EPOCHS * int(config.train.images_per_epoch), parameters=params, val_nll=float(summary["best_val_nll"]), seconds_here=seconds))
+                             images=EPOCHS * int(config.train.images_per_epoch), parameters=params,
+                             val_nll=float(summary["best_val_nll"]), seconds_here=seconds))
             io.write_json(os.path.join(out, "sweep.json"),  # what is done so far
                           dict(rows=rows, cpu_images_per_s=rates, cpu_overhead_s=overheads))
     results = evaluate.evaluate(workdirs, os.path.join(out, "report"), prior="many",

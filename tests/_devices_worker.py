@@ -25,6 +25,7 @@ import numpy as np
 import conftest  # tests/ is sys.path[0] when this file is run; conftest puts the repository root on it
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
+from npejax.nn import posterior
 from npejax.nn import predictor as predictor_lib
 from npejax.nn import state as state_lib
 from npejax.nn import steps as steps_lib
@@ -95,8 +96,12 @@ def main(out: str) -> None:
         put = lambda a: jax.device_put(np.asarray(a, np.float32), sharding)
         sharded = predictor._forward(variables, put(b["images"]), put(b["background"]), put(b["psf_params"]),
                                      jax.numpy.asarray([0, 0], jax.numpy.int32))
-        outputs = {f"sharded/{k}": np.asarray(jax.device_get(v)) for k, v in sharded.items()}
-        outputs["sharded_devices"] = len(sharded["prob_source"].sharding.device_set)
+        devices = len(sharded["prob_source"].sharding.device_set)
+        sharded = {k: np.asarray(jax.device_get(v)) for k, v in sharded.items()}
+        if predictor.decode == "group":  # as predict_tiles reads the tiles (posterior.decode)
+            sharded = posterior.merge_split_sources(sharded)
+        outputs = {f"sharded/{k}": v for k, v in sharded.items()}
+        outputs["sharded_devices"] = devices
 
     np.savez(out, devices=mesh.size, startup=train.describe_devices(mesh, BATCH),
              images=np.stack([x["images"] for x in batches]), losses=np.asarray(losses), eval_nll=eval_nll,

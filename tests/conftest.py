@@ -37,6 +37,7 @@ TINY_OVERRIDES = {
     "train.learning_rate": 1e-3,
     "train.lr_decay_epoch": 8,
     "train.steps_per_dispatch": 1,
+    "model.aperture_flux": False,
 }
 TINY_EPOCHS = 2
 

@@ -20,6 +20,7 @@ def _net(colours=2, width=4):
     config.posterior.context = "checkerboard"
     config.posterior.colours = colours
     config.posterior.context_width = 4
+    config.model.aperture_flux = False  # the independent head is computed here by hand without the aperture term
     return config, model.from_config(config)
 
 

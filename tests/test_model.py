@@ -149,6 +149,28 @@ def test_aperture_flux_responds_to_bright_stars_with_slope_one():
     assert mu[3] - mu[2] == pytest.approx(np.log(2), abs=1e-3)
 
 
+def test_aperture_term_is_finite_for_very_negative_sums():
+    """ln(softplus(z) / ln 2) tends to z - ln ln 2 where softplus underflows (z = A / f < -30; a small learned f
+    or a deeply negative sky-subtracted region): finite values and gradients, continuous at the switch, and
+    the plain formula above it."""
+    x = jnp.zeros((3, 12, 12, 21))  # 3 x 3 tiles: tile (1, 1) sums all 144 pixels
+    x = x.at[0, ..., model.MEDIAN_CHANNEL].set(-8.0)  # sinh(-8) * 144 pixels: A = -2.1e5
+    x = x.at[1, ..., model.MEDIAN_CHANNEL].set(0.5)
+    for log_scale in (0.0, 6.0):
+        term = model.aperture_term(x, 4, jnp.float32(log_scale))
+        grad = jax.grad(lambda s: model.aperture_term(x, 4, s).sum())(jnp.float32(log_scale))
+        assert np.all(np.isfinite(np.asarray(term))) and np.isfinite(float(grad))
+    z = -np.sinh(8.0) * 144 / np.exp(0.0)
+    assert float(model.aperture_term(x, 4, jnp.float32(0.0))[0, 1, 1]) == pytest.approx(z - np.log(np.log(2)),
+                                                                                       rel=1e-5)  # float32 sums
+    a = float(np.sinh(0.5)) * 144 / np.exp(6.0)  # image 1: the plain formula
+    assert float(model.aperture_term(x, 4, jnp.float32(6.0))[1, 1, 1]) == pytest.approx(
+        np.log(np.log1p(np.exp(a)) / np.log(2)), rel=1e-5)
+    # either side of z = -30 the two forms agree to e^-30
+    near = np.array([-30.0 - 1e-3, -30.0 + 1e-3])
+    assert np.allclose(np.log(np.log1p(np.exp(near)) / np.log(2)), near - np.log(np.log(2)), atol=1e-9)
+
+
 def test_unknown_variant():
     with pytest.raises(ValueError, match="model.variant"):
         inputs.num_channels("psf_magic")

@@ -107,8 +107,8 @@ def test_steps_per_epoch_from_images_per_epoch(load_config, name, batch_size, ex
 
 
 def test_steps_per_epoch_errors_name_the_keys(load_config):
-    config = load_config("cpu_small", {"train.images_per_epoch": 16})
-    with pytest.raises(ValueError, match="train.images_per_epoch=16 is smaller than train.batch_size=32"):
+    config = load_config("cpu_small", {"train.images_per_epoch": 8})
+    with pytest.raises(ValueError, match="train.images_per_epoch=8 is smaller than train.batch_size=16"):
         train.steps_per_epoch(config)
 
 

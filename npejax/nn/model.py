@@ -77,7 +77,10 @@ def aperture_term(x, stride: int, log_scale) -> jax.Array:
     window = 3 * stride
     total = nn.avg_pool(u, (window, window), strides=(stride, stride),
                         padding=((stride, stride), (stride, stride)), count_include_pad=True)[..., 0] * window ** 2
-    return jnp.log(jax.nn.softplus(total / jnp.exp(log_scale)) / jnp.log(2.0))
+    z = total / jnp.exp(log_scale)
+    # below z = -30 softplus(z) ~ e^z underflows towards 0 (ln 0 = -inf): ln softplus(z) ~ z there
+    return jnp.where(z > -30.0, jnp.log(jax.nn.softplus(jnp.maximum(z, -30.0)) / jnp.log(2.0)),
+                     z - jnp.log(jnp.log(2.0)))
 
 
 class ConvBlock(nn.Module):

@@ -146,12 +146,12 @@ def check_inputs(images, background, psf_params, first_index: int = 0):
 def receptive_margin(net: model_lib.CatalogNet) -> int:
     """Tiles of context beyond its own pixels that one output tile of ``net`` depends on, on any side.
 
-    Follows :class:`~npejax.nn.model.CatalogNet`'s layers: a 5x5 stem block, ``stem_blocks - 1`` 3x3 blocks,
+    Follows :class:`~npejax.nn.model.CatalogNet`'s layers: a ``stem_kernel`` stem block, ``stem_blocks - 1`` 3x3 blocks,
     then per stage a strided 3x3 block (stride > 1) and one 3x3 conv per bottleneck (1x1 convs add no
     context); SAME padding with sides that are multiples of the stride puts ``(k - s) // 2`` zeros before
     the input. Output tile t sees input pixels [t*T + lo, t*T + hi].
     """
-    layers = [(5, 1)] + [(3, 1)] * (int(net.stem_blocks) - 1)
+    layers = [(int(net.stem_kernel), 1)] + [(3, 1)] * (int(net.stem_blocks) - 1)
     for _, bottlenecks, stride in net.stages:
         if stride > 1:
             layers.append((3, int(stride)))
@@ -161,7 +161,8 @@ def receptive_margin(net: model_lib.CatalogNet) -> int:
         pad = (k - s) // 2
         lo, hi = lo * s - pad, hi * s - pad + k - 1
     t = net.stride
-    return -(-max(-lo, hi - (t - 1), 0) // t)
+    margin = -(-max(-lo, hi - (t - 1), 0) // t)
+    return max(margin, 1) if net.aperture_flux else margin  # the aperture sums each tile's 3 x 3 tiles
 
 
 def _chunk_plan(num_tiles: int, chunk: int, margin: int) -> list[tuple[int, int, int]]:
