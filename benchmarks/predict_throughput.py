@@ -247,7 +247,7 @@ def run(fv: flags.FlagValues) -> None:
     for c in chunk_sizes:  # refuse a bad chunk size before any timing
         predictor.check_chunk_size(c)
     net = model_lib.from_config(config)
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(predictor.variables["params"]))
+    n_params = state_lib.num_parameters(predictor.variables["params"])
     inputs_text = (f"synthetic: Gaussian sky noise (sigma {sigma:.3f} nmgy) of a constant background {background:.3f} "
                    f"nmgy/pixel and the PSF of field {field} (the reference field of its bank), "
                    f"Gaussian blobs (sigma {BLOB_SIGMA} px, flux {BLOB_FLUX[0]:g}-{BLOB_FLUX[1]:g} nmgy log-uniform) "

@@ -31,7 +31,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -39,6 +38,7 @@ from configs import cpu_small  # noqa: E402
 from npejax import cli, io  # noqa: E402
 from npejax import datasets as data_lib  # noqa: E402
 from npejax.evaluation import evaluate  # noqa: E402
+from npejax.nn import state as state_lib  # noqa: E402
 from npejax.nn import train  # noqa: E402
 from npejax.sim import pipeline  # noqa: E402
 
@@ -201,7 +201,7 @@ def run(fv: flags.FlagValues) -> None:
             t0 = time.time()
             summary = train.train_and_evaluate(config, workdir)
             seconds = time.time() - t0
-            params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(summary["state"].params))
+            params = state_lib.num_parameters(summary["state"].params)
             workdirs[name] = workdir
             rows.append(dict(size=size, name=name, seed=int(config.seed), cpu_minutes=m,
                              images=EPOCHS * int(config.train.images_per_epoch), parameters=params,

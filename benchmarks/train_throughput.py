@@ -180,7 +180,7 @@ def measure(config, batches, steps: int, warmup: int, peak_tflops: float | None 
     train_step, _ = steps_lib.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
     on_device = [steps_lib.to_device(b, steps_lib.batch_sharding(mesh)) for b in batches]
     key = jax.random.key(1)
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
+    n_params = state_lib.num_parameters(state.params)
 
     conv_flops = matmul_flops(jax.make_jaxpr(train_step)(state, on_device[0], key))
     t0 = time.perf_counter()

@@ -25,7 +25,6 @@ import numpy as np
 import conftest  # tests/ is sys.path[0] when this file is run; conftest puts the repository root on it
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
-from npejax.nn import posterior
 from npejax.nn import predictor as predictor_lib
 from npejax.nn import state as state_lib
 from npejax.nn import steps as steps_lib
@@ -97,9 +96,7 @@ def main(out: str) -> None:
         sharded = predictor._forward(variables, put(b["images"]), put(b["background"]), put(b["psf_params"]),
                                      jax.numpy.asarray([0, 0], jax.numpy.int32))
         devices = len(sharded["prob_source"].sharding.device_set)
-        sharded = {k: np.asarray(jax.device_get(v)) for k, v in sharded.items()}
-        if predictor.decode == "group":  # as predict_tiles reads the tiles (posterior.decode)
-            sharded = posterior.merge_split_sources(sharded)
+        sharded = predictor.read_tiles({k: np.asarray(jax.device_get(v)) for k, v in sharded.items()})
         outputs = {f"sharded/{k}": v for k, v in sharded.items()}
         outputs["sharded_devices"] = devices
 

@@ -171,10 +171,12 @@ def merge_split_sources(tiles: dict, threshold: float = 0.5, max_passes: int = 4
     out = dict(tiles)
     on = np.array(tiles["tile_has_source"], dtype=bool)
     prob = np.array(tiles["prob_source"], dtype=np.float64)
-    n, th, tw = on.shape
+    _, th, tw = on.shape
     if th < 2 or tw < 2:
         return out
     log_off = np.log1p(-np.clip(prob, 0.0, 1.0 - 1e-12))
+    order = np.arange((th - 1) * (tw - 1)).reshape(th - 1, tw - 1)  # row-major rank of each window: ties
+    padded_order = np.pad(order, 1, constant_values=-1)
     for _ in range(max_passes):
         # windows [N, Th-1, Tw-1]: top-left tile (i, j)
         none = np.exp(log_off[:, :-1, :-1] + log_off[:, :-1, 1:] + log_off[:, 1:, :-1] + log_off[:, 1:, 1:])
@@ -185,8 +187,6 @@ def merge_split_sources(tiles: dict, threshold: float = 0.5, max_passes: int = 4
         # a candidate wins if no window sharing a tile (within one window step) has a smaller P(none);
         # ties go to the first in row-major order
         padded = np.pad(score, ((0, 0), (1, 1), (1, 1)), constant_values=np.inf)
-        order = np.arange(score[0].size).reshape(score.shape[1:])
-        padded_order = np.pad(order, 1, constant_values=-1)
         wins = np.isfinite(score)
         for di in (-1, 0, 1):
             for dj in (-1, 0, 1):

@@ -282,7 +282,11 @@ class Predictor:
         else:
             for i in range(len(images)):
                 parts.append(self._chunked(images[i], background[i], psf_params[i], image_offset + i, chunk))
-        tiles = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self.read_tiles({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+
+    def read_tiles(self, tiles: dict) -> dict[str, np.ndarray]:
+        """The network's per-tile mode and summaries (numpy, whole images) read as ``posterior.decode`` says:
+        as they are (``"tile"``) or with split sources merged (``"group"``, :func:`merge_split_sources`)."""
         return merge_split_sources(tiles) if self.decode == "group" else tiles
 
     def _sources(self, images, background, psf_params, min_prob, batch_size, chunk_size, image_offset) -> dict:

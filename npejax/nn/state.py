@@ -24,6 +24,11 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
+def num_parameters(params) -> int:
+    """Number of scalars in a parameter tree (``state.params`` or ``variables["params"]``)."""
+    return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
+
+
 def learning_rate_schedule(config, steps_per_epoch: int):
     """Step -> learning rate: ``train.learning_rate``, times ``train.lr_decay`` from epoch ``train.lr_decay_epoch``."""
     boundary = int(config.train.lr_decay_epoch) * steps_per_epoch
