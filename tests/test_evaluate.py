@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from astropy import table as table_lib
 
-from configs import experiment_cpu, psf_aware, psf_unaware, single_field
+from configs import cpu, experiment_cpu, experiment_cpu30, psf_aware, psf_unaware, single_field
 from npejax import catalogs as catalog
 from npejax import datasets
 from npejax import evaluate as evaluate_cmd
 from npejax.evaluation import baseline, evaluate, experiment as experiment_lib, metrics, snr
+from npejax.nn import checkpoints
 from npejax.nn.posterior import tiles_to_sources
 from npejax.nn.predictor import Predictor
 from npejax.schema import METRIC_LABELS
@@ -354,6 +355,16 @@ def test_network_configs_come_from_their_config_files():
     assert config.network.model.variant == "psf_aware"  # the shared config is not modified
     with pytest.raises(ValueError, match="config.networks='single,big'"):
         experiment_lib._names("single,big", list(config.network_settings), "networks")
+
+
+def test_experiment_at_cpu_size_trains_configs_cpu_and_shares_the_test_sets():
+    """configs/experiment_cpu30.py: its checkerboard network is configs/cpu.py exactly, and it differs from
+    experiment_cpu.py only in the training images, so the two share test sets (the --out's test-{many,one})."""
+    config = experiment_cpu30.get_config()
+    assert experiment_lib.network_config(config, "aware_cb").to_dict() == cpu.get_config().to_dict()
+    small = experiment_cpu.get_config()
+    differences = checkpoints.config_differences(small.to_dict(), config.to_dict(), ignore=())
+    assert differences == ["network.train.images_per_epoch: 1280 -> 6656"]
 
 
 # --- degenerate inputs -------------------------------------------------------------------------------

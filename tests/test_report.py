@@ -60,7 +60,7 @@ def test_headline_table_has_a_ceiling_row():
     r["ceiling"] = dict(headline=dict(value=0.95432, std=0.0021, pooled=0.9611, pooled_std=0.001, bins=10,
                                       count=1234))
     lines = report.headline_table(r).split("\n")
-    assert lines[-2] == ("| r-band ceiling (ideal test), 1234 galaxies | - | - | [0.954 ± 0.002] pooled 0.961 "
+    assert lines[-2] == ("| r-band ceiling (ideal test), 1234 galaxies in the reference bins | - | - | [0.954 ± 0.002] pooled 0.961 "
                          "| - | - | - |")
     assert lines[-1] == PAPER
 

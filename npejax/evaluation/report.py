@@ -293,7 +293,8 @@ def headline_table(results: dict, with_paper: bool = True) -> str:
         entries = {"accuracy": dict(value=ceiling["value"], std=ceiling["std"], bins=ceiling["bins"]),
                    "accuracy" + POOLED: dict(value=ceiling["pooled"])}
         cells = [_headline_cell(key, entries, 3, True) if key == "accuracy" else "-" for key, *_ in HEADLINE]
-        lines.append(f"| {_label(CEILING)}, {ceiling['count']} galaxies | " + " | ".join(cells) + " |")
+        label = f"{_label(CEILING)}, {ceiling['count']} galaxies in the reference bins"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if with_paper:
         lines.append("| paper, PSF-aware (p_many, 42k images) | " + " | ".join(p for *_, p in HEADLINE) + " |")
     return "\n".join(lines)
@@ -415,7 +416,8 @@ def _ceiling_paragraph(ceiling: dict) -> list[str]:
         f"**{_label(CEILING)}**: the star/galaxy accuracy of an ideal test that knows each galaxy's position, "
         "flux and shape and compares it with its best-fitting star under the image's pixel noise (Bayes-optimal "
         "at the bin's galaxy fraction; `npejax.evaluation.ceiling`), from this test set's own galaxies "
-        f"({opts.get('num_galaxies', 'n/a')} of them, at most {opts.get('max_per_bin', 'n/a')} per bin; ± its "
+        f"({opts.get('num_galaxies', 'n/a')} of them over all binnings, at most {opts.get('max_per_bin', 'n/a')} "
+        "per bin of each; ± its "
         "Monte Carlo error). A network that sees only r-band pixels cannot beat it, up to that error and the "
         "approximations stated in `npejax.evaluation.ceiling`; it is the dotted line in the accuracy panels "
         "and a row of the accuracy tables. The gap between a network and this row is what better networks can "
