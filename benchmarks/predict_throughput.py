@@ -218,7 +218,7 @@ def fresh_predictor(config, seed: int, sample) -> predictor_lib.Predictor:
     (images, background, psf_params)."""
     net = model_lib.from_config(config)
     state = state_lib.create_state(config, net, 1, jax.random.key(seed))
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = state_lib.eval_variables(state)
     return predictor_lib.Predictor(config, variables, inputs_lib.Normalizer.fit(*sample),
                                    source="a freshly initialised network")
 

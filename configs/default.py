@@ -91,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.learning_rate = 1e-3
     config.train.lr_decay = 0.1
     config.train.lr_decay_epoch = 32
+    # Exponential moving average of the parameters, decay per step (npejax.nn.state): validation, the best
+    # checkpoint and prediction use the average, which smooths out Adam's step-to-step noise. 0: none (paper).
+    config.train.ema_decay = 0.0
     config.train.patience = 10  # epochs without validation improvement before stopping (>= 1)
     config.train.augment = True  # random 90-degree rotations and flips
     config.train.normalizer_images = 512  # training images used for the input statistics

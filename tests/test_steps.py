@@ -145,3 +145,48 @@ def test_bfloat16_trains_like_float32(tiny):
     rel = np.abs(bf16 - f32) / np.abs(f32)
     assert rel.max() < 0.02, rel
     assert bf16[-3:].mean() < bf16[:3].mean() - 1.0 and f32[-3:].mean() < f32[:3].mean() - 1.0
+
+
+def test_moving_average_of_the_parameters(tiny, load_config):
+    """train.ema_decay: the parameters follow the same path as without the average; ema_params is the
+    recursion e <- d_n e + (1 - d_n) p_n with d_n = min(d, (1 + n) / (10 + n)) over that path, computed here by
+    hand; the eval step and the variables a checkpoint serves for prediction are the average's."""
+    config, state, batch, normalizer = tiny
+    averaged = state_lib.create_state(_with(config, ema_decay=0.9), model.from_config(config), 100,
+                                      jax.random.key(0))
+    assert not hasattr(state, "ema_params") and state_lib.eval_variables(state)["params"] is state.params
+    step = jax.jit(functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant,
+                                     do_augment=False))
+    expected = jax.tree_util.tree_map(np.asarray, averaged.params)
+    plain = state
+    for n in range(4):
+        plain, _ = step(plain, batch, jax.random.key(1))
+        averaged, _ = step(averaged, batch, jax.random.key(1))
+        d = min(0.9, (1 + n) / (10 + n))  # 0.1, 0.18, 0.25, 0.31: the warm-up, not yet 0.9
+        expected = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected, averaged.params)
+    for a, b in zip(jax.tree_util.tree_leaves(plain.params), jax.tree_util.tree_leaves(averaged.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the average does not steer training
+    for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(averaged.ema_params)):
+        np.testing.assert_allclose(np.asarray(b), a, rtol=1e-5, atol=1e-7)
+    assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree_util.tree_leaves(averaged.params),
+                                                      jax.tree_util.tree_leaves(averaged.ema_params)))
+    # the eval step scores the average, not the parameters
+    as_average = plain.replace(params=averaged.ema_params)
+    np.testing.assert_allclose(float(steps.eval_step(averaged, batch, normalizer, config.model.variant)),
+                               float(steps.eval_step(as_average, batch, normalizer, config.model.variant)), rtol=1e-6)
+    assert float(steps.eval_step(averaged, batch, normalizer, config.model.variant)) != pytest.approx(
+        float(steps.eval_step(plain, batch, normalizer, config.model.variant)), rel=1e-6)
+
+
+def _with(config, **train):
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.train.update(train)
+    return config
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
+def test_ema_decay_outside_zero_one_is_refused(load_config, value):
+    config = _with(load_config("cpu_small"), ema_decay=value)
+    with pytest.raises(ValueError, match=r"train.ema_decay=.*must be in \[0, 1\)"):
+        train.validate_config(config)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -116,6 +117,39 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, tiny_config
     rows = (tmp_path / "metrics.csv").read_text()
     again = train.train_and_evaluate(config, str(tmp_path))
     assert again["epochs"] == 2 and (tmp_path / "metrics.csv").read_text() == rows
+
+
+def _stored_state_keys(workdir) -> list:
+    with checkpoints._existing_manager(str(workdir / "checkpoints" / "latest")) as manager:
+        return sorted(manager.item_metadata(manager.latest_step())["state"].keys())
+
+
+def test_checkpoint_layout_without_the_average_is_the_earlier_one(tmp_path, tiny_config):
+    """Without train.ema_decay the state's checkpoint holds exactly the four items every earlier checkpoint
+    holds, so that those keep loading (an added state field, even None, breaks their restore)."""
+    config = tiny_config()
+    config.train.num_epochs = 1
+    train.train_and_evaluate(config, str(tmp_path))
+    assert _stored_state_keys(tmp_path) == ["batch_stats", "opt_state", "params", "step"]
+
+
+def test_moving_average_is_what_the_checkpoint_serves(tmp_path, tiny_config):
+    """train.ema_decay: the checkpoint keeps params and their average; prediction loads the average, and a
+    resume with another decay is refused (the key is not resumable)."""
+    config = tiny_config()
+    config.train.num_epochs = 1
+    config.train.ema_decay = 0.5
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    state = summary["state"]
+    assert _stored_state_keys(tmp_path) == ["batch_stats", "ema_params", "opt_state", "params", "step"]
+    _, variables, _ = checkpoints.load(str(tmp_path), "latest")
+    for a, b in zip(jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(state.ema_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(bool(np.any(np.asarray(a) != np.asarray(b))) for a, b in zip(
+        jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(state.params)))
+    config.train.ema_decay = 0.9
+    with pytest.raises(ValueError, match="train.ema_decay: 0.5 -> 0.9"):
+        train.train_and_evaluate(config, str(tmp_path))
 
 
 def test_training_from_cached_datasets(tmp_path, tiny_config):

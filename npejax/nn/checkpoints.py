@@ -394,7 +394,8 @@ def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]
 # Keys added since configs were first saved, at the values that reproduce what an older config trained:
 # independent tiles (the only kind before posterior.context), the 5 x 5 first stem block, no aperture flux.
 ADDED_KEYS = {"posterior": {"context": "independent", "colours": 2, "context_width": 16},
-              "model.stem_kernel": 5, "model.aperture_flux": False, "posterior.decode": "tile"}
+              "model.stem_kernel": 5, "model.aperture_flux": False, "posterior.decode": "tile",
+              "train.ema_decay": 0.0}
 
 
 def upgrade_config(config: dict) -> dict:
@@ -430,7 +431,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load(workdir: str, which: str = "best"):
     """(config, variables, normalizer) of ``workdir``'s ``best`` or ``latest`` checkpoint, for prediction;
-    ``variables`` = {"params", "batch_stats"}. CheckpointError for a missing or foreign directory, a damaged
+    ``variables`` = {"params", "batch_stats"} (the parameters' moving average with ``train.ema_decay``,
+    :func:`npejax.nn.state.eval_variables`). CheckpointError for a missing or foreign directory, a damaged
     checkpoint file, or a checkpoint that does not match the saved config (or its model)."""
     workdir = os.path.abspath(workdir)
     if not os.path.isdir(workdir):
@@ -466,5 +468,4 @@ def load(workdir: str, which: str = "best"):
                                           abstract)
         state, meta = restore(manager, abstract, step, verify=False,
                               where=f"checkpoint {directory} (workdir {workdir})")
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return config, variables, inputs_lib.Normalizer.from_dict(meta["normalizer"])
+    return config, state_lib.eval_variables(state), inputs_lib.Normalizer.from_dict(meta["normalizer"])

@@ -11,7 +11,8 @@ true tile catalog (teacher forcing, :class:`npejax.nn.model.CatalogNet`), so the
 * :func:`train_step` -- one Adam step (batch-norm statistics updated), after a random rotation by a
   multiple of 90 degrees and flip per image when ``do_augment`` (:func:`augment`; the tile catalog is
   transformed with the image). The augmentation key is ``fold_in(key, state.step)``.
-* :func:`eval_step` -- the NLL summed over images and tiles, batch-norm running statistics.
+* :func:`eval_step` -- the NLL summed over images and tiles, batch-norm running statistics (and the
+  parameters' moving average where the state keeps one, :func:`npejax.nn.state.eval_variables`).
 * :func:`train_steps` -- K train steps in one call (``jax.lax.scan`` of :func:`train_step`) on K batches
   stacked on a leading axis ([K, B, ...]); :func:`resident_train_steps` the same on batches gathered from a
   training set held on the devices (index rows [K, B]). Both give the state of K :func:`train_step` calls
@@ -34,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from npejax.nn import inputs as inputs_lib
 from npejax.nn.posterior import TilePosterior
-from npejax.nn.state import TrainState
+from npejax.nn.state import TrainState, eval_variables
 from npejax.schema import NETWORK_KEYS, SPATIAL_KEYS
 
 DATA_AXIS = "data"
@@ -113,8 +114,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, normalizer: input
 
 def eval_step(state: TrainState, batch: dict, normalizer: inputs_lib.Normalizer, variant: str) -> jax.Array:
     """The NLL of ``batch`` summed over images and tiles (divide by the number of images for the mean)."""
-    out = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                         features(batch, normalizer, variant), train=False, tiles=batch)
+    out = state.apply_fn(eval_variables(state), features(batch, normalizer, variant), train=False, tiles=batch)
     return jnp.sum(TilePosterior.from_params(out).tile_nll(batch))
 
 

@@ -124,6 +124,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
             raise ValueError(f"train.{key}={train[key]}: must be a positive number")
     if int(train.lr_decay_epoch) < 0:
         raise ValueError(f"train.lr_decay_epoch={train.lr_decay_epoch}: must be >= 0")
+    if not 0.0 <= float(train.ema_decay) < 1.0:
+        raise ValueError(f"train.ema_decay={train.ema_decay}: must be in [0, 1) (0: no moving average)")
     check_input_path(config)
     if not config.data.train_dir and int(train.images_per_epoch) < int(train.batch_size):
         raise ValueError(f"train.images_per_epoch={train.images_per_epoch} is smaller than train.batch_size="
@@ -515,7 +517,7 @@ def validation_figure(config, net, normalizer: inputs_lib.Normalizer, val_batch:
     mode = jax.jit(lambda variables: TilePosterior.from_params(net.apply(variables, feats, train=False)).mode())
 
     def draw(state, epoch: int) -> np.ndarray:
-        variables = distributed.local_copy({"params": state.params, "batch_stats": state.batch_stats})
+        variables = distributed.local_copy(state_lib.eval_variables(state))
         predicted = tiles_to_sources(jax.device_get(mode(variables)), tile)
         image = first["images"][0]
         scale = max(float(np.quantile(np.abs(image), 0.5)), 1e-6)
