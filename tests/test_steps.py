@@ -148,30 +148,35 @@ def test_bfloat16_trains_like_float32(tiny):
 
 
 def test_moving_average_of_the_parameters(tiny, load_config):
-    """train.ema_decay: the parameters follow the same path as without the average; ema_params is the
-    recursion e <- d_n e + (1 - d_n) p_n with d_n = min(d, (1 + n) / (10 + n)) over that path, computed here by
-    hand; the eval step and the variables a checkpoint serves for prediction are the average's."""
+    """train.ema_decay: the parameters follow the same path as without the average; ema_params and
+    ema_batch_stats are the recursion e <- d_n e + (1 - d_n) p_n with d_n = min(d, (1 + n) / (10 + n)) over
+    that path, computed here by hand; the eval step scores the averages."""
     config, state, batch, normalizer = tiny
     averaged = state_lib.create_state(_with(config, ema_decay=0.9), model.from_config(config), 100,
                                       jax.random.key(0))
     assert not hasattr(state, "ema_params") and state_lib.eval_variables(state)["params"] is state.params
     step = jax.jit(functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant,
                                      do_augment=False))
-    expected = jax.tree_util.tree_map(np.asarray, averaged.params)
+    as_numpy = functools.partial(jax.tree_util.tree_map, np.asarray)
+    expected = as_numpy({"params": averaged.params, "batch_stats": averaged.batch_stats})
     plain = state
     for n in range(4):
         plain, _ = step(plain, batch, jax.random.key(1))
         averaged, _ = step(averaged, batch, jax.random.key(1))
         d = min(0.9, (1 + n) / (10 + n))  # 0.1, 0.18, 0.25, 0.31: the warm-up, not yet 0.9
-        expected = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected, averaged.params)
-    for a, b in zip(jax.tree_util.tree_leaves(plain.params), jax.tree_util.tree_leaves(averaged.params)):
+        now = as_numpy({"params": averaged.params, "batch_stats": averaged.batch_stats})
+        expected = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, expected, now)
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves((plain.params, plain.batch_stats)), leaves((averaged.params, averaged.batch_stats))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the average does not steer training
-    for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(averaged.ema_params)):
+    got = state_lib.eval_variables(averaged)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected)
+    for a, b in zip(leaves(expected), leaves(got)):
         np.testing.assert_allclose(np.asarray(b), a, rtol=1e-5, atol=1e-7)
-    assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree_util.tree_leaves(averaged.params),
-                                                      jax.tree_util.tree_leaves(averaged.ema_params)))
-    # the eval step scores the average, not the parameters
-    as_average = plain.replace(params=averaged.ema_params)
+    assert any(bool(jnp.any(a != b)) for a, b in zip(leaves(averaged.params), leaves(got["params"])))
+    assert any(bool(jnp.any(a != b)) for a, b in zip(leaves(averaged.batch_stats), leaves(got["batch_stats"])))
+    # the eval step scores the averages, not the live parameters and statistics
+    as_average = plain.replace(params=got["params"], batch_stats=got["batch_stats"])
     np.testing.assert_allclose(float(steps.eval_step(averaged, batch, normalizer, config.model.variant)),
                                float(steps.eval_step(as_average, batch, normalizer, config.model.variant)), rtol=1e-6)
     assert float(steps.eval_step(averaged, batch, normalizer, config.model.variant)) != pytest.approx(

@@ -141,9 +141,11 @@ def test_moving_average_is_what_the_checkpoint_serves(tmp_path, tiny_config):
     config.train.ema_decay = 0.5
     summary = train.train_and_evaluate(config, str(tmp_path))
     state = summary["state"]
-    assert _stored_state_keys(tmp_path) == ["batch_stats", "ema_params", "opt_state", "params", "step"]
+    assert _stored_state_keys(tmp_path) == ["batch_stats", "ema_batch_stats", "ema_params", "opt_state", "params",
+                                            "step"]
     _, variables, _ = checkpoints.load(str(tmp_path), "latest")
-    for a, b in zip(jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(state.ema_params)):
+    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(
+            {"params": state.ema_params, "batch_stats": state.ema_batch_stats})):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert any(bool(np.any(np.asarray(a) != np.asarray(b))) for a, b in zip(
         jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(state.params)))
