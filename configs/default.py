@@ -91,8 +91,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.learning_rate = 1e-3
     config.train.lr_decay = 0.1
     config.train.lr_decay_epoch = 32
-    # Exponential moving average of the parameters, decay per step (npejax.nn.state): validation, the best
-    # checkpoint and prediction use the average, which smooths out Adam's step-to-step noise. 0: none (paper).
+    # Exponential moving average of the parameters and batch-norm statistics, decay per step (npejax.nn.state):
+    # validation, the best checkpoint and prediction use the averages. 0: none (the paper's).
     config.train.ema_decay = 0.0
     config.train.patience = 10  # epochs without validation improvement before stopping (>= 1)
     config.train.augment = True  # random 90-degree rotations and flips
