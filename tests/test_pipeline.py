@@ -160,7 +160,9 @@ def test_no_orphan_workers_after_interrupt_or_kill(tmp_path, sig):
         pids, _ = _read_children(proc)
         assert len(pids) == 2
         proc.send_signal(sig)
-        proc.wait(timeout=30)
+        # generous: once, in a full-suite run on the 2-core VM, the interrupted run took over 30 s to exit (not
+        # reproduced alone: 4 runs of 14 s for both signals); the test is about orphans, a real hang still fails
+        proc.wait(timeout=90)
         if sig == signal.SIGINT:
             assert "KeyboardInterrupt" in proc.stderr.read()
         assert _wait_gone(pids) == [], f"orphan workers after {sig.name}"

@@ -151,9 +151,10 @@ def test_moving_average_of_the_parameters(tiny, load_config):
     """train.ema_decay: the parameters follow the same path as without the average; ema_params and
     ema_batch_stats are the recursion e <- d_n e + (1 - d_n) p_n with d_n = min(d, (1 + n) / (10 + n)) over
     that path, computed here by hand; the eval step scores the averages."""
-    config, state, batch, normalizer = tiny
-    averaged = state_lib.create_state(_with(config, ema_decay=0.9), model.from_config(config), 100,
-                                      jax.random.key(0))
+    config, _, batch, normalizer = tiny
+    net = model.from_config(config)  # fresh states: other tests donate the fixture's state to jitted steps
+    state = state_lib.create_state(config, net, 100, jax.random.key(0))
+    averaged = state_lib.create_state(_with(config, ema_decay=0.9), net, 100, jax.random.key(0))
     assert not hasattr(state, "ema_params") and state_lib.eval_variables(state)["params"] is state.params
     step = jax.jit(functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant,
                                      do_augment=False))
