@@ -431,7 +431,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load(workdir: str, which: str = "best"):
     """(config, variables, normalizer) of ``workdir``'s ``best`` or ``latest`` checkpoint, for prediction;
-    ``variables`` = {"params", "batch_stats"} (the parameters' moving average with ``train.ema_decay``,
+    ``variables`` = {"params", "batch_stats"} (their moving averages with ``train.ema_decay``,
     :func:`npejax.nn.state.eval_variables`). CheckpointError for a missing or foreign directory, a damaged
     checkpoint file, or a checkpoint that does not match the saved config (or its model)."""
     workdir = os.path.abspath(workdir)

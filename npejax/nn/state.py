@@ -39,9 +39,9 @@ class TrainState(train_state.TrainState):
 
 
 class AveragedTrainState(TrainState):
-    """A :class:`TrainState` that also keeps ``ema_params``, the moving average of ``params`` (``train.ema_decay``
-    > 0). A separate class, so that a state without the average has the pytree, and so the checkpoint layout, of
-    every earlier checkpoint."""
+    """A :class:`TrainState` that also keeps ``ema_params`` and ``ema_batch_stats``, the moving averages of
+    ``params`` and ``batch_stats`` (``train.ema_decay`` > 0). A separate class, so that a state without the
+    averages has the pytree, and so the checkpoint layout, of every earlier checkpoint."""
     ema_params: Any = None
     ema_batch_stats: Any = None
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
@@ -50,7 +50,7 @@ class AveragedTrainState(TrainState):
         """Flax's step, then the moving averages of the new parameters and batch-norm statistics with the
         warmed-up decay."""
         new = super().apply_gradients(grads=grads, **kwargs)
-        n = self.step.astype(jnp.float32)
+        n = jnp.asarray(self.step, jnp.float32)  # an int before the first jitted step
         decay = jnp.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
 
         def average(old, now):
@@ -91,7 +91,7 @@ def create_state(config, net, steps_per_epoch: int, key) -> TrainState:
     shape = (1, int(config.image_size), int(config.image_size), channels)
     variables = _init_fn(net, shape)(key)
     tx = optax.adam(learning_rate_schedule(config, steps_per_epoch))
-    decay = float(config.train.get("ema_decay", 0.0))
+    decay = float(config.train.ema_decay)
     if decay > 0:
         return AveragedTrainState.create(apply_fn=net.apply, params=variables["params"], tx=tx,
                                          batch_stats=variables["batch_stats"], ema_decay=decay,

@@ -11,8 +11,8 @@ true tile catalog (teacher forcing, :class:`npejax.nn.model.CatalogNet`), so the
 * :func:`train_step` -- one Adam step (batch-norm statistics updated), after a random rotation by a
   multiple of 90 degrees and flip per image when ``do_augment`` (:func:`augment`; the tile catalog is
   transformed with the image). The augmentation key is ``fold_in(key, state.step)``.
-* :func:`eval_step` -- the NLL summed over images and tiles, batch-norm running statistics (and the
-  parameters' moving average where the state keeps one, :func:`npejax.nn.state.eval_variables`).
+* :func:`eval_step` -- the NLL summed over images and tiles, batch-norm running statistics (or the
+  moving averages of parameters and statistics where the state keeps them, :func:`npejax.nn.state.eval_variables`).
 * :func:`train_steps` -- K train steps in one call (``jax.lax.scan`` of :func:`train_step`) on K batches
   stacked on a leading axis ([K, B, ...]); :func:`resident_train_steps` the same on batches gathered from a
   training set held on the devices (index rows [K, B]). Both give the state of K :func:`train_step` calls
