@@ -13,7 +13,6 @@ pixel, Jonker-Volgenant per image). The test set is simulated once with the firs
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -33,8 +32,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_multi_string("workdir", [], "NAME=DIR: a training directory (repeatable).", flag_values=fv)
     flags.DEFINE_integer("num-images", 500, "Test images.", lower_bound=1, flag_values=fv)
     flags.DEFINE_enum("prior", "many", list(FIELD_PRIORS), "Test-set field prior.", flag_values=fv)
-    flags.DEFINE_string("test-dir", None, "Cached test set (default /tmp/npejax-bright-test-PRIOR-N).",
-                        flag_values=fv)
+    flags.DEFINE_string("test-dir", None, "Cached test set (default /tmp/npejax-bright-test-PRIOR-N).", flag_values=fv)
     flags.DEFINE_float("max-mag", 19.0, "r magnitude cut.", flag_values=fv)
     flags.DEFINE_boolean("sep", False, "Also Source Extractor (sep).", flag_values=fv)
     flags.DEFINE_string("json", None, "Also write the results here.", flag_values=fv)
@@ -50,8 +48,14 @@ def bright_metrics(truth, pred, num_images: int, max_mag: float, prob_threshold:
     bright_pred = (pred_mag < max_mag) & (prob > prob_threshold)
     n_true, n_pred = int(bright_true.sum()), int(bright_pred.sum())
     found, right = int((t2p[bright_true] >= 0).sum()), int((p2t[bright_pred] >= 0).sum())
-    return dict(recall=found / n_true if n_true else float("nan"), num_true=n_true, found=found,
-                precision=right / n_pred if n_pred else float("nan"), num_detections=n_pred, correct=right)
+    return dict(
+        recall=found / n_true if n_true else float("nan"),
+        num_true=n_true,
+        found=found,
+        precision=right / n_pred if n_pred else float("nan"),
+        num_detections=n_pred,
+        correct=right,
+    )
 
 
 def run(fv: flags.FlagValues) -> None:
@@ -61,22 +65,30 @@ def run(fv: flags.FlagValues) -> None:
     n = fv["num-images"].value
     test_dir = fv["test-dir"].value or f"/tmp/npejax-bright-test-{fv.prior}-{n}"
     config = checkpoints.load_config(next(iter(workdirs.values()))) if workdirs else None
-    test = evaluate.load_test_set(test_dir, n, fv.prior, config, progress=False) if config is not None \
+    test = (
+        evaluate.load_test_set(test_dir, n, fv.prior, config, progress=False)
+        if config is not None
         else evaluate.load_test_set(test_dir)
+    )
     results = {}
     for name, workdir in workdirs.items():
-        results[name] = bright_metrics(test.truth, evaluate.network_catalog(workdir, test), len(test.dataset),
-                                       fv["max-mag"].value)
+        results[name] = bright_metrics(
+            test.truth, evaluate.network_catalog(workdir, test), len(test.dataset), fv["max-mag"].value
+        )
     if fv.sep:
-        results["sep"] = bright_metrics(test.truth, evaluate.baseline_catalog(test), len(test.dataset),
-                                        fv["max-mag"].value)
+        results["sep"] = bright_metrics(
+            test.truth, evaluate.baseline_catalog(test), len(test.dataset), fv["max-mag"].value
+        )
     for name, r in results.items():
-        print(f"{name}: r < {fv['max-mag'].value:g} on {len(test.dataset)} test images ({test_dir}): "
-              f"recall {r['recall']:.3f} ({r['found']}/{r['num_true']}), "
-              f"precision {r['precision']:.3f} ({r['correct']}/{r['num_detections']})")
+        print(
+            f"{name}: r < {fv['max-mag'].value:g} on {len(test.dataset)} test images ({test_dir}): "
+            f"recall {r['recall']:.3f} ({r['found']}/{r['num_true']}), "
+            f"precision {r['precision']:.3f} ({r['correct']}/{r['num_detections']})"
+        )
     if fv.json:
-        io.write_json(fv.json, dict(test_dir=test_dir, num_images=len(test.dataset), max_mag=fv["max-mag"].value,
-                                    results=results))
+        io.write_json(
+            fv.json, dict(test_dir=test_dir, num_images=len(test.dataset), max_mag=fv["max-mag"].value, results=results)
+        )
 
 
 if __name__ == "__main__":

@@ -82,8 +82,10 @@ def _reference(params, x, y, trunc, shape):
 def single_stars(config, bank):
     shape = (config.image_size, config.image_size)
     rc = render.RenderConfig.from_config(config.render)
-    renderers = {m: render.Renderer(bank, shape, dataclasses.replace(rc, noise="none", method=m))
-                 for m in ("kspace", "drawimage")}
+    renderers = {
+        m: render.Renderer(bank, shape, dataclasses.replace(rc, noise="none", method=m))
+        for m in ("kspace", "drawimage")
+    }
     rows = []
     for field in FIELDS:
         to_e = float(bank.to_electrons(field))
@@ -91,20 +93,26 @@ def single_stars(config, bank):
         limit = renderers["kspace"]._star_kspace_limit(field)  # electrons
         for where, (x, y) in POSITIONS.items():
             ref = _reference(bank.psf_params[field], x, y, rc.psf_trunc_pixels, shape)
-            yy, xx = np.mgrid[:shape[0], :shape[1]] + 0.5
+            yy, xx = np.mgrid[: shape[0], : shape[1]] + 0.5
             outside = np.hypot(xx - x, yy - y) > rc.psf_trunc_pixels + 1.5  # wholly beyond the truncation
             for mag in MAGS:
                 flux = float(catalogs.mag_to_flux(mag))
                 star = _one_star(x, y, flux)
                 image = renderers["kspace"].source_electrons(star, field) / to_e
                 sigma = np.sqrt(sky + np.maximum(ref * flux * to_e, 0)) / to_e  # pixel noise, nmgy
-                row = dict(field=field, where=where, mag=mag, flux=flux, inside_fraction=float(ref.sum()),
-                           sum_over_expected=float(image.sum() / (flux * ref.sum())),
-                           max_error_sigma=float(np.abs(image - flux * ref).max() / sigma.min()),
-                           max_error_sigma_local=float((np.abs(image - flux * ref) / sigma).max()),
-                           beyond_trunc_sigma=float((np.abs(image) / sigma)[outside].max()),
-                           path="real" if flux * to_e > limit else "kspace",
-                           stamp=int(renderers["kspace"]._star_kimage(field)[3]))
+                row = dict(
+                    field=field,
+                    where=where,
+                    mag=mag,
+                    flux=flux,
+                    inside_fraction=float(ref.sum()),
+                    sum_over_expected=float(image.sum() / (flux * ref.sum())),
+                    max_error_sigma=float(np.abs(image - flux * ref).max() / sigma.min()),
+                    max_error_sigma_local=float((np.abs(image - flux * ref) / sigma).max()),
+                    beyond_trunc_sigma=float((np.abs(image) / sigma)[outside].max()),
+                    path="real" if flux * to_e > limit else "kspace",
+                    stamp=int(renderers["kspace"]._star_kimage(field)[3]),
+                )
                 if mag == 9.0:
                     ref_image = renderers["drawimage"].source_electrons(star, field) / to_e
                     row["drawimage_sum_over_expected"] = float(ref_image.sum() / (flux * ref.sum()))
@@ -134,16 +142,16 @@ def batches(config, bank, num_batches, batch_size, seed):
         cfg = default.get_config()
         cfg.prior.star_flux = (cfg.prior.star_flux[0], c, *cfg.prior.star_flux[2:])
         specs[name] = pipeline.SimulationSpec.from_config(cfg, seed=seed, batch_size=batch_size, bank=bank)
-    renderers = {name: render.Renderer(bank, spec.prior.image_shape, spec.render)
-                 for name, spec in specs.items()}
+    renderers = {name: render.Renderer(bank, spec.prior.image_shape, spec.render) for name, spec in specs.items()}
     logs = {name: _StampLog(r) for name, r in renderers.items()}
     setup = {}
     for name, spec in specs.items():  # warm the per-field tables and star caches of every field: timed apart
         pipeline.simulate_batch(spec, 10_000, renderers[name])
         with threadpoolctl.threadpool_limits(1):
             c = time.process_time()
-            limits = [(renderers[name]._star_kimage(f), renderers[name]._star_kspace_limit(f))[1]
-                      for f in range(len(bank))]
+            limits = [
+                (renderers[name]._star_kimage(f), renderers[name]._star_kspace_limit(f))[1] for f in range(len(bank))
+            ]
             setup[name] = (time.process_time() - c) / len(bank)
         logs[name].needed.clear(), logs[name].used.clear()
     seconds, cpu_seconds = collections.defaultdict(float), collections.defaultdict(float)
@@ -168,14 +176,20 @@ def batches(config, bank, num_batches, batch_size, seed):
     for name in specs:
         brightest = np.concatenate(stats[name])
         needed, used = np.array(logs[name].needed), np.array(logs[name].used)
-        out[name] = dict(images=int(brightest.size), seconds=seconds[name],
-                         images_per_s=brightest.size / seconds[name],
-                         images_per_cpu_s=brightest.size / cpu_seconds[name],
-                         frac_images_star_brighter_r15=float((brightest < 15).mean()),
-                         frac_images_star_brighter_r12=float((brightest < 12).mean()),
-                         brightest_star_r=float(brightest.min()), images_with_nan=nan_images[name],
-                         largest_stamp=int(used.max()), largest_needed=float(needed.max()),
-                         stamps_capped=int((needed > cap).sum()), stamp_calls=int(needed.size))
+        out[name] = dict(
+            images=int(brightest.size),
+            seconds=seconds[name],
+            images_per_s=brightest.size / seconds[name],
+            images_per_cpu_s=brightest.size / cpu_seconds[name],
+            frac_images_star_brighter_r15=float((brightest < 15).mean()),
+            frac_images_star_brighter_r12=float((brightest < 12).mean()),
+            brightest_star_r=float(brightest.min()),
+            images_with_nan=nan_images[name],
+            largest_stamp=int(used.max()),
+            largest_needed=float(needed.max()),
+            stamps_capped=int((needed > cap).sum()),
+            stamp_calls=int(needed.size),
+        )
     return out
 
 
@@ -205,9 +219,11 @@ def main():
     parser.add_argument("--images", type=int, default=320, help="images per prior (multiple of --batch-size)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kspace-stars", action="store_true",
-                        help="draw every star with the k-space stamp (the renderer before its real-space path), "
-                             "for comparison")
+    parser.add_argument(
+        "--kspace-stars",
+        action="store_true",
+        help="draw every star with the k-space stamp (the renderer before its real-space path), for comparison",
+    )
     parser.add_argument("--skip-single", action="store_true", help="only the batch timing")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -219,36 +235,48 @@ def main():
     results = dict(machine=f"{platform.node()} ({os.cpu_count()} cores)")
     if not args.skip_single:
         results["single"] = single_stars(config, bank)
-        print("single noiseless stars: sum / expected in image; max |error| / pixel noise (global; local); "
-              "beyond the truncation / noise; path")
+        print(
+            "single noiseless stars: sum / expected in image; max |error| / pixel noise (global; local); "
+            "beyond the truncation / noise; path"
+        )
         for row in results["single"]:
-            line = (f"  field {row['field']:3d} {row['where']:6s} r {row['mag']:4.1f} in-image "
-                    f"{row['inside_fraction']:.4f} sum/exp {row['sum_over_expected']:.6f}  err "
-                    f"{row['max_error_sigma']:.3g} / {row['max_error_sigma_local']:.3g} sigma  beyond "
-                    f"{row['beyond_trunc_sigma']:.3g} sigma  {row['path']:6s} (k-space stamp {row['stamp']})")
+            line = (
+                f"  field {row['field']:3d} {row['where']:6s} r {row['mag']:4.1f} in-image "
+                f"{row['inside_fraction']:.4f} sum/exp {row['sum_over_expected']:.6f}  err "
+                f"{row['max_error_sigma']:.3g} / {row['max_error_sigma_local']:.3g} sigma  beyond "
+                f"{row['beyond_trunc_sigma']:.3g} sigma  {row['path']:6s} (k-space stamp {row['stamp']})"
+            )
             if "drawimage_sum_over_expected" in row:
-                line += (f"  drawImage sum/exp {row['drawimage_sum_over_expected']:.6f} "
-                         f"err {row['drawimage_max_error_sigma_local']:.2f} sigma")
+                line += (
+                    f"  drawImage sum/exp {row['drawimage_sum_over_expected']:.6f} "
+                    f"err {row['drawimage_max_error_sigma_local']:.2f} sigma"
+                )
             print(line)
         results["stamp_cap"] = stamp_cap(config, bank)
-        print(f"max_stamp_size 256 vs 1024, {results['stamp_cap']['images']} images: largest difference "
-              f"{results['stamp_cap']['max_difference_sigma']:.2g} sigma")
+        print(
+            f"max_stamp_size 256 vs 1024, {results['stamp_cap']['images']} images: largest difference "
+            f"{results['stamp_cap']['max_difference_sigma']:.2g} sigma"
+        )
     results["batches"] = batches(config, bank, args.images // args.batch_size, args.batch_size, args.seed)
     print(f"simulate_batch, one core, {args.images} images per prior, seed {args.seed}:")
     lim = results["kspace_limit_r"] = results["batches"].pop("kspace_limit_r")
     if not np.isfinite(lim["max"]):
         print("  every star drawn with the k-space stamp (--kspace-stars)")
     else:
-        print(f"  stars brighter than r {lim['min']:.2f} / {lim['median']:.2f} / {lim['max']:.2f} (min / median / "
-              f"max over the bank's fields) are drawn in real space; per-field set-up "
-              f"{lim['setup_ms_per_field']:.2f} CPU ms (star stamp and switch, once)")
+        print(
+            f"  stars brighter than r {lim['min']:.2f} / {lim['median']:.2f} / {lim['max']:.2f} (min / median / "
+            f"max over the bank's fields) are drawn in real space; per-field set-up "
+            f"{lim['setup_ms_per_field']:.2f} CPU ms (star stamp and switch, once)"
+        )
     for name, r in results["batches"].items():
-        print(f"  {name:16s} {r['images_per_s']:7.1f} images/s ({r['images_per_cpu_s']:.1f} per CPU second); "
-              f"star r<15 in {100 * r['frac_images_star_brighter_r15']:.1f}% (r<12 "
-              f"{100 * r['frac_images_star_brighter_r12']:.1f}%) of images, brightest star r "
-              f"{r['brightest_star_r']:.2f}; largest stamp {r['largest_stamp']} (needed "
-              f"{r['largest_needed']:.0f}), capped {r['stamps_capped']} of {r['stamp_calls']}; "
-              f"images with NaN {r['images_with_nan']}")
+        print(
+            f"  {name:16s} {r['images_per_s']:7.1f} images/s ({r['images_per_cpu_s']:.1f} per CPU second); "
+            f"star r<15 in {100 * r['frac_images_star_brighter_r15']:.1f}% (r<12 "
+            f"{100 * r['frac_images_star_brighter_r12']:.1f}%) of images, brightest star r "
+            f"{r['brightest_star_r']:.2f}; largest stamp {r['largest_stamp']} (needed "
+            f"{r['largest_needed']:.0f}), capped {r['stamps_capped']} of {r['stamp_calls']}; "
+            f"images with NaN {r['images_with_nan']}"
+        )
     if args.json:
         io.write_json(args.json, results)
 

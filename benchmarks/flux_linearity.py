@@ -27,7 +27,8 @@ from absl import flags  # noqa: E402
 from npejax import catalogs, cli, io  # noqa: E402
 from npejax.nn import checkpoints, predictor  # noqa: E402
 from npejax.schema import CATALOG_KEYS, FIELD_PRIORS  # noqa: E402
-from npejax.sim import pipeline, render as render_lib  # noqa: E402
+from npejax.sim import pipeline  # noqa: E402
+from npejax.sim import render as render_lib
 
 CENTRE = (38.3, 41.7)  # (y, x) pixels: inside tile (9, 10) of an 80 x 80 image with 4-pixel tiles
 
@@ -61,22 +62,35 @@ def isolated_stars(config, mags, per_mag: int, field_prior: str, seed: int, cent
     origins = spec.bank.sample_crop_origins(rng, n, spec.prior.image_shape)
     images, background = renderer.render(catalog, field, origins, rng)
     tile = (int(centre[0]) // spec.tile_size, int(centre[1]) // spec.tile_size)
-    return dict(images=images, background=background, psf_params=spec.bank.psf_params[field].astype(np.float32),
-                mag=mag, tile=tile)
+    return dict(
+        images=images,
+        background=background,
+        psf_params=spec.bank.psf_params[field].astype(np.float32),
+        mag=mag,
+        tile=tile,
+    )
 
 
 def linearity(workdir: str, data: dict) -> list[dict]:
     """One row per true magnitude: median estimated r, bias, prob_source and the local slope."""
-    tiles = predictor.Predictor.from_workdir(workdir).predict_tiles(data["images"], data["background"],
-                                                                    data["psf_params"])
+    tiles = predictor.Predictor.from_workdir(workdir).predict_tiles(
+        data["images"], data["background"], data["psf_params"]
+    )
     ty, tx = data["tile"]
     est = catalogs.flux_to_mag(tiles["tile_flux"][:, ty, tx])
     prob = tiles["prob_source"][:, ty, tx]
     rows = []
     for m in np.unique(data["mag"]):
         sel = data["mag"] == m
-        rows.append(dict(mag=float(m), est_mag=float(np.median(est[sel])), bias=float(np.median(est[sel]) - m),
-                         spread=float(np.std(est[sel])), prob_source=float(np.median(prob[sel]))))
+        rows.append(
+            dict(
+                mag=float(m),
+                est_mag=float(np.median(est[sel])),
+                bias=float(np.median(est[sel]) - m),
+                spread=float(np.std(est[sel])),
+                prob_source=float(np.median(prob[sel])),
+            )
+        )
     for a, b in zip(rows[:-1], rows[1:]):
         b["slope"] = (b["est_mag"] - a["est_mag"]) / (b["mag"] - a["mag"])
     rows[0]["slope"] = float("nan")
@@ -97,11 +111,12 @@ def run(fv: flags.FlagValues) -> None:
         print(f"{name}: isolated stars, {fv['per-mag'].value} per magnitude, field prior {fv['field-prior'].value}")
         print("  true r   est r    bias  spread  prob   slope")
         for r in rows:
-            print(f"  {r['mag']:6.2f}  {r['est_mag']:6.2f}  {r['bias']:+6.2f}  {r['spread']:6.2f}  "
-                  f"{r['prob_source']:4.2f}  {r['slope']:6.2f}")
+            print(
+                f"  {r['mag']:6.2f}  {r['est_mag']:6.2f}  {r['bias']:+6.2f}  {r['spread']:6.2f}  "
+                f"{r['prob_source']:4.2f}  {r['slope']:6.2f}"
+            )
     if fv.json:
-        io.write_json(fv.json, dict(per_mag=fv["per-mag"].value, field_prior=fv["field-prior"].value,
-                                    results=results))
+        io.write_json(fv.json, dict(per_mag=fv["per-mag"].value, field_prior=fv["field-prior"].value, results=results))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 
 from npejax import io  # noqa: E402
 
-MIB = 2 ** 20
+MIB = 2**20
 
 
 def _fmt(value, digits: int = 1, scale: float = 1.0) -> str:
@@ -55,16 +55,20 @@ def load(paths) -> tuple[list[dict], list[dict]]:
                 raise ValueError(f"{path} is not JSON ({exc}): a run cut off while writing?") from None
         kind = doc.get("benchmark") if isinstance(doc, dict) else None
         if kind not in ("train", "predict"):
-            raise ValueError(f"{path}: 'benchmark' is {kind!r}, expected 'train' or 'predict' (a file of "
-                             "benchmarks/train_throughput.py or predict_throughput.py)")
+            raise ValueError(
+                f"{path}: 'benchmark' is {kind!r}, expected 'train' or 'predict' (a file of "
+                "benchmarks/train_throughput.py or predict_throughput.py)"
+            )
         (train if kind == "train" else predict).append(doc)
     return train, predict
 
 
 def train_table(docs: list[dict]) -> list[str]:
-    lines = ["| config | dtype | batch | images/s | ms/step | GFLOP/image (XLA) | TFLOP/s | % of peak (peak) | "
-             "conv GFLOP/image | conv % of peak | compile s | paper protocol h |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| config | dtype | batch | images/s | ms/step | GFLOP/image (XLA) | TFLOP/s | % of peak (peak) | "
+        "conv GFLOP/image | conv % of peak | compile s | paper protocol h |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for doc in docs:
         for r in doc["results"]:
             peak = f"{_fmt(r.get('mfu'), 1, 100)} ({r['peak_tflops']:g})" if r.get("peak_tflops") else "n/a"
@@ -72,29 +76,42 @@ def train_table(docs: list[dict]) -> list[str]:
                 f"| {_config_name(doc)} | {r['dtype']} | {r['batch_size']} | {_fmt(r['images_per_s'])} | "
                 f"{_fmt(r['ms_per_step'], 2)} | {_fmt(r.get('gflop_per_image'), 3)} | {_fmt(r.get('tflops'), 2)} | "
                 f"{peak} | {_fmt(r.get('conv_gflop_per_image'), 3)} | {_fmt(r.get('conv_mfu'), 1, 100)} | "
-                f"{_fmt(r['compile_s'])} | {_fmt(r.get('paper_protocol_hours'), 2)} |")
+                f"{_fmt(r['compile_s'])} | {_fmt(r.get('paper_protocol_hours'), 2)} |"
+            )
     return lines
 
 
 def predict_table(docs: list[dict]) -> list[str]:
-    lines = ["| config | dtype | images/s, network (batch) | images/s, Predictor | GFLOP/image | frame | chunk | "
-             "frames/s | s/frame | peak memory MiB |",
-             "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| config | dtype | images/s, network (batch) | images/s, Predictor | GFLOP/image | frame | chunk | "
+        "frames/s | s/frame | peak memory MiB |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
     for doc in docs:
         im = doc["images"]
-        head = (f"| {_config_name(doc)} | {doc['dtype']} | {_fmt(im['network_images_per_s'])} ({im['batch_size']}) | "
-                f"{_fmt(im['predict_images_per_s'])} | {_fmt(im.get('gflop_per_image'), 3)} | ")
+        head = (
+            f"| {_config_name(doc)} | {doc['dtype']} | {_fmt(im['network_images_per_s'])} ({im['batch_size']}) | "
+            f"{_fmt(im['predict_images_per_s'])} | {_fmt(im.get('gflop_per_image'), 3)} | "
+        )
         if not doc.get("frames"):
             lines.append(head + f"- | - | - | - | {_fmt(im['peak_bytes'], 0, 1 / MIB)} |")
         for fr in doc.get("frames", []):
-            lines.append(head + f"{fr['frame_shape'][0]} x {fr['frame_shape'][1]} | {fr['chunk_size'] or 'whole'} | "
-                         f"{_fmt(fr['frames_per_s'], 3)} | {_fmt(fr['s_per_frame'], 3)} | "
-                         f"{_fmt(fr['peak_bytes'], 0, 1 / MIB)} |")
+            lines.append(
+                head + f"{fr['frame_shape'][0]} x {fr['frame_shape'][1]} | {fr['chunk_size'] or 'whole'} | "
+                f"{_fmt(fr['frames_per_s'], 3)} | {_fmt(fr['s_per_frame'], 3)} | "
+                f"{_fmt(fr['peak_bytes'], 0, 1 / MIB)} |"
+            )
     return lines
 
 
-def section(train: list[dict], predict: list[dict], title: str = "GPU", command: str | None = None,
-            failed: str = "", date: str | None = None) -> str:
+def section(
+    train: list[dict],
+    predict: list[dict],
+    title: str = "GPU",
+    command: str | None = None,
+    failed: str = "",
+    date: str | None = None,
+) -> str:
     """The markdown section (module doc); ValueError when there is nothing to report."""
     docs = train + predict
     if not docs:
@@ -108,22 +125,31 @@ def section(train: list[dict], predict: list[dict], title: str = "GPU", command:
         out += [f"**Failed or timed out** (no figures): {', '.join(failed.split())}; see their logs.", ""]
     if train:
         steps = sorted({r["steps"] for d in train for r in d["results"]})
-        out += [f"Training step (`benchmarks/train_throughput.py`, {'/'.join(map(str, steps))} timed steps per row). "
-                "GFLOP/image: XLA's cost analysis of the compiled train step (forward, backward, Adam, augmentation); "
-                "conv: its convolutions and matrix products alone, counted from the jaxpr. % of peak: achieved "
-                "TFLOP/s over the dense peak of the devices used (in brackets, per device; float32 is compared with "
-                "the TF32 peak, the precision XLA uses for float32 convolutions on this GPU by default). Paper "
-                "protocol: 10.5M image-steps (210k images x 50 epochs) at this rate, train steps only.", ""]
+        out += [
+            f"Training step (`benchmarks/train_throughput.py`, {'/'.join(map(str, steps))} timed steps per row). "
+            "GFLOP/image: XLA's cost analysis of the compiled train step (forward, backward, Adam, augmentation); "
+            "conv: its convolutions and matrix products alone, counted from the jaxpr. % of peak: achieved "
+            "TFLOP/s over the dense peak of the devices used (in brackets, per device; float32 is compared with "
+            "the TF32 peak, the precision XLA uses for float32 convolutions on this GPU by default). Paper "
+            "protocol: 10.5M image-steps (210k images x 50 epochs) at this rate, train steps only.",
+            "",
+        ]
         out += train_table(train) + [""]
         best = max((r for d in train for r in d["results"]), key=lambda r: r["images_per_s"])
-        out += [f"Fastest: {best['dtype']} at batch {best['batch_size']}, {_fmt(best['images_per_s'])} images/s: "
-                f"the paper's 10.5M image-steps in {_fmt(best['paper_protocol_hours'], 2)} h of train steps.", ""]
+        out += [
+            f"Fastest: {best['dtype']} at batch {best['batch_size']}, {_fmt(best['images_per_s'])} images/s: "
+            f"the paper's 10.5M image-steps in {_fmt(best['paper_protocol_hours'], 2)} h of train steps.",
+            "",
+        ]
     if predict:
-        out += ["Prediction (`benchmarks/predict_throughput.py`): network = the jit-compiled network alone on batches "
-                "already on the device; Predictor = `Predictor.predict_tiles` from host arrays (transfers, posterior "
-                "summaries, checks). Frames: one frame through `predict_tiles` in chunks of the given size (whole: one "
-                "call). Peak memory: " + predict[0]["peak_memory_source"] + ", the process's peak so far (phases in "
-                "table order). Inputs: " + predict[0]["inputs"] + ".", ""]
+        out += [
+            "Prediction (`benchmarks/predict_throughput.py`): network = the jit-compiled network alone on batches "
+            "already on the device; Predictor = `Predictor.predict_tiles` from host arrays (transfers, posterior "
+            "summaries, checks). Frames: one frame through `predict_tiles` in chunks of the given size (whole: one "
+            "call). Peak memory: " + predict[0]["peak_memory_source"] + ", the process's peak so far (phases in "
+            "table order). Inputs: " + predict[0]["inputs"] + ".",
+            "",
+        ]
         out += predict_table(predict) + [""]
     return "\n".join(out)
 

@@ -53,15 +53,19 @@ PATHS = ("simulate", "cached", "on_device", "on_device_k")
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "cpu_small.py"), "Experiment config.",
-                                    flag_values=fv, lock_config=False)
-    flags.DEFINE_integer("steps", 16, "Train steps per epoch (timed: one epoch per path).", lower_bound=1,
-                         flag_values=fv)
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(ROOT, "configs", "cpu_small.py"), "Experiment config.", flag_values=fv, lock_config=False
+    )
+    flags.DEFINE_integer(
+        "steps", 16, "Train steps per epoch (timed: one epoch per path).", lower_bound=1, flag_values=fv
+    )
     flags.DEFINE_integer("warmup", 2, "Untimed step-only steps after compiling.", lower_bound=0, flag_values=fv)
-    flags.DEFINE_integer("batch-size", None, "Global batch size (default: config.train.batch_size).",
-                         lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("per-dispatch", 4, "train.steps_per_dispatch of the on_device_k path.", lower_bound=1,
-                         flag_values=fv)
+    flags.DEFINE_integer(
+        "batch-size", None, "Global batch size (default: config.train.batch_size).", lower_bound=1, flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "per-dispatch", 4, "train.steps_per_dispatch of the on_device_k path.", lower_bound=1, flag_values=fv
+    )
     flags.DEFINE_list("paths", list(PATHS), f"Data paths to measure, of {', '.join(PATHS)}.", flag_values=fv)
     flags.DEFINE_string("json", None, "Also write the results here.", flag_values=fv)
     for name in ("batch-size", "per-dispatch"):
@@ -74,10 +78,11 @@ class StepOnly:
 
     def __init__(self, config, batches, warmup: int):
         mesh = steps_lib.data_mesh()
-        self.state = jax.device_put(state_lib.create_state(config, model_lib.from_config(config), 1000,
-                                                           jax.random.key(0)), steps_lib.replicated(mesh))
-        normalizer = inputs_lib.Normalizer.fit(batches[0]["images"], batches[0]["background"],
-                                               batches[0]["psf_params"])
+        self.state = jax.device_put(
+            state_lib.create_state(config, model_lib.from_config(config), 1000, jax.random.key(0)),
+            steps_lib.replicated(mesh),
+        )
+        normalizer = inputs_lib.Normalizer.fit(batches[0]["images"], batches[0]["background"], batches[0]["psf_params"])
         train_step, _ = steps_lib.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
         self.batches = [steps_lib.to_device(b, steps_lib.batch_sharding(mesh)) for b in batches]
         self.key = jax.random.key(1)
@@ -116,8 +121,9 @@ def end_to_end(config) -> dict:
     with train.training_batches(config, data, 0, 2, mesh) as feed:
         step = train.step_function(config, normalizer, mesh, single, feed)
         for epoch in range(2):
-            state, row, *_ = train.run_epoch(config, data, state, step, evaluate, feed.batches(epoch), val_batches,
-                                             key, epoch)
+            state, row, *_ = train.run_epoch(
+                config, data, state, step, evaluate, feed.batches(epoch), val_batches, key, epoch
+            )
     return row
 
 
@@ -131,8 +137,11 @@ def run(fv: flags.FlagValues) -> None:
     config.train.images_per_epoch = fv.steps * batch_size
     config.train.eval_batch_size = config.data.num_val = batch_size  # one validation batch (not timed)
     config.train.progress = False
-    print(f"{jax.device_count()} x {jax.devices()[0].device_kind}; batch {batch_size}; {fv.steps} steps per epoch; "
-          f"cpu count {os.cpu_count()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    print(
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}; batch {batch_size}; {fv.steps} steps per epoch; "
+        f"cpu count {os.cpu_count()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
+        flush=True,
+    )
 
     spec = pipeline.SimulationSpec.from_config(config, seed=123, batch_size=batch_size)
     step_only = StepOnly(config, [pipeline.simulate_batch(spec, i) for i in range(4)], fv.warmup)
@@ -141,25 +150,45 @@ def run(fv: flags.FlagValues) -> None:
     results, ratios, bracket = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         if set(fv.paths) - {"simulate"}:
-            train_spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, "train"),
-                                                             batch_size=batch_size)
-            data_lib.write_dataset(train_spec, os.path.join(tmp, "train"), fv.steps * batch_size, "train",
-                                   num_workers=int(config.simulator.num_workers), shard_size=batch_size * 4,
-                                   progress=False)
+            train_spec = pipeline.SimulationSpec.from_config(
+                config, seed=data_lib.split_seed(config.seed, "train"), batch_size=batch_size
+            )
+            data_lib.write_dataset(
+                train_spec,
+                os.path.join(tmp, "train"),
+                fv.steps * batch_size,
+                "train",
+                num_workers=int(config.simulator.num_workers),
+                shard_size=batch_size * 4,
+                progress=False,
+            )
         for path in fv.paths:
             row = end_to_end(path_config(config, path, os.path.join(tmp, "train"), fv["per-dispatch"].value))
             after = step_only.images_per_s(fv.steps)
             results[path], bracket[path] = row["images_per_s"], (before, after)
             ratios[path] = row["images_per_s"] / ((before + after) / 2)
-            print(f"{path:13s} {row['images_per_s']:8.1f} images/s  end-to-end / step-only {ratios[path]:.2f}  "
-                  f"(step-only before {before:.1f}, after {after:.1f})", flush=True)
+            print(
+                f"{path:13s} {row['images_per_s']:8.1f} images/s  end-to-end / step-only {ratios[path]:.2f}  "
+                f"(step-only before {before:.1f}, after {after:.1f})",
+                flush=True,
+            )
             before = after
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if fv.json:
-        io.write_json(fv.json, dict(benchmark="input_paths", device_kind=jax.devices()[0].device_kind,
-                                    devices=jax.device_count(), batch_size=batch_size, steps=fv.steps,
-                                    per_dispatch=fv["per-dispatch"].value, images_per_s=results,
-                                    step_only_before_after=bracket, ratio=ratios))
+        io.write_json(
+            fv.json,
+            dict(
+                benchmark="input_paths",
+                device_kind=jax.devices()[0].device_kind,
+                devices=jax.device_count(),
+                batch_size=batch_size,
+                steps=fv.steps,
+                per_dispatch=fv["per-dispatch"].value,
+                images_per_s=results,
+                step_only_before_after=bracket,
+                ratio=ratios,
+            ),
+        )
 
 
 def main(argv=None) -> int:

@@ -63,22 +63,39 @@ BLOB_FLUX = (5.0, 500.0)  # nmgy, log-uniform
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "psf_aware.py"),
-                                    "Experiment config (a fresh network of its model).", flag_values=fv,
-                                    lock_config=True)
-    flags.DEFINE_string("workdir", None, "Measure this training run's best checkpoint instead (its config "
-                        "replaces --config).", flag_values=fv)
-    flags.DEFINE_integer("batch-size", 256, "Images per network call for the 80 x 80 images.", lower_bound=1,
-                         flag_values=fv)
+    config_flags.DEFINE_config_file(
+        "config",
+        os.path.join(ROOT, "configs", "psf_aware.py"),
+        "Experiment config (a fresh network of its model).",
+        flag_values=fv,
+        lock_config=True,
+    )
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "Measure this training run's best checkpoint instead (its config replaces --config).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "batch-size", 256, "Images per network call for the 80 x 80 images.", lower_bound=1, flag_values=fv
+    )
     flags.DEFINE_integer("repeats", 10, "Timed batches of 80 x 80 images.", lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("warmup", 2, "Untimed calls after each compile.", lower_bound=0, flag_values=fv)
-    flags.DEFINE_list("frame-shape", [str(v) for v in fields_lib.SDSS_FRAME_SHAPE],
-                      "Frame rows,columns in pixels (default: an SDSS frame).", flag_values=fv)
-    flags.DEFINE_list("chunk-size", [str(predictor_lib.CHUNK_SIZE), "0"],
-                      "Predictor chunk sizes to measure frames at, in pixels (0: whole frame in one call).",
-                      flag_values=fv)
-    flags.DEFINE_integer("frames", 3, "Timed frames per chunk size (0: skip the frames).", lower_bound=0,
-                         flag_values=fv)
+    flags.DEFINE_list(
+        "frame-shape",
+        [str(v) for v in fields_lib.SDSS_FRAME_SHAPE],
+        "Frame rows,columns in pixels (default: an SDSS frame).",
+        flag_values=fv,
+    )
+    flags.DEFINE_list(
+        "chunk-size",
+        [str(predictor_lib.CHUNK_SIZE), "0"],
+        "Predictor chunk sizes to measure frames at, in pixels (0: whole frame in one call).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "frames", 3, "Timed frames per chunk size (0: skip the frames).", lower_bound=0, flag_values=fv
+    )
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic inputs and the fresh network.", flag_values=fv)
     flags.DEFINE_string("json", None, "Also write the results here.", flag_values=fv)
     for name in ("batch-size", "frame-shape", "chunk-size"):
@@ -87,8 +104,10 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 # --- inputs ----------------------------------------------------------------------------------------
 
-def synthetic_inputs(rng: np.random.Generator, n: int, shape, background: float, sigma: float, psf_params,
-                     density: float):
+
+def synthetic_inputs(
+    rng: np.random.Generator, n: int, shape, background: float, sigma: float, psf_params, density: float
+):
     """(images [n, H, W], background [n, H, W], psf_params [n, 6]) float32 (nmgy): sky-subtracted Gaussian
     noise of standard deviation ``sigma``, Poisson(``density`` x H x W) Gaussian blobs per image (module
     doc), a constant ``background`` and the same ``psf_params`` for every image."""
@@ -101,10 +120,11 @@ def synthetic_inputs(rng: np.random.Generator, n: int, shape, background: float,
             r, c = int(rng.integers(0, h)), int(rng.integers(0, w))
             flux = np.exp(rng.uniform(*np.log(BLOB_FLUX)))
             dy, dx = rng.uniform(-0.5, 0.5, 2)
-            stamp = flux / (2 * np.pi * BLOB_SIGMA ** 2) * np.exp(
-                -((yy - dy) ** 2 + (xx - dx) ** 2) / (2 * BLOB_SIGMA ** 2))
+            stamp = (
+                flux / (2 * np.pi * BLOB_SIGMA**2) * np.exp(-((yy - dy) ** 2 + (xx - dx) ** 2) / (2 * BLOB_SIGMA**2))
+            )
             r0, r1, c0, c1 = max(r - 7, 0), min(r + 8, h), max(c - 7, 0), min(c + 8, w)
-            images[i, r0:r1, c0:c1] += stamp[r0 - r + 7:r1 - r + 7, c0 - c + 7:c1 - c + 7].astype(np.float32)
+            images[i, r0:r1, c0:c1] += stamp[r0 - r + 7 : r1 - r + 7, c0 - c + 7 : c1 - c + 7].astype(np.float32)
     bg = np.full((n, h, w), background, np.float32)
     psf = np.broadcast_to(np.asarray(psf_params, np.float32), (n, 6)).copy()
     return images, bg, psf
@@ -124,6 +144,7 @@ def sky_of_reference(config) -> tuple[float, float, np.ndarray, str]:
 
 
 # --- memory and timing -----------------------------------------------------------------------------
+
 
 def peak_memory() -> tuple[int, str]:
     """(bytes, what): the device allocator's peak on an accelerator, else the process's max RSS."""
@@ -149,6 +170,7 @@ def timed(fn, calls: int) -> float:
 
 
 # --- phases ----------------------------------------------------------------------------------------
+
 
 def measure_images(predictor, net, images, background, psf, batch_size: int, repeats: int, warmup: int) -> dict:
     """The ``images`` phase (module doc)."""
@@ -180,14 +202,24 @@ def measure_images(predictor, net, images, background, psf, batch_size: int, rep
     predictor.predict_tiles(images, background, psf, batch_size=batch_size)  # host arrays in, host arrays out
     predict_s = time.perf_counter() - t0
     peak, _ = peak_memory()
-    return dict(batch_size=batch_size, image_shape=list(images.shape[1:]), repeats=repeats,
-                compile_s=compile_s, network_seconds=seconds, network_images_per_s=net_rate,
-                network_ms_per_batch=1e3 * seconds / repeats,
-                gflop_per_image=None if flops is None else flops / batch_size / 1e9,
-                conv_gflop_per_image=conv / batch_size / 1e9,
-                network_tflops=None if flops is None else flops * repeats / seconds / 1e12,
-                predict_first_call_s=first_call_s, predict_images=len(images), predict_seconds=predict_s,
-                predict_images_per_s=len(images) / predict_s, peak_bytes_network=peak_net, peak_bytes=peak)
+    return dict(
+        batch_size=batch_size,
+        image_shape=list(images.shape[1:]),
+        repeats=repeats,
+        compile_s=compile_s,
+        network_seconds=seconds,
+        network_images_per_s=net_rate,
+        network_ms_per_batch=1e3 * seconds / repeats,
+        gflop_per_image=None if flops is None else flops / batch_size / 1e9,
+        conv_gflop_per_image=conv / batch_size / 1e9,
+        network_tflops=None if flops is None else flops * repeats / seconds / 1e12,
+        predict_first_call_s=first_call_s,
+        predict_images=len(images),
+        predict_seconds=predict_s,
+        predict_images_per_s=len(images) / predict_s,
+        peak_bytes_network=peak_net,
+        peak_bytes=peak,
+    )
 
 
 def measure_frames(predictor, frame, background, psf, chunk_size: int, frames: int, warmup: int) -> dict:
@@ -208,9 +240,18 @@ def measure_frames(predictor, frame, background, psf, chunk_size: int, frames: i
     seconds = time.perf_counter() - t0
     peak, _ = peak_memory()
     tiles = out["prob_source"].shape[1:]
-    return dict(frame_shape=list(frame.shape[1:]), tile_grid=list(tiles), chunk_size=chunk, frames=frames,
-                seconds=seconds, s_per_frame=seconds / frames, frames_per_s=frames / seconds,
-                first_call_s=first_call_s, compile_s=max(first_call_s - seconds / frames, 0.0), peak_bytes=peak)
+    return dict(
+        frame_shape=list(frame.shape[1:]),
+        tile_grid=list(tiles),
+        chunk_size=chunk,
+        frames=frames,
+        seconds=seconds,
+        s_per_frame=seconds / frames,
+        frames_per_s=frames / seconds,
+        first_call_s=first_call_s,
+        compile_s=max(first_call_s - seconds / frames, 0.0),
+        peak_bytes=peak,
+    )
 
 
 def fresh_predictor(config, seed: int, sample) -> predictor_lib.Predictor:
@@ -219,8 +260,9 @@ def fresh_predictor(config, seed: int, sample) -> predictor_lib.Predictor:
     net = model_lib.from_config(config)
     state = state_lib.create_state(config, net, 1, jax.random.key(seed))
     variables = state_lib.eval_variables(state)
-    return predictor_lib.Predictor(config, variables, inputs_lib.Normalizer.fit(*sample),
-                                   source="a freshly initialised network")
+    return predictor_lib.Predictor(
+        config, variables, inputs_lib.Normalizer.fit(*sample), source="a freshly initialised network"
+    )
 
 
 def run(fv: flags.FlagValues) -> None:
@@ -228,8 +270,10 @@ def run(fv: flags.FlagValues) -> None:
         frame_shape = tuple(int(v) for v in fv["frame-shape"].value)
         chunk_sizes = [int(v) for v in fv["chunk-size"].value]
     except ValueError:
-        raise ValueError(f"--frame-shape {fv['frame-shape'].value} / --chunk-size {fv['chunk-size'].value}: "
-                         "expected integers (rows,columns; pixels)") from None
+        raise ValueError(
+            f"--frame-shape {fv['frame-shape'].value} / --chunk-size {fv['chunk-size'].value}: "
+            "expected integers (rows,columns; pixels)"
+        ) from None
     if len(frame_shape) != 2 or min(frame_shape) < 1:
         raise ValueError(f"--frame-shape {fv['frame-shape'].value}: expected two positive integers rows,columns")
     predictor = predictor_lib.Predictor.from_workdir(fv.workdir) if fv.workdir else None
@@ -248,40 +292,65 @@ def run(fv: flags.FlagValues) -> None:
         predictor.check_chunk_size(c)
     net = model_lib.from_config(config)
     n_params = state_lib.num_parameters(predictor.variables["params"])
-    inputs_text = (f"synthetic: Gaussian sky noise (sigma {sigma:.3f} nmgy) of a constant background {background:.3f} "
-                   f"nmgy/pixel and the PSF of field {field} (the reference field of its bank), "
-                   f"Gaussian blobs (sigma {BLOB_SIGMA} px, flux {BLOB_FLUX[0]:g}-{BLOB_FLUX[1]:g} nmgy log-uniform) "
-                   f"at {density:g} per pixel")
+    inputs_text = (
+        f"synthetic: Gaussian sky noise (sigma {sigma:.3f} nmgy) of a constant background {background:.3f} "
+        f"nmgy/pixel and the PSF of field {field} (the reference field of its bank), "
+        f"Gaussian blobs (sigma {BLOB_SIGMA} px, flux {BLOB_FLUX[0]:g}-{BLOB_FLUX[1]:g} nmgy log-uniform) "
+        f"at {density:g} per pixel"
+    )
     device = jax.devices()[0]
-    print(f"{source}: {n_params:,} parameters, model.dtype {config.model.dtype}, {config.model.variant}; "
-          f"{device.device_kind} ({jax.__version__}); inputs {inputs_text}", flush=True)
+    print(
+        f"{source}: {n_params:,} parameters, model.dtype {config.model.dtype}, {config.model.variant}; "
+        f"{device.device_kind} ({jax.__version__}); inputs {inputs_text}",
+        flush=True,
+    )
 
     r_images = measure_images(predictor, net, *images, batch_size, fv.repeats, fv.warmup)
     gflop = "n/a" if r_images["gflop_per_image"] is None else f"{r_images['gflop_per_image']:.3f}"
-    print(f"{size} x {size} images, batch {batch_size}: network {r_images['network_images_per_s']:.1f} images/s "
-          f"({r_images['network_ms_per_batch']:.2f} ms/batch, compile {r_images['compile_s']:.1f} s, {gflop} "
-          f"GFLOP/image, conv {r_images['conv_gflop_per_image']:.3f}); Predictor.predict_tiles from host "
-          f"{r_images['predict_images_per_s']:.1f} images/s; peak {r_images['peak_bytes'] / 2**20:.0f} MiB",
-          flush=True)
+    print(
+        f"{size} x {size} images, batch {batch_size}: network {r_images['network_images_per_s']:.1f} images/s "
+        f"({r_images['network_ms_per_batch']:.2f} ms/batch, compile {r_images['compile_s']:.1f} s, {gflop} "
+        f"GFLOP/image, conv {r_images['conv_gflop_per_image']:.3f}); Predictor.predict_tiles from host "
+        f"{r_images['predict_images_per_s']:.1f} images/s; peak {r_images['peak_bytes'] / 2**20:.0f} MiB",
+        flush=True,
+    )
     r_frames = []
     if fv.frames:
         frame = synthetic_inputs(rng, 1, frame_shape, background, sigma, psf_params, density)
         for c in chunk_sizes:
             r = measure_frames(predictor, *frame, c, fv.frames, min(fv.warmup, 1))
             r_frames.append(r)
-            print(f"frame {frame_shape[0]} x {frame_shape[1]}, chunk {c or 'whole'}: {r['frames_per_s']:.3f} "
-                  f"frames/s ({r['s_per_frame']:.3f} s/frame, first call {r['first_call_s']:.1f} s); peak so far "
-                  f"{r['peak_bytes'] / 2**20:.0f} MiB", flush=True)
+            print(
+                f"frame {frame_shape[0]} x {frame_shape[1]}, chunk {c or 'whole'}: {r['frames_per_s']:.3f} "
+                f"frames/s ({r['s_per_frame']:.3f} s/frame, first call {r['first_call_s']:.1f} s); peak so far "
+                f"{r['peak_bytes'] / 2**20:.0f} MiB",
+                flush=True,
+            )
     peak, peak_source = peak_memory()
     if fv.json:
-        io.write_json(fv.json, dict(
-            benchmark="predict", jax=jax.__version__, device_kind=device.device_kind, platform=device.platform,
-            devices=[str(d) for d in jax.devices()], source=source, workdir=fv.workdir,
-            config_file=None if fv.workdir else config_flags.get_config_filename(fv["config"]),
-            variant=config.model.variant, dtype=config.model.dtype, width=int(config.model.width),
-            conv_blocks=model_lib.num_conv_blocks(int(config.model.stem_blocks), config.model.stages),
-            parameters=n_params, inputs=inputs_text, peak_memory_source=peak_source, peak_bytes=peak,
-            images=r_images, frames=r_frames))
+        io.write_json(
+            fv.json,
+            dict(
+                benchmark="predict",
+                jax=jax.__version__,
+                device_kind=device.device_kind,
+                platform=device.platform,
+                devices=[str(d) for d in jax.devices()],
+                source=source,
+                workdir=fv.workdir,
+                config_file=None if fv.workdir else config_flags.get_config_filename(fv["config"]),
+                variant=config.model.variant,
+                dtype=config.model.dtype,
+                width=int(config.model.width),
+                conv_blocks=model_lib.num_conv_blocks(int(config.model.stem_blocks), config.model.stages),
+                parameters=n_params,
+                inputs=inputs_text,
+                peak_memory_source=peak_source,
+                peak_bytes=peak,
+                images=r_images,
+                frames=r_frames,
+            ),
+        )
 
 
 def main(argv=None) -> int:

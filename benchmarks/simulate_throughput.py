@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 
 from configs import default  # noqa: E402
 from npejax import io  # noqa: E402
-from npejax.sim import fields, pipeline, prior as prior_lib, render  # noqa: E402
+from npejax.sim import fields, pipeline, render  # noqa: E402
+from npejax.sim import prior as prior_lib
 
 
 def _time_render(renderer, catalog, field_id, origins, repeats=1):
@@ -100,15 +101,19 @@ def main():
 
     config = default.get_config()
     bank = fields.load_bank(config.fields.bank)
-    results = dict(machine=f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
-                   render=bench_render(config, bank, args.images))
+    results = dict(
+        machine=f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        render=bench_render(config, bank, args.images),
+    )
     r = results["render"]
     print(f"one core, default prior ({r['mean_sources_per_image']:.2f} sources/image):")
     for method in ("kspace", "drawimage"):
         print(f"  {method:10s} {r[method]['images_per_s']:7.1f} images/s ({r[method]['ms_per_image']:.2f} ms/image)")
     print(f"  kspace / drawimage: {r['kspace_over_drawimage']:.2f}x")
-    print(f"  per star {r['per_source_ms']['stars']:.3f} ms, per galaxy {r['per_source_ms']['galaxies']:.3f} ms, "
-          f"empty image {r['empty_image_ms']:.3f} ms")
+    print(
+        f"  per star {r['per_source_ms']['stars']:.3f} ms, per galaxy {r['per_source_ms']['galaxies']:.3f} ms, "
+        f"empty image {r['empty_image_ms']:.3f} ms"
+    )
 
     pipe = bench_pipeline(config, bank, range(1, args.max_workers + 1), args.batch_size, args.warmup, args.batches)
     results["pipeline"] = {str(n): v for n, v in pipe.items()}

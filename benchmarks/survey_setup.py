@@ -9,6 +9,7 @@ synthetic 80 x 80 images), and OUTDIR/frames/frame<k>.fits (k = 0, 1, 2): 1489 x
 benchmarks/predict_throughput.py (Gaussian sky noise of the embedded bank's reference field, Gaussian blobs at
 the prior's density), with OUTDIR/frames.txt listing them with that field's background and field id.
 """
+
 import os
 import sys
 
@@ -19,12 +20,14 @@ import importlib  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import predict_throughput as pt  # noqa: E402
 from astropy.io import fits  # noqa: E402
 
-import predict_throughput as pt  # noqa: E402
 from npejax import io  # noqa: E402
-from npejax.nn import checkpoints, model as model_lib, state as state_lib, train  # noqa: E402
+from npejax.nn import checkpoints, train  # noqa: E402
 from npejax.nn import inputs as inputs_lib  # noqa: E402
+from npejax.nn import model as model_lib
+from npejax.nn import state as state_lib
 
 
 def main(out, names):
@@ -34,24 +37,33 @@ def main(out, names):
         background, sigma, psf, field = pt.sky_of_reference(config)
         rng = np.random.default_rng(0)
         size = int(config.image_size)
-        sample = pt.synthetic_inputs(rng, 64, (size, size), background, sigma, psf,
-                                     float(config.prior.sources_per_pixel))
+        sample = pt.synthetic_inputs(
+            rng, 64, (size, size), background, sigma, psf, float(config.prior.sources_per_pixel)
+        )
         workdir = os.path.join(out, f"run_{name}")
         state = state_lib.create_state(config, model_lib.from_config(config), 1, jax.random.key(0))
         config_json = train.config_dict(config)
         os.makedirs(workdir, exist_ok=True)
         io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_json)
-        meta = dict(epoch=1, best_val=0.0, bad_epochs=0, history=[],
-                    normalizer=inputs_lib.Normalizer.fit(*sample).to_dict(), variant=config.model.variant,
-                    config=config_json, val_nll=0.0)
+        meta = dict(
+            epoch=1,
+            best_val=0.0,
+            bad_epochs=0,
+            history=[],
+            normalizer=inputs_lib.Normalizer.fit(*sample).to_dict(),
+            variant=config.model.variant,
+            config=config_json,
+            val_nll=0.0,
+        )
         with checkpoints.managers(workdir) as managers:
             checkpoints.save([managers.latest, managers.best], 1, state, meta)
         print(f"{workdir}: fresh {name} network")
     rng = np.random.default_rng(1)
     lines = []
     for k in range(3):
-        image, _, _ = pt.synthetic_inputs(rng, 1, (1489, 2048), background, sigma, psf,
-                                          float(config.prior.sources_per_pixel))
+        image, _, _ = pt.synthetic_inputs(
+            rng, 1, (1489, 2048), background, sigma, psf, float(config.prior.sources_per_pixel)
+        )
         fits.PrimaryHDU(image[0]).writeto(os.path.join(out, "frames", f"frame{k}.fits"), overwrite=True)
         lines.append(f"frames/frame{k}.fits background={background:.6f} field-id={field}\n")
     io.atomic_write(os.path.join(out, "frames.txt"), "".join(lines))

@@ -55,25 +55,49 @@ HEADLINE_KEYS = ("precision", "recall", "accuracy", "mape")
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "Output directory.", flag_values=fv)
     flags.DEFINE_list("sizes", ["small", "medium"], f"Network sizes, of {list(SIZES)}.", flag_values=fv)
-    flags.DEFINE_list("cpu-minutes", ["8", "15", "30"], "Training budgets in minutes of the 2-core CPU.",
-                      flag_values=fv)
-    flags.DEFINE_multi_string("cpu-images-per-s", [], "SIZE=RATE: training images/s of that size on the "
-                              "2-core CPU, steady epochs (repeatable or comma-separated).", flag_values=fv)
-    flags.DEFINE_multi_string("cpu-overhead-s", [], "SIZE=SECONDS: the rest of a CPU run of that size (start-up, "
-                              "compiles, the last save) (repeatable or comma-separated; default 0).", flag_values=fv)
-    flags.DEFINE_integer("num-val", 1024, "Validation images (shared by every network).", lower_bound=16,
-                         flag_values=fv)
+    flags.DEFINE_list(
+        "cpu-minutes", ["8", "15", "30"], "Training budgets in minutes of the 2-core CPU.", flag_values=fv
+    )
+    flags.DEFINE_multi_string(
+        "cpu-images-per-s",
+        [],
+        "SIZE=RATE: training images/s of that size on the 2-core CPU, steady epochs (repeatable or comma-separated).",
+        flag_values=fv,
+    )
+    flags.DEFINE_multi_string(
+        "cpu-overhead-s",
+        [],
+        "SIZE=SECONDS: the rest of a CPU run of that size (start-up, "
+        "compiles, the last save) (repeatable or comma-separated; default 0).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "num-val", 1024, "Validation images (shared by every network).", lower_bound=16, flag_values=fv
+    )
     flags.DEFINE_integer("num-test", 1000, "p_many test images.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("workers", 2, "Simulator worker processes per training run.", lower_bound=0,
-                         flag_values=fv)
-    flags.DEFINE_integer("num-bootstrap", 100, "Bootstrap resamples of the evaluation.", lower_bound=1,
-                         flag_values=fv)
-    flags.DEFINE_integer("seed", None, "Training seed of every network (config.seed; default: cpu_small's). The "
-                         "validation and test images stay those of cpu_small's seed.", flag_values=fv)
-    flags.DEFINE_list("plot-only", [], "sweep.json files of earlier runs (e.g. two seeds): write their rows "
-                      "together as OUT/sweep.md and OUT/sweep.png, training nothing.", flag_values=fv)
-    flags.DEFINE_float("time-limit-s", 0.0, "Start no training after this many seconds (0: no limit); what "
-                       "was trained is still evaluated.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("workers", 2, "Simulator worker processes per training run.", lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer("num-bootstrap", 100, "Bootstrap resamples of the evaluation.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer(
+        "seed",
+        None,
+        "Training seed of every network (config.seed; default: cpu_small's). The "
+        "validation and test images stay those of cpu_small's seed.",
+        flag_values=fv,
+    )
+    flags.DEFINE_list(
+        "plot-only",
+        [],
+        "sweep.json files of earlier runs (e.g. two seeds): write their rows "
+        "together as OUT/sweep.md and OUT/sweep.png, training nothing.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "time-limit-s",
+        0.0,
+        "Start no training after this many seconds (0: no limit); what was trained is still evaluated.",
+        lower_bound=0.0,
+        flag_values=fv,
+    )
 
 
 def network_config(size: str, images: int, val_dir: str, workers: int, seed: int | None = None):
@@ -109,34 +133,46 @@ def parse_per_size(values, sizes, option: str, default: float | None = None) -> 
 
 def table(rows: list) -> str:
     """The markdown table of ``rows`` (sweep.json rows), Source Extractor last."""
-    lines = ["| size | parameters | CPU min | images | seed | val NLL | recall [1-7] | precision [1-8] | "
-             "accuracy [1-10] | MAPE % [1-10] | s here |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| size | parameters | CPU min | images | seed | val NLL | recall [1-7] | precision [1-8] | "
+        "accuracy [1-10] | MAPE % [1-10] | s here |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in sorted(rows, key=lambda r: (list(SIZES).index(r["size"]), r["cpu_minutes"], r.get("seed", 0))):
-        lines.append(f"| {r['size']} | {r['parameters']:,} | {r['cpu_minutes']:g} | {r['images']:,} | "
-                     f"{r.get('seed', 0)} | {r['val_nll']:.2f} | {r['recall']:.3f} +- {r['recall_std']:.3f} | "
-                     f"{r['precision']:.3f} +- {r['precision_std']:.3f} | {r['accuracy']:.3f} | "
-                     f"{r['mape']:.1f} | {r['seconds_here']:.0f} |")
+        lines.append(
+            f"| {r['size']} | {r['parameters']:,} | {r['cpu_minutes']:g} | {r['images']:,} | "
+            f"{r.get('seed', 0)} | {r['val_nll']:.2f} | {r['recall']:.3f} +- {r['recall_std']:.3f} | "
+            f"{r['precision']:.3f} +- {r['precision_std']:.3f} | {r['accuracy']:.3f} | "
+            f"{r['mape']:.1f} | {r['seconds_here']:.0f} |"
+        )
     r = rows[0]
-    lines.append(f"| Source Extractor | | | | | | {r['sep_recall']:.3f} | {r['sep_precision']:.3f} | | "
-                 f"{r['sep_mape']:.1f} | |")
+    lines.append(
+        f"| Source Extractor | | | | | | {r['sep_recall']:.3f} | {r['sep_precision']:.3f} | | {r['sep_mape']:.1f} | |"
+    )
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = (("val_nll", "validation NLL (p_many)"), ("recall", "recall [ref. bins 1-7]"),
-              ("precision", "precision [ref. bins 1-8]"), ("mape", "flux MAPE % [ref. bins 1-10]"))
+
+    panels = (
+        ("val_nll", "validation NLL (p_many)"),
+        ("recall", "recall [ref. bins 1-7]"),
+        ("precision", "precision [ref. bins 1-8]"),
+        ("mape", "flux MAPE % [ref. bins 1-10]"),
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (key, label) in zip(axes, panels):
         for size in dict.fromkeys(r["size"] for r in rows):
             sub = [r for r in rows if r["size"] == size]
             minutes = sorted({r["cpu_minutes"] for r in sub})
             mean = [np.mean([r[key] for r in sub if r["cpu_minutes"] == m]) for m in minutes]
-            line, = ax.plot(minutes, mean, "-", label=f"{size} ({sub[0]['parameters'] / 1e3:.1f}k parameters; "
-                            "mean over seeds)")
+            (line,) = ax.plot(
+                minutes, mean, "-", label=f"{size} ({sub[0]['parameters'] / 1e3:.1f}k parameters; mean over seeds)"
+            )
             ax.plot([r["cpu_minutes"] for r in sub], [r[key] for r in sub], "o", color=line.get_color())
         sep = [r.get(f"sep_{key}") for r in rows if r.get(f"sep_{key}") is not None]
         if sep:
@@ -182,10 +218,19 @@ def run(fv: flags.FlagValues) -> None:
     os.makedirs(out, exist_ok=True)
     base = cpu_small.get_config()
     val_dir = os.path.join(out, "val")
-    spec = pipeline.SimulationSpec.from_config(base, seed=data_lib.split_seed(base.seed, "val"),
-                                               batch_size=int(base.data.shard_size))
-    data_lib.write_dataset(spec, val_dir, int(fv["num-val"].value), "val", config=train.config_dict(base),
-                           num_workers=max(1, int(fv.workers)), shard_size=int(base.data.shard_size), progress=False)
+    spec = pipeline.SimulationSpec.from_config(
+        base, seed=data_lib.split_seed(base.seed, "val"), batch_size=int(base.data.shard_size)
+    )
+    data_lib.write_dataset(
+        spec,
+        val_dir,
+        int(fv["num-val"].value),
+        "val",
+        config=train.config_dict(base),
+        num_workers=max(1, int(fv.workers)),
+        shard_size=int(base.data.shard_size),
+        progress=False,
+    )
     rows, workdirs, start = [], {}, time.time()
     for size in sizes:
         for m in minutes:
@@ -203,23 +248,46 @@ def run(fv: flags.FlagValues) -> None:
             seconds = time.time() - t0
             params = state_lib.num_parameters(summary["state"].params)
             workdirs[name] = workdir
-            rows.append(dict(size=size, name=name, seed=int(config.seed), cpu_minutes=m,
-                             images=EPOCHS * int(config.train.images_per_epoch), parameters=params,
-                             val_nll=float(summary["best_val_nll"]), seconds_here=seconds))
-            io.write_json(os.path.join(out, "sweep.json"),  # what is done so far
-                          dict(rows=rows, cpu_images_per_s=rates, cpu_overhead_s=overheads))
-    results = evaluate.evaluate(workdirs, os.path.join(out, "report"), prior="many",
-                                num_images=int(fv["num-test"].value), test_dir=os.path.join(out, "test-many"),
-                                baseline=True, num_bootstrap=int(fv["num-bootstrap"].value), sim_config=base,
-                                num_workers=max(1, int(fv.workers)), ceiling=False, snr=False, progress=False)
+            rows.append(
+                dict(
+                    size=size,
+                    name=name,
+                    seed=int(config.seed),
+                    cpu_minutes=m,
+                    images=EPOCHS * int(config.train.images_per_epoch),
+                    parameters=params,
+                    val_nll=float(summary["best_val_nll"]),
+                    seconds_here=seconds,
+                )
+            )
+            io.write_json(
+                os.path.join(out, "sweep.json"),  # what is done so far
+                dict(rows=rows, cpu_images_per_s=rates, cpu_overhead_s=overheads),
+            )
+    results = evaluate.evaluate(
+        workdirs,
+        os.path.join(out, "report"),
+        prior="many",
+        num_images=int(fv["num-test"].value),
+        test_dir=os.path.join(out, "test-many"),
+        baseline=True,
+        num_bootstrap=int(fv["num-bootstrap"].value),
+        sim_config=base,
+        num_workers=max(1, int(fv.workers)),
+        ceiling=False,
+        snr=False,
+        progress=False,
+    )
     methods = results["methods"]
     for row in rows:
         head = methods[row["name"]]["headline"]
         for key in HEADLINE_KEYS:
             row[key], row[key + "_std"] = float(head[key]["value"]), float(head[key]["std"])
             row["sep_" + key] = float(methods["sep"]["headline"][key]["value"])
-    io.write_json(os.path.join(out, "sweep.json"), dict(rows=rows, cpu_images_per_s=rates, cpu_overhead_s=overheads,
-                                                        num_test=int(fv["num-test"].value)))
+    io.write_json(
+        os.path.join(out, "sweep.json"),
+        dict(rows=rows, cpu_images_per_s=rates, cpu_overhead_s=overheads, num_test=int(fv["num-test"].value)),
+    )
     io.atomic_write(os.path.join(out, "sweep.md"), table(rows))
     plot(rows, os.path.join(out, "sweep.png"))
     print(table(rows), end="", flush=True)

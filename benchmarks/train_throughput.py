@@ -53,19 +53,26 @@ PAPER_IMAGE_STEPS = 210_000 * 50  # paper Section 6: 210k training images, 50 ep
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "psf_aware.py"), "Experiment config.",
-                                    flag_values=fv, lock_config=True)
-    flags.DEFINE_string("dtypes", "float32,bfloat16", "Comma-separated model.dtype values to measure.",
-                        flag_values=fv)
-    flags.DEFINE_integer("batch-size", None, "Global batch size (default: config.train.batch_size).",
-                         lower_bound=1, flag_values=fv)
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(ROOT, "configs", "psf_aware.py"), "Experiment config.", flag_values=fv, lock_config=True
+    )
+    flags.DEFINE_string("dtypes", "float32,bfloat16", "Comma-separated model.dtype values to measure.", flag_values=fv)
+    flags.DEFINE_integer(
+        "batch-size", None, "Global batch size (default: config.train.batch_size).", lower_bound=1, flag_values=fv
+    )
     flags.DEFINE_integer("steps", 50, "Timed steps per dtype.", lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("warmup", 5, "Untimed steps after compiling.", lower_bound=0, flag_values=fv)
-    flags.DEFINE_integer("distinct-batches", 4, "Distinct simulated batches cycled through.", lower_bound=1,
-                         flag_values=fv)
-    flags.DEFINE_string("peak_tflops", None, "Dense peak TFLOP/s of one device: one number for every dtype, or "
-                        "per dtype as 'float32=494.7,bfloat16=989' (H100 SXM: TF32 and bf16 dense). Reports the "
-                        "fraction of peak (MFU).", flag_values=fv)
+    flags.DEFINE_integer(
+        "distinct-batches", 4, "Distinct simulated batches cycled through.", lower_bound=1, flag_values=fv
+    )
+    flags.DEFINE_string(
+        "peak_tflops",
+        None,
+        "Dense peak TFLOP/s of one device: one number for every dtype, or "
+        "per dtype as 'float32=494.7,bfloat16=989' (H100 SXM: TF32 and bf16 dense). Reports the "
+        "fraction of peak (MFU).",
+        flag_values=fv,
+    )
     flags.DEFINE_string("json", None, "Also write the results here.", flag_values=fv)
     for name in ("batch-size", "distinct-batches"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
@@ -134,16 +141,20 @@ def matmul_flops(jaxpr) -> float:
     return float(total)
 
 
-def utilization(r: dict, flops: float | None, conv_flops: float, peak_tflops: float | None,
-                num_devices: int) -> dict:
+def utilization(r: dict, flops: float | None, conv_flops: float, peak_tflops: float | None, num_devices: int) -> dict:
     """The hardware fields of a result ``r`` (images_per_s, batch_size): GFLOP/image, TFLOP/s, MFU, and the
     paper protocol's hours (module doc)."""
     steps_per_s = r["images_per_s"] / r["batch_size"]
-    out = dict(gflop_per_image=None if flops is None else flops / r["batch_size"] / 1e9,
-               conv_gflop_per_image=conv_flops / r["batch_size"] / 1e9,
-               tflops=None if flops is None else flops * steps_per_s / 1e12,
-               conv_tflops=conv_flops * steps_per_s / 1e12, peak_tflops=peak_tflops, mfu=None, conv_mfu=None,
-               paper_protocol_hours=PAPER_IMAGE_STEPS / r["images_per_s"] / 3600.0)
+    out = dict(
+        gflop_per_image=None if flops is None else flops / r["batch_size"] / 1e9,
+        conv_gflop_per_image=conv_flops / r["batch_size"] / 1e9,
+        tflops=None if flops is None else flops * steps_per_s / 1e12,
+        conv_tflops=conv_flops * steps_per_s / 1e12,
+        peak_tflops=peak_tflops,
+        mfu=None,
+        conv_mfu=None,
+        paper_protocol_hours=PAPER_IMAGE_STEPS / r["images_per_s"] / 3600.0,
+    )
     if peak_tflops:
         total_peak = peak_tflops * num_devices
         out["mfu"] = None if flops is None else out["tflops"] / total_peak
@@ -163,8 +174,9 @@ def parse_peaks(text: str | None, dtypes) -> dict:
             pairs = [item.split("=", 1) for item in text.split(",")]
             peaks = {k.strip(): float(v) for k, v in pairs}
     except ValueError:
-        raise ValueError(f"--peak_tflops {text!r}: expected a number or dtype=number pairs, e.g. "
-                         "'float32=494.7,bfloat16=989'") from None
+        raise ValueError(
+            f"--peak_tflops {text!r}: expected a number or dtype=number pairs, e.g. 'float32=494.7,bfloat16=989'"
+        ) from None
     if any(not v > 0 for v in peaks.values()):
         raise ValueError(f"--peak_tflops {text!r}: peaks must be positive TFLOP/s")
     return {d: peaks.get(d) for d in dtypes}
@@ -197,10 +209,18 @@ def measure(config, batches, steps: int, warmup: int, peak_tflops: float | None 
     jax.block_until_ready(loss)
     seconds = time.perf_counter() - t0
     batch_size = batches[0]["images"].shape[0]
-    r = dict(dtype=config.model.dtype, batch_size=batch_size, steps=steps, seconds=seconds,
-             images_per_s=steps * batch_size / seconds, ms_per_step=1e3 * seconds / steps,
-             compile_s=compile_s, final_loss=float(loss), parameters=n_params,
-             devices=[str(d) for d in devices])
+    r = dict(
+        dtype=config.model.dtype,
+        batch_size=batch_size,
+        steps=steps,
+        seconds=seconds,
+        images_per_s=steps * batch_size / seconds,
+        ms_per_step=1e3 * seconds / steps,
+        compile_s=compile_s,
+        final_loss=float(loss),
+        parameters=n_params,
+        devices=[str(d) for d in devices],
+    )
     r.update(utilization(r, flops, conv_flops, peak_tflops, len(devices)))
     return r
 
@@ -209,9 +229,11 @@ def describe(r: dict) -> str:
     """One line of a result: throughput, FLOPs, utilization, the paper protocol's time."""
     gflop = "n/a" if r["gflop_per_image"] is None else f"{r['gflop_per_image']:.3f}"
     tflops = "n/a" if r["tflops"] is None else f"{r['tflops']:.2f}"
-    line = (f"{r['dtype']:9s} batch {r['batch_size']:4d}: {r['images_per_s']:9.1f} images/s  "
-            f"{r['ms_per_step']:8.2f} ms/step  compile {r['compile_s']:.1f} s  {gflop} GFLOP/image (XLA; "
-            f"conv/matmul {r['conv_gflop_per_image']:.3f})  {tflops} TFLOP/s")
+    line = (
+        f"{r['dtype']:9s} batch {r['batch_size']:4d}: {r['images_per_s']:9.1f} images/s  "
+        f"{r['ms_per_step']:8.2f} ms/step  compile {r['compile_s']:.1f} s  {gflop} GFLOP/image (XLA; "
+        f"conv/matmul {r['conv_gflop_per_image']:.3f})  {tflops} TFLOP/s"
+    )
     if r["mfu"] is not None:
         line += f"  {100 * r['mfu']:.1f}% of {r['peak_tflops']:g} TFLOP/s peak (conv/matmul {100 * r['conv_mfu']:.1f}%)"
     return line + f"  paper protocol (10.5M image-steps): {r['paper_protocol_hours']:.2f} h"
@@ -230,19 +252,32 @@ def run(fv: flags.FlagValues) -> None:
         config.model.dtype = dtype
         r = measure(config, batches, fv.steps, fv.warmup, peaks[dtype])
         results.append(r)
-        print(f"{describe(r)}  ({r['parameters']:,} parameters, {len(r['devices'])} x "
-              f"{jax.devices()[0].device_kind})", flush=True)
+        print(
+            f"{describe(r)}  ({r['parameters']:,} parameters, {len(r['devices'])} x {jax.devices()[0].device_kind})",
+            flush=True,
+        )
     if len(results) > 1:
-        print(f"{results[1]['dtype']} / {results[0]['dtype']}: {results[1]['images_per_s'] / results[0]['images_per_s']:.2f}x")
+        print(
+            f"{results[1]['dtype']} / {results[0]['dtype']}: "
+            f"{results[1]['images_per_s'] / results[0]['images_per_s']:.2f}x"
+        )
     if fv.json:
-        io.write_json(fv.json, dict(benchmark="train", jax=jax.__version__,
-                                    device_kind=jax.devices()[0].device_kind, platform=jax.devices()[0].platform,
-                                    config_file=config_flags.get_config_filename(fv["config"]),
-                                    variant=config.model.variant, width=int(config.model.width),
-                                    conv_blocks=model_lib.num_conv_blocks(int(config.model.stem_blocks),
-                                                                          config.model.stages),
-                                    peak_tflops=peaks,
-                                    paper_image_steps=PAPER_IMAGE_STEPS, results=results))
+        io.write_json(
+            fv.json,
+            dict(
+                benchmark="train",
+                jax=jax.__version__,
+                device_kind=jax.devices()[0].device_kind,
+                platform=jax.devices()[0].platform,
+                config_file=config_flags.get_config_filename(fv["config"]),
+                variant=config.model.variant,
+                width=int(config.model.width),
+                conv_blocks=model_lib.num_conv_blocks(int(config.model.stem_blocks), config.model.stages),
+                peak_tflops=peaks,
+                paper_image_steps=PAPER_IMAGE_STEPS,
+                results=results,
+            ),
+        )
 
 
 def main(argv=None) -> int:

@@ -40,16 +40,19 @@ def per_image_nll(workdir: str, num_images: int) -> np.ndarray:
     """NLL of each of the first ``num_images`` validation-split images under ``workdir``'s best checkpoint."""
     config, variables, normalizer = checkpoints.load(workdir, "best")
     net = model_lib.from_config(config)
-    spec = pipeline.SimulationSpec.from_config(config, seed=datasets.split_seed(config.seed, "val"),
-                                               batch_size=BATCH)
+    spec = pipeline.SimulationSpec.from_config(config, seed=datasets.split_seed(config.seed, "val"), batch_size=BATCH)
 
     @jax.jit
     def nll(batch):
         out = net.apply(variables, steps.features(batch, normalizer, config.model.variant), tiles=batch)
         return TilePosterior.from_params(out).tile_nll(batch).sum(axis=(1, 2))
 
-    parts = [np.asarray(nll({k: jnp.asarray(v) for k, v in pipeline.simulate_batch(spec, i).items()
-                             if k in steps.NETWORK_KEYS})) for i in range(num_images // BATCH)]
+    parts = [
+        np.asarray(
+            nll({k: jnp.asarray(v) for k, v in pipeline.simulate_batch(spec, i).items() if k in steps.NETWORK_KEYS})
+        )
+        for i in range(num_images // BATCH)
+    ]
     return np.concatenate(parts)
 
 
@@ -59,8 +62,10 @@ def run(fv: flags.FlagValues) -> None:
         raise cli.UsageError("give --workdir NAME=DIR (one or two)")
     per = {name: per_image_nll(w, fv["num-images"].value) for name, w in workdirs.items()}
     for name, v in per.items():
-        print(f"{name}: validation NLL {v.mean():.3f} +- {v.std(ddof=1) / np.sqrt(len(v)):.3f} "
-              f"(per-image std {v.std(ddof=1):.2f}, {len(v)} images)")
+        print(
+            f"{name}: validation NLL {v.mean():.3f} +- {v.std(ddof=1) / np.sqrt(len(v)):.3f} "
+            f"(per-image std {v.std(ddof=1):.2f}, {len(v)} images)"
+        )
     if len(per) == 2:
         (a, x), (b, y) = per.items()
         d = x - y

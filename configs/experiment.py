@@ -2,8 +2,8 @@
 
 Trains the paper's three networks from ``network`` (the shared settings) -- ``single`` (image and background,
 trained on the reference field, p_one), ``unaware`` (image and background, p_many) and ``aware`` (plus the
-six PSF parameters, p_many) -- and ``aware_cb`` (PSF-aware with the checkerboard posterior), then simulates a test set per prior in ``priors`` and evaluates every network
-and the Source Extractor baseline on it (npejax.evaluate).
+six PSF parameters, p_many) -- and ``aware_cb`` (PSF-aware with the checkerboard posterior), then simulates a
+test set per prior in ``priors`` and evaluates every network and the Source Extractor baseline on it (npejax.evaluate).
 
 What differs between the networks (``model.variant``, the training ``fields.prior`` and ``posterior.context``)
 is read from their own config files, configs/single_field.py, psf_unaware.py, psf_aware.py and
@@ -15,8 +15,12 @@ import ml_collections
 from configs import psf_aware, psf_aware_checkerboard, psf_unaware, single_field
 
 # network name -> its config file (paper Section 6; aware_cb: PSF-aware with the checkerboard posterior)
-NETWORK_CONFIGS = {"single": single_field, "unaware": psf_unaware, "aware": psf_aware,
-                   "aware_cb": psf_aware_checkerboard}
+NETWORK_CONFIGS = {
+    "single": single_field,
+    "unaware": psf_unaware,
+    "aware": psf_aware,
+    "aware_cb": psf_aware_checkerboard,
+}
 
 
 def network_settings() -> ml_collections.ConfigDict:
@@ -25,8 +29,9 @@ def network_settings() -> ml_collections.ConfigDict:
     settings = ml_collections.ConfigDict()
     for name, module in NETWORK_CONFIGS.items():
         c = module.get_config()
-        settings[name] = ml_collections.ConfigDict(dict(variant=c.model.variant, prior=c.fields.prior,
-                                                        context=c.posterior.context))
+        settings[name] = ml_collections.ConfigDict(
+            dict(variant=c.model.variant, prior=c.fields.prior, context=c.posterior.context)
+        )
     return settings
 
 

@@ -5,8 +5,7 @@ the ``configs/cpu_small.py`` size and budget, each evaluated with the Source Ext
 images from each prior (many fields, one field).
 """
 
-from configs import cpu_small
-from configs import experiment
+from configs import cpu_small, experiment
 
 
 def get_config():

@@ -8,8 +8,7 @@ those of ``configs/experiment_cpu.py`` (same split seed and simulator), so an ``
 ``test-{many,one}`` to the other.
 """
 
-from configs import cpu
-from configs import experiment_cpu
+from configs import cpu, experiment_cpu
 
 
 def get_config():

@@ -117,8 +117,9 @@ def table_format(path) -> str:
     """The astropy format for ``path`` by extension (.fits, .fit, .csv); ValueError for another."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in _FORMATS:
-        raise ValueError(f"unsupported catalog file extension {ext!r} in {os.fspath(path)!r}; "
-                         f"use one of {sorted(_FORMATS)}")
+        raise ValueError(
+            f"unsupported catalog file extension {ext!r} in {os.fspath(path)!r}; use one of {sorted(_FORMATS)}"
+        )
     return _FORMATS[ext]
 
 

@@ -36,8 +36,15 @@ class UsageError(ValueError):
 
 
 # Exceptions that are a user's mistake (a value, a path, a file), not a bug: one line, exit 2.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-               flags.Error)
+USER_ERRORS = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    flags.Error,
+)
 
 
 def message(exc: BaseException) -> str:
@@ -64,8 +71,9 @@ def add_config_root_to_path(argv) -> None:
                     sys.path.insert(0, root)
 
 
-def define_config(fv: flags.FlagValues, help_text: str = "Experiment config file (configs/*.py).",
-                  required: bool = True) -> None:
+def define_config(
+    fv: flags.FlagValues, help_text: str = "Experiment config file (configs/*.py).", required: bool = True
+) -> None:
     """``--config FILE`` (ml_collections config file, locked: an unknown ``--config.KEY`` is an error)."""
     config_flags.DEFINE_config_file("config", None, help_text, flag_values=fv, lock_config=True)
     if required:
@@ -118,8 +126,12 @@ def _parse(fv: flags.FlagValues, argv: list[str]) -> list[str]:
         raise UsageError(f"{what}: {message(exc)}") from None
 
 
-def main(define_flags: Callable[[flags.FlagValues], None], run: Callable[[flags.FlagValues], int | None],
-         argv: list[str] | None = None, doc: str | None = None) -> int:
+def main(
+    define_flags: Callable[[flags.FlagValues], None],
+    run: Callable[[flags.FlagValues], int | None],
+    argv: list[str] | None = None,
+    doc: str | None = None,
+) -> int:
     """Defines the flags on a fresh FlagValues, parses ``argv`` (default ``sys.argv``), calls ``run`` and
     turns user errors into one ``error:`` line; returns the exit status."""
     argv = list(sys.argv if argv is None else argv)
@@ -153,4 +165,3 @@ def main(define_flags: Callable[[flags.FlagValues], None], run: Callable[[flags.
         sys.stderr.write("\ninterrupted; run the same command again to resume\n")
         return EXIT_INTERRUPTED
     return int(status or 0)
-

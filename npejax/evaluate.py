@@ -27,32 +27,44 @@ from npejax.schema import FIELD_PRIORS
 
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_multi_string("workdir", [], "NAME=DIR: a training directory (repeatable).", flag_values=fv)
-    flags.DEFINE_multi_string("catalog", [], "NAME=FILE: a prediction catalog of the test set (FITS/CSV; "
-                              "repeatable).", flag_values=fv)
+    flags.DEFINE_multi_string(
+        "catalog", [], "NAME=FILE: a prediction catalog of the test set (FITS/CSV; repeatable).", flag_values=fv
+    )
     flags.DEFINE_enum("prior", "many", list(FIELD_PRIORS), "Test-set field prior when simulating.", flag_values=fv)
-    flags.DEFINE_integer("num-images", None, "Simulate this many test images (cached in --test-dir).",
-                         flag_values=fv)
+    flags.DEFINE_integer("num-images", None, "Simulate this many test images (cached in --test-dir).", flag_values=fv)
     flags.DEFINE_string("test-dir", None, "Test dataset directory (default: OUT/test-PRIOR).", flag_values=fv)
     flags.DEFINE_string("out", None, "Report directory.", flag_values=fv, required=True)
-    flags.DEFINE_integer("num-bootstrap", 200, "Bootstrap resamples of the test images (1-sigma bands).",
-                         flag_values=fv)
+    flags.DEFINE_integer(
+        "num-bootstrap", 200, "Bootstrap resamples of the test images (1-sigma bands).", flag_values=fv
+    )
     flags.DEFINE_integer("num-bins", 10, "Equal-count magnitude (and SNR) bins.", flag_values=fv)
     flags.DEFINE_integer("num-workers", 2, "Simulation worker processes.", flag_values=fv)
     flags.DEFINE_boolean("no-baseline", False, "Skip Source Extractor.", flag_values=fv)
     flags.DEFINE_boolean("no-snr", False, "Skip the SNR-stratified metrics.", flag_values=fv)
     flags.DEFINE_boolean("no-ceiling", False, "Skip the r-band star/galaxy accuracy ceiling.", flag_values=fv)
-    flags.DEFINE_integer("ceiling-galaxies", 200, "Galaxies per bin for the r-band ceiling.", lower_bound=1,
-                         flag_values=fv)
+    flags.DEFINE_integer(
+        "ceiling-galaxies", 200, "Galaxies per bin for the r-band ceiling.", lower_bound=1, flag_values=fv
+    )
     flags.DEFINE_integer("seed", 0, "Bootstrap seed.", flag_values=fv)
 
 
 def run(fv: flags.FlagValues) -> None:
-    evaluate.evaluate(cli.parse_pairs(fv.workdir, "--workdir"), fv.out, prior=fv.prior, num_images=fv["num-images"].value,
-                      test_dir=fv["test-dir"].value, catalogs=cli.parse_pairs(fv.catalog, "--catalog"),
-                      baseline=not fv["no-baseline"].value, num_bootstrap=fv["num-bootstrap"].value,
-                      num_bins=fv["num-bins"].value, seed=fv.seed, num_workers=fv["num-workers"].value,
-                      snr=not fv["no-snr"].value, ceiling=not fv["no-ceiling"].value,
-                      ceiling_galaxies=fv["ceiling-galaxies"].value)
+    evaluate.evaluate(
+        cli.parse_pairs(fv.workdir, "--workdir"),
+        fv.out,
+        prior=fv.prior,
+        num_images=fv["num-images"].value,
+        test_dir=fv["test-dir"].value,
+        catalogs=cli.parse_pairs(fv.catalog, "--catalog"),
+        baseline=not fv["no-baseline"].value,
+        num_bootstrap=fv["num-bootstrap"].value,
+        num_bins=fv["num-bins"].value,
+        seed=fv.seed,
+        num_workers=fv["num-workers"].value,
+        snr=not fv["no-snr"].value,
+        ceiling=not fv["no-ceiling"].value,
+        ceiling_galaxies=fv["ceiling-galaxies"].value,
+    )
 
 
 def main(argv=None) -> int:

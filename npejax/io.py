@@ -109,13 +109,15 @@ def _check_writable_ancestor(path: str, what: str) -> None:
     while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise NotADirectoryError(f"{what}: {parent} is a file, so no directory can be made under it; "
-                                 "give a path in a directory")
+        raise NotADirectoryError(
+            f"{what}: {parent} is a file, so no directory can be made under it; give a path in a directory"
+        )
     try:
         os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".npejax-probe-"))
     except OSError as exc:
-        raise PermissionError(f"{what}: cannot write in {parent} ({exc.strerror}); give a path in a "
-                              "writable directory") from None
+        raise PermissionError(
+            f"{what}: cannot write in {parent} ({exc.strerror}); give a path in a writable directory"
+        ) from None
 
 
 def check_output_dir(path, what: str = "--out") -> str:
@@ -124,8 +126,9 @@ def check_output_dir(path, what: str = "--out") -> str:
     before any work, so that an unusable output path is reported before hours of computing."""
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise NotADirectoryError(f"{what} {path} is an existing file, not a directory: give a directory "
-                                 "(new or existing)")
+        raise NotADirectoryError(
+            f"{what} {path} is an existing file, not a directory: give a directory (new or existing)"
+        )
     _check_writable_ancestor(path, f"{what} {path}")
     return path
 

@@ -27,8 +27,12 @@ from npejax.nn import train
 
 def define_flags(fv: flags.FlagValues) -> None:
     cli.define_config(fv, "Experiment configuration file (configs/*.py).")
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, TensorBoard events and the saved "
-                        "config (default: runs/<model.variant>).", flag_values=fv)
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "Directory for checkpoints, metrics, TensorBoard events and the saved config (default: runs/<model.variant>).",
+        flag_values=fv,
+    )
 
 
 def run(fv: flags.FlagValues) -> None:

@@ -34,30 +34,45 @@ from npejax.nn import checkpoints, predictor
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv,
-                        required=True)
-    flags.DEFINE_string("input", None, "Dataset directory, .npz (images, background, psf_params) or FITS image.",
-                        flag_values=fv)
-    flags.DEFINE_string("sdss-frame", None, "SDSS r-band frame file (frame-r-RUN6-CAMCOL-FIELD4.fits[.bz2]) "
-                        "instead of --input; needs --psfield.", flag_values=fv)
-    flags.DEFINE_string("psfield", None, "The frame's psField file (psField-RUN6-CAMCOL-FIELD4.fit): its r-band "
-                        "PSF parameters.", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv, required=True)
+    flags.DEFINE_string(
+        "input", None, "Dataset directory, .npz (images, background, psf_params) or FITS image.", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "sdss-frame",
+        None,
+        "SDSS r-band frame file (frame-r-RUN6-CAMCOL-FIELD4.fits[.bz2]) instead of --input; needs --psfield.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "psfield",
+        None,
+        "The frame's psField file (psField-RUN6-CAMCOL-FIELD4.fit): its r-band PSF parameters.",
+        flag_values=fv,
+    )
     flags.DEFINE_string("out", None, "Output catalog (.fits or .csv).", flag_values=fv, required=True)
-    flags.DEFINE_string("png", None, "Also write a PNG of the (first) image with the detections drawn on it.",
-                        flag_values=fv)
-    flags.DEFINE_enum("checkpoint", "best", list(checkpoints.WHICH), "Which checkpoint of --workdir.",
-                      flag_values=fv)
+    flags.DEFINE_string(
+        "png", None, "Also write a PNG of the (first) image with the detections drawn on it.", flag_values=fv
+    )
+    flags.DEFINE_enum("checkpoint", "best", list(checkpoints.WHICH), "Which checkpoint of --workdir.", flag_values=fv)
     flags.DEFINE_float("min-prob", 0.5, "Keep tiles with prob_source above this, in [0, 1).", flag_values=fv)
     flags.DEFINE_integer("batch-size", 256, "Images per network call.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("chunk-size", predictor.CHUNK_SIZE, "Images larger than this many pixels on a side are "
-                         "predicted in overlapping chunks of this size (bounded memory; 0: whole).",
-                         lower_bound=0, flag_values=fv)
-    flags.DEFINE_string("background", None, "FITS input: background in nmgy per pixel (a number or a FITS file).",
-                        flag_values=fv)
+    flags.DEFINE_integer(
+        "chunk-size",
+        predictor.CHUNK_SIZE,
+        "Images larger than this many pixels on a side are "
+        "predicted in overlapping chunks of this size (bounded memory; 0: whole).",
+        lower_bound=0,
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "background", None, "FITS input: background in nmgy per pixel (a number or a FITS file).", flag_values=fv
+    )
     flags.DEFINE_string("psf-params", None, "FITS input: s1,s2,sP,beta,b,p0 (pixels).", flag_values=fv)
     flags.DEFINE_string("field-id", None, "FITS input: take the PSF from this field of --bank.", flag_values=fv)
-    flags.DEFINE_string("bank", None, "Field bank for --field-id (default: the embedded synthetic bank).",
-                        flag_values=fv)
+    flags.DEFINE_string(
+        "bank", None, "Field bank for --field-id (default: the embedded synthetic bank).", flag_values=fv
+    )
     for name in ("min-prob", "batch-size", "chunk-size", "psf-params", "field-id", "sdss-frame"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
@@ -66,20 +81,24 @@ def open_inputs(fv: flags.FlagValues) -> predictor.Inputs:
     """The images named by --input or --sdss-frame/--psfield, read and checked."""
     frame, psfield, path = fv["sdss-frame"].value, fv.psfield, fv.input
     if (path is None) == (frame is None):
-        raise cli.UsageError("give one of --input (a dataset directory, .npz or FITS image) and --sdss-frame "
-                             "(with --psfield)" + (", not both" if path else ""))
+        raise cli.UsageError(
+            "give one of --input (a dataset directory, .npz or FITS image) and --sdss-frame "
+            "(with --psfield)" + (", not both" if path else "")
+        )
     if frame is not None:
         given = [f"--{n}" for n in ("background", "psf-params", "field-id", "bank") if fv[n].value is not None]
         if given:
-            raise cli.UsageError(f"{', '.join(given)}: an SDSS frame brings its own background and --psfield its "
-                                 "PSF; leave them out")
+            raise cli.UsageError(
+                f"{', '.join(given)}: an SDSS frame brings its own background and --psfield its PSF; leave them out"
+            )
         if psfield is None:
             raise cli.UsageError("--sdss-frame needs --psfield (the frame's psField file, for its PSF)")
         return predictor.open_sdss_frame(frame, psfield)
     if psfield is not None:
         raise cli.UsageError("--psfield goes with --sdss-frame; for --input give --psf-params or --field-id")
-    return predictor.open_inputs(path, predictor.parse_background_arg(fv.background), fv["psf-params"].value,
-                                 fv["field-id"].value, fv.bank)
+    return predictor.open_inputs(
+        path, predictor.parse_background_arg(fv.background), fv["psf-params"].value, fv["field-id"].value, fv.bank
+    )
 
 
 def run(fv: flags.FlagValues) -> None:

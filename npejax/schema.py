@@ -107,5 +107,9 @@ SPLITS = ("train", "val", "test")
 FIELD_PRIORS = ("many", "one")
 
 # Binned evaluation metrics (npejax.evaluation.metrics.binned_metrics) and their labels in tables/figures.
-METRIC_LABELS = {"precision": "precision", "recall": "recall", "accuracy": "star/galaxy accuracy",
-                 "mape": "flux MAPE (%)"}
+METRIC_LABELS = {
+    "precision": "precision",
+    "recall": "recall",
+    "accuracy": "star/galaxy accuracy",
+    "mape": "flux MAPE (%)",
+}

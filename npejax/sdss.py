@@ -39,12 +39,14 @@ def _parse_grid(text: str) -> tuple[int, int]:
 
 
 def define_download_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("fields", None, "Text file of lines 'run camcol field' ('#' comments).", flag_values=fv,
-                        required=True)
+    flags.DEFINE_string(
+        "fields", None, "Text file of lines 'run camcol field' ('#' comments).", flag_values=fv, required=True
+    )
     flags.DEFINE_string("out", None, "Output folder.", flag_values=fv, required=True)
     flags.DEFINE_string("base-url", download.DEFAULT_BASE_URL, "Archive root.", flag_values=fv)
-    flags.DEFINE_integer("retries", 3, "Retries per file on connection errors, timeouts and HTTP 5xx/429.",
-                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer(
+        "retries", 3, "Retries per file on connection errors, timeouts and HTTP 5xx/429.", lower_bound=0, flag_values=fv
+    )
     flags.DEFINE_float("timeout", 30.0, "Seconds per network operation.", flag_values=fv)
 
 
@@ -52,8 +54,9 @@ def run_download(fv: flags.FlagValues) -> int:
     out = fv["out"].value
     fields = sdss.read_fields_file(fv["fields"].value)
     try:
-        download.download_fields(fields, out, base_url=fv["base-url"].value, retries=fv["retries"].value,
-                                 timeout=fv["timeout"].value)
+        download.download_fields(
+            fields, out, base_url=fv["base-url"].value, retries=fv["retries"].value, timeout=fv["timeout"].value
+        )
     except download.DownloadError as exc:  # the archive, not the command line: exit 1
         return cli.fail(cli.message(exc), EXIT_DOWNLOAD_FAILED)
     except OSError as exc:  # e.g. --out is a file
@@ -66,27 +69,29 @@ def run_download(fv: flags.FlagValues) -> int:
 
 
 def define_build_bank_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("dir", None, "Folder of psField, photoField and frame-r files.", flag_values=fv,
-                        required=True)
+    flags.DEFINE_string("dir", None, "Folder of psField, photoField and frame-r files.", flag_values=fv, required=True)
     flags.DEFINE_string("out", None, "Output .npz bank.", flag_values=fv, required=True)
     grid = "x".join(str(v) for v in sdss.DEFAULT_GRID)
     flags.DEFINE_string("grid", grid, "Sky grid rows x columns.", flag_values=fv)
-    flags.register_validator("grid", _grid_ok, message="grid must look like 12x16 (rows x columns)",
-                             flag_values=fv)
-    flags.DEFINE_string("reference", None, "Reference field RUN-CAMCOL-FIELD (default: the most typical).",
-                        flag_values=fv)
+    flags.register_validator("grid", _grid_ok, message="grid must look like 12x16 (rows x columns)", flag_values=fv)
+    flags.DEFINE_string(
+        "reference", None, "Reference field RUN-CAMCOL-FIELD (default: the most typical).", flag_values=fv
+    )
 
 
 def run_build_bank(fv: flags.FlagValues) -> int:
     out = fv["out"].value
     try:
-        bank = sdss.build_bank(fv["dir"].value, grid_shape=_parse_grid(fv["grid"].value),
-                               reference=fv["reference"].value)
+        bank = sdss.build_bank(
+            fv["dir"].value, grid_shape=_parse_grid(fv["grid"].value), reference=fv["reference"].value
+        )
         bank.save(out)
     except OSError as exc:  # e.g. an unreadable folder
         return cli.fail(cli.message(exc))
-    print(f"wrote {out}: {len(bank)} fields, sky grid {bank.sky_grid.shape[1]}x{bank.sky_grid.shape[2]}, "
-          f"reference {bank.names[bank.reference]}")
+    print(
+        f"wrote {out}: {len(bank)} fields, sky grid {bank.sky_grid.shape[1]}x{bank.sky_grid.shape[2]}, "
+        f"reference {bank.names[bank.reference]}"
+    )
     return 0
 
 
@@ -107,8 +112,7 @@ def main(argv=None) -> int:
         if rest:
             print(__doc__.strip())
             return 0
-        return cli.fail(f"a subcommand is required: one of {', '.join(SUBCOMMANDS)} "
-                        "(python -m npejax.sdss --help)")
+        return cli.fail(f"a subcommand is required: one of {', '.join(SUBCOMMANDS)} (python -m npejax.sdss --help)")
     command = rest[0]
     if command not in SUBCOMMANDS:
         return cli.fail(f"unknown subcommand {command!r}; expected one of {', '.join(SUBCOMMANDS)}")

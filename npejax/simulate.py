@@ -22,18 +22,30 @@ from npejax import cli, io, schema
 
 def define_flags(fv: flags.FlagValues) -> None:
     cli.define_config(fv, "Experiment config file (e.g. configs/psf_aware.py).")
-    flags.DEFINE_enum("split", None, list(schema.SPLITS), "Which split to simulate (its seed differs per split).",
-                      flag_values=fv, required=True)
-    flags.DEFINE_string("out", None, "Output dataset directory (created; an existing one is resumed).",
-                        flag_values=fv, required=True)
+    flags.DEFINE_enum(
+        "split",
+        None,
+        list(schema.SPLITS),
+        "Which split to simulate (its seed differs per split).",
+        flag_values=fv,
+        required=True,
+    )
+    flags.DEFINE_string(
+        "out", None, "Output dataset directory (created; an existing one is resumed).", flag_values=fv, required=True
+    )
     flags.DEFINE_integer("num-images", None, "Number of images (default: config.data.num_<split>).", flag_values=fv)
-    flags.DEFINE_integer("num-workers", None, "Worker processes (default: config.simulator.num_workers; "
-                         "0 renders in this process).", flag_values=fv)
+    flags.DEFINE_integer(
+        "num-workers",
+        None,
+        "Worker processes (default: config.simulator.num_workers; 0 renders in this process).",
+        flag_values=fv,
+    )
     flags.DEFINE_integer("shard-size", None, "Images per shard (default: config.data.shard_size).", flag_values=fv)
     flags.DEFINE_string("catalog", None, "Also write the true catalog here (.fits or .csv).", flag_values=fv)
     flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
     for name in ("num-images", "num-workers", "shard-size"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
+
 
 TRUTH_FILE = "truth.fits"
 
@@ -52,7 +64,7 @@ def run(fv: flags.FlagValues) -> None:
     t0 = time.perf_counter()
     try:
         config = fv.config
-        config.seed  # a config file that failed to load raises here
+        _ = config.seed  # a config file that failed to load raises here
     except (OSError, AttributeError, KeyError) as exc:
         raise cli.UsageError(f"cannot load the config: {exc}") from None
     split = fv.split
@@ -85,13 +97,23 @@ def run(fv: flags.FlagValues) -> None:
         raise cli.UsageError(f"invalid config: {exc}") from None
 
     bank = spec.bank
-    print(f"simulating {num_images} {split} images (seed {seed}, fields prior {spec.field_prior!r}, "
-          f"{len(bank)} {'SYNTHETIC ' if bank.synthetic else ''}fields) into {fv.out} "
-          f"with {num_workers} worker(s), {shard_size} images per shard", flush=True)
+    print(
+        f"simulating {num_images} {split} images (seed {seed}, fields prior {spec.field_prior!r}, "
+        f"{len(bank)} {'SYNTHETIC ' if bank.synthetic else ''}fields) into {fv.out} "
+        f"with {num_workers} worker(s), {shard_size} images per shard",
+        flush=True,
+    )
     try:
-        report = datasets.write_dataset(spec, fv.out, num_images, split, config=config,
-                                        num_workers=num_workers, shard_size=shard_size,
-                                        progress=fv.progress)
+        report = datasets.write_dataset(
+            spec,
+            fv.out,
+            num_images,
+            split,
+            config=config,
+            num_workers=num_workers,
+            shard_size=shard_size,
+            progress=fv.progress,
+        )
     except datasets.DatasetError as exc:
         raise cli.UsageError(str(exc)) from None
     dataset = datasets.load(fv.out)
@@ -102,10 +124,14 @@ def run(fv: flags.FlagValues) -> None:
     elapsed = time.perf_counter() - t0
 
     resumed = report.num_shards - len(report.rendered_shards)
-    print(f"dataset: {fv.out}: {len(dataset)} images in {report.num_shards} shard{'s' * (report.num_shards != 1)}"
-          + (f" ({resumed} already present, {len(report.rendered_shards)} rendered now)" if resumed else ""))
-    print(f"sources: {n_sources} ({n_sources / len(dataset):.3f} per image); dropped by the one-per-tile rule: "
-          f"{n_dropped} ({100.0 * n_dropped / max(n_sources, 1):.2f}% of sources)")
+    print(
+        f"dataset: {fv.out}: {len(dataset)} images in {report.num_shards} shard{'s' * (report.num_shards != 1)}"
+        + (f" ({resumed} already present, {len(report.rendered_shards)} rendered now)" if resumed else "")
+    )
+    print(
+        f"sources: {n_sources} ({n_sources / len(dataset):.3f} per image); dropped by the one-per-tile rule: "
+        f"{n_dropped} ({100.0 * n_dropped / max(n_sources, 1):.2f}% of sources)"
+    )
     print(f"truth catalog: {', '.join(written)} ({len(table)} rows)")
     rate = report.rendered_images / report.seconds if report.seconds > 0 else float("nan")
     print(f"time: {elapsed:.1f} s; rendered {report.rendered_images} images at {rate:.1f} images/s")

@@ -40,30 +40,55 @@ from npejax.nn import survey as survey_lib
 
 
 def define_catalog_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv,
-                        required=True)
-    flags.DEFINE_enum("checkpoint", "best", list(checkpoints.WHICH), "Which checkpoint of --workdir.",
-                      flag_values=fv)
-    flags.DEFINE_string("frames", None, "Frame list: one frame per line, 'PATH [key=value ...]' (module doc).",
-                        flag_values=fv, required=True)
-    flags.DEFINE_string("out", None, "Output folder: catalogs/NAME.fits|csv per frame, failures-I-of-N.csv.",
-                        flag_values=fv, required=True)
+    flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv, required=True)
+    flags.DEFINE_enum("checkpoint", "best", list(checkpoints.WHICH), "Which checkpoint of --workdir.", flag_values=fv)
+    flags.DEFINE_string(
+        "frames",
+        None,
+        "Frame list: one frame per line, 'PATH [key=value ...]' (module doc).",
+        flag_values=fv,
+        required=True,
+    )
+    flags.DEFINE_string(
+        "out",
+        None,
+        "Output folder: catalogs/NAME.fits|csv per frame, failures-I-of-N.csv.",
+        flag_values=fv,
+        required=True,
+    )
     flags.DEFINE_enum("format", "fits", list(survey_lib.FORMATS), "Catalog file format.", flag_values=fv)
-    flags.DEFINE_string("shard", None, "I/N: catalog the frames K with K mod N == I (default: from a Slurm job "
-                        "array's SLURM_ARRAY_TASK_ID/COUNT, else all).", flag_values=fv)
+    flags.DEFINE_string(
+        "shard",
+        None,
+        "I/N: catalog the frames K with K mod N == I (default: from a Slurm job "
+        "array's SLURM_ARRAY_TASK_ID/COUNT, else all).",
+        flag_values=fv,
+    )
     flags.DEFINE_float("min-prob", 0.5, "Keep tiles with prob_source above this, in [0, 1).", flag_values=fv)
-    flags.DEFINE_integer("readers", 2, "Threads reading the next frames while one is predicted (frames held in "
-                         "memory: readers + 1).", lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("chunk-size", predictor.CHUNK_SIZE, "Frames larger than this many pixels on a side are "
-                         "predicted in overlapping chunks of this size (bounded memory; 0: whole).",
-                         lower_bound=0, flag_values=fv)
-    flags.DEFINE_string("background", None, "Default background of FITS lines (nmgy per pixel, a number or a "
-                        "FITS file).", flag_values=fv)
+    flags.DEFINE_integer(
+        "readers",
+        2,
+        "Threads reading the next frames while one is predicted (frames held in memory: readers + 1).",
+        lower_bound=1,
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "chunk-size",
+        predictor.CHUNK_SIZE,
+        "Frames larger than this many pixels on a side are "
+        "predicted in overlapping chunks of this size (bounded memory; 0: whole).",
+        lower_bound=0,
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "background",
+        None,
+        "Default background of FITS lines (nmgy per pixel, a number or a FITS file).",
+        flag_values=fv,
+    )
     flags.DEFINE_string("field-id", None, "Default PSF of FITS lines: this field of --bank.", flag_values=fv)
-    flags.DEFINE_string("psf-params", None, "Default PSF of FITS lines: s1,s2,sP,beta,b,p0 (pixels).",
-                        flag_values=fv)
-    flags.DEFINE_string("bank", None, "Field bank of field-id (default: the embedded synthetic bank).",
-                        flag_values=fv)
+    flags.DEFINE_string("psf-params", None, "Default PSF of FITS lines: s1,s2,sP,beta,b,p0 (pixels).", flag_values=fv)
+    flags.DEFINE_string("bank", None, "Field bank of field-id (default: the embedded synthetic bank).", flag_values=fv)
     for name in ("min-prob", "chunk-size", "field-id", "psf-params"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
@@ -84,9 +109,12 @@ def run_catalog(fv: flags.FlagValues) -> int:
     mine = survey_lib.shard_frames(frames, shard, num_shards)
     todo = survey_lib.pending_frames(mine, out, fmt)
     skipped = len(mine) - len(todo)
-    print(f"shard {shard}/{num_shards} ({shard_source}; frame K goes to shard K mod {num_shards}): {len(mine)} of "
-          f"{len(frames)} frames; {skipped} skipped (catalog exists in {os.path.join(out, survey_lib.CATALOG_DIR)})"
-          f", {len(todo)} to catalog", flush=True)
+    print(
+        f"shard {shard}/{num_shards} ({shard_source}; frame K goes to shard K mod {num_shards}): {len(mine)} of "
+        f"{len(frames)} frames; {skipped} skipped (catalog exists in {os.path.join(out, survey_lib.CATALOG_DIR)})"
+        f", {len(todo)} to catalog",
+        flush=True,
+    )
     failures_file = survey_lib.failures_path(out, shard, num_shards)
     summary = survey_lib.Summary()
     if todo:  # the network is loaded only when there is a frame to catalog
@@ -98,21 +126,29 @@ def run_catalog(fv: flags.FlagValues) -> int:
             raise cli.UsageError(f"--chunk-size {chunk_size}: {cli.message(exc).split(': ', 1)[1]}") from None
         if any(f.field_id is not None for f in todo):
             bank.load()  # a missing or unreadable bank is the command's error, not every frame's
-        summary = survey_lib.catalog_frames(net, todo, out, fmt, bank, min_prob, chunk_size, fv.readers,
-                                            failures_file)
+        summary = survey_lib.catalog_frames(net, todo, out, fmt, bank, min_prob, chunk_size, fv.readers, failures_file)
     survey_lib.clear_failures(failures_file, summary.failures)  # a rerun that catalogued every frame
     failed = len(summary.failures)
-    print(f"shard {shard}/{num_shards}: {summary.done} frames cataloged ({summary.sources} sources)"
-          f"{summary.rate_text()}, {skipped} skipped, {failed} failed" +
-          (f" (listed in {failures_file})" if failed else "") + f"; {survey_lib.peak_memory_text()}", flush=True)
+    print(
+        f"shard {shard}/{num_shards}: {summary.done} frames cataloged ({summary.sources} sources)"
+        f"{summary.rate_text()}, {skipped} skipped, {failed} failed"
+        + (f" (listed in {failures_file})" if failed else "")
+        + f"; {survey_lib.peak_memory_text()}",
+        flush=True,
+    )
     return survey_lib.EXIT_FRAMES_FAILED if failed else 0
 
 
 def define_merge_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "The --out folder of the catalog runs.", flag_values=fv, required=True)
     flags.DEFINE_string("table", None, "The merged table (.fits or .csv).", flag_values=fv, required=True)
-    flags.DEFINE_string("frames", None, "Merge this list's frames, in its order, and name those without a "
-                        "catalog (default: every catalog of --out, by name).", flag_values=fv)
+    flags.DEFINE_string(
+        "frames",
+        None,
+        "Merge this list's frames, in its order, and name those without a "
+        "catalog (default: every catalog of --out, by name).",
+        flag_values=fv,
+    )
 
 
 def run_merge(fv: flags.FlagValues) -> int:
@@ -129,12 +165,16 @@ def run_merge(fv: flags.FlagValues) -> int:
     merged, missing = survey_lib.merge_catalogs(out, names)
     catalog_lib.write_table(merged, path)
     listed = survey_lib.failure_files(out)
-    print(f"{merged.meta['NFRAMES']} frame catalogs, {len(merged)} rows -> {path}" +
-          (f"; failures of the last runs listed in {', '.join(listed)}" if listed else ""))
+    print(
+        f"{merged.meta['NFRAMES']} frame catalogs, {len(merged)} rows -> {path}"
+        + (f"; failures of the last runs listed in {', '.join(listed)}" if listed else "")
+    )
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        sys.stderr.write(f"missing: {len(missing)} frames of {fv.frames} have no catalog in "
-                         f"{os.path.join(out, survey_lib.CATALOG_DIR)} ({shown}); run the catalog command again\n")
+        sys.stderr.write(
+            f"missing: {len(missing)} frames of {fv.frames} have no catalog in "
+            f"{os.path.join(out, survey_lib.CATALOG_DIR)} ({shown}); run the catalog command again\n"
+        )
         return survey_lib.EXIT_FRAMES_FAILED
     return 0
 
@@ -153,8 +193,7 @@ def main(argv=None) -> int:
         if rest:
             print(__doc__.strip())
             return 0
-        return cli.fail(f"a subcommand is required: one of {', '.join(SUBCOMMANDS)} (python -m npejax.survey "
-                        "--help)")
+        return cli.fail(f"a subcommand is required: one of {', '.join(SUBCOMMANDS)} (python -m npejax.survey --help)")
     if rest[0] not in SUBCOMMANDS:
         return cli.fail(f"unknown subcommand {rest[0]!r}; expected one of {', '.join(SUBCOMMANDS)}")
     define_flags, run = SUBCOMMANDS[rest[0]]

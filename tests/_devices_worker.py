@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import sys
 
+import conftest  # tests/ is sys.path[0] when this file is run; conftest puts the repository root on it
 import jax
 import numpy as np
 
-import conftest  # tests/ is sys.path[0] when this file is run; conftest puts the repository root on it
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import predictor as predictor_lib
@@ -56,15 +56,19 @@ def initial_state(config, net) -> state_lib.TrainState:
             return rng.normal(0.0, 1.0 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(leaf.dtype)
         return np.full(leaf.shape, name.endswith(("['scale']", "['var']")), leaf.dtype)
 
-    params, batch_stats = (jax.tree_util.tree_map_with_path(draw, tree)
-                           for tree in (abstract.params, abstract.batch_stats))
-    return state_lib.TrainState.create(apply_fn=abstract.apply_fn, params=params, tx=abstract.tx,
-                                       batch_stats=batch_stats)
+    params, batch_stats = (
+        jax.tree_util.tree_map_with_path(draw, tree) for tree in (abstract.params, abstract.batch_stats)
+    )
+    return state_lib.TrainState.create(
+        apply_fn=abstract.apply_fn, params=params, tx=abstract.tx, batch_stats=batch_stats
+    )
 
 
 def flat(tree, prefix: str) -> dict:
-    return {prefix + jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf))
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        prefix + jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def main(out: str) -> None:
@@ -72,8 +76,9 @@ def main(out: str) -> None:
     mesh = steps_lib.data_mesh()
     spec = pipeline.SimulationSpec.from_config(config, seed=SEED, batch_size=BATCH)
     batches = [pipeline.simulate_batch(spec, i) for i in range(5)]  # 3 train, 1 eval, 1 predict
-    normalizer = inputs_lib.Normalizer.fit(*(np.concatenate([b[k] for b in batches[:3]])
-                                             for k in ("images", "background", "psf_params")))
+    normalizer = inputs_lib.Normalizer.fit(
+        *(np.concatenate([b[k] for b in batches[:3]]) for k in ("images", "background", "psf_params"))
+    )
     net = model_lib.from_config(config)
     state = jax.device_put(initial_state(config, net), steps_lib.replicated(mesh))
     train_step, eval_step = steps_lib.jit_steps(normalizer, mesh, config.model.variant, do_augment=True)
@@ -93,16 +98,29 @@ def main(out: str) -> None:
         outputs = {f"predict/{k}": v for k, v in tiles.items()}
     else:  # the predictor's network call with the images split over the mesh, as the eval step's batch
         put = lambda a: jax.device_put(np.asarray(a, np.float32), sharding)
-        sharded = predictor._forward(variables, put(b["images"]), put(b["background"]), put(b["psf_params"]),
-                                     jax.numpy.asarray([0, 0], jax.numpy.int32))
+        sharded = predictor._forward(
+            variables,
+            put(b["images"]),
+            put(b["background"]),
+            put(b["psf_params"]),
+            jax.numpy.asarray([0, 0], jax.numpy.int32),
+        )
         devices = len(sharded["prob_source"].sharding.device_set)
         sharded = predictor.read_tiles({k: np.asarray(jax.device_get(v)) for k, v in sharded.items()})
         outputs = {f"sharded/{k}": v for k, v in sharded.items()}
         outputs["sharded_devices"] = devices
 
-    np.savez(out, devices=mesh.size, startup=train.describe_devices(mesh, BATCH),
-             images=np.stack([x["images"] for x in batches]), losses=np.asarray(losses), eval_nll=eval_nll,
-             **flat(state.params, "param/"), **flat(state.batch_stats, "batch_stats/"), **outputs)
+    np.savez(
+        out,
+        devices=mesh.size,
+        startup=train.describe_devices(mesh, BATCH),
+        images=np.stack([x["images"] for x in batches]),
+        losses=np.asarray(losses),
+        eval_nll=eval_nll,
+        **flat(state.params, "param/"),
+        **flat(state.batch_stats, "batch_stats/"),
+        **outputs,
+    )
 
 
 if __name__ == "__main__":

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import sys
 
+import conftest  # tests/ is sys.path[0] when this file is run; conftest puts the repository root on it
 import jax
 import numpy as np
 
-import conftest  # tests/ is sys.path[0] when this file is run; conftest puts the repository root on it
-from npejax.nn import distributed
+from npejax.nn import distributed, train
 from npejax.nn import steps as steps_lib
-from npejax.nn import train
 
 IMAGE_SIZE = 32
 
@@ -39,12 +38,13 @@ def config(train_dir: str = "", val_dir: str = ""):
 
 
 def flat(tree, prefix: str) -> dict:
-    return {prefix + jax.tree_util.keystr(path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        prefix + jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
-def main(out: str, workdir: str, train_dir: str, val_dir: str, port: str = "", num: str = "1",
-         pid: str = "0") -> None:
+def main(out: str, workdir: str, train_dir: str, val_dir: str, port: str = "", num: str = "1", pid: str = "0") -> None:
     cfg = config(train_dir, val_dir)
     if port:
         cfg.distributed.coordinator_address = f"127.0.0.1:{port}"
@@ -53,10 +53,18 @@ def main(out: str, workdir: str, train_dir: str, val_dir: str, port: str = "", n
     mesh = steps_lib.data_mesh()
     rows = distributed.local_rows(steps_lib.batch_sharding(mesh), int(cfg.train.batch_size))
     state = summary["state"]
-    np.savez(out, process_index=jax.process_index(), process_count=jax.process_count(), devices=mesh.size,
-             local_rows=np.asarray([rows.start, rows.stop]), startup=train.describe_devices(mesh, 8),
-             history=np.asarray([[r["train_nll"], r["val_nll"]] for r in summary["history"]]),
-             **flat(state.params, "param/"), **flat(state.batch_stats, "batch_stats/"), **other_feeds(mesh))
+    np.savez(
+        out,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        devices=mesh.size,
+        local_rows=np.asarray([rows.start, rows.stop]),
+        startup=train.describe_devices(mesh, 8),
+        history=np.asarray([[r["train_nll"], r["val_nll"]] for r in summary["history"]]),
+        **flat(state.params, "param/"),
+        **flat(state.batch_stats, "batch_stats/"),
+        **other_feeds(mesh),
+    )
 
 
 def local(array) -> np.ndarray:
@@ -80,8 +88,13 @@ def other_feeds(mesh) -> dict:
         images = feed.resident["images"]
         equal = np.array_equal(np.asarray(images.addressable_data(0)), data.train_ds.read(slice(None))["images"])
         indices = np.asarray(indices.addressable_data(0))
-    return {"fly/images": local(batch["images"]), "fly/shape": np.asarray(batch["images"].shape),
-            "resident/equal": equal, "resident/shape": np.asarray(images.shape), "resident/rows": indices}
+    return {
+        "fly/images": local(batch["images"]),
+        "fly/shape": np.asarray(batch["images"].shape),
+        "resident/equal": equal,
+        "resident/shape": np.asarray(images.shape),
+        "resident/rows": indices,
+    }
 
 
 if __name__ == "__main__":

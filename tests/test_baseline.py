@@ -179,8 +179,7 @@ def test_recall_on_simulated_images(sim_batches):
 
 def _snr_batch(field, sources, background_nmgy=0.7, max_sources=4):
     """One image of ``field`` with a flat background and the given sources (dicts of catalog values)."""
-    batch = {key: np.zeros((1, max_sources), bool if key == "is_galaxy" else np.float32)
-             for key in CATALOG_KEYS}
+    batch = {key: np.zeros((1, max_sources), bool if key == "is_galaxy" else np.float32) for key in CATALOG_KEYS}
     for s, source in enumerate(sources):
         for key, value in source.items():
             batch[key][0, s] = value
@@ -251,8 +250,9 @@ def test_snr_on_simulated_batch(sim_batches):
     assert np.all(np.isnan(values[~valid]))
     assert np.all(np.isfinite(values[valid]) & (values[valid] >= 0))
     # a renderer with the spec's bank and settings gives the same values; a bank alone has no settings
-    np.testing.assert_allclose(snr.source_snr(batch, render.Renderer(spec.bank, (80, 80), spec.render)), values,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        snr.source_snr(batch, render.Renderer(spec.bank, (80, 80), spec.render)), values, rtol=1e-6
+    )
     with pytest.raises(TypeError, match="SimulationSpec or a Renderer"):
         snr.source_snr(batch, spec.bank)
     # stars: SNR rises with flux (rank correlation; fields differ in sky and seeing)

@@ -46,6 +46,7 @@ report = _load("gpu_report")
 
 # --- hand counts ------------------------------------------------------------------------------------
 
+
 def conv_layers(width, stem_blocks, stages, size=IMAGE, cin=CHANNELS):
     """(output side, kernel, in channels, out channels) of every convolution of a CatalogNet, head included."""
     layers = [(size, 5, cin, width)]
@@ -76,13 +77,13 @@ def test_hand_count_matches_the_full_size_description():
 
 # --- the FLOP counters ------------------------------------------------------------------------------
 
+
 def test_matmul_flops_of_one_convolution_and_its_gradients():
     x = jnp.ones((2, 16, 16, 3))
     w = jnp.ones((3, 3, 3, 5))
 
     def conv(x, w, stride):
-        return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     for stride in (1, 2):
         out = 16 // stride
@@ -136,11 +137,18 @@ def test_utilization_arithmetic():
 
 # --- the suite, tiny on the CPU ---------------------------------------------------------------------
 
+
 def _gpu_sh(*args, env=None, timeout=600):
     full_env = {k: v for k, v in os.environ.items() if k not in ("OUT", "RESULTS")}
     full_env.update(PYTHON=sys.executable, **(env or {}))
-    return subprocess.run(["bash", os.path.join(BENCH, "gpu.sh"), *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", os.path.join(BENCH, "gpu.sh"), *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +173,7 @@ def test_smoke_suite_runs_and_appends_a_section(smoke):
     with open(os.path.join(BENCH, "RESULTS.md")) as f:
         original = f.read()
     assert text.startswith(original)  # appended, nothing rewritten
-    added = text[len(original):]
+    added = text[len(original) :]
     assert added.count("\n## CPU smoke (") == 1
     assert "| cpu_small (width 4, 12 blocks) | float32 | 4 |" in added
     assert (out / "section.md").read_text().strip() == added.strip()
@@ -199,7 +207,7 @@ def test_smoke_predict_figures(smoke):
     assert [f["chunk_size"] for f in doc["frames"]] == [48, 0]
     for f in doc["frames"]:
         assert f["frame_shape"] == [100, 120] and f["tile_grid"] == [25, 30]
-        assert f["frames_per_s"] > 0 and f["peak_bytes"] > 2 ** 20
+        assert f["frames_per_s"] > 0 and f["peak_bytes"] > 2**20
     assert doc["peak_memory_source"].startswith("host max RSS")  # no GPU here
     assert "synthetic" in doc["inputs"]
 
@@ -218,44 +226,111 @@ def test_gpu_sh_refuses_without_a_gpu_or_an_output_directory(tmp_path):
 
 # --- the report -------------------------------------------------------------------------------------
 
+
 def _train_doc(batch, rows):
-    return dict(benchmark="train", jax="0.11.2", device_kind="NVIDIA H100 80GB HBM3", platform="gpu",
-                config_file="/repo/configs/psf_aware.py", variant="psf_aware", width=64, conv_blocks=48,
-                results=[dict(dtype=d, batch_size=batch, steps=30, images_per_s=ips, ms_per_step=1e3 * batch / ips,
-                              compile_s=41.0, gflop_per_image=12.05, conv_gflop_per_image=11.8,
-                              tflops=12.05 * ips / 1e3, conv_tflops=11.8 * ips / 1e3, peak_tflops=peak,
-                              mfu=12.05 * ips / 1e3 / peak, conv_mfu=11.8 * ips / 1e3 / peak,
-                              paper_protocol_hours=10.5e6 / ips / 3600) for d, ips, peak in rows])
+    return dict(
+        benchmark="train",
+        jax="0.11.2",
+        device_kind="NVIDIA H100 80GB HBM3",
+        platform="gpu",
+        config_file="/repo/configs/psf_aware.py",
+        variant="psf_aware",
+        width=64,
+        conv_blocks=48,
+        results=[
+            dict(
+                dtype=d,
+                batch_size=batch,
+                steps=30,
+                images_per_s=ips,
+                ms_per_step=1e3 * batch / ips,
+                compile_s=41.0,
+                gflop_per_image=12.05,
+                conv_gflop_per_image=11.8,
+                tflops=12.05 * ips / 1e3,
+                conv_tflops=11.8 * ips / 1e3,
+                peak_tflops=peak,
+                mfu=12.05 * ips / 1e3 / peak,
+                conv_mfu=11.8 * ips / 1e3 / peak,
+                paper_protocol_hours=10.5e6 / ips / 3600,
+            )
+            for d, ips, peak in rows
+        ],
+    )
 
 
 def test_report_section_from_fabricated_files(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "train_full_b64.json").write_text(json.dumps(_train_doc(64, [("float32", 4000.0, 494.7),
-                                                                         ("bfloat16", 7000.0, 989.0)])))
+    (out / "train_full_b64.json").write_text(
+        json.dumps(_train_doc(64, [("float32", 4000.0, 494.7), ("bfloat16", 7000.0, 989.0)]))
+    )
     (out / "train_full_b256.json").write_text(json.dumps(_train_doc(256, [("bfloat16", 9000.0, 989.0)])))
-    (out / "predict_small.json").write_text(json.dumps(dict(
-        benchmark="predict", jax="0.11.2", device_kind="NVIDIA H100 80GB HBM3", config_file="configs/cpu_small.py",
-        width=16, conv_blocks=19, dtype="float32", inputs="synthetic: noise", peak_memory_source="device memory",
-        images=dict(batch_size=256, network_images_per_s=50000.0, predict_images_per_s=20000.0,
-                    gflop_per_image=0.19, peak_bytes=3 * 2 ** 20),
-        frames=[dict(frame_shape=[1489, 2048], chunk_size=512, frames_per_s=12.5, s_per_frame=0.08,
-                     peak_bytes=5 * 2 ** 20)])))
+    (out / "predict_small.json").write_text(
+        json.dumps(
+            dict(
+                benchmark="predict",
+                jax="0.11.2",
+                device_kind="NVIDIA H100 80GB HBM3",
+                config_file="configs/cpu_small.py",
+                width=16,
+                conv_blocks=19,
+                dtype="float32",
+                inputs="synthetic: noise",
+                peak_memory_source="device memory",
+                images=dict(
+                    batch_size=256,
+                    network_images_per_s=50000.0,
+                    predict_images_per_s=20000.0,
+                    gflop_per_image=0.19,
+                    peak_bytes=3 * 2**20,
+                ),
+                frames=[
+                    dict(
+                        frame_shape=[1489, 2048],
+                        chunk_size=512,
+                        frames_per_s=12.5,
+                        s_per_frame=0.08,
+                        peak_bytes=5 * 2**20,
+                    )
+                ],
+            )
+        )
+    )
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\nearlier text")  # no trailing newline
-    assert report.main([str(out), "--results", str(results), "--date", "2026-11-26", "--command", "bash x",
-                        "--failed", " predict_full_float32"]) == 0
+    assert (
+        report.main(
+            [
+                str(out),
+                "--results",
+                str(results),
+                "--date",
+                "2026-11-26",
+                "--command",
+                "bash x",
+                "--failed",
+                " predict_full_float32",
+            ]
+        )
+        == 0
+    )
     text = results.read_text()
-    assert text.startswith("# Benchmark results\n\nearlier text\n\n## GPU (2026-11-26, NVIDIA H100 80GB HBM3, "
-                           "jax 0.11.2)\n\n`bash x`\n")
+    assert text.startswith(
+        "# Benchmark results\n\nearlier text\n\n## GPU (2026-11-26, NVIDIA H100 80GB HBM3, jax 0.11.2)\n\n`bash x`\n"
+    )
     assert "**Failed or timed out** (no figures): predict_full_float32" in text
     # files sorted by name: b256 before b64; 9000 images/s x 12.05 GFLOP = 108.45 TFLOP/s = 11.0% of 989
-    assert ("| psf_aware (width 64, 48 blocks) | bfloat16 | 256 | 9,000.0 | 28.44 | 12.050 | 108.45 | 11.0 (989) | "
-            "11.800 | 10.7 | 41.0 | 0.32 |") in text
+    assert (
+        "| psf_aware (width 64, 48 blocks) | bfloat16 | 256 | 9,000.0 | 28.44 | 12.050 | 108.45 | 11.0 (989) | "
+        "11.800 | 10.7 | 41.0 | 0.32 |"
+    ) in text
     assert "| psf_aware (width 64, 48 blocks) | float32 | 64 | 4,000.0 | 16.00 | 12.050 | 48.20 | 9.7 (494.7) |" in text
     assert "Fastest: bfloat16 at batch 256, 9,000.0 images/s: the paper's 10.5M image-steps in 0.32 h" in text
-    assert ("| cpu_small (width 16, 19 blocks) | float32 | 50,000.0 (256) | 20,000.0 | 0.190 | 1489 x 2048 | 512 | "
-            "12.500 | 0.080 | 5 |") in text
+    assert (
+        "| cpu_small (width 16, 19 blocks) | float32 | 50,000.0 (256) | 20,000.0 | 0.190 | 1489 x 2048 | 512 | "
+        "12.500 | 0.080 | 5 |"
+    ) in text
     assert text.count("## GPU") == 1
 
 
@@ -284,14 +359,28 @@ def test_hand_count_of_cpu_small_agrees_with_the_measured_figure():
 def test_bright_detection_counts_against_a_hand_built_catalog():
     """Recall over true r < 19, precision over detections with estimated r < 19, 1-pixel matching."""
     bright = _load("bright_detection")
-    truth = Table(dict(image=[0, 0, 0, 1], x=[10.0, 30.0, 50.0, 20.0], y=[10.0, 30.0, 50.0, 20.0],
-                       mag=[17.0, 18.5, 21.0, 18.0], flux=[0.0] * 4))
+    truth = Table(
+        dict(
+            image=[0, 0, 0, 1],
+            x=[10.0, 30.0, 50.0, 20.0],
+            y=[10.0, 30.0, 50.0, 20.0],
+            mag=[17.0, 18.5, 21.0, 18.0],
+            flux=[0.0] * 4,
+        )
+    )
     # image 0: the r 17 source found; the r 18.5 one 1.5 px off (missed); a bright false detection;
     # image 1: the r 18 source found but estimated fainter than 19 (not in the precision count); a faint
     # detection below the probability threshold is ignored
     flux = lambda mag: 10 ** ((22.5 - np.asarray(mag)) / 2.5)  # noqa: E731
-    pred = Table(dict(image=[0, 0, 0, 1, 1], x=[10.2, 31.5, 70.0, 20.0, 60.0], y=[10.0, 30.0, 70.0, 20.3, 60.0],
-                      flux=flux([17.1, 18.4, 18.0, 19.5, 18.0]), prob_source=[0.9, 0.8, 0.7, 0.9, 0.3]))
+    pred = Table(
+        dict(
+            image=[0, 0, 0, 1, 1],
+            x=[10.2, 31.5, 70.0, 20.0, 60.0],
+            y=[10.0, 30.0, 70.0, 20.3, 60.0],
+            flux=flux([17.1, 18.4, 18.0, 19.5, 18.0]),
+            prob_source=[0.9, 0.8, 0.7, 0.9, 0.3],
+        )
+    )
     r = bright.bright_metrics(truth, pred, 2, 19.0)
     assert (r["found"], r["num_true"]) == (2, 3) and r["recall"] == pytest.approx(2 / 3)
     assert (r["correct"], r["num_detections"]) == (1, 3) and r["precision"] == pytest.approx(1 / 3)
@@ -330,7 +419,9 @@ def test_flux_linearity_images_and_slopes(load_config, monkeypatch):
     # estimated r = 22.5 - 2.5 log10(sqrt(F)) = (22.5 + r) / 2
     np.testing.assert_allclose([r["est_mag"] for r in rows], [18.25, 19.25, 20.25])
     np.testing.assert_allclose([r["bias"] for r in rows], [4.25, 3.25, 2.25])
-    assert np.isnan(rows[0]["slope"]) and rows[1]["slope"] == pytest.approx(0.5) and rows[2]["slope"] == pytest.approx(0.5)
+    assert (
+        np.isnan(rows[0]["slope"]) and rows[1]["slope"] == pytest.approx(0.5) and rows[2]["slope"] == pytest.approx(0.5)
+    )
 
 
 def test_sweep_configs_budgets_and_plot_only(tmp_path):
@@ -339,10 +430,14 @@ def test_sweep_configs_budgets_and_plot_only(tmp_path):
     from sweep.json files (two seeds) without training."""
     sweep = _load("sweep")
     from configs import cpu_small
+
     base = cpu_small.get_config()
     small = sweep.network_config("small", 40_000, "/val", workers=3, seed=7)
-    assert (small.model.width, small.model.stem_blocks, tuple(map(tuple, small.model.stages))) == \
-        (base.model.width, base.model.stem_blocks, tuple(map(tuple, base.model.stages)))
+    assert (small.model.width, small.model.stem_blocks, tuple(map(tuple, small.model.stages))) == (
+        base.model.width,
+        base.model.stem_blocks,
+        tuple(map(tuple, base.model.stages)),
+    )
     call = base.train.batch_size * base.train.steps_per_dispatch
     assert small.train.images_per_epoch % call == 0
     assert abs(12 * small.train.images_per_epoch - 40_000) <= 12 * call / 2
@@ -351,27 +446,59 @@ def test_sweep_configs_budgets_and_plot_only(tmp_path):
     assert sweep.network_config("medium", 100, "/val", 2).model.width == 24
     assert sweep.network_config("medium", 100, "/val", 2).train.images_per_epoch == call  # at least one call
     # CPU minutes -> images: (minutes x 60 - overhead) x rate
-    assert sweep.parse_per_size(["small=48.9,medium=17"], ["small", "medium"], "--x") == {"small": 48.9,
-                                                                                          "medium": 17.0}
+    assert sweep.parse_per_size(["small=48.9,medium=17"], ["small", "medium"], "--x") == {"small": 48.9, "medium": 17.0}
     with pytest.raises(ValueError, match="no value for size"):
         sweep.parse_per_size(["small=1"], ["small", "medium"], "--cpu-images-per-s")
-    row = dict(size="small", name="small-7", seed=0, cpu_minutes=7.0, images=16128, parameters=39609,
-               val_nll=5.04, seconds_here=50.0, recall=0.92, recall_std=0.007, precision=0.945,
-               precision_std=0.005, accuracy=0.9, accuracy_std=0.01, mape=14.4, mape_std=0.3, sep_recall=0.862,
-               sep_precision=0.938, sep_accuracy=float("nan"), sep_mape=13.8, sep_mape_std=0.2)
+    row = dict(
+        size="small",
+        name="small-7",
+        seed=0,
+        cpu_minutes=7.0,
+        images=16128,
+        parameters=39609,
+        val_nll=5.04,
+        seconds_here=50.0,
+        recall=0.92,
+        recall_std=0.007,
+        precision=0.945,
+        precision_std=0.005,
+        accuracy=0.9,
+        accuracy_std=0.01,
+        mape=14.4,
+        mape_std=0.3,
+        sep_recall=0.862,
+        sep_precision=0.938,
+        sep_accuracy=float("nan"),
+        sep_mape=13.8,
+        sep_mape_std=0.2,
+    )
     other = dict(row, name="small-7-seed1", seed=1, recall=0.93)
     for i, r in enumerate((row, other)):
         (tmp_path / f"s{i}.json").write_text(json.dumps(dict(rows=[r])))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, "sweep.py"), "--out", str(out), "--plot-only",
-                           f"{tmp_path / 's0.json'},{tmp_path / 's1.json'}"], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCH, "sweep.py"),
+            "--out",
+            str(out),
+            "--plot-only",
+            f"{tmp_path / 's0.json'},{tmp_path / 's1.json'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     table = (out / "sweep.md").read_text()
     assert "| small | 39,609 | 7 | 16,128 | 0 | 5.04 | 0.920 +- 0.007 |" in table
     assert "| small | 39,609 | 7 | 16,128 | 1 | 5.04 | 0.930 +- 0.007 |" in table
     assert "| Source Extractor | | | | | | 0.862 | 0.938 |" in table
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = subprocess.run([sys.executable, os.path.join(BENCH, "sweep.py"), "--out", str(out), "--sizes", "huge"],
-                         capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "sweep.py"), "--out", str(out), "--sizes", "huge"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert bad.returncode != 0 and "--sizes huge" in bad.stderr

@@ -42,9 +42,13 @@ def test_truth_table_rows_and_values(batch):
 
 
 def test_truth_table_minimal_and_empty():
-    cat = dict(n_sources=np.array([0, 2], np.int32), x=np.array([[0, 0], [1.5, 2.5]], np.float32),
-               y=np.array([[0, 0], [3.5, 4.5]], np.float32), flux=np.array([[0, 0], [1.0, 10.0]], np.float32),
-               is_galaxy=np.array([[False, False], [True, False]]))
+    cat = dict(
+        n_sources=np.array([0, 2], np.int32),
+        x=np.array([[0, 0], [1.5, 2.5]], np.float32),
+        y=np.array([[0, 0], [3.5, 4.5]], np.float32),
+        flux=np.array([[0, 0], [1.0, 10.0]], np.float32),
+        is_galaxy=np.array([[False, False], [True, False]]),
+    )
     t = catalogs.truth_table(cat)
     assert t.colnames == ["image", "source", "x", "y", "flux", "mag", "is_galaxy"]
     assert list(t["image"]) == [1, 1] and list(t["mag"]) == [22.5, 20.0]
@@ -66,7 +70,10 @@ def test_write_read_round_trip(batch, tmp_path, name):
     path = tmp_path / "sub" / name
     assert catalogs.write_table(t, path) == str(path)
     csv = name.lower().endswith(".csv")
-    for back, plain in ((catalogs.read_table(path), False), (Table.read(path, format=catalogs.table_format(path)), True)):
+    for back, plain in (
+        (catalogs.read_table(path), False),
+        (Table.read(path, format=catalogs.table_format(path)), True),
+    ):
         assert back.colnames == t.colnames and len(back) == len(t)
         for key in t.colnames:
             if plain and csv and t[key].dtype == bool:  # plain astropy reads CSV True/False as text

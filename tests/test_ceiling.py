@@ -28,9 +28,19 @@ def renderer(spec):
 
 
 def _galaxy(mag, a, x=40.2, y=39.6, q=0.7, disk_frac=0.5):
-    return dict(n_sources=1, x=np.array([x]), y=np.array([y]), flux=np.array([mag_to_flux(mag)]),
-                is_galaxy=np.array([True]), disk_frac=np.array([disk_frac]), angle=np.array([0.3]),
-                disk_q=np.array([q]), bulge_q=np.array([q]), disk_a=np.array([a]), bulge_a=np.array([a / 2]))
+    return dict(
+        n_sources=1,
+        x=np.array([x]),
+        y=np.array([y]),
+        flux=np.array([mag_to_flux(mag)]),
+        is_galaxy=np.array([True]),
+        disk_frac=np.array([disk_frac]),
+        angle=np.array([0.3]),
+        disk_q=np.array([q]),
+        bulge_q=np.array([q]),
+        disk_a=np.array([a]),
+        bulge_a=np.array([a / 2]),
+    )
 
 
 def _sky(spec):
@@ -47,15 +57,18 @@ def test_bayes_error_matches_a_monte_carlo_of_the_likelihood_ratio_test():
     sigma = np.array([1.0, 2.0, 0.5])
     for scale, pi in ((0.4, 0.62), (1.0, 0.3), (1.7, 0.5), (0.05, 0.7)):
         g, s = np.array([1.0, 2.0, 0.3]) * scale, np.array([0.5, 0.4, 0.6]) * scale
-        d = math.sqrt(np.sum((g - s) ** 2 / sigma ** 2))
+        d = math.sqrt(np.sum((g - s) ** 2 / sigma**2))
         n = 200_000
         is_gal = rng.random(n) < pi
         x = np.where(is_gal[:, None], g, s) + sigma * rng.standard_normal((n, 3))
         llr = stats.norm.logpdf(x, g, sigma).sum(1) - stats.norm.logpdf(x, s, sigma).sum(1)
         said_gal = llr > math.log((1 - pi) / pi)
         total, given_g, given_s = ceiling.bayes_error(d, pi)
-        for value, wrong, count in ((total, said_gal != is_gal, n), (given_g, ~said_gal[is_gal], is_gal.sum()),
-                                    (given_s, said_gal[~is_gal], (~is_gal).sum())):
+        for value, wrong, count in (
+            (total, said_gal != is_gal, n),
+            (given_g, ~said_gal[is_gal], is_gal.sum()),
+            (given_s, said_gal[~is_gal], (~is_gal).sum()),
+        ):
             mc = np.mean(wrong)  # binomial: 5 sigma
             assert abs(value - mc) < 5 * math.sqrt(mc * (1 - mc) / count) + 1e-4, (scale, pi, value, mc)
         np.testing.assert_allclose(total, pi * given_g + (1 - pi) * given_s)
@@ -170,8 +183,15 @@ def test_test_set_ceiling_reads_in_chunks_and_agrees_with_galaxy_distances(spec)
         return {k: np.asarray(batch[k])[np.asarray(index)] for k in keys}
 
     mags = np.asarray(truth["mag"], np.float64)
-    res = ceiling.test_set_ceiling(read, truth, spec, dict(bins_reference=(mags, metrics.REFERENCE_CUTOFFS),
-                                                           bins_snr=None), max_per_bin=3, seed=0, chunk_images=3)
+    res = ceiling.test_set_ceiling(
+        read,
+        truth,
+        spec,
+        dict(bins_reference=(mags, metrics.REFERENCE_CUTOFFS), bins_snr=None),
+        max_per_bin=3,
+        seed=0,
+        chunk_images=3,
+    )
     assert all(len(r) <= 3 for r in reads) and "bins_snr" not in res
     gal = np.nonzero(np.asarray(truth["is_galaxy"]))[0]
     direct = ceiling.galaxy_distances(batch, spec, np.stack([truth["image"][gal], truth["source"][gal]], 1))["d"]
@@ -195,8 +215,9 @@ def test_test_set_ceiling_reads_in_chunks_and_agrees_with_galaxy_distances(spec)
 def test_prior_ceiling_is_near_the_measured_values():
     # SPEC.md: about 0.96, 0.92, 0.88, 0.83 in the faintest four reference bins and 1 at the bright end
     # (measured with 200 galaxies per bin); here 12 galaxies per bin, so a loose check.
-    res = ceiling.prior_ceiling(default.get_config(), cutoffs=(19.0, 21.227, 21.746, 22.0), max_per_bin=12,
-                                num_images=400, seed=0)
+    res = ceiling.prior_ceiling(
+        default.get_config(), cutoffs=(19.0, 21.227, 21.746, 22.0), max_per_bin=12, num_images=400, seed=0
+    )
     assert np.all(res["num_galaxies"] == 12)
     assert res["value"][0] > 0.99
     assert 0.85 < res["value"][2] < 0.97 and 0.7 < res["value"][3] < 0.92

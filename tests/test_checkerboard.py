@@ -34,9 +34,12 @@ def _perturbed(variables, scale=0.3, seed=1):
 
 def _random_tiles(rng, shape, frac=0.3):
     has = rng.random(shape) < frac
-    return dict(tile_has_source=jnp.asarray(has), tile_locs=jnp.asarray(rng.uniform(0.05, 0.95, shape + (2,))),
-                tile_flux=jnp.asarray(np.where(has, rng.lognormal(2.0, 1.5, shape), 0.0)),
-                tile_is_galaxy=jnp.asarray(has & (rng.random(shape) < 0.5)))
+    return dict(
+        tile_has_source=jnp.asarray(has),
+        tile_locs=jnp.asarray(rng.uniform(0.05, 0.95, shape + (2,))),
+        tile_flux=jnp.asarray(np.where(has, rng.lognormal(2.0, 1.5, shape), 0.0)),
+        tile_is_galaxy=jnp.asarray(has & (rng.random(shape) < 0.5)),
+    )
 
 
 def _setup(colours=2, grid=(3, 3), batch=2, seed=0):
@@ -100,15 +103,22 @@ def test_nll_matches_a_hand_computation_colour_by_colour():
     head_vars = {"params": variables["params"]["ContextHead_0"]}
     kernel = np.asarray(variables["params"]["Conv_0"]["kernel"])[0, 0]  # the independent head (1x1 conv)
     independent = feats.astype(np.float64) @ kernel + np.asarray(variables["params"]["Conv_0"]["bias"])
-    params = [independent + np.asarray(head.apply(head_vars, feats, ctx), np.float64)
-              for ctx in (np.zeros_like(by_hand), by_hand)]
+    params = [
+        independent + np.asarray(head.apply(head_vars, feats, ctx), np.float64)
+        for ctx in (np.zeros_like(by_hand), by_hand)
+    ]
     np.testing.assert_allclose(np.asarray(out)[:, colour == 1], params[1][:, colour == 1], atol=1e-5)
     total = 0.0
     for b in range(x.shape[0]):
         for h in range(3):
             for w in range(3):
-                total += _scipy_tile_nll(params[colour[h, w]][b, h, w], t["tile_has_source"][b, h, w],
-                                         t["tile_locs"][b, h, w], t["tile_is_galaxy"][b, h, w], t["tile_flux"][b, h, w])
+                total += _scipy_tile_nll(
+                    params[colour[h, w]][b, h, w],
+                    t["tile_has_source"][b, h, w],
+                    t["tile_locs"][b, h, w],
+                    t["tile_is_galaxy"][b, h, w],
+                    t["tile_flux"][b, h, w],
+                )
     assert loss == pytest.approx(total / x.shape[0], rel=1e-4)
     # colour-0 tiles do not depend on the truth at all; colour-1 tiles do
     assert not np.allclose(params[0][:, colour == 1], params[1][:, colour == 1], atol=1e-4)
@@ -124,14 +134,17 @@ def test_no_tile_sees_its_own_colour_or_later_ones(colours):
     other = _random_tiles(np.random.default_rng(7), (x.shape[0], 4, 4), frac=0.6)
     for k in range(colours):
         later = jnp.asarray(colour >= k)
-        mixed = {key: jnp.where(later.reshape((1, 4, 4) + (1,) * (v.ndim - 3)), other[key], v)
-                 for key, v in tiles.items()}
+        mixed = {
+            key: jnp.where(later.reshape((1, 4, 4) + (1,) * (v.ndim - 3)), other[key], v) for key, v in tiles.items()
+        }
         changed = np.asarray(net.apply(variables, x, tiles=mixed))
         assert np.allclose(changed[:, colour == k], base[:, colour == k], atol=1e-6), k
         if k > 0:
             earlier = jnp.asarray(colour < k)
-            mixed = {key: jnp.where(earlier.reshape((1, 4, 4) + (1,) * (v.ndim - 3)), other[key], v)
-                     for key, v in tiles.items()}
+            mixed = {
+                key: jnp.where(earlier.reshape((1, 4, 4) + (1,) * (v.ndim - 3)), other[key], v)
+                for key, v in tiles.items()
+            }
             changed = np.asarray(net.apply(variables, x, tiles=mixed))
             assert not np.allclose(changed[:, colour == k], base[:, colour == k], atol=1e-4), k
 
@@ -169,8 +182,14 @@ def test_chunked_prediction_equals_the_whole_image(colours):
     variables = _perturbed(net.init(jax.random.key(0), jnp.zeros((1, 80, 80, 21)), train=False), scale=0.2)
     head = dict(variables["params"]["Conv_0"], bias=variables["params"]["Conv_0"]["bias"].at[0].set(0.0))
     variables = dict(variables, params=dict(variables["params"], Conv_0=head))  # about even odds of a source
-    normalizer = inputs.Normalizer(quantiles=tuple(np.linspace(-0.1, 2.0, 14)), scale_floor=0.01,
-                                   background_mean=1.0, background_std=0.2, psf_mean=(1.0,) * 6, psf_std=(1.0,) * 6)
+    normalizer = inputs.Normalizer(
+        quantiles=tuple(np.linspace(-0.1, 2.0, 14)),
+        scale_floor=0.01,
+        background_mean=1.0,
+        background_std=0.2,
+        psf_mean=(1.0,) * 6,
+        psf_std=(1.0,) * 6,
+    )
     pred = predictor.Predictor(config, variables, normalizer)
     image = rng.normal(0, 0.05, (1, 96, 136)).astype(np.float32)
     image[0, 30:34, 40:44] += 5.0

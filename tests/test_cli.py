@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import one_error_line
+
 from npejax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,8 +37,10 @@ def test_unknown_flag_is_one_line(name, capsys):
 def test_unknown_config_key_is_one_line(name, capsys):
     module = importlib.import_module(f"npejax.{name}")
     config = os.path.join(ROOT, "configs", "experiment_cpu.py" if name == "experiment" else "cpu_small.py")
-    assert module.main([name, "--config", config, "--config.no_such_key=3", "--out=/nonexistent/x",
-                        "--split=val"]) == cli.EXIT_USAGE
+    assert (
+        module.main([name, "--config", config, "--config.no_such_key=3", "--out=/nonexistent/x", "--split=val"])
+        == cli.EXIT_USAGE
+    )
     assert "no_such_key" in one_error_line(capsys.readouterr().err)
 
 
@@ -74,9 +76,25 @@ def test_a_bug_keeps_its_traceback():
 
 def test_python_dash_m_and_exit_status(tmp_path):
     """The README's `python -m` form: a bad value exits 2 with one line, in a fresh interpreter."""
-    proc = subprocess.run([sys.executable, "-m", "npejax.simulate", "--config", CONFIG, "--split", "val",
-                           "--out", str(tmp_path / "d"), "--num-images", "0"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "npejax.simulate",
+            "--config",
+            CONFIG,
+            "--split",
+            "val",
+            "--out",
+            str(tmp_path / "d"),
+            "--num-images",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "0" in one_error_line(proc.stderr)
     assert not os.path.exists(tmp_path / "d")

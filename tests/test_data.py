@@ -11,7 +11,8 @@ import pytest
 
 from configs import default  # the repository root is on sys.path (conftest.py)
 from npejax import datasets, io, schema
-from npejax.datasets import format as dataset_format, writer
+from npejax.datasets import format as dataset_format
+from npejax.datasets import writer
 from npejax.sim import fields, pipeline
 
 NUM_IMAGES, SHARD_SIZE = 10, 4  # shards of 4, 4 and 2 images
@@ -19,8 +20,9 @@ NUM_IMAGES, SHARD_SIZE = 10, 4  # shards of 4, 4 and 2 images
 
 @pytest.fixture(scope="module")
 def spec():
-    return pipeline.SimulationSpec.from_config(default.get_config(), seed=123, batch_size=SHARD_SIZE,
-                                               bank=fields.load_bank())
+    return pipeline.SimulationSpec.from_config(
+        default.get_config(), seed=123, batch_size=SHARD_SIZE, bank=fields.load_bank()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +55,9 @@ def _assert_equal(a, b):
 
 
 def _temporaries(directory):
-    return [name for name in os.listdir(directory)
-            if name.startswith(dataset_format.TMP_PREFIX) or io.is_temporary(name)]
+    return [
+        name for name in os.listdir(directory) if name.startswith(dataset_format.TMP_PREFIX) or io.is_temporary(name)
+    ]
 
 
 class _Recorder(pipeline.Simulator):
@@ -83,8 +86,7 @@ class _Crash(pipeline.Simulator):
 def test_round_trip_equals_simulate_batch(spec, written, expected):
     ds = datasets.load(written)
     assert len(ds) == NUM_IMAGES and ds.num_shards == 3
-    assert set(ds.keys) == set(expected) >= {*schema.IMAGE_KEYS, "n_sources", *schema.CATALOG_KEYS,
-                                            *schema.TILE_KEYS}
+    assert set(ds.keys) == set(expected) >= {*schema.IMAGE_KEYS, "n_sources", *schema.CATALOG_KEYS, *schema.TILE_KEYS}
     _assert_equal(ds[:], expected)
     for i, count in enumerate((4, 4, 2)):
         batch = pipeline.simulate_batch(spec, i)
@@ -96,8 +98,11 @@ def test_manifest(spec, written):
         m = json.load(f)
     assert m["format"] == "npejax-dataset" and m["complete"] is True
     assert (m["split"], m["seed"], m["num_images"], m["shard_size"]) == ("val", 123, NUM_IMAGES, SHARD_SIZE)
-    assert m["shards"] == [{"name": "shard-00000", "count": 4}, {"name": "shard-00001", "count": 4},
-                           {"name": "shard-00002", "count": 2}]
+    assert m["shards"] == [
+        {"name": "shard-00000", "count": 4},
+        {"name": "shard-00001", "count": 4},
+        {"name": "shard-00002", "count": 2},
+    ]
     assert m["image_shape"] == [80, 80] and m["tile_size"] == 4
     assert m["keys"]["images"] == {"dtype": "float32", "shape": [80, 80]}
     assert m["keys"]["tile_has_source"] == {"dtype": "bool", "shape": [20, 20]}
@@ -106,8 +111,7 @@ def test_manifest(spec, written):
     assert m["bank"]["reference"] == spec.bank.names[spec.bank.reference]
     assert m["spec"]["prior"]["sources_per_pixel"] == spec.prior.sources_per_pixel
     assert m["npejax_version"] and m["created"] and m["completed"]
-    assert sorted(os.listdir(written)) == [".npejax-lock", "manifest.json", "shard-00000", "shard-00001",
-                                           "shard-00002"]
+    assert sorted(os.listdir(written)) == [".npejax-lock", "manifest.json", "shard-00000", "shard-00001", "shard-00002"]
 
 
 def test_config_recorded(spec, tmp_path):
@@ -124,12 +128,15 @@ def test_worker_processes_give_the_same_shards(spec, written, tmp_path):
 
 
 def test_shard_size_argument_overrides_spec_batch_size(spec, tmp_path):
-    datasets.write_dataset(dataclasses.replace(spec, batch_size=99), tmp_path / "s", 6, "val", shard_size=3,
-                       num_workers=0, progress=False)
+    datasets.write_dataset(
+        dataclasses.replace(spec, batch_size=99), tmp_path / "s", 6, "val", shard_size=3, num_workers=0, progress=False
+    )
     ds = datasets.load(tmp_path / "s")
     assert ds.num_shards == 2 and ds.shard_size == 3
-    _assert_equal({k: np.asarray(v) for k, v in ds.shard(1).items()},
-                  pipeline.simulate_batch(dataclasses.replace(spec, batch_size=3), 1))
+    _assert_equal(
+        {k: np.asarray(v) for k, v in ds.shard(1).items()},
+        pipeline.simulate_batch(dataclasses.replace(spec, batch_size=3), 1),
+    )
 
 
 # --- reading -----------------------------------------------------------------------------------------
@@ -300,14 +307,17 @@ def test_stale_temporaries_of_a_killed_writer_are_removed(spec, written, tmp_pat
 # --- refusals and errors -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(seed=124), "seed: 123 -> 124"),
-    (dict(num_images=12), "num_images: 10 -> 12"),
-    (dict(split="test"), "split: 'val' -> 'test'"),
-    (dict(shard_size=5), "shard_size: 4 -> 5"),
-    (dict(sources_per_pixel=1e-3), "spec.prior.sources_per_pixel"),
-    (dict(field_prior="one"), "spec.field_prior"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(seed=124), "seed: 123 -> 124"),
+        (dict(num_images=12), "num_images: 10 -> 12"),
+        (dict(split="test"), "split: 'val' -> 'test'"),
+        (dict(shard_size=5), "shard_size: 4 -> 5"),
+        (dict(sources_per_pixel=1e-3), "spec.prior.sources_per_pixel"),
+        (dict(field_prior="one"), "spec.field_prior"),
+    ],
+)
 def test_different_dataset_in_same_directory_is_refused(spec, written, change, message):
     s = spec
     if "seed" in change:
@@ -317,8 +327,15 @@ def test_different_dataset_in_same_directory_is_refused(spec, written, change, m
     if "field_prior" in change:
         s = dataclasses.replace(s, field_prior=change["field_prior"])
     with pytest.raises(datasets.DatasetError) as info:
-        datasets.write_dataset(s, written, change.get("num_images", NUM_IMAGES), change.get("split", "val"),
-                           shard_size=change.get("shard_size"), num_workers=0, progress=False)
+        datasets.write_dataset(
+            s,
+            written,
+            change.get("num_images", NUM_IMAGES),
+            change.get("split", "val"),
+            shard_size=change.get("shard_size"),
+            num_workers=0,
+            progress=False,
+        )
     assert written in str(info.value) and message in str(info.value)
 
 

@@ -46,10 +46,17 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("devices")
     procs = {}
     for n in (1, 4):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n} "
-                   f"{FAST_COMPILE}")
-        procs[n] = subprocess.Popen([sys.executable, WORKER, str(out / f"{n}.npz")], cwd=ROOT, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = dict(
+            os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n} {FAST_COMPILE}"
+        )
+        procs[n] = subprocess.Popen(
+            [sys.executable, WORKER, str(out / f"{n}.npz")],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     outputs = {n: proc.communicate(timeout=600)[0] for n, proc in procs.items()}
     results = {}
     for n, proc in procs.items():
@@ -60,15 +67,16 @@ def runs(tmp_path_factory):
 
 
 def _group(run: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in run.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in run.items() if k.startswith(prefix)}
 
 
 def test_workers_ran_on_one_and_four_devices_with_the_same_data(runs):
     one, four = runs[1], runs[4]
     assert (int(one["devices"]), int(four["devices"])) == (1, 4)
     assert str(one["startup"]) == "devices: 1 x cpu (cpu:0); mesh: data=1; global batch 8 = 8 per device"
-    assert str(four["startup"]) == ("devices: 4 x cpu (cpu:0, cpu:1, cpu:2, cpu:3); mesh: data=4; global batch 8 "
-                                    "= 2 per device")
+    assert str(four["startup"]) == (
+        "devices: 4 x cpu (cpu:0, cpu:1, cpu:2, cpu:3); mesh: data=4; global batch 8 = 2 per device"
+    )
     np.testing.assert_array_equal(one["images"], four["images"])
     assert int(four["sharded_devices"]) == 4  # the sharded prediction really ran split over the 4 devices
 
@@ -104,6 +112,7 @@ def test_prediction_sharded_over_four_devices_equals_one(runs):
 def test_training_prints_devices_and_mesh_at_start_up(tmp_path, tiny_config, capsys, monkeypatch):
     """train_and_evaluate says where it runs once every check has passed, before the state is built (the run
     is stopped there: the line is what is tested, not training)."""
+
     class Stop(Exception):
         pass
 

@@ -18,7 +18,8 @@ from configs import cpu, experiment_cpu, experiment_cpu30, psf_aware, psf_unawar
 from npejax import catalogs as catalog
 from npejax import datasets
 from npejax import evaluate as evaluate_cmd
-from npejax.evaluation import baseline, evaluate, experiment as experiment_lib, metrics, snr
+from npejax.evaluation import baseline, evaluate, metrics, snr
+from npejax.evaluation import experiment as experiment_lib
 from npejax.nn import checkpoints
 from npejax.nn.posterior import tiles_to_sources
 from npejax.nn.predictor import Predictor
@@ -27,13 +28,21 @@ from npejax.sim import fields, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
-    "--config.network.model.width=4", "--config.network.model.stem_blocks=1",
-    "--config.network.model.stages=((1,0,1),(1,0,2),(1,0,2))", "--config.network.train.batch_size=8",
-    "--config.network.train.eval_batch_size=8", "--config.network.train.images_per_epoch=16",
-    "--config.network.train.num_epochs=1", "--config.network.train.normalizer_images=16",
-    "--config.network.data.num_val=16", "--config.network.simulator.num_workers=0",
-    "--config.network.train.progress=False", "--config.network.data.shard_size=32",
-    "--config.num_test_images=48", "--config.num_bootstrap=20", "--config.num_bins=5",
+    "--config.network.model.width=4",
+    "--config.network.model.stem_blocks=1",
+    "--config.network.model.stages=((1,0,1),(1,0,2),(1,0,2))",
+    "--config.network.train.batch_size=8",
+    "--config.network.train.eval_batch_size=8",
+    "--config.network.train.images_per_epoch=16",
+    "--config.network.train.num_epochs=1",
+    "--config.network.train.normalizer_images=16",
+    "--config.network.data.num_val=16",
+    "--config.network.simulator.num_workers=0",
+    "--config.network.train.progress=False",
+    "--config.network.data.shard_size=32",
+    "--config.num_test_images=48",
+    "--config.num_bootstrap=20",
+    "--config.num_bins=5",
 ]
 NUM_BOOTSTRAP, NUM_BINS = 20, 5
 
@@ -41,14 +50,23 @@ NUM_BOOTSTRAP, NUM_BINS = 20, 5
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     out = tmp_path_factory.mktemp("experiment")
-    cmd = [sys.executable, "-m", "npejax.experiment", "--config", os.path.join(ROOT, "configs/experiment_cpu.py"),
-           "--out", str(out), *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "npejax.experiment",
+        "--config",
+        os.path.join(ROOT, "configs/experiment_cpu.py"),
+        "--out",
+        str(out),
+        *TINY,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+
 
 def _rows(path):
     with open(path, newline="") as f:
@@ -66,15 +84,38 @@ def _num(value):
 def _bin_rows_of(methods: dict, key: str, cutoffs) -> list[tuple]:
     """Expected rows of bins_*.csv from binned-metrics dicts (name -> {metric: {value, std, count}})."""
     edges = [math.nan, *np.asarray(cutoffs, float)]  # the first bin's -inf is written as an empty cell
-    return [(name, metric, k, edges[k], edges[k + 1], _num(r[metric]["value"][k]), _num(r[metric]["std"][k]),
-             int(r[metric]["count"][k]))
-            for name, r in methods.items() for metric in METRIC_LABELS for k in range(len(cutoffs))]
+    return [
+        (
+            name,
+            metric,
+            k,
+            edges[k],
+            edges[k + 1],
+            _num(r[metric]["value"][k]),
+            _num(r[metric]["std"][k]),
+            int(r[metric]["count"][k]),
+        )
+        for name, r in methods.items()
+        for metric in METRIC_LABELS
+        for k in range(len(cutoffs))
+    ]
 
 
 def _csv_bin_rows(path) -> list[tuple]:
     """Rows of bins_*.csv; empty cells (-inf lower edge of the first bin, undefined values) read as NaN."""
-    return [(r["method"], r["metric"], int(r["bin"]), _cell(r["lo"]), _cell(r["hi"]), _cell(r["value"]),
-             _cell(r["std"]), int(r["count"])) for r in _rows(path)]
+    return [
+        (
+            r["method"],
+            r["metric"],
+            int(r["bin"]),
+            _cell(r["lo"]),
+            _cell(r["hi"]),
+            _cell(r["value"]),
+            _cell(r["std"]),
+            int(r["count"]),
+        )
+        for r in _rows(path)
+    ]
 
 
 def _assert_rows_equal(got, expected):
@@ -93,8 +134,11 @@ def _assert_headline_csv_matches(report_dir, m):
     for r in rows:
         if r["method"] == "ceiling":
             c = m["ceiling"]["headline"]
-            h = dict(value=c["value"], std=c["std"], count=c["count"]) if r["metric"] == "accuracy" else \
-                dict(value=c["pooled"], std=c["pooled_std"], count=c["count"])
+            h = (
+                dict(value=c["value"], std=c["std"], count=c["count"])
+                if r["metric"] == "accuracy"
+                else dict(value=c["pooled"], std=c["pooled_std"], count=c["count"])
+            )
         else:
             h = m["methods"][r["method"]]["headline"][r["metric"]]
         np.testing.assert_array_equal([_cell(r["value"]), _cell(r["std"])], [_num(h["value"]), _num(h["std"])])
@@ -108,16 +152,31 @@ def _truth(test_dir):
 
 # --- end to end --------------------------------------------------------------------------------------
 
+
 def test_experiment_runs_end_to_end(experiment):
     out = experiment
     index = (out / "report.md").read_text()
     assert "p_many" in index and "p_one" in index and "PSF-aware" in index
     for prior in ("many", "one"):
         report = out / f"report-{prior}"
-        for name in ("report.md", "metrics.json", "bins_equal.csv", "bins_reference.csv", "bins_snr.csv",
-                     "calibration.csv", "coverage.csv", "headline.csv", "detection.png", "calibration.png",
-                     "roc.png", "coverage.png", "snr.png", "gallery.png", "predictions/aware.fits",
-                     "predictions/sep.fits"):
+        for name in (
+            "report.md",
+            "metrics.json",
+            "bins_equal.csv",
+            "bins_reference.csv",
+            "bins_snr.csv",
+            "calibration.csv",
+            "coverage.csv",
+            "headline.csv",
+            "detection.png",
+            "calibration.png",
+            "roc.png",
+            "coverage.png",
+            "snr.png",
+            "gallery.png",
+            "predictions/aware.fits",
+            "predictions/sep.fits",
+        ):
             assert (report / name).is_file(), name
         assert not [p for p in report.rglob("*") if ".tmp" in p.name]
         for png in report.glob("*.png"):
@@ -129,9 +188,10 @@ def test_experiment_runs_end_to_end(experiment):
 
         # the files hold the metrics of metrics.json ...
         _assert_headline_csv_matches(report, m)
-        _assert_rows_equal(_csv_bin_rows(report / "bins_equal.csv"),
-                           _bin_rows_of({k: r["bins_equal"] for k, r in m["methods"].items()}, "bins_equal",
-                                        m["equal_cutoffs"]))
+        _assert_rows_equal(
+            _csv_bin_rows(report / "bins_equal.csv"),
+            _bin_rows_of({k: r["bins_equal"] for k, r in m["methods"].items()}, "bins_equal", m["equal_cutoffs"]),
+        )
         # ... and those are binned_metrics of the written detections against the test set's truth
         truth = _truth(out / f"test-{prior}")
         assert len(truth) == m["test_set"]["num_sources"]
@@ -140,21 +200,27 @@ def test_experiment_runs_end_to_end(experiment):
             pred = catalog.read_table(report / "predictions" / f"{name}.fits")
             if name != "sep":
                 assert np.all(np.asarray(pred["prob_source"]) > 0.5)
-            recomputed[name] = metrics.binned_metrics(truth, pred, 48, cutoffs=m["equal_cutoffs"],
-                                                      num_bootstrap=NUM_BOOTSTRAP, seed=0, prob_threshold=0.5)
+            recomputed[name] = metrics.binned_metrics(
+                truth, pred, 48, cutoffs=m["equal_cutoffs"], num_bootstrap=NUM_BOOTSTRAP, seed=0, prob_threshold=0.5
+            )
             # headline: the mean over reference bins 1-7 (to r 21.227), and the pooled figure for r < 21.2
             head = m["methods"][name]["headline"]
-            recall = metrics.binned_metrics(truth, pred, 48, cutoffs=(21.2,), num_bootstrap=NUM_BOOTSTRAP, seed=0,
-                                            prob_threshold=0.5)["recall"]
+            recall = metrics.binned_metrics(
+                truth, pred, 48, cutoffs=(21.2,), num_bootstrap=NUM_BOOTSTRAP, seed=0, prob_threshold=0.5
+            )["recall"]
             np.testing.assert_array_equal(_num(head["recall_pooled"]["value"]), recall["value"][0])
             ref = np.array([_num(v) for v in m["methods"][name]["bins_reference"]["recall"]["value"][:7]])
             np.testing.assert_allclose(_num(head["recall"]["value"]), np.nanmean(ref), rtol=1e-12)
             assert head["recall"]["bins"] == 7 and head["precision"]["bins"] == 8 and head["accuracy"]["bins"] == 10
             assert len(m["methods"][name]["bins_reference"]["recall"]["value"]) == 10
-            assert sum(m["methods"][name]["bins_equal"]["recall"]["count"]) == \
-                sum(m["methods"][name]["bins_reference"]["recall"]["count"]) == int(np.sum(truth["mag"] <= 22.0))
-        _assert_rows_equal(_csv_bin_rows(report / "bins_equal.csv"),
-                           _bin_rows_of(recomputed, "bins_equal", m["equal_cutoffs"]))
+            assert (
+                sum(m["methods"][name]["bins_equal"]["recall"]["count"])
+                == sum(m["methods"][name]["bins_reference"]["recall"]["count"])
+                == int(np.sum(truth["mag"] <= 22.0))
+            )
+        _assert_rows_equal(
+            _csv_bin_rows(report / "bins_equal.csv"), _bin_rows_of(recomputed, "bins_equal", m["equal_cutoffs"])
+        )
 
         # the baseline has no probabilities: no calibration, but detection and flux metrics
         assert m["methods"]["sep"]["calibration"] == {}
@@ -168,9 +234,22 @@ def test_experiment_runs_end_to_end(experiment):
 def test_evaluate_command_reproduces_the_experiment(experiment, tmp_path):
     # the same test set and network evaluated again by the command: no retraining, the same numbers
     out = experiment
-    rc = evaluate_cmd.main(["npejax.evaluate", "--workdir", f"aware={out / 'networks' / 'aware'}",
-                            "--test-dir", str(out / "test-many"), "--out", str(tmp_path / "again"),
-                            "--num-bootstrap", str(NUM_BOOTSTRAP), "--num-bins", str(NUM_BINS), "--no-snr"])
+    rc = evaluate_cmd.main(
+        [
+            "npejax.evaluate",
+            "--workdir",
+            f"aware={out / 'networks' / 'aware'}",
+            "--test-dir",
+            str(out / "test-many"),
+            "--out",
+            str(tmp_path / "again"),
+            "--num-bootstrap",
+            str(NUM_BOOTSTRAP),
+            "--num-bins",
+            str(NUM_BINS),
+            "--no-snr",
+        ]
+    )
     assert rc == 0
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     first = json.loads((out / "report-many" / "metrics.json").read_text())
@@ -195,9 +274,12 @@ def test_streamed_evaluation_equals_the_whole_set_at_once(experiment):
         tiles = predictor.predict_tiles(whole["images"], whole["background"], whole["psf_params"], batch_size)
         return catalog.prediction_table(tiles_to_sources(tiles, predictor.tile_size, min_prob=-1.0))
 
-    preds = {"aware": whole_catalog(256),  # evaluate's batch size
-             "sep": baseline.sep_catalog(whole["images"], whole["background"], field_id=whole["field_id"],
-                                         bank=fields.load_bank())}
+    preds = {
+        "aware": whole_catalog(256),  # evaluate's batch size
+        "sep": baseline.sep_catalog(
+            whole["images"], whole["background"], field_id=whole["field_id"], bank=fields.load_bank()
+        ),
+    }
     manifest_config = datasets.load(str(test_dir)).manifest["config"]
     spec = pipeline.SimulationSpec.from_config(ml_collections.ConfigDict(manifest_config))
     snr_values = snr.source_snr(whole, spec)[np.asarray(truth["image"]), np.asarray(truth["source"])]
@@ -206,8 +288,9 @@ def test_streamed_evaluation_equals_the_whole_set_at_once(experiment):
     assert m["equal_cutoffs"] == metrics.to_jsonable(equal_cutoffs)
     assert m["snr_cutoffs"] == metrics.to_jsonable(snr_cutoffs)  # the last, inf, is null in JSON
     for name, pred in preds.items():
-        r = metrics.to_jsonable(evaluate.evaluate_catalog(truth, pred, 48, equal_cutoffs, snr_values, snr_cutoffs,
-                                                          NUM_BOOTSTRAP, 0))
+        r = metrics.to_jsonable(
+            evaluate.evaluate_catalog(truth, pred, 48, equal_cutoffs, snr_values, snr_cutoffs, NUM_BOOTSTRAP, 0)
+        )
         for key in ("headline", "bins_equal", "bins_reference", "bins_snr", "calibration", "coverage", "roc"):
             assert r[key] == m["methods"][name][key], (name, key)
 
@@ -234,9 +317,23 @@ def test_perfect_catalog_through_the_command(experiment, tmp_path):
     pred["flux_lo"], pred["flux_hi"] = pred["flux"] / 1.2, pred["flux"] * 1.2
     catalog.write_table(pred, tmp_path / "perfect.fits")
     out = tmp_path / "report"
-    rc = evaluate_cmd.main(["npejax.evaluate", "--catalog", f"truth={tmp_path / 'perfect.fits'}",
-                            "--test-dir", str(test_dir), "--out", str(out), "--no-baseline", "--no-snr",
-                            "--num-bootstrap", "5", "--num-bins", "4"])
+    rc = evaluate_cmd.main(
+        [
+            "npejax.evaluate",
+            "--catalog",
+            f"truth={tmp_path / 'perfect.fits'}",
+            "--test-dir",
+            str(test_dir),
+            "--out",
+            str(out),
+            "--no-baseline",
+            "--no-snr",
+            "--num-bootstrap",
+            "5",
+            "--num-bins",
+            "4",
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert list(m["methods"]) == ["truth"] and m["options"]["num_bootstrap"] == 5
@@ -244,8 +341,7 @@ def test_perfect_catalog_through_the_command(experiment, tmp_path):
     for key in ("precision", "recall", "accuracy", "coverage95", "auc", "precision_pooled", "recall_pooled"):
         assert head[key]["value"] == 1.0, key
     assert head["mape_pooled"] == dict(value=0.0, std=0.0, count=int(np.sum(truth["mag"] <= 22.0)))
-    assert head["mape"] == dict(value=0.0, std=0.0, count=int(np.sum(truth["mag"] <= 22.0)), bins=10,
-                                num_defined=10)
+    assert head["mape"] == dict(value=0.0, std=0.0, count=int(np.sum(truth["mag"] <= 22.0)), bins=10, num_defined=10)
     assert head["recall_pooled"]["count"] == int(np.sum(truth["mag"] <= 21.2)) and head["recall"]["std"] == 0.0
     assert head["recall"]["count"] == int(np.sum(truth["mag"] < 21.227))
     # the r-band ceiling of this test set: at most 200 galaxies per bin, all of them here; a perfect catalog
@@ -263,16 +359,31 @@ def test_perfect_catalog_through_the_command(experiment, tmp_path):
     cal = m["methods"]["truth"]["calibration"]["all"]
     assert cal["total_expected"] == cal["total_true"] == len(truth)
     _assert_headline_csv_matches(out, m)
-    _assert_rows_equal(_csv_bin_rows(out / "bins_equal.csv"),
-                       _bin_rows_of({"truth": bins}, "bins_equal", m["equal_cutoffs"]))
+    _assert_rows_equal(
+        _csv_bin_rows(out / "bins_equal.csv"), _bin_rows_of({"truth": bins}, "bins_equal", m["equal_cutoffs"])
+    )
     with open(out / "headline.csv", newline="") as f:
         assert f.readline() == "method,metric,label,value,std,count\n"
     written = catalog.read_table(out / "predictions" / "truth.fits")
     assert len(written) == len(truth)
     assert sorted(os.listdir(out)) == sorted(
-        ["metrics.json", "bins_equal.csv", "bins_reference.csv", "calibration.csv", "coverage.csv", "headline.csv",
-         "ceiling.csv", "predictions", "detection.png", "calibration.png", "roc.png", "coverage.png", "gallery.png",
-         "report.md"])
+        [
+            "metrics.json",
+            "bins_equal.csv",
+            "bins_reference.csv",
+            "calibration.csv",
+            "coverage.csv",
+            "headline.csv",
+            "ceiling.csv",
+            "predictions",
+            "detection.png",
+            "calibration.png",
+            "roc.png",
+            "coverage.png",
+            "gallery.png",
+            "report.md",
+        ]
+    )
     rows = _rows(out / "ceiling.csv")
     assert {r["bins"] for r in rows} == {"equal", "reference"} and len(rows) == 4 + 10
     for r in rows[4:]:
@@ -285,17 +396,46 @@ def test_ceiling_can_be_turned_off_and_is_the_same_for_every_method(experiment, 
     test_dir = experiment / "test-many"
     truth = _truth(test_dir)
     pred = table_lib.Table({k: truth[k] for k in ("image", "x", "y", "flux", "mag")})
-    m = evaluate.evaluate({}, str(tmp_path / "off"), test_dir=str(test_dir), catalogs={"truth": pred},
-                          baseline=False, num_bootstrap=5, num_bins=4, snr=False, progress=False, ceiling=False)
+    m = evaluate.evaluate(
+        {},
+        str(tmp_path / "off"),
+        test_dir=str(test_dir),
+        catalogs={"truth": pred},
+        baseline=False,
+        num_bootstrap=5,
+        num_bins=4,
+        snr=False,
+        progress=False,
+        ceiling=False,
+    )
     assert m["ceiling"] is None and not (tmp_path / "off" / "ceiling.csv").exists()
     assert "ceiling" not in (tmp_path / "off" / "report.md").read_text()
     first = json.loads((experiment / "report-many" / "metrics.json").read_text())["ceiling"]
-    m = evaluate.evaluate({}, str(tmp_path / "on"), test_dir=str(test_dir), catalogs={"truth": pred},
-                          baseline=False, num_bootstrap=5, num_bins=4, snr=False, progress=False, ceiling_galaxies=2)
+    m = evaluate.evaluate(
+        {},
+        str(tmp_path / "on"),
+        test_dir=str(test_dir),
+        catalogs={"truth": pred},
+        baseline=False,
+        num_bootstrap=5,
+        num_bins=4,
+        snr=False,
+        progress=False,
+        ceiling_galaxies=2,
+    )
     assert max(m["ceiling"]["bins_reference"]["num_galaxies"]) <= 2 and m["options"]["ceiling_galaxies"] == 2
     # with the cap of the experiment (200: every galaxy) the reference bins are the experiment's
-    m = evaluate.evaluate({}, str(tmp_path / "again"), test_dir=str(test_dir), catalogs={"truth": pred},
-                          baseline=False, num_bootstrap=5, num_bins=4, snr=False, progress=False)
+    m = evaluate.evaluate(
+        {},
+        str(tmp_path / "again"),
+        test_dir=str(test_dir),
+        catalogs={"truth": pred},
+        baseline=False,
+        num_bootstrap=5,
+        num_bins=4,
+        snr=False,
+        progress=False,
+    )
     assert metrics.to_jsonable(m["ceiling"]["bins_reference"]) == first["bins_reference"]
     with pytest.raises(evaluate.EvaluationError, match="ceiling"):
         evaluate.evaluate({}, str(tmp_path / "x"), test_dir=str(test_dir), catalogs={"ceiling": pred})
@@ -304,26 +444,38 @@ def test_ceiling_can_be_turned_off_and_is_the_same_for_every_method(experiment, 
 def test_catalog_of_another_test_set_is_a_clear_error(experiment, tmp_path, capsys):
     bad = table_lib.Table(dict(image=[0, 60], x=[1.0, 2.0], y=[1.0, 2.0], flux=[5.0, 5.0]))
     catalog.write_table(bad, tmp_path / "bad.fits")
-    rc = evaluate_cmd.main(["npejax.evaluate", "--catalog", f"mine={tmp_path / 'bad.fits'}",
-                            "--test-dir", str(experiment / "test-many"), "--out", str(tmp_path / "r"),
-                            "--no-baseline"])
+    rc = evaluate_cmd.main(
+        [
+            "npejax.evaluate",
+            "--catalog",
+            f"mine={tmp_path / 'bad.fits'}",
+            "--test-dir",
+            str(experiment / "test-many"),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-baseline",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith("error: ")
     assert "image 60" in err and "48 images" in err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--workdir", "aware"], "--workdir expects NAME=PATH, got 'aware'"),
-    (["--catalog", "a=x.fits", "--catalog", "a=y.fits"], "--catalog name 'a' given twice"),
-    (["--workdir", "a=/nonexistent/run", "--num-images", "4"], "--workdir a=/nonexistent/run: no such directory"),
-    (["--no-baseline"], "nothing to evaluate"),
-    (["--workdir", "sep={tmp}"], "not 'sep'"),
-    (["--workdir", "a={tmp}"], "give --num-images N (simulate a test set) or --test-dir DATASET"),
-    (["--workdir", "a={tmp}", "--num-images", "0"], "--num-images must be >= 1, got 0"),
-    (["--catalog", "a=x.fits", "--test-dir", "{tmp}"], "has no manifest.json"),
-    (["--prior", "few"], "--prior=few"),
-    (["--num-bins", "many"], "--num-bins"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workdir", "aware"], "--workdir expects NAME=PATH, got 'aware'"),
+        (["--catalog", "a=x.fits", "--catalog", "a=y.fits"], "--catalog name 'a' given twice"),
+        (["--workdir", "a=/nonexistent/run", "--num-images", "4"], "--workdir a=/nonexistent/run: no such directory"),
+        (["--no-baseline"], "nothing to evaluate"),
+        (["--workdir", "sep={tmp}"], "not 'sep'"),
+        (["--workdir", "a={tmp}"], "give --num-images N (simulate a test set) or --test-dir DATASET"),
+        (["--workdir", "a={tmp}", "--num-images", "0"], "--num-images must be >= 1, got 0"),
+        (["--catalog", "a=x.fits", "--test-dir", "{tmp}"], "has no manifest.json"),
+        (["--prior", "few"], "--prior=few"),
+        (["--num-bins", "many"], "--num-bins"),
+    ],
+)
 def test_bad_command_lines(tmp_path, capsys, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     rc = evaluate_cmd.main(["npejax.evaluate", "--out", str(tmp_path / "r"), *args])
@@ -343,6 +495,7 @@ def test_missing_test_set_without_num_images(tmp_path):
 
 
 # --- the experiment's networks -----------------------------------------------------------------------
+
 
 def test_network_configs_come_from_their_config_files():
     config = experiment_cpu.get_config()
@@ -369,17 +522,25 @@ def test_experiment_at_cpu_size_trains_configs_cpu_and_shares_the_test_sets():
 
 # --- degenerate inputs -------------------------------------------------------------------------------
 
+
 def _synthetic_truth(n_images):
     rng = np.random.default_rng(0)
     n = 3 * n_images
     flux = 10 ** rng.uniform(0, 2, n)
-    return dict(image=np.repeat(np.arange(n_images), 3), x=rng.uniform(2, 78, n), y=rng.uniform(2, 78, n),
-                flux=flux, mag=catalog.flux_to_mag(flux), is_galaxy=rng.random(n) < 0.5)
+    return dict(
+        image=np.repeat(np.arange(n_images), 3),
+        x=rng.uniform(2, 78, n),
+        y=rng.uniform(2, 78, n),
+        flux=flux,
+        mag=catalog.flux_to_mag(flux),
+        is_galaxy=rng.random(n) < 0.5,
+    )
 
 
 def _empty_pred():
-    return {k: np.zeros(0) for k in ("image", "x", "y", "flux", "mag", "prob_source", "prob_galaxy", "flux_lo",
-                                     "flux_hi")}
+    return {
+        k: np.zeros(0) for k in ("image", "x", "y", "flux", "mag", "prob_source", "prob_galaxy", "flux_lo", "flux_hi")
+    }
 
 
 def test_degenerate_catalogs_give_defined_values():
@@ -392,16 +553,22 @@ def test_degenerate_catalogs_give_defined_values():
     assert r["calibration"]["all"]["total_expected"] == 0
     json.dumps(metrics.to_jsonable(r), allow_nan=False)
     # an empty truth catalog (images without sources): recall undefined, precision 0 for any detection
-    pred = dict(truth, prob_source=np.ones(30), prob_galaxy=np.full(30, 0.5), flux_lo=truth["flux"] / 2,
-                flux_hi=truth["flux"] * 2)
+    pred = dict(
+        truth,
+        prob_source=np.ones(30),
+        prob_galaxy=np.full(30, 0.5),
+        flux_lo=truth["flux"] / 2,
+        flux_hi=truth["flux"] * 2,
+    )
     empty_truth = {k: v[:0] for k, v in truth.items()}
     r = evaluate.evaluate_catalog(empty_truth, pred, 10, cut, num_bootstrap=10)
     assert r["bins_equal"]["recall"]["num_defined"] == 0
     assert r["headline"]["precision"]["value"] == 0.0
     json.dumps(metrics.to_jsonable(r), allow_nan=False)
     # perfect predictions
-    r = evaluate.evaluate_catalog(truth, dict(pred, prob_galaxy=truth["is_galaxy"].astype(float)), 10, cut,
-                                  num_bootstrap=10)
+    r = evaluate.evaluate_catalog(
+        truth, dict(pred, prob_galaxy=truth["is_galaxy"].astype(float)), 10, cut, num_bootstrap=10
+    )
     for key in ("precision", "recall", "accuracy"):
         assert r["headline"][key]["value"] == 1.0
     assert r["headline"]["mape"]["value"] == 0.0

@@ -14,7 +14,7 @@ from configs import default  # the repository root is on sys.path (conftest.py)
 from npejax import catalogs as catalog
 from npejax import datasets
 from npejax import evaluate as evaluate_cmd
-from npejax.evaluation import baseline, evaluate, metrics, report, snr
+from npejax.evaluation import baseline, evaluate, report, snr
 from npejax.sim import fields, pipeline
 
 NUM_IMAGES, SHARD_SIZE = 6, 4  # two shards: chunks of 4 cross nothing, chunks of 5 cross a shard boundary
@@ -22,8 +22,9 @@ NUM_IMAGES, SHARD_SIZE = 6, 4  # two shards: chunks of 4 cross nothing, chunks o
 
 def _write(directory, split, num_images):
     config = default.get_config()
-    spec = pipeline.SimulationSpec.from_config(config, seed=datasets.split_seed(7, split), batch_size=SHARD_SIZE,
-                                               bank=fields.load_bank())
+    spec = pipeline.SimulationSpec.from_config(
+        config, seed=datasets.split_seed(7, split), batch_size=SHARD_SIZE, bank=fields.load_bank()
+    )
     datasets.write_dataset(spec, directory, num_images, split, config=config, num_workers=0, progress=False)
     return str(directory)
 
@@ -52,8 +53,18 @@ def _perfect(truth) -> table_lib.Table:
 
 
 def _evaluate(capsys, *args):
-    rc = evaluate_cmd.main(["npejax.evaluate", "--no-baseline", "--no-snr", "--num-bootstrap", "3", "--num-bins", "2",
-                            *[str(a) for a in args]])
+    rc = evaluate_cmd.main(
+        [
+            "npejax.evaluate",
+            "--no-baseline",
+            "--no-snr",
+            "--num-bootstrap",
+            "3",
+            "--num-bins",
+            "2",
+            *[str(a) for a in args],
+        ]
+    )
     return rc, capsys.readouterr()
 
 
@@ -67,11 +78,11 @@ def _assert_refused(rc, captured, *fragments):
 
 # --- the test set ------------------------------------------------------------------------------------
 
+
 def test_a_validation_split_is_not_a_test_set(truth, val_dir, tmp_path, capsys):
     catalog.write_table(_perfect(truth[truth["image"] == 0]), tmp_path / "mine.fits")
     out = tmp_path / "report"
-    rc, captured = _evaluate(capsys, "--catalog", f"mine={tmp_path / 'mine.fits'}", "--test-dir", val_dir,
-                             "--out", out)
+    rc, captured = _evaluate(capsys, "--catalog", f"mine={tmp_path / 'mine.fits'}", "--test-dir", val_dir, "--out", out)
     _assert_refused(rc, captured, f"--test-dir {val_dir}", "'val' split", "--split test")
     assert not out.exists()
     with pytest.raises(evaluate.EvaluationError, match="'val' split"):
@@ -80,18 +91,23 @@ def test_a_validation_split_is_not_a_test_set(truth, val_dir, tmp_path, capsys):
 
 # --- catalogs ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("column, value, row, fragment", [
-    ("prob_source", 5.0, 2, "column 'prob_source' is 5.0 in row 2; a probability must lie in [0, 1]"),
-    ("prob_source", np.nan, 1, "column 'prob_source' is NaN or empty in row 1"),
-    ("prob_source", -0.5, 0, "column 'prob_source' is -0.5 in row 0"),
-    ("prob_galaxy", 1.5, 3, "column 'prob_galaxy' is 1.5 in row 3"),
-    ("image", -1, 0, "refers to image -1 (row 0), but the test set"),
-    ("image", NUM_IMAGES, 4, f"refers to image {NUM_IMAGES} (row 4), but the test set"),
-    ("x", np.inf, 2, "column 'x' is inf in row 2; expected a finite number"),
-    ("flux", np.nan, 1, "column 'flux' is NaN or empty in row 1"),
-])
-def test_bad_values_are_refused_naming_file_column_and_row(truth, test_dir, tmp_path, capsys, column, value, row,
-                                                           fragment):
+
+@pytest.mark.parametrize(
+    "column, value, row, fragment",
+    [
+        ("prob_source", 5.0, 2, "column 'prob_source' is 5.0 in row 2; a probability must lie in [0, 1]"),
+        ("prob_source", np.nan, 1, "column 'prob_source' is NaN or empty in row 1"),
+        ("prob_source", -0.5, 0, "column 'prob_source' is -0.5 in row 0"),
+        ("prob_galaxy", 1.5, 3, "column 'prob_galaxy' is 1.5 in row 3"),
+        ("image", -1, 0, "refers to image -1 (row 0), but the test set"),
+        ("image", NUM_IMAGES, 4, f"refers to image {NUM_IMAGES} (row 4), but the test set"),
+        ("x", np.inf, 2, "column 'x' is inf in row 2; expected a finite number"),
+        ("flux", np.nan, 1, "column 'flux' is NaN or empty in row 1"),
+    ],
+)
+def test_bad_values_are_refused_naming_file_column_and_row(
+    truth, test_dir, tmp_path, capsys, column, value, row, fragment
+):
     pred = _perfect(truth)
     pred[column][row] = value
     path = tmp_path / "bad.fits"
@@ -136,20 +152,25 @@ def test_out_an_existing_file_is_refused_before_any_work(truth, test_dir, tmp_pa
     catalog.write_table(_perfect(truth), tmp_path / "mine.fits")
     out = tmp_path / "report.txt"
     out.write_text("keep me\n")
-    rc, captured = _evaluate(capsys, "--catalog", f"mine={tmp_path / 'mine.fits'}", "--test-dir", test_dir,
-                             "--out", out)
+    rc, captured = _evaluate(
+        capsys, "--catalog", f"mine={tmp_path / 'mine.fits'}", "--test-dir", test_dir, "--out", out
+    )
     _assert_refused(rc, captured, f"--out {out} is an existing file")
     assert out.read_text() == "keep me\n" and captured.out == ""  # nothing evaluated
-    rc, captured = _evaluate(capsys, "--catalog", f"mine={tmp_path / 'mine.fits'}", "--test-dir", test_dir,
-                             "--out", out / "sub")
+    rc, captured = _evaluate(
+        capsys, "--catalog", f"mine={tmp_path / 'mine.fits'}", "--test-dir", test_dir, "--out", out / "sub"
+    )
     _assert_refused(rc, captured, f"--out {out / 'sub'}: {out} is a file")
 
 
 def test_check_catalog_for_in_memory_tables():
     good = dict(image=np.array([0, 1]), x=np.array([1.0, 2.0]), y=np.array([1.0, 2.0]), flux=np.array([3.0, 4.0]))
     evaluate.check_catalog(good, "catalog 'a'", 2)
-    with pytest.raises(evaluate.EvaluationError, match=r"catalog 'a': column 'image' is 0.5 in row 1; expected an "
-                                                       "integer"):
+    with pytest.raises(
+        evaluate.EvaluationError,
+        match=r"catalog 'a': column 'image' is 0.5 in row 1; expected an "
+        "integer",
+    ):
         evaluate.check_catalog(dict(good, image=np.array([0, 0.5])), "catalog 'a'", 2)
     masked = table_lib.Table(good, masked=True)
     masked["x"].mask = [False, True]
@@ -159,6 +180,7 @@ def test_check_catalog_for_in_memory_tables():
 
 # --- streaming ---------------------------------------------------------------------------------------
 
+
 def test_streamed_baseline_and_snr_equal_the_whole_set(test_dir, monkeypatch):
     test = evaluate.load_test_set(test_dir)
     whole = datasets.load(test_dir)[:]
@@ -167,8 +189,9 @@ def test_streamed_baseline_and_snr_equal_the_whole_set(test_dir, monkeypatch):
     monkeypatch.setattr(test.dataset, "read", lambda index, keys=None: reads.append(index) or real_read(index, keys))
 
     streamed = evaluate.baseline_catalog(test, chunk_images=5)
-    expected = baseline.sep_catalog(whole["images"], whole["background"], field_id=whole["field_id"],
-                                    bank=fields.load_bank())
+    expected = baseline.sep_catalog(
+        whole["images"], whole["background"], field_id=whole["field_id"], bank=fields.load_bank()
+    )
     assert streamed.colnames == expected.colnames and len(streamed) == len(expected) > 0
     for col in expected.colnames:
         np.testing.assert_array_equal(streamed[col], expected[col], err_msg=col)
@@ -183,10 +206,12 @@ def test_streamed_baseline_and_snr_equal_the_whole_set(test_dir, monkeypatch):
 
 # --- gallery -----------------------------------------------------------------------------------------
 
+
 def test_gallery_images_lead_with_the_worst():
     n = 30
-    truth = dict(image=np.arange(n), x=np.full(n, 10.0), y=np.full(n, 10.0), flux=np.full(n, 100.0),
-                 mag=np.full(n, 17.5))
+    truth = dict(
+        image=np.arange(n), x=np.full(n, 10.0), y=np.full(n, 10.0), flux=np.full(n, 100.0), mag=np.full(n, 17.5)
+    )
     pred = dict(truth, prob_source=np.ones(n))
     pred["prob_source"][[4, 9]] = 0.1  # images 4 and 9 miss their bright source (for "a")
     other = dict(truth)
@@ -212,11 +237,15 @@ def test_report_has_a_gallery(truth, test_dir, tmp_path, capsys):
     pred["prob_source"][miss] = 0.2
     catalog.write_table(pred, tmp_path / "mine.fits")
     out = tmp_path / "report"
-    rc, captured = _evaluate(capsys, "--catalog", f"mine={tmp_path / 'mine.fits'}", "--test-dir", test_dir,
-                             "--out", out)
+    rc, captured = _evaluate(
+        capsys, "--catalog", f"mine={tmp_path / 'mine.fits'}", "--test-dir", test_dir, "--out", out
+    )
     assert rc == 0, captured.err
-    assert _png_size(out / "gallery.png") == report.gallery_pixels(NUM_IMAGES) == (
-        round(4 * 3.2 * report.DPI), round(2 * 3.4 * report.DPI))  # 6 panels: 2 rows of 4
+    assert (
+        _png_size(out / "gallery.png")
+        == report.gallery_pixels(NUM_IMAGES)
+        == (round(4 * 3.2 * report.DPI), round(2 * 3.4 * report.DPI))
+    )  # 6 panels: 2 rows of 4
     text = (out / "report.md").read_text()
     assert "![gallery](gallery.png)" in text and "## Gallery" in text
     g = json.loads((out / "metrics.json").read_text())["gallery"]
@@ -227,7 +256,17 @@ def test_report_has_a_gallery(truth, test_dir, tmp_path, capsys):
 
 
 def test_perfect_catalog_scores_perfectly_when_streamed(truth, test_dir, tmp_path):
-    m = evaluate.evaluate({}, str(tmp_path / "r"), test_dir=test_dir, catalogs={"truth": _perfect(truth)},
-                          baseline=False, num_bootstrap=3, num_bins=2, snr=False, chunk_images=1, progress=False)
+    m = evaluate.evaluate(
+        {},
+        str(tmp_path / "r"),
+        test_dir=test_dir,
+        catalogs={"truth": _perfect(truth)},
+        baseline=False,
+        num_bootstrap=3,
+        num_bins=2,
+        snr=False,
+        chunk_images=1,
+        progress=False,
+    )
     for key in ("precision", "recall"):
         assert m["methods"]["truth"]["headline"][key]["value"] == 1.0

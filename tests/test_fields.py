@@ -45,9 +45,15 @@ def test_shipped_bank_is_rebuilt_exactly(bank):
 
 def _bank(**changes):
     k = 3
-    base = dict(names=[f"f{i}" for i in range(k)], psf_params=np.tile([1.4, 3.0, 2.0, 3.5, 0.1, 0.02], (k, 1)),
-                sky_grid=np.full((k, 4, 5), 500.0), gain=np.full(k, 4.7), calibration=np.full(k, 0.005),
-                frame_shape=(400, 500), source="test-bank")
+    base = dict(
+        names=[f"f{i}" for i in range(k)],
+        psf_params=np.tile([1.4, 3.0, 2.0, 3.5, 0.1, 0.02], (k, 1)),
+        sky_grid=np.full((k, 4, 5), 500.0),
+        gain=np.full(k, 4.7),
+        calibration=np.full(k, 0.005),
+        frame_shape=(400, 500),
+        source="test-bank",
+    )
     base.update(changes)
     return fields.FieldBank(**base)
 
@@ -68,8 +74,10 @@ def _np_interp_matrix(coords, nodes):
     return np.stack([np.interp(coords, np.arange(nodes), np.eye(nodes)[j]) for j in range(nodes)], axis=1)
 
 
-@pytest.mark.parametrize("start, length, frame_length, nodes", [
-    (0, 80, 1489, 6), (1409, 80, 1489, 6), (300, 80, 2048, 8), (0, 60, 60, 8), (5, 7, 400, 1), (0, 3, 3, 2)])
+@pytest.mark.parametrize(
+    "start, length, frame_length, nodes",
+    [(0, 80, 1489, 6), (1409, 80, 1489, 6), (300, 80, 2048, 8), (0, 60, 60, 8), (5, 7, 400, 1), (0, 3, 3, 2)],
+)
 def test_interpolation_weights_match_numpy(start, length, frame_length, nodes):
     """Both former call sites (sky grid of a crop at pixel centres; SDSS ALLSKY at XINTERP/YINTERP) give
     np.interp's weights."""
@@ -99,13 +107,21 @@ def test_field_sampling(bank):
         bank.sample_fields(rng, 1, "few")
 
 
-@pytest.mark.parametrize("changes, match", [
-    (dict(psf_params=np.tile([1.4, np.nan, 2.0, 3.5, 0.1, 0.02], (3, 1))), "field 'f0'.*finite"),
-    (dict(psf_params=np.tile([-1.0, 3.0, 2.0, 3.5, 0.1, 0.02], (3, 1))), "field 'f0'.*psf_sigma1 must be a positive"),
-    (dict(sky_grid=np.where(np.arange(3)[:, None, None] == 2, np.nan, np.full((3, 4, 5), 500.0))),
-     "field 'f2'.*sky_grid contains NaN"),
-    (dict(gain=np.array([4.7, 0.0, 4.7])), "field 'f1'.*gain must be a positive"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(psf_params=np.tile([1.4, np.nan, 2.0, 3.5, 0.1, 0.02], (3, 1))), "field 'f0'.*finite"),
+        (
+            dict(psf_params=np.tile([-1.0, 3.0, 2.0, 3.5, 0.1, 0.02], (3, 1))),
+            "field 'f0'.*psf_sigma1 must be a positive",
+        ),
+        (
+            dict(sky_grid=np.where(np.arange(3)[:, None, None] == 2, np.nan, np.full((3, 4, 5), 500.0))),
+            "field 'f2'.*sky_grid contains NaN",
+        ),
+        (dict(gain=np.array([4.7, 0.0, 4.7])), "field 'f1'.*gain must be a positive"),
+    ],
+)
 def test_bad_bank_values_are_named(changes, match):
     with pytest.raises(ValueError, match=match) as info:
         _bank(**changes)

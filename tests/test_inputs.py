@@ -11,8 +11,16 @@ def _data(bg_levels, n=8, seed=0):
     images = rng.normal(0.0, 0.05, (n, 16, 16))
     images[:, 8, 8] += 5.0  # a bright source: the upper quantiles differ from the noise
     background = np.asarray(bg_levels, float)[:, None, None] * np.ones((n, 16, 16))
-    psf = np.column_stack([rng.uniform(1, 2, n), rng.uniform(3, 5, n), rng.uniform(1, 2, n),
-                           rng.uniform(2, 4, n), rng.uniform(0.05, 0.2, n), rng.uniform(0.05, 0.1, n)])
+    psf = np.column_stack(
+        [
+            rng.uniform(1, 2, n),
+            rng.uniform(3, 5, n),
+            rng.uniform(1, 2, n),
+            rng.uniform(2, 4, n),
+            rng.uniform(0.05, 0.2, n),
+            rng.uniform(0.05, 0.1, n),
+        ]
+    )
     return images, background, psf
 
 

@@ -54,9 +54,12 @@ def _imports(tree, module_parts, is_package):
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            names = [f"{mod}.{a.name}" for a in node.names] if mod in ("npejax", "npejax.sim", "npejax.nn",
-                                                                      "npejax.evaluation", "npejax.surveys",
-                                                                      "npejax.datasets") else [mod]
+            names = (
+                [f"{mod}.{a.name}" for a in node.names]
+                if mod
+                in ("npejax", "npejax.sim", "npejax.nn", "npejax.evaluation", "npejax.surveys", "npejax.datasets")
+                else [mod]
+            )
         else:
             continue
         for name in names:
@@ -88,8 +91,11 @@ def test_imports_run_one_way(rel, parts, path):
         allowed = BASE_ALLOWED[part]
     else:  # a command module (npejax/main.py, ...) or the package itself: may import anything
         return
-    bad = [(line, name) for line, name, _ in _imports(tree, parts, path.endswith("__init__.py"))
-           if _part(name) not in allowed]
+    bad = [
+        (line, name)
+        for line, name, _ in _imports(tree, parts, path.endswith("__init__.py"))
+        if _part(name) not in allowed
+    ]
     assert not bad, f"{rel} imports against the layer order (it may import {sorted(allowed)}): {bad}"
 
 
@@ -104,8 +110,13 @@ def test_no_hidden_imports(rel, parts, path):
     for node in tree.body:  # `if TYPE_CHECKING:` / try-import blocks at module level count as top level
         if isinstance(node, (ast.If, ast.Try)):
             top |= {id(n) for n in ast.walk(node)}
-    hidden = [node.lineno for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
-              and id(node) not in top and "# deferred:" not in lines[node.lineno - 1]]
+    hidden = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and id(node) not in top
+        and "# deferred:" not in lines[node.lineno - 1]
+    ]
     assert not hidden, f"{rel}: function-local imports without a '# deferred: why' comment at lines {hidden}"
 
 
@@ -127,7 +138,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt in graph and not state.get(nxt):
                 visit(nxt)

@@ -9,8 +9,8 @@ import pytest
 from astropy.table import Table
 from scipy import optimize, stats
 
-from npejax.evaluation import metrics
 from npejax.catalogs import flux_to_mag, mag_to_flux
+from npejax.evaluation import metrics
 
 CUT = metrics.REFERENCE_CUTOFFS
 
@@ -19,9 +19,14 @@ def random_truth(rng, num_images, mean_sources=4.0, mag_range=(15.0, 22.5)):
     n = rng.poisson(mean_sources, num_images)
     total = int(n.sum())
     mag = rng.uniform(*mag_range, total)
-    return dict(image=np.repeat(np.arange(num_images), n), x=rng.uniform(0, 80, total),
-                y=rng.uniform(0, 80, total), flux=mag_to_flux(mag), mag=mag,
-                is_galaxy=rng.random(total) < 0.5)
+    return dict(
+        image=np.repeat(np.arange(num_images), n),
+        x=rng.uniform(0, 80, total),
+        y=rng.uniform(0, 80, total),
+        flux=mag_to_flux(mag),
+        mag=mag,
+        is_galaxy=rng.random(total) < 0.5,
+    )
 
 
 def perfect_prediction(truth):
@@ -34,8 +39,13 @@ def perfect_prediction(truth):
 
 
 def one_source(image=0, x=10.0, y=10.0, mag=19.0, **extra):
-    cat = dict(image=np.array([image]), x=np.array([x]), y=np.array([y]),
-               flux=np.array([mag_to_flux(mag)]), mag=np.array([mag]))
+    cat = dict(
+        image=np.array([image]),
+        x=np.array([x]),
+        y=np.array([y]),
+        flux=np.array([mag_to_flux(mag)]),
+        mag=np.array([mag]),
+    )
     cat.update({k: np.array([v]) for k, v in extra.items()})
     return cat
 
@@ -89,8 +99,9 @@ def test_match_maximizes_valid_matches_before_distance():
     res = metrics.binned_metrics(truth, pred, 1, cutoffs=(22.0,), num_bootstrap=0)
     assert res["num_matched"] == 2 and res["recall"]["value"][0] == 1.0
     # among equally many valid matches the total distance still decides
-    t2p, _ = metrics.match(concat(one_source(x=10.0), one_source(x=11.0)),
-                           concat(one_source(x=10.45), one_source(x=9.5)), num_images=1)
+    t2p, _ = metrics.match(
+        concat(one_source(x=10.0), one_source(x=11.0)), concat(one_source(x=10.45), one_source(x=9.5)), num_images=1
+    )
     np.testing.assert_array_equal(t2p, [1, 0])
 
 
@@ -118,8 +129,11 @@ def test_match_is_the_lexicographic_optimum_of_a_brute_force_search():
 def test_match_is_per_image_and_respects_prob_threshold():
     truth = concat(one_source(image=0), one_source(image=2, x=40.0))
     # a prediction at the same spot in another image never matches
-    pred = concat(one_source(image=1, prob_source=0.9), one_source(image=2, x=40.2, prob_source=0.3),
-                  one_source(image=0, x=10.1, prob_source=0.9))
+    pred = concat(
+        one_source(image=1, prob_source=0.9),
+        one_source(image=2, x=40.2, prob_source=0.3),
+        one_source(image=0, x=10.1, prob_source=0.9),
+    )
     t2p, p2t = metrics.match(truth, pred, num_images=3)
     np.testing.assert_array_equal(t2p, [2, 1])  # without a threshold everyone takes part
     t2p, p2t = metrics.match(truth, pred, num_images=3, prob_threshold=0.5)
@@ -266,14 +280,12 @@ def test_truth_strata_replace_magnitude():
     pred = perfect_prediction(truth)
     pred["x"] = pred["x"] + np.where(snr > 10, 0.0, 5.0)  # only SNR > 10 sources are found
     pred["prob_galaxy"] = np.where(snr > 20, pred["prob_galaxy"], 1 - pred["prob_galaxy"])
-    res = metrics.binned_metrics(truth, pred, 40, cutoffs=(5.0, 10.0, 20.0, np.inf), truth_strata=snr,
-                                 num_bootstrap=10)
+    res = metrics.binned_metrics(truth, pred, 40, cutoffs=(5.0, 10.0, 20.0, np.inf), truth_strata=snr, num_bootstrap=10)
     assert res["stratified_by"] == "truth_strata"
     assert not res["precision"]["available"] and np.all(np.isnan(res["precision"]["value"]))
     assert np.isnan(res["precision"]["mean"]) and res["precision"]["num_defined"] == 0
     np.testing.assert_array_equal(res["recall"]["value"], [0.0, 0.0, 1.0, 1.0])
-    np.testing.assert_array_equal(res["recall"]["count"],
-                                  np.bincount(metrics.assign_bins(snr, (5, 10, 20, np.inf))))
+    np.testing.assert_array_equal(res["recall"]["count"], np.bincount(metrics.assign_bins(snr, (5, 10, 20, np.inf))))
     np.testing.assert_array_equal(res["accuracy"]["count"][:2], [0, 0])
     np.testing.assert_array_equal(res["accuracy"]["value"][2:], [0.0, 1.0])
     assert res["accuracy"]["num_defined"] == 2 and res["accuracy"]["mean"] == 0.5
@@ -389,11 +401,21 @@ def test_validation_errors():
 
 def test_count_calibration_by_hand():
     # tiles: image 0 has three, image 1 one, image 2 none
-    tiles = dict(image=np.array([0, 0, 0, 1]), x=np.array([2.0, 6.0, 10.0, 2.0]), y=np.full(4, 2.0),
-                 flux=np.array([100.0, 2.0, 0.5, 10.0]), flux_hi=np.array([120.0, 3.0, 1.0, 15.0]),
-                 prob_source=np.array([0.9, 0.2, 0.05, 0.6]))
-    truth = dict(image=np.array([0, 0]), x=np.array([2.0, 6.0]), y=np.array([2.0, 2.0]),
-                 flux=mag_to_flux(np.array([17.0, 21.8])), mag=np.array([17.0, 21.8]))
+    tiles = dict(
+        image=np.array([0, 0, 0, 1]),
+        x=np.array([2.0, 6.0, 10.0, 2.0]),
+        y=np.full(4, 2.0),
+        flux=np.array([100.0, 2.0, 0.5, 10.0]),
+        flux_hi=np.array([120.0, 3.0, 1.0, 15.0]),
+        prob_source=np.array([0.9, 0.2, 0.05, 0.6]),
+    )
+    truth = dict(
+        image=np.array([0, 0]),
+        x=np.array([2.0, 6.0]),
+        y=np.array([2.0, 2.0]),
+        flux=mag_to_flux(np.array([17.0, 21.8])),
+        mag=np.array([17.0, 21.8]),
+    )
     cal = metrics.count_calibration(truth, tiles, num_images=3)
     np.testing.assert_array_equal(cal["true_count"], [2, 0, 0])
     np.testing.assert_allclose(cal["expected_count"], [1.15, 0.6, 0.0])
@@ -453,16 +475,21 @@ def test_auc_is_probability_of_correct_ordering_and_area_under_roc():
 
 
 def test_star_galaxy_roc_on_matched_sources_in_mag_range():
-    truth = concat(one_source(image=0, mag=17.0, is_galaxy=True),
-                   one_source(image=0, x=30.0, mag=17.5, is_galaxy=False),
-                   one_source(image=1, mag=21.9, is_galaxy=True),
-                   one_source(image=1, x=30.0, mag=21.8, is_galaxy=False),
-                   one_source(image=2, mag=21.8, is_galaxy=False))
-    pred = concat(one_source(image=0, prob_galaxy=0.9), one_source(image=0, x=30.0, prob_galaxy=0.2),
-                  one_source(image=1, prob_galaxy=0.3), one_source(image=1, x=30.0, prob_galaxy=0.6))
+    truth = concat(
+        one_source(image=0, mag=17.0, is_galaxy=True),
+        one_source(image=0, x=30.0, mag=17.5, is_galaxy=False),
+        one_source(image=1, mag=21.9, is_galaxy=True),
+        one_source(image=1, x=30.0, mag=21.8, is_galaxy=False),
+        one_source(image=2, mag=21.8, is_galaxy=False),
+    )
+    pred = concat(
+        one_source(image=0, prob_galaxy=0.9),
+        one_source(image=0, x=30.0, prob_galaxy=0.2),
+        one_source(image=1, prob_galaxy=0.3),
+        one_source(image=1, x=30.0, prob_galaxy=0.6),
+    )
     matches = metrics.match(truth, pred, 3)
-    bright = metrics.star_galaxy_roc(truth, pred, matches,
-                                     mag_range=metrics.CALIBRATION_SUBSETS["brightest"])
+    bright = metrics.star_galaxy_roc(truth, pred, matches, mag_range=metrics.CALIBRATION_SUBSETS["brightest"])
     assert bright["auc"] == 1.0 and (bright["num_galaxies"], bright["num_stars"]) == (1, 1)
     faint = metrics.star_galaxy_roc(truth, pred, matches[0], mag_range=(21.746, 22.0))
     assert faint["auc"] == 0.0 and faint["num_stars"] == 1  # unmatched star in image 2 left out
@@ -477,8 +504,7 @@ def _coverage_case(rng, n, sigma_scale=1.0):
     num_images = n // 4
     image = rng.integers(0, num_images, n)
     truth = dict(image=image, x=np.zeros(n), y=np.zeros(n), flux=np.exp(log_true))
-    pred = dict(image=image, x=np.zeros(n), y=np.zeros(n), flux=np.exp(mu),
-                flux_hi=np.exp(mu + sigma * sigma_scale))
+    pred = dict(image=image, x=np.zeros(n), y=np.zeros(n), flux=np.exp(mu), flux_hi=np.exp(mu + sigma * sigma_scale))
     return truth, pred, np.arange(n), num_images
 
 
@@ -495,8 +521,14 @@ def test_flux_coverage_of_correct_lognormal_posterior():
     i = np.arange(50)
     sigma = np.log(pred["flux_hi"][i] / pred["flux"][i])
     lo, hi = stats.lognorm(s=sigma, scale=pred["flux"][i]).interval(0.6)
-    small = metrics.flux_coverage({k: v[i] for k, v in truth.items()}, {k: v[i] for k, v in pred.items()},
-                                  np.arange(50), num_images, levels=[0.6], num_bootstrap=0)
+    small = metrics.flux_coverage(
+        {k: v[i] for k, v in truth.items()},
+        {k: v[i] for k, v in pred.items()},
+        np.arange(50),
+        num_images,
+        levels=[0.6],
+        num_bootstrap=0,
+    )
     inside = (truth["flux"][i] >= lo) & (truth["flux"][i] <= hi)
     assert small["num_inside"][0] == inside.sum()
 
@@ -507,6 +539,7 @@ def test_flux_coverage_detects_overconfidence_and_filters_mags():
     cov = metrics.flux_coverage(truth, pred, matches, num_images, levels=[0.5, 0.95], num_bootstrap=10)
     assert cov["coverage"][1] < 0.8  # intervals half as wide as they should be: 1 - 2 Phi(-0.98) = 0.67
     mag = flux_to_mag(truth["flux"])
-    faint = metrics.flux_coverage(truth, pred, matches, num_images, levels=[0.5], mag_range=(21.0, 22.0),
-                                  num_bootstrap=0)
+    faint = metrics.flux_coverage(
+        truth, pred, matches, num_images, levels=[0.5], mag_range=(21.0, 22.0), num_bootstrap=0
+    )
     assert faint["count"] == np.sum((mag >= 21.0) & (mag <= 22.0)) > 0

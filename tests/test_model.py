@@ -83,7 +83,7 @@ def _aperture_setup(context="independent"):
 
 def _star(flux, y=13.5, x=18.5, size=32, sigma=1.5):
     yy, xx = np.mgrid[:size, :size]
-    g = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma ** 2))
+    g = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
     return (flux * g / g.sum()).astype(np.float32)
 
 
@@ -102,7 +102,7 @@ def test_aperture_term_is_the_log_of_a_3x3_tile_pixel_sum():
     expect = np.empty((8, 8))
     for i in range(8):
         for j in range(8):
-            a = padded[4 * i:4 * i + 12, 4 * j:4 * j + 12].sum() / np.exp(log_scale)
+            a = padded[4 * i : 4 * i + 12, 4 * j : 4 * j + 12].sum() / np.exp(log_scale)
             expect[i, j] = np.log(np.logaddexp(0.0, a) / np.log(2.0))
     np.testing.assert_allclose(got, expect, rtol=2e-4, atol=2e-4)
     assert got[3, 4] > 5 and abs(got[0, 0]) < 0.5  # the star's tile, an empty corner
@@ -118,8 +118,9 @@ def test_aperture_flux_adds_the_term_to_the_flux_location_only(context):
     assert float(params["aperture_log_scale"]) == model.APERTURE_LOG_SCALE_INIT
     rng = jax.random.key(3)  # random weights: a term that went to another parameter would show
     leaves, tree = jax.tree.flatten(params)
-    params = jax.tree.unflatten(tree, [v + 0.1 * jax.random.normal(k, jnp.shape(v))
-                                       for v, k in zip(leaves, jax.random.split(rng, len(leaves)))])
+    params = jax.tree.unflatten(
+        tree, [v + 0.1 * jax.random.normal(k, jnp.shape(v)) for v, k in zip(leaves, jax.random.split(rng, len(leaves)))]
+    )
     with_term = net.apply(dict(variables, params=params), jnp.asarray(feats))
     config.model.aperture_flux = False
     plain = model.from_config(config)
@@ -161,11 +162,13 @@ def test_aperture_term_is_finite_for_very_negative_sums():
         grad = jax.grad(lambda s: model.aperture_term(x, 4, s).sum())(jnp.float32(log_scale))
         assert np.all(np.isfinite(np.asarray(term))) and np.isfinite(float(grad))
     z = -np.sinh(8.0) * 144 / np.exp(0.0)
-    assert float(model.aperture_term(x, 4, jnp.float32(0.0))[0, 1, 1]) == pytest.approx(z - np.log(np.log(2)),
-                                                                                       rel=1e-5)  # float32 sums
+    assert float(model.aperture_term(x, 4, jnp.float32(0.0))[0, 1, 1]) == pytest.approx(
+        z - np.log(np.log(2)), rel=1e-5
+    )  # float32 sums
     a = float(np.sinh(0.5)) * 144 / np.exp(6.0)  # image 1: the plain formula
     assert float(model.aperture_term(x, 4, jnp.float32(6.0))[1, 1, 1]) == pytest.approx(
-        np.log(np.log1p(np.exp(a)) / np.log(2)), rel=1e-5)
+        np.log(np.log1p(np.exp(a)) / np.log(2)), rel=1e-5
+    )
     # either side of z = -30 the two forms agree to e^-30
     near = np.array([-30.0 - 1e-3, -30.0 + 1e-3])
     assert np.allclose(np.log(np.log1p(np.exp(near)) / np.log(2)), near - np.log(np.log(2)), atol=1e-9)
@@ -181,8 +184,12 @@ def test_augmentation_moves_catalog_with_image():
     y, x = 13.3, 61.7
     images = np.zeros((1, h, h), np.float32)
     images[0, int(y), int(x)] = 10.0
-    tiles = dict(tile_has_source=np.zeros((1, 20, 20), bool), tile_locs=np.zeros((1, 20, 20, 2), np.float32),
-                 tile_is_galaxy=np.zeros((1, 20, 20), bool), tile_flux=np.zeros((1, 20, 20), np.float32))
+    tiles = dict(
+        tile_has_source=np.zeros((1, 20, 20), bool),
+        tile_locs=np.zeros((1, 20, 20, 2), np.float32),
+        tile_is_galaxy=np.zeros((1, 20, 20), bool),
+        tile_flux=np.zeros((1, 20, 20), np.float32),
+    )
     r, c = int(y // 4), int(x // 4)
     tiles["tile_has_source"][0, r, c] = True
     tiles["tile_locs"][0, r, c] = (y / 4 - r, x / 4 - c)
@@ -191,7 +198,7 @@ def test_augmentation_moves_catalog_with_image():
     for k in range(8):
         out = steps.dihedral({key: jnp.asarray(v) for key, v in example.items()}, jnp.array(k))
         iy, ix = np.unravel_index(np.argmax(np.asarray(out["images"])), (h, h))
-        (tr, tc), = np.argwhere(np.asarray(out["tile_has_source"]))
+        ((tr, tc),) = np.argwhere(np.asarray(out["tile_has_source"]))
         ly, lx = np.asarray(out["tile_locs"])[tr, tc]
         py, px = (tr + ly) * 4, (tc + lx) * 4
         assert int(py) == iy and int(px) == ix, (k, (py, px), (iy, ix))

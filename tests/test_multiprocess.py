@@ -31,15 +31,13 @@ import subprocess
 import sys
 import time
 
+import _multiprocess_worker as worker
 import numpy as np
 import pytest
 
-import _multiprocess_worker as worker
 from npejax import datasets as data_lib
-from npejax.nn import checkpoints
-from npejax.nn import distributed
+from npejax.nn import checkpoints, distributed, train
 from npejax.nn import predictor as predictor_lib
-from npejax.nn import train
 from npejax.sim import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,8 +45,16 @@ WORKER = os.path.join(ROOT, "tests", "_multiprocess_worker.py")
 TIMEOUT_S = 240
 PARAM_ATOL, PREDICT_TOL, LOSS_RTOL = 3e-6, 1e-6, 1e-5
 FAST_COMPILE = "--xla_backend_optimization_level=0"  # as tests/test_devices.py
-CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NODELIST",
-                     "SLURM_PROCID", "SLURM_LOCALID", "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE")
+CLUSTER_VARIABLES = (
+    "JAX_COORDINATOR_ADDRESS",
+    "SLURM_JOB_ID",
+    "SLURM_NTASKS",
+    "SLURM_STEP_NODELIST",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "OMPI_MCA_orte_hnp_uri",
+    "OMPI_COMM_WORLD_SIZE",
+)
 
 
 def free_port() -> int:
@@ -62,11 +68,11 @@ def make_datasets(directory) -> tuple[str, str]:
     config = worker.config()
     dirs = []
     for split, count in (("train", 32), ("val", 16)):
-        spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, split),
-                                                   batch_size=16)
+        spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, split), batch_size=16)
         out = os.path.join(directory, split)
-        data_lib.write_dataset(spec, out, count, split, config=train.config_dict(config), num_workers=0,
-                               shard_size=16, progress=False)
+        data_lib.write_dataset(
+            spec, out, count, split, config=train.config_dict(config), num_workers=0, shard_size=16, progress=False
+        )
         dirs.append(out)
     return dirs[0], dirs[1]
 
@@ -77,8 +83,15 @@ def run_all(commands: dict, env: dict, timeout: float) -> dict:
     procs = {}
     try:
         for name, argv in commands.items():
-            procs[name] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            procs[name] = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
         deadline = time.time() + timeout
         while any(p.poll() is None for p in procs.values()):
             if time.time() > deadline or any(p.poll() not in (None, 0) for p in procs.values()):
@@ -100,23 +113,28 @@ def runs(tmp_path_factory):
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
     port = str(free_port())
     common = [sys.executable, WORKER]
-    commands = {"one": common + [str(tmp / "one.npz"), str(tmp / "one"), train_dir, val_dir],
-                **{f"p{p}": common + [str(tmp / f"p{p}.npz"), str(tmp / "two"), train_dir, val_dir, port, "2", str(p)]
-                   for p in (0, 1)}}
+    commands = {
+        "one": common + [str(tmp / "one.npz"), str(tmp / "one"), train_dir, val_dir],
+        **{
+            f"p{p}": common + [str(tmp / f"p{p}.npz"), str(tmp / "two"), train_dir, val_dir, port, "2", str(p)]
+            for p in (0, 1)
+        },
+    }
     t0 = time.time()
     results = run_all(commands, env, TIMEOUT_S)
     seconds = time.time() - t0
     out = {}
     for name, (code, output) in results.items():
         assert code == 0, f"{name} exited with {code} after {seconds:.0f} s:\n" + "\n".join(
-            f"--- {n}:\n{o[-2500:]}" for n, (c, o) in results.items())
+            f"--- {n}:\n{o[-2500:]}" for n, (c, o) in results.items()
+        )
         with np.load(tmp / f"{name}.npz") as f:
             out[name] = ({k: f[k] for k in f.files}, tmp / ("one" if name == "one" else "two"), output)
     return out
 
 
 def _group(run: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in run.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in run.items() if k.startswith(prefix)}
 
 
 def _metrics(workdir) -> list[dict]:
@@ -159,8 +177,10 @@ def test_metrics_and_checkpoints_written_once(runs):
     assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.csv", "tensorboard"]
     events = os.listdir(workdir / train.TENSORBOARD_DIR)
     assert len(events) == 1 and events[0].startswith("events."), events  # one writer: process 0
-    assert [line.split()[:2] for line in out0.splitlines() if line.startswith("epoch ")] == [["epoch", "1"],
-                                                                                            ["epoch", "2"]]
+    assert [line.split()[:2] for line in out0.splitlines() if line.startswith("epoch ")] == [
+        ["epoch", "1"],
+        ["epoch", "2"],
+    ]
     assert "devices: 2 x cpu" in out0 and "validation NLL:" in out0
     assert not [line for line in out1.splitlines() if line.startswith(("epoch ", "devices:", "validation NLL"))]
     for which in checkpoints.WHICH:
@@ -181,7 +201,7 @@ def test_other_input_paths_feed_each_process_its_share(runs):
         np.testing.assert_array_equal(run["fly/images"], pipeline.simulate_batch(spec, p)["images"])
         assert bool(run["resident/equal"]) and run["resident/shape"].tolist() == [32, 32, 32]
         order = train.epoch_order(32, 8, config.seed)
-        np.testing.assert_array_equal(run["resident/rows"], order[:1, 4 * p:4 * p + 4])
+        np.testing.assert_array_equal(run["resident/rows"], order[:1, 4 * p : 4 * p + 4])
     assert not np.array_equal(runs["p0"][0]["fly/images"], runs["p1"][0]["fly/images"])
 
 
@@ -203,8 +223,9 @@ def test_process_rows_of_cached_batches_make_the_global_batches(tmp_path):
     ds = data_lib.load(train_dir)
     for shuffle in (False, True):
         whole = list(ds.batches(8, shuffle=shuffle, seed=3, drop_remainder=True))
-        parts = [list(ds.batches(8, shuffle=shuffle, seed=3, drop_remainder=True, rows=slice(a, a + 4)))
-                 for a in (0, 4)]
+        parts = [
+            list(ds.batches(8, shuffle=shuffle, seed=3, drop_remainder=True, rows=slice(a, a + 4))) for a in (0, 4)
+        ]
         assert len(whole) == len(parts[0]) == len(parts[1]) == 4
         for batch, first, second in zip(whole, *parts):
             for key in batch:

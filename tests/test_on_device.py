@@ -31,6 +31,7 @@ def cached(tmp_path_factory):
     """A tiny config (independent tiles: faster to compile; the input path does not depend on the posterior)
     with a cached training set of 24 images (3 steps of 8) and a validation set of 8."""
     from conftest import make_tiny_config
+
     config = make_tiny_config()
     config.posterior.context = "independent"
     root = tmp_path_factory.mktemp("cached")
@@ -53,8 +54,17 @@ def loop(cached):
     state, normalizer, _ = train.restore_or_init(config, model.from_config(config), None, training, mesh)
     single, evaluate = steps.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
     val = train.validation_batches(config, training, steps.batch_sharding(mesh))
-    return dict(config=config, mesh=mesh, data=training, normalizer=normalizer, initial=jax.device_get(state),
-                single=single, evaluate=evaluate, val=val, key=jax.random.key(config.seed + 1))
+    return dict(
+        config=config,
+        mesh=mesh,
+        data=training,
+        normalizer=normalizer,
+        initial=jax.device_get(state),
+        single=single,
+        evaluate=evaluate,
+        val=val,
+        key=jax.random.key(config.seed + 1),
+    )
 
 
 def _host_epoch(loop, epoch=0):
@@ -63,14 +73,25 @@ def _host_epoch(loop, epoch=0):
     with train.training_batches(loop["config"], loop["data"], epoch, epoch + 1, loop["mesh"]) as feed:
         step = train.step_function(loop["config"], loop["normalizer"], loop["mesh"], loop["single"], feed)
         assert step is loop["single"]  # K = 1 from the host: the plain train step
-        state, row, *_ = train.run_epoch(loop["config"], loop["data"], state, step, loop["evaluate"],
-                                         feed.batches(epoch), loop["val"], loop["key"], epoch)
+        state, row, *_ = train.run_epoch(
+            loop["config"],
+            loop["data"],
+            state,
+            step,
+            loop["evaluate"],
+            feed.batches(epoch),
+            loop["val"],
+            loop["key"],
+            epoch,
+        )
     return state, row
 
 
 def _max_difference(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
 
 
 def test_a_training_set_too_large_for_the_device_is_refused(cached):
@@ -79,8 +100,11 @@ def test_a_training_set_too_large_for_the_device_is_refused(cached):
     size = train.resident_bytes(ds)  # 24 images of 80 x 80: images, background (float32), psf, tile targets
     assert size == 24 * (2 * 80 * 80 * 4 + 6 * 4 + 20 * 20 * (1 + 2 * 4 + 1 + 4))
     train.check_device_memory(ds, bytes_limit=2 * size)  # fits in 80% of it
-    with pytest.raises(ValueError, match=r"data\.on_device=True: the training set .* needs 0\.00 GiB on every "
-                                         r"device, more than 80% of"):
+    with pytest.raises(
+        ValueError,
+        match=r"data\.on_device=True: the training set .* needs 0\.00 GiB on every "
+        r"device, more than 80% of",
+    ):
         train.check_device_memory(ds, bytes_limit=size)
     train.check_device_memory(ds)  # a CPU reports no limit: nothing to check
 
@@ -134,22 +158,28 @@ def test_scanned_steps_equal_single_steps(loop):
     # a rolled scan (the program on a GPU; on a CPU training runs the K steps straight-line, as the on-device
     # epoch test does)
     multi = steps.jit_multi_step(loop["normalizer"], mesh, config.model.variant, config.train.augment, unroll=1)
-    scanned, scanned_losses = multi(jax.device_put(loop["initial"], steps.replicated(mesh)), tuple(batches),
-                                    loop["key"])
+    scanned, scanned_losses = multi(
+        jax.device_put(loop["initial"], steps.replicated(mesh)), tuple(batches), loop["key"]
+    )
     assert int(state.step) == int(scanned.step) == 3 and scanned_losses.shape == (3,)
-    print(f"scanned vs single: loss rtol {np.max(np.abs(np.asarray(scanned_losses) / losses - 1)):.2e}, params "
-          f"{_max_difference((scanned.params, scanned.batch_stats), (state.params, state.batch_stats)):.2e}")
+    print(
+        f"scanned vs single: loss rtol {np.max(np.abs(np.asarray(scanned_losses) / losses - 1)):.2e}, params "
+        f"{_max_difference((scanned.params, scanned.batch_stats), (state.params, state.batch_stats)):.2e}"
+    )
     np.testing.assert_allclose(np.asarray(scanned_losses), losses, rtol=LOSS_RTOL)
     assert _max_difference((scanned.params, scanned.batch_stats), (state.params, state.batch_stats)) < PARAM_ATOL
     # the steps moved the parameters by far more than the tolerance (the comparison can fail)
     assert _max_difference(state.params, loop["initial"].params) > 100 * PARAM_ATOL
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"data.on_device": True}, "data.on_device=True needs a cached training set"),
-    ({"train.steps_per_dispatch": 0}, "train.steps_per_dispatch=0: must be an integer >= 1"),
-    ({"train.steps_per_dispatch": -2}, "train.steps_per_dispatch=-2"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"data.on_device": True}, "data.on_device=True needs a cached training set"),
+        ({"train.steps_per_dispatch": 0}, "train.steps_per_dispatch=0: must be an integer >= 1"),
+        ({"train.steps_per_dispatch": -2}, "train.steps_per_dispatch=-2"),
+    ],
+)
 def test_bad_input_path_config_is_refused(tiny_config, overrides, message):
     config = tiny_config()
     for key, value in overrides.items():
@@ -159,14 +189,23 @@ def test_bad_input_path_config_is_refused(tiny_config, overrides, message):
         train.validate_config(config, num_devices=1)
 
 
-def test_on_device_with_simulate_first_is_accepted_and_bad_values_are_one_error_line(tmp_path, tiny_config,
-                                                                                     config_path, tiny_flags,
-                                                                                     capsys):
+def test_on_device_with_simulate_first_is_accepted_and_bad_values_are_one_error_line(
+    tmp_path, tiny_config, config_path, tiny_flags, capsys
+):
     config = tiny_config()
     config.data.on_device, config.data.simulate_first, config.train.steps_per_dispatch = True, True, 4
     train.validate_config(config, num_devices=1)
-    code = train_main.main(["npejax-train", "--config", config_path("cpu_small"), "--workdir",
-                            str(tmp_path / "bad"), *tiny_flags(), "--config.data.on_device=True"])
+    code = train_main.main(
+        [
+            "npejax-train",
+            "--config",
+            config_path("cpu_small"),
+            "--workdir",
+            str(tmp_path / "bad"),
+            *tiny_flags(),
+            "--config.data.on_device=True",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1, err
     assert "data.on_device=True needs a cached training set" in err and not (tmp_path / "bad").exists()

@@ -124,8 +124,9 @@ def _start(tmp_path, guard=True):
     path = tmp_path / "run_sim.py"
     path.write_text(body)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def _read_children(proc, timeout=120):

@@ -93,8 +93,10 @@ def test_mode_sample_and_summary():
 
 def test_tiles_to_sources_pixel_coordinates():
     tiles = dict(
-        tile_has_source=np.zeros((2, 3, 3), bool), tile_locs=np.zeros((2, 3, 3, 2), np.float32),
-        tile_flux=np.ones((2, 3, 3), np.float32), tile_is_galaxy=np.zeros((2, 3, 3), bool),
+        tile_has_source=np.zeros((2, 3, 3), bool),
+        tile_locs=np.zeros((2, 3, 3, 2), np.float32),
+        tile_flux=np.ones((2, 3, 3), np.float32),
+        tile_is_galaxy=np.zeros((2, 3, 3), bool),
     )
     tiles["tile_has_source"][1, 2, 0] = True
     tiles["tile_locs"][1, 2, 0] = (0.25, 0.5)
@@ -113,12 +115,17 @@ def test_wrong_parameter_count():
 
 # --- merge_split_sources (posterior.decode = "group") ---------------------------------------------------
 
+
 def _tiles(prob, on=None):
     """Tile dict of probabilities [N, Th, Tw] (decoded on where given, else where prob > 0.5)."""
     prob = np.asarray(prob, np.float32)
     on = prob > 0.5 if on is None else np.asarray(on, bool)
-    return dict(tile_has_source=on, prob_source=prob, tile_flux=np.full(prob.shape, 7.0, np.float32),
-                tile_locs=np.full(prob.shape + (2,), 0.5, np.float32))
+    return dict(
+        tile_has_source=on,
+        prob_source=prob,
+        tile_flux=np.full(prob.shape, 7.0, np.float32),
+        tile_locs=np.full(prob.shape + (2,), 0.5, np.float32),
+    )
 
 
 def test_merge_split_sources_detects_a_corner_source_once_with_the_windows_probability():

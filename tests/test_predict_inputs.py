@@ -11,12 +11,14 @@ import jax
 import matplotlib.image
 import numpy as np
 import pytest
+import test_sdss as sdss_files  # the SDSS data-model fixture writers
 from astropy.io import fits
 from astropy.wcs import WCS
-
-import test_sdss as sdss_files  # the SDSS data-model fixture writers
 from conftest import assert_one_error
-from npejax import catalogs as catalog, datasets as data, predict
+
+from npejax import catalogs as catalog
+from npejax import datasets as data
+from npejax import predict
 from npejax.nn import predictor, train
 from npejax.sim import pipeline
 from npejax.surveys import sdss
@@ -46,8 +48,10 @@ def _predict(capsys, *args):
 @pytest.fixture
 def no_network_run(monkeypatch):
     """Makes any network call fail the test: an error must come before prediction."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the network ran before the error was found")
+
     monkeypatch.setattr(predictor.Predictor, "_run", refuse)
 
 
@@ -56,7 +60,7 @@ def _noise_image(h, w, seed=0):
     image = rng.normal(0.0, 0.05, (h, w)).astype(np.float32)
     yy, xx = np.mgrid[:h, :w]
     for y, x in rng.uniform(0, 1, (12, 2)) * (h, w):  # a dozen bright round sources
-        image += (3.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5 ** 2))).astype(np.float32)
+        image += (3.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5**2))).astype(np.float32)
     return image
 
 
@@ -75,8 +79,9 @@ def _tan_header(crpix=(30.5, 40.5), crval=(150.1, 2.2)):
 
 def test_nan_weights_give_one_error_naming_the_image(trained):
     root, net = trained
-    broken = predictor.Predictor(net.config, jax.tree.map(lambda v: v * np.nan, net.variables), net.normalizer,
-                                 source="checkpoint X")
+    broken = predictor.Predictor(
+        net.config, jax.tree.map(lambda v: v * np.nan, net.variables), net.normalizer, source="checkpoint X"
+    )
     image = _noise_image(40, 40)
     with pytest.raises(predictor.NonFiniteOutputError, match=r"output for image 0 is not finite .*checkpoint X"):
         broken.catalog(image, 0.7, PSF_ARRAY)
@@ -103,8 +108,9 @@ def test_non_finite_output_in_one_image_stops_the_command(trained, capsys, monke
 
     monkeypatch.setattr(predictor.Predictor, "from_workdir", staticmethod(corrupt))
     out = root / "nan.fits"
-    code, stdout, err = _predict(capsys, "--workdir", root / "run", "--input", root / "test", "--out", out,
-                                 "--batch-size", "2")
+    code, stdout, err = _predict(
+        capsys, "--workdir", root / "run", "--input", root / "test", "--out", out, "--batch-size", "2"
+    )
     assert_one_error(code, stdout, err, "output for image 3 is not finite (tile_flux = inf at tile row 1, column 2)")
     assert not out.exists()
 
@@ -112,30 +118,35 @@ def test_non_finite_output_in_one_image_stops_the_command(trained, capsys, monke
 # --- item 4: nonsense values ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--background", "0"], "--background 0: expected a sky level in nmgy per pixel, > 0 and <= 10000"),
-    (["--background", "-0.5"], "--background -0.5: expected a sky level"),
-    (["--background", "1e30"], "--background 1e30: expected a sky level"),
-    (["--background", "nan"], "--background nan: expected a sky level"),
-    (["--background", "sky.fits"], "--background 'sky.fits': expected a number (nmgy per pixel) or an existing"),
-    (["--background", "0.7", "--min-prob", "nan"], "--min-prob nan: expected a probability in [0, 1)"),
-    (["--background", "0.7", "--min-prob", "1"], "--min-prob 1.0: expected a probability in [0, 1)"),
-    (["--background", "0.7", "--min-prob=-0.1"], "--min-prob -0.1: expected a probability in [0, 1)"),
-    (["--background", "0.7", "--batch-size", "0"], "--batch-size=0: 0 is not a positive integer"),
-    (["--background", "0.7", "--batch-size=-1"], "--batch-size=-1: -1 is not a positive integer"),
-    (["--background", "0.7", "--psf-params", "1,2,3"], "psf_params '1,2,3': expected six comma-separated numbers"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--background", "0"], "--background 0: expected a sky level in nmgy per pixel, > 0 and <= 10000"),
+        (["--background", "-0.5"], "--background -0.5: expected a sky level"),
+        (["--background", "1e30"], "--background 1e30: expected a sky level"),
+        (["--background", "nan"], "--background nan: expected a sky level"),
+        (["--background", "sky.fits"], "--background 'sky.fits': expected a number (nmgy per pixel) or an existing"),
+        (["--background", "0.7", "--min-prob", "nan"], "--min-prob nan: expected a probability in [0, 1)"),
+        (["--background", "0.7", "--min-prob", "1"], "--min-prob 1.0: expected a probability in [0, 1)"),
+        (["--background", "0.7", "--min-prob=-0.1"], "--min-prob -0.1: expected a probability in [0, 1)"),
+        (["--background", "0.7", "--batch-size", "0"], "--batch-size=0: 0 is not a positive integer"),
+        (["--background", "0.7", "--batch-size=-1"], "--batch-size=-1: -1 is not a positive integer"),
+        (["--background", "0.7", "--psf-params", "1,2,3"], "psf_params '1,2,3': expected six comma-separated numbers"),
+    ],
+)
 def test_nonsense_values_refused_before_any_work(trained, capsys, monkeypatch, flags, fragment):
     root, _ = trained
     fits.PrimaryHDU(_noise_image(40, 40)).writeto(root / "small.fits", overwrite=True)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the network was loaded before the error was found")
+
     monkeypatch.setattr(predictor.Predictor, "from_workdir", refuse)
     psf = [] if "--psf-params" in flags else ["--psf-params", PSF]
     out = root / "nonsense.fits"
-    code, stdout, err = _predict(capsys, "--workdir", root / "run", "--input", root / "small.fits", "--out", out,
-                                 *psf, *flags)
+    code, stdout, err = _predict(
+        capsys, "--workdir", root / "run", "--input", root / "small.fits", "--out", out, *psf, *flags
+    )
     assert_one_error(code, stdout, err, fragment)
     assert not out.exists()
 
@@ -146,8 +157,9 @@ def test_nonsense_arrays_and_library_values(trained, capsys, no_network_run):
     background = np.full_like(images, 0.7)
     background[2, 5, 7] = 2e4  # counts, not nmgy
     np.savez(root / "bright.npz", images=images, background=background, psf_params=np.tile(PSF_ARRAY, (3, 1)))
-    code, stdout, err = _predict(capsys, "--workdir", root / "run", "--input", root / "bright.npz", "--out",
-                                 root / "bright.fits")
+    code, stdout, err = _predict(
+        capsys, "--workdir", root / "run", "--input", root / "bright.npz", "--out", root / "bright.fits"
+    )
     assert_one_error(code, stdout, err, "background 20000 at image 2, row 5, column 7: expected a sky level")
     with pytest.raises(ValueError, match=r"background 0 at image 0, row 0, column 0"):
         net.catalog(images, 0.0, PSF_ARRAY)
@@ -155,8 +167,9 @@ def test_nonsense_arrays_and_library_values(trained, capsys, no_network_run):
         net.catalog(images, 0.7, PSF_ARRAY, min_prob=float("nan"))
     with pytest.raises(ValueError, match="batch_size 0"):
         net.predict_tiles(images, 0.7, PSF_ARRAY, batch_size=0)
-    code, stdout, err = _predict(capsys, "--workdir", root / "run", "--input", root / "test", "--out",
-                                 root / "c.fits", "--chunk-size", "8")
+    code, stdout, err = _predict(
+        capsys, "--workdir", root / "run", "--input", root / "test", "--out", root / "c.fits", "--chunk-size", "8"
+    )
     assert_one_error(code, stdout, err, "--chunk-size 8: expected 0 (whole images) or at least")
     assert not (root / "bright.fits").exists() and not (root / "c.fits").exists()
 
@@ -167,28 +180,35 @@ def test_nonsense_arrays_and_library_values(trained, capsys, no_network_run):
 def _truncate(src, dst, keep):
     data = open(src, "rb").read()
     with open(dst, "wb") as f:
-        f.write(data[:keep if keep > 0 else len(data) + keep])
+        f.write(data[: keep if keep > 0 else len(data) + keep])
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("truncated_fits", "is not a readable FITS file (truncated or corrupt?)"),
-    ("fits_cut_in_data", "truncated"),
-    ("truncated_npz", "is not a readable .npz (truncated or corrupt?): BadZipFile"),
-    ("out_under_a_file", "is a file, so no directory can be made under it"),
-    ("out_is_a_directory", "is a directory; give a file name"),
-    ("out_in_proc", "cannot write in /proc"),
-    ("png_under_a_file", "--png"),
-    ("png_extension", "--png"),
-    ("input_and_frame", "give one of --input"),
-    ("background_with_npz", "background: only for a FITS image input"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("truncated_fits", "is not a readable FITS file (truncated or corrupt?)"),
+        ("fits_cut_in_data", "truncated"),
+        ("truncated_npz", "is not a readable .npz (truncated or corrupt?): BadZipFile"),
+        ("out_under_a_file", "is a file, so no directory can be made under it"),
+        ("out_is_a_directory", "is a directory; give a file name"),
+        ("out_in_proc", "cannot write in /proc"),
+        ("png_under_a_file", "--png"),
+        ("png_extension", "--png"),
+        ("input_and_frame", "give one of --input"),
+        ("background_with_npz", "background: only for a FITS image input"),
+    ],
+)
 def test_bad_files_and_outputs_refused_before_predicting(trained, capsys, no_network_run, case, fragment):
     root, _ = trained
     d = root / case
     d.mkdir(exist_ok=True)
     fits.PrimaryHDU(_noise_image(80, 80)).writeto(d / "good.fits", overwrite=True)
-    np.savez(d / "good.npz", images=_noise_image(40, 40)[None], background=np.full((1, 40, 40), 0.7, np.float32),
-             psf_params=PSF_ARRAY[None])
+    np.savez(
+        d / "good.npz",
+        images=_noise_image(40, 40)[None],
+        background=np.full((1, 40, 40), 0.7, np.float32),
+        psf_params=PSF_ARRAY[None],
+    )
     (d / "afile").write_text("not a directory\n")
     out = d / "cat.fits"
     fits_args = ["--background", "0.7", "--psf-params", PSF]
@@ -230,11 +250,16 @@ def test_bad_files_and_outputs_refused_before_predicting(trained, capsys, no_net
 def test_missing_output_directory_is_created(trained, capsys):
     root, net = trained
     image = _noise_image(40, 40)
-    np.savez(root / "one.npz", images=image[None], background=np.full((1, 40, 40), 0.7, np.float32),
-             psf_params=PSF_ARRAY[None])
+    np.savez(
+        root / "one.npz",
+        images=image[None],
+        background=np.full((1, 40, 40), 0.7, np.float32),
+        psf_params=PSF_ARRAY[None],
+    )
     out = root / "new" / "deeper" / "cat.csv"
-    code, _, err = _predict(capsys, "--workdir", root / "run", "--input", root / "one.npz", "--out", out,
-                            "--min-prob", "0")
+    code, _, err = _predict(
+        capsys, "--workdir", root / "run", "--input", root / "one.npz", "--out", out, "--min-prob", "0"
+    )
     assert code == 0, err
     assert len(catalog.read_table(out)) == len(net.catalog(image, 0.7, PSF_ARRAY, min_prob=0.0)) == 100
 
@@ -244,8 +269,9 @@ def test_missing_output_directory_is_created(trained, capsys):
 
 def test_pixel_convention_of_sky_coordinates():
     """npejax x = 0.5 is the centre of pixel 0, which is FITS pixel 1 (CRPIX = 1 -> CRVAL)."""
-    table = catalog.prediction_table(dict(image=np.zeros(3, int), x=np.array([0.5, 1.5, 0.0]),
-                                          y=np.array([0.5, 0.5, 0.0]), flux=np.ones(3)))
+    table = catalog.prediction_table(
+        dict(image=np.zeros(3, int), x=np.array([0.5, 1.5, 0.0]), y=np.array([0.5, 0.5, 0.0]), flux=np.ones(3))
+    )
     wcs = WCS(_tan_header(crpix=(1.0, 1.0)))
     predictor.add_sky_coordinates(table, wcs)
     assert table["ra"][0] == pytest.approx(150.1, abs=1e-12) and table["dec"][0] == pytest.approx(2.2, abs=1e-12)
@@ -261,8 +287,21 @@ def test_fits_with_wcs_gives_ra_dec_and_keeps_the_wcs(trained, capsys):
     header = _tan_header()
     fits.PrimaryHDU(image, header=header).writeto(root / "sky.fits", overwrite=True)
     fits.PrimaryHDU(image).writeto(root / "nowcs.fits", overwrite=True)
-    code, _, err = _predict(capsys, "--workdir", root / "run", "--input", root / "sky.fits", "--out",
-                            root / "sky_cat.fits", "--background", "0.7", "--psf-params", PSF, "--min-prob", "0")
+    code, _, err = _predict(
+        capsys,
+        "--workdir",
+        root / "run",
+        "--input",
+        root / "sky.fits",
+        "--out",
+        root / "sky_cat.fits",
+        "--background",
+        "0.7",
+        "--psf-params",
+        PSF,
+        "--min-prob",
+        "0",
+    )
     assert code == 0, err
     got = catalog.read_table(root / "sky_cat.fits")
     assert len(got) > 300 and str(got["ra"].unit) == "deg"
@@ -272,8 +311,19 @@ def test_fits_with_wcs_gives_ra_dec_and_keeps_the_wcs(trained, capsys):
     kept = WCS(fits.getheader(root / "sky_cat.fits", 1))  # the catalog's header holds the image's WCS
     again = kept.pixel_to_world(np.asarray(got["x"], float) - 0.5, np.asarray(got["y"], float) - 0.5)
     np.testing.assert_allclose(again.ra.deg, expected.ra.deg, atol=1e-9)
-    code, _, err = _predict(capsys, "--workdir", root / "run", "--input", root / "nowcs.fits", "--out",
-                            root / "nowcs.csv", "--background", "0.7", "--psf-params", PSF)
+    code, _, err = _predict(
+        capsys,
+        "--workdir",
+        root / "run",
+        "--input",
+        root / "nowcs.fits",
+        "--out",
+        root / "nowcs.csv",
+        "--background",
+        "0.7",
+        "--psf-params",
+        PSF,
+    )
     assert code == 0, err
     assert "ra" not in catalog.read_table(root / "nowcs.csv").colnames
 
@@ -312,8 +362,9 @@ def test_sdss_frame_in(trained, capsys, monkeypatch):
     calibvec = _write_frame(frame, key, _tan_header())
     sdss_files.write_psfield(psfield, sdss_files.FIELDS[key]["psf"])
     out = d / "cat.fits"
-    code, stdout, err = _predict(capsys, "--workdir", root / "run", "--sdss-frame", frame, "--psfield", psfield,
-                                 "--out", out, "--min-prob", "0")
+    code, stdout, err = _predict(
+        capsys, "--workdir", root / "run", "--sdss-frame", frame, "--psfield", psfield, "--out", out, "--min-prob", "0"
+    )
     assert code == 0, err
     assert stdout.startswith("300 sources in 1 images")  # 60 x 80 pixels: 15 x 20 tiles
     got = catalog.read_table(out)
@@ -327,26 +378,31 @@ def test_sdss_frame_in(trained, capsys, monkeypatch):
     assert len(seen) == 1
     np.testing.assert_array_equal(seen[0][0], image[None])
     np.testing.assert_allclose(seen[0][1], background[None], rtol=1e-6)
-    np.testing.assert_allclose(seen[0][1][0], sdss_files.expected_sky_dn(sdss_files.FIELDS[key]["sky"]) * calibvec,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        seen[0][1][0], sdss_files.expected_sky_dn(sdss_files.FIELDS[key]["sky"]) * calibvec, rtol=1e-5
+    )
     np.testing.assert_array_equal(seen[0][2], psf[None])  # the r-band column of psField HDU 6
     monkeypatch.undo()
     expected = net.catalog(image, background, psf, min_prob=0.0)
     for name in expected.colnames:
-        np.testing.assert_allclose(np.asarray(got[name], float), np.asarray(expected[name], float), rtol=1e-5,
-                                   atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(got[name], float), np.asarray(expected[name], float), rtol=1e-5, atol=1e-5, err_msg=name
+        )
     sky = WCS(_tan_header()).pixel_to_world(np.asarray(got["x"], float) - 0.5, np.asarray(got["y"], float) - 0.5)
     np.testing.assert_allclose(got["ra"], sky.ra.deg, atol=1e-9)
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("g_band", "is a g-band frame (FILTER); the network catalogs r-band images"),
-    ("other_field", "is field 94-1-13 but --sdss-frame"),
-    ("no_psfield", "--sdss-frame needs --psfield"),
-    ("with_background", "--background: an SDSS frame brings its own background"),
-    ("truncated", "truncated"),
-    ("missing", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("g_band", "is a g-band frame (FILTER); the network catalogs r-band images"),
+        ("other_field", "is field 94-1-13 but --sdss-frame"),
+        ("no_psfield", "--sdss-frame needs --psfield"),
+        ("with_background", "--background: an SDSS frame brings its own background"),
+        ("truncated", "truncated"),
+        ("missing", "does not exist"),
+    ],
+)
 def test_sdss_frame_refusals(trained, capsys, no_network_run, case, fragment):
     root, _ = trained
     d = root / f"sdss_{case}"
@@ -396,8 +452,7 @@ def test_chunked_prediction_equals_whole_image(trained, network_call_shapes):
     leaves, tree = jax.tree.flatten(trained_net.variables["params"])
     keys = jax.random.split(jax.random.key(0), len(leaves))
     params = jax.tree.unflatten(tree, [v + 0.5 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
-    net = predictor.Predictor(trained_net.config, dict(trained_net.variables, params=params),
-                              trained_net.normalizer)
+    net = predictor.Predictor(trained_net.config, dict(trained_net.variables, params=params), trained_net.normalizer)
     image = _noise_image(300, 260, seed=3)
     background = np.linspace(0.5, 0.9, 260, dtype=np.float32)[None, :].repeat(300, 0)
     whole = net.predict_tiles(image, background, PSF_ARRAY, chunk_size=None)
@@ -436,8 +491,9 @@ def test_dataset_is_streamed_batch_by_batch(trained, capsys, monkeypatch):
     expected = net.catalog(whole["images"], whole["background"], whole["psf_params"], min_prob=0.0)
     assert len(table) == len(expected) == 5 * 400
     for name in expected.colnames:
-        np.testing.assert_allclose(np.asarray(table[name], float), np.asarray(expected[name], float), rtol=1e-5,
-                                   atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(table[name], float), np.asarray(expected[name], float), rtol=1e-5, atol=1e-6, err_msg=name
+        )
 
 
 # --- item 14: the PNG ---------------------------------------------------------------------------------
@@ -447,9 +503,23 @@ def test_png_of_the_detections(trained, capsys):
     root, _ = trained
     fits.PrimaryHDU(_noise_image(77, 75), header=_tan_header()).writeto(root / "png.fits", overwrite=True)
     d = root / "pictures"
-    code, stdout, err = _predict(capsys, "--workdir", root / "run", "--input", root / "png.fits", "--out",
-                                 d / "cat.fits", "--background", "0.7", "--psf-params", PSF, "--min-prob", "0",
-                                 "--png", d / "cat.png")
+    code, stdout, err = _predict(
+        capsys,
+        "--workdir",
+        root / "run",
+        "--input",
+        root / "png.fits",
+        "--out",
+        d / "cat.fits",
+        "--background",
+        "0.7",
+        "--psf-params",
+        PSF,
+        "--min-prob",
+        "0",
+        "--png",
+        d / "cat.png",
+    )
     assert code == 0, err
     with open(d / "cat.png", "rb") as f:
         head = f.read(24)

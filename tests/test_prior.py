@@ -71,9 +71,11 @@ DECILES = np.arange(1, 10) / 10
 
 def _r_cdf(p):
     """P(r < m) as a function of m for one source of prior ``p``, from the prior's own flux distributions."""
+
     def cdf(m):
         flux = 10.0 ** ((22.5 - m) / 2.5)
         return p.prob_galaxy * p.galaxy_flux_dist().sf(flux) + (1 - p.prob_galaxy) * p.star_flux_dist().sf(flux)
+
     return cdf
 
 

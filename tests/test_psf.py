@@ -46,13 +46,16 @@ def test_fwhm_of_a_gaussian():
     assert psf.fwhm_pixels((1.7, 3.0, 2.0, 3.0, 0.0, 0.0)) == pytest.approx(2.35482 * 1.7, rel=1e-3)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ((0.0, 3.0, 2.0, 3.0, 0.1, 0.01), "psf_sigma1 must be a positive width"),
-    ((1.0, -3.0, 2.0, 3.0, 0.1, 0.01), "psf_sigma2 must be a positive width"),
-    ((1.0, 3.0, 2.0, 1.5, 0.1, 0.01), "psf_beta must be > 2"),
-    ((1.0, np.nan, 2.0, 3.0, 0.1, 0.01), "must be finite"),
-    ((1.0, 3.0, 2.0, 3.0, 0.1), "expected 6 PSF parameters"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ((0.0, 3.0, 2.0, 3.0, 0.1, 0.01), "psf_sigma1 must be a positive width"),
+        ((1.0, -3.0, 2.0, 3.0, 0.1, 0.01), "psf_sigma2 must be a positive width"),
+        ((1.0, 3.0, 2.0, 1.5, 0.1, 0.01), "psf_beta must be > 2"),
+        ((1.0, np.nan, 2.0, 3.0, 0.1, 0.01), "must be finite"),
+        ((1.0, 3.0, 2.0, 3.0, 0.1), "expected 6 PSF parameters"),
+    ],
+)
 def test_validation_names_the_parameter(bad, match):
     with pytest.raises(ValueError, match=match):
         psf.validate_psf_params(bad, where="field X")

@@ -50,7 +50,7 @@ def _pixel_integrated_formula(params, x, y, size=80, sub=10):
     yy, xx = np.meshgrid(r0 + fine, c0 + fine, indexing="ij")
     density = psf.profile(np.hypot(xx - x, yy - y), params)
     out = np.zeros((size, size))
-    out[r0:r0 + 25, c0:c0 + 25] = density.reshape(25, sub, 25, sub).mean(axis=(1, 3))
+    out[r0 : r0 + 25, c0 : c0 + 25] = density.reshape(25, sub, 25, sub).mean(axis=(1, 3))
     return out
 
 
@@ -79,8 +79,9 @@ def test_empty_image_variance_matches_background(bank, noise):
 
 
 def test_galaxy_flux_is_conserved(bank):
-    cat = _one_source(40.2, 39.6, 20.0, galaxy=True, disk_frac=0.7, angle=0.6, disk_q=0.5, bulge_q=0.8,
-                      disk_a=1.5, bulge_a=0.6)
+    cat = _one_source(
+        40.2, 39.6, 20.0, galaxy=True, disk_frac=0.7, angle=0.6, disk_q=0.5, bulge_q=0.8, disk_a=1.5, bulge_a=0.6
+    )
     images, _ = _draw(bank, cat, 10)
     assert images.sum() == pytest.approx(20.0, rel=0.02)
 
@@ -143,8 +144,9 @@ def _accurate_star(params, x, y, trunc=25.0, edge_sub=128):
     not help) ``edge_sub`` x ``edge_sub`` midpoints."""
     out = (4 * _midpoint_star(params, x, y, 32) - _midpoint_star(params, x, y, 16)) / 3
     fine = (np.arange(edge_sub) + 0.5) / edge_sub
-    rows, cols = np.nonzero(np.abs(np.hypot(np.arange(80)[None, :] + 0.5 - x, np.arange(80)[:, None] + 0.5 - y)
-                                   - trunc) < 1.0)
+    rows, cols = np.nonzero(
+        np.abs(np.hypot(np.arange(80)[None, :] + 0.5 - x, np.arange(80)[:, None] + 0.5 - y) - trunc) < 1.0
+    )
     for row, col in zip(rows, cols):
         density = psf.profile(np.hypot((row + fine - y)[:, None], (col + fine - x)[None, :]), params, trunc)
         out[row, col] = density.mean()
@@ -183,9 +185,11 @@ def test_brightest_stars_render_finite_noisy_images(bank):
     """Gaussian N(lambda, lambda) and Poisson noise need lambda >= 0: a batch of r 7.85 stars in many fields,
     in both render paths (field 250's sky is 365 electrons; its r 7.85 star rang to -1500 in both)."""
     b, c, loc, scale = BRIGHTEST
-    for noise, method, fields_ in (("gaussian", "kspace", np.r_[np.arange(0, 500, 50), 250]),
-                                   ("poisson", "kspace", np.r_[np.arange(0, 500, 50), 250]),
-                                   ("gaussian", "drawimage", np.array([250, 499]))):  # GalSim: 70 ms a field
+    for noise, method, fields_ in (
+        ("gaussian", "kspace", np.r_[np.arange(0, 500, 50), 250]),
+        ("poisson", "kspace", np.r_[np.arange(0, 500, 50), 250]),
+        ("gaussian", "drawimage", np.array([250, 499])),
+    ):  # GalSim: 70 ms a field
         cat = {k: np.repeat(v, len(fields_), axis=0) for k, v in _one_source(20.4, 61.7, c * scale + loc).items()}
         r = render.Renderer(bank, (80, 80), _render_config(noise=noise, method=method))
         images, _ = r.render(cat, fields_, np.tile([[300, 400]], (len(fields_), 1)), np.random.default_rng(0))

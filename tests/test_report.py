@@ -12,17 +12,20 @@ from npejax.evaluation import ceiling, evaluate, metrics, report
 from npejax.evaluation.headline import SUBSETS
 
 NAN = math.nan
-HEADER = ("| method | precision, est. r < 21.5: [mean of ref. bins 1-8, to 21.495] "
-          "| recall, r < 21.2: [mean of ref. bins 1-7, to 21.227] | star/galaxy accuracy, r < 22: [mean of ref. "
-          "bins 1-10] | flux MAPE %, r < 22: [mean of ref. bins 1-10] | 95% flux interval coverage "
-          "| star/galaxy AUC (all) |")
+HEADER = (
+    "| method | precision, est. r < 21.5: [mean of ref. bins 1-8, to 21.495] "
+    "| recall, r < 21.2: [mean of ref. bins 1-7, to 21.227] | star/galaxy accuracy, r < 22: [mean of ref. "
+    "bins 1-10] | flux MAPE %, r < 22: [mean of ref. bins 1-10] | 95% flux interval coverage "
+    "| star/galaxy AUC (all) |"
+)
 SEPARATOR = "| --- | --- | --- | --- | --- | --- | --- |"
 PAPER = "| paper, PSF-aware (p_many, 42k images) | > 0.95 | > 0.9 | > 0.96 | - | about 0.96 | - |"
 
 
 def _h(value, std=NAN, count=10, bins=None):
-    return dict(value=value, std=std, count=count) if bins is None else dict(value=value, std=std, count=count,
-                                                                             bins=bins)
+    return (
+        dict(value=value, std=std, count=count) if bins is None else dict(value=value, std=std, count=count, bins=bins)
+    )
 
 
 def _binned(values, mean, counts, available=True):
@@ -30,22 +33,34 @@ def _binned(values, mean, counts, available=True):
 
 
 def _headline_results():
-    return dict(methods={
-        "aware": dict(headline=dict(
-            precision=_h(0.97123, 0.00456, bins=8), precision_pooled=_h(0.955, 0.002), recall=_h(0.9, bins=7),
-            recall_pooled=_h(NAN), accuracy=_h(None, bins=10), accuracy_pooled=_h(0.8),
-            mape=_h(12.345, 1.26, bins=10), mape_pooled=_h(20.04, 1.0), coverage95=_h(0.95, NAN),
-            auc=_h(0.98765, NAN))),
-        "mine": dict(headline=dict(precision=_h(NAN, bins=8), recall=_h(1.0, 0.0, bins=7))),  # missing keys
-        # metrics.json written before the bin means: its values pooled every source below the cut-off
-        "old": dict(headline=dict(precision=_h(0.96, 0.01), recall=_h(0.91), coverage95=_h(0.9))),
-    })
+    return dict(
+        methods={
+            "aware": dict(
+                headline=dict(
+                    precision=_h(0.97123, 0.00456, bins=8),
+                    precision_pooled=_h(0.955, 0.002),
+                    recall=_h(0.9, bins=7),
+                    recall_pooled=_h(NAN),
+                    accuracy=_h(None, bins=10),
+                    accuracy_pooled=_h(0.8),
+                    mape=_h(12.345, 1.26, bins=10),
+                    mape_pooled=_h(20.04, 1.0),
+                    coverage95=_h(0.95, NAN),
+                    auc=_h(0.98765, NAN),
+                )
+            ),
+            "mine": dict(headline=dict(precision=_h(NAN, bins=8), recall=_h(1.0, 0.0, bins=7))),  # missing keys
+            # metrics.json written before the bin means: its values pooled every source below the cut-off
+            "old": dict(headline=dict(precision=_h(0.96, 0.01), recall=_h(0.91), coverage95=_h(0.9))),
+        }
+    )
 
 
 def test_headline_table_cells():
     table = report.headline_table(_headline_results())
     assert table.split("\n") == [
-        HEADER, SEPARATOR,
+        HEADER,
+        SEPARATOR,
         "| PSF-aware | [0.971 ± 0.005] pooled 0.955 | [0.900] | pooled 0.800 | [12.3 ± 1.3] pooled 20.0 | 0.950 "
         "| 0.988 |",
         "| mine | n/a | [1.000 ± 0.000] | n/a | n/a | n/a | n/a |",
@@ -57,25 +72,32 @@ def test_headline_table_cells():
 
 def test_headline_table_has_a_ceiling_row():
     r = _headline_results()
-    r["ceiling"] = dict(headline=dict(value=0.95432, std=0.0021, pooled=0.9611, pooled_std=0.001, bins=10,
-                                      count=1234))
+    r["ceiling"] = dict(headline=dict(value=0.95432, std=0.0021, pooled=0.9611, pooled_std=0.001, bins=10, count=1234))
     lines = report.headline_table(r).split("\n")
-    assert lines[-2] == ("| r-band ceiling (ideal test), 1234 galaxies in the reference bins | - | - | [0.954 ± 0.002] pooled 0.961 "
-                         "| - | - | - |")
+    assert lines[-2] == (
+        "| r-band ceiling (ideal test), 1234 galaxies in the reference bins | - | - | [0.954 ± 0.002] pooled 0.961 "
+        "| - | - | - |"
+    )
     assert lines[-1] == PAPER
 
 
 def _bins_results():
-    aware = dict(bins_equal=dict(
-        precision=_binned([0.91234, 0.5, NAN], 0.70617, [7, 2, 0]),
-        recall=_binned([1.0, 0.5, NAN], 0.75, [4, 2, 0]),
-        accuracy=_binned([1.0, 1.0, 1.0], 1.0, [4, 2, 0]),
-        mape=_binned([3.14159, 20.0, NAN], 11.5708, [4, 2, 0])))
-    sep = dict(bins_equal=dict(
-        precision=_binned([1.0, 1.0, 1.0], 1.0, [1, 1, 1]),
-        recall=_binned([0.25, 0.0, NAN], 0.125, [4, 2, 0]),
-        accuracy=_binned([NAN] * 3, NAN, [4, 2, 0], available=False),  # no prob_galaxy: row left out
-        mape=_binned([50.0, 60.04, NAN], 55.02, [4, 2, 0])))
+    aware = dict(
+        bins_equal=dict(
+            precision=_binned([0.91234, 0.5, NAN], 0.70617, [7, 2, 0]),
+            recall=_binned([1.0, 0.5, NAN], 0.75, [4, 2, 0]),
+            accuracy=_binned([1.0, 1.0, 1.0], 1.0, [4, 2, 0]),
+            mape=_binned([3.14159, 20.0, NAN], 11.5708, [4, 2, 0]),
+        )
+    )
+    sep = dict(
+        bins_equal=dict(
+            precision=_binned([1.0, 1.0, 1.0], 1.0, [1, 1, 1]),
+            recall=_binned([0.25, 0.0, NAN], 0.125, [4, 2, 0]),
+            accuracy=_binned([NAN] * 3, NAN, [4, 2, 0], available=False),  # no prob_galaxy: row left out
+            mape=_binned([50.0, 60.04, NAN], 55.02, [4, 2, 0]),
+        )
+    )
     return dict(methods=dict(aware=aware, sep=sep))
 
 
@@ -84,7 +106,8 @@ def test_bins_table_cells():
     head = "| r | < 18.00 | 18.00–20.00 | 20.00–22.00 | mean |"
     sep = "| --- | --- | --- | --- | --- |"
     assert report.bins_table(results, "bins_equal", (18.0, 20.0, 22.0), "recall").split("\n") == [
-        head, sep,
+        head,
+        sep,
         "| PSF-aware | 1.000 | 0.500 | n/a | [0.750] |",
         "| Source Extractor (sep) | 0.250 | 0.000 | n/a | [0.125] |",
         "| sources (truth) | 4 | 2 | 0 | |",
@@ -100,10 +123,18 @@ def test_bins_table_cells():
         "| Source Extractor (sep) | 1.000 | 1.000 | 1.000 | [1.000] |",
     ]
     # an unavailable metric leaves its method out; SNR bins end open (> last finite cut-off)
-    snr = report.bins_table({"methods": {"sep": {"bins_snr": results["methods"]["sep"]["bins_equal"]}}},
-                            "bins_snr", (5.0, 10.0, np.inf), "accuracy", "SNR")
-    assert snr.split("\n") == ["| SNR | < 5.00 | 5.00–10.00 | > 10.0 | mean |", sep,
-                               "| sources (truth) | 4 | 2 | 0 | |"]
+    snr = report.bins_table(
+        {"methods": {"sep": {"bins_snr": results["methods"]["sep"]["bins_equal"]}}},
+        "bins_snr",
+        (5.0, 10.0, np.inf),
+        "accuracy",
+        "SNR",
+    )
+    assert snr.split("\n") == [
+        "| SNR | < 5.00 | 5.00–10.00 | > 10.0 | mean |",
+        sep,
+        "| sources (truth) | 4 | 2 | 0 | |",
+    ]
 
 
 def test_bins_table_has_a_ceiling_row_for_accuracy_only():
@@ -123,13 +154,20 @@ def test_index_markdown():
     r = _headline_results()
     r["test_set"] = dict(num_images=12)
     text = report.index_markdown({"many": "report-many"}, {"many": r}, "npejax experiment", elapsed_s=90.0)
-    assert text == "\n".join([
-        "# npejax experiment", "",
-        "Run time: 1.5 min.", "",
-        "## Test set p_many (12 images) — [full report](report-many/report.md)", "",
-        report.headline_table(r), "",
-        "![detection](report-many/detection.png)", "",
-    ])
+    assert text == "\n".join(
+        [
+            "# npejax experiment",
+            "",
+            "Run time: 1.5 min.",
+            "",
+            "## Test set p_many (12 images) — [full report](report-many/report.md)",
+            "",
+            report.headline_table(r),
+            "",
+            "![detection](report-many/detection.png)",
+            "",
+        ]
+    )
     assert "Run time" not in report.index_markdown({"many": "r"}, {"many": r}, "t")
 
 
@@ -142,35 +180,67 @@ def _full_results():
     n_images, per = 12, 4
     n = n_images * per
     flux = 10 ** rng.uniform(0.2, 2.5, n)
-    truth = dict(image=np.repeat(np.arange(n_images), per), x=rng.uniform(2, 78, n), y=rng.uniform(2, 78, n),
-                 flux=flux, mag=catalog.flux_to_mag(flux), is_galaxy=rng.random(n) < 0.5)
+    truth = dict(
+        image=np.repeat(np.arange(n_images), per),
+        x=rng.uniform(2, 78, n),
+        y=rng.uniform(2, 78, n),
+        flux=flux,
+        mag=catalog.flux_to_mag(flux),
+        is_galaxy=rng.random(n) < 0.5,
+    )
     net_flux = flux * rng.lognormal(0, 0.1, n)
-    net = dict(image=truth["image"], x=truth["x"] + 0.2, y=truth["y"], flux=net_flux,
-               mag=catalog.flux_to_mag(net_flux), prob_source=rng.uniform(0.3, 1.0, n),
-               prob_galaxy=np.where(truth["is_galaxy"], 0.8, 0.2), flux_lo=net_flux / 1.1, flux_hi=net_flux * 1.1)
+    net = dict(
+        image=truth["image"],
+        x=truth["x"] + 0.2,
+        y=truth["y"],
+        flux=net_flux,
+        mag=catalog.flux_to_mag(net_flux),
+        prob_source=rng.uniform(0.3, 1.0, n),
+        prob_galaxy=np.where(truth["is_galaxy"], 0.8, 0.2),
+        flux_lo=net_flux / 1.1,
+        flux_hi=net_flux * 1.1,
+    )
     keep = rng.random(n) < 0.7
     sep = {k: truth[k][keep] for k in ("image", "x", "y", "flux", "mag")}
     cut = metrics.equal_count_edges(truth["mag"], 3)
     snr_values = truth["flux"] * 2.0
     snr_cut = metrics.equal_count_edges(snr_values, 3, max_mag=np.inf)
-    methods = {name: evaluate.evaluate_catalog(truth, pred, n_images, cut, snr_values, snr_cut, num_bootstrap=10)
-               for name, pred in (("aware", net), ("sep", sep))}
+    methods = {
+        name: evaluate.evaluate_catalog(truth, pred, n_images, cut, snr_values, snr_cut, num_bootstrap=10)
+        for name, pred in (("aware", net), ("sep", sep))
+    }
     d = np.where(truth["is_galaxy"], rng.uniform(0, 5, n), np.nan)  # distances to the best star, made up
-    ceil = {key: ceiling.binned_ceiling(values, cutoffs, truth["is_galaxy"], d)
-            for key, values, cutoffs in (("bins_equal", truth["mag"], cut),
-                                         ("bins_reference", truth["mag"], metrics.REFERENCE_CUTOFFS),
-                                         ("bins_snr", snr_values, snr_cut))}
+    ceil = {
+        key: ceiling.binned_ceiling(values, cutoffs, truth["is_galaxy"], d)
+        for key, values, cutoffs in (
+            ("bins_equal", truth["mag"], cut),
+            ("bins_reference", truth["mag"], metrics.REFERENCE_CUTOFFS),
+            ("bins_snr", snr_values, snr_cut),
+        )
+    }
     ceil["options"] = dict(max_per_bin=200, seed=0, num_galaxies=int(truth["is_galaxy"].sum()), seconds=1.0)
     ceil["headline"] = ceiling._headline(ceil["bins_reference"])
     return dict(
         ceiling=ceil,
-        test_set=dict(directory="/data/test-many", num_images=n_images, num_sources=n, prior="many",
-                      dropped_by_tile_rule=3, bank="synthetic", synthetic_bank=True, seed=0),
+        test_set=dict(
+            directory="/data/test-many",
+            num_images=n_images,
+            num_sources=n,
+            prior="many",
+            dropped_by_tile_rule=3,
+            bank="synthetic",
+            synthetic_bank=True,
+            seed=0,
+        ),
         options=dict(num_bootstrap=10, num_bins=3, prob_threshold=0.5, slack_pixels=1.0, seed=0),
-        equal_cutoffs=cut, snr_cutoffs=snr_cut,
-        bin_centers=dict(equal=np.array([16.0, 18.0, 20.0]), reference=np.linspace(17, 22, 10),
-                         snr=np.array([10.0, 40.0, 150.0])),
-        workdirs={}, methods=methods)
+        equal_cutoffs=cut,
+        snr_cutoffs=snr_cut,
+        bin_centers=dict(
+            equal=np.array([16.0, 18.0, 20.0]), reference=np.linspace(17, 22, 10), snr=np.array([10.0, 40.0, 150.0])
+        ),
+        workdirs={},
+        methods=methods,
+    )
 
 
 def test_markdown_holds_the_tables():

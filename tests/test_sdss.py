@@ -46,10 +46,16 @@ def per_band(value):
 def write_psfield(path, psf, drop=None):
     hdus = [fits.PrimaryHDU()]
     for band in "ugriz":  # HDUs 1-5: per-band KL PSF tables (contents irrelevant here)
-        hdus.append(fits.BinTableHDU.from_columns([fits.Column("RROWS", format="4E", array=np.zeros((1, 4)))],
-                                                  name=f"KL_{band}"))
-    cols = [fits.Column(name, format="5E", array=per_band(v)[None])
-            for name, v in zip(psf_lib.PSF_PARAM_NAMES, psf) if name != drop]
+        hdus.append(
+            fits.BinTableHDU.from_columns(
+                [fits.Column("RROWS", format="4E", array=np.zeros((1, 4)))], name=f"KL_{band}"
+            )
+        )
+    cols = [
+        fits.Column(name, format="5E", array=per_band(v)[None])
+        for name, v in zip(psf_lib.PSF_PARAM_NAMES, psf)
+        if name != drop
+    ]
     cols.append(fits.Column("psf_width", format="5E", array=per_band(1.4)[None]))
     hdus.append(fits.BinTableHDU.from_columns(cols))
     fits.HDUList(hdus).writeto(path, overwrite=True)
@@ -86,11 +92,13 @@ def frame_bytes(sky, calib):
     yinterp, xinterp = grid_coords(H, W, NY, NX)
     allsky = ramp(sky, *node_pixels(NY, NX, H, W)).astype(np.float32)
     image = np.random.default_rng(0).normal(0, 0.01, (H, W)).astype(np.float32)  # sky-subtracted, nmgy
-    table = fits.BinTableHDU.from_columns([
-        fits.Column("ALLSKY", format=f"{NY * NX}E", dim=f"({NX},{NY})", array=allsky[None]),
-        fits.Column("XINTERP", format=f"{W}E", array=xinterp[None].astype(np.float32)),
-        fits.Column("YINTERP", format=f"{H}E", array=yinterp[None].astype(np.float32)),
-    ])
+    table = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("ALLSKY", format=f"{NY * NX}E", dim=f"({NX},{NY})", array=allsky[None]),
+            fits.Column("XINTERP", format=f"{W}E", array=xinterp[None].astype(np.float32)),
+            fits.Column("YINTERP", format=f"{H}E", array=yinterp[None].astype(np.float32)),
+        ]
+    )
     hdul = fits.HDUList([fits.PrimaryHDU(image), fits.ImageHDU(calibvec), table])
     buf = io.BytesIO()
     hdul.writeto(buf)
@@ -230,8 +238,11 @@ def test_read_frame_bz2_matches_plain(sdss_dir, tmp_path):
 
 def test_truncated_files_raise_naming_file(sdss_dir, tmp_path):
     _, paths = sdss_dir
-    for key, reader in [(("psfield", 94, 1, 12), sdss.read_psfield), (("frame", 94, 1, 12), sdss.read_frame),
-                        (("frame", 94, 1, 13), sdss.read_frame)]:
+    for key, reader in [
+        (("psfield", 94, 1, 12), sdss.read_psfield),
+        (("frame", 94, 1, 12), sdss.read_frame),
+        (("frame", 94, 1, 13), sdss.read_frame),
+    ]:
         src = paths[key]
         bad = str(tmp_path / ("half-" + os.path.basename(src)))
         with open(src, "rb") as f:
@@ -268,9 +279,13 @@ def test_missing_column_and_hdu(tmp_path):
     with pytest.raises(ValueError, match=rf"{re.escape(short)} has 2 HDUs.*HDU 6"):
         sdss.read_psfield(short)
     frame = str(tmp_path / "frame.fits")
-    fits.HDUList([fits.PrimaryHDU(np.zeros((4, 5), np.float32)), fits.ImageHDU(np.ones(5, np.float32)),
-                  fits.BinTableHDU.from_columns([fits.Column("XINTERP", format="5E", array=np.zeros((1, 5)))])
-                  ]).writeto(frame)
+    fits.HDUList(
+        [
+            fits.PrimaryHDU(np.zeros((4, 5), np.float32)),
+            fits.ImageHDU(np.ones(5, np.float32)),
+            fits.BinTableHDU.from_columns([fits.Column("XINTERP", format="5E", array=np.zeros((1, 5)))]),
+        ]
+    ).writeto(frame)
     with pytest.raises(ValueError, match=rf"{re.escape(frame)}: HDU 2 table has no column 'ALLSKY'"):
         sdss.read_frame(frame)
 
@@ -297,8 +312,9 @@ def test_field_from_files(sdss_dir):
     _, paths = sdss_dir
     key = (94, 1, 12)
     spec = FIELDS[key]
-    rec = sdss.field_from_files(paths[("psfield",) + key], paths[("photofield", 94, 1)], paths[("frame",) + key],
-                                *key, grid_shape=(7, 9))
+    rec = sdss.field_from_files(
+        paths[("psfield",) + key], paths[("photofield", 94, 1)], paths[("frame",) + key], *key, grid_shape=(7, 9)
+    )
     gain = GAINS[(94, 1)][12]
     assert rec["name"] == "94-1-12" and rec["frame_shape"] == (H, W)
     assert rec["gain"] == pytest.approx(gain, rel=1e-6)
@@ -333,8 +349,7 @@ def test_build_bank_flat_and_reference(sdss_dir, tmp_path):
     fwhm = {k: psf_lib.fwhm_pixels(v["psf"]) for k, v in FIELDS.items()}
     assert fwhm[(94, 1, 12)] < fwhm[(94, 1, 13)] < fwhm[(125, 2, 50)]
     assert bank.names[bank.reference] == "94-1-13"
-    explicit = sdss.build_bank(directory, fields=[(125, 2, 50), (94, 1, 12)], grid_shape=(3, 4),
-                               reference="94-1-12")
+    explicit = sdss.build_bank(directory, fields=[(125, 2, 50), (94, 1, 12)], grid_shape=(3, 4), reference="94-1-12")
     assert explicit.names.tolist() == ["125-2-50", "94-1-12"] and explicit.reference == 1
     assert explicit.sky_grid.shape == (2, 3, 4)
     # save and load round trip (FieldBank.save stores the sky grid as float32)
@@ -465,8 +480,15 @@ def test_download_then_resume_skip(server, tmp_path, capsys):
     out = tmp_path / "dl"
     got = download.download_fields(DOWNLOAD_FIELDS, out, base_url=server.base_url, retries=1, timeout=5, backoff=0)
     names = sorted(os.path.basename(p) for p in got)
-    assert names == sorted(["psField-000094-1-0012.fit", "psField-000094-1-0013.fit", "photoField-000094-1.fits",
-                            "frame-r-000094-1-0012.fits.bz2", "frame-r-000094-1-0013.fits.bz2"])
+    assert names == sorted(
+        [
+            "psField-000094-1-0012.fit",
+            "psField-000094-1-0013.fit",
+            "photoField-000094-1.fits",
+            "frame-r-000094-1-0012.fits.bz2",
+            "frame-r-000094-1-0013.fits.bz2",
+        ]
+    )
     assert len(server.requests) == 5  # the shared photoField is fetched once
     for path in got:
         assert open(path, "rb").read() == served(server, os.path.basename(path))[1]
@@ -485,15 +507,21 @@ def test_download_then_resume_skip(server, tmp_path, capsys):
 def test_download_retries_503(server, tmp_path):
     path, data = served(server, "psField-000094-1-0012.fit")
     server.fail[path] = 1
-    download.download_fields([(94, 1, 12)], tmp_path, base_url=server.base_url, retries=2, timeout=5, backoff=0,
-                         progress=False)
+    download.download_fields(
+        [(94, 1, 12)], tmp_path, base_url=server.base_url, retries=2, timeout=5, backoff=0, progress=False
+    )
     assert [r for r in server.requests if r[0] == path] == [(path, None), (path, None)]
     assert (tmp_path / "psField-000094-1-0012.fit").read_bytes() == data
     server.fail[path] = 10
     os.remove(tmp_path / "psField-000094-1-0012.fit")
     with pytest.raises(download.DownloadError, match=rf"{re.escape(server.base_url)}.*psField.*after 3 attempts"):
-        download.download_file(server.base_url + path[len("/sas/dr17"):], tmp_path / "psField-000094-1-0012.fit",
-                           retries=2, timeout=5, backoff=0)
+        download.download_file(
+            server.base_url + path[len("/sas/dr17") :],
+            tmp_path / "psField-000094-1-0012.fit",
+            retries=2,
+            timeout=5,
+            backoff=0,
+        )
 
 
 def test_download_resumes_part_with_range(server, tmp_path):
@@ -501,7 +529,7 @@ def test_download_resumes_part_with_range(server, tmp_path):
     dest = tmp_path / "frame-r-000094-1-0013.fits.bz2"
     half = len(data) // 2
     (tmp_path / (dest.name + ".part")).write_bytes(data[:half])
-    assert download.download_file(server.base_url + path[len("/sas/dr17"):], dest, retries=0, timeout=5)
+    assert download.download_file(server.base_url + path[len("/sas/dr17") :], dest, retries=0, timeout=5)
     assert server.requests == [(path, f"bytes={half}-")]
     assert dest.read_bytes() == data
     assert not (tmp_path / (dest.name + ".part")).exists()
@@ -512,7 +540,7 @@ def test_download_restarts_when_range_ignored(server, tmp_path):
     path, data = served(server, "frame-r-000094-1-0013.fits.bz2")
     dest = tmp_path / "frame-r-000094-1-0013.fits.bz2"
     (tmp_path / (dest.name + ".part")).write_bytes(b"garbage" + data[:100])
-    assert download.download_file(server.base_url + path[len("/sas/dr17"):], dest, retries=0, timeout=5)
+    assert download.download_file(server.base_url + path[len("/sas/dr17") :], dest, retries=0, timeout=5)
     assert dest.read_bytes() == data
 
 
@@ -523,10 +551,14 @@ def test_download_404_names_url(server, tmp_path):
 
 
 def test_download_unreachable_host(tmp_path):
-    with pytest.raises(download.DownloadError, match=r"cannot reach the SDSS archive \(offline\?\).*127\.0\.0\.1:1/"
-                                                 r".*build-bank"):
-        download.download_fields([(94, 1, 12)], tmp_path, base_url="http://127.0.0.1:1", retries=1, timeout=2,
-                             backoff=0)
+    with pytest.raises(
+        download.DownloadError,
+        match=r"cannot reach the SDSS archive \(offline\?\).*127\.0\.0\.1:1/"
+        r".*build-bank",
+    ):
+        download.download_fields(
+            [(94, 1, 12)], tmp_path, base_url="http://127.0.0.1:1", retries=1, timeout=2, backoff=0
+        )
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -534,15 +566,17 @@ def test_download_unreachable_host(tmp_path):
 
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "npejax.sdss", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "npejax.sdss", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_build_bank(sdss_dir, tmp_path):
     directory, _ = sdss_dir
     out = tmp_path / "bank.npz"
-    result = run_cli("build-bank", "--dir", str(directory), "--out", str(out), "--grid", "6x8",
-                     "--reference", "125-2-50")
+    result = run_cli(
+        "build-bank", "--dir", str(directory), "--out", str(out), "--grid", "6x8", "--reference", "125-2-50"
+    )
     assert result.returncode == 0, result.stderr
     bank = fields_lib.load_bank(out)
     check_bank(bank, grid=(6, 8))
@@ -558,10 +592,23 @@ def test_cli_in_process(server, tmp_path, capsys):
     fields_file.write_text("# run camcol field\n94 1 12\n\n94 1 13  # second\n")
     assert sdss.read_fields_file(fields_file) == [(94, 1, 12), (94, 1, 13)]
     out = tmp_path / "dl"
-    assert sdss_command.main(["download", "--fields", str(fields_file), "--out", str(out), "--base-url",
-                              server.base_url, "--timeout", "5"]) == 0
-    assert sdss_command.main(["build-bank", "--dir", str(out), "--out", str(tmp_path / "b.npz"),
-                              "--grid", "3x4"]) == 0
+    assert (
+        sdss_command.main(
+            [
+                "download",
+                "--fields",
+                str(fields_file),
+                "--out",
+                str(out),
+                "--base-url",
+                server.base_url,
+                "--timeout",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert sdss_command.main(["build-bank", "--dir", str(out), "--out", str(tmp_path / "b.npz"), "--grid", "3x4"]) == 0
     assert fields_lib.load_bank(tmp_path / "b.npz").sky_grid.shape == (2, 3, 4)
     capsys.readouterr()
     bad = tmp_path / "bad.txt"
@@ -569,8 +616,24 @@ def test_cli_in_process(server, tmp_path, capsys):
     assert sdss_command.main(["download", "--fields", str(bad), "--out", str(out)]) == 2
     assert re.search(rf"{re.escape(str(bad))} line 1: expected 'run camcol field'", capsys.readouterr().err)
     # the archive cannot be reached: exit 1 (not a command-line mistake), one error line
-    assert sdss_command.main(["download", "--fields", str(fields_file), "--out", str(tmp_path / "x"),
-                              "--base-url", "http://127.0.0.1:1", "--retries", "0", "--timeout", "2"]) == 1
+    assert (
+        sdss_command.main(
+            [
+                "download",
+                "--fields",
+                str(fields_file),
+                "--out",
+                str(tmp_path / "x"),
+                "--base-url",
+                "http://127.0.0.1:1",
+                "--retries",
+                "0",
+                "--timeout",
+                "2",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the SDSS archive") and len(err.splitlines()) == 1
     assert sdss_command.main(["build-bank", "--dir", str(out), "--out", "b.npz", "--grid", "12by16"]) == 2
@@ -579,13 +642,16 @@ def test_cli_in_process(server, tmp_path, capsys):
     assert not os.path.exists("b.npz")
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "a subcommand is required: one of download, build-bank"),
-    (["fetch", "--out", "x"], "unknown subcommand 'fetch'; expected one of download, build-bank"),
-    (["download", "--out", "x"], "--fields"),
-    (["build-bank", "--dir", "d", "--out", "b.npz", "--bogus"], "bogus"),
-    (["download", "--fields", "f.txt", "--out", "x", "--retries", "-1"], "--retries=-1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "a subcommand is required: one of download, build-bank"),
+        (["fetch", "--out", "x"], "unknown subcommand 'fetch'; expected one of download, build-bank"),
+        (["download", "--out", "x"], "--fields"),
+        (["build-bank", "--dir", "d", "--out", "b.npz", "--bogus"], "bogus"),
+        (["download", "--fields", "f.txt", "--out", "x", "--retries", "-1"], "--retries=-1"),
+    ],
+)
 def test_cli_usage_errors(args, message, capsys):
     assert sdss_command.main(["npejax-sdss", *args]) == 2
     err = capsys.readouterr().err
@@ -651,8 +717,11 @@ def test_truncated_or_corrupt_compressed_frames_name_the_file(sdss_dir, tmp_path
         bad = str(tmp_path / f"half{ext}")
         with open(bad, "wb") as f:
             f.write(stream[: len(stream) // 2])
-        with pytest.raises(ValueError, match=rf"frame file {re.escape(bad)} is not a readable FITS file "
-                                             r"\(truncated or corrupt\?\): EOFError"):
+        with pytest.raises(
+            ValueError,
+            match=rf"frame file {re.escape(bad)} is not a readable FITS file "
+            r"\(truncated or corrupt\?\): EOFError",
+        ):
             sdss.read_frame(bad)
     bad = str(tmp_path / "garbage.fits.bz2")  # bz2 magic, then not a bz2 stream
     with open(bad, "wb") as f:

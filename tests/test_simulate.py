@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import cpu_small  # the repository root is on sys.path (conftest.py)
-from npejax import catalogs as catalog, datasets, simulate
+from npejax import catalogs as catalog
+from npejax import datasets, simulate
 from npejax.sim import fields, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,8 +19,9 @@ CONFIG = os.path.join("configs", "cpu_small.py")
 
 
 def _run(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "npejax.simulate", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "npejax.simulate", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +29,22 @@ def val_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("cli") / "val")
     csv = os.path.join(os.path.dirname(out), "val_truth.csv")
     # one worker process: the -m entry point must survive spawned workers re-importing it
-    result = _run("--config", CONFIG, "--split", "val", "--num-images", "8", "--shard-size", "4", "--out", out,
-                  "--config.simulator.num_workers=1", "--catalog", csv, "--noprogress")
+    result = _run(
+        "--config",
+        CONFIG,
+        "--split",
+        "val",
+        "--num-images",
+        "8",
+        "--shard-size",
+        "4",
+        "--out",
+        out,
+        "--config.simulator.num_workers=1",
+        "--catalog",
+        csv,
+        "--noprogress",
+    )
     assert result.returncode == 0, result.stderr
     return out, csv, result
 
@@ -65,26 +81,55 @@ def test_cli_writes_dataset_manifest_and_truth(val_run):
 
 def test_cli_rerun_resumes_and_mismatch_is_refused(val_run):
     out, _, _ = val_run
-    again = _run("--config", CONFIG, "--split", "val", "--num-images", "8", "--shard-size", "4", "--out", out,
-                 "--num-workers", "0", "--noprogress")
+    again = _run(
+        "--config",
+        CONFIG,
+        "--split",
+        "val",
+        "--num-images",
+        "8",
+        "--shard-size",
+        "4",
+        "--out",
+        out,
+        "--num-workers",
+        "0",
+        "--noprogress",
+    )
     assert again.returncode == 0, again.stderr
     assert "2 already present, 0 rendered now" in again.stdout
 
-    other = _run("--config", CONFIG, "--split", "val", "--num-images", "12", "--shard-size", "4", "--out", out,
-                 "--num-workers", "0", "--noprogress")
+    other = _run(
+        "--config",
+        CONFIG,
+        "--split",
+        "val",
+        "--num-images",
+        "12",
+        "--shard-size",
+        "4",
+        "--out",
+        out,
+        "--num-workers",
+        "0",
+        "--noprogress",
+    )
     assert other.returncode != 0
     assert out in other.stderr and "num_images: 8 -> 12" in other.stderr
     assert "Traceback" not in other.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--split", "bogus"], "--split=bogus"),
-    (["--split", "val", "--num-images", "0"], "must be >= 1, got 0"),
-    (["--split", "val", "--config.prior.no_such_key=1"], "no_such_key"),
-    (["--split", "val", "--config.render.noise=loud"], "render.noise"),
-    (["--split", "val", "--catalog", "truth.txt"], "'.txt'"),
-    (["--split", "val", "--config", "configs/no_such_config.py"], "no_such_config.py"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--split", "bogus"], "--split=bogus"),
+        (["--split", "val", "--num-images", "0"], "must be >= 1, got 0"),
+        (["--split", "val", "--config.prior.no_such_key=1"], "no_such_key"),
+        (["--split", "val", "--config.render.noise=loud"], "render.noise"),
+        (["--split", "val", "--catalog", "truth.txt"], "'.txt'"),
+        (["--split", "val", "--config", "configs/no_such_config.py"], "no_such_config.py"),
+    ],
+)
 def test_cli_bad_input(tmp_path, args, message):
     result = _run("--config", CONFIG, "--out", str(tmp_path / "d"), "--num-workers", "0", *args)
     assert result.returncode != 0
@@ -95,17 +140,34 @@ def test_cli_bad_input(tmp_path, args, message):
 
 # --- output paths and banks refused before any rendering (in-process: the command's main) -------------
 
+
 def _main(capsys, *args):
-    rc = simulate.main(["npejax.simulate", "--config", os.path.join(ROOT, CONFIG), "--split", "val",
-                        "--num-images", "2", "--num-workers", "0", "--noprogress", *[str(a) for a in args]])
+    rc = simulate.main(
+        [
+            "npejax.simulate",
+            "--config",
+            os.path.join(ROOT, CONFIG),
+            "--split",
+            "val",
+            "--num-images",
+            "2",
+            "--num-workers",
+            "0",
+            "--noprogress",
+            *[str(a) for a in args],
+        ]
+    )
     return rc, capsys.readouterr()
 
 
-@pytest.mark.parametrize("where, message", [
-    ("file", "is an existing file, not a directory"),
-    ("under-file", "is a file, so no directory can be made under it"),
-    ("proc", "cannot write in /proc"),
-])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("file", "is an existing file, not a directory"),
+        ("under-file", "is a file, so no directory can be made under it"),
+        ("proc", "cannot write in /proc"),
+    ],
+)
 def test_unusable_out_is_refused_before_rendering(tmp_path, capsys, where, message):
     blocker = tmp_path / "afile"
     blocker.write_text("keep\n")
@@ -126,6 +188,9 @@ def test_bank_with_frames_smaller_than_the_image_is_refused(tmp_path, capsys):
     assert f"field bank {bank_path}" in captured.err and "40 x 60" in captured.err and "80 x 80" in captured.err
     assert not out.exists()
     # the simulator's own check names the bank too
-    with pytest.raises(ValueError, match=r"small_frames.npz: its frames are 40 x 60 pixels, smaller than the image "
-                                         r"size 80 x 80"):
+    with pytest.raises(
+        ValueError,
+        match=r"small_frames.npz: its frames are 40 x 60 pixels, smaller than the image "
+        r"size 80 x 80",
+    ):
         fields.load_bank(bank_path).sample_crop_origins(np.random.default_rng(0), 1, (80, 80))

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from npejax.nn import inputs, model, posterior, state as state_lib, steps, train
+from npejax.nn import inputs, model, posterior, steps, train
+from npejax.nn import state as state_lib
 from npejax.schema import NETWORK_KEYS
 from npejax.sim import pipeline
 
@@ -15,8 +16,9 @@ from npejax.sim import pipeline
 @pytest.fixture(scope="module")
 def tiny(load_config):
     """A tiny network's fresh state, one fixed simulated batch of 8 images, and its normalizer."""
-    config = load_config("cpu_small", {"model.width": 4, "model.stem_blocks": 1,
-                                       "model.stages": ((1, 0, 1), (1, 0, 2), (1, 0, 2))})
+    config = load_config(
+        "cpu_small", {"model.width": 4, "model.stem_blocks": 1, "model.stages": ((1, 0, 1), (1, 0, 2), (1, 0, 2))}
+    )
     net = model.from_config(config)
     state = state_lib.create_state(config, net, steps_per_epoch=100, key=jax.random.key(0))
     spec = pipeline.SimulationSpec.from_config(config, seed=3, batch_size=8)
@@ -28,8 +30,9 @@ def tiny(load_config):
 
 def test_loss_of_a_fixed_batch_falls_over_20_steps(tiny):
     config, state, batch, normalizer = tiny
-    step = jax.jit(functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant,
-                                     do_augment=False))
+    step = jax.jit(
+        functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant, do_augment=False)
+    )
     losses = []
     for _ in range(20):
         state, loss = step(state, batch, jax.random.key(1))
@@ -44,11 +47,17 @@ def test_loss_of_a_fixed_batch_falls_over_20_steps(tiny):
 def test_train_step_loss_is_the_posterior_nll_before_the_update(tiny):
     config, state, batch, normalizer = tiny
     feats = steps.features(batch, normalizer, config.model.variant)
-    out, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, feats, train=True,
-                            tiles=batch, mutable=["batch_stats"])  # the true catalog as the checkerboard's context
+    out, _ = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        feats,
+        train=True,
+        tiles=batch,
+        mutable=["batch_stats"],
+    )  # the true catalog as the checkerboard's context
     expected = posterior.TilePosterior.from_params(out).nll(batch)
-    step = jax.jit(functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant,
-                                     do_augment=False))  # jit only for speed: the same function
+    step = jax.jit(
+        functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant, do_augment=False)
+    )  # jit only for speed: the same function
     new_state, loss = step(state, batch, jax.random.key(1))
     np.testing.assert_allclose(float(loss), float(expected), rtol=2e-5)  # float32 sums, jit vs eager
     assert int(new_state.step) == int(state.step) + 1
@@ -60,8 +69,9 @@ def test_eval_step_sums_the_nll_over_images_and_tiles(tiny):
     config, state, batch, normalizer = tiny
     total = steps.eval_step(state, batch, normalizer, config.model.variant)
     feats = steps.features(batch, normalizer, config.model.variant)
-    out = model.from_config(config).apply({"params": state.params, "batch_stats": state.batch_stats}, feats,
-                                          train=False)
+    out = model.from_config(config).apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, feats, train=False
+    )
     q = posterior.TilePosterior.from_params(out)
     np.testing.assert_allclose(float(total), float(jnp.sum(q.tile_nll(batch))), rtol=1e-5)
     np.testing.assert_allclose(float(total) / 8, float(q.nll(batch)), rtol=1e-5)  # the training loss's mean
@@ -72,8 +82,9 @@ def test_jitted_sharded_steps_match_the_plain_functions(tiny):
     mesh = steps.data_mesh()
     train_step, eval_step = steps.jit_steps(normalizer, mesh, config.model.variant, do_augment=True)
     key = jax.random.key(7)
-    plain_train = jax.jit(functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant,
-                                            do_augment=True))  # no shardings, no donation
+    plain_train = jax.jit(
+        functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant, do_augment=True)
+    )  # no shardings, no donation
     expected_state, expected_loss = plain_train(state, batch, key)
     expected_eval = steps.eval_step(expected_state, batch, normalizer, config.model.variant)
     on_device = steps.to_device(batch, steps.batch_sharding(mesh))
@@ -90,17 +101,21 @@ def test_augment_moves_pixels_and_catalog_without_changing_them(tiny):
     assert set(out) == set(batch)
     np.testing.assert_array_equal(np.asarray(out["psf_params"]), np.asarray(batch["psf_params"]))
     for key in ("images", "tile_flux"):
-        np.testing.assert_allclose(np.sort(np.asarray(out[key]).reshape(8, -1), axis=1),
-                                   np.sort(np.asarray(batch[key]).reshape(8, -1), axis=1))
+        np.testing.assert_allclose(
+            np.sort(np.asarray(out[key]).reshape(8, -1), axis=1), np.sort(np.asarray(batch[key]).reshape(8, -1), axis=1)
+        )
     assert np.asarray(out["tile_has_source"]).sum() == np.asarray(batch["tile_has_source"]).sum()
 
 
-@pytest.mark.parametrize("name, batch_size, expected", [
-    ("default", 32, 210_000 // 32),  # the paper's 210k images per epoch
-    ("default", 64, 210_000 // 64),  # a larger batch keeps the epoch's images, not its steps
-    ("cpu_small", 32, 40),  # 1280 images, as before images_per_epoch
-    ("cpu_small", 16, 80),  # cpu_small's own batch
-])
+@pytest.mark.parametrize(
+    "name, batch_size, expected",
+    [
+        ("default", 32, 210_000 // 32),  # the paper's 210k images per epoch
+        ("default", 64, 210_000 // 64),  # a larger batch keeps the epoch's images, not its steps
+        ("cpu_small", 32, 40),  # 1280 images, as before images_per_epoch
+        ("cpu_small", 16, 80),  # cpu_small's own batch
+    ],
+)
 def test_steps_per_epoch_from_images_per_epoch(load_config, name, batch_size, expected):
     config = load_config(name, {"train.batch_size": batch_size})
     assert train.steps_per_epoch(config) == expected
@@ -126,16 +141,18 @@ def test_bfloat16_trains_like_float32(tiny):
     2-core CPU: largest relative difference of the per-step losses 0.0037 (last step 0.0014); required 0.02."""
     config, _, batch, normalizer = tiny  # a fresh state: other tests donate the fixture's to their jitted steps
     spec = pipeline.SimulationSpec.from_config(config, seed=4, batch_size=8)
-    batches = [{k: jnp.asarray(v) for k, v in pipeline.simulate_batch(spec, i).items() if k in NETWORK_KEYS}
-               for i in range(3)]
+    batches = [
+        {k: jnp.asarray(v) for k, v in pipeline.simulate_batch(spec, i).items() if k in NETWORK_KEYS} for i in range(3)
+    ]
     losses = {}
     for dtype in ("float32", "bfloat16"):
         c = config.copy_and_resolve_references()
         c.model.dtype = dtype
         net = model.from_config(c)
         s = state_lib.create_state(c, net, steps_per_epoch=100, key=jax.random.key(0))  # same float32 parameters
-        step = jax.jit(functools.partial(steps.train_step, normalizer=normalizer, variant=c.model.variant,
-                                         do_augment=False))
+        step = jax.jit(
+            functools.partial(steps.train_step, normalizer=normalizer, variant=c.model.variant, do_augment=False)
+        )
         losses[dtype] = []
         for i in range(30):
             s, loss = step(s, batches[i % 3], jax.random.key(1))
@@ -156,8 +173,9 @@ def test_moving_average_of_the_parameters(tiny, load_config):
     state = state_lib.create_state(config, net, 100, jax.random.key(0))
     averaged = state_lib.create_state(_with(config, ema_decay=0.9), net, 100, jax.random.key(0))
     assert not hasattr(state, "ema_params") and state_lib.eval_variables(state)["params"] is state.params
-    step = jax.jit(functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant,
-                                     do_augment=False))
+    step = jax.jit(
+        functools.partial(steps.train_step, normalizer=normalizer, variant=config.model.variant, do_augment=False)
+    )
     as_numpy = functools.partial(jax.tree_util.tree_map, np.asarray)
     expected = as_numpy({"params": averaged.params, "batch_stats": averaged.batch_stats})
     plain = state
@@ -178,10 +196,14 @@ def test_moving_average_of_the_parameters(tiny, load_config):
     assert any(bool(jnp.any(a != b)) for a, b in zip(leaves(averaged.batch_stats), leaves(got["batch_stats"])))
     # the eval step scores the averages, not the live parameters and statistics
     as_average = plain.replace(params=got["params"], batch_stats=got["batch_stats"])
-    np.testing.assert_allclose(float(steps.eval_step(averaged, batch, normalizer, config.model.variant)),
-                               float(steps.eval_step(as_average, batch, normalizer, config.model.variant)), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(steps.eval_step(averaged, batch, normalizer, config.model.variant)),
+        float(steps.eval_step(as_average, batch, normalizer, config.model.variant)),
+        rtol=1e-6,
+    )
     assert float(steps.eval_step(averaged, batch, normalizer, config.model.variant)) != pytest.approx(
-        float(steps.eval_step(plain, batch, normalizer, config.model.variant)), rel=1e-6)
+        float(steps.eval_step(plain, batch, normalizer, config.model.variant)), rel=1e-6
+    )
 
 
 def _with(config, **train):

@@ -10,7 +10,6 @@ otherwise compile the network again.
 """
 
 import bz2
-import io as std_io
 import os
 import subprocess
 import sys
@@ -18,16 +17,17 @@ import sys
 import jax
 import numpy as np
 import pytest
-from astropy.io import fits
-
 import test_sdss as sdss_files  # the SDSS data-model fixture writers
+from astropy.io import fits
 from conftest import assert_one_error, make_tiny_config
-from npejax import catalogs as catalog, io, survey
+
+from npejax import catalogs as catalog
+from npejax import io, survey
 from npejax.nn import checkpoints, predictor, train
-from npejax.nn import survey as survey_lib
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
+from npejax.nn import survey as survey_lib
 from npejax.sim import fields, render
 from npejax.surveys import sdss
 
@@ -37,6 +37,7 @@ PSF_ARRAY = np.array([1.2, 3.5, 1.5, 3.0, 0.1, 0.08], np.float32)
 
 
 # --- fixtures: a network, frames ---------------------------------------------------------------------------
+
 
 def random_state(config, seed: int = 0) -> state_lib.TrainState:
     """A TrainState of ``config``'s network with random weights drawn in numpy (kernels N(0, 1 / fan_in),
@@ -73,8 +74,16 @@ def write_random_workdir(config, workdir, sample, seed: int = 0) -> str:
     config_json = train.config_dict(config)
     os.makedirs(workdir, exist_ok=True)
     io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_json)
-    meta = dict(epoch=1, best_val=0.0, bad_epochs=0, history=[], normalizer=normalizer.to_dict(),
-                variant=config.model.variant, config=config_json, val_nll=0.0)
+    meta = dict(
+        epoch=1,
+        best_val=0.0,
+        bad_epochs=0,
+        history=[],
+        normalizer=normalizer.to_dict(),
+        variant=config.model.variant,
+        config=config_json,
+        val_nll=0.0,
+    )
     with checkpoints.managers(workdir) as managers:
         checkpoints.save([managers.latest, managers.best], 1, state, meta)
     return workdir
@@ -87,7 +96,7 @@ def noise_image(shape, seed: int = 0, sources: int = 12) -> np.ndarray:
     image = rng.normal(0.0, 0.05, (h, w)).astype(np.float32)
     yy, xx = np.mgrid[:h, :w]
     for y, x in rng.uniform(0, 1, (sources, 2)) * (h, w):
-        image += (3.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5 ** 2))).astype(np.float32)
+        image += (3.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5**2))).astype(np.float32)
     return image
 
 
@@ -97,15 +106,18 @@ def render_frame(config, stars_xy, fluxes, seed: int = 0, shape=fields.SDSS_FRAM
     Gaussian noise), nmgy."""
     bank = fields.load_bank(None)
     n = len(stars_xy)
-    catalog_ = dict(n_sources=np.array([n]), x=np.asarray(stars_xy, float)[None, :, 0],
-                    y=np.asarray(stars_xy, float)[None, :, 1], flux=np.asarray(fluxes, float)[None],
-                    is_galaxy=np.zeros((1, n), bool))
+    catalog_ = dict(
+        n_sources=np.array([n]),
+        x=np.asarray(stars_xy, float)[None, :, 0],
+        y=np.asarray(stars_xy, float)[None, :, 1],
+        flux=np.asarray(fluxes, float)[None],
+        is_galaxy=np.zeros((1, n), bool),
+    )
     for key in ("disk_frac", "angle", "disk_q", "bulge_q", "disk_a", "bulge_a"):
         catalog_[key] = np.zeros((1, n))
     renderer = render.Renderer(bank, shape, render.RenderConfig.from_config(config.render))
     ref = bank.reference
-    images, background = renderer.render(catalog_, np.array([ref]), np.zeros((1, 2), int),
-                                         np.random.default_rng(seed))
+    images, background = renderer.render(catalog_, np.array([ref]), np.zeros((1, 2), int), np.random.default_rng(seed))
     return images[0], background[0], bank.psf_params[ref].astype(np.float32), str(bank.names[ref])
 
 
@@ -158,8 +170,10 @@ def one_predictor_per_workdir():
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to load the network fails the test: the error must come first."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the network was loaded before the error was found")
+
     monkeypatch.setattr(predictor.Predictor, "from_workdir", refuse)
 
 
@@ -177,11 +191,17 @@ def _write_small(path, seed):
 def _assert_same_table(got, expected, where=""):
     assert got.colnames == expected.colnames and len(got) == len(expected) > 0, where
     for name in got.colnames:
-        np.testing.assert_allclose(np.asarray(got[name], float), np.asarray(expected[name], float), rtol=1e-5,
-                                   atol=1e-5, err_msg=f"{where} {name}")
+        np.testing.assert_allclose(
+            np.asarray(got[name], float),
+            np.asarray(expected[name], float),
+            rtol=1e-5,
+            atol=1e-5,
+            err_msg=f"{where} {name}",
+        )
 
 
 # --- seams: a chunked frame gives the whole-frame catalog, each tile once ----------------------------------
+
 
 def test_sources_on_chunk_seams_reported_once_on_a_full_frame(workdir, tmp_path, capsys, network_call_shapes):
     net = predictor.Predictor.from_workdir(workdir)
@@ -236,6 +256,7 @@ def test_sources_on_chunk_seams_reported_once_on_a_full_frame(workdir, tmp_path,
 
 # --- one catalog per frame, reruns, failures ---------------------------------------------------------------
 
+
 def test_catalog_per_frame_rerun_skips_and_failures_reported(workdir, tmp_path, capsys, monkeypatch):
     net = predictor.Predictor.from_workdir(workdir)
     bank = fields.load_bank(None)
@@ -248,18 +269,33 @@ def test_catalog_per_frame_rerun_skips_and_failures_reported(workdir, tmp_path, 
     frame, psfield = write_sdss_frame(d)
     _write_small(tmp_path / "whole.fits", 4)
     data = (tmp_path / "whole.fits").read_bytes()
-    (d / "cut.fits").write_bytes(data[:len(data) // 2])  # truncated in the pixels
-    lines = [f"frames/a.fits background=0.7 field-id={bank.names[5]}",
-             "frames/b.fits                       # the command's --background and --psf-params",
-             "frames/gone.fits",
-             f"frames/{frame.name} psfield=frames/{psfield.name}",
-             "frames/cut.fits",
-             "'frames/c.fits' background=frames/c-sky.fits psf-params=1.5,3.0,2.0,3.5,0.1,0.02",
-             "frames/b.fits background=-1 psf-params=" + PSF]  # a duplicate name: refused (below)
+    (d / "cut.fits").write_bytes(data[: len(data) // 2])  # truncated in the pixels
+    lines = [
+        f"frames/a.fits background=0.7 field-id={bank.names[5]}",
+        "frames/b.fits                       # the command's --background and --psf-params",
+        "frames/gone.fits",
+        f"frames/{frame.name} psfield=frames/{psfield.name}",
+        "frames/cut.fits",
+        "'frames/c.fits' background=frames/c-sky.fits psf-params=1.5,3.0,2.0,3.5,0.1,0.02",
+        "frames/b.fits background=-1 psf-params=" + PSF,
+    ]  # a duplicate name: refused (below)
     (tmp_path / "frames.txt").write_text("# a survey\n\n" + "\n".join(lines[:-1]) + "\n")
     out = tmp_path / "out"
-    args = ["catalog", "--workdir", workdir, "--frames", tmp_path / "frames.txt", "--out", out, "--min-prob", "0",
-            "--background", "0.6", "--psf-params", PSF]
+    args = [
+        "catalog",
+        "--workdir",
+        workdir,
+        "--frames",
+        tmp_path / "frames.txt",
+        "--out",
+        out,
+        "--min-prob",
+        "0",
+        "--background",
+        "0.6",
+        "--psf-params",
+        PSF,
+    ]
     code, stdout, err = _survey(capsys, *args)
     assert code == 1, stdout + err
     failed = [line for line in err.splitlines() if line.startswith("failed:")]
@@ -310,13 +346,17 @@ def test_catalog_per_frame_rerun_skips_and_failures_reported(workdir, tmp_path, 
 
     # a bad value in one line (a negative background) fails that frame alone
     (tmp_path / "bad.txt").write_text("frames/a.fits background=-1 psf-params=" + PSF + "\nframes/b.fits\n")
-    code, stdout, err = _survey(capsys, *args[:4], tmp_path / "bad.txt", "--out", tmp_path / "out2",
-                                *args[7:], "--format", "csv")
+    code, stdout, err = _survey(
+        capsys, *args[:4], tmp_path / "bad.txt", "--out", tmp_path / "out2", *args[7:], "--format", "csv"
+    )
     assert code == 1 and err.count("\n") == 1, err
     assert err.startswith("failed: frame 0 a (") and "background -1 at image 0" in err, err
     assert os.listdir(tmp_path / "out2" / "catalogs") == ["b.csv"]
-    _assert_same_table(catalog.read_table(tmp_path / "out2" / "catalogs" / "b.csv"),
-                       catalog.read_table(out / "catalogs" / "b.fits"), "csv")
+    _assert_same_table(
+        catalog.read_table(tmp_path / "out2" / "catalogs" / "b.csv"),
+        catalog.read_table(out / "catalogs" / "b.fits"),
+        "csv",
+    )
 
     # the same name twice in a list is refused before any work (catalogs are named by frame)
     (tmp_path / "dup.txt").write_text("\n".join(lines[:2] + lines[-1:]) + "\n")
@@ -340,9 +380,28 @@ def sharded(workdir, tmp_path_factory):
     (root / "frames.txt").write_text("".join(f"f/s{k}.fits\n" for k in range(NUM_SHARD_FRAMES)))
     outputs = []
     for i in range(3):
-        code = survey.main(["npejax.survey", "catalog", "--workdir", workdir, "--frames", str(root / "frames.txt"),
-                            "--out", str(root / "out"), "--background", "0.7", "--psf-params", PSF,
-                            "--shard", f"{i}/3", "--min-prob", "0.5", "--readers", str(i + 1)])
+        code = survey.main(
+            [
+                "npejax.survey",
+                "catalog",
+                "--workdir",
+                workdir,
+                "--frames",
+                str(root / "frames.txt"),
+                "--out",
+                str(root / "out"),
+                "--background",
+                "0.7",
+                "--psf-params",
+                PSF,
+                "--shard",
+                f"{i}/3",
+                "--min-prob",
+                "0.5",
+                "--readers",
+                str(i + 1),
+            ]
+        )
         outputs.append(code)
     return root, outputs
 
@@ -363,8 +422,22 @@ def test_shards_are_disjoint_and_cover_the_list(sharded, workdir, capsys, monkey
     seen = []
     for i in range(3):
         out = root / f"only{i}"
-        code, stdout, err = _survey(capsys, "catalog", "--workdir", workdir, "--frames", root / "frames.txt",
-                                    "--out", out, "--background", "0.7", "--psf-params", PSF, "--shard", f"{i}/3")
+        code, stdout, err = _survey(
+            capsys,
+            "catalog",
+            "--workdir",
+            workdir,
+            "--frames",
+            root / "frames.txt",
+            "--out",
+            out,
+            "--background",
+            "0.7",
+            "--psf-params",
+            PSF,
+            "--shard",
+            f"{i}/3",
+        )
         assert code == 0, err
         names = _catalog_names(out)
         assert names == [f"s{k}" for k in range(NUM_SHARD_FRAMES) if k % 3 == i]  # frame K -> shard K mod 3
@@ -377,8 +450,19 @@ def test_shards_are_disjoint_and_cover_the_list(sharded, workdir, capsys, monkey
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "10")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
     monkeypatch.setenv("SLURM_ARRAY_TASK_STEP", "1")
-    common = ["catalog", "--workdir", workdir, "--frames", root / "frames.txt", "--background", "0.7",
-              "--psf-params", PSF, "--format", "csv"]
+    common = [
+        "catalog",
+        "--workdir",
+        workdir,
+        "--frames",
+        root / "frames.txt",
+        "--background",
+        "0.7",
+        "--psf-params",
+        PSF,
+        "--format",
+        "csv",
+    ]
     code, stdout, err = _survey(capsys, *common, "--out", root / "slurm")
     assert code == 0, err
     assert "shard 1/3 (SLURM_ARRAY_TASK_ID=11 of SLURM_ARRAY_TASK_COUNT=3" in stdout
@@ -387,18 +471,35 @@ def test_shards_are_disjoint_and_cover_the_list(sharded, workdir, capsys, monkey
     assert code == 0 and _catalog_names(root / "slurm_given") == ["s2", "s5"], err
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, None),
-    ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4"}, (0, 4)),
-    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}, (3, 4)),
-    ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1",
-      "SLURM_ARRAY_TASK_STEP": "2"}, (3, 4)),  # --array=1-7:2
-    ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4"}, "is not one of count evenly spaced"),
-    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "2",
-      "SLURM_ARRAY_TASK_MIN": "1"}, "is not one of count evenly spaced"),
-    ({"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT=None"),
-    ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "SLURM_ARRAY_TASK_ID='x'"),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, None),
+        ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4"}, (0, 4)),
+        ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}, (3, 4)),
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "7",
+                "SLURM_ARRAY_TASK_COUNT": "4",
+                "SLURM_ARRAY_TASK_MIN": "1",
+                "SLURM_ARRAY_TASK_STEP": "2",
+            },
+            (3, 4),
+        ),  # --array=1-7:2
+        ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4"}, "is not one of count evenly spaced"),
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "2",
+                "SLURM_ARRAY_TASK_COUNT": "4",
+                "SLURM_ARRAY_TASK_STEP": "2",
+                "SLURM_ARRAY_TASK_MIN": "1",
+            },
+            "is not one of count evenly spaced",
+        ),
+        ({"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT=None"),
+        ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "SLURM_ARRAY_TASK_ID='x'"),
+    ],
+)
 def test_shard_from_slurm_environment(env, expected):
     if isinstance(expected, str):
         with pytest.raises(ValueError, match=expected):
@@ -425,7 +526,7 @@ def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
     start = 0
     for name in sorted(per_frame):  # by frame name, each frame's rows in its own order
         t = per_frame[name]
-        part = merged[start:start + len(t)]
+        part = merged[start : start + len(t)]
         assert set(part["frame"]) <= {name} and len(part) == len(t)
         for col in t.colnames:
             if col != "image":
@@ -433,8 +534,9 @@ def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
         start += len(t)
     # in the list's order, CSV; a listed frame without a catalog is named and the exit status is 1
     (tmp_path / "list.txt").write_text("f/s6.fits\nf/s0.fits\nf/none.fits\n")
-    code, stdout, err = _survey(capsys, "merge", "--out", out, "--table", tmp_path / "two.csv", "--frames",
-                                tmp_path / "list.txt")
+    code, stdout, err = _survey(
+        capsys, "merge", "--out", out, "--table", tmp_path / "two.csv", "--frames", tmp_path / "list.txt"
+    )
     assert code == 1 and "missing: 1 frames of" in err and "(none)" in err, err
     two = catalog.read_table(tmp_path / "two.csv")
     assert list(dict.fromkeys(two["frame"])) == [n for n in ("s6", "s0") if len(per_frame[n])]
@@ -443,47 +545,63 @@ def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
 
 # --- bad command lines: one error line, exit 2, nothing done --------------------------------------------------
 
-@pytest.mark.parametrize("case, fragment", [
-    ("shard_high", "--shard 3/3: expected I/N with 0 <= I < N"),
-    ("shard_zero", "--shard 0/0: expected I/N"),
-    ("shard_text", "--shard a/b: expected I/N"),
-    ("shard_negative", "--shard -1/2: expected I/N"),
-    ("slurm_bad", "SLURM_ARRAY_TASK_COUNT=None"),
-    ("unknown_key", "line 1: unknown key 'backgroud'"),
-    ("two_paths", "line 2: expected one frame file and key=value words, got 2 paths"),
-    ("no_background", "line 1: x.fits needs background="),
-    ("no_psf", "line 1: x.fits needs field-id= or psf-params="),
-    ("sdss_with_background", "background= with psfield=: an SDSS frame brings its own background"),
-    ("empty_list", "lists no frame"),
-    ("missing_list", "no such file (a list of frames"),
-    ("min_prob", "--min-prob 1.5: expected a probability in [0, 1)"),
-    ("both_psf", "give one of --field-id and --psf-params, not both"),
-    ("bad_psf", "--psf-params: psf_params"),
-    ("bad_field_id", "--field-id nope: unknown field id 'nope' in field bank"),
-    ("bad_background", "--background 'abc': expected a number"),
-    ("format", "--format"),
-    ("out_is_file", "is an existing file, not a directory"),
-    ("no_subcommand", "a subcommand is required: one of catalog, merge"),
-    ("unknown_subcommand", "unknown subcommand 'catalogue'"),
-    ("merge_extension", "unsupported catalog file extension '.txt'"),
-    ("merge_no_out", "no such folder"),
-    ("merge_empty", "no catalogs in"),
-])
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("shard_high", "--shard 3/3: expected I/N with 0 <= I < N"),
+        ("shard_zero", "--shard 0/0: expected I/N"),
+        ("shard_text", "--shard a/b: expected I/N"),
+        ("shard_negative", "--shard -1/2: expected I/N"),
+        ("slurm_bad", "SLURM_ARRAY_TASK_COUNT=None"),
+        ("unknown_key", "line 1: unknown key 'backgroud'"),
+        ("two_paths", "line 2: expected one frame file and key=value words, got 2 paths"),
+        ("no_background", "line 1: x.fits needs background="),
+        ("no_psf", "line 1: x.fits needs field-id= or psf-params="),
+        ("sdss_with_background", "background= with psfield=: an SDSS frame brings its own background"),
+        ("empty_list", "lists no frame"),
+        ("missing_list", "no such file (a list of frames"),
+        ("min_prob", "--min-prob 1.5: expected a probability in [0, 1)"),
+        ("both_psf", "give one of --field-id and --psf-params, not both"),
+        ("bad_psf", "--psf-params: psf_params"),
+        ("bad_field_id", "--field-id nope: unknown field id 'nope' in field bank"),
+        ("bad_background", "--background 'abc': expected a number"),
+        ("format", "--format"),
+        ("out_is_file", "is an existing file, not a directory"),
+        ("no_subcommand", "a subcommand is required: one of catalog, merge"),
+        ("unknown_subcommand", "unknown subcommand 'catalogue'"),
+        ("merge_extension", "unsupported catalog file extension '.txt'"),
+        ("merge_no_out", "no such folder"),
+        ("merge_empty", "no catalogs in"),
+    ],
+)
 def test_bad_command_lines_give_one_error_line(case, fragment, tmp_path, capsys, monkeypatch, no_network):
-    lists = {"unknown_key": "x.fits backgroud=0.7\n", "two_paths": "a.fits background=1\nx.fits y.fits\n",
-             "no_background": "x.fits field-id=94-1-12\n", "no_psf": "x.fits background=1\n",
-             "sdss_with_background": "frame.fits psfield=p.fit background=0.7\n", "empty_list": "# nothing\n\n"}
+    lists = {
+        "unknown_key": "x.fits backgroud=0.7\n",
+        "two_paths": "a.fits background=1\nx.fits y.fits\n",
+        "no_background": "x.fits field-id=94-1-12\n",
+        "no_psf": "x.fits background=1\n",
+        "sdss_with_background": "frame.fits psfield=p.fit background=0.7\n",
+        "empty_list": "# nothing\n\n",
+    }
     (tmp_path / "frames.txt").write_text(lists.get(case, "x.fits background=0.7\n"))
     (tmp_path / "file").write_text("")
     out = tmp_path / ("file" if case == "out_is_file" else "out")
     args = ["catalog", "--workdir", tmp_path / "run", "--frames", tmp_path / "frames.txt", "--out", out]
     if case == "missing_list":
         args[4] = tmp_path / "nolist.txt"
-    extra = {"shard_high": ["--shard", "3/3"], "shard_zero": ["--shard", "0/0"], "shard_text": ["--shard", "a/b"],
-             "shard_negative": ["--shard", "-1/2"], "min_prob": ["--min-prob", "1.5"],
-             "both_psf": ["--field-id", "94-1-12", "--psf-params", PSF], "bad_psf": ["--psf-params", "1,2,3"],
-             "bad_field_id": ["--field-id", "nope"],
-             "bad_background": ["--background", "abc"], "format": ["--format", "votable"]}
+    extra = {
+        "shard_high": ["--shard", "3/3"],
+        "shard_zero": ["--shard", "0/0"],
+        "shard_text": ["--shard", "a/b"],
+        "shard_negative": ["--shard", "-1/2"],
+        "min_prob": ["--min-prob", "1.5"],
+        "both_psf": ["--field-id", "94-1-12", "--psf-params", PSF],
+        "bad_psf": ["--psf-params", "1,2,3"],
+        "bad_field_id": ["--field-id", "nope"],
+        "bad_background": ["--background", "abc"],
+        "format": ["--format", "votable"],
+    }
     if case not in ("no_psf", "both_psf", "bad_psf", "bad_field_id"):
         args += ["--psf-params", PSF]
     args += extra.get(case, [])
@@ -496,8 +614,13 @@ def test_bad_command_lines_give_one_error_line(case, fragment, tmp_path, capsys,
         args[0] = "catalogue"
     elif case.startswith("merge"):
         (tmp_path / "out").mkdir()
-        args = ["merge", "--out", tmp_path / ("nowhere" if case == "merge_no_out" else "out"), "--table",
-                tmp_path / ("all.txt" if case == "merge_extension" else "all.fits")]
+        args = [
+            "merge",
+            "--out",
+            tmp_path / ("nowhere" if case == "merge_no_out" else "out"),
+            "--table",
+            tmp_path / ("all.txt" if case == "merge_extension" else "all.fits"),
+        ]
     code, stdout, err = _survey(capsys, *args)
     assert_one_error(code, stdout, err, fragment)
     assert not (tmp_path / "out" / "catalogs").exists() and not (tmp_path / "all.fits").exists()
@@ -509,9 +632,26 @@ def test_module_command_line(root, tmp_path, capsys):
     assert "python -m npejax.survey merge" in capsys.readouterr().out
     assert survey.main(["npejax.survey", "catalog", "--help"]) == 0
     assert "--readers" in capsys.readouterr().out
-    proc = subprocess.run([sys.executable, "-m", "npejax.survey", "catalog", "--workdir", "run", "--frames",
-                           "frames.txt", "--out", str(tmp_path / "out"), "--shard", "4/4"], cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "npejax.survey",
+            "catalog",
+            "--workdir",
+            "run",
+            "--frames",
+            "frames.txt",
+            "--out",
+            str(tmp_path / "out"),
+            "--shard",
+            "4/4",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
     assert proc.stderr.startswith("error: --shard 4/4: expected I/N with 0 <= I < N") and proc.stderr.count("\n") == 1
 
@@ -524,7 +664,8 @@ def test_frame_list_format(tmp_path):
         "\n"
         "'/abs/with space.fits' background=sky.fits psf-params=" + PSF + "\n"
         "frame-r-000094-1-0012.fits.bz2 psfield=../p/psField-000094-1-0012.fit\n"
-        "c.fit\n")
+        "c.fit\n"
+    )
     frames = survey_lib.read_frame_list(tmp_path / "sub" / "list.txt", background="0.6", field_id="94-1-13")
     sub = str(tmp_path / "sub")
     assert [f.index for f in frames] == [0, 1, 2, 3] and [f.line for f in frames] == [2, 4, 5, 6]

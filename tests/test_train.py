@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from npejax import datasets as data, io
+from npejax import datasets as data
+from npejax import io
 from npejax import main as train_main
 from npejax.nn import checkpoints, predictor, train
 from npejax.sim import pipeline
@@ -21,14 +22,25 @@ from npejax.sim import pipeline
 def run_main(root, config_path, tiny_flags):
     """``run_main(workdir, *flags, wait=True)``: ``python -m npejax.main`` on the tiny cpu_small config;
     (returncode, output), or the process when ``wait`` is False."""
+
     def run(workdir, *extra, wait=True):
-        cmd = [sys.executable, "-m", "npejax.main", "--config", config_path("cpu_small"), "--workdir", str(workdir),
-               *tiny_flags(), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "npejax.main",
+            "--config",
+            config_path("cpu_small"),
+            "--workdir",
+            str(workdir),
+            *tiny_flags(),
+            *extra,
+        ]
         proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if not wait:
             return proc
         out, _ = proc.communicate(timeout=600)
         return proc.returncode, out
+
     return run
 
 
@@ -60,14 +72,18 @@ def test_cli_trains_and_resumes_after_a_kill(tmp_path, run_main):
     assert not [name for name in os.listdir(workdir) if io.is_temporary(name)]
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--config.train.learning_rat=0.1", "learning_rat"),
-    ("--config.model.dtype=float16", "model.dtype must be 'float32' or 'bfloat16', got 'float16'"),
-    ("--config.train.images_per_epoch=4", "train.images_per_epoch=4 is smaller than train.batch_size=8"),
-])
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.train.learning_rat=0.1", "learning_rat"),
+        ("--config.model.dtype=float16", "model.dtype must be 'float32' or 'bfloat16', got 'float16'"),
+        ("--config.train.images_per_epoch=4", "train.images_per_epoch=4 is smaller than train.batch_size=8"),
+    ],
+)
 def test_bad_config_is_one_error_line(tmp_path, config_path, tiny_flags, capsys, flag, message):
-    code = train_main.main(["npejax-train", "--config", config_path("cpu_small"), "--workdir",
-                            str(tmp_path / "bad"), *tiny_flags(), flag])  # in-process: the same code path
+    code = train_main.main(
+        ["npejax-train", "--config", config_path("cpu_small"), "--workdir", str(tmp_path / "bad"), *tiny_flags(), flag]
+    )  # in-process: the same code path
     out, err = capsys.readouterr()
     assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1 and message in err, err
     assert out == "" and not (tmp_path / "bad").exists()
@@ -79,8 +95,9 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, tiny_config
     assert summary["epochs"] == 2 and np.isfinite(summary["best_val_nll"])
     assert [row["step"] for row in summary["history"]] == [2, 4]  # images_per_epoch 16 / batch 8
     state = summary["state"]
-    in_memory = predictor.Predictor(config, {"params": state.params, "batch_stats": state.batch_stats},
-                                  summary["normalizer"])
+    in_memory = predictor.Predictor(
+        config, {"params": state.params, "batch_stats": state.batch_stats}, summary["normalizer"]
+    )
     restored = predictor.Predictor.from_workdir(str(tmp_path), "latest")
     spec = pipeline.SimulationSpec.from_config(config, seed=99, batch_size=4)
     b = pipeline.simulate_batch(spec, 0)
@@ -96,8 +113,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, tiny_config
     odd = restored.predict_tiles(b["images"][:, :78, :75], b["background"][:, :78, :75], b["psf_params"])
     assert odd["prob_source"].shape == (4, 20, 19)
     np.testing.assert_allclose(odd["prob_source"][:, :19, :18], a["prob_source"][:, :19, :18], atol=0.02)
-    odd_table = restored.catalog(b["images"][:, :78, :75], b["background"][:, :78, :75], b["psf_params"],
-                                 min_prob=0.0)
+    odd_table = restored.catalog(b["images"][:, :78, :75], b["background"][:, :78, :75], b["psf_params"], min_prob=0.0)
     assert 0 < len(odd_table) <= 4 * 20 * 19
     assert np.all(odd_table["x"] < 75) and np.all(odd_table["y"] < 78)
     with pytest.raises(ValueError, match="background of shape"):
@@ -141,14 +157,24 @@ def test_moving_average_is_what_the_checkpoint_serves(tmp_path, tiny_config):
     config.train.ema_decay = 0.5
     summary = train.train_and_evaluate(config, str(tmp_path))
     state = summary["state"]
-    assert _stored_state_keys(tmp_path) == ["batch_stats", "ema_batch_stats", "ema_params", "opt_state", "params",
-                                            "step"]
+    assert _stored_state_keys(tmp_path) == [
+        "batch_stats",
+        "ema_batch_stats",
+        "ema_params",
+        "opt_state",
+        "params",
+        "step",
+    ]
     _, variables, _ = checkpoints.load(str(tmp_path), "latest")
-    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(
-            {"params": state.ema_params, "batch_stats": state.ema_batch_stats})):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(variables),
+        jax.tree_util.tree_leaves({"params": state.ema_params, "batch_stats": state.ema_batch_stats}),
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert any(bool(np.any(np.asarray(a) != np.asarray(b))) for a, b in zip(
-        jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(state.params)))
+    assert any(
+        bool(np.any(np.asarray(a) != np.asarray(b)))
+        for a, b in zip(jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(state.params))
+    )
     config.train.ema_decay = 0.9
     with pytest.raises(ValueError, match="train.ema_decay: 0.5 -> 0.9"):
         train.train_and_evaluate(config, str(tmp_path))
@@ -179,8 +205,9 @@ def test_simulate_first_renders_then_trains_and_a_rerun_reuses_the_data(tmp_path
     train_ds, val_ds = data.load(workdir / "data" / "train"), data.load(workdir / "data" / "val")
     assert (len(train_ds), len(val_ds)) == (24, 8)
     assert summary["history"][0]["step"] == 3  # one pass over the 24 cached images, batch 8
-    expected = pipeline.simulate_batch(pipeline.SimulationSpec.from_config(
-        config, seed=data.split_seed(config.seed, "val"), batch_size=8), 0)
+    expected = pipeline.simulate_batch(
+        pipeline.SimulationSpec.from_config(config, seed=data.split_seed(config.seed, "val"), batch_size=8), 0
+    )
     np.testing.assert_array_equal(val_ds[0:8]["images"], expected["images"])
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["data"]["train_dir"] == str(workdir / "data" / "train")
@@ -192,8 +219,11 @@ def test_simulate_first_renders_then_trains_and_a_rerun_reuses_the_data(tmp_path
 def test_checkpoint_managers_are_closed_when_the_loop_raises(tmp_path, tiny_config, monkeypatch):
     closed = []
     close = checkpoints.ocp.CheckpointManager.close
-    monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "close",
-                        lambda self: closed.append(os.path.basename(self.directory)) or close(self))
+    monkeypatch.setattr(
+        checkpoints.ocp.CheckpointManager,
+        "close",
+        lambda self: closed.append(os.path.basename(self.directory)) or close(self),
+    )
 
     def broken_epoch(*args, **kwargs):
         raise RuntimeError("simulated failure in the loop")
@@ -210,21 +240,39 @@ def test_checkpoint_written_on_four_devices_predicts_on_one(tmp_path, root, conf
     predicts the same tiles as on 4 (issue 9: "Topology mismatch" before the restore target's sharding)."""
     workdir = tmp_path / "run4"
     env4 = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    proc = subprocess.run([sys.executable, "-m", "npejax.main", "--config", config_path("cpu_small"), "--workdir",
-                           str(workdir), *tiny_flags(), "--config.train.num_epochs=1"],
-                          cwd=root, env=env4, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "npejax.main",
+            "--config",
+            config_path("cpu_small"),
+            "--workdir",
+            str(workdir),
+            *tiny_flags(),
+            "--config.train.num_epochs=1",
+        ],
+        cwd=root,
+        env=env4,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "devices: 4 x cpu" in proc.stdout and "mesh: data=4" in proc.stdout, proc.stdout[-2000:]
-    script = ("import sys, json, jax, numpy as np; from npejax.nn import predictor; from npejax.sim import pipeline\n"
-              "p = predictor.Predictor.from_workdir(sys.argv[1])\n"
-              "spec = pipeline.SimulationSpec.from_config(p.config, seed=5, batch_size=4)\n"
-              "b = pipeline.simulate_batch(spec, 0)\n"
-              "t = p.predict_tiles(b['images'], b['background'], b['psf_params'])\n"
-              "print(json.dumps(dict(devices=len(jax.devices()), prob=t['prob_source'].tolist())))\n")
+    script = (
+        "import sys, json, jax, numpy as np; from npejax.nn import predictor; from npejax.sim import pipeline\n"
+        "p = predictor.Predictor.from_workdir(sys.argv[1])\n"
+        "spec = pipeline.SimulationSpec.from_config(p.config, seed=5, batch_size=4)\n"
+        "b = pipeline.simulate_batch(spec, 0)\n"
+        "t = p.predict_tiles(b['images'], b['background'], b['psf_params'])\n"
+        "print(json.dumps(dict(devices=len(jax.devices()), prob=t['prob_source'].tolist())))\n"
+    )
     outs = {}
     for name, env in (("one", dict(os.environ, XLA_FLAGS="")), ("four", env4)):
-        run = subprocess.run([sys.executable, "-c", script, str(workdir)], cwd=root, env=env, capture_output=True,
-                             text=True, timeout=300)
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(workdir)], cwd=root, env=env, capture_output=True, text=True, timeout=300
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         outs[name] = json.loads(run.stdout.strip().splitlines()[-1])
     assert (outs["one"]["devices"], outs["four"]["devices"]) == (1, 4)

@@ -16,12 +16,14 @@ import types
 import numpy as np
 import pytest
 import tensorboardX
+from conftest import one_error_line
 from tensorboardX.proto import event_pb2
 
-from conftest import one_error_line
 from npejax import datasets as data
 from npejax import main as train_main
-from npejax.nn import checkpoints, inputs, state as state_lib, model as model_lib, train
+from npejax.nn import checkpoints, inputs, train
+from npejax.nn import model as model_lib
+from npejax.nn import state as state_lib
 from npejax.sim import pipeline
 
 STALE_ROW = "epoch,step,train_nll,val_nll,learning_rate,images_per_s,seconds\n1,2,111.0,222.0,0.001,1.0,9.9\n"
@@ -49,8 +51,8 @@ def read_events(logdir):
             raw = f.read()
         events, pos = [], 0
         while pos < len(raw):
-            (length,) = struct.unpack("<Q", raw[pos:pos + 8])
-            events.append(event_pb2.Event.FromString(raw[pos + 12:pos + 12 + length]))
+            (length,) = struct.unpack("<Q", raw[pos : pos + 8])
+            events.append(event_pb2.Event.FromString(raw[pos + 12 : pos + 12 + length]))
             pos += 12 + length + 4
         files.append(events)
     files.sort(key=lambda events: events[0].wall_time)
@@ -92,6 +94,7 @@ def copy_of(tmp_path):
         target = tmp_path / "copy"
         shutil.copytree(workdir, target)
         return target
+
     return copy
 
 
@@ -99,17 +102,30 @@ def copy_of(tmp_path):
 def run_main(config_path, tiny_flags, capsys):
     """``run_main(workdir, *flags)``: npejax.main in-process on the tiny config (one epoch, a figure every
     epoch, as the ``trained`` fixture); (exit code, stdout, stderr)."""
+
     def run(workdir, *extra):
         capsys.readouterr()
-        code = train_main.main(["npejax-train", "--config", config_path("cpu_small"), "--workdir", str(workdir),
-                                *tiny_flags(), "--config.train.num_epochs=1", "--config.train.figure_every=1",
-                                *extra])
+        code = train_main.main(
+            [
+                "npejax-train",
+                "--config",
+                config_path("cpu_small"),
+                "--workdir",
+                str(workdir),
+                *tiny_flags(),
+                "--config.train.num_epochs=1",
+                "--config.train.figure_every=1",
+                *extra,
+            ]
+        )
         out, err = capsys.readouterr()
         return code, out, err
+
     return run
 
 
 # --- 5. metrics.csv, 12. TensorBoard ---------------------------------------------------------------
+
 
 def test_fresh_start_after_a_kill_in_the_first_save_has_one_row_per_epoch(trained):
     workdir, _, summary = trained
@@ -147,6 +163,7 @@ def test_validation_figure_marks_the_true_sources(trained):
 
 # --- 2. checksums ----------------------------------------------------------------------------------
 
+
 def test_checksums_are_recorded_and_a_clean_checkpoint_loads(trained, capfd):
     workdir, config, summary = trained
     for which in checkpoints.WHICH:
@@ -155,8 +172,7 @@ def test_checksums_are_recorded_and_a_clean_checkpoint_loads(trained, capfd):
         assert set(recorded) == set(_snapshot(directory)) - {checkpoints.CHECKSUM_FILE}
         assert any(name.startswith("state/") for name in recorded) and "meta/metadata" in recorded
     loaded_config, variables, normalizer = checkpoints.load(str(workdir), "best")
-    np.testing.assert_array_equal(variables["params"]["Conv_0"]["kernel"],
-                                  summary["state"].params["Conv_0"]["kernel"])
+    np.testing.assert_array_equal(variables["params"]["Conv_0"]["kernel"], summary["state"].params["Conv_0"]["kernel"])
     assert normalizer == summary["normalizer"] and loaded_config.model.width == config.model.width
     assert capfd.readouterr().err == ""
 
@@ -196,12 +212,16 @@ def test_a_damaged_checksum_file_is_refused(trained, copy_of):
 
 # --- 1. resuming with another config, 8. a checkpoint of another network ----------------------------
 
-@pytest.mark.parametrize("flag, difference", [
-    ("--config.model.variant=single_field", "model.variant: 'psf_aware' -> 'single_field'"),
-    ("--config.fields.prior=one", "fields.prior: 'many' -> 'one'"),
-    ("--config.model.dtype=bfloat16", "model.dtype: 'float32' -> 'bfloat16'"),
-    ("--config.model.width=8", "model.width: 4 -> 8"),
-])
+
+@pytest.mark.parametrize(
+    "flag, difference",
+    [
+        ("--config.model.variant=single_field", "model.variant: 'psf_aware' -> 'single_field'"),
+        ("--config.fields.prior=one", "fields.prior: 'many' -> 'one'"),
+        ("--config.model.dtype=bfloat16", "model.dtype: 'float32' -> 'bfloat16'"),
+        ("--config.model.width=8", "model.width: 4 -> 8"),
+    ],
+)
 def test_resume_with_another_config_is_refused(trained, run_main, flag, difference):
     workdir = trained[0]
     before = _snapshot(workdir)
@@ -223,8 +243,7 @@ def test_resume_with_another_training_length_is_accepted(trained, copy_of, run_m
         config.train[key] = value
         assert train.check_resume(config, str(workdir))[0] == 1
     config.train.batch_size = 16
-    assert checkpoints.config_differences(meta["config"], train.config_dict(config)) == [
-        "train.batch_size: 8 -> 16"]
+    assert checkpoints.config_differences(meta["config"], train.config_dict(config)) == ["train.batch_size: 8 -> 16"]
 
     # the command: nothing left to train at num_epochs=1, said so; another patience is fine
     code, out, err = run_main(workdir, "--config.train.patience=4")
@@ -248,9 +267,12 @@ def test_a_checkpoint_of_another_network_is_one_line(trained, copy_of, tiny_conf
     saved = json.loads((workdir / "config.json").read_text())
     saved["model"]["width"] = 8
     (workdir / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(checkpoints.CheckpointError, match=r"config.json differs from the config checkpoint .* "
-                                                          r"was trained with \(checkpoint -> config.json\): "
-                                                          r"model.width: 4 -> 8$"):
+    with pytest.raises(
+        checkpoints.CheckpointError,
+        match=r"config.json differs from the config checkpoint .* "
+        r"was trained with \(checkpoint -> config.json\): "
+        r"model.width: 4 -> 8$",
+    ):
         checkpoints.load(str(workdir), "best")
     err = capfd.readouterr().err
     assert "Event loop is closed" not in err and "Traceback" not in err and "TensorStore" not in err
@@ -258,7 +280,8 @@ def test_a_checkpoint_of_another_network_is_one_line(trained, copy_of, tiny_conf
 
 def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, copy_of):
     """config.json written before posterior.*, model.stem_kernel, model.aperture_flux and posterior.decode existed:
-    filled in with the values that reproduce what it trained (checkpoints.ADDED_KEYS), so it loads; a changed value is still refused."""
+    filled in with the values that reproduce what it trained (checkpoints.ADDED_KEYS), so it loads; a changed value is
+    still refused."""
     workdir = copy_of(trained[0])
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["model"]["stem_kernel"] == 5 and saved["posterior"]["context"] == "checkerboard"
@@ -286,24 +309,30 @@ def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, c
 
 # --- 4, 6. nonsense values, refused before the workdir exists ---------------------------------------
 
-@pytest.mark.parametrize("flag, message", [
-    ("--config.train.images_per_epoch=4", "train.images_per_epoch=4 is smaller than train.batch_size=8"),
-    ("--config.train.images_per_epoch=0", "train.images_per_epoch=0 is smaller than train.batch_size=8"),
-    ("--config.train.num_epochs=0", "train.num_epochs=0: must be >= 1 (0 epochs: nothing to train)"),
-    ("--config.train.batch_size=0", "train.batch_size=0: must be >= 1"),
-    ("--config.train.eval_batch_size=0", "train.eval_batch_size=0: must be >= 1"),
-    ("--config.train.eval_batch_size=32", "train.eval_batch_size=32 is larger than the validation set "
-                                          "(data.num_val=16)"),
-    ("--config.train.patience=0", "train.patience=0: must be >= 1"),
-    ("--config.train.figure_every=-1", "train.figure_every=-1: must be >= 0"),
-    ("--config.train.learning_rate=-0.1", "train.learning_rate=-0.1: must be a positive number"),
-    ("--config.model.variant=psf_blind", "model.variant must be one of"),
-    ("--config.model.dtype=float16", "model.dtype must be 'float32' or 'bfloat16', got 'float16'"),
-    ("--config.fields.prior=all", "fields.prior must be one of ('many', 'one'), got 'all'"),
-    ("--config.tile_size=8", "model stages stride 4 must equal tile_size 8"),
-    ("--config.train.learning_rat=0.1", "learning_rat"),
-    ("--config.data.train_dir=/nonexistent/train", "/nonexistent/train does not exist"),
-])
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.train.images_per_epoch=4", "train.images_per_epoch=4 is smaller than train.batch_size=8"),
+        ("--config.train.images_per_epoch=0", "train.images_per_epoch=0 is smaller than train.batch_size=8"),
+        ("--config.train.num_epochs=0", "train.num_epochs=0: must be >= 1 (0 epochs: nothing to train)"),
+        ("--config.train.batch_size=0", "train.batch_size=0: must be >= 1"),
+        ("--config.train.eval_batch_size=0", "train.eval_batch_size=0: must be >= 1"),
+        (
+            "--config.train.eval_batch_size=32",
+            "train.eval_batch_size=32 is larger than the validation set (data.num_val=16)",
+        ),
+        ("--config.train.patience=0", "train.patience=0: must be >= 1"),
+        ("--config.train.figure_every=-1", "train.figure_every=-1: must be >= 0"),
+        ("--config.train.learning_rate=-0.1", "train.learning_rate=-0.1: must be a positive number"),
+        ("--config.model.variant=psf_blind", "model.variant must be one of"),
+        ("--config.model.dtype=float16", "model.dtype must be 'float32' or 'bfloat16', got 'float16'"),
+        ("--config.fields.prior=all", "fields.prior must be one of ('many', 'one'), got 'all'"),
+        ("--config.tile_size=8", "model stages stride 4 must equal tile_size 8"),
+        ("--config.train.learning_rat=0.1", "learning_rat"),
+        ("--config.data.train_dir=/nonexistent/train", "/nonexistent/train does not exist"),
+    ],
+)
 def test_bad_values_are_one_line_and_leave_no_workdir(tmp_path, run_main, flag, message):
     workdir = tmp_path / "new" / "run"
     code, out, err = run_main(workdir, flag)
@@ -332,12 +361,21 @@ def test_a_workdir_under_a_file_is_refused(tmp_path, run_main):
 
 # --- 6. a checkpoint that cannot be saved ----------------------------------------------------------
 
+
 @pytest.fixture
 def no_training(monkeypatch):
     """Epochs that do not train or simulate (a fixed row; the state as initialized): the save is under test."""
+
     def quick_epoch(config, data, state, train_step, eval_step, batches, val_batches, key, epoch):
-        row = dict(epoch=epoch + 1, step=int(state.step), train_nll=1.0, val_nll=2.0, learning_rate=1e-3,
-                   images_per_s=1.0, seconds=0.1)
+        row = dict(
+            epoch=epoch + 1,
+            step=int(state.step),
+            train_nll=1.0,
+            val_nll=2.0,
+            learning_rate=1e-3,
+            images_per_s=1.0,
+            seconds=0.1,
+        )
         return state, row, 1.0, 2.0
 
     rng = np.random.default_rng(0)
@@ -358,8 +396,10 @@ def test_a_failed_checkpoint_save_stops_at_that_epoch_in_one_line(tmp_path, run_
     monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "wait_until_finished", disk_full)
     code, out, err = run_main(tmp_path / "run", "--config.train.num_epochs=3", "--config.train.figure_every=0")
     line = one_error_line(err)
-    assert code == 2 and line == (f"error: cannot save the checkpoint of epoch 1 in {tmp_path}/run/checkpoints/"
-                                  "latest: [Errno 28] No space left on device"), err
+    assert code == 2 and line == (
+        f"error: cannot save the checkpoint of epoch 1 in {tmp_path}/run/checkpoints/"
+        "latest: [Errno 28] No space left on device"
+    ), err
     assert out.count("train NLL") == 1  # stopped at the epoch whose save failed
 
 
@@ -372,6 +412,7 @@ def test_too_little_free_space_is_refused_before_the_save(tmp_path, run_main, mo
 
 # --- 3. cached datasets checked against the config --------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory, tiny_config):
     """Tiny cached datasets: train, val and test splits of the tiny config, a 'train' split of 40 x 40
@@ -383,21 +424,36 @@ def cached(tmp_path_factory, tiny_config):
         data.write_dataset(spec, root / split, 8, split, num_workers=0, progress=False)
     small = tiny_config()
     small.image_size = 40
-    data.write_dataset(pipeline.SimulationSpec.from_config(small, seed=1, batch_size=8), root / "small", 8, "train",
-                       num_workers=0, progress=False)
+    data.write_dataset(
+        pipeline.SimulationSpec.from_config(small, seed=1, batch_size=8),
+        root / "small",
+        8,
+        "train",
+        num_workers=0,
+        progress=False,
+    )
     one = tiny_config()
     one.fields.prior = "one"
-    data.write_dataset(pipeline.SimulationSpec.from_config(one, seed=1, batch_size=8), root / "one", 8, "train",
-                       num_workers=0, progress=False)
+    data.write_dataset(
+        pipeline.SimulationSpec.from_config(one, seed=1, batch_size=8),
+        root / "one",
+        8,
+        "train",
+        num_workers=0,
+        progress=False,
+    )
     return root
 
 
-@pytest.mark.parametrize("key, name, message", [
-    ("train_dir", "test", "it is the 'test' split, expected the 'train' split"),
-    ("val_dir", "train", "it is the 'train' split, expected the 'val' split"),
-    ("train_dir", "small", "its images are 40 x 40 pixels, the config's image_size is 80"),
-    ("train_dir", "one", "it was simulated with fields.prior='one', the config has 'many'"),
-])
+@pytest.mark.parametrize(
+    "key, name, message",
+    [
+        ("train_dir", "test", "it is the 'test' split, expected the 'train' split"),
+        ("val_dir", "train", "it is the 'train' split, expected the 'val' split"),
+        ("train_dir", "small", "its images are 40 x 40 pixels, the config's image_size is 80"),
+        ("train_dir", "one", "it was simulated with fields.prior='one', the config has 'many'"),
+    ],
+)
 def test_a_dataset_that_does_not_fit_the_config_is_refused(tmp_path, cached, run_main, key, name, message):
     code, _, err = run_main(tmp_path / "run", f"--config.data.{key}={cached / name}")
     line = one_error_line(err)
@@ -406,10 +462,12 @@ def test_a_dataset_that_does_not_fit_the_config_is_refused(tmp_path, cached, run
 
 
 def test_eval_batch_size_larger_than_the_cached_validation_set(tmp_path, cached, run_main):
-    code, _, err = run_main(tmp_path / "run", f"--config.data.val_dir={cached / 'val'}",
-                            "--config.train.eval_batch_size=16")
-    assert code == 2 and (f"train.eval_batch_size=16 is larger than the validation set data.val_dir "
-                          f"{cached / 'val'} (8 images)") in one_error_line(err), err
+    code, _, err = run_main(
+        tmp_path / "run", f"--config.data.val_dir={cached / 'val'}", "--config.train.eval_batch_size=16"
+    )
+    assert code == 2 and (
+        f"train.eval_batch_size=16 is larger than the validation set data.val_dir {cached / 'val'} (8 images)"
+    ) in one_error_line(err), err
 
 
 def test_the_normalizer_is_fitted_on_the_cached_training_set(cached, tiny_config):

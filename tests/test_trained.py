@@ -23,13 +23,16 @@ import pytest
 from npejax import catalogs
 from npejax.nn import checkpoints, predictor
 from npejax.schema import CATALOG_KEYS
-from npejax.sim import pipeline, render as render_lib
+from npejax.sim import pipeline
+from npejax.sim import render as render_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKDIR = os.environ.get("NPEJAX_TRAINED_WORKDIR", os.path.join(ROOT, "runs", "cpu_small"))
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(WORKDIR, "checkpoints", "best")),
-                                reason=f"no trained network in {WORKDIR} (run the README's install command)")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(WORKDIR, "checkpoints", "best")),
+    reason=f"no trained network in {WORKDIR} (run the README's install command)",
+)
 
 
 def one_star_images(config, y: float, x: float, mag: float, num: int, seed: int):
@@ -65,6 +68,8 @@ def test_a_bright_star_on_a_tile_corner_is_detected_exactly_once(trained, mag):
             rows = table[np.asarray(table["image"]) == i]
             dist = np.hypot(np.asarray(rows["y"]) - y, np.asarray(rows["x"]) - x)
             # every tile that touches the corner is within one tile (4 px) of it: one detection there, not 0 or 2
-            assert (dist < t).sum() == 1, (f"r {mag} star on the tile corner ({y}, {x}), image {i}: "
-                                           f"{int((dist < t).sum())} detections within {t} px")
+            assert (dist < t).sum() == 1, (
+                f"r {mag} star on the tile corner ({y}, {x}), image {i}: "
+                f"{int((dist < t).sum())} detections within {t} px"
+            )
             assert dist.min() < 1.0, f"image {i}: the detection is {dist.min():.2f} px from the star (> 1 px)"

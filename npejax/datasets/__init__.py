@@ -10,10 +10,32 @@ Use it as ``from npejax import datasets``; ``datasets.write_dataset(spec, dir, n
 (:mod:`npejax.schema`).
 """
 
-from npejax.datasets.format import (FORMAT, FORMAT_VERSION, MANIFEST, SPLITS, DatasetError, read_manifest,
-                                    shard_name, split_seed)
+from npejax.datasets.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    SPLITS,
+    DatasetError,
+    read_manifest,
+    shard_name,
+    split_seed,
+)
 from npejax.datasets.reader import Dataset, load
 from npejax.datasets.writer import WriteReport, bank_info, bank_sha256, write_dataset
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "SPLITS", "DatasetError", "Dataset", "WriteReport",
-           "bank_info", "bank_sha256", "load", "read_manifest", "shard_name", "split_seed", "write_dataset"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "SPLITS",
+    "DatasetError",
+    "Dataset",
+    "WriteReport",
+    "bank_info",
+    "bank_sha256",
+    "load",
+    "read_manifest",
+    "shard_name",
+    "split_seed",
+    "write_dataset",
+]

@@ -44,8 +44,18 @@ LOCK_FILE = ".npejax-lock"
 TMP_PREFIX = ".npejax-tmp-"  # shard directories being rendered (and manifest temporaries of older writers)
 SPLITS = schema.SPLITS
 # Manifest entries that are required to read a dataset.
-REQUIRED = ("complete", "split", "seed", "num_images", "shard_size", "num_shards", "shards", "keys",
-            "image_shape", "tile_size")
+REQUIRED = (
+    "complete",
+    "split",
+    "seed",
+    "num_images",
+    "shard_size",
+    "num_shards",
+    "shards",
+    "keys",
+    "image_shape",
+    "tile_size",
+)
 
 
 class DatasetError(ValueError):
@@ -88,16 +98,24 @@ def read_manifest(directory: str) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DatasetError(f"manifest {path} is not an {FORMAT} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"manifest {path} has format version {manifest.get('format_version')}, "
-                           f"this npejax reads version {FORMAT_VERSION}")
+        raise DatasetError(
+            f"manifest {path} has format version {manifest.get('format_version')}, "
+            f"this npejax reads version {FORMAT_VERSION}"
+        )
     missing = [key for key in REQUIRED if key not in manifest]
     if missing:
         raise DatasetError(f"manifest {path} lacks {missing}")
     n, size, shards = manifest["num_images"], manifest["shard_size"], manifest["shards"]
-    counts_ok = (isinstance(shards, list) and len(shards) == manifest["num_shards"] and
-                 all(isinstance(s, dict) and s.get("name") == shard_name(i) and
-                     s.get("count") == min(size, n - i * size) for i, s in enumerate(shards)) and
-                 sum(s["count"] for s in shards) == n and n >= 1)
+    counts_ok = (
+        isinstance(shards, list)
+        and len(shards) == manifest["num_shards"]
+        and all(
+            isinstance(s, dict) and s.get("name") == shard_name(i) and s.get("count") == min(size, n - i * size)
+            for i, s in enumerate(shards)
+        )
+        and sum(s["count"] for s in shards) == n
+        and n >= 1
+    )
     if not counts_ok:
         raise DatasetError(f"manifest {path}: the shard list does not match num_images={n}, shard_size={size}")
     return manifest

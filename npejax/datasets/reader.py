@@ -14,7 +14,7 @@ import mmap
 import os
 import resource
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -45,8 +45,10 @@ class Dataset:
         self.directory = os.fspath(directory)
         self.manifest = read_manifest(self.directory)
         if not self.manifest["complete"]:
-            raise DatasetError(f"dataset {self.directory} is incomplete (its writer was interrupted); run the same "
-                               "npejax.simulate command again to finish it")
+            raise DatasetError(
+                f"dataset {self.directory} is incomplete (its writer was interrupted); run the same "
+                "npejax.simulate command again to finish it"
+            )
         self._offsets: list[dict[str, int]] = []
         for i in range(self.num_shards):
             offsets: dict[str, int] = {}
@@ -80,8 +82,7 @@ class Dataset:
         return int(self.manifest["num_images"])
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.directory!r}, split={self.split!r}, images={len(self)}, "
-                f"shards={self.num_shards})")
+        return f"Dataset({self.directory!r}, split={self.split!r}, images={len(self)}, shards={self.num_shards})"
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -183,8 +184,14 @@ class Dataset:
                 out[key][sel] = arrays[key][rows]
         return out
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
-                drop_remainder: bool = False, rows: slice | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_remainder: bool = False,
+        rows: slice | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Batches covering every image once, in order or shuffled (a uniform permutation from ``seed``).
 
         With ``drop_remainder`` the last incomplete batch is left out. Shuffled batches are read
@@ -205,20 +212,20 @@ class Dataset:
             batch_size, stop = order.shape[1], order.size
             if not shuffle:  # contiguous rows of consecutive batches: slices, not gathers
                 for first in order[:, 0]:
-                    yield self[int(first):int(first) + batch_size]
+                    yield self[int(first) : int(first) + batch_size]
                 return
             order = order.ravel()
         elif not shuffle:
             for start in range(0, stop, batch_size):
-                yield self[start:min(start + batch_size, stop)]
+                yield self[start : min(start + batch_size, stop)]
             return
         else:
             order = np.random.default_rng(seed).permutation(n)[:stop]
         chunk = batch_size * max(1, self.read_chunk // batch_size)
         for c in range(0, stop, chunk):
-            data = self._gather(order[c:c + chunk])
+            data = self._gather(order[c : c + chunk])
             for start in range(0, len(data[self._keys[0]]), batch_size):
-                yield {key: value[start:start + batch_size] for key, value in data.items()}
+                yield {key: value[start : start + batch_size] for key, value in data.items()}
 
 
 def load(directory, **kwargs) -> Dataset:

@@ -22,20 +22,41 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tqdm
 
 from npejax import io
-from npejax.datasets.format import (LOCK_FILE, MANIFEST, TMP_PREFIX, DatasetError, FORMAT, FORMAT_VERSION,
-                                    check_shard, check_split, read_manifest, shard_name)
+from npejax.datasets.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    LOCK_FILE,
+    MANIFEST,
+    TMP_PREFIX,
+    DatasetError,
+    check_shard,
+    check_split,
+    read_manifest,
+    shard_name,
+)
 from npejax.sim import fields as fields_lib
 from npejax.sim import pipeline
 
 # Manifest entries that determine the data; a rerun must match them to resume.
-_IDENTITY = ("format_version", "split", "seed", "num_images", "shard_size", "image_shape", "tile_size",
-             "keys", "spec", "bank.num_fields", "bank.sha256")
+_IDENTITY = (
+    "format_version",
+    "split",
+    "seed",
+    "num_images",
+    "shard_size",
+    "image_shape",
+    "tile_size",
+    "keys",
+    "spec",
+    "bank.num_fields",
+    "bank.sha256",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +71,17 @@ class WriteReport:
     seconds: float  # wall time of this call
 
 
-def write_dataset(spec: pipeline.SimulationSpec, out_dir, num_images: int, split: str, config=None,
-                  num_workers: int = 2, shard_size: int | None = None, progress: bool = True,
-                  prefetch: int | None = None) -> WriteReport:
+def write_dataset(
+    spec: pipeline.SimulationSpec,
+    out_dir,
+    num_images: int,
+    split: str,
+    config=None,
+    num_workers: int = 2,
+    shard_size: int | None = None,
+    progress: bool = True,
+    prefetch: int | None = None,
+) -> WriteReport:
     """Simulates ``num_images`` images with ``spec`` into ``out_dir`` (layout: :mod:`npejax.datasets.format`);
     resumable.
 
@@ -97,12 +126,19 @@ def write_dataset(spec: pipeline.SimulationSpec, out_dir, num_images: int, split
         if missing and manifest["complete"]:
             manifest = dict(manifest, complete=False, completed=None)
             io.write_json(manifest_path, manifest)
-        bar = tqdm.tqdm(total=int(num_images), initial=int(num_images) - rendered_images, unit="img",
-                        desc=f"simulating {split}", disable=not progress, smoothing=0.1)
+        bar = tqdm.tqdm(
+            total=int(num_images),
+            initial=int(num_images) - rendered_images,
+            unit="img",
+            desc=f"simulating {split}",
+            disable=not progress,
+            smoothing=0.1,
+        )
         try:
             for start, length in _runs(missing):
-                with pipeline.Simulator(spec, num_workers=num_workers, start=start, num_batches=length,
-                                        prefetch=prefetch or num_workers + 1) as simulator:
+                with pipeline.Simulator(
+                    spec, num_workers=num_workers, start=start, num_batches=length, prefetch=prefetch or num_workers + 1
+                ) as simulator:
                     for i in range(start, start + length):
                         batch = next(simulator, None)
                         if batch is None:
@@ -114,9 +150,14 @@ def write_dataset(spec: pipeline.SimulationSpec, out_dir, num_images: int, split
         if not manifest["complete"]:
             manifest = dict(manifest, complete=True, completed=_now())
             io.write_json(manifest_path, manifest)
-    return WriteReport(directory=out_dir, num_images=int(num_images), num_shards=num_shards,
-                       rendered_shards=tuple(missing), rendered_images=rendered_images,
-                       seconds=time.perf_counter() - t0)
+    return WriteReport(
+        directory=out_dir,
+        num_images=int(num_images),
+        num_shards=num_shards,
+        rendered_shards=tuple(missing),
+        rendered_images=rendered_images,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def _open_manifest(out_dir: str, manifest: dict) -> dict:
@@ -129,12 +170,16 @@ def _open_manifest(out_dir: str, manifest: dict) -> dict:
         if differences:
             raise DatasetError(
                 f"dataset directory {out_dir} holds a different dataset; differences (stored -> requested): "
-                + "; ".join(differences) + ". Use another output directory, or delete this one.")
+                + "; ".join(differences)
+                + ". Use another output directory, or delete this one."
+            )
         return stored
     others = [name for name in sorted(os.listdir(out_dir)) if name != LOCK_FILE]
     if others:
-        raise DatasetError(f"directory {out_dir} is not empty and holds no {MANIFEST} "
-                           f"(found {others[:5]}); refusing to write a dataset there")
+        raise DatasetError(
+            f"directory {out_dir} is not empty and holds no {MANIFEST} "
+            f"(found {others[:5]}); refusing to write a dataset there"
+        )
     io.write_json(manifest_path, manifest)
     return manifest
 
@@ -165,8 +210,10 @@ def _write_shard(out_dir: str, manifest: dict, index: int, batch: dict) -> None:
             array = np.ascontiguousarray(batch[key][:count])
             expected = (count, *info["shape"])
             if array.shape != expected or array.dtype != np.dtype(info["dtype"]):
-                raise DatasetError(f"shard {index}: {key} is {array.dtype}{list(array.shape)}, "
-                                   f"expected {info['dtype']}{list(expected)}")
+                raise DatasetError(
+                    f"shard {index}: {key} is {array.dtype}{list(array.shape)}, "
+                    f"expected {info['dtype']}{list(expected)}"
+                )
             _save_array(os.path.join(tmp, f"{key}.npy"), array)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
         os.replace(tmp, os.path.join(out_dir, shard_name(index)))
@@ -189,8 +236,7 @@ def _umask() -> int:
 def _new_manifest(spec: pipeline.SimulationSpec, num_images: int, split: str, config) -> dict:
     shard_size = spec.batch_size
     num_shards = -(-num_images // shard_size)
-    shards = [dict(name=shard_name(i), count=min(shard_size, num_images - i * shard_size))
-              for i in range(num_shards)]
+    shards = [dict(name=shard_name(i), count=min(shard_size, num_images - i * shard_size)) for i in range(num_shards)]
     probe = pipeline.simulate_batch(dataclasses.replace(spec, batch_size=1), 0)  # one image: keys and shapes
     keys = {key: dict(dtype=np.asarray(v).dtype.name, shape=list(np.shape(v)[1:])) for key, v in probe.items()}
     return dict(
@@ -206,8 +252,13 @@ def _new_manifest(spec: pipeline.SimulationSpec, num_images: int, split: str, co
         image_shape=list(spec.prior.image_shape),
         tile_size=int(spec.tile_size),
         keys=keys,
-        spec=_jsonable(dict(field_prior=spec.field_prior, prior=dataclasses.asdict(spec.prior),
-                            render=dataclasses.asdict(spec.render))),
+        spec=_jsonable(
+            dict(
+                field_prior=spec.field_prior,
+                prior=dataclasses.asdict(spec.prior),
+                render=dataclasses.asdict(spec.render),
+            )
+        ),
         bank=bank_info(spec.bank),
         config=_config_dict(config),
         npejax_version=_version(),
@@ -294,7 +345,7 @@ def _version() -> str:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _remove_temporaries(out_dir: str) -> None:

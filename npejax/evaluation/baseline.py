@@ -94,15 +94,28 @@ def _as_sep_array(a) -> np.ndarray:
 
 
 def _empty_sources() -> dict[str, np.ndarray]:
-    return dict(x=np.zeros(0), y=np.zeros(0), flux=np.zeros(0), flux_err=np.zeros(0),
-                flag=np.zeros(0, np.int32))
+    return dict(x=np.zeros(0), y=np.zeros(0), flux=np.zeros(0), flux_err=np.zeros(0), flag=np.zeros(0, np.int32))
 
 
-def sep_extract(image, variance, *, gain: float | None = None, thresh: float = 1.5, minarea: int = 5,
-                deblend_nthresh: int = 32, deblend_cont: float = 0.005, filter_kernel=DEFAULT_KERNEL,
-                filter_type: str = "conv", clean: bool = True, clean_param: float = 1.0,
-                kron_factor: float = 2.5, min_radius: float = 3.5, fallback_radius: float = 3.5,
-                centroid: str = "windowed", max_shift: float = 1.0) -> dict[str, np.ndarray]:
+def sep_extract(
+    image,
+    variance,
+    *,
+    gain: float | None = None,
+    thresh: float = 1.5,
+    minarea: int = 5,
+    deblend_nthresh: int = 32,
+    deblend_cont: float = 0.005,
+    filter_kernel=DEFAULT_KERNEL,
+    filter_type: str = "conv",
+    clean: bool = True,
+    clean_param: float = 1.0,
+    kron_factor: float = 2.5,
+    min_radius: float = 3.5,
+    fallback_radius: float = 3.5,
+    centroid: str = "windowed",
+    max_shift: float = 1.0,
+) -> dict[str, np.ndarray]:
     """Sources of one sky-subtracted image [H, W] with known per-pixel noise ``variance`` [H, W] (or scalar).
 
     ``gain`` (data units -> Poisson counts, i.e. electrons per nmgy) adds the source's Poisson noise to
@@ -126,9 +139,19 @@ def sep_extract(image, variance, *, gain: float | None = None, thresh: float = 1
     kernel = None if filter_kernel is None else np.ascontiguousarray(filter_kernel, dtype=np.float32)
 
     objects, segmap = sep.extract(
-        data, thresh, var=var, mask=sep_mask, minarea=int(minarea), filter_kernel=kernel,
-        filter_type=filter_type, deblend_nthresh=int(deblend_nthresh), deblend_cont=float(deblend_cont),
-        clean=clean, clean_param=float(clean_param), segmentation_map=True)
+        data,
+        thresh,
+        var=var,
+        mask=sep_mask,
+        minarea=int(minarea),
+        filter_kernel=kernel,
+        filter_type=filter_type,
+        deblend_nthresh=int(deblend_nthresh),
+        deblend_cont=float(deblend_cont),
+        clean=clean,
+        clean_param=float(clean_param),
+        segmentation_map=True,
+    )
     n = len(objects)
     if n == 0:
         return _empty_sources()
@@ -142,8 +165,9 @@ def sep_extract(image, variance, *, gain: float | None = None, thresh: float = 1
     ellipse_ok &= np.abs(theta) <= np.pi / 2
     safe_a, safe_b = np.where(ellipse_ok, a, 1.0), np.where(ellipse_ok, b, 1.0)
     safe_theta = np.where(ellipse_ok, theta, 0.0)
-    kronrad, kflag = sep.kron_radius(data, x0, y0, safe_a, safe_b, safe_theta, _KRON_ISOPHOTAL_RADII,
-                                     mask=sep_mask, seg_id=seg_id, segmap=segmap)
+    kronrad, kflag = sep.kron_radius(
+        data, x0, y0, safe_a, safe_b, safe_theta, _KRON_ISOPHOTAL_RADII, mask=sep_mask, seg_id=seg_id, segmap=segmap
+    )
     use_ellipse = ellipse_ok & np.isfinite(kronrad) & (kronrad > 0)
     flag |= np.where(use_ellipse, kflag, 0).astype(np.int32)
     factor = np.maximum(kron_factor * np.where(use_ellipse, kronrad, 1.0), min_radius)
@@ -152,8 +176,9 @@ def sep_extract(image, variance, *, gain: float | None = None, thresh: float = 1
     kw = dict(var=var, mask=sep_mask, segmap=segmap, gain=gain, subpix=5)
     if use_ellipse.any():
         i = use_ellipse
-        f, e, fl = sep.sum_ellipse(data, x0[i], y0[i], safe_a[i], safe_b[i], safe_theta[i], factor[i],
-                                   seg_id=seg_id[i], **kw)
+        f, e, fl = sep.sum_ellipse(
+            data, x0[i], y0[i], safe_a[i], safe_b[i], safe_theta[i], factor[i], seg_id=seg_id[i], **kw
+        )
         flux[i], flux_err[i] = f, e
         flag[i] |= fl.astype(np.int32)
     if (~use_ellipse).any():
@@ -165,8 +190,7 @@ def sep_extract(image, variance, *, gain: float | None = None, thresh: float = 1
     x, y = x0, y0
     if centroid == "windowed":
         rmax = np.where(ellipse_ok, _KRON_ISOPHOTAL_RADII * safe_a, 3.0 * fallback_radius)
-        hlr, rflag = sep.flux_radius(data, x0, y0, rmax, 0.5, mask=sep_mask, seg_id=seg_id, segmap=segmap,
-                                     subpix=5)
+        hlr, rflag = sep.flux_radius(data, x0, y0, rmax, 0.5, mask=sep_mask, seg_id=seg_id, segmap=segmap, subpix=5)
         sig = 2.0 * np.where(np.isfinite(hlr) & (hlr > 0), hlr, 1.0) / 2.35
         xw, yw, wflag = sep.winpos(data, x0, y0, sig, mask=sep_mask)
         good = (wflag == 0) & np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x0, yw - y0) <= max_shift)
@@ -174,8 +198,9 @@ def sep_extract(image, variance, *, gain: float | None = None, thresh: float = 1
     return dict(x=x + 0.5, y=y + 0.5, flux=flux, flux_err=flux_err, flag=flag)
 
 
-def sep_catalog(images, background, nmgy_per_electron=None, *, field_id=None, bank=None,
-                image_offset: int = 0, **kwargs) -> table_lib.Table:
+def sep_catalog(
+    images, background, nmgy_per_electron=None, *, field_id=None, bank=None, image_offset: int = 0, **kwargs
+) -> table_lib.Table:
     """Source Extractor catalog of a batch of sky-subtracted images, with the known background.
 
     Args:
@@ -200,8 +225,7 @@ def sep_catalog(images, background, nmgy_per_electron=None, *, field_id=None, ba
         images, background = images[None], np.broadcast_to(background, images.shape)[None]
         field_id = None if field_id is None else np.atleast_1d(field_id)
     if images.ndim != 3 or background.shape != images.shape:
-        raise ValueError(f"sep_catalog: images {images.shape} and background {background.shape} must both "
-                         "be [B, H, W]")
+        raise ValueError(f"sep_catalog: images {images.shape} and background {background.shape} must both be [B, H, W]")
     bsz = images.shape[0]
     if nmgy_per_electron is None:
         if field_id is None or bank is None:
@@ -230,5 +254,6 @@ def sep_catalog(images, background, nmgy_per_electron=None, *, field_id=None, ba
 
 def sep_catalog_batch(batch: dict, bank, image_offset: int = 0, **kwargs) -> table_lib.Table:
     """:func:`sep_catalog` of a simulated batch (``images``, ``background``, ``field_id``) and its bank."""
-    return sep_catalog(batch["images"], batch["background"], field_id=batch["field_id"], bank=bank,
-                       image_offset=image_offset, **kwargs)
+    return sep_catalog(
+        batch["images"], batch["background"], field_id=batch["field_id"], bank=bank, image_offset=image_offset, **kwargs
+    )

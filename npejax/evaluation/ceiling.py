@@ -87,8 +87,18 @@ from npejax.schema import CATALOG_KEYS
 from npejax.sim import pipeline
 from npejax.sim import render as render_lib
 
-__all__ = ["DEFAULT_MAX_PER_BIN", "BATCH_KEYS", "bayes_error", "star_fit", "galaxy_distances", "select_rows",
-           "binned_ceiling", "manifest_spec", "test_set_ceiling", "prior_ceiling"]
+__all__ = [
+    "DEFAULT_MAX_PER_BIN",
+    "BATCH_KEYS",
+    "bayes_error",
+    "star_fit",
+    "galaxy_distances",
+    "select_rows",
+    "binned_ceiling",
+    "manifest_spec",
+    "test_set_ceiling",
+    "prior_ceiling",
+]
 
 DEFAULT_MAX_PER_BIN = 200  # galaxies per bin whose distance is computed
 _SEARCH_RADIUS = 3.0  # pixels: the star's position stays within this of the galaxy's centre
@@ -143,8 +153,15 @@ def _unit_star(renderer: render_lib.Renderer, field: int, x: float, y: float) ->
     return renderer.source_electrons(star, field)
 
 
-def star_fit(galaxy, variance, renderer: render_lib.Renderer, field: int, x0: float, y0: float,
-             search_radius: float = _SEARCH_RADIUS) -> dict:
+def star_fit(
+    galaxy,
+    variance,
+    renderer: render_lib.Renderer,
+    field: int,
+    x0: float,
+    y0: float,
+    search_radius: float = _SEARCH_RADIUS,
+) -> dict:
     """The star s = f p(x, y) closest to ``galaxy`` in chi2 = sum (galaxy - s)^2 / variance (module doc).
 
     ``galaxy`` and ``variance`` [H, W] in electrons (pixels with variance <= 0 or not finite are left out);
@@ -172,9 +189,12 @@ def star_fit(galaxy, variance, renderer: render_lib.Renderer, field: int, x0: fl
 
     simplex = np.array([[x0, y0], [x0 + 0.5, y0], [x0, y0 + 0.5]])
     with threadpoolctl.threadpool_limits(1):  # the renderer's small matrix products (see npejax.evaluation.snr)
-        res = optimize.minimize(lambda xy: chi2_flux(xy)[0], np.array([x0, y0]), method="Nelder-Mead",
-                                options=dict(initial_simplex=simplex, xatol=0.01, fatol=1e-4 * max(c, 1.0) + 1e-6,
-                                             maxiter=200))
+        res = optimize.minimize(
+            lambda xy: chi2_flux(xy)[0],
+            np.array([x0, y0]),
+            method="Nelder-Mead",
+            options=dict(initial_simplex=simplex, xatol=0.01, fatol=1e-4 * max(c, 1.0) + 1e-6, maxiter=200),
+        )
         d2, flux = chi2_flux(res.x)
     return dict(x=float(res.x[0]), y=float(res.x[1]), flux=flux, d2=float(d2), d2_none=c)
 
@@ -210,16 +230,15 @@ def galaxy_distances(batch: dict, spec_or_renderer, rows, *, search_radius: floa
                 to_e = float(bank.to_electrons(field))
                 variance = background[i] * to_e + renderer.source_electrons(everything, field)
                 current = i
-            single = {key: catalog[key][i, s:s + 1] for key in CATALOG_KEYS}
+            single = {key: catalog[key][i, s : s + 1] for key in CATALOG_KEYS}
             single["n_sources"] = 1
             galaxy = renderer.source_electrons(single, field)
-            fit = star_fit(galaxy, variance, renderer, field, float(catalog["x"][i, s]), float(catalog["y"][i, s]),
-                           search_radius)
+            fit = star_fit(
+                galaxy, variance, renderer, field, float(catalog["x"][i, s]), float(catalog["y"][i, s]), search_radius
+            )
             out["d"][j] = math.sqrt(fit["d2"])
             out["star_x"][j], out["star_y"][j], out["star_flux"][j] = fit["x"], fit["y"], fit["flux"]
     return out
-
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -269,8 +288,10 @@ def binned_ceiling(values, cutoffs, is_galaxy, d, rank=None, max_per_bin: int | 
     is_galaxy = np.asarray(is_galaxy, bool)
     d = np.asarray(d, np.float64)
     if not (len(np.asarray(values)) == is_galaxy.size == d.size):
-        raise ValueError(f"values, is_galaxy and d need one entry per truth row, got {len(np.asarray(values))}, "
-                         f"{is_galaxy.size}, {d.size}")
+        raise ValueError(
+            f"values, is_galaxy and d need one entry per truth row, got {len(np.asarray(values))}, "
+            f"{is_galaxy.size}, {d.size}"
+        )
     usable = is_galaxy & np.isfinite(d)
     rank = np.arange(d.size) if rank is None else np.asarray(rank)
     cap = d.size if max_per_bin is None else int(max_per_bin)
@@ -298,8 +319,9 @@ def binned_ceiling(values, cutoffs, is_galaxy, d, rank=None, max_per_bin: int | 
     out["mean"] = float(out["value"][defined].mean()) if defined.any() else np.nan
     out["num_defined"] = int(defined.sum())
     weights = out["count"] * defined
-    out["overall"] = float(np.sum(np.where(defined, out["value"], 0.0) * weights) / weights.sum()) \
-        if weights.sum() else np.nan
+    out["overall"] = (
+        float(np.sum(np.where(defined, out["value"], 0.0) * weights) / weights.sum()) if weights.sum() else np.nan
+    )
     out["available"] = True
     return out
 
@@ -322,14 +344,26 @@ def _headline(c: dict) -> dict:
     std = np.where(defined, np.nan_to_num(c["std"]), 0.0)
     weights = np.where(defined, c["count"], 0).astype(np.float64)
     n = int(defined.sum())
-    return dict(value=c["mean"], std=float(np.sqrt(np.sum(std ** 2)) / n) if n else np.nan,
-                pooled=c["overall"],
-                pooled_std=float(np.sqrt(np.sum((weights * std) ** 2)) / weights.sum()) if weights.sum() else np.nan,
-                bins=n, count=int(c["num_galaxies"].sum()))
+    return dict(
+        value=c["mean"],
+        std=float(np.sqrt(np.sum(std**2)) / n) if n else np.nan,
+        pooled=c["overall"],
+        pooled_std=float(np.sqrt(np.sum((weights * std) ** 2)) / weights.sum()) if weights.sum() else np.nan,
+        bins=n,
+        count=int(c["num_galaxies"].sum()),
+    )
 
 
-def test_set_ceiling(read, truth, spec, binnings: dict, max_per_bin: int = DEFAULT_MAX_PER_BIN, seed: int = 0,
-                     chunk_images: int = 256, headline_key: str = "bins_reference") -> dict:
+def test_set_ceiling(
+    read,
+    truth,
+    spec,
+    binnings: dict,
+    max_per_bin: int = DEFAULT_MAX_PER_BIN,
+    seed: int = 0,
+    chunk_images: int = 256,
+    headline_key: str = "bins_reference",
+) -> dict:
     """The ceiling of a test set for several binnings of its truth rows.
 
     ``read(index array, keys)`` returns those images' batch (``background``, ``field_id``, ``n_sources`` and
@@ -354,7 +388,7 @@ def test_set_ceiling(read, truth, spec, binnings: dict, max_per_bin: int = DEFAU
     d = np.full(is_galaxy.size, np.nan)
     images = np.unique(image[rows])
     for start in range(0, images.size, max(1, int(chunk_images))):
-        chunk = images[start:start + max(1, int(chunk_images))]
+        chunk = images[start : start + max(1, int(chunk_images))]
         batch = read(chunk, BATCH_KEYS)
         these = rows[np.isin(image[rows], chunk)]
         local = np.searchsorted(chunk, image[these])
@@ -368,8 +402,13 @@ def test_set_ceiling(read, truth, spec, binnings: dict, max_per_bin: int = DEFAU
     return out
 
 
-def prior_ceiling(config, cutoffs=metrics.REFERENCE_CUTOFFS, max_per_bin: int = DEFAULT_MAX_PER_BIN,
-                  num_images: int = 20_000, seed: int = 0) -> dict:
+def prior_ceiling(
+    config,
+    cutoffs=metrics.REFERENCE_CUTOFFS,
+    max_per_bin: int = DEFAULT_MAX_PER_BIN,
+    num_images: int = 20_000,
+    seed: int = 0,
+) -> dict:
     """The ceiling of galaxies drawn from the prior (no images rendered but the galaxies and their
     neighbours): ``num_images`` catalogs of the prior and field prior of ``config`` (a full npejax config, e.g.
     ``configs/default.py``), their fields and crops as the simulator draws them, binned by true magnitude with
@@ -387,10 +426,19 @@ def prior_ceiling(config, cutoffs=metrics.REFERENCE_CUTOFFS, max_per_bin: int = 
     rows, rank = select_rows([(mag, cutoffs)], is_galaxy, max_per_bin, seed)
     d = np.full(image.size, np.nan)
     used = np.unique(image[rows])
-    background = np.stack([spec.bank.background_electrons(field_id[i], origins[i], spec.prior.image_shape)
-                           / float(spec.bank.to_electrons(field_id[i])) for i in used])
-    batch = dict(background=background, field_id=field_id[used], n_sources=n[used],
-                 **{key: catalog[key][used] for key in CATALOG_KEYS})
+    background = np.stack(
+        [
+            spec.bank.background_electrons(field_id[i], origins[i], spec.prior.image_shape)
+            / float(spec.bank.to_electrons(field_id[i]))
+            for i in used
+        ]
+    )
+    batch = dict(
+        background=background,
+        field_id=field_id[used],
+        n_sources=n[used],
+        **{key: catalog[key][used] for key in CATALOG_KEYS},
+    )
     local = np.searchsorted(used, image[rows])
     d[rows] = galaxy_distances(batch, spec, np.stack([local, source[rows]], axis=1))["d"]
     out = binned_ceiling(mag, cutoffs, is_galaxy, d, rank, max_per_bin)

@@ -58,7 +58,6 @@ it says; a catalog without ``prob_source`` (another pipeline's) gets no calibrat
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -70,9 +69,9 @@ from npejax import catalogs as catalog_lib
 from npejax import datasets as data_lib
 from npejax import io
 from npejax.evaluation import baseline as baseline_lib
+from npejax.evaluation import ceiling as ceiling_lib
 from npejax.evaluation import metrics, report
 from npejax.evaluation import snr as snr_lib
-from npejax.evaluation import ceiling as ceiling_lib
 from npejax.evaluation.headline import BASELINE, CEILING, HEADLINE, HEADLINE_ROWS, POOLED, PROB_THRESHOLD, SUBSETS
 from npejax.nn.posterior import tiles_to_sources
 from npejax.nn.predictor import Predictor, load_config
@@ -80,10 +79,28 @@ from npejax.schema import CATALOG_KEYS, FIELD_PRIORS, METRIC_LABELS
 from npejax.sim import fields as fields_lib
 from npejax.sim import pipeline
 
-__all__ = ["BASELINE", "HEADLINE", "PROB_THRESHOLD", "SUBSETS", "CHUNK_IMAGES", "GALLERY_IMAGES", "EvaluationError",
-           "TestSet", "load_test_set", "check_test_split", "check_catalog", "read_catalog", "network_catalog",
-           "baseline_catalog", "truth_snr", "evaluate_catalog", "gallery_images", "evaluate", "write_report",
-           "write_index"]
+__all__ = [
+    "BASELINE",
+    "HEADLINE",
+    "PROB_THRESHOLD",
+    "SUBSETS",
+    "CHUNK_IMAGES",
+    "GALLERY_IMAGES",
+    "EvaluationError",
+    "TestSet",
+    "load_test_set",
+    "check_test_split",
+    "check_catalog",
+    "read_catalog",
+    "network_catalog",
+    "baseline_catalog",
+    "truth_snr",
+    "evaluate_catalog",
+    "gallery_images",
+    "evaluate",
+    "write_report",
+    "write_index",
+]
 
 CHUNK_IMAGES = 256  # test images in memory at a time (a multiple of the prediction batch: the same batches)
 GALLERY_IMAGES = 12  # panels of gallery.png
@@ -125,6 +142,7 @@ class TestSet:
 
 # --- test set ----------------------------------------------------------------------------------------
 
+
 def check_test_split(test_dir: str) -> None:
     """Refuses a dataset whose manifest split is not ``test`` (a training or validation set evaluated as a
     test set would report optimistic numbers); a directory without a manifest passes (nothing to check)."""
@@ -132,12 +150,20 @@ def check_test_split(test_dir: str) -> None:
         return
     split = data_lib.read_manifest(test_dir)["split"]
     if split != "test":
-        raise EvaluationError(f"--test-dir {test_dir} holds the {split!r} split (manifest.json split={split!r}), "
-                              "not a test set: give a dataset written with python -m npejax.simulate --split test")
+        raise EvaluationError(
+            f"--test-dir {test_dir} holds the {split!r} split (manifest.json split={split!r}), "
+            "not a test set: give a dataset written with python -m npejax.simulate --split test"
+        )
 
 
-def load_test_set(test_dir: str, num_images: int | None = None, prior: str | None = None, sim_config=None,
-                  num_workers: int = 2, progress: bool = True) -> TestSet:
+def load_test_set(
+    test_dir: str,
+    num_images: int | None = None,
+    prior: str | None = None,
+    sim_config=None,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> TestSet:
     """Opens the test dataset in ``test_dir`` (a ``test`` split), first simulating ``num_images`` test images
     there (prior ``prior``, settings of ``sim_config``) when it is absent or incomplete."""
     manifest_path = os.path.join(test_dir, "manifest.json")
@@ -151,20 +177,36 @@ def load_test_set(test_dir: str, num_images: int | None = None, prior: str | Non
         with config.unlocked():
             config.fields.prior = prior
         spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(int(config.seed), "test"))
-        data_lib.write_dataset(spec, test_dir, int(num_images), "test", config=config, num_workers=num_workers,
-                               shard_size=int(config.data.shard_size), progress=progress)
+        data_lib.write_dataset(
+            spec,
+            test_dir,
+            int(num_images),
+            "test",
+            config=config,
+            num_workers=num_workers,
+            shard_size=int(config.data.shard_size),
+            progress=progress,
+        )
     elif not os.path.isfile(manifest_path):
-        raise EvaluationError(f"test set {test_dir} has no manifest.json: give --num-images to simulate one, "
-                              "or a directory written by python -m npejax.simulate")
+        raise EvaluationError(
+            f"test set {test_dir} has no manifest.json: give --num-images to simulate one, "
+            "or a directory written by python -m npejax.simulate"
+        )
     dataset = data_lib.load(test_dir)
     if num_images is not None and len(dataset) != int(num_images):
         raise EvaluationError(f"test set {test_dir} holds {len(dataset)} images, not --num-images={num_images}")
     truth, _, dropped = catalog_lib.dataset_truth_table(dataset)
-    return TestSet(directory=os.path.abspath(test_dir), dataset=dataset, truth=truth,
-                   manifest=dataset.manifest, num_dropped=int(dropped))
+    return TestSet(
+        directory=os.path.abspath(test_dir),
+        dataset=dataset,
+        truth=truth,
+        manifest=dataset.manifest,
+        num_dropped=int(dropped),
+    )
 
 
 # --- catalogs ----------------------------------------------------------------------------------------
+
 
 def _first_bad(values: np.ndarray, bad: np.ndarray) -> tuple[int, object]:
     row = int(np.flatnonzero(bad)[0])
@@ -179,8 +221,10 @@ def check_catalog(table, where: str, num_images: int | None = None, test_dir: st
     names = metrics.colnames(table)
     for col in REQUIRED_COLUMNS:
         if col not in names:
-            raise EvaluationError(f"{where} lacks column {col!r} (it has {names}); a prediction catalog needs "
-                                  f"{', '.join(REQUIRED_COLUMNS)}")
+            raise EvaluationError(
+                f"{where} lacks column {col!r} (it has {names}); a prediction catalog needs "
+                f"{', '.join(REQUIRED_COLUMNS)}"
+            )
     for col in (*REQUIRED_COLUMNS, *(c for c in PROBABILITY_COLUMNS if c in names)):
         column = table[col]
         raw = np.asarray(np.ma.getdata(column))
@@ -189,32 +233,38 @@ def check_catalog(table, where: str, num_images: int | None = None, test_dir: st
             raise EvaluationError(f"{where}: column {col!r} has shape {raw.shape}, expected one value per row")
         if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == bool):
             row = next((i for i, v in enumerate(raw) if not _is_number(v)), 0)
-            raise EvaluationError(f"{where}: column {col!r} holds text ({_text(raw[row])!r} in row {row}), "
-                                  "expected numbers")
+            raise EvaluationError(
+                f"{where}: column {col!r} holds text ({_text(raw[row])!r} in row {row}), expected numbers"
+            )
         values = np.where(mask, np.nan, raw.astype(np.float64))
         if col in PROBABILITY_COLUMNS:
             bad = ~((values >= 0) & (values <= 1))  # NaN too
             if bad.any():
                 row, v = _first_bad(values, bad)
-                raise EvaluationError(f"{where}: column {col!r} is {'NaN or empty' if mask[row] else v} in row {row}; "
-                                      "a probability must lie in [0, 1]")
+                raise EvaluationError(
+                    f"{where}: column {col!r} is {'NaN or empty' if mask[row] else v} in row {row}; "
+                    "a probability must lie in [0, 1]"
+                )
             continue
         bad = ~np.isfinite(values)
         if bad.any():
             row, v = _first_bad(values, bad)
-            raise EvaluationError(f"{where}: column {col!r} is {'NaN or empty' if mask[row] else v} in row {row}; "
-                                  "expected a finite number")
+            raise EvaluationError(
+                f"{where}: column {col!r} is {'NaN or empty' if mask[row] else v} in row {row}; "
+                "expected a finite number"
+            )
         if col == "image":
             bad = values != np.round(values)
             if bad.any():
                 row, v = _first_bad(values, bad)
-                raise EvaluationError(f"{where}: column 'image' is {v} in row {row}; expected an integer image "
-                                      "index")
+                raise EvaluationError(f"{where}: column 'image' is {v} in row {row}; expected an integer image index")
             if num_images is not None and ((values < 0) | (values >= num_images)).any():
                 row, v = _first_bad(values, (values < 0) | (values >= num_images))
                 holds = f"the test set {test_dir} holds" if test_dir else "the test set holds"
-                raise EvaluationError(f"{where} refers to image {int(v)} (row {row}), but {holds} {num_images} "
-                                      f"images (0..{num_images - 1}): truth and predictions differ")
+                raise EvaluationError(
+                    f"{where} refers to image {int(v)} (row {row}), but {holds} {num_images} "
+                    f"images (0..{num_images - 1}): truth and predictions differ"
+                )
 
 
 def _is_number(value) -> bool:
@@ -237,8 +287,10 @@ def read_catalog(path: str, name: str):
     except FileNotFoundError:
         raise EvaluationError(f"--catalog {name}={path}: no such file") from None
     except (OSError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"--catalog {name}={path}: cannot read it as a catalog table "
-                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+        raise EvaluationError(
+            f"--catalog {name}={path}: cannot read it as a catalog table "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        ) from None
 
 
 def network_catalog(workdir: str, test: TestSet, batch_size: int = 256, chunk_images: int = CHUNK_IMAGES):
@@ -249,8 +301,9 @@ def network_catalog(workdir: str, test: TestSet, batch_size: int = 256, chunk_im
     chunk = batch_size * max(1, int(chunk_images) // batch_size)
     parts = []
     for start, batch in test.chunks(("images", "background", "psf_params"), chunk):
-        tiles = predictor.predict_tiles(batch["images"], batch["background"], batch["psf_params"], batch_size,
-                                        image_offset=start)  # errors name the test set's image index
+        tiles = predictor.predict_tiles(
+            batch["images"], batch["background"], batch["psf_params"], batch_size, image_offset=start
+        )  # errors name the test set's image index
         sources = tiles_to_sources(tiles, predictor.tile_size, min_prob=-1.0)
         sources["image"] = sources["image"] + start
         parts.append(sources)
@@ -261,9 +314,10 @@ def baseline_catalog(test: TestSet, bank=None, chunk_images: int = CHUNK_IMAGES)
     """Source Extractor (sep) catalog of the test images with the known background and noise (read
     ``chunk_images`` at a time)."""
     bank = bank if bank is not None else fields_lib.load_bank(_bank_path(test.manifest))
-    tables = [baseline_lib.sep_catalog(b["images"], b["background"], field_id=b["field_id"], bank=bank,
-                                       image_offset=start)
-              for start, b in test.chunks(("images", "background", "field_id"), chunk_images)]
+    tables = [
+        baseline_lib.sep_catalog(b["images"], b["background"], field_id=b["field_id"], bank=bank, image_offset=start)
+        for start, b in test.chunks(("images", "background", "field_id"), chunk_images)
+    ]
     return tables[0] if len(tables) == 1 else table_lib.vstack(tables, metadata_conflicts="silent")
 
 
@@ -291,14 +345,23 @@ def truth_snr(test: TestSet, chunk_images: int = CHUNK_IMAGES) -> np.ndarray | N
 
 # --- metrics -----------------------------------------------------------------------------------------
 
+
 def _single(truth, pred, num_images, metric, cutoff, num_bootstrap, seed):
-    m = metrics.binned_metrics(truth, pred, num_images, cutoffs=(cutoff,), num_bootstrap=num_bootstrap,
-                               seed=seed, prob_threshold=PROB_THRESHOLD)[metric]
+    m = metrics.binned_metrics(
+        truth,
+        pred,
+        num_images,
+        cutoffs=(cutoff,),
+        num_bootstrap=num_bootstrap,
+        seed=seed,
+        prob_threshold=PROB_THRESHOLD,
+    )[metric]
     return dict(value=float(m["value"][0]), std=float(m["std"][0]), count=int(m["count"][0]))
 
 
-def evaluate_catalog(truth, pred, num_images: int, equal_cutoffs, snr=None, snr_cutoffs=None,
-                     num_bootstrap: int = 200, seed: int = 0) -> dict:
+def evaluate_catalog(
+    truth, pred, num_images: int, equal_cutoffs, snr=None, snr_cutoffs=None, num_bootstrap: int = 200, seed: int = 0
+) -> dict:
     """All metrics of one method's catalog against the truth (see module doc); JSON-ready after
     :func:`npejax.evaluation.metrics.to_jsonable`. ``pred`` holds every tile (for calibration) or only detections."""
     kw = dict(num_bootstrap=num_bootstrap, seed=seed, prob_threshold=PROB_THRESHOLD)
@@ -311,11 +374,19 @@ def evaluate_catalog(truth, pred, num_images: int, equal_cutoffs, snr=None, snr_
     headline = {}
     for key, _, metric, cutoff, bins, _ in HEADLINE:  # the mean over reference bins, then the pooled figure
         if metric is not None:
-            ref = out["bins_reference"] if bins == len(metrics.REFERENCE_CUTOFFS) else metrics.binned_metrics(
-                truth, pred, num_images, cutoffs=metrics.REFERENCE_CUTOFFS[:bins], **kw)
+            ref = (
+                out["bins_reference"]
+                if bins == len(metrics.REFERENCE_CUTOFFS)
+                else metrics.binned_metrics(truth, pred, num_images, cutoffs=metrics.REFERENCE_CUTOFFS[:bins], **kw)
+            )
             r = ref[metric]
-            headline[key] = dict(value=r["mean"], std=r["mean_std"], count=int(np.sum(r["count"][:bins])),
-                                 bins=int(bins), num_defined=int(np.sum(np.isfinite(r["value"][:bins]))))
+            headline[key] = dict(
+                value=r["mean"],
+                std=r["mean_std"],
+                count=int(np.sum(r["count"][:bins])),
+                bins=int(bins),
+                num_defined=int(np.sum(np.isfinite(r["value"][:bins]))),
+            )
             headline[key + POOLED] = _single(truth, pred, num_images, metric, cutoff, num_bootstrap, seed)
     matches = metrics.match(truth, pred, num_images, prob_threshold=PROB_THRESHOLD)
     has_probs = "prob_source" in metrics.colnames(pred)
@@ -324,20 +395,31 @@ def evaluate_catalog(truth, pred, num_images: int, equal_cutoffs, snr=None, snr_
         if has_probs:
             out["calibration"][subset] = metrics.count_calibration(truth, pred, num_images, mag_range=mag_range)
         out["roc"][subset] = metrics.star_galaxy_roc(truth, pred, matches, mag_range=mag_range)
-        out["coverage"][subset] = metrics.flux_coverage(truth, pred, matches, num_images, mag_range=mag_range,
-                                                        num_bootstrap=num_bootstrap, seed=seed)
+        out["coverage"][subset] = metrics.flux_coverage(
+            truth, pred, matches, num_images, mag_range=mag_range, num_bootstrap=num_bootstrap, seed=seed
+        )
     cov = out["coverage"]["all"]
     i95 = int(np.argmin(np.abs(np.asarray(cov["levels"]) - 0.95)))
-    headline["coverage95"] = dict(value=float(cov["coverage"][i95]), std=float(cov["std"][i95]),
-                                  count=int(cov["count"]))
-    headline["auc"] = dict(value=float(out["roc"]["all"]["auc"]), std=float("nan"),
-                           count=int(out["roc"]["all"]["num_galaxies"] + out["roc"]["all"]["num_stars"]))
+    headline["coverage95"] = dict(
+        value=float(cov["coverage"][i95]), std=float(cov["std"][i95]), count=int(cov["count"])
+    )
+    headline["auc"] = dict(
+        value=float(out["roc"]["all"]["auc"]),
+        std=float("nan"),
+        count=int(out["roc"]["all"]["num_galaxies"] + out["roc"]["all"]["num_stars"]),
+    )
     out["headline"] = headline
     return out
 
 
-def gallery_images(truth, preds: dict, num_images: int, num: int = GALLERY_IMAGES, num_worst: int = GALLERY_WORST,
-                   bright_mag: float = GALLERY_BRIGHT_MAG) -> dict:
+def gallery_images(
+    truth,
+    preds: dict,
+    num_images: int,
+    num: int = GALLERY_IMAGES,
+    num_worst: int = GALLERY_WORST,
+    bright_mag: float = GALLERY_BRIGHT_MAG,
+) -> dict:
     """The images of the report's gallery: up to ``num_worst`` worst-scored images (most true sources
     brighter than r = ``bright_mag`` missed, summed over the methods; ties: more false detections brighter
     than that), then images spread evenly over the rest of the test set, ``num`` in all (fewer when the
@@ -356,14 +438,21 @@ def gallery_images(truth, preds: dict, num_images: int, num: int = GALLERY_IMAGE
         score += missed_by[name]
         ties += false_by[name]
     order = np.lexsort((np.arange(num_images), -ties, -score))  # worst first; the lower index on ties
-    worst = [int(i) for i in order[:min(num_worst, num)] if score[i] > 0 or ties[i] > 0]
+    worst = [int(i) for i in order[: min(num_worst, num)] if score[i] > 0 or ties[i] > 0]
     rest = np.setdiff1d(np.arange(num_images), worst)
-    spread = rest[np.unique(np.linspace(0, len(rest) - 1, num - len(worst)).round().astype(int))] \
-        if num > len(worst) else rest[:0]
+    spread = (
+        rest[np.unique(np.linspace(0, len(rest) - 1, num - len(worst)).round().astype(int))]
+        if num > len(worst)
+        else rest[:0]
+    )
     images = worst + sorted(int(i) for i in spread)
-    return dict(images=images, worst=len(worst), bright_mag=float(bright_mag),
-                missed=[{n: int(m[i]) for n, m in missed_by.items()} for i in images],
-                false=[{n: int(f[i]) for n, f in false_by.items()} for i in images])
+    return dict(
+        images=images,
+        worst=len(worst),
+        bright_mag=float(bright_mag),
+        missed=[{n: int(m[i]) for n, m in missed_by.items()} for i in images],
+        false=[{n: int(f[i]) for n, f in false_by.items()} for i in images],
+    )
 
 
 def _mags(cat) -> np.ndarray:
@@ -397,20 +486,41 @@ def _gallery_panels(test: TestSet, preds: dict, gallery: dict) -> list[dict]:
         title = f"image {i}"
         if k < gallery["worst"]:
             title += f": r < {gallery['bright_mag']:g} missed " + ", ".join(f"{n} {c}" for n, c in missed.items())
-        panels.append(dict(
-            image=images[k], title=title, worst=k < gallery["worst"],
-            truth=dict(x=np.asarray(test.truth["x"])[rows], y=np.asarray(test.truth["y"])[rows],
-                       mag=np.asarray(test.truth["mag"])[rows]),
-            detections={n: dict(x=x[img == i], y=y[img == i]) for n, (img, x, y) in columns.items()}))
+        panels.append(
+            dict(
+                image=images[k],
+                title=title,
+                worst=k < gallery["worst"],
+                truth=dict(
+                    x=np.asarray(test.truth["x"])[rows],
+                    y=np.asarray(test.truth["y"])[rows],
+                    mag=np.asarray(test.truth["mag"])[rows],
+                ),
+                detections={n: dict(x=x[img == i], y=y[img == i]) for n, (img, x, y) in columns.items()},
+            )
+        )
     return panels
 
 
-def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int | None = None,
-             test_dir: str | None = None, catalogs: dict | None = None, baseline: bool = True,
-             num_bootstrap: int = 200, num_bins: int = 10, seed: int = 0, sim_config=None,
-             num_workers: int = 2, snr: bool = True, progress: bool = True,
-             chunk_images: int = CHUNK_IMAGES, ceiling: bool = True,
-             ceiling_galaxies: int = ceiling_lib.DEFAULT_MAX_PER_BIN) -> dict:
+def evaluate(
+    workdirs: dict,
+    out_dir: str,
+    prior: str = "many",
+    num_images: int | None = None,
+    test_dir: str | None = None,
+    catalogs: dict | None = None,
+    baseline: bool = True,
+    num_bootstrap: int = 200,
+    num_bins: int = 10,
+    seed: int = 0,
+    sim_config=None,
+    num_workers: int = 2,
+    snr: bool = True,
+    progress: bool = True,
+    chunk_images: int = CHUNK_IMAGES,
+    ceiling: bool = True,
+    ceiling_galaxies: int = ceiling_lib.DEFAULT_MAX_PER_BIN,
+) -> dict:
     """Evaluates networks (``workdirs``: name -> training directory) and prediction ``catalogs`` (name ->
     table or file) on a test set, writes the report to ``out_dir`` and returns the metrics dict. The
     inputs (output directory, test set split, catalogs) are checked before any work. ``ceiling``: compute
@@ -436,8 +546,10 @@ def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int 
     test_dir = test_dir or os.path.join(out_dir, f"test-{prior}")
     has_manifest = os.path.isfile(os.path.join(test_dir, data_lib.MANIFEST))
     if num_images is None and not has_manifest:
-        raise EvaluationError(f"test set {test_dir} has no manifest.json: give --num-images to simulate one, "
-                              "or a directory written by python -m npejax.simulate")
+        raise EvaluationError(
+            f"test set {test_dir} has no manifest.json: give --num-images to simulate one, "
+            "or a directory written by python -m npejax.simulate"
+        )
     check_test_split(test_dir)
     expected_images = int(num_images) if num_images is not None else data_lib.read_manifest(test_dir)["num_images"]
     given = {}
@@ -462,16 +574,23 @@ def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int 
         check_catalog(preds[name], f"the catalog of network {name} ({w})", n, test.directory)
         print(f"  {name}: cataloged in {time.time() - t:.1f} s", flush=True)
     for name, c in given.items():
-        check_catalog(c, f"catalog {catalogs[name]}" if isinstance(catalogs[name], (str, os.PathLike))
-                      else f"catalog {name!r}", n, test.directory)
+        check_catalog(
+            c,
+            f"catalog {catalogs[name]}" if isinstance(catalogs[name], (str, os.PathLike)) else f"catalog {name!r}",
+            n,
+            test.directory,
+        )
         preds[name] = c
     if baseline:
         t = time.time()
         preds[BASELINE] = baseline_catalog(test, chunk_images=chunk_images)
         print(f"  {BASELINE}: cataloged in {time.time() - t:.1f} s", flush=True)
 
-    equal_cutoffs = metrics.equal_count_edges(np.asarray(truth["mag"]), num_bins) if len(truth) else \
-        np.asarray(metrics.REFERENCE_CUTOFFS)
+    equal_cutoffs = (
+        metrics.equal_count_edges(np.asarray(truth["mag"]), num_bins)
+        if len(truth)
+        else np.asarray(metrics.REFERENCE_CUTOFFS)
+    )
     snr_values, snr_cutoffs = None, None
     if snr and len(truth):
         snr_values = truth_snr(test, chunk_images)
@@ -485,31 +604,54 @@ def evaluate(workdirs: dict, out_dir: str, prior: str = "many", num_images: int 
     if spec is not None:  # once per test set: it depends on the truth only
         t = time.time()
         mags = np.asarray(truth["mag"], np.float64)
-        binnings = dict(bins_equal=(mags, equal_cutoffs), bins_reference=(mags, metrics.REFERENCE_CUTOFFS),
-                        bins_snr=None if snr_values is None else (snr_values, snr_cutoffs))
-        ceiling_result = ceiling_lib.test_set_ceiling(test.read, truth, spec, binnings, int(ceiling_galaxies), seed,
-                                                      chunk_images=chunk_images)
-        print(f"  r-band ceiling: {ceiling_result['options']['num_galaxies']} galaxies in {time.time() - t:.1f} s",
-              flush=True)
+        binnings = dict(
+            bins_equal=(mags, equal_cutoffs),
+            bins_reference=(mags, metrics.REFERENCE_CUTOFFS),
+            bins_snr=None if snr_values is None else (snr_values, snr_cutoffs),
+        )
+        ceiling_result = ceiling_lib.test_set_ceiling(
+            test.read, truth, spec, binnings, int(ceiling_galaxies), seed, chunk_images=chunk_images
+        )
+        print(
+            f"  r-band ceiling: {ceiling_result['options']['num_galaxies']} galaxies in {time.time() - t:.1f} s",
+            flush=True,
+        )
     gallery = gallery_images(truth, preds, n)
     results = dict(
-        test_set=dict(directory=test.directory, num_images=n, num_sources=len(truth), prior=prior,
-                      dropped_by_tile_rule=test.num_dropped, bank=_bank_path(test.manifest),
-                      synthetic_bank=_bank_path(test.manifest) == "synthetic", seed=test.manifest.get("seed")),
-        options=dict(num_bootstrap=num_bootstrap, num_bins=num_bins, prob_threshold=PROB_THRESHOLD, slack_pixels=1.0,
-                     seed=seed, ceiling_galaxies=int(ceiling_galaxies) if ceiling_result else None),
-        equal_cutoffs=np.asarray(equal_cutoffs), snr_cutoffs=snr_cutoffs,
-        bin_centers=dict(equal=_bin_centers(truth, equal_cutoffs),
-                         reference=_bin_centers(truth, metrics.REFERENCE_CUTOFFS),
-                         snr=None if snr_values is None else _bin_centers(truth, snr_cutoffs, snr_values)),
+        test_set=dict(
+            directory=test.directory,
+            num_images=n,
+            num_sources=len(truth),
+            prior=prior,
+            dropped_by_tile_rule=test.num_dropped,
+            bank=_bank_path(test.manifest),
+            synthetic_bank=_bank_path(test.manifest) == "synthetic",
+            seed=test.manifest.get("seed"),
+        ),
+        options=dict(
+            num_bootstrap=num_bootstrap,
+            num_bins=num_bins,
+            prob_threshold=PROB_THRESHOLD,
+            slack_pixels=1.0,
+            seed=seed,
+            ceiling_galaxies=int(ceiling_galaxies) if ceiling_result else None,
+        ),
+        equal_cutoffs=np.asarray(equal_cutoffs),
+        snr_cutoffs=snr_cutoffs,
+        bin_centers=dict(
+            equal=_bin_centers(truth, equal_cutoffs),
+            reference=_bin_centers(truth, metrics.REFERENCE_CUTOFFS),
+            snr=None if snr_values is None else _bin_centers(truth, snr_cutoffs, snr_values),
+        ),
         workdirs={k: os.path.abspath(v) for k, v in workdirs.items()},
         methods={},
         ceiling=ceiling_result,
         gallery=gallery,
     )
     for name, p in preds.items():
-        results["methods"][name] = evaluate_catalog(truth, p, n, equal_cutoffs, snr_values, snr_cutoffs,
-                                                    num_bootstrap, seed)
+        results["methods"][name] = evaluate_catalog(
+            truth, p, n, equal_cutoffs, snr_values, snr_cutoffs, num_bootstrap, seed
+        )
     results["seconds"] = time.time() - t0
     write_report(out_dir, results, preds, gallery_panels=_gallery_panels(test, preds, gallery))
     print(f"report: {os.path.join(out_dir, 'report.md')} ({time.time() - t0:.0f} s)", flush=True)
@@ -529,6 +671,7 @@ def _bin_centers(truth, cutoffs, values=None) -> np.ndarray:
 
 # --- output ------------------------------------------------------------------------------------------
 
+
 def _bin_rows(results: dict, key: str, cutoffs) -> list[dict]:
     """Rows of ``bins_*.csv`` (module doc) for the binned metrics ``methods.NAME[key]``."""
     rows = []
@@ -539,8 +682,18 @@ def _bin_rows(results: dict, key: str, cutoffs) -> list[dict]:
         for metric in METRIC_LABELS:
             r = m[key][metric]
             for k in range(len(cutoffs)):
-                rows.append(dict(method=name, metric=metric, bin=k, lo=float(edges[k]), hi=float(edges[k + 1]),
-                                 value=float(r["value"][k]), std=float(r["std"][k]), count=int(r["count"][k])))
+                rows.append(
+                    dict(
+                        method=name,
+                        metric=metric,
+                        bin=k,
+                        lo=float(edges[k]),
+                        hi=float(edges[k + 1]),
+                        value=float(r["value"][k]),
+                        std=float(r["std"][k]),
+                        count=int(r["count"][k]),
+                    )
+                )
     return rows
 
 
@@ -548,17 +701,30 @@ def _ceiling_rows(results: dict) -> list[dict]:
     """Rows of ``ceiling.csv`` (module doc)."""
     rows = []
     ceil = results["ceiling"]
-    for key, cutoffs in (("bins_equal", results["equal_cutoffs"]), ("bins_reference", metrics.REFERENCE_CUTOFFS),
-                         ("bins_snr", results.get("snr_cutoffs"))):
+    for key, cutoffs in (
+        ("bins_equal", results["equal_cutoffs"]),
+        ("bins_reference", metrics.REFERENCE_CUTOFFS),
+        ("bins_snr", results.get("snr_cutoffs")),
+    ):
         c = ceil.get(key)
         if not c or cutoffs is None:
             continue
         edges = [-np.inf, *np.asarray(cutoffs, float)]
         for k in range(len(cutoffs)):
-            rows.append(dict(bins=key[5:], bin=k, lo=float(edges[k]), hi=float(edges[k + 1]),
-                             **{f: float(np.asarray(c[f], float)[k]) for f in (
-                                 "value", "std", "galaxy_fraction", "galaxy_error", "star_error")},
-                             num_galaxies=int(c["num_galaxies"][k]), count=int(c["count"][k])))
+            rows.append(
+                dict(
+                    bins=key[5:],
+                    bin=k,
+                    lo=float(edges[k]),
+                    hi=float(edges[k + 1]),
+                    **{
+                        f: float(np.asarray(c[f], float)[k])
+                        for f in ("value", "std", "galaxy_fraction", "galaxy_error", "star_error")
+                    },
+                    num_galaxies=int(c["num_galaxies"][k]),
+                    count=int(c["count"][k]),
+                )
+            )
     return rows
 
 
@@ -568,8 +734,9 @@ def write_report(out_dir: str, results: dict, preds: dict | None = None, gallery
     os.makedirs(out_dir, exist_ok=True)
     io.write_json(os.path.join(out_dir, "metrics.json"), metrics.to_jsonable(results), indent=1, allow_nan=False)
     io.write_csv(os.path.join(out_dir, "bins_equal.csv"), _bin_rows(results, "bins_equal", results["equal_cutoffs"]))
-    io.write_csv(os.path.join(out_dir, "bins_reference.csv"),
-                 _bin_rows(results, "bins_reference", metrics.REFERENCE_CUTOFFS))
+    io.write_csv(
+        os.path.join(out_dir, "bins_reference.csv"), _bin_rows(results, "bins_reference", metrics.REFERENCE_CUTOFFS)
+    )
     if results["snr_cutoffs"] is not None:
         io.write_csv(os.path.join(out_dir, "bins_snr.csv"), _bin_rows(results, "bins_snr", results["snr_cutoffs"]))
     cal, cov, head = [], [], []
@@ -577,25 +744,44 @@ def write_report(out_dir: str, results: dict, preds: dict | None = None, gallery
         for subset, c in m["calibration"].items():
             s = c["summary"]
             for i in range(len(s["true_count"])):
-                cal.append(dict(method=name, subset=subset, true_count=int(s["true_count"][i]),
-                                num_images=int(s["num_images"][i]), mean_expected=float(s["mean_expected"][i]),
-                                std_expected=float(s["std_expected"][i])))
+                cal.append(
+                    dict(
+                        method=name,
+                        subset=subset,
+                        true_count=int(s["true_count"][i]),
+                        num_images=int(s["num_images"][i]),
+                        mean_expected=float(s["mean_expected"][i]),
+                        std_expected=float(s["std_expected"][i]),
+                    )
+                )
         for subset, c in m["coverage"].items():
             for i, level in enumerate(c["levels"]):
-                cov.append(dict(method=name, subset=subset, level=float(level), coverage=float(c["coverage"][i]),
-                                std=float(c["std"][i]), count=int(c["count"])))
+                cov.append(
+                    dict(
+                        method=name,
+                        subset=subset,
+                        level=float(level),
+                        coverage=float(c["coverage"][i]),
+                        std=float(c["std"][i]),
+                        count=int(c["count"]),
+                    )
+                )
         for key, label in HEADLINE_ROWS:
             h = m["headline"].get(key)
             if h is not None:
-                head.append(dict(method=name, metric=key, label=label, value=h["value"], std=h["std"],
-                                 count=h["count"]))
+                head.append(
+                    dict(method=name, metric=key, label=label, value=h["value"], std=h["std"], count=h["count"])
+                )
     ceil = results.get("ceiling")
     if ceil and ceil.get("headline"):
         h = ceil["headline"]
-        for key, value, std in (("accuracy", h["value"], h["std"]),
-                                ("accuracy" + POOLED, h["pooled"], h["pooled_std"])):
-            head.append(dict(method=CEILING, metric=key, label=dict(HEADLINE_ROWS)[key], value=value, std=std,
-                             count=h["count"]))
+        for key, value, std in (
+            ("accuracy", h["value"], h["std"]),
+            ("accuracy" + POOLED, h["pooled"], h["pooled_std"]),
+        ):
+            head.append(
+                dict(method=CEILING, metric=key, label=dict(HEADLINE_ROWS)[key], value=value, std=std, count=h["count"])
+            )
     io.write_csv(os.path.join(out_dir, "calibration.csv"), cal)
     io.write_csv(os.path.join(out_dir, "coverage.csv"), cov)
     io.write_csv(os.path.join(out_dir, "headline.csv"), head)

@@ -58,19 +58,27 @@ def run_experiment(config, out_dir: str) -> dict:
     for name in networks:
         workdirs[name] = os.path.join(out_dir, "networks", name)
         settings = config.network_settings[name]
-        print(f"== training {name} ({settings.variant}, trained on p_{settings.prior}) in {workdirs[name]}",
-              flush=True)
+        print(f"== training {name} ({settings.variant}, trained on p_{settings.prior}) in {workdirs[name]}", flush=True)
         train.train_and_evaluate(network_config(config, name), workdirs[name])
     results = {}
     for prior in priors:
         print(f"== evaluating on p_{prior}", flush=True)
         results[prior] = evaluate.evaluate(
-            workdirs, os.path.join(out_dir, f"report-{prior}"), prior=prior,
-            num_images=int(config.num_test_images), test_dir=os.path.join(out_dir, f"test-{prior}"),
-            baseline=bool(config.baseline), num_bootstrap=int(config.num_bootstrap), num_bins=int(config.num_bins),
-            sim_config=config.network, num_workers=int(config.network.simulator.num_workers),
-            ceiling=int(config.ceiling_galaxies) > 0, ceiling_galaxies=max(int(config.ceiling_galaxies), 1))
-    evaluate.write_index(out_dir, {p: f"report-{p}" for p in priors}, results,
-                         title="npejax experiment", elapsed_s=time.time() - t0)
+            workdirs,
+            os.path.join(out_dir, f"report-{prior}"),
+            prior=prior,
+            num_images=int(config.num_test_images),
+            test_dir=os.path.join(out_dir, f"test-{prior}"),
+            baseline=bool(config.baseline),
+            num_bootstrap=int(config.num_bootstrap),
+            num_bins=int(config.num_bins),
+            sim_config=config.network,
+            num_workers=int(config.network.simulator.num_workers),
+            ceiling=int(config.ceiling_galaxies) > 0,
+            ceiling_galaxies=max(int(config.ceiling_galaxies), 1),
+        )
+    evaluate.write_index(
+        out_dir, {p: f"report-{p}" for p in priors}, results, title="npejax experiment", elapsed_s=time.time() - t0
+    )
     print(f"report: {os.path.join(out_dir, 'report.md')} ({(time.time() - t0) / 60:.1f} min)")
     return results

@@ -52,9 +52,17 @@ HEADLINE = (  # key, label, metric, cut-off, reference bins averaged, paper
     ("coverage95", "95% flux interval coverage", None, None, None, "about 0.96"),
     ("auc", "star/galaxy AUC (all)", None, None, None, "-"),
 )
-HEADLINE_ROWS = tuple(row for key, label, metric, *_ in HEADLINE for row in (
-    [(key, label)] if metric is None else [(key, label), (key + POOLED, label.split(":")[0] + ": pooled")]))
+HEADLINE_ROWS = tuple(
+    row
+    for key, label, metric, *_ in HEADLINE
+    for row in ([(key, label)] if metric is None else [(key, label), (key + POOLED, label.split(":")[0] + ": pooled")])
+)
 CEILING = "ceiling"
-LABELS = {"single": "single-field", "unaware": "PSF-unaware", "aware": "PSF-aware",
-          "aware_cb": "PSF-aware, checkerboard", BASELINE: "Source Extractor (sep)",
-          CEILING: "r-band ceiling (ideal test)"}
+LABELS = {
+    "single": "single-field",
+    "unaware": "PSF-unaware",
+    "aware": "PSF-aware",
+    "aware_cb": "PSF-aware, checkerboard",
+    BASELINE: "Source Extractor (sep)",
+    CEILING: "r-band ceiling (ideal test)",
+}

@@ -53,9 +53,19 @@ from scipy import optimize, special, stats
 from npejax.catalogs import flux_to_mag
 
 __all__ = [
-    "REFERENCE_CUTOFFS", "CALIBRATION_SUBSETS", "DEFAULT_COVERAGE_LEVELS", "match", "assign_bins",
-    "equal_count_edges", "binned_metrics", "count_calibration", "roc_curve", "auc", "star_galaxy_roc",
-    "flux_coverage", "to_jsonable",
+    "REFERENCE_CUTOFFS",
+    "CALIBRATION_SUBSETS",
+    "DEFAULT_COVERAGE_LEVELS",
+    "match",
+    "assign_bins",
+    "equal_count_edges",
+    "binned_metrics",
+    "count_calibration",
+    "roc_curve",
+    "auc",
+    "star_galaxy_roc",
+    "flux_coverage",
+    "to_jsonable",
 ]
 
 # Reference equal-count r-magnitude cut-offs (SPEC "Evaluation"): 10 bins, the last one [21.746, 22.0].
@@ -140,16 +150,17 @@ def _load(cat, name: str, num_images: int | None, required=_REQUIRED, finite=("x
         num_images = _check_num_images(num_images)
         outside = (img < 0) | (img >= num_images)
         if outside.any():
-            raise ValueError(f"{name} catalog: image index {int(img[outside][0])} is outside "
-                             f"[0, num_images={num_images}); is num_images right?")
+            raise ValueError(
+                f"{name} catalog: image index {int(img[outside][0])} is outside "
+                f"[0, num_images={num_images}); is num_images right?"
+            )
     if "mag" not in out and "flux" in out:
         out["mag"] = flux_to_mag(out["flux"])
     return out
 
 
 def _check_num_images(num_images) -> int:
-    if isinstance(num_images, (bool, np.bool_)) or not isinstance(num_images, (int, np.integer)) \
-            or num_images < 0:
+    if isinstance(num_images, (bool, np.bool_)) or not isinstance(num_images, (int, np.integer)) or num_images < 0:
         raise ValueError(f"num_images must be a non-negative integer, got {num_images!r}")
     return int(num_images)
 
@@ -168,8 +179,10 @@ def _truth_to_pred(matches, num_truth: int, num_pred: int) -> np.ndarray:
         matches = matches[0]
     t2p = np.asarray(matches)
     if t2p.shape != (num_truth,) or not np.issubdtype(t2p.dtype, np.integer):
-        raise ValueError(f"matches must be an int array of shape ({num_truth},) (truth_to_pred from "
-                         f"match), got {t2p.dtype} {t2p.shape}")
+        raise ValueError(
+            f"matches must be an int array of shape ({num_truth},) (truth_to_pred from "
+            f"match), got {t2p.dtype} {t2p.shape}"
+        )
     if t2p.size and (t2p.min() < -1 or t2p.max() >= num_pred):
         raise ValueError(f"matches index outside [-1, {num_pred}) (the prediction catalog's length)")
     return t2p
@@ -230,8 +243,8 @@ def _match(t: dict, p: dict, num_images: int, slack: float, active: np.ndarray):
     pb = np.searchsorted(p["image"][p_order], bounds)
     tx, ty, px, py = t["x"], t["y"], p["x"], p["y"]
     for i in np.nonzero((np.diff(tb) > 0) & (np.diff(pb) > 0))[0]:
-        ti = t_order[tb[i]:tb[i + 1]]
-        pi = p_order[pb[i]:pb[i + 1]]
+        ti = t_order[tb[i] : tb[i + 1]]
+        pi = p_order[pb[i] : pb[i + 1]]
         dist = np.hypot(tx[ti, None] - px[None, pi], ty[ti, None] - py[None, pi])
         near = dist <= slack
         far_cost = slack * min(ti.size, pi.size) + 1.0  # above any sum of valid distances (see match)
@@ -307,7 +320,7 @@ def _bootstrap_sums(per_image: np.ndarray, num_bootstrap: int, seed: int) -> np.
     for start in range(0, num_bootstrap, chunk):
         c = min(chunk, num_bootstrap - start)
         w = rng.multinomial(num_images, pvals, size=c).astype(np.float64)
-        out[start:start + c] = w @ per_image
+        out[start : start + c] = w @ per_image
     return out
 
 
@@ -354,11 +367,16 @@ def _ratio_metric(num, den, reps_num, reps_den, scale: float = 1.0, available: b
     defined = np.isfinite(bins)
     count = np.asarray(den, np.float64)
     return dict(
-        value=bins, std=std[:-1], count=np.rint(count[:-1]).astype(np.int64),
+        value=bins,
+        std=std[:-1],
+        count=np.rint(count[:-1]).astype(np.int64),
         numerator=np.asarray(num, np.float64)[:-1],
-        mean=float(_mean_defined(bins, defined)), num_defined=int(defined.sum()),
+        mean=float(_mean_defined(bins, defined)),
+        num_defined=int(defined.sum()),
         mean_std=float(_std(_mean_defined(reps[:, :-1], defined[None, :])[:, None])[0]),
-        overall=float(value[-1]), overall_std=float(std[-1]), overall_count=int(round(count[-1])),
+        overall=float(value[-1]),
+        overall_std=float(std[-1]),
+        overall_count=int(round(count[-1])),
         available=bool(available),
     )
 
@@ -367,9 +385,17 @@ def _ratio_metric(num, den, reps_num, reps_den, scale: float = 1.0, available: b
 # Detection, classification and flux metrics by bin
 
 
-def binned_metrics(truth, pred, num_images: int, cutoffs=REFERENCE_CUTOFFS, slack: float = 1.0,
-                   num_bootstrap: int = 200, seed: int = 0, prob_threshold: float = 0.5,
-                   truth_strata=None) -> dict:
+def binned_metrics(
+    truth,
+    pred,
+    num_images: int,
+    cutoffs=REFERENCE_CUTOFFS,
+    slack: float = 1.0,
+    num_bootstrap: int = 200,
+    seed: int = 0,
+    prob_threshold: float = 0.5,
+    truth_strata=None,
+) -> dict:
     """Precision, recall, star/galaxy accuracy and flux MAPE per bin, with bootstrap bands.
 
     Detections are predictions with ``prob_source`` > ``prob_threshold`` (all rows without
@@ -449,19 +475,26 @@ def binned_metrics(truth, pred, num_images: int, cutoffs=REFERENCE_CUTOFFS, slac
     width = num_bins + 1
     reps = _bootstrap_sums(np.concatenate(blocks, axis=1), int(num_bootstrap), seed)
     sums = [b.sum(axis=0) for b in blocks]
-    rep_blocks = [reps[:, i * width:(i + 1) * width] for i in range(len(blocks))]
+    rep_blocks = [reps[:, i * width : (i + 1) * width] for i in range(len(blocks))]
 
     def metric(i, scale=1.0, available=True):
-        return _ratio_metric(sums[2 * i], sums[2 * i + 1], rep_blocks[2 * i], rep_blocks[2 * i + 1],
-                             scale, available)
+        return _ratio_metric(sums[2 * i], sums[2 * i + 1], rep_blocks[2 * i], rep_blocks[2 * i + 1], scale, available)
 
     return dict(
-        cutoffs=cutoffs, num_bins=num_bins, num_images=num_images, num_truth=int(t["image"].size),
-        num_detections=int(detected.sum()), num_matched=int(matched_t.sum()), slack=float(slack),
-        prob_threshold=float(prob_threshold), num_bootstrap=int(num_bootstrap),
+        cutoffs=cutoffs,
+        num_bins=num_bins,
+        num_images=num_images,
+        num_truth=int(t["image"].size),
+        num_detections=int(detected.sum()),
+        num_matched=int(matched_t.sum()),
+        slack=float(slack),
+        prob_threshold=float(prob_threshold),
+        num_bootstrap=int(num_bootstrap),
         stratified_by="truth_strata" if stratified else "mag",
-        precision=metric(0, available=not stratified), recall=metric(1),
-        accuracy=metric(2, available=has_types), mape=metric(3, scale=100.0),
+        precision=metric(0, available=not stratified),
+        recall=metric(1),
+        accuracy=metric(2, available=has_types),
+        mape=metric(3, scale=100.0),
     )
 
 
@@ -513,8 +546,7 @@ def count_calibration(truth, pred_tiles, num_images: int, mag_range=None) -> dic
     num_images = _check_num_images(num_images)
     t = _load(truth, "truth", num_images)
     p = _load(pred_tiles, "prediction", num_images)
-    true_count = np.bincount(t["image"][_in_range(t["mag"], mag_range)],
-                             minlength=num_images).astype(np.int64)
+    true_count = np.bincount(t["image"][_in_range(t["mag"], mag_range)], minlength=num_images).astype(np.int64)
     available = "prob_source" in p and (mag_range is None or "flux_hi" in p)
     if available:
         prob = p["prob_source"].copy()
@@ -528,12 +560,18 @@ def count_calibration(truth, pred_tiles, num_images: int, mag_range=None) -> dic
     mean = _ratio(np.bincount(inverse, weights=expected, minlength=values.size), n)
     var = _ratio(np.bincount(inverse, weights=(expected - mean[inverse]) ** 2, minlength=values.size), n)
     return dict(
-        true_count=true_count, expected_count=expected,
+        true_count=true_count,
+        expected_count=expected,
         mag_range=None if mag_range is None else tuple(float(v) for v in mag_range),
-        available=bool(available), total_true=int(true_count.sum()),
+        available=bool(available),
+        total_true=int(true_count.sum()),
         total_expected=float(expected.sum()) if available else np.nan,
-        summary=dict(true_count=values.astype(np.int64), num_images=n.astype(np.int64),
-                     mean_expected=mean, std_expected=np.sqrt(var)),
+        summary=dict(
+            true_count=values.astype(np.int64),
+            num_images=n.astype(np.int64),
+            mean_expected=mean,
+            std_expected=np.sqrt(var),
+        ),
     )
 
 
@@ -589,18 +627,32 @@ def star_galaxy_roc(truth, pred, matches, mag_range=None) -> dict:
     t2p = _truth_to_pred(matches, t["image"].size, p["image"].size)
     if "is_galaxy" not in t or "prob_galaxy" not in p:
         empty = np.empty(0)
-        return dict(fpr=empty, tpr=empty, thresholds=empty, auc=np.nan, num_galaxies=0, num_stars=0,
-                    available=False)
+        return dict(fpr=empty, tpr=empty, thresholds=empty, auc=np.nan, num_galaxies=0, num_stars=0, available=False)
     sel = (t2p >= 0) & _in_range(t["mag"], mag_range)
     labels = t["is_galaxy"][sel]
     scores = p["prob_galaxy"][t2p[sel]]
     fpr, tpr, thresholds = roc_curve(labels, scores)
-    return dict(fpr=fpr, tpr=tpr, thresholds=thresholds, auc=auc(labels, scores),
-                num_galaxies=int(labels.sum()), num_stars=int((~labels).sum()), available=True)
+    return dict(
+        fpr=fpr,
+        tpr=tpr,
+        thresholds=thresholds,
+        auc=auc(labels, scores),
+        num_galaxies=int(labels.sum()),
+        num_stars=int((~labels).sum()),
+        available=True,
+    )
 
 
-def flux_coverage(truth, pred, matches, num_images: int, levels=DEFAULT_COVERAGE_LEVELS, mag_range=None,
-                  num_bootstrap: int = 200, seed: int = 0) -> dict:
+def flux_coverage(
+    truth,
+    pred,
+    matches,
+    num_images: int,
+    levels=DEFAULT_COVERAGE_LEVELS,
+    mag_range=None,
+    num_bootstrap: int = 200,
+    seed: int = 0,
+) -> dict:
     """Fraction of matched true fluxes inside the central credible interval of each nominal level.
 
     For each matched true source with true mag in the closed ``mag_range`` (all when None), the
@@ -638,9 +690,15 @@ def flux_coverage(truth, pred, matches, num_images: int, levels=DEFAULT_COVERAGE
     std = _std(_ratio(reps[:, :-1], reps[:, -1:]))
     if not available:
         cover, std = np.full(levels.size, np.nan), np.full(levels.size, np.nan)
-    return dict(levels=levels, coverage=cover, std=std, num_inside=num.sum(axis=0).astype(np.int64),
-                count=int(count), mag_range=None if mag_range is None else tuple(float(v) for v in mag_range),
-                available=bool(available))
+    return dict(
+        levels=levels,
+        coverage=cover,
+        std=std,
+        num_inside=num.sum(axis=0).astype(np.int64),
+        count=int(count),
+        mag_range=None if mag_range is None else tuple(float(v) for v in mag_range),
+        available=bool(available),
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,8 +31,12 @@ from npejax.evaluation.headline import BASELINE, CEILING, HEADLINE, LABELS, POOL
 from npejax.schema import METRIC_LABELS
 
 # paper's colors/markers: single-field blue circles, PSF-unaware red squares, PSF-aware orange triangles
-STYLES = {"single": ("tab:blue", "o"), "unaware": ("tab:red", "s"), "aware": ("tab:orange", "^"),
-          BASELINE: ("0.35", "x")}
+STYLES = {
+    "single": ("tab:blue", "o"),
+    "unaware": ("tab:red", "s"),
+    "aware": ("tab:orange", "^"),
+    BASELINE: ("0.35", "x"),
+}
 _EXTRA = [("tab:green", "D"), ("tab:purple", "v"), ("tab:brown", "P"), ("tab:pink", "*")]
 DPI = 110
 GALLERY_FILE = "gallery.png"
@@ -76,8 +80,9 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _binned_panels(results: dict, key: str, centers, panels, xlabel: str, path: str, title: str,
-                   logx: bool = False) -> None:
+def _binned_panels(
+    results: dict, key: str, centers, panels, xlabel: str, path: str, title: str, logx: bool = False
+) -> None:
     plt = _pyplot()
     cols = 2 if len(panels) == 4 else len(panels)
     rows = -(-len(panels) // cols)
@@ -91,8 +96,15 @@ def _binned_panels(results: dict, key: str, centers, panels, xlabel: str, path: 
             v, s = np.asarray(r["value"], float), np.asarray(r["std"], float)
             color, marker = _style(name, i)
             ls = "--" if name == BASELINE else "-"
-            ax.plot(centers, v, ls, color=color, marker=marker, ms=5,
-                    label=f"{_label(name)} [{_fmt(r['mean'], 3 if metric != 'mape' else 1)}]")
+            ax.plot(
+                centers,
+                v,
+                ls,
+                color=color,
+                marker=marker,
+                ms=5,
+                label=f"{_label(name)} [{_fmt(r['mean'], 3 if metric != 'mape' else 1)}]",
+            )
             ax.fill_between(centers, v - np.nan_to_num(s), v + np.nan_to_num(s), color=color, alpha=0.2, lw=0)
         ceiling = (results.get("ceiling") or {}).get(key) if metric == "accuracy" else None
         if ceiling:
@@ -140,15 +152,27 @@ def write_figures(out_dir: str, results: dict) -> list[str]:
     where = f"{ts['num_images']} test images, p_{ts['prior']}"
     names = []
     centers = results["bin_centers"]["equal"]
-    _binned_panels(results, "bins_equal", centers, ("precision", "recall", "accuracy", "mape"),
-                   lambda metric: f"{'estimated' if metric == 'precision' else 'true'} r magnitude (bin median)",
-                   os.path.join(out_dir, "detection.png"),
-                   f"Detection, classification and flux by magnitude, equal-count bins ({where})")
+    _binned_panels(
+        results,
+        "bins_equal",
+        centers,
+        ("precision", "recall", "accuracy", "mape"),
+        lambda metric: f"{'estimated' if metric == 'precision' else 'true'} r magnitude (bin median)",
+        os.path.join(out_dir, "detection.png"),
+        f"Detection, classification and flux by magnitude, equal-count bins ({where})",
+    )
     names.append("detection.png")
     if results.get("snr_cutoffs") is not None:
-        _binned_panels(results, "bins_snr", results["bin_centers"]["snr"], ("recall", "accuracy", "mape"),
-                       "SNR (bin median)", os.path.join(out_dir, "snr.png"),
-                       f"Performance by signal-to-noise ratio, equal-count bins ({where})", logx=True)
+        _binned_panels(
+            results,
+            "bins_snr",
+            results["bin_centers"]["snr"],
+            ("recall", "accuracy", "mape"),
+            "SNR (bin median)",
+            os.path.join(out_dir, "snr.png"),
+            f"Performance by signal-to-noise ratio, equal-count bins ({where})",
+            logx=True,
+        )
         names.append("snr.png")
 
     def calibration(ax, name, i, c):
@@ -171,12 +195,28 @@ def write_figures(out_dir: str, results: dict) -> list[str]:
         return 1.0
 
     for key, draw, xlabel, ylabel, title in (
-            ("calibration", calibration, "true number of sources in the image", "expected number (sum of probabilities)",
-             f"Detection calibration ({where}; error bars: std over images)"),
-            ("roc", roc, "false positive rate (stars called galaxies)", "true positive rate (galaxies)",
-             f"Star/galaxy ROC on matched sources ({where})"),
-            ("coverage", coverage, "nominal coverage of the central credible interval", "fraction of true fluxes inside",
-             f"Flux credible-interval coverage on matched sources ({where})")):
+        (
+            "calibration",
+            calibration,
+            "true number of sources in the image",
+            "expected number (sum of probabilities)",
+            f"Detection calibration ({where}; error bars: std over images)",
+        ),
+        (
+            "roc",
+            roc,
+            "false positive rate (stars called galaxies)",
+            "true positive rate (galaxies)",
+            f"Star/galaxy ROC on matched sources ({where})",
+        ),
+        (
+            "coverage",
+            coverage,
+            "nominal coverage of the central credible interval",
+            "fraction of true fluxes inside",
+            f"Flux credible-interval coverage on matched sources ({where})",
+        ),
+    ):
         _subset_panels(results, key, draw, xlabel, ylabel, title, os.path.join(out_dir, f"{key}.png"))
         names.append(f"{key}.png")
     return names
@@ -214,25 +254,35 @@ def write_gallery(path: str, panels: list[dict]) -> None:
     n = len(panels)
     cols = min(GALLERY_COLUMNS, max(1, n))
     rows = max(1, -(-n // GALLERY_COLUMNS))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * GALLERY_PANEL_INCHES[0], rows * GALLERY_PANEL_INCHES[1]),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * GALLERY_PANEL_INCHES[0], rows * GALLERY_PANEL_INCHES[1]), squeeze=False
+    )
     handles = {}
     for ax, panel in zip(axes.ravel(), panels):
         image = np.asarray(panel["image"])
         h, w = image.shape
         shown, vmin, vmax = asinh_stretch(image)
-        ax.imshow(shown, cmap="gray", origin="upper", vmin=vmin, vmax=vmax, extent=(0, w, h, 0),
-                  interpolation="nearest")
+        ax.imshow(
+            shown, cmap="gray", origin="upper", vmin=vmin, vmax=vmax, extent=(0, w, h, 0), interpolation="nearest"
+        )
         truth = panel["truth"]
         mag = np.asarray(truth["mag"], float)
         size = np.clip(2.5 * (23.0 - np.nan_to_num(mag, nan=23.0)), 5.0, 22.0) ** 2
-        handles["truth"] = ax.scatter(truth["x"], truth["y"], s=size, facecolors="none", edgecolors="cyan",
-                                      linewidths=1.0, label="true source (size: brightness)")
+        handles["truth"] = ax.scatter(
+            truth["x"],
+            truth["y"],
+            s=size,
+            facecolors="none",
+            edgecolors="cyan",
+            linewidths=1.0,
+            label="true source (size: brightness)",
+        )
         for i, (name, det) in enumerate(panel["detections"].items()):
             color, marker = _style(name, i)
             colors = dict(c=color) if marker in ("x", "+") else dict(facecolors="none", edgecolors=color)  # x: lines
-            handles[name] = ax.scatter(det["x"], det["y"], s=22, marker=marker, linewidths=1.0, label=_label(name),
-                                       **colors)
+            handles[name] = ax.scatter(
+                det["x"], det["y"], s=22, marker=marker, linewidths=1.0, label=_label(name), **colors
+            )
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
         ax.set_xticks([])
@@ -244,10 +294,17 @@ def write_gallery(path: str, panels: list[dict]) -> None:
                 spine.set_linewidth(2.0)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
-    fig.legend(list(handles.values()), [hd.get_label() for hd in handles.values()], loc="upper center",
-               ncol=min(len(handles), 5), fontsize=7, frameon=False)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.45 / (rows * GALLERY_PANEL_INCHES[1]),
-                        wspace=0.05, hspace=0.25)
+    fig.legend(
+        list(handles.values()),
+        [hd.get_label() for hd in handles.values()],
+        loc="upper center",
+        ncol=min(len(handles), 5),
+        fontsize=7,
+        frameon=False,
+    )
+    fig.subplots_adjust(
+        left=0.02, right=0.98, bottom=0.02, top=1 - 0.45 / (rows * GALLERY_PANEL_INCHES[1]), wspace=0.05, hspace=0.25
+    )
     try:
         with io.atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=DPI)
@@ -285,13 +342,17 @@ def headline_table(results: dict, with_paper: bool = True) -> str:
     cols = [label for _, label, *_ in HEADLINE]
     lines = ["| method | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
     for name, m in results["methods"].items():
-        cells = [_headline_cell(key, m["headline"], 1 if key == "mape" else 3, metric is not None)
-                 for key, _, metric, *_ in HEADLINE]
+        cells = [
+            _headline_cell(key, m["headline"], 1 if key == "mape" else 3, metric is not None)
+            for key, _, metric, *_ in HEADLINE
+        ]
         lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
     ceiling = (results.get("ceiling") or {}).get("headline")
     if ceiling:
-        entries = {"accuracy": dict(value=ceiling["value"], std=ceiling["std"], bins=ceiling["bins"]),
-                   "accuracy" + POOLED: dict(value=ceiling["pooled"])}
+        entries = {
+            "accuracy": dict(value=ceiling["value"], std=ceiling["std"], bins=ceiling["bins"]),
+            "accuracy" + POOLED: dict(value=ceiling["pooled"]),
+        }
         cells = [_headline_cell(key, entries, 3, True) if key == "accuracy" else "-" for key, *_ in HEADLINE]
         label = f"{_label(CEILING)}, {ceiling['count']} galaxies in the reference bins"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -309,7 +370,9 @@ def bins_table(results: dict, key: str, cutoffs, metric: str, xname: str = "r") 
     heads = []
     for k in range(len(cutoffs)):
         lo, hi = edges[k], edges[k + 1]
-        heads.append(f"< {hi:.2f}" if not np.isfinite(lo) else f"{lo:.2f}–{hi:.2f}" if np.isfinite(hi) else f"> {lo:.1f}")
+        heads.append(
+            f"< {hi:.2f}" if not np.isfinite(lo) else f"{lo:.2f}–{hi:.2f}" if np.isfinite(hi) else f"> {lo:.1f}"
+        )
     digits = 1 if metric == "mape" else 3
     lines = [f"| {xname} | " + " | ".join(heads) + " | mean |", "| --- |" + " --- |" * (len(heads) + 1)]
     for name, m in results["methods"].items():
@@ -360,10 +423,12 @@ def markdown(results: dict, gallery: bool = False) -> str:
         "",
         "The paper reads its headline numbers off per-bin curves, so bracketed values compare like with like: "
         "the mean over the paper's reference bins (equal-count r bins with upper edges "
-        + ", ".join(f"{c:g}" for c in metrics.REFERENCE_CUTOFFS) + ") up to the cut-off named in the column; "
+        + ", ".join(f"{c:g}" for c in metrics.REFERENCE_CUTOFFS)
+        + ") up to the cut-off named in the column; "
         "'pooled' counts every source below the paper's cut-off together, so each bin weighs as much as the "
-        "sources it counts (for accuracy and MAPE the matched ones: bins with low recall weigh less). The paper's numbers come from full-size networks trained on 210k images for 50 "
-        "epochs; compare the ordering of the methods, not the values, when the networks here are small.",
+        "sources it counts (for accuracy and MAPE the matched ones: bins with low recall weigh less). "
+        "The paper's numbers come from full-size networks trained on 210k images for 50 epochs; compare the "
+        "ordering of the methods, not the values, when the networks here are small.",
         "",
         *(_ceiling_paragraph(results["ceiling"]) if results.get("ceiling") else []),
         "## By magnitude",
@@ -371,41 +436,85 @@ def markdown(results: dict, gallery: bool = False) -> str:
         "![detection](detection.png)",
         "",
     ]
-    for key, cutoffs, title in (("bins_equal", results["equal_cutoffs"], "equal-count bins"),
-                                ("bins_reference", metrics.REFERENCE_CUTOFFS, "the paper's reference cut-offs")):
+    for key, cutoffs, title in (
+        ("bins_equal", results["equal_cutoffs"], "equal-count bins"),
+        ("bins_reference", metrics.REFERENCE_CUTOFFS, "the paper's reference cut-offs"),
+    ):
         out += [f"### In {title}", ""]
         for metric in ("precision", "recall", "accuracy", "mape"):
-            out += [f"**{METRIC_LABELS[metric]}**" + (" (by estimated magnitude)" if metric == "precision" else ""),
-                    "", bins_table(results, key, cutoffs, metric), ""]
-    out += ["## Calibration", "",
-            "Expected number of sources per image (sum over tiles of prob_source, times the posterior "
-            "probability that the flux lies in the magnitude range) against the true number.", "",
-            "![calibration](calibration.png)", "", _calibration_table(results), "",
-            "![roc](roc.png)", "", _auc_table(results), "",
-            "![coverage](coverage.png)", "", _coverage_table(results), ""]
+            out += [
+                f"**{METRIC_LABELS[metric]}**" + (" (by estimated magnitude)" if metric == "precision" else ""),
+                "",
+                bins_table(results, key, cutoffs, metric),
+                "",
+            ]
+    out += [
+        "## Calibration",
+        "",
+        "Expected number of sources per image (sum over tiles of prob_source, times the posterior "
+        "probability that the flux lies in the magnitude range) against the true number.",
+        "",
+        "![calibration](calibration.png)",
+        "",
+        _calibration_table(results),
+        "",
+        "![roc](roc.png)",
+        "",
+        _auc_table(results),
+        "",
+        "![coverage](coverage.png)",
+        "",
+        _coverage_table(results),
+        "",
+    ]
     if results.get("snr_cutoffs") is not None:
-        out += ["## By signal-to-noise ratio (Appendix A)", "",
-                "SNR = C / sqrt(C + B) over the footprint (pixels where the noiseless source exceeds 0.1 of the "
-                "sky noise), C and B the source and sky electrons there (`npejax.evaluation.snr`). Precision is omitted: "
-                "unmatched detections have no SNR.", "", "![snr](snr.png)", ""]
+        out += [
+            "## By signal-to-noise ratio (Appendix A)",
+            "",
+            "SNR = C / sqrt(C + B) over the footprint (pixels where the noiseless source exceeds 0.1 of the "
+            "sky noise), C and B the source and sky electrons there (`npejax.evaluation.snr`). Precision is omitted: "
+            "unmatched detections have no SNR.",
+            "",
+            "![snr](snr.png)",
+            "",
+        ]
         for metric in ("recall", "accuracy", "mape"):
-            out += [f"**{METRIC_LABELS[metric]}**", "",
-                    bins_table(results, "bins_snr", results["snr_cutoffs"], metric, "SNR"), ""]
+            out += [
+                f"**{METRIC_LABELS[metric]}**",
+                "",
+                bins_table(results, "bins_snr", results["snr_cutoffs"], metric, "SNR"),
+                "",
+            ]
     if gallery and results.get("gallery"):
         g = results["gallery"]
-        out += ["## Gallery", "",
-                f"{len(g['images'])} test images (asinh stretch): true sources as cyan circles (larger for brighter "
-                "sources), each method's detections in its colour. "
-                + (f"The first {g['worst']} (red frames) are the worst-scored: the most true sources brighter "
-                   f"than r = {g['bright_mag']:g} missed, summed over the methods; the others are spread over the "
-                   "test set. " if g["worst"] else "")
-                + f"Images: {', '.join(str(i) for i in g['images'])}.", "",
-                f"![gallery]({GALLERY_FILE})", ""]
-    out += ["## Files", "",
-            "`metrics.json` (everything above), `headline.csv`, `bins_equal.csv`, `bins_reference.csv`, "
-            "`bins_snr.csv`, `calibration.csv`, `coverage.csv`, "
-            + ("`ceiling.csv`, " if results.get("ceiling") else "") + "`predictions/*.fits` (detections)"
-            + (f", `{GALLERY_FILE}`" if gallery and results.get("gallery") else "") + ".", ""]
+        out += [
+            "## Gallery",
+            "",
+            f"{len(g['images'])} test images (asinh stretch): true sources as cyan circles (larger for brighter "
+            "sources), each method's detections in its colour. "
+            + (
+                f"The first {g['worst']} (red frames) are the worst-scored: the most true sources brighter "
+                f"than r = {g['bright_mag']:g} missed, summed over the methods; the others are spread over the "
+                "test set. "
+                if g["worst"]
+                else ""
+            )
+            + f"Images: {', '.join(str(i) for i in g['images'])}.",
+            "",
+            f"![gallery]({GALLERY_FILE})",
+            "",
+        ]
+    out += [
+        "## Files",
+        "",
+        "`metrics.json` (everything above), `headline.csv`, `bins_equal.csv`, `bins_reference.csv`, "
+        "`bins_snr.csv`, `calibration.csv`, `coverage.csv`, "
+        + ("`ceiling.csv`, " if results.get("ceiling") else "")
+        + "`predictions/*.fits` (detections)"
+        + (f", `{GALLERY_FILE}`" if gallery and results.get("gallery") else "")
+        + ".",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -422,12 +531,16 @@ def _ceiling_paragraph(ceiling: dict) -> list[str]:
         "approximations stated in `npejax.evaluation.ceiling`; it is the dotted line in the accuracy panels "
         "and a row of the accuracy tables. The gap between a network and this row is what better networks can "
         "gain; where this row is below the paper's > 0.96, that figure is not reachable "
-        "from r-band pixels.", ""]
+        "from r-band pixels.",
+        "",
+    ]
 
 
 def _calibration_table(results: dict) -> str:
-    lines = ["| method | " + " | ".join(f"{SUBSET_LABELS[s]}: expected / true" for s in SUBSETS)
-             + " |", "| --- |" + " --- |" * len(SUBSETS)]
+    lines = [
+        "| method | " + " | ".join(f"{SUBSET_LABELS[s]}: expected / true" for s in SUBSETS) + " |",
+        "| --- |" + " --- |" * len(SUBSETS),
+    ]
     for name, m in results["methods"].items():
         if not m["calibration"]:
             continue
@@ -440,20 +553,23 @@ def _calibration_table(results: dict) -> str:
 
 
 def _auc_table(results: dict) -> str:
-    lines = ["| star/galaxy AUC | " + " | ".join(SUBSET_LABELS[s] for s in SUBSETS) + " |",
-             "| --- |" + " --- |" * len(SUBSETS)]
+    lines = [
+        "| star/galaxy AUC | " + " | ".join(SUBSET_LABELS[s] for s in SUBSETS) + " |",
+        "| --- |" + " --- |" * len(SUBSETS),
+    ]
     for name, m in results["methods"].items():
         if not any(r.get("available", True) and np.isfinite(r["auc"]) for r in m["roc"].values()):
             continue
-        lines.append(f"| {_label(name)} | " + " | ".join(_fmt(m["roc"][s]["auc"]) for s in SUBSETS)
-                     + " |")
+        lines.append(f"| {_label(name)} | " + " | ".join(_fmt(m["roc"][s]["auc"]) for s in SUBSETS) + " |")
     return "\n".join(lines)
 
 
 def _coverage_table(results: dict) -> str:
     levels = (0.5, 0.68, 0.8, 0.9, 0.95)
-    lines = ["| flux coverage | subset | " + " | ".join(f"{int(round(100 * l))}%" for l in levels) + " |",
-             "| --- | --- |" + " --- |" * len(levels)]
+    lines = [
+        "| flux coverage | subset | " + " | ".join(f"{int(round(100 * lev))}%" for lev in levels) + " |",
+        "| --- | --- |" + " --- |" * len(levels),
+    ]
     for name, m in results["methods"].items():
         for s in SUBSETS:
             c = m["coverage"].get(s)
@@ -461,9 +577,9 @@ def _coverage_table(results: dict) -> str:
                 continue
             lv = np.asarray(c["levels"], float)
             cells = []
-            for l in levels:
-                i = int(np.argmin(np.abs(lv - l)))
-                cells.append(_fmt(c["coverage"][i]) if abs(lv[i] - l) < 0.026 else "")
+            for lev in levels:
+                i = int(np.argmin(np.abs(lv - lev)))
+                cells.append(_fmt(c["coverage"][i]) if abs(lv[i] - lev) < 0.026 else "")
             lines.append(f"| {_label(name)} | {SUBSET_LABELS[s]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -475,6 +591,12 @@ def index_markdown(reports: dict, results: dict, title: str, elapsed_s: float | 
         out += [f"Run time: {elapsed_s / 60:.1f} min.", ""]
     for prior, directory in reports.items():
         r = results[prior]
-        out += [f"## Test set p_{prior} ({r['test_set']['num_images']} images) — [full report]({directory}/report.md)",
-                "", headline_table(r), "", f"![detection]({directory}/detection.png)", ""]
+        out += [
+            f"## Test set p_{prior} ({r['test_set']['num_images']} images) — [full report]({directory}/report.md)",
+            "",
+            headline_table(r),
+            "",
+            f"![detection]({directory}/detection.png)",
+            "",
+        ]
     return "\n".join(out)

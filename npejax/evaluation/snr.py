@@ -31,7 +31,6 @@ of each field costs some tens of ms more for its PSF tables; renderers are kept 
 
 from __future__ import annotations
 
-
 import numpy as np
 import threadpoolctl
 
@@ -39,10 +38,7 @@ from npejax.schema import CATALOG_KEYS
 from npejax.sim import render as render_lib
 
 
-
-
-def footprint_counts(batch: dict, spec_or_renderer, *, footprint_threshold: float = 0.1
-                     ) -> dict[str, np.ndarray]:
+def footprint_counts(batch: dict, spec_or_renderer, *, footprint_threshold: float = 0.1) -> dict[str, np.ndarray]:
     """Per true source: ``C`` (source electrons in the footprint), ``B`` (sky electrons there) and
     ``npix`` (footprint size), each [B, max_sources]; NaN (``npix`` -1) for padding and flux <= 0.
 
@@ -70,8 +66,7 @@ def footprint_counts(batch: dict, spec_or_renderer, *, footprint_threshold: floa
     counts = {"C": np.full((b, m), np.nan), "B": np.full((b, m), np.nan), "npix": np.full((b, m), -1, np.int64)}
     # The renderer's small matrix products are 20x slower with multithreaded BLAS on a busy machine.
     with threadpoolctl.threadpool_limits(1):
-        _fill_counts(counts, renderer, catalog, keys, background, field_id, n_sources, flux,
-                     footprint_threshold)
+        _fill_counts(counts, renderer, catalog, keys, background, field_id, n_sources, flux, footprint_threshold)
     return counts
 
 
@@ -86,7 +81,7 @@ def _fill_counts(counts, renderer, catalog, keys, background, field_id, n_source
         for s in range(min(int(n_sources[i]), m)):
             if not flux[i, s] > 0:
                 continue
-            single = {key: catalog[key][i, s:s + 1] for key in keys}
+            single = {key: catalog[key][i, s : s + 1] for key in keys}
             single["n_sources"] = 1
             source = renderer.source_electrons(single, field)
             footprint = source > cut
@@ -106,8 +101,9 @@ def snr_from_counts(C, B, npix, extra_variance: float = 0.0) -> np.ndarray:
     return np.where(np.isnan(C), np.nan, snr)
 
 
-def source_snr(batch: dict, spec_or_renderer, *, footprint_threshold: float = 0.1,
-               extra_variance: float = 0.0) -> np.ndarray:
+def source_snr(
+    batch: dict, spec_or_renderer, *, footprint_threshold: float = 0.1, extra_variance: float = 0.0
+) -> np.ndarray:
     """SNR = C / sqrt(C + B + P) of every true source of ``batch``: [B, max_sources] float64.
 
     NaN for padding entries and entries with flux <= 0; 0 for a source whose footprint is empty. See the

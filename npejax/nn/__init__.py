@@ -1,7 +1,8 @@
 """The inference network (paper Section 5) and its training.
 
 * :mod:`~npejax.nn.inputs` -- input normalization (asinh image channels, background, PSF channels).
-* :mod:`~npejax.nn.model` -- the YOLOv5-style CatalogNet, built from ``config.model`` (:func:`~npejax.nn.model.from_config`).
+* :mod:`~npejax.nn.model` -- the YOLOv5-style CatalogNet, built from ``config.model``
+  (:func:`~npejax.nn.model.from_config`).
 * :mod:`~npejax.nn.posterior` -- the tile-factorized variational posterior (TFP on JAX) and its NLL.
 * :mod:`~npejax.nn.state` -- the train state and Adam with the paper's learning-rate schedule.
 * :mod:`~npejax.nn.steps` -- augmentation, train and eval steps (module-level, pure), jit with mesh shardings.

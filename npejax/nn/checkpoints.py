@@ -43,7 +43,8 @@ import os
 import re
 import shutil
 import sys
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -66,10 +67,21 @@ ITEMS = ("state", "meta")
 # count, whose batches depend only on their index; dataset sizes that only npejax.simulate reads; how the
 # batches reach the devices: data.on_device and train.steps_per_dispatch train the same batches and states; the
 # processes that train: distributed, whose process_id differs between the processes of one run).
-RESUMABLE_KEYS = ("train.num_epochs", "train.patience", "train.progress", "train.figure_every",
-                  "simulator.num_workers", "simulator.prefetch", "data.num_train", "data.num_test",
-                  "data.shard_size", "data.on_device", "train.steps_per_dispatch", "distributed",
-                  "posterior.decode")
+RESUMABLE_KEYS = (
+    "train.num_epochs",
+    "train.patience",
+    "train.progress",
+    "train.figure_every",
+    "simulator.num_workers",
+    "simulator.prefetch",
+    "data.num_train",
+    "data.num_test",
+    "data.shard_size",
+    "data.on_device",
+    "train.steps_per_dispatch",
+    "distributed",
+    "posterior.decode",
+)
 
 
 class CheckpointError(ValueError):
@@ -129,6 +141,7 @@ def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
 
 # --- checksums -------------------------------------------------------------------------------------
 
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -154,8 +167,9 @@ def file_digests(directory: str) -> dict[str, str]:
 
 def write_checksums(directory: str) -> str:
     """Records the SHA-256 of every file of the checkpoint in ``directory/npejax-sha256.json``."""
-    return io.write_json(os.path.join(directory, CHECKSUM_FILE),
-                         dict(algorithm="sha256", files=file_digests(directory)))
+    return io.write_json(
+        os.path.join(directory, CHECKSUM_FILE), dict(algorithm="sha256", files=file_digests(directory))
+    )
 
 
 def verify_checksums(directory: str) -> bool:
@@ -170,28 +184,35 @@ def verify_checksums(directory: str) -> bool:
             files = json.load(f)["files"]
         files = {str(rel): str(digest) for rel, digest in files.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint checksum file {record} is damaged ({type(exc).__name__}); the "
-                              "checkpoint cannot be verified") from None
+        raise CheckpointError(
+            f"checkpoint checksum file {record} is damaged ({type(exc).__name__}); the checkpoint cannot be verified"
+        ) from None
     for rel, digest in files.items():
         path = os.path.join(directory, rel)
         if not os.path.isfile(path):
-            raise CheckpointError(f"checkpoint file {path} is missing (listed in {CHECKSUM_FILE}): the "
-                                  "checkpoint is damaged")
+            raise CheckpointError(
+                f"checkpoint file {path} is missing (listed in {CHECKSUM_FILE}): the checkpoint is damaged"
+            )
         if _sha256(path) != digest:
-            raise CheckpointError(f"checkpoint file {path} is damaged: its SHA-256 differs from the one "
-                                  f"recorded when it was saved ({CHECKSUM_FILE}); restore it from a copy, or "
-                                  "train again in a new workdir")
+            raise CheckpointError(
+                f"checkpoint file {path} is damaged: its SHA-256 differs from the one "
+                f"recorded when it was saved ({CHECKSUM_FILE}); restore it from a copy, or "
+                "train again in a new workdir"
+            )
     return True
 
 
 def _verify(directory: str) -> None:
     if not verify_checksums(directory):
-        sys.stderr.write(f"warning: checkpoint {directory} has no {CHECKSUM_FILE} (saved before npejax recorded "
-                         "checksums, or by a run killed during the save): loading it unverified\n")
+        sys.stderr.write(
+            f"warning: checkpoint {directory} has no {CHECKSUM_FILE} (saved before npejax recorded "
+            "checksums, or by a run killed during the save): loading it unverified\n"
+        )
         sys.stderr.flush()
 
 
 # --- save ------------------------------------------------------------------------------------------
+
 
 class _Hold(std_logging.Filter):
     def __init__(self):
@@ -259,8 +280,10 @@ def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
     need = len(targets) * (_nbytes(state) + len(json.dumps(meta))) + (1 << 20)
     free = shutil.disk_usage(os.fspath(manager.directory)).free
     if free < need:
-        raise CheckpointSaveError(f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: it needs "
-                                  f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free on that disk")
+        raise CheckpointSaveError(
+            f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: it needs "
+            f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free on that disk"
+        )
     try:
         with quiet():
             try:
@@ -281,8 +304,9 @@ def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
                         other.wait_until_finished()
                 raise
     except Exception as exc:  # noqa: BLE001  (any failure of the write: disk full, permissions, ...)
-        raise CheckpointSaveError(f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: "
-                                  f"{_short(exc)}") from exc
+        raise CheckpointSaveError(
+            f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: {_short(exc)}"
+        ) from exc
     distributed.sync(f"npejax-checkpoint-{epoch}")  # no process goes on (and may read it) before the checksums exist
 
 
@@ -291,6 +315,7 @@ def _nbytes(tree) -> int:
 
 
 # --- restore ---------------------------------------------------------------------------------------
+
 
 def _key(entry) -> str:
     for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
@@ -302,8 +327,9 @@ def _key(entry) -> str:
 def _shapes(tree) -> dict[str, tuple]:
     """``{"params/ConvBlock_0/Conv_0/kernel": shape}`` of a state or of a checkpoint's metadata tree (the
     two name their nodes differently: attributes vs dict keys)."""
-    return {"/".join(_key(e) for e in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        "/".join(_key(e) for e in path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def check_structure(manager: ocp.CheckpointManager, step: int, abstract_state, where: str) -> None:
@@ -317,8 +343,11 @@ def check_structure(manager: ocp.CheckpointManager, step: int, abstract_state, w
     if stored is None:
         raise CheckpointError(f"{where}: the checkpoint has no 'state' item")
     have, want = _shapes(stored), _shapes(abstract_state)
-    problems = [f"{k} has shape {have[k]} in the checkpoint, {want[k]} in the model"
-                for k in want if k in have and have[k] != want[k]]
+    problems = [
+        f"{k} has shape {have[k]} in the checkpoint, {want[k]} in the model"
+        for k in want
+        if k in have and have[k] != want[k]
+    ]
     missing, extra = [k for k in want if k not in have], [k for k in have if k not in want]
     if missing:
         problems.append(f"{len(missing)} arrays of the model are not in the checkpoint (first {missing[0]})")
@@ -326,12 +355,18 @@ def check_structure(manager: ocp.CheckpointManager, step: int, abstract_state, w
         problems.append(f"{len(extra)} arrays of the checkpoint are not in the model (first {extra[0]})")
     if problems:
         more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
-        raise CheckpointError(f"{where} holds another network than the config's model: "
-                              + "; ".join(problems[:2]) + more)
+        raise CheckpointError(
+            f"{where} holds another network than the config's model: " + "; ".join(problems[:2]) + more
+        )
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: state_lib.TrainState, step: int | None = None,
-            verify: bool = True, where: str | None = None):
+def restore(
+    manager: ocp.CheckpointManager,
+    abstract_state: state_lib.TrainState,
+    step: int | None = None,
+    verify: bool = True,
+    where: str | None = None,
+):
     """(state, meta) of ``step`` (default: the latest) from an Orbax manager: checksums verified (unless
     ``verify`` is False: the caller did), shapes compared with ``abstract_state``, then restored."""
     step = manager.latest_step() if step is None else step
@@ -342,8 +377,10 @@ def restore(manager: ocp.CheckpointManager, abstract_state: state_lib.TrainState
     check_structure(manager, step, abstract_state, where)
     try:
         with quiet():  # a failed read prints TensorStore's specification and stray asyncio tracebacks
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+            )
     except Exception as exc:  # noqa: BLE001  (an unreadable checkpoint: one line, not a TensorStore dump)
         raise CheckpointError(f"{where} cannot be restored: {_short(exc)}") from exc
     return restored["state"], restored["meta"]
@@ -373,6 +410,7 @@ def _meta(manager: ocp.CheckpointManager, step: int) -> dict:
 
 # --- configs ---------------------------------------------------------------------------------------
 
+
 def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]:
     """``["key: old -> new", ...]`` for every dotted config key whose value differs between two configs as
     JSON dicts (keys of ``ignore`` and below them left out; a missing key shows as ``<absent>``)."""
@@ -393,9 +431,13 @@ def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]
 
 # Keys added since configs were first saved, at the values that reproduce what an older config trained:
 # independent tiles (the only kind before posterior.context), the 5 x 5 first stem block, no aperture flux.
-ADDED_KEYS = {"posterior": {"context": "independent", "colours": 2, "context_width": 16},
-              "model.stem_kernel": 5, "model.aperture_flux": False, "posterior.decode": "tile",
-              "train.ema_decay": 0.0}
+ADDED_KEYS = {
+    "posterior": {"context": "independent", "colours": 2, "context_width": 16},
+    "model.stem_kernel": 5,
+    "model.aperture_flux": False,
+    "posterior.decode": "tile",
+    "train.ema_decay": 0.0,
+}
 
 
 def upgrade_config(config: dict) -> dict:
@@ -417,8 +459,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The training config saved in ``workdir/config.json`` (CheckpointError if there is none)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{workdir} is not an npejax training directory: no config.json "
-                              "(written by python -m npejax.main)")
+        raise CheckpointError(
+            f"{workdir} is not an npejax training directory: no config.json (written by python -m npejax.main)"
+        )
     try:
         with open(path) as f:
             config = ml_collections.ConfigDict(upgrade_config(json.load(f)))
@@ -442,8 +485,10 @@ def load(workdir: str, which: str = "best"):
     config_path = os.path.join(workdir, CONFIG_FILE)
     ckpt_dir = os.path.join(workdir, "checkpoints", which)
     if not os.path.isfile(config_path) or not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"{workdir} is not an npejax training directory: expected config.json and "
-                              f"checkpoints/{which}/ (written by python -m npejax.main)")
+        raise CheckpointError(
+            f"{workdir} is not an npejax training directory: expected config.json and "
+            f"checkpoints/{which}/ (written by python -m npejax.main)"
+        )
     config = load_config(workdir)
     with _existing_manager(ckpt_dir) as manager:
         step = manager.latest_step()
@@ -455,8 +500,10 @@ def load(workdir: str, which: str = "best"):
         if saved is not None:
             differences = config_differences(saved, json.loads(config.to_json_best_effort()))
             if differences:
-                raise CheckpointError(f"{config_path} differs from the config checkpoint {directory} was trained "
-                                      f"with (checkpoint -> config.json): " + "; ".join(differences[:8]))
+                raise CheckpointError(
+                    f"{config_path} differs from the config checkpoint {directory} was trained "
+                    f"with (checkpoint -> config.json): " + "; ".join(differences[:8])
+                )
         try:
             abstract = state_lib.abstract_state(config, model_lib.from_config(config))
         except ValueError as exc:
@@ -464,8 +511,8 @@ def load(workdir: str, which: str = "best"):
         # onto this process's first device, whatever devices wrote it (a network trained on a multi-GPU node
         # catalogs on a laptop): without a sharding, Orbax would restore the saved one ("Topology mismatch")
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                          abstract)
-        state, meta = restore(manager, abstract, step, verify=False,
-                              where=f"checkpoint {directory} (workdir {workdir})")
+        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+        state, meta = restore(
+            manager, abstract, step, verify=False, where=f"checkpoint {directory} (workdir {workdir})"
+        )
     return config, state_lib.eval_variables(state), inputs_lib.Normalizer.from_dict(meta["normalizer"])

@@ -75,10 +75,15 @@ def requested(config) -> bool:
         return enabled == "true"
     if section.get("coordinator_address") or int(section.get("num_processes", -1)) > 1:
         return True
-    slurm = all(k in os.environ for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
-                                          "SLURM_LOCALID"))
-    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or (slurm and _env_int("SLURM_NTASKS") > 1)
-                or ("OMPI_MCA_orte_hnp_uri" in os.environ and _env_int("OMPI_COMM_WORLD_SIZE") > 1))
+    slurm = all(
+        k in os.environ
+        for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+    )
+    return bool(
+        os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or (slurm and _env_int("SLURM_NTASKS") > 1)
+        or ("OMPI_MCA_orte_hnp_uri" in os.environ and _env_int("OMPI_COMM_WORLD_SIZE") > 1)
+    )
 
 
 def is_initialized() -> bool:
@@ -103,12 +108,18 @@ def initialize(config) -> bool:
     try:
         device_ids = [int(v) for v in ids.split(",")] if ids else None
     except ValueError:
-        raise ValueError(f"distributed.local_device_ids={ids!r}: must be comma-separated integers, e.g. '0,1'")
+        raise ValueError(
+            f"distributed.local_device_ids={ids!r}: must be comma-separated integers, e.g. '0,1'"
+        ) from None
     if jax.config.jax_cpu_collectives_implementation is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=str(section.coordinator_address) or None,
-                               num_processes=None if num < 0 else num, process_id=None if pid < 0 else pid,
-                               local_device_ids=device_ids, initialization_timeout=int(section.timeout_s))
+    jax.distributed.initialize(
+        coordinator_address=str(section.coordinator_address) or None,
+        num_processes=None if num < 0 else num,
+        process_id=None if pid < 0 else pid,
+        local_device_ids=device_ids,
+        initialization_timeout=int(section.timeout_s),
+    )
     return jax.process_count() > 1
 
 
@@ -132,8 +143,12 @@ def sync(name: str, timeout_s: float | None = None) -> None:
 def local_rows(sharding, batch_size: int) -> slice:
     """The rows of a global batch of ``batch_size`` (sharded with ``sharding`` along its first axis) that this
     process's devices hold: one contiguous block (all of them in one process)."""
-    spans = sorted({(index[0].start or 0, batch_size if index[0].stop is None else index[0].stop)
-                    for index in sharding.addressable_devices_indices_map((int(batch_size),)).values()})
+    spans = sorted(
+        {
+            (index[0].start or 0, batch_size if index[0].stop is None else index[0].stop)
+            for index in sharding.addressable_devices_indices_map((int(batch_size),)).values()
+        }
+    )
     start, stop = spans[0][0], spans[-1][1]
     if sum(b - a for a, b in spans) != stop - start:
         raise ValueError(f"this process's devices hold rows {spans} of the batch: not one contiguous block")
@@ -160,6 +175,7 @@ def put_replicated(tree, sharding):
     def put(x):
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
     return jax.tree_util.tree_map(put, tree)
 
 

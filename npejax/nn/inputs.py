@@ -3,9 +3,9 @@
 For each quantile q of :data:`ASINH_QUANTILES` of training pixels (sky-subtracted image, nmgy), one channel
 ``asinh((x - Q_q) * 5 / max(|Q_q|, floor))``, as in the reference implementation; ``floor`` keeps the
 quantiles near zero (the median of a sky-subtracted image) from dividing by ~0. Then the background
-(standardized with the training mean and std, the std floored at 10% of the mean) and, for the PSF-aware variant, the six PSF parameters,
-each standardized and broadcast to a constant channel. The statistics are computed from training data
-(:meth:`Normalizer.fit`) and saved with the model (:meth:`Normalizer.to_dict`).
+(standardized with the training mean and std, the std floored at 10% of the mean) and, for the PSF-aware variant,
+the six PSF parameters, each standardized and broadcast to a constant channel. The statistics are computed from
+training data (:meth:`Normalizer.fit`) and saved with the model (:meth:`Normalizer.to_dict`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Normalizer:
     psf_std: tuple[float, ...]
 
     @classmethod
-    def fit(cls, images, background, psf_params) -> "Normalizer":
+    def fit(cls, images, background, psf_params) -> Normalizer:
         """Statistics of a sample of training batches (arrays [N, H, W], [N, H, W], [N, 6])."""
         images = np.asarray(images, np.float64)
         if not np.all(np.isfinite(images)):
@@ -68,7 +68,7 @@ class Normalizer:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalizer":
+    def from_dict(cls, d: dict) -> Normalizer:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def features(self, images, background, psf_params, variant: str):

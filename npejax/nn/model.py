@@ -50,7 +50,8 @@ training (without it the estimated magnitudes of the cpu_small networks are comp
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -73,14 +74,23 @@ def aperture_term(x, stride: int, log_scale) -> jax.Array:
     """[B, H/stride, W/stride]: ``ln(softplus(A / f) / ln 2)`` of each tile (module doc, "Aperture flux"), A the
     sum of ``sinh`` of the median channel of ``x`` [B, H, W, C] over the 3 x 3 tiles centred on the tile (zero
     padding at the edges), ``f = exp(log_scale)``."""
-    u = jnp.sinh(x[..., MEDIAN_CHANNEL:MEDIAN_CHANNEL + 1].astype(jnp.float32))
+    u = jnp.sinh(x[..., MEDIAN_CHANNEL : MEDIAN_CHANNEL + 1].astype(jnp.float32))
     window = 3 * stride
-    total = nn.avg_pool(u, (window, window), strides=(stride, stride),
-                        padding=((stride, stride), (stride, stride)), count_include_pad=True)[..., 0] * window ** 2
+    total = (
+        nn.avg_pool(
+            u,
+            (window, window),
+            strides=(stride, stride),
+            padding=((stride, stride), (stride, stride)),
+            count_include_pad=True,
+        )[..., 0]
+        * window**2
+    )
     z = total / jnp.exp(log_scale)
     # below z = -30 softplus(z) ~ e^z underflows towards 0 (ln 0 = -inf): ln softplus(z) ~ z there
-    return jnp.where(z > -30.0, jnp.log(jax.nn.softplus(jnp.maximum(z, -30.0)) / jnp.log(2.0)),
-                     z - jnp.log(jnp.log(2.0)))
+    return jnp.where(
+        z > -30.0, jnp.log(jax.nn.softplus(jnp.maximum(z, -30.0)) / jnp.log(2.0)), z - jnp.log(jnp.log(2.0))
+    )
 
 
 class ConvBlock(nn.Module):
@@ -91,8 +101,14 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
-                    padding="SAME", use_bias=False, dtype=self.dtype)(x)
+        x = nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            strides=(self.stride, self.stride),
+            padding="SAME",
+            use_bias=False,
+            dtype=self.dtype,
+        )(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.97, epsilon=1e-3, dtype=self.dtype)(x)
         return nn.silu(x)
 
@@ -152,8 +168,14 @@ def context_map(tiles: dict, decided: jax.Array) -> jax.Array:
     flux = jnp.clip(jnp.where(on > 0, tiles["tile_flux"], 1.0), 1e-6, 1e30)  # an overflowing mode stays finite
     log_flux = jnp.where(on > 0, (jnp.log(flux) - LOG_FLUX_CENTER) / LOG_FLUX_SCALE, 0.0)
     offsets = jnp.where(on[..., None] > 0, tiles["tile_locs"].astype(jnp.float32) - 0.5, 0.0)
-    parts = [decided, on, offsets[..., 0], offsets[..., 1], log_flux,
-             jnp.where(on > 0, tiles["tile_is_galaxy"].astype(jnp.float32), 0.0)]
+    parts = [
+        decided,
+        on,
+        offsets[..., 0],
+        offsets[..., 1],
+        log_flux,
+        jnp.where(on > 0, tiles["tile_is_galaxy"].astype(jnp.float32), 0.0),
+    ]
     return jnp.stack(parts, axis=-1)
 
 
@@ -243,8 +265,11 @@ class CatalogNet(nn.Module):
                     decided_tiles = q.mode()
                 else:
                     decided_tiles = jax.tree_util.tree_map(lambda a: a[0], q.sample(jax.random.fold_in(key, k), 1))
-            context = (jnp.zeros(x.shape[:3] + (CONTEXT_CHANNELS,), jnp.float32) if k == 0
-                       else context_map(decided_tiles, colour < k))
+            context = (
+                jnp.zeros(x.shape[:3] + (CONTEXT_CHANNELS,), jnp.float32)
+                if k == 0
+                else context_map(decided_tiles, colour < k)
+            )
             params = independent + head(x, context)
             out = jnp.where((colour == k)[None, :, :, None], params, out)
         return out
@@ -270,11 +295,17 @@ def from_config(config) -> CatalogNet:
         raise ValueError(f"posterior.context_width must be >= 1, got {post.context_width!r}")
     if int(config.model.stem_kernel) < 1 or int(config.model.stem_kernel) % 2 == 0:
         raise ValueError(f"model.stem_kernel must be an odd number >= 1, got {config.model.stem_kernel!r}")
-    net = CatalogNet(width=int(config.model.width), stem_blocks=int(config.model.stem_blocks),
-                     stem_kernel=int(config.model.stem_kernel), aperture_flux=bool(config.model.aperture_flux),
-                     stages=stages,
-                     dtype=dtype, context=str(post.context), colours=int(post.colours),
-                     context_width=int(post.context_width))
+    net = CatalogNet(
+        width=int(config.model.width),
+        stem_blocks=int(config.model.stem_blocks),
+        stem_kernel=int(config.model.stem_kernel),
+        aperture_flux=bool(config.model.aperture_flux),
+        stages=stages,
+        dtype=dtype,
+        context=str(post.context),
+        colours=int(post.colours),
+        context_width=int(post.context_width),
+    )
     if net.stride != config.tile_size:
         raise ValueError(f"model stages stride {net.stride} must equal tile_size {config.tile_size}")
     return net

@@ -49,7 +49,7 @@ class TilePosterior:
     log_flux_scale: jax.Array
 
     @classmethod
-    def from_params(cls, params: jax.Array) -> "TilePosterior":
+    def from_params(cls, params: jax.Array) -> TilePosterior:
         """Maps network outputs [..., 8] to distribution parameters (computed in float32)."""
         if params.shape[-1] != NUM_PARAMS:
             raise ValueError(f"expected {NUM_PARAMS} parameters per tile, got shape {params.shape}")
@@ -69,8 +69,7 @@ class TilePosterior:
 
     def loc(self) -> tfd.Distribution:
         """Truncated normal on [0, 1] per axis; event shape [2] (y, x)."""
-        return tfd.Independent(
-            tfd.TruncatedNormal(loc=self.loc_mean, scale=self.loc_scale, low=0.0, high=1.0), 1)
+        return tfd.Independent(tfd.TruncatedNormal(loc=self.loc_mean, scale=self.loc_scale, low=0.0, high=1.0), 1)
 
     def galaxy(self) -> tfd.Distribution:
         return tfd.Bernoulli(logits=self.galaxy_logit)
@@ -85,9 +84,11 @@ class TilePosterior:
         # empty tiles carry a placeholder inside the support so that masked terms stay finite
         locs = jnp.where(has[..., None] > 0, tiles["tile_locs"], 0.5)
         flux = jnp.where(has > 0, tiles["tile_flux"], 1.0)
-        source_terms = (self.loc().log_prob(locs)
-                        + self.galaxy().log_prob(tiles["tile_is_galaxy"].astype(jnp.float32))
-                        + self.flux().log_prob(flux))
+        source_terms = (
+            self.loc().log_prob(locs)
+            + self.galaxy().log_prob(tiles["tile_is_galaxy"].astype(jnp.float32))
+            + self.flux().log_prob(flux)
+        )
         return nll - has * source_terms
 
     def nll(self, tiles: dict) -> jax.Array:
@@ -138,8 +139,12 @@ def tiles_to_sources(tiles: dict, tile_size: int = 4, min_prob: float | None = N
     b, th, tw = has.shape
     image, row, col = np.nonzero(has)
     locs = tiles["tile_locs"][image, row, col]
-    out = dict(image=image.astype(np.int64), x=(col + locs[:, 1]) * tile_size,
-               y=(row + locs[:, 0]) * tile_size, flux=tiles["tile_flux"][image, row, col])
+    out = dict(
+        image=image.astype(np.int64),
+        x=(col + locs[:, 1]) * tile_size,
+        y=(row + locs[:, 0]) * tile_size,
+        flux=tiles["tile_flux"][image, row, col],
+    )
     if "tile_is_galaxy" in tiles:
         out["is_galaxy"] = tiles["tile_is_galaxy"][image, row, col]
     for key in ("prob_source", "prob_galaxy", "flux_lo", "flux_hi"):
@@ -192,8 +197,8 @@ def merge_split_sources(tiles: dict, threshold: float = 0.5, max_passes: int = 4
             for dj in (-1, 0, 1):
                 if di == 0 and dj == 0:
                     continue
-                other = padded[:, 1 + di:1 + di + score.shape[1], 1 + dj:1 + dj + score.shape[2]]
-                other_order = padded_order[1 + di:1 + di + score.shape[1], 1 + dj:1 + dj + score.shape[2]]
+                other = padded[:, 1 + di : 1 + di + score.shape[1], 1 + dj : 1 + dj + score.shape[2]]
+                other_order = padded_order[1 + di : 1 + di + score.shape[1], 1 + dj : 1 + dj + score.shape[2]]
                 wins &= (score < other) | ((score == other) & (order < other_order)[None])
         b, i, j = np.nonzero(wins)
         quad = np.stack([prob[b, i, j], prob[b, i, j + 1], prob[b, i + 1, j], prob[b, i + 1, j + 1]], axis=-1)

@@ -53,8 +53,8 @@ from astropy import wcs as wcs_lib
 from astropy.io import fits
 
 from npejax import catalogs as catalog_lib
-from npejax import datasets as data_lib
 from npejax import cli, io
+from npejax import datasets as data_lib
 from npejax.nn import checkpoints
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
@@ -81,6 +81,7 @@ class NonFiniteOutputError(ValueError):
 
 # --- checks shared by the library and the command ---------------------------------------------------
 
+
 def check_min_prob(min_prob) -> float:
     """``min_prob`` as a float in [0, 1); ValueError naming the value otherwise."""
     try:
@@ -88,8 +89,10 @@ def check_min_prob(min_prob) -> float:
     except (TypeError, ValueError):
         value = math.nan
     if not 0.0 <= value < 1.0:  # also refuses NaN
-        raise ValueError(f"min_prob {min_prob!r}: expected a probability in [0, 1) (rows with prob_source "
-                         "above it are kept; 0 keeps every tile)")
+        raise ValueError(
+            f"min_prob {min_prob!r}: expected a probability in [0, 1) (rows with prob_source "
+            "above it are kept; 0 keeps every tile)"
+        )
     return value
 
 
@@ -98,8 +101,9 @@ def min_prob_flag(value) -> float:
     try:
         return check_min_prob(value)
     except ValueError:
-        raise cli.UsageError(f"--min-prob {value}: expected a probability in [0, 1) (rows with prob_source above "
-                             "it are kept)") from None
+        raise cli.UsageError(
+            f"--min-prob {value}: expected a probability in [0, 1) (rows with prob_source above it are kept)"
+        ) from None
 
 
 def check_batch_size(batch_size) -> int:
@@ -121,24 +125,31 @@ def check_inputs(images, background, psf_params, first_index: int = 0):
     n, h, w = images.shape
     if not np.all(np.isfinite(images)):
         bad = np.argwhere(~np.isfinite(images))[0]
-        raise ValueError(f"images contain NaN or infinite pixels (first at image {first_index + bad[0]}, row "
-                         f"{bad[1]}, column {bad[2]})")
+        raise ValueError(
+            f"images contain NaN or infinite pixels (first at image {first_index + bad[0]}, row "
+            f"{bad[1]}, column {bad[2]})"
+        )
     try:
         background = np.broadcast_to(np.asarray(background, np.float32), images.shape)
     except ValueError:
-        raise ValueError(f"background of shape {np.shape(background)} does not match images of shape "
-                         f"{images.shape}: expected a number, [H, W] or [N, H, W] (nmgy)") from None
+        raise ValueError(
+            f"background of shape {np.shape(background)} does not match images of shape "
+            f"{images.shape}: expected a number, [H, W] or [N, H, W] (nmgy)"
+        ) from None
     bad = ~(np.isfinite(background) & (background > 0) & (background <= MAX_BACKGROUND))
     if np.any(bad):
         i, r, c = np.argwhere(bad)[0]
-        raise ValueError(f"background {background[i, r, c]:g} at image {first_index + i}, row {r}, column {c}: "
-                         f"expected a sky level in nmgy per pixel, > 0 and <= {MAX_BACKGROUND:g} (SDSS r-band "
-                         "skies are about 0.3-25; DN or electrons must be converted)")
+        raise ValueError(
+            f"background {background[i, r, c]:g} at image {first_index + i}, row {r}, column {c}: "
+            f"expected a sky level in nmgy per pixel, > 0 and <= {MAX_BACKGROUND:g} (SDSS r-band "
+            "skies are about 0.3-25; DN or electrons must be converted)"
+        )
     try:
         psf_params = np.broadcast_to(np.asarray(psf_params, np.float32), (n, 6))
     except ValueError:
-        raise ValueError(f"psf_params of shape {np.shape(psf_params)}: expected [6] or [N, 6] "
-                         "(s1, s2, sP, beta, b, p0)") from None
+        raise ValueError(
+            f"psf_params of shape {np.shape(psf_params)}: expected [6] or [N, 6] (s1, s2, sP, beta, b, p0)"
+        ) from None
     psf_lib.validate_psf_params(psf_params, where="psf_params")
     return images, background, psf_params
 
@@ -172,15 +183,21 @@ def _chunk_plan(num_tiles: int, chunk: int, margin: int) -> list[tuple[int, int,
     if num_tiles <= chunk:
         return [(0, num_tiles, 0)]
     core = chunk - 2 * margin
-    return [(a, min(a + core, num_tiles), min(max(a - margin, 0), num_tiles - chunk))
-            for a in range(0, num_tiles, core)]
+    return [
+        (a, min(a + core, num_tiles), min(max(a - margin, 0), num_tiles - chunk)) for a in range(0, num_tiles, core)
+    ]
 
 
 class Predictor:
     """A trained network with its normalizer and config; batched, jit-compiled prediction."""
 
-    def __init__(self, config: ml_collections.ConfigDict, variables: dict, normalizer: inputs_lib.Normalizer,
-                 source: str = "the network"):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        variables: dict,
+        normalizer: inputs_lib.Normalizer,
+        source: str = "the network",
+    ):
         self.config = config
         self.variables = variables
         self.normalizer = normalizer
@@ -199,7 +216,7 @@ class Predictor:
         self._forward = jax.jit(forward)
 
     @classmethod
-    def from_workdir(cls, workdir: str, which: str = "best") -> "Predictor":
+    def from_workdir(cls, workdir: str, which: str = "best") -> Predictor:
         """Loads ``workdir/checkpoints/{best,latest}`` (:func:`npejax.nn.checkpoints.load`: clear errors for
         a missing or foreign directory)."""
         source = f"checkpoint {os.path.join(workdir, 'checkpoints', which)}"
@@ -212,8 +229,10 @@ class Predictor:
             return None
         least = (2 * self.margin + 1) * self.tile_size
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < least:
-            raise ValueError(f"chunk_size {chunk_size!r}: expected 0 (whole images) or at least {least} pixels "
-                             f"(this network sees {self.margin * self.tile_size} pixels beyond each tile)")
+            raise ValueError(
+                f"chunk_size {chunk_size!r}: expected 0 (whole images) or at least {least} pixels "
+                f"(this network sees {self.margin * self.tile_size} pixels beyond each tile)"
+            )
         return int(chunk_size) // self.tile_size
 
     def _check(self, images, background, psf_params, first_index: int = 0):
@@ -230,8 +249,15 @@ class Predictor:
     def _run(self, images, background, psf_params, first_index: int, row0: int = 0, col0: int = 0) -> dict:
         """One network call on host arrays; outputs checked to be finite (``row0``/``col0``: the tile
         offset of a chunk, for the message)."""
-        out = jax.device_get(self._forward(self.variables, jnp.asarray(images), jnp.asarray(background),
-                                           jnp.asarray(psf_params), jnp.asarray([row0, col0], jnp.int32)))
+        out = jax.device_get(
+            self._forward(
+                self.variables,
+                jnp.asarray(images),
+                jnp.asarray(background),
+                jnp.asarray(psf_params),
+                jnp.asarray([row0, col0], jnp.int32),
+            )
+        )
         for key in TILE_FLOAT_KEYS:
             bad = ~np.isfinite(out[key])
             if np.any(bad):
@@ -240,7 +266,8 @@ class Predictor:
                 raise NonFiniteOutputError(
                     f"the network's output for image {first_index + i} is not finite ({key} = "
                     f"{out[key][tuple(where)]} at tile row {row0 + r}, column {col0 + c}): {self.source} may be "
-                    "corrupt, or the image is far outside the training data; no catalog written")
+                    "corrupt, or the image is far outside the training data; no catalog written"
+                )
         return out
 
     def _chunked(self, image, background, psf_params, index: int, chunk: int) -> dict:
@@ -252,16 +279,22 @@ class Predictor:
         for a, b, s in _chunk_plan(th, chunk, self.margin):
             for a2, b2, s2 in _chunk_plan(tw, chunk, self.margin):
                 rows, cols = slice(s * t, (s + ch) * t), slice(s2 * t, (s2 + cw) * t)
-                piece = self._run(image[None, rows, cols], background[None, rows, cols], psf_params[None], index,
-                                  s, s2)
+                piece = self._run(image[None, rows, cols], background[None, rows, cols], psf_params[None], index, s, s2)
                 if out is None:
                     out = {k: np.empty((1, th, tw) + v.shape[3:], v.dtype) for k, v in piece.items()}
                 for k, v in piece.items():
-                    out[k][0, a:b, a2:b2] = v[0, a - s:b - s, a2 - s2:b2 - s2]
+                    out[k][0, a:b, a2:b2] = v[0, a - s : b - s, a2 - s2 : b2 - s2]
         return out
 
-    def predict_tiles(self, images, background, psf_params, batch_size: int = 256,
-                      chunk_size: int | None = CHUNK_SIZE, image_offset: int = 0) -> dict[str, np.ndarray]:
+    def predict_tiles(
+        self,
+        images,
+        background,
+        psf_params,
+        batch_size: int = 256,
+        chunk_size: int | None = CHUNK_SIZE,
+        image_offset: int = 0,
+    ) -> dict[str, np.ndarray]:
         """Per-tile mode and summaries ([N, ceil(H/t), ceil(W/t)] arrays) for images [N, H, W] (nmgy).
 
         Images whose sides are not multiples of the tile size t are padded at the bottom and right (image
@@ -298,23 +331,35 @@ class Predictor:
         sources["image"] = sources["image"] + image_offset
         return sources
 
-    def catalog(self, images, background, psf_params, min_prob: float = 0.5, batch_size: int = 256,
-                image_offset: int = 0, chunk_size: int | None = CHUNK_SIZE):
+    def catalog(
+        self,
+        images,
+        background,
+        psf_params,
+        min_prob: float = 0.5,
+        batch_size: int = 256,
+        image_offset: int = 0,
+        chunk_size: int | None = CHUNK_SIZE,
+    ):
         """Probabilistic catalog (astropy Table) of tiles with ``prob_source > min_prob``; sources whose
         position falls in the padding of an image of any other size are dropped."""
         min_prob = check_min_prob(min_prob)
-        return catalog_lib.prediction_table(self._sources(images, background, psf_params, min_prob, batch_size,
-                                                          chunk_size, image_offset))
+        return catalog_lib.prediction_table(
+            self._sources(images, background, psf_params, min_prob, batch_size, chunk_size, image_offset)
+        )
 
-    def catalog_of(self, inputs: "Inputs", min_prob: float = 0.5, batch_size: int = 256,
-                   chunk_size: int | None = CHUNK_SIZE):
+    def catalog_of(
+        self, inputs: Inputs, min_prob: float = 0.5, batch_size: int = 256, chunk_size: int | None = CHUNK_SIZE
+    ):
         """:meth:`catalog` of :class:`Inputs`, read ``batch_size`` images at a time (a dataset is never
         loaded whole); with ``ra``/``dec`` columns when the inputs have a celestial WCS."""
         min_prob = check_min_prob(min_prob)
         batch_size = check_batch_size(batch_size)
         self.check_chunk_size(chunk_size)
-        parts = [self._sources(*arrays, min_prob, batch_size, chunk_size, start)
-                 for start, arrays in inputs.batches(batch_size)]
+        parts = [
+            self._sources(*arrays, min_prob, batch_size, chunk_size, start)
+            for start, arrays in inputs.batches(batch_size)
+        ]
         table = catalog_lib.prediction_table({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
         if inputs.wcs is not None:
             add_sky_coordinates(table, inputs.wcs)
@@ -322,6 +367,7 @@ class Predictor:
 
 
 # --- inputs ----------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Inputs:
@@ -335,13 +381,13 @@ class Inputs:
     wcs: wcs_lib.WCS | None = None
 
     @classmethod
-    def from_arrays(cls, images, background, psf_params, name: str = "arrays", wcs=None) -> "Inputs":
+    def from_arrays(cls, images, background, psf_params, name: str = "arrays", wcs=None) -> Inputs:
         """Inputs held in memory; checked now (:func:`check_inputs`)."""
         images, background, psf_params = check_inputs(images, background, psf_params)
         return cls(name, len(images), lambda a, b: (images[a:b], background[a:b], psf_params[a:b]), wcs)
 
     @classmethod
-    def from_dataset(cls, path: str) -> "Inputs":
+    def from_dataset(cls, path: str) -> Inputs:
         """A dataset directory read ``batch_size`` images at a time (memory-mapped, checked on opening)."""
         ds = data_lib.load(path)
 
@@ -368,11 +414,15 @@ def open_inputs(path: str, background=None, psf_params=None, field_id=None, bank
     """
     path = os.fspath(path)
     if os.path.isdir(path) or path.endswith(".npz"):
-        given = [name for name, value in (("background", background), ("psf_params", psf_params),
-                                          ("field_id", field_id)) if value is not None]
+        given = [
+            name
+            for name, value in (("background", background), ("psf_params", psf_params), ("field_id", field_id))
+            if value is not None
+        ]
         if given:
-            raise ValueError(f"{', '.join(given)}: only for a FITS image input; {path} holds its own "
-                             "background and PSF parameters")
+            raise ValueError(
+                f"{', '.join(given)}: only for a FITS image input; {path} holds its own background and PSF parameters"
+            )
     if os.path.isdir(path):
         return Inputs.from_dataset(path)
     if not os.path.isfile(path):
@@ -381,8 +431,10 @@ def open_inputs(path: str, background=None, psf_params=None, field_id=None, bank
         return Inputs.from_arrays(*_read_npz(path), name=path)
     if path.lower().endswith(FITS_EXTENSIONS):
         return _fits_inputs(path, background, psf_params, field_id, bank)
-    raise ValueError(f"unsupported input {path}: expected a dataset directory, an .npz or a FITS image "
-                     f"({', '.join(FITS_EXTENSIONS)})")
+    raise ValueError(
+        f"unsupported input {path}: expected a dataset directory, an .npz or a FITS image "
+        f"({', '.join(FITS_EXTENSIONS)})"
+    )
 
 
 def load_inputs(path: str, background=None, psf_params=None, field_id=None, bank=None):
@@ -401,8 +453,9 @@ def _read_npz(path: str):
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         if isinstance(exc, ValueError) and "lacks arrays" in str(exc):
             raise
-        raise ValueError(f"{path} is not a readable .npz (truncated or corrupt?): {type(exc).__name__}: "
-                         f"{exc}") from None
+        raise ValueError(
+            f"{path} is not a readable .npz (truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def read_fits_image(path: str, what: str = "FITS file") -> tuple[np.ndarray, fits.Header]:
@@ -421,8 +474,9 @@ def read_fits_image(path: str, what: str = "FITS file") -> tuple[np.ndarray, fit
                         found = np.array(hdu.data, np.float32), hdu.header.copy()
                         break
     except Exception as exc:  # OSError, TypeError ("buffer is too small"), ValueError, EOFError, VerifyError
-        raise ValueError(f"{what} {path} is not a readable FITS file (truncated or corrupt?): "
-                         f"{type(exc).__name__}: {exc}") from None
+        raise ValueError(
+            f"{what} {path} is not a readable FITS file (truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from None
     for w in caught:
         if "truncated" in str(w.message).lower():
             raise ValueError(f"{what} {path} is truncated: {w.message}")
@@ -439,8 +493,10 @@ def celestial_wcs(header: fits.Header, name: str) -> wcs_lib.WCS | None:
             warnings.simplefilter("ignore", wcs_lib.FITSFixedWarning)
             w = wcs_lib.WCS(header)
     except Exception as exc:  # astropy raises several types for bad WCS keywords
-        raise ValueError(f"{name}: its WCS keywords cannot be used ({type(exc).__name__}: {exc}); fix or remove "
-                         "them (CTYPE, CRPIX, CRVAL, CD/PC)") from None
+        raise ValueError(
+            f"{name}: its WCS keywords cannot be used ({type(exc).__name__}: {exc}); fix or remove "
+            "them (CTYPE, CRPIX, CRVAL, CD/PC)"
+        ) from None
     return w.celestial if w.has_celestial else None
 
 
@@ -467,7 +523,8 @@ def add_sky_coordinates(table, wcs: wcs_lib.WCS):
         table.meta[card.keyword] = card.value
     table.meta["comments"] = list(table.meta.get("comments", [])) + [
         "x, y: pixels from the image edge, pixel (i, j) covers [i, i+1) x [j, j+1); FITS pixel = x + 0.5, "
-        "y + 0.5 in the WCS of this header; ra, dec: ICRS degrees"]
+        "y + 0.5 in the WCS of this header; ra, dec: ICRS degrees"
+    ]
     return table
 
 
@@ -479,21 +536,29 @@ def _fits_inputs(path: str, background, psf_params=None, field_id=None, bank=Non
         raise ValueError("a FITS input needs exactly one of --psf-params and --field-id")
     try:
         bg = np.full(image.shape, float(background), np.float32)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # not a number: a FITS file
         if not os.path.isfile(os.fspath(background)):
-            raise ValueError(f"background {background!r}: expected a number (nmgy per pixel) or an existing "
-                             "FITS file") from None
+            raise ValueError(
+                f"background {background!r}: expected a number (nmgy per pixel) or an existing FITS file"
+            ) from None
         bg, _ = read_fits_image(background, "background FITS file")
         if bg.shape != image.shape:
-            raise ValueError(f"background FITS file {background} has shape {bg.shape}, the image {path} "
-                             f"{image.shape}: expected the same shape")
+            raise ValueError(
+                f"background FITS file {background} has shape {bg.shape}, the image {path} "
+                f"{image.shape}: expected the same shape"
+            ) from None
     if field_id is not None:
         bank = fields_lib.load_bank(bank)
         psf = bank.psf_params[bank.index(field_id)]
     else:
         psf = parse_psf_params(psf_params)
-    return Inputs.from_arrays(image[None], bg[None], np.asarray(psf, np.float32)[None], name=path,
-                              wcs=celestial_wcs(header, f"input FITS file {path}"))
+    return Inputs.from_arrays(
+        image[None],
+        bg[None],
+        np.asarray(psf, np.float32)[None],
+        name=path,
+        wcs=celestial_wcs(header, f"input FITS file {path}"),
+    )
 
 
 def open_sdss_frame(frame: str, psfield: str) -> Inputs:
@@ -507,19 +572,24 @@ def open_sdss_frame(frame: str, psfield: str) -> Inputs:
     named = sdss.frame_name_parts(frame)
     band = str(header.get("FILTER", named[0] if named else "r")).strip()
     if band != "r":
-        raise ValueError(f"--sdss-frame {frame} is a {band}-band frame (FILTER); the network catalogs r-band "
-                         "images: give frame-r-...")
+        raise ValueError(
+            f"--sdss-frame {frame} is a {band}-band frame (FILTER); the network catalogs r-band "
+            "images: give frame-r-..."
+        )
     if all(k in header for k in ("RUN", "CAMCOL", "FIELD")):
         frame_field = tuple(int(header[k]) for k in ("RUN", "CAMCOL", "FIELD"))
     else:
         frame_field = named[1:] if named else None
     psf_field = sdss.psfield_name_parts(psfield)
     if frame_field and psf_field and frame_field != psf_field:
-        raise ValueError(f"--psfield {psfield} is field {sdss.field_id(*psf_field)} but --sdss-frame {frame} is "
-                         f"field {sdss.field_id(*frame_field)}: give the psField of the same run, camcol and field")
+        raise ValueError(
+            f"--psfield {psfield} is field {sdss.field_id(*psf_field)} but --sdss-frame {frame} is "
+            f"field {sdss.field_id(*frame_field)}: give the psField of the same run, camcol and field"
+        )
     psf = sdss.read_psfield(psfield, band="r")
-    return Inputs.from_arrays(image[None], background[None], psf[None], name=frame,
-                              wcs=celestial_wcs(header, f"--sdss-frame {frame}"))
+    return Inputs.from_arrays(
+        image[None], background[None], psf[None], name=frame, wcs=celestial_wcs(header, f"--sdss-frame {frame}")
+    )
 
 
 def parse_background_arg(text: str | None):
@@ -531,12 +601,15 @@ def parse_background_arg(text: str | None):
         value = float(text)
     except ValueError:
         if not os.path.isfile(text):
-            raise cli.UsageError(f"--background {text!r}: expected a number (nmgy per pixel) or an existing FITS "
-                                 "file") from None
+            raise cli.UsageError(
+                f"--background {text!r}: expected a number (nmgy per pixel) or an existing FITS file"
+            ) from None
         return text
     if not 0 < value <= MAX_BACKGROUND:  # also refuses NaN
-        raise cli.UsageError(f"--background {text}: expected a sky level in nmgy per pixel, > 0 and <= "
-                             f"{MAX_BACKGROUND:g} (SDSS r-band skies are about 0.3-25)")
+        raise cli.UsageError(
+            f"--background {text}: expected a sky level in nmgy per pixel, > 0 and <= "
+            f"{MAX_BACKGROUND:g} (SDSS r-band skies are about 0.3-25)"
+        )
     return value
 
 
@@ -547,12 +620,14 @@ def parse_psf_params(text) -> np.ndarray:
     except (TypeError, ValueError):
         values = []
     if len(values) != 6:
-        raise ValueError(f"psf_params {text!r}: expected six comma-separated numbers s1,s2,sP,beta,b,p0 "
-                         "(widths in pixels)")
+        raise ValueError(
+            f"psf_params {text!r}: expected six comma-separated numbers s1,s2,sP,beta,b,p0 (widths in pixels)"
+        )
     return psf_lib.validate_psf_params(np.array(values), where=f"psf_params {text!r}")
 
 
 # --- a picture of the catalog --------------------------------------------------------------------
+
 
 def write_catalog_png(path, image, table, min_side: int = 512) -> tuple[int, int]:
     """Writes a PNG (atomically) of ``image`` [H, W] (nmgy) with the detections of ``table`` (rows of this
@@ -564,7 +639,10 @@ def write_catalog_png(path, image, table, min_side: int = 512) -> tuple[int, int
     1.5-10) coloured by ``prob_galaxy`` (cyan star 0 -> magenta galaxy 1), and its 1-sigma position ellipse
     (``x_std``, ``y_std``) in the same colour.
     """
-    from matplotlib import cm, collections as mcollections, colors as mcolors, figure  # deferred: slow, only for --png
+    from matplotlib import cm, figure  # deferred: slow, only for --png
+    from matplotlib import collections as mcollections
+    from matplotlib import colors as mcolors
+
     image = np.asarray(image, np.float64)
     h, w = image.shape
     zoom = max(1, -(-min_side // max(h, w)))
@@ -575,26 +653,61 @@ def write_catalog_png(path, image, table, min_side: int = 512) -> tuple[int, int
     noise = max(1.4826 * np.median(np.abs(image - median)), 1e-6)
     stretched = np.arcsinh((image - median) / (3 * noise))
     lo, hi = np.percentile(stretched, [1, 99.8])
-    ax.imshow(stretched, cmap="gray", origin="lower", extent=(0, w, 0, h), vmin=lo, vmax=max(hi, lo + 1e-6),
-              interpolation="nearest")
+    ax.imshow(
+        stretched,
+        cmap="gray",
+        origin="lower",
+        extent=(0, w, 0, h),
+        vmin=lo,
+        vmax=max(hi, lo + 1e-6),
+        interpolation="nearest",
+    )
     if len(table):
         xy = np.column_stack([np.asarray(table["x"], float), np.asarray(table["y"], float)])
         colors = cm.cool(mcolors.Normalize(0, 1)(np.asarray(table["prob_galaxy"], float)))
         mag = np.nan_to_num(np.asarray(table["mag"], float), nan=30.0)
         radius = np.clip(2.0 + 0.8 * (23.0 - mag), 1.5, 10.0)
         lw = max(0.6, 0.5 * zoom) * 72 / 100
-        ax.add_collection(mcollections.EllipseCollection(
-            2 * radius, 2 * radius, np.zeros(len(xy)), units="xy", offsets=xy, offset_transform=ax.transData,
-            facecolors="none", edgecolors=colors, linewidths=lw))
-        ax.add_collection(mcollections.EllipseCollection(
-            2 * np.asarray(table["x_std"], float), 2 * np.asarray(table["y_std"], float), np.zeros(len(xy)),
-            units="xy", offsets=xy, offset_transform=ax.transData, facecolors="none", edgecolors=colors,
-            linewidths=lw, linestyles="dotted"))
+        ax.add_collection(
+            mcollections.EllipseCollection(
+                2 * radius,
+                2 * radius,
+                np.zeros(len(xy)),
+                units="xy",
+                offsets=xy,
+                offset_transform=ax.transData,
+                facecolors="none",
+                edgecolors=colors,
+                linewidths=lw,
+            )
+        )
+        ax.add_collection(
+            mcollections.EllipseCollection(
+                2 * np.asarray(table["x_std"], float),
+                2 * np.asarray(table["y_std"], float),
+                np.zeros(len(xy)),
+                units="xy",
+                offsets=xy,
+                offset_transform=ax.transData,
+                facecolors="none",
+                edgecolors=colors,
+                linewidths=lw,
+                linestyles="dotted",
+            )
+        )
     ax.set_xlim(0, w)
     ax.set_ylim(0, h)
-    ax.text(0.01, 0.99, f"{len(table)} detections; circle size: brightness; colour: P(galaxy) cyan 0 - magenta 1; "
-            "dotted: 1-sigma position", transform=ax.transAxes, va="top", ha="left", color="yellow",
-            fontsize=max(6, min(12, w * zoom / 90)))
+    ax.text(
+        0.01,
+        0.99,
+        f"{len(table)} detections; circle size: brightness; colour: P(galaxy) cyan 0 - magenta 1; "
+        "dotted: 1-sigma position",
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+        color="yellow",
+        fontsize=max(6, min(12, w * zoom / 90)),
+    )
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     return w * zoom, h * zoom

@@ -42,6 +42,7 @@ class AveragedTrainState(TrainState):
     """A :class:`TrainState` that also keeps ``ema_params`` and ``ema_batch_stats``, the moving averages of
     ``params`` and ``batch_stats`` (``train.ema_decay`` > 0). A separate class, so that a state without the
     averages has the pytree, and so the checkpoint layout, of every earlier checkpoint."""
+
     ema_params: Any = None
     ema_batch_stats: Any = None
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
@@ -55,8 +56,11 @@ class AveragedTrainState(TrainState):
 
         def average(old, now):
             return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, old, now)
-        return new.replace(ema_params=average(self.ema_params, new.params),
-                           ema_batch_stats=average(self.ema_batch_stats, new.batch_stats))
+
+        return new.replace(
+            ema_params=average(self.ema_params, new.params),
+            ema_batch_stats=average(self.ema_batch_stats, new.batch_stats),
+        )
 
 
 def eval_variables(state: TrainState) -> dict:
@@ -93,12 +97,18 @@ def create_state(config, net, steps_per_epoch: int, key) -> TrainState:
     tx = optax.adam(learning_rate_schedule(config, steps_per_epoch))
     decay = float(config.train.ema_decay)
     if decay > 0:
-        return AveragedTrainState.create(apply_fn=net.apply, params=variables["params"], tx=tx,
-                                         batch_stats=variables["batch_stats"], ema_decay=decay,
-                                         ema_params=jax.tree_util.tree_map(jnp.copy, variables["params"]),
-                                         ema_batch_stats=jax.tree_util.tree_map(jnp.copy, variables["batch_stats"]))
-    return TrainState.create(apply_fn=net.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables["batch_stats"])
+        return AveragedTrainState.create(
+            apply_fn=net.apply,
+            params=variables["params"],
+            tx=tx,
+            batch_stats=variables["batch_stats"],
+            ema_decay=decay,
+            ema_params=jax.tree_util.tree_map(jnp.copy, variables["params"]),
+            ema_batch_stats=jax.tree_util.tree_map(jnp.copy, variables["batch_stats"]),
+        )
+    return TrainState.create(
+        apply_fn=net.apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+    )
 
 
 def abstract_state(config, net) -> TrainState:

@@ -31,7 +31,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from npejax.nn import inputs as inputs_lib
 from npejax.nn.posterior import TilePosterior
@@ -42,6 +43,7 @@ DATA_AXIS = "data"
 
 
 # --- augmentation ----------------------------------------------------------------------------------
+
 
 def _rot90(a):  # counterclockwise, on the two leading (spatial) axes
     return jnp.swapaxes(a[:, ::-1], 0, 1)
@@ -75,6 +77,7 @@ def dihedral(example: dict, k: jax.Array) -> dict:
                 ex.update({key: _flip(ex[key]) for key in grids})
                 ex["tile_locs"] = _flip_locs(_flip(ex["tile_locs"]))
             return ex
+
         return fn
 
     branches = [transform(t, f) for f in (False, True) for t in range(4)]
@@ -90,21 +93,27 @@ def augment(batch: dict, key: jax.Array) -> dict:
 
 # --- steps -----------------------------------------------------------------------------------------
 
+
 def features(batch: dict, normalizer: inputs_lib.Normalizer, variant: str) -> jax.Array:
     """Network input [B, H, W, C] of a batch (:meth:`npejax.nn.inputs.Normalizer.features`)."""
     return normalizer.features(batch["images"], batch["background"], batch["psf_params"], variant)
 
 
-def train_step(state: TrainState, batch: dict, key: jax.Array, normalizer: inputs_lib.Normalizer,
-               variant: str, do_augment: bool) -> tuple[TrainState, jax.Array]:
+def train_step(
+    state: TrainState, batch: dict, key: jax.Array, normalizer: inputs_lib.Normalizer, variant: str, do_augment: bool
+) -> tuple[TrainState, jax.Array]:
     """One optimizer step on ``batch``; returns the new state and the batch's mean NLL (before the step)."""
     if do_augment:
         batch = augment(batch, jax.random.fold_in(key, state.step))
 
     def loss_fn(params):
-        out, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                      features(batch, normalizer, variant), train=True, tiles=batch,
-                                      mutable=["batch_stats"])
+        out, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            features(batch, normalizer, variant),
+            train=True,
+            tiles=batch,
+            mutable=["batch_stats"],
+        )
         return TilePosterior.from_params(out).nll(batch), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -138,32 +147,52 @@ def _loop(body, state, xs, unroll: int | bool):
     return state, jnp.stack(outputs)
 
 
-def train_steps(state: TrainState, batches, key: jax.Array, normalizer: inputs_lib.Normalizer, variant: str,
-                do_augment: bool, unroll: int | bool = 1) -> tuple[TrainState, jax.Array]:
+def train_steps(
+    state: TrainState,
+    batches,
+    key: jax.Array,
+    normalizer: inputs_lib.Normalizer,
+    variant: str,
+    do_augment: bool,
+    unroll: int | bool = 1,
+) -> tuple[TrainState, jax.Array]:
     """K optimizer steps in one ``jax.lax.scan`` of :func:`train_step`: step k on ``batches[k]`` (a dict of
     [K, B, ...] arrays, or a sequence of K batches, stacked here: on the devices when jitted). Returns the state
     after the K steps and their losses [K]: the same as K :func:`train_step` calls. ``unroll``: the scan's
     (True: K copies of the step in straight-line code, :func:`scan_unroll`)."""
+
     def body(state, batch):
         return train_step(state, batch, key, normalizer, variant, do_augment)
+
     return _loop(body, state, stack(batches), unroll)
 
 
-def resident_train_steps(state: TrainState, data: dict, indices: jax.Array, key: jax.Array,
-                         normalizer: inputs_lib.Normalizer, variant: str, do_augment: bool,
-                         sharding=None, unroll: int | bool = 1) -> tuple[TrainState, jax.Array]:
+def resident_train_steps(
+    state: TrainState,
+    data: dict,
+    indices: jax.Array,
+    key: jax.Array,
+    normalizer: inputs_lib.Normalizer,
+    variant: str,
+    do_augment: bool,
+    sharding=None,
+    unroll: int | bool = 1,
+) -> tuple[TrainState, jax.Array]:
     """:func:`train_steps` on batches gathered from ``data`` (a training set's :data:`NETWORK_KEYS`, [N, ...]
     arrays already on the devices): step k trains on images ``indices[k]`` ([K, B] int32, in that order).
     ``sharding`` (optional): the gathered batch's sharding (:func:`batch_sharding`)."""
+
     def body(state, rows):
         batch = {k: jnp.take(v, rows, axis=0) for k, v in data.items()}
         if sharding is not None:
             batch = jax.lax.with_sharding_constraint(batch, sharding)
         return train_step(state, batch, key, normalizer, variant, do_augment)
+
     return _loop(body, state, indices, unroll)
 
 
 # --- devices ---------------------------------------------------------------------------------------
+
 
 def data_mesh(devices=None) -> jax.sharding.Mesh:
     """A one-axis mesh (``"data"``) over ``devices`` (default: all devices: the local ones in one process, every
@@ -218,8 +247,14 @@ def scan_unroll(mesh) -> int | bool:
     return True if mesh.devices.flat[0].platform == "cpu" else 1
 
 
-def jit_multi_step(normalizer: inputs_lib.Normalizer, mesh, variant: str, do_augment: bool, resident: bool = False,
-                   unroll: int | bool | None = None):
+def jit_multi_step(
+    normalizer: inputs_lib.Normalizer,
+    mesh,
+    variant: str,
+    do_augment: bool,
+    resident: bool = False,
+    unroll: int | bool | None = None,
+):
     """:func:`train_steps` compiled for ``mesh`` as ``step(state, batches, key)`` (a sequence of K batches, each
     sharded over ``"data"`` as :func:`jit_steps` takes them, or a dict of stacked [K, B, ...] arrays sharded with
     :func:`stacked_sharding`), or with ``resident`` :func:`resident_train_steps` as ``step(state, data, indices,
@@ -228,11 +263,16 @@ def jit_multi_step(normalizer: inputs_lib.Normalizer, mesh, variant: str, do_aug
     [K] replicated. A new K (the last call of an epoch) compiles again. ``unroll``: the scan's (default
     :func:`scan_unroll`)."""
     rep, data = replicated(mesh), batch_sharding(mesh)
-    kwargs = dict(normalizer=normalizer, variant=variant, do_augment=bool(do_augment),
-                  unroll=scan_unroll(mesh) if unroll is None else unroll)
+    kwargs = dict(
+        normalizer=normalizer,
+        variant=variant,
+        do_augment=bool(do_augment),
+        unroll=scan_unroll(mesh) if unroll is None else unroll,
+    )
     if resident:
         fn = functools.partial(resident_train_steps, sharding=data, **kwargs)
-        return jax.jit(fn, in_shardings=(rep, rep, stacked_sharding(mesh), rep), out_shardings=(rep, rep),
-                       donate_argnums=0)
+        return jax.jit(
+            fn, in_shardings=(rep, rep, stacked_sharding(mesh), rep), out_shardings=(rep, rep), donate_argnums=0
+        )
     fn = functools.partial(train_steps, **kwargs)
     return jax.jit(fn, out_shardings=(rep, rep), donate_argnums=0)

@@ -96,6 +96,7 @@ SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK
 
 # --- the frame list ------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Frame:
     """One frame of the list: ``index`` (0-based among the list's frames), ``line`` (1-based line number),
@@ -123,7 +124,7 @@ def frame_name(path: str) -> str:
     for exts in (_COMPRESSION, _FITS_EXT):
         for ext in exts:
             if name.lower().endswith(ext) and len(name) > len(ext):
-                name = name[:-len(ext)]
+                name = name[: -len(ext)]
                 break
     return name
 
@@ -133,8 +134,9 @@ def _resolve(folder: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(folder, path))
 
 
-def read_frame_list(path: str, background=None, field_id: str | None = None, psf_params: str | None = None,
-                    require_inputs: bool = True) -> list[Frame]:
+def read_frame_list(
+    path: str, background=None, field_id: str | None = None, psf_params: str | None = None, require_inputs: bool = True
+) -> list[Frame]:
     """The frames of the list file ``path`` (module doc), with the command's defaults filled in.
 
     Raises ValueError (``path line N: ...``) for a line that cannot be a frame: unknown or repeated keys,
@@ -170,30 +172,36 @@ def read_frame_list(path: str, background=None, field_id: str | None = None, psf
                     raise ValueError(f"{where}: {key}= has no value")
                 keys[key] = value
             elif _KEY_RE.match(word):
-                raise ValueError(f"{where}: unknown key {word.split('=', 1)[0]!r}; expected "
-                                 f"{', '.join(k + '=' for k in LINE_KEYS)}")
+                raise ValueError(
+                    f"{where}: unknown key {word.split('=', 1)[0]!r}; expected {', '.join(k + '=' for k in LINE_KEYS)}"
+                )
             else:
                 paths.append(word)
         if len(paths) != 1:
-            raise ValueError(f"{where}: expected one frame file and key=value words, got "
-                             f"{len(paths)} paths {paths}")
+            raise ValueError(f"{where}: expected one frame file and key=value words, got {len(paths)} paths {paths}")
         file = _resolve(folder, paths[0])
         name = frame_name(file)
         if name in names:
-            raise ValueError(f"{where}: frame name {name!r} is also line {names[name]}'s; catalogs are named by "
-                             "frame, so names must be unique (rename or list one of them)")
+            raise ValueError(
+                f"{where}: frame name {name!r} is also line {names[name]}'s; catalogs are named by "
+                "frame, so names must be unique (rename or list one of them)"
+            )
         names[name] = number
         if "psfield" in keys:
             extra = [k + "=" for k in ("background", "field-id", "psf-params") if k in keys]
             if extra:
-                raise ValueError(f"{where}: {', '.join(extra)} with psfield=: an SDSS frame brings its own "
-                                 "background and the psField its PSF; leave them out")
+                raise ValueError(
+                    f"{where}: {', '.join(extra)} with psfield=: an SDSS frame brings its own "
+                    "background and the psField its PSF; leave them out"
+                )
             frames.append(Frame(len(frames), number, file, name, psfield=_resolve(folder, keys["psfield"])))
             continue
         bg = keys.get("background", background)
         if bg is None and require_inputs:
-            raise ValueError(f"{where}: {paths[0]} needs background= (nmgy per pixel: a number or a FITS file) "
-                             "or the command's --background")
+            raise ValueError(
+                f"{where}: {paths[0]} needs background= (nmgy per pixel: a number or a FITS file) "
+                "or the command's --background"
+            )
         if isinstance(bg, str):
             try:
                 bg = float(bg)
@@ -206,20 +214,24 @@ def read_frame_list(path: str, background=None, field_id: str | None = None, psf
         else:
             fid, psf = field_id, psf_params
         if fid is None and psf is None and require_inputs:
-            raise ValueError(f"{where}: {paths[0]} needs field-id= or psf-params= (or the command's --field-id "
-                             "or --psf-params)")
+            raise ValueError(
+                f"{where}: {paths[0]} needs field-id= or psf-params= (or the command's --field-id or --psf-params)"
+            )
         frames.append(Frame(len(frames), number, file, name, background=bg, field_id=fid, psf_params=psf))
     return frames
 
 
 # --- shards ----------------------------------------------------------------------------------------------
 
+
 def parse_shard(text: str, what: str = "--shard") -> tuple[int, int]:
     """``"I/N"`` -> (I, N) with 0 <= I < N; :class:`npejax.cli.UsageError` naming ``what`` otherwise."""
     match = _SHARD_RE.fullmatch(str(text))
     if not match or not int(match.group(1)) < int(match.group(2)):
-        raise cli.UsageError(f"{what} {text}: expected I/N with 0 <= I < N (this job's shard and the number of "
-                             "shards; frame K goes to shard K mod N), e.g. 0/4")
+        raise cli.UsageError(
+            f"{what} {text}: expected I/N with 0 <= I < N (this job's shard and the number of "
+            "shards; frame K goes to shard K mod N), e.g. 0/4"
+        )
     return int(match.group(1)), int(match.group(2))
 
 
@@ -232,14 +244,18 @@ def shard_from_environment(environ=None) -> tuple[int, int] | None:
     for name, default in zip(SLURM_VARS, (None, None, "0", "1")):
         text = environ.get(name, default)
         if text is None or not str(text).strip().lstrip("-").isdigit():
-            raise cli.UsageError(f"{name}={text!r}: a Slurm job array task needs integer SLURM_ARRAY_TASK_ID and "
-                                 "SLURM_ARRAY_TASK_COUNT; give --shard I/N instead")
+            raise cli.UsageError(
+                f"{name}={text!r}: a Slurm job array task needs integer SLURM_ARRAY_TASK_ID and "
+                "SLURM_ARRAY_TASK_COUNT; give --shard I/N instead"
+            )
         values[name] = int(text)
     task, count, low, step = (values[n] for n in SLURM_VARS)
     index, rest = divmod(task - low, max(step, 1))
     if rest or not 0 <= index < count:
-        raise cli.UsageError(f"SLURM_ARRAY_TASK_ID={task} (min {low}, step {step}, count {count}) is not one of "
-                             "count evenly spaced tasks (an array like --array=0-99 or 1-100:1 is); give --shard I/N")
+        raise cli.UsageError(
+            f"SLURM_ARRAY_TASK_ID={task} (min {low}, step {step}, count {count}) is not one of "
+            "count evenly spaced tasks (an array like --array=0-99 or 1-100:1 is); give --shard I/N"
+        )
     return index, count
 
 
@@ -250,8 +266,11 @@ def resolve_shard(text: str | None, environ=None) -> tuple[int, int, str]:
     environ = os.environ if environ is None else environ
     found = shard_from_environment(environ)
     if found is not None:
-        return (*found, f"SLURM_ARRAY_TASK_ID={environ['SLURM_ARRAY_TASK_ID']} of "
-                        f"SLURM_ARRAY_TASK_COUNT={environ['SLURM_ARRAY_TASK_COUNT']}")
+        return (
+            *found,
+            f"SLURM_ARRAY_TASK_ID={environ['SLURM_ARRAY_TASK_ID']} of "
+            f"SLURM_ARRAY_TASK_COUNT={environ['SLURM_ARRAY_TASK_COUNT']}",
+        )
     return 0, 1, "all frames"
 
 
@@ -261,6 +280,7 @@ def shard_frames(frames: list[Frame], shard: int, num_shards: int) -> list[Frame
 
 
 # --- files -----------------------------------------------------------------------------------------------
+
 
 def catalog_path(out: str, frame: Frame | str, fmt: str) -> str:
     """``out/catalogs/NAME.fits`` (or ``.csv``: ``fmt`` is a key of :data:`FORMATS`)."""
@@ -301,6 +321,7 @@ def peak_memory_text() -> str:
 
 
 # --- one frame ---------------------------------------------------------------------------------------------
+
 
 class FieldBankCache:
     """The field bank ``path`` (None: the embedded synthetic bank), loaded at its first use (once per run)."""
@@ -368,6 +389,7 @@ def _reason(exc: BaseException) -> str:
 
 # --- catalog ---------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Summary:
     """What :func:`catalog_frames` did: ``done`` frames cataloged with ``sources`` rows in all, ``failures``
@@ -386,14 +408,24 @@ class Summary:
             return ""
         text = f" in {self.wall:.1f} s ({self.done / self.wall:.3f} frames/s"
         if len(self.timings) > 1:
-            text += (f"; the first, with compilation, {self.timings[0]:.1f} s, the others "
-                     f"{(self.done - 1) / max(self.wall - self.timings[0], 1e-9):.3f} frames/s")
+            text += (
+                f"; the first, with compilation, {self.timings[0]:.1f} s, the others "
+                f"{(self.done - 1) / max(self.wall - self.timings[0], 1e-9):.3f} frames/s"
+            )
         return text + ")"
 
 
-def catalog_frames(net: predictor.Predictor, frames: list[Frame], out: str, fmt: str, bank: FieldBankCache,
-                   min_prob: float = 0.5, chunk_size: int | None = predictor.CHUNK_SIZE, readers: int = 2,
-                   failures_file: str | None = None) -> Summary:
+def catalog_frames(
+    net: predictor.Predictor,
+    frames: list[Frame],
+    out: str,
+    fmt: str,
+    bank: FieldBankCache,
+    min_prob: float = 0.5,
+    chunk_size: int | None = predictor.CHUNK_SIZE,
+    readers: int = 2,
+    failures_file: str | None = None,
+) -> Summary:
     """Catalogs ``frames`` with ``net`` into ``out/catalogs`` (module doc), ``readers`` threads reading the
     next frames while one is predicted (frames held in memory: readers + 1). A frame that fails is a line on
     stderr and a row of ``failures_file`` (default ``failures-0-of-1.csv``); the others go on. Prints one
@@ -430,13 +462,17 @@ def catalog_frames(net: predictor.Predictor, frames: list[Frame], out: str, fmt:
             summary.timings.append(seconds)
             summary.done += 1
             summary.sources += len(table)
-            print(f"[{k + 1}/{len(frames)}] frame {frame.index} {frame.name}: {len(table)} sources, "
-                  f"{seconds:.2f} s -> {path}", flush=True)
+            print(
+                f"[{k + 1}/{len(frames)}] frame {frame.index} {frame.name}: {len(table)} sources, "
+                f"{seconds:.2f} s -> {path}",
+                flush=True,
+            )
     summary.wall = time.perf_counter() - start
     return summary
 
 
 # --- merge -----------------------------------------------------------------------------------------------
+
 
 def catalog_files(out: str) -> dict[str, str]:
     """Frame name -> catalog file in ``out/catalogs`` (ValueError for a frame with both a .fits and a .csv)."""
@@ -447,8 +483,9 @@ def catalog_files(out: str) -> dict[str, str]:
         if ext not in FORMATS.values() or io.is_temporary(entry):
             continue
         if stem in found:
-            raise ValueError(f"frame {stem} has two catalogs, {found[stem]} and {os.path.join(folder, entry)}: "
-                             "remove one")
+            raise ValueError(
+                f"frame {stem} has two catalogs, {found[stem]} and {os.path.join(folder, entry)}: remove one"
+            )
         found[stem] = os.path.join(folder, entry)
     return found
 
@@ -466,14 +503,20 @@ def merge_catalogs(out: str, names: list[str] | None = None) -> tuple[table_lib.
         try:
             t = catalog_lib.read_table(files[name])
         except (OSError, ValueError, TypeError) as exc:
-            raise ValueError(f"catalog {files[name]} cannot be read ({type(exc).__name__}: {cli.message(exc)}); "
-                             "remove it and run the catalog command again") from None
+            raise ValueError(
+                f"catalog {files[name]} cannot be read ({type(exc).__name__}: {cli.message(exc)}); "
+                "remove it and run the catalog command again"
+            ) from None
         if len(t) == 0:
             continue
         if "image" in t.colnames:
             t.remove_column("image")
-        t.add_column(table_lib.Column(np.full(len(t), name), name="frame",
-                                      description="frame name (file name without extensions)"), index=0)
+        t.add_column(
+            table_lib.Column(
+                np.full(len(t), name), name="frame", description="frame name (file name without extensions)"
+            ),
+            index=0,
+        )
         t.meta.clear()
         tables.append(t)
     if tables:

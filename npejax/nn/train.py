@@ -57,7 +57,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import ml_collections
@@ -70,8 +70,7 @@ from tqdm import tqdm
 
 from npejax import datasets as data_lib
 from npejax import io, schema
-from npejax.nn import checkpoints
-from npejax.nn import distributed
+from npejax.nn import checkpoints, distributed
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
@@ -87,7 +86,9 @@ def say(*args, **kwargs) -> None:
     if distributed.is_main():
         print(*args, **kwargs)
 
+
 # --- the config ------------------------------------------------------------------------------------
+
 
 def validate_config(config, num_devices: int | None = None) -> None:
     """Refuses nonsense values before any work: ValueError naming the key, its value and what would be
@@ -98,24 +99,24 @@ def validate_config(config, num_devices: int | None = None) -> None:
     if config.fields.prior not in schema.FIELD_PRIORS:
         raise ValueError(f"fields.prior must be one of {schema.FIELD_PRIORS}, got {config.fields.prior!r}")
     if int(config.tile_size) < 1 or int(config.image_size) % int(config.tile_size):
-        raise ValueError(f"image_size={config.image_size} must be a positive multiple of tile_size="
-                         f"{config.tile_size}")
+        raise ValueError(f"image_size={config.image_size} must be a positive multiple of tile_size={config.tile_size}")
     model_lib.from_config(config)  # model.dtype, and the network's stride against tile_size
     train = config.train
     for key in ("batch_size", "eval_batch_size"):
         value = int(train[key])
         if value < 1:
-            raise ValueError(f"train.{key}={value}: must be >= 1 (a multiple of the {num_devices} "
-                             "device(s))")
+            raise ValueError(f"train.{key}={value}: must be >= 1 (a multiple of the {num_devices} device(s))")
         if value % num_devices:
             lower = value - value % num_devices
             hint = f"{lower} or {lower + num_devices}" if lower else f"{num_devices}"
-            raise ValueError(f"train.{key}={value} must be a multiple of the {num_devices} devices "
-                             f"(e.g. {hint})")
+            raise ValueError(f"train.{key}={value} must be a multiple of the {num_devices} devices (e.g. {hint})")
     for key in ("num_epochs", "patience", "normalizer_images"):
         if int(train[key]) < 1:
-            what = {"num_epochs": "0 epochs: nothing to train", "patience": "training would stop after its "
-                    "first epoch", "normalizer_images": "no images to fit the input normalizer on"}[key]
+            what = {
+                "num_epochs": "0 epochs: nothing to train",
+                "patience": "training would stop after its first epoch",
+                "normalizer_images": "no images to fit the input normalizer on",
+            }[key]
             raise ValueError(f"train.{key}={train[key]}: must be >= 1 ({what})")
     if int(train.figure_every) < 0:
         raise ValueError(f"train.figure_every={train.figure_every}: must be >= 0 (0: no figures)")
@@ -128,11 +129,15 @@ def validate_config(config, num_devices: int | None = None) -> None:
         raise ValueError(f"train.ema_decay={train.ema_decay}: must be in [0, 1) (0: no moving average)")
     check_input_path(config)
     if not config.data.train_dir and int(train.images_per_epoch) < int(train.batch_size):
-        raise ValueError(f"train.images_per_epoch={train.images_per_epoch} is smaller than train.batch_size="
-                         f"{train.batch_size}: an epoch must hold at least one batch")
+        raise ValueError(
+            f"train.images_per_epoch={train.images_per_epoch} is smaller than train.batch_size="
+            f"{train.batch_size}: an epoch must hold at least one batch"
+        )
     if not config.data.val_dir and int(config.data.num_val) < int(train.eval_batch_size):
-        raise ValueError(f"train.eval_batch_size={train.eval_batch_size} is larger than the validation set "
-                         f"(data.num_val={config.data.num_val}): give data.num_val >= train.eval_batch_size")
+        raise ValueError(
+            f"train.eval_batch_size={train.eval_batch_size} is larger than the validation set "
+            f"(data.num_val={config.data.num_val}): give data.num_val >= train.eval_batch_size"
+        )
 
 
 def check_input_path(config) -> None:
@@ -140,11 +145,14 @@ def check_input_path(config) -> None:
     training set to hold (``data.train_dir`` or ``data.simulate_first``)."""
     per_dispatch = config.train.steps_per_dispatch
     if isinstance(per_dispatch, bool) or int(per_dispatch) != per_dispatch or per_dispatch < 1:
-        raise ValueError(f"train.steps_per_dispatch={per_dispatch!r}: must be an integer >= 1 (train steps per "
-                         "jitted call)")
+        raise ValueError(
+            f"train.steps_per_dispatch={per_dispatch!r}: must be an integer >= 1 (train steps per jitted call)"
+        )
     if config.data.on_device and not (config.data.train_dir or config.data.simulate_first):
-        raise ValueError("data.on_device=True needs a cached training set to put on the devices: give "
-                         "data.train_dir or data.simulate_first=True (on-the-fly batches are made on the host)")
+        raise ValueError(
+            "data.on_device=True needs a cached training set to put on the devices: give "
+            "data.train_dir or data.simulate_first=True (on-the-fly batches are made on the host)"
+        )
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -153,6 +161,7 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 # --- data ------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainingData:
@@ -173,13 +182,16 @@ def steps_per_epoch(config, train_ds: data_lib.Dataset | None = None) -> int:
     if train_ds is not None:  # one epoch = one shuffled pass over the cached training set
         steps = len(train_ds) // batch_size
         if steps == 0:
-            raise ValueError(f"data.train_dir {config.data.train_dir} holds {len(train_ds)} images, "
-                             f"fewer than train.batch_size={batch_size}")
+            raise ValueError(
+                f"data.train_dir {config.data.train_dir} holds {len(train_ds)} images, "
+                f"fewer than train.batch_size={batch_size}"
+            )
         return steps
     steps = int(config.train.images_per_epoch) // batch_size
     if steps == 0:
-        raise ValueError(f"train.images_per_epoch={config.train.images_per_epoch} is smaller than "
-                         f"train.batch_size={batch_size}")
+        raise ValueError(
+            f"train.images_per_epoch={config.train.images_per_epoch} is smaller than train.batch_size={batch_size}"
+        )
     return steps
 
 
@@ -197,25 +209,31 @@ def check_dataset(ds: data_lib.Dataset, split: str, spec: pipeline.SimulationSpe
         problems.append(f"it is the {m['split']!r} split, expected the {split!r} split")
     h, w = spec.prior.image_shape
     if list(m["image_shape"]) != [h, w]:
-        problems.append(f"its images are {m['image_shape'][0]} x {m['image_shape'][1]} pixels, the config's "
-                        f"image_size is {h}")
+        problems.append(
+            f"its images are {m['image_shape'][0]} x {m['image_shape'][1]} pixels, the config's image_size is {h}"
+        )
     if int(m["tile_size"]) != spec.tile_size:
         problems.append(f"its tile_size is {m['tile_size']}, the config's {spec.tile_size}")
     stored = m.get("spec") or {}
     if stored.get("field_prior") != spec.field_prior:
-        problems.append(f"it was simulated with fields.prior={stored.get('field_prior')!r}, the config has "
-                        f"{spec.field_prior!r}")
+        problems.append(
+            f"it was simulated with fields.prior={stored.get('field_prior')!r}, the config has {spec.field_prior!r}"
+        )
     for section, settings in (("prior", spec.prior), ("render", spec.render)):
         if section in stored:
             ours = _jsonable(dataclasses.asdict(settings))
             theirs = stored[section]
-            problems += [f"{section}.{k}: {theirs.get(k, '<absent>')!r} in the dataset, {ours.get(k)!r} in the "
-                         "config" for k in sorted(set(ours) | set(theirs))
-                         if k != "image_shape" and theirs.get(k, "<absent>") != ours.get(k, "<absent>")]
+            problems += [
+                f"{section}.{k}: {theirs.get(k, '<absent>')!r} in the dataset, {ours.get(k)!r} in the config"
+                for k in sorted(set(ours) | set(theirs))
+                if k != "image_shape" and theirs.get(k, "<absent>") != ours.get(k, "<absent>")
+            ]
     bank = m.get("bank") or {}
     if bank.get("sha256") and bank["sha256"] != data_lib.bank_sha256(spec.bank):
-        problems.append(f"it was simulated from the field bank {bank.get('source')!r}, not the config's "
-                        f"fields.bank={spec.bank.source!r} (their contents differ)")
+        problems.append(
+            f"it was simulated from the field bank {bank.get('source')!r}, not the config's "
+            f"fields.bank={spec.bank.source!r} (their contents differ)"
+        )
     if problems:
         raise data_lib.DatasetError(f"data.{key} {ds.directory} does not fit the config: " + "; ".join(problems[:6]))
 
@@ -238,15 +256,26 @@ def simulate_first(config, workdir: str) -> ml_collections.ConfigDict:
         if config.data[key]:
             continue
         out = os.path.join(os.path.abspath(workdir), CACHE_DIR, split)
-        spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, split),
-                                                   batch_size=int(config.data.shard_size))
+        spec = pipeline.SimulationSpec.from_config(
+            config, seed=data_lib.split_seed(config.seed, split), batch_size=int(config.data.shard_size)
+        )
         if distributed.is_main():  # the other processes wait (train_and_evaluate) and read it
-            report = data_lib.write_dataset(spec, out, int(config.data[count]), split, config=config_dict(config),
-                                            num_workers=workers, shard_size=int(config.data.shard_size),
-                                            progress=bool(config.train.progress))
+            report = data_lib.write_dataset(
+                spec,
+                out,
+                int(config.data[count]),
+                split,
+                config=config_dict(config),
+                num_workers=workers,
+                shard_size=int(config.data.shard_size),
+                progress=bool(config.train.progress),
+            )
         if distributed.is_main() and report.rendered_images:
-            print(f"simulated {report.rendered_images} {split} images into {out} in {report.seconds:.0f} s "
-                  f"({workers} worker(s))", flush=True)
+            print(
+                f"simulated {report.rendered_images} {split} images into {out} in {report.seconds:.0f} s "
+                f"({workers} worker(s))",
+                flush=True,
+            )
         with config.unlocked():
             config.data[key] = out
     return config
@@ -258,10 +287,12 @@ def setup_data(config, num_devices: int) -> TrainingData:
     batch_size = int(config.train.batch_size)
     if batch_size % num_devices:
         raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {num_devices} devices")
-    train_spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, "train"),
-                                                     batch_size=batch_size)
-    val_spec = dataclasses.replace(train_spec, seed=data_lib.split_seed(config.seed, "val"),
-                                   batch_size=int(config.train.eval_batch_size))
+    train_spec = pipeline.SimulationSpec.from_config(
+        config, seed=data_lib.split_seed(config.seed, "train"), batch_size=batch_size
+    )
+    val_spec = dataclasses.replace(
+        train_spec, seed=data_lib.split_seed(config.seed, "val"), batch_size=int(config.train.eval_batch_size)
+    )
     train_ds = data_lib.load(config.data.train_dir) if config.data.train_dir else None
     val_ds = data_lib.load(config.data.val_dir) if config.data.val_dir else None
     if train_ds is not None:
@@ -271,8 +302,10 @@ def setup_data(config, num_devices: int) -> TrainingData:
     if val_ds is not None:
         check_dataset(val_ds, "val", train_spec, "val_dir")
         if len(val_ds) < val_spec.batch_size:
-            raise ValueError(f"train.eval_batch_size={val_spec.batch_size} is larger than the validation set "
-                             f"data.val_dir {config.data.val_dir} ({len(val_ds)} images)")
+            raise ValueError(
+                f"train.eval_batch_size={val_spec.batch_size} is larger than the validation set "
+                f"data.val_dir {config.data.val_dir} ({len(val_ds)} images)"
+            )
     return TrainingData(batch_size, steps_per_epoch(config, train_ds), train_spec, val_spec, train_ds, val_ds)
 
 
@@ -282,7 +315,7 @@ def fit_normalizer(config, data: TrainingData) -> inputs_lib.Normalizer:
     2**40 of the training seed, never trained on)."""
     num_images = int(config.train.normalizer_images)
     if data.train_ds is not None:
-        batch = data.train_ds[0:min(num_images, len(data.train_ds))]
+        batch = data.train_ds[0 : min(num_images, len(data.train_ds))]
     else:
         batch = pipeline.simulate_batch(dataclasses.replace(data.train_spec, batch_size=num_images), 2**40)
     return inputs_lib.Normalizer.fit(batch["images"], batch["background"], batch["psf_params"])
@@ -294,13 +327,13 @@ def validation_batches(config, data: TrainingData, sharding) -> list[dict]:
     # several processes: each puts its rows of every batch (the one-process batches, cut)
     rows = None if sharding.is_fully_addressable else distributed.local_rows(sharding, batch_size)
     if data.val_ds is not None:
-        batches = [steps_lib.to_device(b, sharding)
-                   for b in data.val_ds.batches(batch_size, drop_remainder=True, rows=rows)]
+        batches = [
+            steps_lib.to_device(b, sharding) for b in data.val_ds.batches(batch_size, drop_remainder=True, rows=rows)
+        ]
     else:
         count = int(config.data.num_val) // batch_size
         cut = (lambda b: b) if rows is None else (lambda b: {k: v[rows] for k, v in b.items()})
-        batches = [steps_lib.to_device(cut(pipeline.simulate_batch(data.val_spec, i)), sharding)
-                   for i in range(count)]
+        batches = [steps_lib.to_device(cut(pipeline.simulate_batch(data.val_spec, i)), sharding) for i in range(count)]
     if not batches:
         raise ValueError(f"the validation set has fewer images than train.eval_batch_size={batch_size}")
     return batches
@@ -311,7 +344,7 @@ def epoch_order(num_images: int, batch_size: int, seed: int) -> np.ndarray:
     batch i of ``Dataset.batches(batch_size, shuffle=True, seed=seed, drop_remainder=True)`` (numpy's
     ``default_rng(seed).permutation``, cut to whole batches), as int32."""
     steps = num_images // batch_size
-    order = np.random.default_rng(seed).permutation(num_images)[:steps * batch_size]
+    order = np.random.default_rng(seed).permutation(num_images)[: steps * batch_size]
     return order.reshape(steps, batch_size).astype(np.int32)
 
 
@@ -325,8 +358,10 @@ def groups(items: Iterable, size: int) -> Iterator[tuple]:
 def resident_bytes(ds: data_lib.Dataset) -> int:
     """Bytes that :func:`resident_training_set` puts on each device: the set's NETWORK_KEYS (its manifest)."""
     keys = ds.manifest["keys"]
-    return sum(len(ds) * int(np.prod(keys[k]["shape"], dtype=np.int64)) * np.dtype(keys[k]["dtype"]).itemsize
-               for k in steps_lib.NETWORK_KEYS)
+    return sum(
+        len(ds) * int(np.prod(keys[k]["shape"], dtype=np.int64)) * np.dtype(keys[k]["dtype"]).itemsize
+        for k in steps_lib.NETWORK_KEYS
+    )
 
 
 def check_device_memory(ds: data_lib.Dataset, bytes_limit: int | None = None, fraction: float = 0.8) -> None:
@@ -337,21 +372,23 @@ def check_device_memory(ds: data_lib.Dataset, bytes_limit: int | None = None, fr
         bytes_limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
     size = resident_bytes(ds)
     if bytes_limit and size > fraction * bytes_limit:
-        raise ValueError(f"data.on_device=True: the training set {ds.directory} ({len(ds)} images) needs "
-                         f"{size / 2**30:.2f} GiB on every device, more than {fraction:.0%} of its "
-                         f"{bytes_limit / 2**30:.2f} GiB; train from the host (data.on_device=False) or on a "
-                         "smaller set")
+        raise ValueError(
+            f"data.on_device=True: the training set {ds.directory} ({len(ds)} images) needs "
+            f"{size / 2**30:.2f} GiB on every device, more than {fraction:.0%} of its "
+            f"{bytes_limit / 2**30:.2f} GiB; train from the host (data.on_device=False) or on a "
+            "smaller set"
+        )
 
 
 def resident_training_set(ds: data_lib.Dataset, mesh) -> dict:
     """The :data:`npejax.schema.NETWORK_KEYS` of the whole cached training set on every device of ``mesh``
     (replicated: [N, ...] arrays, read and put one key at a time); prints its size per device."""
     replicated = steps_lib.replicated(mesh)
-    resident = {k: distributed.put_replicated(ds.read(slice(None), (k,))[k], replicated)
-                for k in steps_lib.NETWORK_KEYS}
+    resident = {
+        k: distributed.put_replicated(ds.read(slice(None), (k,))[k], replicated) for k in steps_lib.NETWORK_KEYS
+    }
     size = sum(v.nbytes for v in resident.values())
-    say(f"data.on_device: {len(ds)} training images on the devices, {size / 2**20:.1f} MiB per device",
-          flush=True)
+    say(f"data.on_device: {len(ds)} training images on the devices, {size / 2**20:.1f} MiB per device", flush=True)
     return resident
 
 
@@ -377,8 +414,7 @@ def training_batches(config, data: TrainingData, start_epoch: int, end_epoch: in
     """
     put = lambda batch: steps_lib.to_device(batch, steps_lib.batch_sharding(mesh))
     # several processes: each reads its rows of every batch, or renders its own simulator batches (distributed)
-    rows = None if jax.process_count() == 1 else distributed.local_rows(steps_lib.batch_sharding(mesh),
-                                                                         data.batch_size)
+    rows = None if jax.process_count() == 1 else distributed.local_rows(steps_lib.batch_sharding(mesh), data.batch_size)
     per_dispatch = int(config.train.steps_per_dispatch)
     group = (lambda batches: batches) if per_dispatch == 1 else (lambda batches: groups(batches, per_dispatch))
     if start_epoch >= end_epoch:  # nothing left to train: no simulator workers
@@ -386,21 +422,39 @@ def training_batches(config, data: TrainingData, start_epoch: int, end_epoch: in
     elif data.train_ds is None:
         local_batch, stride, offset = distributed.simulator_indices(data.batch_size)
         spec = data.train_spec if rows is None else dataclasses.replace(data.train_spec, batch_size=local_batch)
-        with pipeline.Simulator(spec, num_workers=int(config.simulator.num_workers),
-                                prefetch=int(config.simulator.prefetch), start=start_epoch * data.steps_per_epoch,
-                                transform=put, stride=stride, offset=offset) as simulator:
+        with pipeline.Simulator(
+            spec,
+            num_workers=int(config.simulator.num_workers),
+            prefetch=int(config.simulator.prefetch),
+            start=start_epoch * data.steps_per_epoch,
+            transform=put,
+            stride=stride,
+            offset=offset,
+        ) as simulator:
             yield Feed(lambda epoch: group(itertools.islice(simulator, data.steps_per_epoch)))
     elif config.data.on_device:
         resident = resident_training_set(data.train_ds, mesh)
         sharding = steps_lib.stacked_sharding(mesh)
+
         def rows(epoch):  # every call's index rows on the devices at the start of the epoch
             order = epoch_order(len(data.train_ds), data.batch_size, config.seed + epoch)
-            return iter([distributed.put_replicated(order[i:i + per_dispatch], sharding)
-                         for i in range(0, len(order), per_dispatch)])
+            return iter(
+                [
+                    distributed.put_replicated(order[i : i + per_dispatch], sharding)
+                    for i in range(0, len(order), per_dispatch)
+                ]
+            )
+
         yield Feed(rows, resident)
     else:
-        yield Feed(lambda epoch: group(put(b) for b in data.train_ds.batches(
-            data.batch_size, shuffle=True, seed=config.seed + epoch, drop_remainder=True, rows=rows)))
+        yield Feed(
+            lambda epoch: group(
+                put(b)
+                for b in data.train_ds.batches(
+                    data.batch_size, shuffle=True, seed=config.seed + epoch, drop_remainder=True, rows=rows
+                )
+            )
+        )
 
 
 def step_function(config, normalizer: inputs_lib.Normalizer, mesh, train_step, feed: Feed | None) -> Callable:
@@ -410,14 +464,16 @@ def step_function(config, normalizer: inputs_lib.Normalizer, mesh, train_step, f
     :func:`npejax.nn.steps.jit_multi_step` (K batches or index rows into ``feed.resident``; losses [K])."""
     if feed is None or (feed.resident is None and int(config.train.steps_per_dispatch) == 1):
         return train_step
-    multi = steps_lib.jit_multi_step(normalizer, mesh, config.model.variant, config.train.augment,
-                                     resident=feed.resident is not None)
+    multi = steps_lib.jit_multi_step(
+        normalizer, mesh, config.model.variant, config.train.augment, resident=feed.resident is not None
+    )
     if feed.resident is None:
         return multi
     return lambda state, rows, key: multi(state, feed.resident, rows, key)
 
 
 # --- restore or init -------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Progress:
@@ -457,15 +513,17 @@ def check_resume(config, workdir: str) -> tuple[int, dict] | None:
     if found is None:
         return None
     step, meta = found
-    differences = checkpoints.config_differences(checkpoints.upgrade_config(meta.get("config") or {}),
-                                                 config_dict(config))
+    differences = checkpoints.config_differences(
+        checkpoints.upgrade_config(meta.get("config") or {}), config_dict(config)
+    )
     if differences:
         allowed = ", ".join(checkpoints.RESUMABLE_KEYS[:3])
         raise checkpoints.CheckpointError(
             f"workdir {os.path.abspath(workdir)} holds a run (epoch {step}) trained with another config; "
             f"differences (checkpoint -> now): {'; '.join(differences[:8])}"
             f"{f' (and {len(differences) - 8} more)' if len(differences) > 8 else ''}. Only {allowed} may "
-            "change when resuming: use another --workdir, or the workdir's config.json")
+            "change when resuming: use another --workdir, or the workdir's config.json"
+        )
     return step, meta
 
 
@@ -488,8 +546,12 @@ def restore_or_init(config, net, manager, data: TrainingData, mesh, resume: tupl
 
 # --- TensorBoard -----------------------------------------------------------------------------------
 
-SCALARS = {"nll/train": "train_nll", "nll/val": "val_nll", "learning_rate": "learning_rate",
-           "images_per_s": "images_per_s"}  # TensorBoard tag -> metrics.csv column
+SCALARS = {
+    "nll/train": "train_nll",
+    "nll/val": "val_nll",
+    "learning_rate": "learning_rate",
+    "images_per_s": "images_per_s",
+}  # TensorBoard tag -> metrics.csv column
 
 
 @contextlib.contextmanager
@@ -526,10 +588,22 @@ def validation_figure(config, net, normalizer: inputs_lib.Normalizer, val_batch:
         ax = fig.add_subplot()
         ax.imshow(np.arcsinh(image / scale), cmap="gray_r", origin="upper", interpolation="nearest")
         # positions are from the image edge (pixel i covers [i, i+1)); imshow centres pixel i at i
-        ax.scatter(truth["x"] - 0.5, truth["y"] - 0.5, s=60, facecolors="none", edgecolors="tab:blue",
-                   label=f"true ({len(truth['x'])})")
-        ax.scatter(predicted["x"] - 0.5, predicted["y"] - 0.5, s=40, marker="x", c="tab:red",
-                   label=f"detected ({len(predicted['x'])})")
+        ax.scatter(
+            truth["x"] - 0.5,
+            truth["y"] - 0.5,
+            s=60,
+            facecolors="none",
+            edgecolors="tab:blue",
+            label=f"true ({len(truth['x'])})",
+        )
+        ax.scatter(
+            predicted["x"] - 0.5,
+            predicted["y"] - 0.5,
+            s=40,
+            marker="x",
+            c="tab:red",
+            label=f"detected ({len(predicted['x'])})",
+        )
         ax.set_title(f"validation image 0, epoch {epoch}", fontsize=9)
         ax.legend(loc="upper right", fontsize=7, framealpha=0.6)
         ax.set_xticks([])
@@ -554,15 +628,29 @@ def log_epoch(writer, row: dict, figure=None) -> None:
 
 # --- one epoch -------------------------------------------------------------------------------------
 
-def run_epoch(config, data: TrainingData, state, train_step, eval_step, batches: Iterator,
-              val_batches: list[dict], key, epoch: int):
+
+def run_epoch(
+    config,
+    data: TrainingData,
+    state,
+    train_step,
+    eval_step,
+    batches: Iterator,
+    val_batches: list[dict],
+    key,
+    epoch: int,
+):
     """Trains on ``batches`` (an epoch's inputs of :func:`training_batches`, ``data.steps_per_epoch`` steps in
     all, each call of ``train_step`` (:func:`step_function`) returning one loss or K) and validates; returns
     (state, metrics row, mean training NLL over the steps, validation NLL per image)."""
     t0 = time.time()
     losses, done = [], 0
-    with tqdm(total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.train.num_epochs}", leave=False,
-              disable=not (config.train.progress and distributed.is_main())) as bar:
+    with tqdm(
+        total=data.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{config.train.num_epochs}",
+        leave=False,
+        disable=not (config.train.progress and distributed.is_main()),
+    ) as bar:
         for inputs in batches:
             state, loss = train_step(state, inputs, key)
             losses.append(loss)
@@ -570,8 +658,10 @@ def run_epoch(config, data: TrainingData, state, train_step, eval_step, batches:
             bar.update(loss.size)
             if config.train.progress and len(losses) > 1 and done // 10 > (done - loss.size) // 10:
                 # the previous call's loss: waiting for this one would leave the devices idle until the next
-                bar.set_postfix(loss=f"{float(np.ravel(losses[-2])[-1]):.1f}",
-                                img_s=f"{done * data.batch_size / (time.time() - t0):.0f}")
+                bar.set_postfix(
+                    loss=f"{float(np.ravel(losses[-2])[-1]):.1f}",
+                    img_s=f"{done * data.batch_size / (time.time() - t0):.0f}",
+                )
     if done != data.steps_per_epoch:
         raise RuntimeError(f"epoch {epoch + 1} ran {done} train steps, expected {data.steps_per_epoch}")
     train_loss = float(np.mean(np.concatenate([np.ravel(loss) for loss in jax.device_get(losses)])))
@@ -579,55 +669,92 @@ def run_epoch(config, data: TrainingData, state, train_step, eval_step, batches:
     num_val_images = sum(b["images"].shape[0] for b in val_batches)
     val_loss = float(sum(float(eval_step(state, b)) for b in val_batches) / num_val_images)
     learning_rate = state_lib.learning_rate_schedule(config, data.steps_per_epoch)(int(state.step))
-    row = dict(epoch=epoch + 1, step=int(state.step), train_nll=round(train_loss, 4), val_nll=round(val_loss, 4),
-               learning_rate=float(learning_rate),
-               images_per_s=round(data.steps_per_epoch * data.batch_size / train_seconds, 1),
-               seconds=round(time.time() - t0, 1))
+    row = dict(
+        epoch=epoch + 1,
+        step=int(state.step),
+        train_nll=round(train_loss, 4),
+        val_nll=round(val_loss, 4),
+        learning_rate=float(learning_rate),
+        images_per_s=round(data.steps_per_epoch * data.batch_size / train_seconds, 1),
+        seconds=round(time.time() - t0, 1),
+    )
     return state, row, train_loss, val_loss
 
 
-def record_epoch(workdir: str, managers: checkpoints.Managers, config, progress: Progress, state,
-                 normalizer: inputs_lib.Normalizer, row: dict, train_loss: float, val_loss: float) -> None:
+def record_epoch(
+    workdir: str,
+    managers: checkpoints.Managers,
+    config,
+    progress: Progress,
+    state,
+    normalizer: inputs_lib.Normalizer,
+    row: dict,
+    train_loss: float,
+    val_loss: float,
+) -> None:
     """Adds ``row`` to the history and metrics.csv, prints it, and checkpoints ``state`` as the latest
     (and as the best when ``val_loss`` improved), checkpoint step = epochs completed; returns when the
     checkpoints are written (CheckpointSaveError, one line, when they cannot be)."""
     improved = progress.update(row, val_loss)
     write_metrics(workdir, progress.history)
-    say(f"epoch {row['epoch']:3d}  train NLL {train_loss:9.2f}  val NLL {val_loss:9.2f}"
-          f"{' *' if improved else '  '}  {row['images_per_s']:.0f} images/s", flush=True)
-    meta = dict(epoch=progress.epoch, best_val=progress.best_val, bad_epochs=progress.bad_epochs,
-                history=list(progress.history), normalizer=normalizer.to_dict(), variant=config.model.variant,
-                config=config_dict(config), val_nll=val_loss)
-    checkpoints.save([managers.latest, managers.best] if improved else [managers.latest], progress.epoch, state,
-                     meta)
+    say(
+        f"epoch {row['epoch']:3d}  train NLL {train_loss:9.2f}  val NLL {val_loss:9.2f}"
+        f"{' *' if improved else '  '}  {row['images_per_s']:.0f} images/s",
+        flush=True,
+    )
+    meta = dict(
+        epoch=progress.epoch,
+        best_val=progress.best_val,
+        bad_epochs=progress.bad_epochs,
+        history=list(progress.history),
+        normalizer=normalizer.to_dict(),
+        variant=config.model.variant,
+        config=config_dict(config),
+        val_nll=val_loss,
+    )
+    checkpoints.save([managers.latest, managers.best] if improved else [managers.latest], progress.epoch, state, meta)
 
 
 # --- the loop --------------------------------------------------------------------------------------
+
 
 def stops_early(config, progress: Progress) -> bool:
     """Early stopping: ``train.patience`` epochs without a better validation NLL, and never before an epoch
     at the decayed learning rate (``train.lr_decay_epoch``) is done: a noisy validation loss must not end a
     run before the decay, which is where the loss falls most (measured: issue 8)."""
-    return (progress.bad_epochs >= int(config.train.patience)
-            and progress.epoch > int(config.train.lr_decay_epoch))
+    return progress.bad_epochs >= int(config.train.patience) and progress.epoch > int(config.train.lr_decay_epoch)
 
 
-def train_epochs(config, workdir: str, data: TrainingData, net, mesh, managers: checkpoints.Managers, state,
-                 normalizer: inputs_lib.Normalizer, progress: Progress, end_epoch: int):
+def train_epochs(
+    config,
+    workdir: str,
+    data: TrainingData,
+    net,
+    mesh,
+    managers: checkpoints.Managers,
+    state,
+    normalizer: inputs_lib.Normalizer,
+    progress: Progress,
+    end_epoch: int,
+):
     """Trains from epoch ``progress.epoch`` up to ``end_epoch`` (or early stopping): each epoch validated,
     logged (metrics.csv, TensorBoard) and checkpointed; returns the final state."""
     train_step, eval_step = steps_lib.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
     val_batches = validation_batches(config, data, steps_lib.batch_sharding(mesh))
     key = jax.random.key(config.seed + 1)
     figure_every = int(config.train.figure_every)
-    draw = (validation_figure(config, net, normalizer, val_batches[0])
-            if figure_every and distributed.is_main() else None)  # process 0 draws (and writes) the figures
-    with training_batches(config, data, progress.epoch, end_epoch, mesh) as feed, \
-            tensorboard(workdir, progress.epoch, end_epoch) as writer:
+    draw = (
+        validation_figure(config, net, normalizer, val_batches[0]) if figure_every and distributed.is_main() else None
+    )  # process 0 draws (and writes) the figures
+    with (
+        training_batches(config, data, progress.epoch, end_epoch, mesh) as feed,
+        tensorboard(workdir, progress.epoch, end_epoch) as writer,
+    ):
         step = step_function(config, normalizer, mesh, train_step, feed)
         for epoch in range(progress.epoch, end_epoch):
-            state, row, *losses = run_epoch(config, data, state, step, eval_step, feed.batches(epoch), val_batches,
-                                            key, epoch)
+            state, row, *losses = run_epoch(
+                config, data, state, step, eval_step, feed.batches(epoch), val_batches, key, epoch
+            )
             figure = draw(state, row["epoch"]) if draw and row["epoch"] % figure_every == 0 else None
             log_epoch(writer, row, figure)  # before the checkpoint: a resume purges events after it
             record_epoch(workdir, managers, config, progress, state, normalizer, row, *losses)
@@ -652,8 +779,10 @@ def describe_devices(mesh, batch_size: int) -> str:
     axes = ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
     processes = len({d.process_index for d in devices})
     axes = axes if processes == 1 else f"{axes} over {processes} processes"
-    return (f"devices: {len(devices)} x {platform} ({kind}{', '.join(names)}); mesh: {axes}; global batch "
-            f"{batch_size} = {batch_size // len(devices)} per device")
+    return (
+        f"devices: {len(devices)} x {platform} ({kind}{', '.join(names)}); mesh: {axes}; global batch "
+        f"{batch_size} = {batch_size // len(devices)} per device"
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -685,18 +814,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_dict(config))
         if stops_early(config, progress):  # a resumed run that had already stopped early
             end_epoch = progress.epoch
-            say(f"already stopped early after epoch {progress.epoch} (no improvement in {progress.bad_epochs} "
-                  "epochs)", flush=True)
+            say(
+                f"already stopped early after epoch {progress.epoch} (no improvement in {progress.bad_epochs} epochs)",
+                flush=True,
+            )
         elif progress.epoch >= end_epoch:
-            say(f"nothing to train: {progress.epoch} epochs done, train.num_epochs={end_epoch} (raise it to train "
-                  "more)", flush=True)
+            say(
+                f"nothing to train: {progress.epoch} epochs done, train.num_epochs={end_epoch} (raise it to train "
+                "more)",
+                flush=True,
+            )
         if progress.epoch < end_epoch:
             state = train_epochs(config, workdir, data, net, mesh, managers, state, normalizer, progress, end_epoch)
-    summary = dict(epochs=len(progress.history), best_val_nll=progress.best_val,
-                   stopped_early=stops_early(config, progress), history=progress.history,
-                   workdir=os.path.abspath(workdir), state=state, normalizer=normalizer)
+    summary = dict(
+        epochs=len(progress.history),
+        best_val_nll=progress.best_val,
+        stopped_early=stops_early(config, progress),
+        history=progress.history,
+        workdir=os.path.abspath(workdir),
+        state=state,
+        normalizer=normalizer,
+    )
     if progress.history:
         first, last = progress.history[0]["val_nll"], progress.history[-1]["val_nll"]
-        say(f"validation NLL: {first:.2f} (epoch 1) -> {last:.2f} (epoch {progress.history[-1]['epoch']}), "
-              f"best {progress.best_val:.2f}; checkpoints in {summary['workdir']}/checkpoints")
+        say(
+            f"validation NLL: {first:.2f} (epoch 1) -> {last:.2f} (epoch {progress.history[-1]['epoch']}), "
+            f"best {progress.best_val:.2f}; checkpoints in {summary['workdir']}/checkpoints"
+        )
     return summary

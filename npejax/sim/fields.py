@@ -106,13 +106,17 @@ class FieldBank:
             raise IndexError(f"unknown field index {bad} in field bank {self.source} ({len(self)} fields)")
         return index.astype(np.int64)
 
-    def subset(self, indices) -> "FieldBank":
+    def subset(self, indices) -> FieldBank:
         """A bank of the given fields; the reference becomes the first of them unless it is included."""
         indices = self.check_index(np.atleast_1d(indices))
         ref = int(np.flatnonzero(indices == self.reference)[0]) if self.reference in indices else 0
         return dataclasses.replace(
-            self, names=self.names[indices], psf_params=self.psf_params[indices],
-            sky_grid=self.sky_grid[indices], gain=self.gain[indices], calibration=self.calibration[indices],
+            self,
+            names=self.names[indices],
+            psf_params=self.psf_params[indices],
+            sky_grid=self.sky_grid[indices],
+            gain=self.gain[indices],
+            calibration=self.calibration[indices],
             reference=ref,
         )
 
@@ -130,9 +134,11 @@ class FieldBank:
         """Uniform top-left (row, column) pixel of an image of ``image_shape`` inside the frame; [n, 2]."""
         h, w = image_shape
         if h > self.frame_shape[0] or w > self.frame_shape[1]:
-            raise ValueError(f"field bank {self.source}: its frames are {self.frame_shape[0]} x {self.frame_shape[1]} "
-                             f"pixels, smaller than the image size {h} x {w}: use a bank of larger frames or "
-                             "smaller images")
+            raise ValueError(
+                f"field bank {self.source}: its frames are {self.frame_shape[0]} x {self.frame_shape[1]} "
+                f"pixels, smaller than the image size {h} x {w}: use a bank of larger frames or "
+                "smaller images"
+            )
         rows = rng.integers(0, self.frame_shape[0] - h + 1, size=n)
         cols = rng.integers(0, self.frame_shape[1] - w + 1, size=n)
         return np.stack([rows, cols], axis=-1)
@@ -153,12 +159,25 @@ class FieldBank:
     def save(self, path) -> None:
         """Writes the bank to a compressed ``.npz`` atomically (:func:`npejax.io.atomic_write`); the sky grid
         is stored as float32."""
-        meta = dict(format_version=_FORMAT_VERSION, frame_shape=list(self.frame_shape),
-                    reference=self.reference, synthetic=bool(self.synthetic), description=self.description)
-        io.atomic_write(path, lambda f: np.savez_compressed(
-            f, names=self.names, psf_params=self.psf_params, sky_grid=self.sky_grid.astype(np.float32),
-            gain=self.gain, calibration=self.calibration, meta=np.array(json.dumps(meta)),
-        ))
+        meta = dict(
+            format_version=_FORMAT_VERSION,
+            frame_shape=list(self.frame_shape),
+            reference=self.reference,
+            synthetic=bool(self.synthetic),
+            description=self.description,
+        )
+        io.atomic_write(
+            path,
+            lambda f: np.savez_compressed(
+                f,
+                names=self.names,
+                psf_params=self.psf_params,
+                sky_grid=self.sky_grid.astype(np.float32),
+                gain=self.gain,
+                calibration=self.calibration,
+                meta=np.array(json.dumps(meta)),
+            ),
+        )
 
 
 def load_bank(path=None) -> FieldBank:
@@ -185,10 +204,18 @@ def load_bank(path=None) -> FieldBank:
         raise ValueError(f"field bank file {path} lacks arrays {missing}; expected {list(required)}")
     meta = json.loads(str(arrays.pop("meta")))
     if meta.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(f"field bank file {path} has format version {meta.get('format_version')}, "
-                         f"expected {_FORMAT_VERSION}")
+        raise ValueError(
+            f"field bank file {path} has format version {meta.get('format_version')}, expected {_FORMAT_VERSION}"
+        )
     return FieldBank(
-        names=arrays["names"], psf_params=arrays["psf_params"], sky_grid=arrays["sky_grid"],
-        gain=arrays["gain"], calibration=arrays["calibration"], frame_shape=tuple(meta["frame_shape"]),
-        reference=meta["reference"], synthetic=meta["synthetic"], description=meta["description"], source=path,
+        names=arrays["names"],
+        psf_params=arrays["psf_params"],
+        sky_grid=arrays["sky_grid"],
+        gain=arrays["gain"],
+        calibration=arrays["calibration"],
+        frame_shape=tuple(meta["frame_shape"]),
+        reference=meta["reference"],
+        synthetic=meta["synthetic"],
+        description=meta["description"],
+        source=path,
     )

@@ -39,7 +39,7 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import threadpoolctl
@@ -79,13 +79,16 @@ class SimulationSpec:
             raise ValueError(f"image shape {(h, w)} must be a multiple of tile_size={self.tile_size}")
         fh, fw = self.bank.frame_shape
         if h > fh or w > fw:  # images are crops of a frame (fields.FieldBank.sample_crop_origins)
-            raise ValueError(f"field bank {self.bank.source}: its frames are {fh} x {fw} pixels, smaller than "
-                             f"the image size {h} x {w} (image_size): use a bank of larger frames or a smaller "
-                             "image_size")
+            raise ValueError(
+                f"field bank {self.bank.source}: its frames are {fh} x {fw} pixels, smaller than "
+                f"the image size {h} x {w} (image_size): use a bank of larger frames or a smaller "
+                "image_size"
+            )
 
     @classmethod
-    def from_config(cls, config, *, seed: int | None = None, batch_size: int | None = None,
-                    bank: fields_lib.FieldBank | None = None) -> "SimulationSpec":
+    def from_config(
+        cls, config, *, seed: int | None = None, batch_size: int | None = None, bank: fields_lib.FieldBank | None = None
+    ) -> SimulationSpec:
         """Builds the spec from a full npejax config (``seed``, ``image_size``, ``tile_size``, ``prior``,
         ``fields``, ``render``); ``seed`` and ``bank`` override the config's."""
         image_shape = (int(config.image_size), int(config.image_size))
@@ -106,8 +109,9 @@ def batch_rng(seed: int, batch_index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(batch_index)]))
 
 
-def simulate_batch(spec: SimulationSpec, batch_index: int,
-                   renderer: render_lib.Renderer | None = None) -> dict[str, np.ndarray]:
+def simulate_batch(
+    spec: SimulationSpec, batch_index: int, renderer: render_lib.Renderer | None = None
+) -> dict[str, np.ndarray]:
     """Simulates batch ``batch_index`` (see module docstring for the keys).
 
     Runs with one BLAS thread: the renderer's many small matrix products get slower, not faster, with
@@ -222,9 +226,17 @@ class Simulator:
       transform: optional function applied to each batch in the background thread (e.g. a device put).
     """
 
-    def __init__(self, spec: SimulationSpec, num_workers: int = 2, prefetch: int = 4, start: int = 0,
-                 num_batches: int | None = None, transform: Callable[[dict], object] | None = None,
-                 stride: int = 1, offset: int = 0):
+    def __init__(
+        self,
+        spec: SimulationSpec,
+        num_workers: int = 2,
+        prefetch: int = 4,
+        start: int = 0,
+        num_batches: int | None = None,
+        transform: Callable[[dict], object] | None = None,
+        stride: int = 1,
+        offset: int = 0,
+    ):
         if num_workers < 0 or prefetch < 1:
             raise ValueError(f"num_workers must be >= 0 and prefetch >= 1, got {num_workers}, {prefetch}")
         self.spec = spec
@@ -242,7 +254,7 @@ class Simulator:
         self._finished = False
 
     # lifecycle
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         self._launch()
         return self
 
@@ -261,13 +273,17 @@ class Simulator:
             # in the temporary directory (removed by close()), not an output: no npejax.io here. Its name
             # carries this process's id, so that the next Simulator removes it if this process is killed.
             remove_stale_spec_files()
-            with tempfile.NamedTemporaryFile("wb", prefix=f"{SPEC_FILE_PREFIX}{os.getpid()}-", suffix=".pkl",
-                                             delete=False) as f:
+            with tempfile.NamedTemporaryFile(
+                "wb", prefix=f"{SPEC_FILE_PREFIX}{os.getpid()}-", suffix=".pkl", delete=False
+            ) as f:
                 self._spec_path = f.name
                 pickle.dump(self.spec, f, protocol=pickle.HIGHEST_PROTOCOL)
             self._executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.num_workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self._spec_path, os.getpid()))
+                max_workers=self.num_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self._spec_path, os.getpid()),
+            )
         self._thread = threading.Thread(target=self._produce, name="npejax-simulator", daemon=True)
         self._thread.start()
 
@@ -330,8 +346,10 @@ class Simulator:
                     try:
                         batch = self._result(future)
                     except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                        raise WorkerError(f"simulation worker failed on batch {i}: {type(exc).__name__}: {exc}"
-                                          f"{_remote_traceback(exc)}") from exc
+                        raise WorkerError(
+                            f"simulation worker failed on batch {i}: {type(exc).__name__}: {exc}"
+                            f"{_remote_traceback(exc)}"
+                        ) from exc
                     if not self._put(self.transform(batch) if self.transform else batch):
                         return
             self._put(_DONE)
@@ -352,10 +370,11 @@ class Simulator:
                     raise WorkerError(
                         f"simulation worker process {dead[0].pid} exited with code {dead[0].exitcode}; "
                         "if this is a script, guard its entry point with `if __name__ == '__main__':` "
-                        "(worker processes are spawned and re-import the main module)") from None
+                        "(worker processes are spawned and re-import the main module)"
+                    ) from None
 
     # consumption
-    def __iter__(self) -> "Simulator":
+    def __iter__(self) -> Simulator:
         self._launch()
         return self
 

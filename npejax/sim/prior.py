@@ -53,7 +53,7 @@ class CatalogPrior:
     min_axis_ratio: float
 
     @classmethod
-    def from_config(cls, config, image_shape) -> "CatalogPrior":
+    def from_config(cls, config, image_shape) -> CatalogPrior:
         """Builds the prior from the ``config.prior`` ConfigDict (one key per dataclass field but
         ``image_shape``) and ``image_shape`` (H, W)."""
         return settings.from_config(cls, "prior", config, image_shape=tuple(image_shape))
@@ -84,8 +84,9 @@ class CatalogPrior:
         h, w = self.image_shape
         n = rng.poisson(self.mean_sources, size=b)
         if n.max(initial=0) > m:
-            raise ValueError(f"prior: drew {n.max()} sources in one image, more than max_sources={m}; "
-                             "raise config.prior.max_sources")
+            raise ValueError(
+                f"prior: drew {n.max()} sources in one image, more than max_sources={m}; raise config.prior.max_sources"
+            )
         valid = np.arange(m)[None, :] < n[:, None]
         is_galaxy = rng.random((b, m)) < self.prob_galaxy
         u_flux = rng.random((b, m))

@@ -93,8 +93,9 @@ def galsim_psf(params, trunc_pixels: float = DEFAULT_TRUNC_PIXELS, gsparams=None
         terms.append(galsim.Gaussian(sigma=s2, flux=fluxes[1], gsparams=gsparams))
     if fluxes[2] > 0:
         terms.append(
-            galsim.Moffat(beta=beta / 2, scale_radius=sp * np.sqrt(beta), trunc=trunc_pixels,
-                          flux=fluxes[2], gsparams=gsparams)
+            galsim.Moffat(
+                beta=beta / 2, scale_radius=sp * np.sqrt(beta), trunc=trunc_pixels, flux=fluxes[2], gsparams=gsparams
+            )
         )
     return galsim.Sum(terms, gsparams=gsparams) if len(terms) > 1 else terms[0]
 
@@ -106,8 +107,9 @@ def fwhm_pixels(params, trunc_pixels: float = DEFAULT_TRUNC_PIXELS) -> float:
     return 2.0 * half
 
 
-def fit_psf_params(radius, density, weights=None, initial=(1.5, 3.5, 2.0, 3.5, 0.1, 0.005),
-                   max_p0: float = 0.05) -> np.ndarray:
+def fit_psf_params(
+    radius, density, weights=None, initial=(1.5, 3.5, 2.0, 3.5, 0.1, 0.005), max_p0: float = 0.05
+) -> np.ndarray:
     """Least-squares fit of the six parameters to a radial PSF profile.
 
     ``radius`` in pixels; ``density`` a unit-integral surface density sampled at ``radius`` (e.g. a
@@ -132,6 +134,5 @@ def fit_psf_params(radius, density, weights=None, initial=(1.5, 3.5, 2.0, 3.5, 0
     theta0 = np.array([s1, max(s2 / s1, 1.6), sp, beta, b, min(p0, max_p0 / 2)])
     lower = [0.1, 1.5, 0.1, 2.2, 0.0, 0.0]
     upper = [20.0, 10.0, 20.0, 8.0, 1.0, max_p0]
-    result = optimize.least_squares(residual, theta0, bounds=(lower, upper), method="trf",
-                                    x_scale="jac", max_nfev=5000)
+    result = optimize.least_squares(residual, theta0, bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=5000)
     return unpack(result.x)

@@ -71,7 +71,7 @@ class RenderConfig:
             raise ValueError("render: pixel_scale_arcsec and psf_trunc_pixels must be positive")
 
     @classmethod
-    def from_config(cls, config) -> "RenderConfig":
+    def from_config(cls, config) -> RenderConfig:
         """Builds the settings from the ``config.render`` ConfigDict (one key per field)."""
         return settings.from_config(cls, "render", config)
 
@@ -108,8 +108,9 @@ def _phase_table(size: int) -> np.ndarray:
     return np.exp(2j * math.pi / size * np.outer(n, n))
 
 
-def _add_band_limited(image: np.ndarray, kvalues: np.ndarray, ky: np.ndarray, kx: np.ndarray, size: int,
-                      x: float, y: float) -> None:
+def _add_band_limited(
+    image: np.ndarray, kvalues: np.ndarray, ky: np.ndarray, kx: np.ndarray, size: int, x: float, y: float
+) -> None:
     """Adds a profile given by its k-space values (half plane, kx >= 0) centred at edge-based (x, y).
 
     Evaluates the inverse DFT of a ``size``-periodic stamp directly at the pixel centres where stamp and
@@ -129,14 +130,13 @@ def _add_band_limited(image: np.ndarray, kvalues: np.ndarray, ky: np.ndarray, kx
     phase_y = np.exp(1j * ky * (row + 0.5 - y))
     phase_x = np.exp(1j * kx * (col + 0.5 - x)) * weights
     table = _phase_table(size)
-    ey = table[r0 - row + half:r1 - row + half, half - m:half + m + 1]
-    ex = table[half:half + m + 1, c0 - col + half:c1 - col + half]
+    ey = table[r0 - row + half : r1 - row + half, half - m : half + m + 1]
+    ex = table[half : half + m + 1, c0 - col + half : c1 - col + half]
     stamp = ey @ ((kvalues * phase_y[:, None] * phase_x[None, :]) @ ex)
     image[r0:r1, c0:c1] += stamp.real / size**2
 
 
-def _add_star_pixels(image: np.ndarray, params: np.ndarray, trunc: float, x: float, y: float,
-                     flux: float) -> None:
+def _add_star_pixels(image: np.ndarray, params: np.ndarray, trunc: float, x: float, y: float, flux: float) -> None:
     """Adds a star of ``flux`` centred at edge-based (x, y): :func:`npejax.sim.psf.profile` (``params``,
     Moffat truncated at radius ``trunc`` pixels) integrated over each pixel of ``image``, in real space.
 
@@ -175,8 +175,9 @@ def _add_star_pixels(image: np.ndarray, params: np.ndarray, trunc: float, x: flo
     near_y = np.where((lo_y <= 0) & (lo_y + 1 >= 0), 0.0, np.minimum(np.abs(lo_y), np.abs(lo_y + 1)))
     near_x = np.where((lo_x <= 0) & (lo_x + 1 >= 0), 0.0, np.minimum(np.abs(lo_x), np.abs(lo_x + 1)))
     far_y, far_x = np.maximum(np.abs(lo_y), np.abs(lo_y + 1)), np.maximum(np.abs(lo_x), np.abs(lo_x + 1))
-    ey, ex = np.nonzero((near_y[:, None] ** 2 + near_x[None, :] ** 2 < trunc2)
-                        & (far_y[:, None] ** 2 + far_x[None, :] ** 2 > trunc2))
+    ey, ex = np.nonzero(
+        (near_y[:, None] ** 2 + near_x[None, :] ** 2 < trunc2) & (far_y[:, None] ** 2 + far_x[None, :] ** 2 > trunc2)
+    )
     if ey.size:
         # rows across the circle's sides (|dx| >= |dy|), columns across its top and bottom: there the
         # circle's edge is a smooth function of the sampled coordinate
@@ -208,8 +209,9 @@ class Renderer:
         self.bank = bank
         self.image_shape = tuple(int(v) for v in image_shape)
         self.config = config
-        self.gsparams = galsim.GSParams(folding_threshold=config.folding_threshold,
-                                        maxk_threshold=config.maxk_threshold)
+        self.gsparams = galsim.GSParams(
+            folding_threshold=config.folding_threshold, maxk_threshold=config.maxk_threshold
+        )
         self._disk = galsim.Exponential(half_light_radius=1.0, gsparams=self.gsparams)
         self._bulge = galsim.DeVaucouleurs(half_light_radius=1.0, gsparams=self.gsparams)
         # GalSim recomputes a Sersic's stepk/maxk on every access: keep the unit-radius values
@@ -227,7 +229,8 @@ class Renderer:
         if field not in self._psf_cache:
             self.bank.check_index(field)
             self._psf_cache[field] = psf_lib.galsim_psf(
-                self.bank.psf_params[field], self.config.psf_trunc_pixels, gsparams=self.gsparams)
+                self.bank.psf_params[field], self.config.psf_trunc_pixels, gsparams=self.gsparams
+            )
         return self._psf_cache[field]
 
     def _bright_psf(self, field: int) -> galsim.GSObject:
@@ -235,10 +238,12 @@ class Renderer:
         ``drawimage`` path (cached)."""
         field = int(field)
         if field not in self._bright_psf_cache:
-            gsparams = galsim.GSParams(folding_threshold=self.config.folding_threshold,
-                                       maxk_threshold=_BRIGHT_STAR_MAXK_THRESHOLD)
+            gsparams = galsim.GSParams(
+                folding_threshold=self.config.folding_threshold, maxk_threshold=_BRIGHT_STAR_MAXK_THRESHOLD
+            )
             self._bright_psf_cache[field] = psf_lib.galsim_psf(
-                self.bank.psf_params[field], self.config.psf_trunc_pixels, gsparams=gsparams)
+                self.bank.psf_params[field], self.config.psf_trunc_pixels, gsparams=gsparams
+            )
         return self._bright_psf_cache[field]
 
     def _psf_table(self, field: int) -> tuple[float, np.ndarray, float]:
@@ -373,8 +378,7 @@ class Renderer:
             if bounds.isDefined():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", galsim.GalSimWarning)  # "2 objects with hard edges"
-                    obj.drawImage(image=image[bounds], center=galsim.PositionD(gx, gy), add_to_image=True,
-                                  method="fft")
+                    obj.drawImage(image=image[bounds], center=galsim.PositionD(gx, gy), add_to_image=True, method="fft")
         return image.array.copy()
 
     def render(self, catalog, field_index, origins, rng: np.random.Generator):
@@ -422,8 +426,10 @@ def renderer_for(spec_or_renderer, image_shape, what: str) -> Renderer:
     elif hasattr(spec_or_renderer, "bank") and hasattr(spec_or_renderer, "render"):  # pipeline.SimulationSpec
         renderer = _cached_renderer(spec_or_renderer.bank, image_shape, spec_or_renderer.render)
     else:
-        raise TypeError(f"{what}: expected a SimulationSpec or a Renderer (a field bank alone has no render "
-                        f"settings), got {type(spec_or_renderer).__name__}")
+        raise TypeError(
+            f"{what}: expected a SimulationSpec or a Renderer (a field bank alone has no render "
+            f"settings), got {type(spec_or_renderer).__name__}"
+        )
     if tuple(renderer.image_shape) != image_shape:
         raise ValueError(f"{what}: the renderer draws {renderer.image_shape} images, the batch has {image_shape}")
     return renderer

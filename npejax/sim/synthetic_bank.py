@@ -25,7 +25,8 @@ import galsim
 import numpy as np
 from scipy import stats
 
-from npejax.sim import fields, psf as psf_lib
+from npejax.sim import fields
+from npejax.sim import psf as psf_lib
 
 PIXEL_SCALE_ARCSEC = 0.396
 FWHM_QUARTILES_ARCSEC = (1.30, 1.43, 1.58)
@@ -116,9 +117,15 @@ def make_bank(num_fields: int = 500, seed: int = 0) -> fields.FieldBank:
         "brightness matched to SDSS DR1 r-band quartiles; not real survey measurements."
     )
     return fields.FieldBank(
-        names=np.array([f"synthetic-{k:04d}" for k in range(num_fields)]), psf_params=psf_params,
-        sky_grid=sky_grid, gain=gain, calibration=calibration, frame_shape=fields.SDSS_FRAME_SHAPE,
-        reference=reference, synthetic=True, description=description,
+        names=np.array([f"synthetic-{k:04d}" for k in range(num_fields)]),
+        psf_params=psf_params,
+        sky_grid=sky_grid,
+        gain=gain,
+        calibration=calibration,
+        frame_shape=fields.SDSS_FRAME_SHAPE,
+        reference=reference,
+        synthetic=True,
+        description=description,
     )
 
 
@@ -129,7 +136,10 @@ def summary(bank: fields.FieldBank) -> dict:
     sky_mag = 22.5 - 2.5 * np.log10(sky_nmgy)
     q = lambda a: np.round(np.percentile(a, [25, 50, 75]), 3).tolist()
     relative_range = np.ptp(bank.sky_grid, axis=(1, 2)) / bank.sky_grid.mean(axis=(1, 2))
-    return dict(fwhm_arcsec_quartiles=q(fwhm), sky_mag_arcsec2_quartiles=q(sky_mag),
-                sky_gradient_percent_quartiles=q(100 * relative_range),
-                reference=str(bank.names[bank.reference]),
-                reference_psf=bank.psf_params[bank.reference].round(4).tolist())
+    return dict(
+        fwhm_arcsec_quartiles=q(fwhm),
+        sky_mag_arcsec2_quartiles=q(sky_mag),
+        sky_gradient_percent_quartiles=q(100 * relative_range),
+        reference=str(bank.names[bank.reference]),
+        reference_psf=bank.psf_params[bank.reference].round(4).tolist(),
+    )

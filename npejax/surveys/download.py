@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -103,8 +102,9 @@ def download_file(url: str, dest, retries: int = 3, timeout: float = 30, backoff
             _fetch_once(url, part, timeout)
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
-                raise DownloadError(f"HTTP 404 Not Found: {url} is not in the archive (check run, camcol, field "
-                                    f"and --base-url)") from exc
+                raise DownloadError(
+                    f"HTTP 404 Not Found: {url} is not in the archive (check run, camcol, field and --base-url)"
+                ) from exc
             if exc.code == 416:  # our partial file does not fit the remote one: start over
                 if os.path.exists(part):
                     os.remove(part)
@@ -117,19 +117,27 @@ def download_file(url: str, dest, retries: int = 3, timeout: float = 30, backoff
         except urllib.error.URLError as exc:
             last = exc
             continue
-        except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as exc:
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
             last = exc
             continue
         os.replace(part, dest)
         return True
     if isinstance(last, urllib.error.URLError) and not isinstance(last, urllib.error.HTTPError):
         raise _unreachable(url, out_dir, last.reason) from last
-    raise DownloadError(f"downloading {url} failed after {int(retries) + 1} attempts: "
-                        f"{type(last).__name__}: {last}") from last
+    raise DownloadError(
+        f"downloading {url} failed after {int(retries) + 1} attempts: {type(last).__name__}: {last}"
+    ) from last
 
 
-def download_fields(fields, out_dir, base_url: str = DEFAULT_BASE_URL, retries: int = 3, timeout: float = 30,
-                    backoff: float = 1.0, progress: bool = True) -> list[str]:
+def download_fields(
+    fields,
+    out_dir,
+    base_url: str = DEFAULT_BASE_URL,
+    retries: int = 3,
+    timeout: float = 30,
+    backoff: float = 1.0,
+    progress: bool = True,
+) -> list[str]:
     """Fetches psField, photoField and r-band frame files of (run, camcol, field) triples into ``out_dir`` (flat).
 
     Files already present are skipped; partial ``.part`` files are resumed. Returns the local paths. Raises

@@ -165,8 +165,9 @@ def _read_hdus(path, kind: str) -> list[tuple[fits.Header, object]]:
                         data = data.copy()
                     hdus.append((hdu.header.copy(), data))
     except Exception as exc:  # OSError, ValueError, EOFError (bz2), astropy VerifyError, ...
-        raise ValueError(f"{kind} file {path} is not a readable FITS file (truncated or corrupt?): "
-                         f"{type(exc).__name__}: {exc}") from exc
+        raise ValueError(
+            f"{kind} file {path} is not a readable FITS file (truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from exc
     for w in caught:
         if "truncated" in str(w.message).lower():
             raise ValueError(f"{kind} file {path} is truncated: {w.message}")
@@ -177,8 +178,10 @@ def _read_hdus(path, kind: str) -> list[tuple[fits.Header, object]]:
 
 def _table(hdus, index: int, path, kind: str, expected: str):
     if len(hdus) <= index:
-        raise ValueError(f"{kind} file {path} has {len(hdus)} HDUs (0..{len(hdus) - 1}); expected {expected} "
-                         f"in HDU {index} (truncated or wrong file?)")
+        raise ValueError(
+            f"{kind} file {path} has {len(hdus)} HDUs (0..{len(hdus) - 1}); expected {expected} "
+            f"in HDU {index} (truncated or wrong file?)"
+        )
     data = hdus[index][1]
     if not isinstance(data, fits.FITS_rec) or len(data) == 0:
         raise ValueError(f"{kind} file {path}: HDU {index} is not a non-empty binary table; expected {expected}")
@@ -203,8 +206,10 @@ def read_psfield(path, band=R_BAND) -> np.ndarray:
         col = _column(table, name, path, "psField", PSFIELD_HDU)
         row = np.atleast_1d(col[0])
         if row.shape != (len(BANDS),):
-            raise ValueError(f"psField file {path}: column {name!r} in HDU {PSFIELD_HDU} has shape {row.shape} per "
-                             f"row, expected one value per band ({len(BANDS)},)")
+            raise ValueError(
+                f"psField file {path}: column {name!r} in HDU {PSFIELD_HDU} has shape {row.shape} per "
+                f"row, expected one value per band ({len(BANDS)},)"
+            )
         params.append(float(row[b]))
     return psf_lib.validate_psf_params(np.array(params), where=f"psField file {path}, band {BANDS[b]}")
 
@@ -222,12 +227,16 @@ def read_photofield(path, field: int, band=R_BAND) -> float:
         raise ValueError(f"photoField file {path}: field {int(field)} not present in column FIELD (fields {shown})")
     gain_row = np.atleast_1d(gain_col[rows[0]])
     if gain_row.shape != (len(BANDS),):
-        raise ValueError(f"photoField file {path}: column 'GAIN' has shape {gain_row.shape} per row, expected one "
-                         f"value per band ({len(BANDS)},)")
+        raise ValueError(
+            f"photoField file {path}: column 'GAIN' has shape {gain_row.shape} per row, expected one "
+            f"value per band ({len(BANDS)},)"
+        )
     gain = float(gain_row[b])
     if not (np.isfinite(gain) and gain > 0):
-        raise ValueError(f"photoField file {path}: GAIN of field {int(field)} band {BANDS[b]} must be a positive "
-                         f"number of electrons per DN, got {gain}")
+        raise ValueError(
+            f"photoField file {path}: GAIN of field {int(field)} band {BANDS[b]} must be a positive "
+            f"number of electrons per DN, got {gain}"
+        )
     return gain
 
 
@@ -270,16 +279,22 @@ def _frame_sky(hdus, path: str) -> tuple[np.ndarray, np.ndarray]:
     """:func:`read_frame` of HDUs already read."""
     image = hdus[0][1]
     if image is None or np.ndim(image) != 2:
-        raise ValueError(f"frame file {path}: HDU 0 must be a 2-D image, got "
-                         f"{'no data' if image is None else f'shape {np.shape(image)}'}")
+        raise ValueError(
+            f"frame file {path}: HDU 0 must be a 2-D image, got "
+            f"{'no data' if image is None else f'shape {np.shape(image)}'}"
+        )
     h, w = image.shape
     if len(hdus) < 3:
-        raise ValueError(f"frame file {path} has {len(hdus)} HDUs; expected calibvec in HDU 1 and the sky table "
-                         f"(ALLSKY, XINTERP, YINTERP) in HDU 2 (truncated or wrong file?)")
+        raise ValueError(
+            f"frame file {path} has {len(hdus)} HDUs; expected calibvec in HDU 1 and the sky table "
+            f"(ALLSKY, XINTERP, YINTERP) in HDU 2 (truncated or wrong file?)"
+        )
     calib = hdus[1][1]
     if calib is None or np.shape(calib) != (w,):
-        raise ValueError(f"frame file {path}: HDU 1 calibvec has shape {np.shape(calib) if calib is not None else None}"
-                         f", expected ({w},) (one value per image column)")
+        raise ValueError(
+            f"frame file {path}: HDU 1 calibvec has shape {np.shape(calib) if calib is not None else None}"
+            f", expected ({w},) (one value per image column)"
+        )
     calib = np.asarray(calib, dtype=np.float64)
     if not np.all(np.isfinite(calib)) or np.any(calib <= 0):
         raise ValueError(f"frame file {path}: HDU 1 calibvec must be positive finite nmgy per DN")
@@ -288,11 +303,14 @@ def _frame_sky(hdus, path: str) -> tuple[np.ndarray, np.ndarray]:
     xinterp = np.asarray(_column(table, "XINTERP", path, "frame", 2)[0], dtype=np.float64).ravel()
     yinterp = np.asarray(_column(table, "YINTERP", path, "frame", 2)[0], dtype=np.float64).ravel()
     if allsky.ndim != 2:
-        raise ValueError(f"frame file {path}: HDU 2 column 'ALLSKY' has shape {allsky.shape}, expected a 2-D grid "
-                         f"(TDIM missing?)")
+        raise ValueError(
+            f"frame file {path}: HDU 2 column 'ALLSKY' has shape {allsky.shape}, expected a 2-D grid (TDIM missing?)"
+        )
     if xinterp.shape != (w,) or yinterp.shape != (h,):
-        raise ValueError(f"frame file {path}: HDU 2 XINTERP/YINTERP have lengths {xinterp.size}/{yinterp.size}, "
-                         f"expected {w}/{h} (image columns/rows)")
+        raise ValueError(
+            f"frame file {path}: HDU 2 XINTERP/YINTERP have lengths {xinterp.size}/{yinterp.size}, "
+            f"expected {w}/{h} (image columns/rows)"
+        )
     if not (np.all(np.isfinite(allsky)) and np.all(np.isfinite(xinterp)) and np.all(np.isfinite(yinterp))):
         raise ValueError(f"frame file {path}: HDU 2 ALLSKY/XINTERP/YINTERP contain NaN or infinite values")
     rows = interp.linear_weights(yinterp, allsky.shape[0])
@@ -318,8 +336,7 @@ def block_average(image: np.ndarray, grid_shape) -> np.ndarray:
     return sums / counts
 
 
-def field_from_files(psfield, photofield, frame, run: int, camcol: int, field: int,
-                     grid_shape=DEFAULT_GRID) -> dict:
+def field_from_files(psfield, photofield, frame, run: int, camcol: int, field: int, grid_shape=DEFAULT_GRID) -> dict:
     """One r-band field: ``psf_params`` [6], ``sky_grid`` [gh, gw] (electrons per pixel), ``gain`` (e-/DN),
     ``calibration`` (median calibvec, nmgy/DN), ``name`` ("RUN-CAMCOL-FIELD"), ``frame_shape`` (H, W), ``files``."""
     psf_params = read_psfield(psfield, band=R_BAND)
@@ -327,11 +344,17 @@ def field_from_files(psfield, photofield, frame, run: int, camcol: int, field: i
     sky_dn, calibvec = read_frame(frame)
     sky_grid = block_average(sky_dn * gain, grid_shape)
     if np.any(sky_grid <= 0):
-        raise ValueError(f"frame file {os.fspath(frame)}: sky level (ALLSKY) must be positive, "
-                         f"got minimum {sky_grid.min()} electrons per pixel")
+        raise ValueError(
+            f"frame file {os.fspath(frame)}: sky level (ALLSKY) must be positive, "
+            f"got minimum {sky_grid.min()} electrons per pixel"
+        )
     return dict(
-        psf_params=psf_params, sky_grid=sky_grid, gain=gain, calibration=float(np.median(calibvec)),
-        name=field_id(run, camcol, field), frame_shape=tuple(int(v) for v in sky_dn.shape),
+        psf_params=psf_params,
+        sky_grid=sky_grid,
+        gain=gain,
+        calibration=float(np.median(calibvec)),
+        name=field_id(run, camcol, field),
+        frame_shape=tuple(int(v) for v in sky_dn.shape),
         files=dict(psfield=os.fspath(psfield), photofield=os.fspath(photofield), frame=os.fspath(frame)),
     )
 
@@ -350,8 +373,9 @@ def _find(index: dict[str, str], names, directory: str, kind: str, archive_path:
     for name in names:
         if name in index:
             return index[name]
-    raise FileNotFoundError(f"{kind} file {names[0]} not found in {directory} (flat, or under the archive path "
-                            f"{archive_path})")
+    raise FileNotFoundError(
+        f"{kind} file {names[0]} not found in {directory} (flat, or under the archive path {archive_path})"
+    )
 
 
 def discover_fields(directory) -> list[tuple[int, int, int]]:
@@ -386,8 +410,9 @@ def build_bank(directory, fields=None, grid_shape=DEFAULT_GRID, reference=None) 
     if fields is None:
         fields = discover_fields(directory)
         if not fields:
-            raise FileNotFoundError(f"no r-band frame files (frame-r-RUN6-CAMCOL-FIELD4.fits[.bz2]) found in "
-                                    f"{directory}")
+            raise FileNotFoundError(
+                f"no r-band frame files (frame-r-RUN6-CAMCOL-FIELD4.fits[.bz2]) found in {directory}"
+            )
     fields = [parse_field_id(f) for f in fields]
     if len(set(fields)) != len(fields):
         raise ValueError(f"duplicate fields in the field list for {directory}")
@@ -412,12 +437,21 @@ def build_bank(directory, fields=None, grid_shape=DEFAULT_GRID, reference=None) 
         if ref_name not in names:
             raise ValueError(f"reference field {ref_name} is not among the {len(names)} fields read from {directory}")
         ref = names.index(ref_name)
-    description = (f"{len(names)} SDSS r-band fields from {directory}: PSF from psField HDU {PSFIELD_HDU}, gain from "
-                   f"photoField GAIN, sky from frame ALLSKY (interpolated with XINTERP/YINTERP) x gain in electrons "
-                   f"per pixel, block-averaged to a {sky_grid.shape[1]}x{sky_grid.shape[2]} grid, calibration = "
-                   f"median frame calibvec; reference field {names[ref]}")
+    description = (
+        f"{len(names)} SDSS r-band fields from {directory}: PSF from psField HDU {PSFIELD_HDU}, gain from "
+        f"photoField GAIN, sky from frame ALLSKY (interpolated with XINTERP/YINTERP) x gain in electrons "
+        f"per pixel, block-averaged to a {sky_grid.shape[1]}x{sky_grid.shape[2]} grid, calibration = "
+        f"median frame calibvec; reference field {names[ref]}"
+    )
     return fields_lib.FieldBank(
-        names=np.array(names), psf_params=psf_params, sky_grid=sky_grid,
-        gain=np.array([r["gain"] for r in records]), calibration=np.array([r["calibration"] for r in records]),
-        frame_shape=shapes.pop(), reference=ref, synthetic=False, description=description, source=directory,
+        names=np.array(names),
+        psf_params=psf_params,
+        sky_grid=sky_grid,
+        gain=np.array([r["gain"] for r in records]),
+        calibration=np.array([r["calibration"] for r in records]),
+        frame_shape=shapes.pop(),
+        reference=ref,
+        synthetic=False,
+        description=description,
+        source=directory,
     )
