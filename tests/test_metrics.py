@@ -543,3 +543,56 @@ def test_flux_coverage_detects_overconfidence_and_filters_mags():
         truth, pred, matches, num_images, levels=[0.5], mag_range=(21.0, 22.0), num_bootstrap=0
     )
     assert faint["count"] == np.sum((mag >= 21.0) & (mag <= 22.0)) > 0
+
+
+def _operating_point_catalogs():
+    """One image, 4 true r 21 sources; 3 predictions on them (prob 0.9, 0.7, 0.3) and 2 far from any (0.8, 0.2)."""
+    flux = float(mag_to_flux(21.0))
+    truth = {"image": np.zeros(4, int), "x": [10.0, 20.0, 30.0, 40.0], "y": [10.0] * 4, "flux": [flux] * 4}
+    pred = {
+        "image": np.zeros(5, int),
+        "x": [10.2, 20.1, 30.0, 60.0, 70.0],
+        "y": [10.0, 10.1, 9.9, 60.0, 70.0],
+        "flux": [flux] * 5,
+        "prob_source": [0.9, 0.7, 0.3, 0.8, 0.2],
+    }
+    return truth, pred
+
+
+def test_threshold_curves_by_hand_and_against_binned_metrics():
+    truth, pred = _operating_point_catalogs()
+    cutoffs = (20.0, 22.0)
+    curves = metrics.threshold_curves(truth, pred, 1, cutoffs=cutoffs, thresholds=[0.1, 0.25, 0.5, 0.75, 0.85, 0.95])
+    # bin 0 (r < 20) is empty: NaN; bin 1 by hand: detections above each threshold, matched ones, truths matched
+    assert np.isnan(curves["precision"][:, 0]).all() and np.isnan(curves["recall"][:, 0]).all()
+    np.testing.assert_allclose(curves["precision"][:, 1], [3 / 5, 3 / 4, 2 / 3, 1 / 2, 1.0, np.nan])
+    np.testing.assert_allclose(curves["recall"][:, 1], [3 / 4, 3 / 4, 2 / 4, 1 / 4, 1 / 4, 0.0])
+    np.testing.assert_array_equal(curves["num_detections"][:, 1], [5, 4, 3, 2, 1, 0])
+    np.testing.assert_array_equal(curves["num_truth"], [0, 4])
+    # the same numbers as binned_metrics at its fixed threshold
+    for i, tau in enumerate(curves["thresholds"]):
+        fixed = metrics.binned_metrics(truth, pred, 1, cutoffs=cutoffs, num_bootstrap=0, prob_threshold=tau)
+        np.testing.assert_array_equal(curves["precision"][i], fixed["precision"]["value"])
+        np.testing.assert_array_equal(curves["recall"][i], fixed["recall"]["value"])
+
+
+def test_at_reference_operating_point_by_hand():
+    truth, pred = _operating_point_catalogs()
+    curves = metrics.threshold_curves(truth, pred, 1, cutoffs=(20.0, 22.0))  # thresholds 0.01 .. 0.99
+    # reference: recall 0.5 and precision 0.7 in bin 1, undefined in bin 0
+    out = metrics.at_reference_operating_point(curves, ref_precision=[np.nan, 0.7], ref_recall=[np.nan, 0.5])
+    # recall >= 0.5 for tau < 0.7; the best precision there is 3/4 (tau in [0.2, 0.3): the 0.2 spurious one out)
+    assert out["precision_at_ref_recall"][1] == pytest.approx(0.75)
+    assert out["threshold_at_ref_recall"][1] == pytest.approx(0.29)
+    # precision >= 0.7 at tau in [0.2, 0.3) (0.75, recall 3/4) and [0.8, 0.9) (1.0, recall 1/4): the best recall 3/4
+    assert out["recall_at_ref_precision"][1] == pytest.approx(0.75)
+    assert out["threshold_at_ref_precision"][1] == pytest.approx(0.29)
+    assert np.isnan(out["precision_at_ref_recall"][0]) and np.isnan(out["threshold_at_ref_precision"][0])
+    # a reference the network cannot reach at any threshold: NaN, not a made-up number
+    unreachable = metrics.at_reference_operating_point(curves, ref_precision=[np.nan, 1.01], ref_recall=[np.nan, 0.9])
+    assert np.isnan(unreachable["recall_at_ref_precision"][1]) and np.isnan(unreachable["precision_at_ref_recall"][1])
+    with pytest.raises(ValueError, match="bins"):
+        metrics.at_reference_operating_point(curves, ref_precision=[0.5], ref_recall=[0.5])
+    del pred["prob_source"]
+    with pytest.raises(ValueError, match="prob_source"):
+        metrics.threshold_curves(truth, pred, 1)

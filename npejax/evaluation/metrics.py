@@ -60,6 +60,8 @@ __all__ = [
     "assign_bins",
     "equal_count_edges",
     "binned_metrics",
+    "threshold_curves",
+    "at_reference_operating_point",
     "count_calibration",
     "roc_curve",
     "auc",
@@ -495,6 +497,113 @@ def binned_metrics(
         recall=metric(1),
         accuracy=metric(2, available=has_types),
         mape=metric(3, scale=100.0),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Operating points: the detection threshold as a choice, not a constant
+
+DEFAULT_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)  # prob_source thresholds swept by threshold_curves
+
+
+def threshold_curves(truth, pred, num_images: int, cutoffs=REFERENCE_CUTOFFS, thresholds=None, slack: float = 1.0):
+    """Per-bin precision and recall of a catalog with detection probabilities, at each threshold.
+
+    For every threshold tau in ``thresholds`` (default 0.01, 0.02, ..., 0.99) the detections are the rows with
+    ``prob_source`` > tau; they are matched to the truth anew (:func:`match`, ``slack`` pixels: a detection
+    dropped at a higher threshold can free a true source for another one), and binned as in
+    :func:`binned_metrics`: precision by estimated magnitude, recall by true magnitude.
+
+    Returns a dict: ``thresholds`` [T]; ``precision``, ``recall`` [T, K] (NaN where the bin holds no
+    detection / no true source); ``num_detections``, ``num_matched_detections`` [T, K] (estimated-magnitude
+    bins), ``num_truth`` [K] and ``num_matched_truth`` [T, K] (true-magnitude bins); ``cutoffs``. ValueError when
+    the prediction has no ``prob_source`` column (a catalog without probabilities has one operating point).
+    """
+    num_images = _check_num_images(num_images)
+    t = _load(truth, "truth", num_images)
+    p = _load(pred, "prediction", num_images)
+    if "prob_source" not in p:
+        raise ValueError("threshold_curves needs the prediction's prob_source column (detection probabilities)")
+    cutoffs = np.asarray(cutoffs, dtype=np.float64)
+    taus = DEFAULT_THRESHOLDS if thresholds is None else np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if taus.size == 0 or not np.isfinite(taus).all():
+        raise ValueError(f"thresholds must be a non-empty list of finite numbers, got {thresholds!r}")
+    k = cutoffs.size
+    t_bin = assign_bins(t["mag"], cutoffs)
+    p_bin_all = assign_bins(p["mag"], cutoffs)
+    num_truth = np.bincount(t_bin[t_bin >= 0], minlength=k)
+
+    def count(bins, mask):
+        sel = mask & (bins >= 0)
+        return np.bincount(bins[sel], minlength=k)
+
+    shape = (taus.size, k)
+    det, det_matched, truth_matched = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    for i, tau in enumerate(taus):
+        detected = p["prob_source"] > tau
+        t2p, p2t = _match(t, p, num_images, float(slack), detected)
+        det[i] = count(p_bin_all, detected)
+        det_matched[i] = count(p_bin_all, detected & (p2t >= 0))
+        truth_matched[i] = count(t_bin, t2p >= 0)
+    return dict(
+        cutoffs=cutoffs,
+        thresholds=taus,
+        precision=_ratio(det_matched, det),
+        recall=_ratio(truth_matched, np.broadcast_to(num_truth, shape)),
+        num_detections=det,
+        num_matched_detections=det_matched,
+        num_truth=num_truth,
+        num_matched_truth=truth_matched,
+    )
+
+
+def at_reference_operating_point(curves: dict, ref_precision, ref_recall) -> dict:
+    """The network at a reference method's operating point, bin by bin (a fair comparison with a method that
+    has no probabilities, e.g. Source Extractor at its own threshold).
+
+    ``curves`` from :func:`threshold_curves`; ``ref_precision`` and ``ref_recall`` [K] the reference's
+    per-bin values (NaN: undefined). In each bin k:
+
+    - ``precision_at_ref_recall`` [K]: the best precision over the thresholds whose recall is at least the
+      reference's, and ``threshold_at_ref_recall`` [K] the threshold that gives it (the highest such, on ties);
+    - ``recall_at_ref_precision`` [K]: the best recall over the thresholds whose precision is at least the
+      reference's, and ``threshold_at_ref_precision`` [K];
+
+    NaN (and threshold NaN) where the reference value is undefined or no threshold of the sweep reaches it.
+    Each bin gets its own threshold: this answers "could the network match the reference's recall in this
+    bin and still be more precise?", not what one global threshold would give.
+    """
+    prec = np.asarray(curves["precision"], np.float64)
+    rec = np.asarray(curves["recall"], np.float64)
+    taus = np.asarray(curves["thresholds"], np.float64)
+    ref_p = np.asarray(ref_precision, np.float64).reshape(-1)
+    ref_r = np.asarray(ref_recall, np.float64).reshape(-1)
+    k = prec.shape[1]
+    if ref_p.size != k or ref_r.size != k:
+        raise ValueError(f"reference precision/recall have {ref_p.size}/{ref_r.size} bins, the curves {k}")
+
+    def best(value, constraint, ref):
+        out, at = np.full(k, np.nan), np.full(k, np.nan)
+        for j in range(k):
+            if not np.isfinite(ref[j]):
+                continue
+            ok = np.isfinite(value[:, j]) & np.isfinite(constraint[:, j]) & (constraint[:, j] >= ref[j] - 1e-12)
+            if not ok.any():
+                continue
+            v = np.where(ok, value[:, j], -np.inf)
+            i = np.flatnonzero(v == v.max())[-1]  # the highest threshold among the best
+            out[j], at[j] = v[i], taus[i]
+        return out, at
+
+    p_at_r, tau_r = best(prec, rec, ref_r)
+    r_at_p, tau_p = best(rec, prec, ref_p)
+    return dict(
+        precision_at_ref_recall=p_at_r,
+        threshold_at_ref_recall=tau_r,
+        recall_at_ref_precision=r_at_p,
+        threshold_at_ref_precision=tau_p,
+        ref_precision=ref_p,
+        ref_recall=ref_r,
     )
 
 
