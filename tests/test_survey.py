@@ -676,3 +676,12 @@ def test_frame_list_format(tmp_path):
     assert frames[1].psf_params == PSF and frames[1].field_id is None  # a line's PSF replaces the defaults
     assert frames[2].is_sdss and frames[2].psfield == str(tmp_path / "p" / "psField-000094-1-0012.fit")
     assert frames[3].background == 0.6 and frames[3].field_id == "94-1-13" and not frames[3].is_sdss
+
+
+def test_frame_stem_is_the_file_name_without_extensions():
+    """A frame's name (its catalog's file name) drops one compression and one FITS extension, any case; the
+    SDSS archive's file name of a field (surveys.sdss.frame_name) comes back to the field's frame stem."""
+    assert runner_lib.frame_stem(sdss.frame_name(94, 1, 12)) == "frame-r-000094-1-0012"
+    assert runner_lib.frame_stem("/data/run 1/img.FITS.fz") == "img"
+    assert runner_lib.frame_stem("img.fts") == "img" and runner_lib.frame_stem("a.b.fit.gz") == "a.b"
+    assert runner_lib.frame_stem("img.png") == "img.png" and runner_lib.frame_stem(".fits") == ".fits"

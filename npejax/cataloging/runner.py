@@ -26,7 +26,7 @@ image's shape) and one of ``field-id=`` (a field of the field bank, default the 
 ``psf-params=`` (s1,s2,sP,beta,b,p0, pixels); the ``background``, ``field_id`` and ``psf_params`` given to
 :func:`read_frame_list` (the command's flags) are the defaults of lines that leave them out (a line's own PSF
 key replaces both PSF defaults). Relative paths are relative to the folder of the list file. A frame's
-*name* (:func:`frame_name`) is its file name without ``.fits``/``.fit``/``.fts`` and ``.gz``/``.bz2``/
+*name* (:func:`frame_stem`) is its file name without ``.fits``/``.fit``/``.fts`` and ``.gz``/``.bz2``/
 ``.fz``; names must be unique in the list.
 
 **Files** under the output folder ``out``: ``catalogs/NAME.fits`` (or ``.csv``; :func:`catalog_path`), one
@@ -101,7 +101,7 @@ SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK
 @dataclasses.dataclass(frozen=True)
 class Frame:
     """One frame of the list: ``index`` (0-based among the list's frames), ``line`` (1-based line number),
-    ``path`` (resolved), ``name`` (:func:`frame_name`), and either ``psfield`` (an SDSS frame) or
+    ``path`` (resolved), ``name`` (:func:`frame_stem`), and either ``psfield`` (an SDSS frame) or
     ``background`` (float or FITS path) with ``field_id`` or ``psf_params`` (text)."""
 
     index: int
@@ -118,8 +118,8 @@ class Frame:
         return self.psfield is not None
 
 
-def frame_name(path: str) -> str:
-    """The name of a frame file: its base name without a compression and a FITS extension
+def frame_stem(path: str) -> str:
+    """The name of a frame file (its stem): its base name without a compression and a FITS extension
     (``frame-r-000094-1-0012.fits.bz2`` -> ``frame-r-000094-1-0012``)."""
     name = os.path.basename(os.fspath(path))
     for exts in (_COMPRESSION, _FITS_EXT):
@@ -181,7 +181,7 @@ def read_frame_list(
         if len(paths) != 1:
             raise ValueError(f"{where}: expected one frame file and key=value words, got {len(paths)} paths {paths}")
         file = _resolve(folder, paths[0])
-        name = frame_name(file)
+        name = frame_stem(file)
         if name in names:
             raise ValueError(
                 f"{where}: frame name {name!r} is also line {names[name]}'s; catalogs are named by "
