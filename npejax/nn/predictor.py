@@ -192,10 +192,10 @@ class Predictor:
 
     @classmethod
     def from_workdir(cls, workdir: str, which: str = "best") -> Predictor:
-        """Loads ``workdir/checkpoints/{best,latest}`` (:func:`npejax.nn.checkpoints.load`: clear errors for
+        """Loads ``workdir/checkpoints/{best,latest}`` (:func:`npejax.nn.checkpoints.load_network`: clear errors for
         a missing or foreign directory)."""
         source = f"checkpoint {os.path.join(workdir, 'checkpoints', which)}"
-        return cls(*checkpoints.load(workdir, which), source=source)
+        return cls(*checkpoints.load_network(workdir, which), source=source)
 
     def check_chunk_size(self, chunk_size) -> int | None:
         """Chunk side in tiles for ``chunk_size`` pixels (None or 0: whole images); ValueError when a chunk
