@@ -38,7 +38,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def per_image_nll(workdir: str, num_images: int) -> np.ndarray:
     """NLL of each of the first ``num_images`` validation-split images under ``workdir``'s best checkpoint."""
-    config, variables, normalizer = checkpoints.load(workdir, "best")
+    config, variables, normalizer = checkpoints.load_network(workdir, "best")
     net = model_lib.from_config(config)
     spec = pipeline.SimulationSpec.from_config(config, seed=datasets.split_seed(config.seed, "val"), batch_size=BATCH)
 

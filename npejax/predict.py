@@ -12,7 +12,7 @@ A FITS ``--input`` needs ``--background`` and one of ``--psf-params`` and ``--fi
 every pixel times its calibration, nmgy) and, with ``--psfield``, its PSF parameters: nothing to convert
 by hand. A FITS input with a celestial WCS (an SDSS frame has one) gives ``ra`` and ``dec`` columns and
 a FITS catalog keeps the WCS in its header. ``--png`` draws the detections on the (first) image. See
-:mod:`npejax.nn.predictor` for the inputs and the catalog's columns.
+:mod:`npejax.cataloging.images` for the inputs and :mod:`npejax.nn.predictor` for the catalog's columns.
 
 Refused before any prediction, with one ``error:`` line and exit status 2, nothing written: a missing or
 foreign workdir, a missing, truncated or corrupt input (FITS, .npz, dataset, SDSS frame or psField), a
@@ -30,6 +30,7 @@ from absl import flags
 
 from npejax import catalogs as catalog_lib
 from npejax import cli, io
+from npejax.cataloging import figures, images, options
 from npejax.nn import checkpoints, predictor
 
 
@@ -77,7 +78,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
 
-def open_inputs(fv: flags.FlagValues) -> predictor.Inputs:
+def open_inputs(fv: flags.FlagValues) -> images.Inputs:
     """The images named by --input or --sdss-frame/--psfield, read and checked."""
     frame, psfield, path = fv["sdss-frame"].value, fv.psfield, fv.input
     if (path is None) == (frame is None):
@@ -93,17 +94,17 @@ def open_inputs(fv: flags.FlagValues) -> predictor.Inputs:
             )
         if psfield is None:
             raise cli.UsageError("--sdss-frame needs --psfield (the frame's psField file, for its PSF)")
-        return predictor.open_sdss_frame(frame, psfield)
+        return images.open_sdss_frame(frame, psfield)
     if psfield is not None:
         raise cli.UsageError("--psfield goes with --sdss-frame; for --input give --psf-params or --field-id")
-    return predictor.open_inputs(
-        path, predictor.parse_background_arg(fv.background), fv["psf-params"].value, fv["field-id"].value, fv.bank
+    return images.open_inputs(
+        path, options.parse_background_arg(fv.background), fv["psf-params"].value, fv["field-id"].value, fv.bank
     )
 
 
 def run(fv: flags.FlagValues) -> None:
     # everything a user can get wrong is checked before the network runs: flags, output paths, inputs
-    min_prob = predictor.min_prob_flag(fv["min-prob"].value)
+    min_prob = options.min_prob_flag(fv["min-prob"].value)
     batch_size, chunk_size = fv["batch-size"].value, fv["chunk-size"].value
     if batch_size < 1:
         raise cli.UsageError(f"--batch-size {batch_size}: expected a positive number of images per network call")
@@ -117,17 +118,14 @@ def run(fv: flags.FlagValues) -> None:
         io.check_output_file(fv.png, "--png")
     inputs = open_inputs(fv)
     net = predictor.Predictor.from_workdir(fv.workdir, fv.checkpoint)
-    try:
-        net.check_chunk_size(chunk_size)
-    except ValueError as exc:
-        raise cli.UsageError(f"--chunk-size {chunk_size}: {cli.message(exc).split(': ', 1)[1]}") from None
+    chunk_size = options.chunk_size_flag(net, chunk_size)
 
-    table = net.catalog_of(inputs, min_prob, batch_size, chunk_size or None)
+    table = images.catalog_inputs(net, inputs, min_prob, batch_size, chunk_size)
     catalog_lib.write_table(table, fv.out)
     print(f"{len(table)} sources in {inputs.num_images} images -> {fv.out}")
     if fv.png is not None:
         image = inputs.read(0, 1)[0][0]
-        width, height = predictor.write_catalog_png(fv.png, image, table[table["image"] == 0])
+        width, height = figures.write_catalog_png(fv.png, image, table[table["image"] == 0])
         print(f"image 0 with {int((table['image'] == 0).sum())} detections ({width} x {height} pixels) -> {fv.png}")
 
 

@@ -19,7 +19,7 @@ cataloged is one line ``failed: frame K NAME (PATH): REASON`` on stderr and a ro
 Slurm job array's ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, else every frame. ``merge`` writes one
 table (FITS or CSV by extension) of every catalog in ``DIR/catalogs`` (by name), or of the ``--frames``
 list's frames in its order, with a ``frame`` column. The frame list's keys, the files, the sharding rule and
-the merged table: :mod:`npejax.nn.survey`.
+the merged table: :mod:`npejax.cataloging.runner`.
 
 Exit status: 0; 1 when a frame failed (catalog) or a listed frame has no catalog (merge; the table of the
 others is written); 2 for a bad command line, flag value, frame list (syntax, a duplicate name, a FITS line
@@ -35,8 +35,9 @@ from absl import flags
 
 from npejax import catalogs as catalog_lib
 from npejax import cli, io
+from npejax.cataloging import options
+from npejax.cataloging import runner as runner_lib
 from npejax.nn import checkpoints, predictor
-from npejax.nn import survey as survey_lib
 
 
 def define_catalog_flags(fv: flags.FlagValues) -> None:
@@ -56,7 +57,7 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
         required=True,
     )
-    flags.DEFINE_enum("format", "fits", list(survey_lib.FORMATS), "Catalog file format.", flag_values=fv)
+    flags.DEFINE_enum("format", "fits", list(runner_lib.FORMATS), "Catalog file format.", flag_values=fv)
     flags.DEFINE_string(
         "shard",
         None,
@@ -95,48 +96,44 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
 
 def run_catalog(fv: flags.FlagValues) -> int:
     # everything a user can get wrong in the command line is checked before a frame is read
-    min_prob = predictor.min_prob_flag(fv["min-prob"].value)
+    min_prob = options.min_prob_flag(fv["min-prob"].value)
     field_id, psf_params = fv["field-id"].value, fv["psf-params"].value
-    survey_lib.check_defaults(fv.background, field_id, psf_params)
-    shard, num_shards, shard_source = survey_lib.resolve_shard(fv.shard)
+    options.check_defaults(fv.background, field_id, psf_params)
+    shard, num_shards, shard_source = runner_lib.resolve_shard(fv.shard)
     out, fmt = fv.out, fv.format
     io.check_output_dir(out, "--out")
-    frames = survey_lib.read_frame_list(fv.frames, fv.background, field_id, psf_params)
+    frames = runner_lib.read_frame_list(fv.frames, fv.background, field_id, psf_params)
     if not frames:
         raise cli.UsageError(f"--frames {fv.frames} lists no frame")
-    bank = survey_lib.FieldBankCache(fv.bank)
+    bank = runner_lib.FieldBankCache(fv.bank)
     bank.check_default(field_id)
-    mine = survey_lib.shard_frames(frames, shard, num_shards)
-    todo = survey_lib.pending_frames(mine, out, fmt)
+    mine = runner_lib.shard_frames(frames, shard, num_shards)
+    todo = runner_lib.pending_frames(mine, out, fmt)
     skipped = len(mine) - len(todo)
     print(
         f"shard {shard}/{num_shards} ({shard_source}; frame K goes to shard K mod {num_shards}): {len(mine)} of "
-        f"{len(frames)} frames; {skipped} skipped (catalog exists in {os.path.join(out, survey_lib.CATALOG_DIR)})"
+        f"{len(frames)} frames; {skipped} skipped (catalog exists in {os.path.join(out, runner_lib.CATALOG_DIR)})"
         f", {len(todo)} to catalog",
         flush=True,
     )
-    failures_file = survey_lib.failures_path(out, shard, num_shards)
-    summary = survey_lib.Summary()
+    failures_file = runner_lib.failures_path(out, shard, num_shards)
+    summary = runner_lib.Summary()
     if todo:  # the network is loaded only when there is a frame to catalog
         net = predictor.Predictor.from_workdir(fv.workdir, fv.checkpoint)
-        chunk_size = fv["chunk-size"].value
-        try:
-            net.check_chunk_size(chunk_size)
-        except ValueError as exc:
-            raise cli.UsageError(f"--chunk-size {chunk_size}: {cli.message(exc).split(': ', 1)[1]}") from None
+        chunk_size = options.chunk_size_flag(net, fv["chunk-size"].value)
         if any(f.field_id is not None for f in todo):
             bank.load()  # a missing or unreadable bank is the command's error, not every frame's
-        summary = survey_lib.catalog_frames(net, todo, out, fmt, bank, min_prob, chunk_size, fv.readers, failures_file)
-    survey_lib.clear_failures(failures_file, summary.failures)  # a rerun that catalogued every frame
+        summary = runner_lib.catalog_frames(net, todo, out, fmt, bank, min_prob, chunk_size, fv.readers, failures_file)
+    runner_lib.clear_failures(failures_file, summary.failures)  # a rerun that catalogued every frame
     failed = len(summary.failures)
     print(
         f"shard {shard}/{num_shards}: {summary.done} frames cataloged ({summary.sources} sources)"
         f"{summary.rate_text()}, {skipped} skipped, {failed} failed"
         + (f" (listed in {failures_file})" if failed else "")
-        + f"; {survey_lib.peak_memory_text()}",
+        + f"; {runner_lib.peak_memory_text()}",
         flush=True,
     )
-    return survey_lib.EXIT_FRAMES_FAILED if failed else 0
+    return runner_lib.EXIT_FRAMES_FAILED if failed else 0
 
 
 def define_merge_flags(fv: flags.FlagValues) -> None:
@@ -159,12 +156,12 @@ def run_merge(fv: flags.FlagValues) -> int:
         raise NotADirectoryError(f"--out {out}: no such folder (the --out of python -m npejax.survey catalog)")
     names = None
     if fv.frames is not None:
-        names = [f.name for f in survey_lib.read_frame_list(fv.frames, require_inputs=False)]
-    elif not survey_lib.catalog_files(out):
-        raise FileNotFoundError(f"--out {out}: no catalogs in {os.path.join(out, survey_lib.CATALOG_DIR)}")
-    merged, missing = survey_lib.merge_catalogs(out, names)
+        names = [f.name for f in runner_lib.read_frame_list(fv.frames, require_inputs=False)]
+    elif not runner_lib.catalog_files(out):
+        raise FileNotFoundError(f"--out {out}: no catalogs in {os.path.join(out, runner_lib.CATALOG_DIR)}")
+    merged, missing = runner_lib.merge_catalogs(out, names)
     catalog_lib.write_table(merged, path)
-    listed = survey_lib.failure_files(out)
+    listed = runner_lib.failure_files(out)
     print(
         f"{merged.meta['NFRAMES']} frame catalogs, {len(merged)} rows -> {path}"
         + (f"; failures of the last runs listed in {', '.join(listed)}" if listed else "")
@@ -173,9 +170,9 @@ def run_merge(fv: flags.FlagValues) -> int:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         sys.stderr.write(
             f"missing: {len(missing)} frames of {fv.frames} have no catalog in "
-            f"{os.path.join(out, survey_lib.CATALOG_DIR)} ({shown}); run the catalog command again\n"
+            f"{os.path.join(out, runner_lib.CATALOG_DIR)} ({shown}); run the catalog command again\n"
         )
-        return survey_lib.EXIT_FRAMES_FAILED
+        return runner_lib.EXIT_FRAMES_FAILED
     return 0
 
 

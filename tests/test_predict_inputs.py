@@ -19,6 +19,7 @@ from conftest import assert_one_error
 from npejax import catalogs as catalog
 from npejax import datasets as data
 from npejax import predict
+from npejax.cataloging import images
 from npejax.nn import predictor, train
 from npejax.sim import pipeline
 from npejax.surveys import sdss
@@ -273,7 +274,7 @@ def test_pixel_convention_of_sky_coordinates():
         dict(image=np.zeros(3, int), x=np.array([0.5, 1.5, 0.0]), y=np.array([0.5, 0.5, 0.0]), flux=np.ones(3))
     )
     wcs = WCS(_tan_header(crpix=(1.0, 1.0)))
-    predictor.add_sky_coordinates(table, wcs)
+    images.add_sky_coordinates(table, wcs)
     assert table["ra"][0] == pytest.approx(150.1, abs=1e-12) and table["dec"][0] == pytest.approx(2.2, abs=1e-12)
     step = np.hypot(table["ra"][1] - table["ra"][0], table["dec"][1] - table["dec"][0]) * 3600
     assert step == pytest.approx(0.396, abs=0.01)  # one pixel to the right
@@ -482,9 +483,9 @@ def test_dataset_is_streamed_batch_by_batch(trained, capsys, monkeypatch):
         return getitem(self, index)
 
     monkeypatch.setattr(data.Dataset, "__getitem__", spy)
-    inputs = predictor.open_inputs(str(root / "test"))
+    inputs = images.open_inputs(str(root / "test"))
     assert reads == []  # opening reads no image
-    table = net.catalog_of(inputs, min_prob=0.0, batch_size=2)
+    table = images.catalog_inputs(net, inputs, min_prob=0.0, batch_size=2)
     assert reads == [slice(0, 2), slice(2, 4), slice(4, 5)]
     monkeypatch.undo()
     whole = data.load(root / "test")[np.arange(5)]

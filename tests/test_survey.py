@@ -1,4 +1,4 @@
-"""Cataloging a survey (the command npejax.survey, the library npejax.nn.survey): a source on a chunk seam
+"""Cataloging a survey (the command npejax.survey, the library npejax.cataloging.runner): a source on a chunk seam
 is reported once (a chunked 1489 x 2048 frame gives the whole-frame catalog), one catalog per frame, reruns
 skip finished frames, a failing frame is reported while the others finish, --shard and Slurm job arrays split
 the list, and merge writes one table.
@@ -23,11 +23,12 @@ from conftest import assert_one_error, make_tiny_config
 
 from npejax import catalogs as catalog
 from npejax import io, survey
+from npejax.cataloging import images
+from npejax.cataloging import runner as runner_lib
 from npejax.nn import checkpoints, predictor, train
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
-from npejax.nn import survey as survey_lib
 from npejax.sim import fields, render
 from npejax.surveys import sdss
 
@@ -319,13 +320,13 @@ def test_catalog_per_frame_rerun_skips_and_failures_reported(workdir, tmp_path, 
         _assert_same_table(got, net.catalog(image, background, psf, min_prob=0.0), name)
         assert len(got) == (SMALL[0] // 4) * (SMALL[1] // 4)
     got = catalog.read_table(out / "catalogs" / "frame-r-000094-1-0012.fits")
-    _assert_same_table(got, net.catalog_of(predictor.open_sdss_frame(str(frame), str(psfield)), 0.0), "sdss")
+    _assert_same_table(got, images.catalog_inputs(net, images.open_sdss_frame(str(frame), str(psfield)), 0.0), "sdss")
     assert sorted(os.listdir(out / "catalogs")) == ["a.fits", "b.fits", "c.fits", "frame-r-000094-1-0012.fits"]
 
     # a rerun reads only the frames without a catalog
     opened = []
-    open_frame = survey_lib.open_frame
-    monkeypatch.setattr(survey_lib, "open_frame", lambda f, b: (opened.append(f.name), open_frame(f, b))[1])
+    open_frame = runner_lib.open_frame
+    monkeypatch.setattr(runner_lib, "open_frame", lambda f, b: (opened.append(f.name), open_frame(f, b))[1])
     mtimes = {p: os.stat(out / "catalogs" / p).st_mtime_ns for p in os.listdir(out / "catalogs")}
     code, stdout, err = _survey(capsys, *args)
     assert code == 1 and sorted(opened) == ["cut", "gone"], (opened, err)  # read by 2 threads
@@ -503,11 +504,11 @@ def test_shards_are_disjoint_and_cover_the_list(sharded, workdir, capsys, monkey
 def test_shard_from_slurm_environment(env, expected):
     if isinstance(expected, str):
         with pytest.raises(ValueError, match=expected):
-            survey_lib.shard_from_environment(env)
+            runner_lib.shard_from_environment(env)
     else:
-        assert survey_lib.shard_from_environment(env) == expected
-    frames = [survey_lib.Frame(k, k + 1, f"f{k}.fits", f"f{k}") for k in range(10)]
-    parts = [[f.index for f in survey_lib.shard_frames(frames, i, 4)] for i in range(4)]
+        assert runner_lib.shard_from_environment(env) == expected
+    frames = [runner_lib.Frame(k, k + 1, f"f{k}.fits", f"f{k}") for k in range(10)]
+    parts = [[f.index for f in runner_lib.shard_frames(frames, i, 4)] for i in range(4)]
     assert parts == [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]
 
 
@@ -666,12 +667,21 @@ def test_frame_list_format(tmp_path):
         "frame-r-000094-1-0012.fits.bz2 psfield=../p/psField-000094-1-0012.fit\n"
         "c.fit\n"
     )
-    frames = survey_lib.read_frame_list(tmp_path / "sub" / "list.txt", background="0.6", field_id="94-1-13")
+    frames = runner_lib.read_frame_list(tmp_path / "sub" / "list.txt", background="0.6", field_id="94-1-13")
     sub = str(tmp_path / "sub")
     assert [f.index for f in frames] == [0, 1, 2, 3] and [f.line for f in frames] == [2, 4, 5, 6]
     assert [f.name for f in frames] == ["a", "with space", "frame-r-000094-1-0012", "c"]
-    assert frames[0] == survey_lib.Frame(0, 2, os.path.join(sub, "a.fits.gz"), "a", background=0.5, field_id="94-1-12")
+    assert frames[0] == runner_lib.Frame(0, 2, os.path.join(sub, "a.fits.gz"), "a", background=0.5, field_id="94-1-12")
     assert frames[1].path == "/abs/with space.fits" and frames[1].background == os.path.join(sub, "sky.fits")
     assert frames[1].psf_params == PSF and frames[1].field_id is None  # a line's PSF replaces the defaults
     assert frames[2].is_sdss and frames[2].psfield == str(tmp_path / "p" / "psField-000094-1-0012.fit")
     assert frames[3].background == 0.6 and frames[3].field_id == "94-1-13" and not frames[3].is_sdss
+
+
+def test_frame_stem_is_the_file_name_without_extensions():
+    """A frame's name (its catalog's file name) drops one compression and one FITS extension, any case; the
+    SDSS archive's file name of a field (surveys.sdss.frame_name) comes back to the field's frame stem."""
+    assert runner_lib.frame_stem(sdss.frame_name(94, 1, 12)) == "frame-r-000094-1-0012"
+    assert runner_lib.frame_stem("/data/run 1/img.FITS.fz") == "img"
+    assert runner_lib.frame_stem("img.fts") == "img" and runner_lib.frame_stem("a.b.fit.gz") == "a.b"
+    assert runner_lib.frame_stem("img.png") == "img.png" and runner_lib.frame_stem(".fits") == ".fits"

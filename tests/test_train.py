@@ -165,7 +165,7 @@ def test_moving_average_is_what_the_checkpoint_serves(tmp_path, tiny_config):
         "params",
         "step",
     ]
-    _, variables, _ = checkpoints.load(str(tmp_path), "latest")
+    _, variables, _ = checkpoints.load_network(str(tmp_path), "latest")
     for a, b in zip(
         jax.tree_util.tree_leaves(variables),
         jax.tree_util.tree_leaves({"params": state.ema_params, "batch_stats": state.ema_batch_stats}),

@@ -171,7 +171,7 @@ def test_checksums_are_recorded_and_a_clean_checkpoint_loads(trained, capfd):
         recorded = json.loads((directory / checkpoints.CHECKSUM_FILE).read_text())["files"]
         assert set(recorded) == set(_snapshot(directory)) - {checkpoints.CHECKSUM_FILE}
         assert any(name.startswith("state/") for name in recorded) and "meta/metadata" in recorded
-    loaded_config, variables, normalizer = checkpoints.load(str(workdir), "best")
+    loaded_config, variables, normalizer = checkpoints.load_network(str(workdir), "best")
     np.testing.assert_array_equal(variables["params"]["Conv_0"]["kernel"], summary["state"].params["Conv_0"]["kernel"])
     assert normalizer == summary["normalizer"] and loaded_config.model.width == config.model.width
     assert capfd.readouterr().err == ""
@@ -185,8 +185,8 @@ def test_a_flipped_byte_is_refused_naming_the_file(trained, copy_of, run_main):
     raw[len(raw) // 2] ^= 0x01
     victim.write_bytes(bytes(raw))
     with pytest.raises(checkpoints.CheckpointError, match=f"checkpoint file {victim} is damaged"):
-        checkpoints.load(str(workdir), "latest")
-    checkpoints.load(str(workdir), "best")  # the other checkpoint is intact
+        checkpoints.load_network(str(workdir), "latest")
+    checkpoints.load_network(str(workdir), "best")  # the other checkpoint is intact
 
     before = _snapshot(workdir)
     code, out, err = run_main(workdir, "--config.train.num_epochs=2")  # resuming reads the same file
@@ -198,7 +198,7 @@ def test_a_checkpoint_without_checksums_loads_with_a_warning(trained, copy_of, c
     workdir = copy_of(trained[0])
     (workdir / "checkpoints" / "best" / "1" / checkpoints.CHECKSUM_FILE).unlink()
     capfd.readouterr()
-    checkpoints.load(str(workdir), "best")
+    checkpoints.load_network(str(workdir), "best")
     err = capfd.readouterr().err
     assert err.startswith("warning: checkpoint") and "unverified" in err and len(err.splitlines()) == 1
 
@@ -207,7 +207,7 @@ def test_a_damaged_checksum_file_is_refused(trained, copy_of):
     workdir = copy_of(trained[0])
     (workdir / "checkpoints" / "best" / "1" / checkpoints.CHECKSUM_FILE).write_text("{not json")
     with pytest.raises(checkpoints.CheckpointError, match="checksum file .*npejax-sha256.json is damaged"):
-        checkpoints.load(str(workdir), "best")
+        checkpoints.load_network(str(workdir), "best")
 
 
 # --- 1. resuming with another config, 8. a checkpoint of another network ----------------------------
@@ -273,7 +273,7 @@ def test_a_checkpoint_of_another_network_is_one_line(trained, copy_of, tiny_conf
         r"was trained with \(checkpoint -> config.json\): "
         r"model.width: 4 -> 8$",
     ):
-        checkpoints.load(str(workdir), "best")
+        checkpoints.load_network(str(workdir), "best")
     err = capfd.readouterr().err
     assert "Event loop is closed" not in err and "Traceback" not in err and "TensorStore" not in err
 
@@ -298,13 +298,13 @@ def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, c
     # this workdir's config.json without stem_kernel loads and predicts with the 5 x 5 stem it was trained with
     del saved["model"]["stem_kernel"]
     (workdir / "config.json").write_text(json.dumps(saved))
-    config, variables, _ = checkpoints.load(str(workdir), "best")
+    config, variables, _ = checkpoints.load_network(str(workdir), "best")
     assert config.model.stem_kernel == 5 and model_lib.from_config(config).stem_kernel == 5
     assert variables["params"]["ConvBlock_0"]["Conv_0"]["kernel"].shape[:2] == (5, 5)
     saved["model"]["stem_kernel"] = 3
     (workdir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(checkpoints.CheckpointError, match=r"model.stem_kernel: 5 -> 3$"):
-        checkpoints.load(str(workdir), "best")
+        checkpoints.load_network(str(workdir), "best")
 
 
 # --- 4, 6. nonsense values, refused before the workdir exists ---------------------------------------

@@ -8,12 +8,12 @@
 * :mod:`~npejax.nn.steps` -- augmentation, train and eval steps (module-level, pure), jit with mesh shardings.
 * :mod:`~npejax.nn.checkpoints` -- Orbax checkpoints of a workdir (closed on exit), loading one for prediction.
 * :mod:`~npejax.nn.train` -- the training loop (``train_and_evaluate``) in named pieces.
-* :mod:`~npejax.nn.predictor` -- ``Predictor`` (batched prediction from a checkpoint) and ``load_inputs``.
-* :mod:`~npejax.nn.survey` -- cataloging a list of frames: frame list, shards, per-frame catalogs, merge
-  (the library of ``python -m npejax.survey``).
+* :mod:`~npejax.nn.predictor` -- ``Predictor``: a network restored from a checkpoint, predicting tiles and
+  catalogs from arrays (checked, padded, chunked for large images).
 
-Reads data from :mod:`npejax.sim` (on the fly) or :mod:`npejax.datasets`, and SDSS frames through
-:mod:`npejax.surveys`; imports nothing from
-:mod:`npejax.evaluation`. Within the package, imports run inputs, posterior -> model, state -> steps,
-checkpoints -> train; the predictor uses checkpoints, model and inputs, not the training loop.
+Reads data from :mod:`npejax.sim` (on the fly) or :mod:`npejax.datasets`; imports nothing from
+:mod:`npejax.surveys`, :mod:`npejax.cli`, :mod:`npejax.cataloging` (images from files, the commands' flags,
+the survey runner: the layer above) or :mod:`npejax.evaluation`. Within the package, imports run inputs,
+posterior -> model, state -> steps, checkpoints -> train; the predictor uses checkpoints, model and inputs,
+not the training loop.
 """

@@ -18,13 +18,13 @@ a checkpoint to a temporary directory and renames it when complete.
 Integrity. :func:`save` waits until Orbax has finished writing (so that a full disk is reported at the
 epoch where it happens, as one :class:`CheckpointSaveError`) and then records the SHA-256 of every file of
 the checkpoint in ``N/npejax-sha256.json`` (written atomically by :mod:`npejax.io`). Every restore --
-resuming training (:func:`read_meta`, :func:`restore`) and prediction (:func:`load`) -- recomputes them
+resuming training (:func:`read_meta`, :func:`restore`) and prediction (:func:`load_network`) -- recomputes them
 first: a damaged file is refused with a :class:`CheckpointError` naming it. A checkpoint without the file
 (written before npejax recorded checksums, or by a run killed between the save and the checksum) is loaded
 with a warning: refusing it would strand every network trained before, and the warning says that it is
 unverified. Files added to a checkpoint afterwards are not checked (Orbax reads only its own).
 
-Identity. A checkpoint is restored only into the network it was saved from: :func:`load` refuses a
+Identity. A checkpoint is restored only into the network it was saved from: :func:`load_network` refuses a
 ``config.json`` that differs from the checkpoint's ``meta["config"]`` (:func:`config_differences`), and
 every restore first compares the checkpoint's array shapes with the model's, so that a checkpoint of
 another network is one line naming the workdir and the first arrays that differ.
@@ -472,7 +472,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
-def load(workdir: str, which: str = "best"):
+def load_network(workdir: str, which: str = "best"):
     """(config, variables, normalizer) of ``workdir``'s ``best`` or ``latest`` checkpoint, for prediction;
     ``variables`` = {"params", "batch_stats"} (their moving averages with ``train.ema_decay``,
     :func:`npejax.nn.state.eval_variables`). CheckpointError for a missing or foreign directory, a damaged

@@ -1,20 +1,17 @@
-"""Catalog new images with a trained network (the library behind ``python -m npejax.predict``).
+"""The trained network as a function of arrays: images in, per-tile posterior summaries and catalogs out.
 
 Python API::
 
     predictor = Predictor.from_workdir("runs/aware")          # best checkpoint: weights, normalizer, config
     tiles = predictor.predict_tiles(images, background, psf_params)   # per-tile posterior summaries
     table = predictor.catalog(images, background, psf_params)         # astropy Table, one row per source
-    table = predictor.catalog_of(open_inputs("image.fits", background=0.7, psf_params="1.2,3.5,1.5,3,0.1,0.08"))
 
-Inputs (:func:`open_inputs`): a dataset directory written by ``npejax.simulate`` (read batch by batch,
-never whole); an ``.npz`` with ``images`` [N, H, W] (nmgy, sky-subtracted), ``background`` [N, H, W]
-(nmgy) and ``psf_params`` [N, 6]; or a FITS image (the first 2-D image HDU, nmgy, sky-subtracted) with the
-background given as a number or a FITS file (nmgy per pixel) and the PSF as ``s1,s2,sP,beta,b,p0`` or
-as a field of the field bank; or an SDSS r-band frame with its psField (:func:`open_sdss_frame`: the frame's
-own sky as background, the psField's PSF). Every input is checked before any prediction: finite pixels, a background
-in (0, :data:`MAX_BACKGROUND`] nmgy per pixel, valid PSF parameters; a truncated or corrupt file is one
-``ValueError`` naming it.
+Arrays: ``images`` [N, H, W] (or one [H, W]; nmgy, sky-subtracted), ``background`` (a number, [H, W] or
+[N, H, W]; nmgy per pixel) and ``psf_params`` ([6] or [N, 6]: s1, s2, sP, beta, b, p0). They are checked before
+any prediction (:func:`check_inputs`): finite pixels, a background in (0, :data:`MAX_BACKGROUND`] nmgy per
+pixel, valid PSF parameters; the first bad value is one ``ValueError`` naming it. Reading images from files
+(datasets, .npz, FITS with a WCS, SDSS frames), the commands' flag values and the catalog's picture are one
+layer up, in :mod:`npejax.cataloging`.
 
 Images of any size are accepted (an SDSS frame is 2048 x 1489): sides that are not multiples of the tile
 size are padded for the network and sources in the padding dropped. Images larger than ``chunk_size``
@@ -30,42 +27,30 @@ a tile corner, each below 1/2, is still detected once (:func:`npejax.nn.posterio
 The catalog holds one row per tile whose source probability exceeds ``min_prob``, with the columns of
 :data:`npejax.schema.PREDICTION_COLUMNS`: ``image``, ``x``, ``y`` (pixels), ``flux`` (nmgy, posterior
 median), ``mag``, ``prob_source``, ``prob_galaxy``, ``x_std``, ``y_std``, ``flux_lo``, ``flux_hi``
-(central 68% interval, nmgy). When the input is a FITS image with a celestial WCS, the catalog also has
-``ra`` and ``dec`` (ICRS, degrees; :func:`add_sky_coordinates`) and keeps the WCS keywords in its metadata
-(the FITS header of a ``.fits`` catalog). The network's outputs are checked to be finite before any row
-is made (:class:`NonFiniteOutputError`, naming the image).
+(central 68% interval, nmgy); :meth:`Predictor.catalog_batches` makes it batch by batch. (A FITS image with a
+celestial WCS adds ``ra`` and ``dec``: :func:`npejax.cataloging.images.catalog_inputs`.) The network's outputs
+are checked to be finite before any row is made (:class:`NonFiniteOutputError`, naming the image).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import warnings
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from astropy import wcs as wcs_lib
-from astropy.io import fits
 
 from npejax import catalogs as catalog_lib
-from npejax import cli, io
-from npejax import datasets as data_lib
 from npejax.nn import checkpoints
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn.checkpoints import CheckpointError, load_config  # noqa: F401  (part of this module's API)
 from npejax.nn.posterior import TilePosterior, merge_split_sources, tiles_to_sources
-from npejax.sim import fields as fields_lib
 from npejax.sim import psf as psf_lib
-from npejax.surveys import sdss
 
-INPUT_ARRAYS = ("images", "background", "psf_params")  # what an .npz input holds (npejax.schema batch keys)
-FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.bz2")
 # Largest background accepted, nmgy per pixel. SDSS r-band skies are about 0.3 nmgy per 0.396" pixel on a
 # dark night (21 mag/arcsec^2) and about 25 on the brightest (moon, twilight: 17 mag/arcsec^2); 1e4 nmgy
 # per pixel (10.5 mag/arcsec^2) is beyond any sky, i.e. a unit mistake (DN or electrons for nmgy).
@@ -79,7 +64,7 @@ class NonFiniteOutputError(ValueError):
     training data): no catalog is made."""
 
 
-# --- checks shared by the library and the command ---------------------------------------------------
+# --- checks ----------------------------------------------------------------------------------------
 
 
 def check_min_prob(min_prob) -> float:
@@ -94,16 +79,6 @@ def check_min_prob(min_prob) -> float:
             "above it are kept; 0 keeps every tile)"
         )
     return value
-
-
-def min_prob_flag(value) -> float:
-    """The ``--min-prob`` flag of the commands: :func:`check_min_prob`, a usage error (one line) otherwise."""
-    try:
-        return check_min_prob(value)
-    except ValueError:
-        raise cli.UsageError(
-            f"--min-prob {value}: expected a probability in [0, 1) (rows with prob_source above it are kept)"
-        ) from None
 
 
 def check_batch_size(batch_size) -> int:
@@ -217,10 +192,10 @@ class Predictor:
 
     @classmethod
     def from_workdir(cls, workdir: str, which: str = "best") -> Predictor:
-        """Loads ``workdir/checkpoints/{best,latest}`` (:func:`npejax.nn.checkpoints.load`: clear errors for
+        """Loads ``workdir/checkpoints/{best,latest}`` (:func:`npejax.nn.checkpoints.load_network`: clear errors for
         a missing or foreign directory)."""
         source = f"checkpoint {os.path.join(workdir, 'checkpoints', which)}"
-        return cls(*checkpoints.load(workdir, which), source=source)
+        return cls(*checkpoints.load_network(workdir, which), source=source)
 
     def check_chunk_size(self, chunk_size) -> int | None:
         """Chunk side in tiles for ``chunk_size`` pixels (None or 0: whole images); ValueError when a chunk
@@ -348,366 +323,19 @@ class Predictor:
             self._sources(images, background, psf_params, min_prob, batch_size, chunk_size, image_offset)
         )
 
-    def catalog_of(
-        self, inputs: Inputs, min_prob: float = 0.5, batch_size: int = 256, chunk_size: int | None = CHUNK_SIZE
+    def catalog_batches(
+        self,
+        batches: Iterable[tuple[int, tuple]],
+        min_prob: float = 0.5,
+        batch_size: int = 256,
+        chunk_size: int | None = CHUNK_SIZE,
     ):
-        """:meth:`catalog` of :class:`Inputs`, read ``batch_size`` images at a time (a dataset is never
-        loaded whole); with ``ra``/``dec`` columns when the inputs have a celestial WCS."""
+        """:meth:`catalog` of images given batch by batch, so that a dataset is never held whole: ``batches``
+        yields (index of the first image, (images, background, psf_params)) per batch of at most ``batch_size``
+        images (:meth:`npejax.cataloging.images.Inputs.batches`). ``min_prob``, ``batch_size`` and
+        ``chunk_size`` are checked before ``batches`` is iterated."""
         min_prob = check_min_prob(min_prob)
         batch_size = check_batch_size(batch_size)
         self.check_chunk_size(chunk_size)
-        parts = [
-            self._sources(*arrays, min_prob, batch_size, chunk_size, start)
-            for start, arrays in inputs.batches(batch_size)
-        ]
-        table = catalog_lib.prediction_table({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
-        if inputs.wcs is not None:
-            add_sky_coordinates(table, inputs.wcs)
-        return table
-
-
-# --- inputs ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Inputs:
-    """Images to catalog (:func:`open_inputs`): ``name`` (for messages), ``num_images``, ``read(start, stop)``
-    giving (images, background, psf_params) of images [start, stop) (checked with :func:`check_inputs`),
-    and ``wcs`` (the celestial WCS of a single FITS image, else None)."""
-
-    name: str
-    num_images: int
-    read: Callable[[int, int], tuple]
-    wcs: wcs_lib.WCS | None = None
-
-    @classmethod
-    def from_arrays(cls, images, background, psf_params, name: str = "arrays", wcs=None) -> Inputs:
-        """Inputs held in memory; checked now (:func:`check_inputs`)."""
-        images, background, psf_params = check_inputs(images, background, psf_params)
-        return cls(name, len(images), lambda a, b: (images[a:b], background[a:b], psf_params[a:b]), wcs)
-
-    @classmethod
-    def from_dataset(cls, path: str) -> Inputs:
-        """A dataset directory read ``batch_size`` images at a time (memory-mapped, checked on opening)."""
-        ds = data_lib.load(path)
-
-        def read(start, stop):
-            arrays = ds[start:stop]
-            return tuple(check_inputs(*(arrays[k] for k in INPUT_ARRAYS), first_index=start))
-
-        return cls(os.fspath(path), len(ds), read)
-
-    def batches(self, batch_size: int) -> Iterator[tuple[int, tuple]]:
-        """(index of the first image, (images, background, psf_params)) per batch of ``batch_size``."""
-        for start in range(0, self.num_images, batch_size):
-            yield start, self.read(start, min(start + batch_size, self.num_images))
-
-
-def open_inputs(path: str, background=None, psf_params=None, field_id=None, bank=None) -> Inputs:
-    """:class:`Inputs` from a dataset directory, an .npz or a FITS image (see the module doc), checked
-    before any prediction (a dataset's manifest and shard files when it is opened, its pixels batch by
-    batch).
-
-    For a FITS image, ``background`` is a number or a FITS file (nmgy per pixel) and the PSF is either
-    ``psf_params`` ("s1,s2,sP,beta,b,p0" or 6 numbers) or the field ``field_id`` of the field bank ``bank``
-    (a path, or None for the embedded synthetic bank); these are refused for other inputs.
-    """
-    path = os.fspath(path)
-    if os.path.isdir(path) or path.endswith(".npz"):
-        given = [
-            name
-            for name, value in (("background", background), ("psf_params", psf_params), ("field_id", field_id))
-            if value is not None
-        ]
-        if given:
-            raise ValueError(
-                f"{', '.join(given)}: only for a FITS image input; {path} holds its own background and PSF parameters"
-            )
-    if os.path.isdir(path):
-        return Inputs.from_dataset(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"input {path} does not exist")
-    if path.endswith(".npz"):
-        return Inputs.from_arrays(*_read_npz(path), name=path)
-    if path.lower().endswith(FITS_EXTENSIONS):
-        return _fits_inputs(path, background, psf_params, field_id, bank)
-    raise ValueError(
-        f"unsupported input {path}: expected a dataset directory, an .npz or a FITS image "
-        f"({', '.join(FITS_EXTENSIONS)})"
-    )
-
-
-def load_inputs(path: str, background=None, psf_params=None, field_id=None, bank=None):
-    """(images, background, psf_params) of every image of :func:`open_inputs` as arrays in memory."""
-    inputs = open_inputs(path, background, psf_params, field_id, bank)
-    return inputs.read(0, inputs.num_images)
-
-
-def _read_npz(path: str):
-    try:
-        with np.load(path) as f:
-            missing = [k for k in INPUT_ARRAYS if k not in f.files]
-            if missing:
-                raise ValueError(f"{path} lacks arrays {missing}; expected images, background, psf_params")
-            return tuple(np.asarray(f[k]) for k in INPUT_ARRAYS)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        if isinstance(exc, ValueError) and "lacks arrays" in str(exc):
-            raise
-        raise ValueError(
-            f"{path} is not a readable .npz (truncated or corrupt?): {type(exc).__name__}: {exc}"
-        ) from None
-
-
-def read_fits_image(path: str, what: str = "FITS file") -> tuple[np.ndarray, fits.Header]:
-    """(data as float32, header) of the first 2-D image HDU of ``path``, read whole; ValueError naming the
-    file for a truncated, corrupt or image-less file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    found = None
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with fits.open(sdss.fits_source(path), memmap=False, lazy_load_hdus=False) as hdul:
-                for hdu in hdul:
-                    if hdu.is_image and hdu.header.get("NAXIS") == 2 and hdu.data is not None:
-                        found = np.array(hdu.data, np.float32), hdu.header.copy()
-                        break
-    except Exception as exc:  # OSError, TypeError ("buffer is too small"), ValueError, EOFError, VerifyError
-        raise ValueError(
-            f"{what} {path} is not a readable FITS file (truncated or corrupt?): {type(exc).__name__}: {exc}"
-        ) from None
-    for w in caught:
-        if "truncated" in str(w.message).lower():
-            raise ValueError(f"{what} {path} is truncated: {w.message}")
-    if found is None:
-        raise ValueError(f"{what} {path} holds no 2-D image HDU")
-    return found
-
-
-def celestial_wcs(header: fits.Header, name: str) -> wcs_lib.WCS | None:
-    """The celestial part of the WCS in ``header``, or None when it has none; ValueError naming ``name``
-    for WCS keywords astropy cannot use."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", wcs_lib.FITSFixedWarning)
-            w = wcs_lib.WCS(header)
-    except Exception as exc:  # astropy raises several types for bad WCS keywords
-        raise ValueError(
-            f"{name}: its WCS keywords cannot be used ({type(exc).__name__}: {exc}); fix or remove "
-            "them (CTYPE, CRPIX, CRVAL, CD/PC)"
-        ) from None
-    return w.celestial if w.has_celestial else None
-
-
-def add_sky_coordinates(table, wcs: wcs_lib.WCS):
-    """Adds ``ra`` and ``dec`` (ICRS, degrees) to a catalog of one image with celestial WCS ``wcs``, and
-    the WCS keywords to its metadata (a FITS catalog's header); returns the table.
-
-    Pixel convention: npejax's ``x``, ``y`` are pixels from the image edge, pixel (i, j) covering [i, i+1)
-    x [j, j+1), so a pixel's centre is at x = i + 0.5; astropy's 0-based pixel coordinates put pixel i's
-    centre at i. The position is therefore ``wcs.pixel_to_world(x - 0.5, y - 0.5)`` (FITS 1-based pixel
-    x + 0.5, y + 0.5).
-    """
-    x = np.asarray(table["x"], np.float64) - 0.5
-    y = np.asarray(table["y"], np.float64) - 0.5
-    if len(table):
-        coords = wcs.pixel_to_world(x, y).icrs
-        ra, dec = coords.ra.deg, coords.dec.deg
-    else:
-        ra = dec = np.zeros(0)
-    table["ra"], table["dec"] = np.asarray(ra, np.float64), np.asarray(dec, np.float64)
-    table["ra"].unit, table["ra"].description = "deg", "right ascension (ICRS) of x, y through the image WCS"
-    table["dec"].unit, table["dec"].description = "deg", "declination (ICRS) of x, y through the image WCS"
-    for card in wcs.to_header(relax=True).cards:
-        table.meta[card.keyword] = card.value
-    table.meta["comments"] = list(table.meta.get("comments", [])) + [
-        "x, y: pixels from the image edge, pixel (i, j) covers [i, i+1) x [j, j+1); FITS pixel = x + 0.5, "
-        "y + 0.5 in the WCS of this header; ra, dec: ICRS degrees"
-    ]
-    return table
-
-
-def _fits_inputs(path: str, background, psf_params=None, field_id=None, bank=None) -> Inputs:
-    image, header = read_fits_image(path, "input FITS file")
-    if background is None:
-        raise ValueError("a FITS input needs --background (nmgy per pixel, a number or a FITS file)")
-    if (psf_params is None) == (field_id is None):
-        raise ValueError("a FITS input needs exactly one of --psf-params and --field-id")
-    try:
-        bg = np.full(image.shape, float(background), np.float32)
-    except (TypeError, ValueError):  # not a number: a FITS file
-        if not os.path.isfile(os.fspath(background)):
-            raise ValueError(
-                f"background {background!r}: expected a number (nmgy per pixel) or an existing FITS file"
-            ) from None
-        bg, _ = read_fits_image(background, "background FITS file")
-        if bg.shape != image.shape:
-            raise ValueError(
-                f"background FITS file {background} has shape {bg.shape}, the image {path} "
-                f"{image.shape}: expected the same shape"
-            ) from None
-    if field_id is not None:
-        bank = fields_lib.load_bank(bank)
-        psf = bank.psf_params[bank.index(field_id)]
-    else:
-        psf = parse_psf_params(psf_params)
-    return Inputs.from_arrays(
-        image[None],
-        bg[None],
-        np.asarray(psf, np.float32)[None],
-        name=path,
-        wcs=celestial_wcs(header, f"input FITS file {path}"),
-    )
-
-
-def open_sdss_frame(frame: str, psfield: str) -> Inputs:
-    """The r-band SDSS ``frame`` (image and background, nmgy; WCS) with the r-band PSF of ``psfield``,
-    refusing a frame of another band or a psField of another field (errors name ``--sdss-frame`` and
-    ``--psfield``, the options of ``python -m npejax.predict``)."""
-    for path, flag in ((frame, "--sdss-frame"), (psfield, "--psfield")):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{flag} {path} does not exist")
-    image, background, header = sdss.read_frame_for_prediction(frame)
-    named = sdss.frame_name_parts(frame)
-    band = str(header.get("FILTER", named[0] if named else "r")).strip()
-    if band != "r":
-        raise ValueError(
-            f"--sdss-frame {frame} is a {band}-band frame (FILTER); the network catalogs r-band "
-            "images: give frame-r-..."
-        )
-    if all(k in header for k in ("RUN", "CAMCOL", "FIELD")):
-        frame_field = tuple(int(header[k]) for k in ("RUN", "CAMCOL", "FIELD"))
-    else:
-        frame_field = named[1:] if named else None
-    psf_field = sdss.psfield_name_parts(psfield)
-    if frame_field and psf_field and frame_field != psf_field:
-        raise ValueError(
-            f"--psfield {psfield} is field {sdss.field_id(*psf_field)} but --sdss-frame {frame} is "
-            f"field {sdss.field_id(*frame_field)}: give the psField of the same run, camcol and field"
-        )
-    psf = sdss.read_psfield(psfield, band="r")
-    return Inputs.from_arrays(
-        image[None], background[None], psf[None], name=frame, wcs=celestial_wcs(header, f"--sdss-frame {frame}")
-    )
-
-
-def parse_background_arg(text: str | None):
-    """A ``--background`` value: a float (checked against the accepted sky range) or the name of an existing
-    file (checked when read); None stays None. Errors are :class:`npejax.cli.UsageError` naming the option."""
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        if not os.path.isfile(text):
-            raise cli.UsageError(
-                f"--background {text!r}: expected a number (nmgy per pixel) or an existing FITS file"
-            ) from None
-        return text
-    if not 0 < value <= MAX_BACKGROUND:  # also refuses NaN
-        raise cli.UsageError(
-            f"--background {text}: expected a sky level in nmgy per pixel, > 0 and <= "
-            f"{MAX_BACKGROUND:g} (SDSS r-band skies are about 0.3-25)"
-        )
-    return value
-
-
-def parse_psf_params(text) -> np.ndarray:
-    """Six PSF parameters from ``"s1,s2,sP,beta,b,p0"`` (or a sequence), validated."""
-    try:
-        values = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
-    except (TypeError, ValueError):
-        values = []
-    if len(values) != 6:
-        raise ValueError(
-            f"psf_params {text!r}: expected six comma-separated numbers s1,s2,sP,beta,b,p0 (widths in pixels)"
-        )
-    return psf_lib.validate_psf_params(np.array(values), where=f"psf_params {text!r}")
-
-
-# --- a picture of the catalog --------------------------------------------------------------------
-
-
-def write_catalog_png(path, image, table, min_side: int = 512) -> tuple[int, int]:
-    """Writes a PNG (atomically) of ``image`` [H, W] (nmgy) with the detections of ``table`` (rows of this
-    image) drawn on it; returns its (width, height) in pixels.
-
-    The image is shown with an asinh stretch (softening 3 x its robust noise), row 0 at the bottom, at an
-    integer zoom making its longer side at least ``min_side`` pixels (the PNG is W x H times the zoom). Each
-    detection is a circle whose radius grows with brightness (2 pixels at r = 23 mag, +0.8 per magnitude,
-    1.5-10) coloured by ``prob_galaxy`` (cyan star 0 -> magenta galaxy 1), and its 1-sigma position ellipse
-    (``x_std``, ``y_std``) in the same colour.
-    """
-    from matplotlib import cm, figure  # deferred: slow, only for --png
-    from matplotlib import collections as mcollections
-    from matplotlib import colors as mcolors
-
-    image = np.asarray(image, np.float64)
-    h, w = image.shape
-    zoom = max(1, -(-min_side // max(h, w)))
-    fig = figure.Figure(figsize=(w * zoom / 100, h * zoom / 100), dpi=100)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_axis_off()
-    median = np.median(image)
-    noise = max(1.4826 * np.median(np.abs(image - median)), 1e-6)
-    stretched = np.arcsinh((image - median) / (3 * noise))
-    lo, hi = np.percentile(stretched, [1, 99.8])
-    ax.imshow(
-        stretched,
-        cmap="gray",
-        origin="lower",
-        extent=(0, w, 0, h),
-        vmin=lo,
-        vmax=max(hi, lo + 1e-6),
-        interpolation="nearest",
-    )
-    if len(table):
-        xy = np.column_stack([np.asarray(table["x"], float), np.asarray(table["y"], float)])
-        colors = cm.cool(mcolors.Normalize(0, 1)(np.asarray(table["prob_galaxy"], float)))
-        mag = np.nan_to_num(np.asarray(table["mag"], float), nan=30.0)
-        radius = np.clip(2.0 + 0.8 * (23.0 - mag), 1.5, 10.0)
-        lw = max(0.6, 0.5 * zoom) * 72 / 100
-        ax.add_collection(
-            mcollections.EllipseCollection(
-                2 * radius,
-                2 * radius,
-                np.zeros(len(xy)),
-                units="xy",
-                offsets=xy,
-                offset_transform=ax.transData,
-                facecolors="none",
-                edgecolors=colors,
-                linewidths=lw,
-            )
-        )
-        ax.add_collection(
-            mcollections.EllipseCollection(
-                2 * np.asarray(table["x_std"], float),
-                2 * np.asarray(table["y_std"], float),
-                np.zeros(len(xy)),
-                units="xy",
-                offsets=xy,
-                offset_transform=ax.transData,
-                facecolors="none",
-                edgecolors=colors,
-                linewidths=lw,
-                linestyles="dotted",
-            )
-        )
-    ax.set_xlim(0, w)
-    ax.set_ylim(0, h)
-    ax.text(
-        0.01,
-        0.99,
-        f"{len(table)} detections; circle size: brightness; colour: P(galaxy) cyan 0 - magenta 1; "
-        "dotted: 1-sigma position",
-        transform=ax.transAxes,
-        va="top",
-        ha="left",
-        color="yellow",
-        fontsize=max(6, min(12, w * zoom / 90)),
-    )
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    return w * zoom, h * zoom
+        parts = [self._sources(*arrays, min_prob, batch_size, chunk_size, start) for start, arrays in batches]
+        return catalog_lib.prediction_table({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})

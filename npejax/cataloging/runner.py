@@ -1,4 +1,4 @@
-"""Cataloging a survey: a list of frames, one catalog file per frame, resumable, split into shards (the library
+"""The survey runner: a list of frames, one catalog file per frame, resumable, split into shards (the library
 behind ``python -m npejax.survey``).
 
 Python API::
@@ -19,18 +19,18 @@ Python API::
 
 Each line is a path and ``key=value`` words (:data:`LINE_KEYS`; shell quoting for paths with spaces; a path
 that looks like ``word=...`` is written ``./word=...``). A line with ``psfield=`` is an SDSS frame read as
-``python -m npejax.predict --sdss-frame F --psfield P`` reads it (:func:`npejax.nn.predictor.open_sdss_frame`:
+``python -m npejax.predict --sdss-frame F --psfield P`` reads it (:func:`npejax.cataloging.images.open_sdss_frame`:
 image, its own sky as background, the r-band PSF of the psField). Any other line is a FITS image (its first
 2-D image HDU, in nmgy, sky-subtracted) with ``background=`` (nmgy per pixel: a number or a FITS file of the
 image's shape) and one of ``field-id=`` (a field of the field bank, default the embedded synthetic bank) or
 ``psf-params=`` (s1,s2,sP,beta,b,p0, pixels); the ``background``, ``field_id`` and ``psf_params`` given to
 :func:`read_frame_list` (the command's flags) are the defaults of lines that leave them out (a line's own PSF
 key replaces both PSF defaults). Relative paths are relative to the folder of the list file. A frame's
-*name* (:func:`frame_name`) is its file name without ``.fits``/``.fit``/``.fts`` and ``.gz``/``.bz2``/
+*name* (:func:`frame_stem`) is its file name without ``.fits``/``.fit``/``.fts`` and ``.gz``/``.bz2``/
 ``.fz``; names must be unique in the list.
 
 **Files** under the output folder ``out``: ``catalogs/NAME.fits`` (or ``.csv``; :func:`catalog_path`), one
-per frame, written atomically, with the columns of :meth:`npejax.nn.predictor.Predictor.catalog` (``image``
+per frame, written atomically, with the columns of :func:`npejax.cataloging.images.catalog_inputs` (``image``
 is 0; ``ra``/``dec`` for frames with a celestial WCS) and ``FRAME`` (its name) in the metadata; and
 ``failures-I-of-N.csv`` (:func:`failures_path`; columns ``index, name, path, reason``), rewritten at each
 failure of shard I of N and removed by a run of that shard with none (:func:`clear_failures`).
@@ -79,7 +79,8 @@ from astropy import table as table_lib
 
 from npejax import catalogs as catalog_lib
 from npejax import cli, io
-from npejax.nn import predictor
+from npejax.cataloging import images
+from npejax.nn.predictor import CHUNK_SIZE, Predictor
 from npejax.sim import fields as fields_lib
 
 EXIT_FRAMES_FAILED = 1
@@ -100,7 +101,7 @@ SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK
 @dataclasses.dataclass(frozen=True)
 class Frame:
     """One frame of the list: ``index`` (0-based among the list's frames), ``line`` (1-based line number),
-    ``path`` (resolved), ``name`` (:func:`frame_name`), and either ``psfield`` (an SDSS frame) or
+    ``path`` (resolved), ``name`` (:func:`frame_stem`), and either ``psfield`` (an SDSS frame) or
     ``background`` (float or FITS path) with ``field_id`` or ``psf_params`` (text)."""
 
     index: int
@@ -117,8 +118,8 @@ class Frame:
         return self.psfield is not None
 
 
-def frame_name(path: str) -> str:
-    """The name of a frame file: its base name without a compression and a FITS extension
+def frame_stem(path: str) -> str:
+    """The name of a frame file (its stem): its base name without a compression and a FITS extension
     (``frame-r-000094-1-0012.fits.bz2`` -> ``frame-r-000094-1-0012``)."""
     name = os.path.basename(os.fspath(path))
     for exts in (_COMPRESSION, _FITS_EXT):
@@ -180,7 +181,7 @@ def read_frame_list(
         if len(paths) != 1:
             raise ValueError(f"{where}: expected one frame file and key=value words, got {len(paths)} paths {paths}")
         file = _resolve(folder, paths[0])
-        name = frame_name(file)
+        name = frame_stem(file)
         if name in names:
             raise ValueError(
                 f"{where}: frame name {name!r} is also line {names[name]}'s; catalogs are named by "
@@ -355,26 +356,12 @@ class FieldBankCache:
             raise cli.UsageError(f"--field-id {field_id}: {cli.message(exc).split(': ', 1)[1]}") from None
 
 
-def check_defaults(background: str | None, field_id: str | None, psf_params: str | None) -> None:
-    """The command's defaults of FITS lines (``--background``, ``--field-id``, ``--psf-params``): at most one
-    PSF, valid PSF parameters, a background that :func:`npejax.nn.predictor.parse_background_arg` accepts (the
-    same check as ``npejax.predict``'s); a :class:`npejax.cli.UsageError` naming the option otherwise."""
-    if field_id is not None and psf_params is not None:
-        raise cli.UsageError("give one of --field-id and --psf-params, not both")
-    if psf_params is not None:
-        try:
-            predictor.parse_psf_params(psf_params)
-        except ValueError as exc:
-            raise cli.UsageError(f"--psf-params: {cli.message(exc)}") from None
-    predictor.parse_background_arg(background)
-
-
-def open_frame(frame: Frame, bank: FieldBankCache) -> predictor.Inputs:
+def open_frame(frame: Frame, bank: FieldBankCache) -> images.Inputs:
     """The frame's image, background and PSF, read and checked (the readers of ``npejax.predict``)."""
     if frame.is_sdss:
-        return predictor.open_sdss_frame(frame.path, frame.psfield)
+        return images.open_sdss_frame(frame.path, frame.psfield)
     psf = bank.psf_params(frame.field_id) if frame.field_id is not None else frame.psf_params
-    return predictor.open_inputs(frame.path, background=frame.background, psf_params=psf)
+    return images.open_inputs(frame.path, background=frame.background, psf_params=psf)
 
 
 # A frame's own fault (a missing, truncated or corrupt file, a value out of range, a non-finite output): its
@@ -416,13 +403,13 @@ class Summary:
 
 
 def catalog_frames(
-    net: predictor.Predictor,
+    net: Predictor,
     frames: list[Frame],
     out: str,
     fmt: str,
     bank: FieldBankCache,
     min_prob: float = 0.5,
-    chunk_size: int | None = predictor.CHUNK_SIZE,
+    chunk_size: int | None = CHUNK_SIZE,
     readers: int = 2,
     failures_file: str | None = None,
 ) -> Summary:
@@ -443,7 +430,9 @@ def catalog_frames(
                 future = pending.popleft()
                 if k + readers < len(frames):
                     pending.append(pool.submit(open_frame, frames[k + readers], bank))
-                table = net.catalog_of(future.result(), min_prob, batch_size=1, chunk_size=chunk_size or None)
+                table = images.catalog_inputs(
+                    net, future.result(), min_prob, batch_size=1, chunk_size=chunk_size or None
+                )
                 future = None  # the frame's arrays go
                 table.meta["FRAME"] = frame.name
                 path = catalog_lib.write_table(table, catalog_path(out, frame, fmt))

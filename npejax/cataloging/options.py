@@ -1,0 +1,76 @@
+"""The cataloging commands' flag values (``python -m npejax.predict``, ``python -m npejax.survey catalog``).
+
+Each function reads one value as the library takes it, or raises :class:`npejax.cli.UsageError` naming the
+option, the value and what was expected (one ``error:`` line, exit status 2, before any image is read or the
+network runs):
+
+* :func:`min_prob_flag` -- ``--min-prob``: a probability in [0, 1) (:func:`npejax.nn.predictor.check_min_prob`).
+* :func:`parse_background_arg` -- ``--background``: a sky level in nmgy per pixel, or a FITS file's name.
+* :func:`chunk_size_flag` -- ``--chunk-size``: pixels, 0 for whole images, at least the network's margins.
+* :func:`check_defaults` -- ``npejax.survey catalog``'s defaults of FITS lines (``--background``,
+  ``--field-id``, ``--psf-params``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from npejax import cli
+from npejax.cataloging.images import parse_psf_params
+from npejax.nn.predictor import MAX_BACKGROUND, Predictor, check_min_prob
+
+
+def min_prob_flag(value) -> float:
+    """The ``--min-prob`` flag of the commands: :func:`check_min_prob`, a usage error (one line) otherwise."""
+    try:
+        return check_min_prob(value)
+    except ValueError:
+        raise cli.UsageError(
+            f"--min-prob {value}: expected a probability in [0, 1) (rows with prob_source above it are kept)"
+        ) from None
+
+
+def parse_background_arg(text: str | None):
+    """A ``--background`` value: a float (checked against the accepted sky range) or the name of an existing
+    file (checked when read); None stays None. Errors are :class:`npejax.cli.UsageError` naming the option."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        if not os.path.isfile(text):
+            raise cli.UsageError(
+                f"--background {text!r}: expected a number (nmgy per pixel) or an existing FITS file"
+            ) from None
+        return text
+    if not 0 < value <= MAX_BACKGROUND:  # also refuses NaN
+        raise cli.UsageError(
+            f"--background {text}: expected a sky level in nmgy per pixel, > 0 and <= "
+            f"{MAX_BACKGROUND:g} (SDSS r-band skies are about 0.3-25)"
+        )
+    return value
+
+
+def chunk_size_flag(net: Predictor, value: int) -> int | None:
+    """The ``--chunk-size`` flag for the network ``net``: the chunk side in pixels, None for 0 (whole images);
+    a usage error when a chunk would have no tiles beyond the network's receptive-field margins
+    (:meth:`npejax.nn.predictor.Predictor.check_chunk_size`)."""
+    try:
+        net.check_chunk_size(value)
+    except ValueError as exc:
+        raise cli.UsageError(f"--chunk-size {value}: {cli.message(exc).split(': ', 1)[1]}") from None
+    return value or None
+
+
+def check_defaults(background: str | None, field_id: str | None, psf_params: str | None) -> None:
+    """The command's defaults of FITS lines (``--background``, ``--field-id``, ``--psf-params``): at most one
+    PSF, valid PSF parameters, a background that :func:`parse_background_arg` accepts (the same check as
+    ``npejax.predict``'s); a :class:`npejax.cli.UsageError` naming the option otherwise."""
+    if field_id is not None and psf_params is not None:
+        raise cli.UsageError("give one of --field-id and --psf-params, not both")
+    if psf_params is not None:
+        try:
+            parse_psf_params(psf_params)
+        except ValueError as exc:
+            raise cli.UsageError(f"--psf-params: {cli.message(exc)}") from None
+    parse_background_arg(background)
