@@ -71,6 +71,10 @@ def main(out, names):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    main(sys.argv[1], sys.argv[2:] or ["cpu_small", "psf_aware"])
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("outdir", help="where the networks, frames and frames.txt are written")
+    parser.add_argument("configs", nargs="*", default=["cpu_small", "psf_aware"], help="config names (configs/)")
+    args = parser.parse_args()
+    main(args.outdir, args.configs)
