@@ -16,6 +16,9 @@ per call, so commands can be called in-process (tests) and side by side. Errors 
 command: a user's mistake (a bad flag or config value, a missing or foreign file: :data:`USER_ERRORS`) is
 one line ``error: ...`` on stderr naming the bad value, exit status 2, no traceback; Ctrl-C exits 130;
 ``--help`` prints the flags. Anything else is a bug and keeps its traceback.
+
+Commands import their heavy libraries (JAX, Flax, GalSim, astropy) inside ``run``, not at the top, so that
+``--help`` and a bad command line answer in a fraction of a second.
 """
 
 from __future__ import annotations

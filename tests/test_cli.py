@@ -98,3 +98,19 @@ def test_python_dash_m_and_exit_status(tmp_path):
     assert proc.returncode == 2
     assert "0" in one_error_line(proc.stderr)
     assert not os.path.exists(tmp_path / "d")
+
+
+def test_flag_values_written_in_the_commands_are_the_librarys():
+    """predict, survey and sdss spell out a few library values as plain constants (so that --help loads no JAX)."""
+    from npejax import predict, sdss, survey
+    from npejax.cataloging import runner
+    from npejax.nn import checkpoints, predictor
+    from npejax.surveys import download
+    from npejax.surveys import sdss as sdss_lib
+
+    for command in (predict, survey):
+        assert command.CHECKPOINTS == checkpoints.WHICH
+        assert command.CHUNK_SIZE == predictor.CHUNK_SIZE
+    assert survey.FORMATS == tuple(runner.FORMATS)
+    assert sdss.DEFAULT_BASE_URL == download.DEFAULT_BASE_URL
+    assert sdss.DEFAULT_GRID == sdss_lib.DEFAULT_GRID
