@@ -14,7 +14,6 @@ input file, 1 when the archive cannot be reached or a download fails.
 from __future__ import annotations
 
 import re
-import sys
 
 from absl import flags
 
@@ -110,20 +109,7 @@ SUBCOMMANDS = {
 def main(argv=None) -> int:
     """``argv``: the program name, the subcommand and its flags (default ``sys.argv``); the program name may
     be left out (``main(["build-bank", "--dir", ...])``)."""
-    argv = list(sys.argv if argv is None else argv)
-    if argv and (argv[0] in SUBCOMMANDS or argv[0].startswith("-")):
-        argv.insert(0, "npejax.sdss")
-    prog, rest = (argv[0], argv[1:]) if argv else ("npejax.sdss", [])
-    if not rest or rest[0] in ("-h", "--help", "--helpshort", "--helpfull"):
-        if rest:
-            print(__doc__.strip())
-            return 0
-        return cli.fail(f"a subcommand is required: one of {', '.join(SUBCOMMANDS)} (python -m npejax.sdss --help)")
-    command = rest[0]
-    if command not in SUBCOMMANDS:
-        return cli.fail(f"unknown subcommand {command!r}; expected one of {', '.join(SUBCOMMANDS)}")
-    define_flags, run = SUBCOMMANDS[command]
-    return cli.main(define_flags, run, [f"{prog} {command}", *rest[1:]], doc=__doc__)
+    return cli.main_with_subcommands(SUBCOMMANDS, argv, "npejax.sdss", __doc__)
 
 
 if __name__ == "__main__":

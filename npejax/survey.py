@@ -190,19 +190,7 @@ SUBCOMMANDS = {"catalog": (define_catalog_flags, run_catalog), "merge": (define_
 def main(argv=None) -> int:
     """``argv``: the program name, the subcommand and its flags (default ``sys.argv``); the program name may
     be left out (``main(["merge", "--out", ...])``)."""
-    argv = list(sys.argv if argv is None else argv)
-    if argv and (argv[0] in SUBCOMMANDS or argv[0].startswith("-")):
-        argv.insert(0, "npejax.survey")
-    prog, rest = (argv[0], argv[1:]) if argv else ("npejax.survey", [])
-    if not rest or rest[0] in ("-h", "--help", "--helpshort", "--helpfull"):
-        if rest:
-            print(__doc__.strip())
-            return 0
-        return cli.fail(f"a subcommand is required: one of {', '.join(SUBCOMMANDS)} (python -m npejax.survey --help)")
-    if rest[0] not in SUBCOMMANDS:
-        return cli.fail(f"unknown subcommand {rest[0]!r}; expected one of {', '.join(SUBCOMMANDS)}")
-    define_flags, run = SUBCOMMANDS[rest[0]]
-    return cli.main(define_flags, run, [f"{prog} {rest[0]}", *rest[1:]], doc=__doc__)
+    return cli.main_with_subcommands(SUBCOMMANDS, argv, "npejax.survey", __doc__)
 
 
 if __name__ == "__main__":
