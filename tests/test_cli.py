@@ -176,10 +176,13 @@ def test_help_marks_required_flags_and_reads_as_plain_text():
 
 
 def test_version_matches_pyproject():
-    """npejax.__version__ is the installed metadata's version, else (a source tree) pyproject.toml's: the same."""
+    """npejax.__version__ is the installed metadata's version, else (a source tree) pyproject.toml's: the same,
+    and the one CITATION.cff cites."""
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         version = tomllib.load(f)["project"]["version"]
     assert npejax.__version__ == version
+    with open(os.path.join(ROOT, "CITATION.cff")) as f:
+        assert f"\nversion: {version}\n" in f.read()  # the citation names the same version
     not_installed = (
         "from importlib import metadata\n"
         "def version(name):\n    raise metadata.PackageNotFoundError(name)\n"
