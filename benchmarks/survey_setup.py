@@ -71,6 +71,6 @@ def main(out, names):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):  # --help is not an OUTDIR
         raise SystemExit(__doc__)
     main(sys.argv[1], sys.argv[2:] or ["cpu_small", "psf_aware"])
