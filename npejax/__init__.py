@@ -22,5 +22,13 @@ contracts: keys, shapes, units), :mod:`npejax.io` (atomic file writes) and :mod:
 tables); :mod:`npejax.cli` (the command-line convention) is for the commands and cataloging.
 ``tests/test_layout.py`` enforces the order. The commands are thin modules at the top:
 ``python -m npejax.main`` (train), ``.simulate``, ``.predict``, ``.survey``, ``.evaluate``, ``.experiment``, ``.sdss``,
-``.synthetic_bank``, also installed as ``npejax-train``, ``npejax-simulate``, ...
+``.synthetic_bank``, also installed as ``npejax-train``, ``npejax-simulate``, ...; each takes ``--help`` and
+``--version``. ``npejax.__version__`` is the installed package's version.
 """
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("npejax")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0.1.0"  # pyproject.toml's [project] version (tests/test_cli.py checks they agree)

@@ -10,25 +10,39 @@ Every command (``python -m npejax.main``, ``.simulate``, ``.predict``, ``.evalua
     def main(argv=None) -> int:
         return cli.main(define_flags, run, argv, doc=__doc__)
 
-Flags are absl flags (a config, where one is involved, is an ml_collections config file with
-``--config.KEY=VALUE`` overrides, as in Flax's examples), defined on a fresh :class:`absl.flags.FlagValues`
-per call, so commands can be called in-process (tests) and side by side. Errors look the same in every
-command: a user's mistake (a bad flag or config value, a missing or foreign file: :data:`USER_ERRORS`) is
-one line ``error: ...`` on stderr naming the bad value, exit status 2, no traceback; Ctrl-C exits 130;
-``--help`` prints the flags. Anything else is a bug and keeps its traceback.
+(a command of subcommands, ``.survey`` and ``.sdss``, maps each name to its pair and calls
+:func:`main_with_subcommands`). Flags are absl flags (a config, where one is involved, is an ml_collections
+config file with ``--config.KEY=VALUE`` overrides, as in Flax's examples), defined on a fresh
+:class:`absl.flags.FlagValues` per call, so commands can be called in-process (tests) and side by side. Errors
+look the same in every command: a user's mistake (a bad flag or config value, a missing or foreign file:
+:data:`USER_ERRORS`) is one line ``error: ...`` on stderr naming the bad value, exit status 2, no traceback;
+Ctrl-C exits 130; ``--help`` prints the command's docstring and its flags as plain text (required flags
+marked), and ``--version`` prints ``npejax X.Y.Z (jax A.B.C)``; both exit 0 before anything heavy loads.
+Anything else is a bug and keeps its traceback.
+
+Commands import their heavy libraries (JAX, Flax, GalSim, astropy) inside ``run``, not at the top, so that
+``--help``, ``--version`` and a bad command line answer in a fraction of a second (tests/test_cli.py checks
+that ``--help`` imports no JAX).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Mapping
+from importlib import metadata
 
 from absl import flags, logging
 from ml_collections import config_flags
 
+from npejax import __version__
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull")
+VERSION_FLAG = "--version"
 
 
 class UsageError(ValueError):
@@ -75,9 +89,82 @@ def define_config(
     fv: flags.FlagValues, help_text: str = "Experiment config file (configs/*.py).", required: bool = True
 ) -> None:
     """``--config FILE`` (ml_collections config file, locked: an unknown ``--config.KEY`` is an error)."""
+    help_text += " --config.KEY=VALUE overrides one of its keys."
     config_flags.DEFINE_config_file("config", None, help_text, flag_values=fv, lock_config=True)
     if required:
         flags.mark_flag_as_required("config", flag_values=fv)
+
+
+def version_text() -> str:
+    """``npejax X.Y.Z (jax A.B.C)``: JAX's version from its installed metadata, without importing JAX."""
+    try:
+        jax_version = metadata.version("jax")
+    except metadata.PackageNotFoundError:
+        jax_version = "not installed"
+    return f"npejax {__version__} (jax {jax_version})"
+
+
+# reST in the docstrings (written for the API docs), as plain text for a terminal
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`(~?)([^`]+)`")
+_LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
+_LITERAL_BLOCK = re.compile(r"(?<=\S)::$", re.MULTILINE)
+_REPEAT = re.compile(r";\s*repeat this option to specify a list of values$")
+
+
+def _literal(text: str) -> str:
+    # a flag reads as itself (--out); anything else keeps quotes ('error:', 'ra', 'python -m npejax.main')
+    return text if text.startswith("-") and not any(c.isspace() for c in text) else f"'{text}'"
+
+
+def plain_text(text: str) -> str:
+    """reST markup as plain text: ``:mod:`a.b``` -> a.b (``~a.b`` -> b), ````--out```` -> --out, ````ra```` ->
+    'ra', a paragraph's closing ``::`` -> ``:``."""
+    text = _ROLE.sub(lambda m: m[2].rsplit(".", 1)[-1] if m[1] else m[2], text)
+    text = _LITERAL.sub(lambda m: _literal(m[1]), text)
+    return _LITERAL_BLOCK.sub(":", text)
+
+
+def _is_required(flag: flags.Flag) -> bool:
+    # absl's mark_flag_as_required (and required=True) registers this validator; a flag holds no other trace
+    return any(str(getattr(v, "message", "")).endswith("must have a value other than None.") for v in flag.validators)
+
+
+def _flag_help(fv: flags.FlagValues, name: str, aliases: list[str]) -> str:
+    flag = fv[name]
+    words = [f"--[no]{name}" if flag.boolean else f"--{name}"]
+    words += [f"(or --{a})" for a in aliases]
+    notes = []
+    if _is_required(flag):
+        notes.append("required")
+    elif flag.default is not None and flag.default != []:
+        default = str(flag.default).lower() if flag.boolean else str(flag.default)
+        notes.append(f"default: {default}")
+    if flag.parser.syntactic_help and not flag.boolean:
+        notes.append(flag.parser.syntactic_help)
+    text = " ".join(plain_text(flag.help or "").split())
+    if isinstance(flag, flags.MultiFlag):  # absl appends "; repeat this option to specify a list of values"
+        text = _REPEAT.sub("", text)
+        if "repeatable" not in text:
+            notes.append("repeatable")
+    text = f"{' '.join(words)}: {text}" + (f" ({'; '.join(notes)})" if notes else "")
+    return textwrap.fill(text, 100, initial_indent="  ", subsequent_indent="      ", break_on_hyphens=False)
+
+
+def help_text(fv: flags.FlagValues, doc: str | None) -> str:
+    """``--help``: the command's docstring and its flags in definition order, as plain text; an alias
+    (``--min_prob``) is named beside its flag, required flags say so, others give their default."""
+    aliases: dict[str, list[str]] = {}
+    for name in fv:
+        original = re.fullmatch(r"Alias for --(.+)\.", fv[name].help or "")
+        if original and original[1] in fv and original[1] != name:
+            aliases.setdefault(original[1], []).append(name)
+    hidden = {a for names in aliases.values() for a in names}
+    lines = [_flag_help(fv, name, aliases.get(name, [])) for name in fv if name not in hidden]
+    lines += [
+        "  --help: Print this text and exit.",
+        f"  {VERSION_FLAG}: Print the versions of npejax and JAX and exit.",
+    ]
+    return plain_text(doc or "").strip() + "\n\nflags:\n" + "\n".join(lines)
 
 
 def parse_pairs(values, option: str) -> dict[str, str]:
@@ -137,6 +224,9 @@ def main(
     argv = list(sys.argv if argv is None else argv)
     if not argv or argv[0].startswith("-"):
         argv.insert(0, "npejax")
+    if VERSION_FLAG in argv[1:]:
+        print(version_text())
+        return 0
     add_config_root_to_path(argv)
     fv = flags.FlagValues()
     # ml_collections' config_flags finds the --config.KEY overrides in sys.argv (when the flag is defined
@@ -146,8 +236,8 @@ def main(
         define_flags(fv)
     finally:
         sys.argv = saved_argv
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-        print((doc or "").strip() + "\n\nflags:\n" + fv.get_help(include_special_flags=False))
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        print(help_text(fv, doc))
         return 0
     logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every step at INFO
     try:
@@ -165,3 +255,32 @@ def main(
         sys.stderr.write("\ninterrupted; run the same command again to resume\n")
         return EXIT_INTERRUPTED
     return int(status or 0)
+
+
+def main_with_subcommands(
+    subcommands: Mapping[str, tuple[Callable[[flags.FlagValues], None], Callable[[flags.FlagValues], int | None]]],
+    argv: list[str] | None,
+    name: str,
+    doc: str | None,
+) -> int:
+    """A command of subcommands (``python -m npejax.survey catalog ...``): ``subcommands`` maps each name to
+    its (define_flags, run) pair for :func:`main`. ``argv``: the program name, the subcommand and its flags
+    (default ``sys.argv``); the program name may be left out. ``--help`` alone prints ``doc``,
+    ``SUBCOMMAND --help`` the subcommand's flags too; ``name`` (``npejax.survey``) names the command in messages."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and (argv[0] in subcommands or argv[0].startswith("-")):
+        argv.insert(0, name)
+    prog, rest = (argv[0], argv[1:]) if argv else (name, [])
+    if rest and rest[0] == VERSION_FLAG:
+        print(version_text())
+        return 0
+    if not rest or rest[0] in HELP_FLAGS:
+        if rest:
+            print(plain_text(doc or "").strip())
+            return 0
+        return fail(f"a subcommand is required: one of {', '.join(subcommands)} (python -m {name} --help)")
+    command = rest[0]
+    if command not in subcommands:
+        return fail(f"unknown subcommand {command!r}; expected one of {', '.join(subcommands)}")
+    define_flags, run = subcommands[command]
+    return main(define_flags, run, [f"{prog} {command}", *rest[1:]], doc=doc)

@@ -21,7 +21,6 @@ from __future__ import annotations
 from absl import flags
 
 from npejax import cli
-from npejax.evaluation import evaluate
 from npejax.schema import FIELD_PRIORS
 
 
@@ -49,6 +48,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues) -> None:
+    from npejax.evaluation import evaluate  # deferred: JAX and GalSim load after the command line (fast --help)
+
     evaluate.evaluate(
         cli.parse_pairs(fv.workdir, "--workdir"),
         fv.out,

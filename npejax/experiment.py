@@ -11,7 +11,6 @@ from __future__ import annotations
 from absl import flags
 
 from npejax import cli
-from npejax.evaluation import experiment
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -20,6 +19,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues) -> None:
+    from npejax.evaluation import experiment  # deferred: JAX and GalSim load after the command line (fast --help)
+
     experiment.run_experiment(fv.config, fv.out)
 
 

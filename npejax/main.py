@@ -22,7 +22,6 @@ from __future__ import annotations
 from absl import flags
 
 from npejax import cli
-from npejax.nn import train
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -36,6 +35,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues) -> None:
+    from npejax.nn import train  # deferred: JAX and Flax load after the command line is read (fast --help)
+
     config = fv.config
     # train_and_evaluate checks the config, the datasets, the workdir and its checkpoint before writing
     train.train_and_evaluate(config, fv.workdir or f"runs/{config.model.variant}")

@@ -25,13 +25,18 @@ network that gives NaN or infinite outputs (a corrupt checkpoint) is an error na
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from absl import flags
 
-from npejax import catalogs as catalog_lib
 from npejax import cli, io
-from npejax.cataloging import figures, images, options
-from npejax.nn import checkpoints, predictor
+
+if TYPE_CHECKING:
+    from npejax.cataloging import images
+
+# Flag values of the library, written here so that --help loads no JAX (tests/test_cli.py checks they agree):
+CHECKPOINTS = ("best", "latest")  # npejax.nn.checkpoints.WHICH
+CHUNK_SIZE = 512  # npejax.nn.predictor.CHUNK_SIZE
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -55,12 +60,12 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "png", None, "Also write a PNG of the (first) image with the detections drawn on it.", flag_values=fv
     )
-    flags.DEFINE_enum("checkpoint", "best", list(checkpoints.WHICH), "Which checkpoint of --workdir.", flag_values=fv)
+    flags.DEFINE_enum("checkpoint", "best", list(CHECKPOINTS), "Which checkpoint of --workdir.", flag_values=fv)
     flags.DEFINE_float("min-prob", 0.5, "Keep tiles with prob_source above this, in [0, 1).", flag_values=fv)
     flags.DEFINE_integer("batch-size", 256, "Images per network call.", lower_bound=1, flag_values=fv)
     flags.DEFINE_integer(
         "chunk-size",
-        predictor.CHUNK_SIZE,
+        CHUNK_SIZE,
         "Images larger than this many pixels on a side are "
         "predicted in overlapping chunks of this size (bounded memory; 0: whole).",
         lower_bound=0,
@@ -80,6 +85,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def open_inputs(fv: flags.FlagValues) -> images.Inputs:
     """The images named by --input or --sdss-frame/--psfield, read and checked."""
+    from npejax.cataloging import images, options  # deferred: JAX loads after the command line (fast --help)
+
     frame, psfield, path = fv["sdss-frame"].value, fv.psfield, fv.input
     if (path is None) == (frame is None):
         raise cli.UsageError(
@@ -103,6 +110,11 @@ def open_inputs(fv: flags.FlagValues) -> images.Inputs:
 
 
 def run(fv: flags.FlagValues) -> None:
+    # deferred: JAX, Flax and astropy load after the command line is read (fast --help)
+    from npejax import catalogs as catalog_lib  # deferred: as above
+    from npejax.cataloging import figures, images, options  # deferred: as above
+    from npejax.nn import predictor  # deferred: as above
+
     # everything a user can get wrong is checked before the network runs: flags, output paths, inputs
     min_prob = options.min_prob_flag(fv["min-prob"].value)
     batch_size, chunk_size = fv["batch-size"].value, fv["chunk-size"].value

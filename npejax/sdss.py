@@ -14,14 +14,15 @@ input file, 1 when the archive cannot be reached or a download fails.
 from __future__ import annotations
 
 import re
-import sys
 
 from absl import flags
 
 from npejax import cli
-from npejax.surveys import download, sdss
 
 EXIT_DOWNLOAD_FAILED = 1
+# Flag defaults of the library, written here so that --help loads no GalSim (tests/test_cli.py checks they agree):
+DEFAULT_BASE_URL = "https://data.sdss.org/sas/dr17"  # npejax.surveys.download.DEFAULT_BASE_URL
+DEFAULT_GRID = (12, 16)  # npejax.surveys.sdss.DEFAULT_GRID
 _GRID_RE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
 
 
@@ -43,7 +44,7 @@ def define_download_flags(fv: flags.FlagValues) -> None:
         "fields", None, "Text file of lines 'run camcol field' ('#' comments).", flag_values=fv, required=True
     )
     flags.DEFINE_string("out", None, "Output folder.", flag_values=fv, required=True)
-    flags.DEFINE_string("base-url", download.DEFAULT_BASE_URL, "Archive root.", flag_values=fv)
+    flags.DEFINE_string("base-url", DEFAULT_BASE_URL, "Archive root.", flag_values=fv)
     flags.DEFINE_integer(
         "retries", 3, "Retries per file on connection errors, timeouts and HTTP 5xx/429.", lower_bound=0, flag_values=fv
     )
@@ -51,6 +52,8 @@ def define_download_flags(fv: flags.FlagValues) -> None:
 
 
 def run_download(fv: flags.FlagValues) -> int:
+    from npejax.surveys import download, sdss  # deferred: GalSim loads after the command line (fast --help)
+
     out = fv["out"].value
     fields = sdss.read_fields_file(fv["fields"].value)
     try:
@@ -71,7 +74,7 @@ def run_download(fv: flags.FlagValues) -> int:
 def define_build_bank_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("dir", None, "Folder of psField, photoField and frame-r files.", flag_values=fv, required=True)
     flags.DEFINE_string("out", None, "Output .npz bank.", flag_values=fv, required=True)
-    grid = "x".join(str(v) for v in sdss.DEFAULT_GRID)
+    grid = "x".join(str(v) for v in DEFAULT_GRID)
     flags.DEFINE_string("grid", grid, "Sky grid rows x columns.", flag_values=fv)
     flags.register_validator("grid", _grid_ok, message="grid must look like 12x16 (rows x columns)", flag_values=fv)
     flags.DEFINE_string(
@@ -80,6 +83,8 @@ def define_build_bank_flags(fv: flags.FlagValues) -> None:
 
 
 def run_build_bank(fv: flags.FlagValues) -> int:
+    from npejax.surveys import sdss  # deferred: GalSim loads after the command line (fast --help)
+
     out = fv["out"].value
     try:
         bank = sdss.build_bank(
@@ -104,20 +109,7 @@ SUBCOMMANDS = {
 def main(argv=None) -> int:
     """``argv``: the program name, the subcommand and its flags (default ``sys.argv``); the program name may
     be left out (``main(["build-bank", "--dir", ...])``)."""
-    argv = list(sys.argv if argv is None else argv)
-    if argv and (argv[0] in SUBCOMMANDS or argv[0].startswith("-")):
-        argv.insert(0, "npejax.sdss")
-    prog, rest = (argv[0], argv[1:]) if argv else ("npejax.sdss", [])
-    if not rest or rest[0] in ("-h", "--help", "--helpshort", "--helpfull"):
-        if rest:
-            print(__doc__.strip())
-            return 0
-        return cli.fail(f"a subcommand is required: one of {', '.join(SUBCOMMANDS)} (python -m npejax.sdss --help)")
-    command = rest[0]
-    if command not in SUBCOMMANDS:
-        return cli.fail(f"unknown subcommand {command!r}; expected one of {', '.join(SUBCOMMANDS)}")
-    define_flags, run = SUBCOMMANDS[command]
-    return cli.main(define_flags, run, [f"{prog} {command}", *rest[1:]], doc=__doc__)
+    return cli.main_with_subcommands(SUBCOMMANDS, argv, "npejax.sdss", __doc__)
 
 
 if __name__ == "__main__":

@@ -33,16 +33,17 @@ import sys
 
 from absl import flags
 
-from npejax import catalogs as catalog_lib
 from npejax import cli, io
-from npejax.cataloging import options
-from npejax.cataloging import runner as runner_lib
-from npejax.nn import checkpoints, predictor
+
+# Flag values of the library, written here so that --help loads no JAX (tests/test_cli.py checks they agree):
+CHECKPOINTS = ("best", "latest")  # npejax.nn.checkpoints.WHICH
+CHUNK_SIZE = 512  # npejax.nn.predictor.CHUNK_SIZE
+FORMATS = ("fits", "csv")  # npejax.cataloging.runner.FORMATS
 
 
 def define_catalog_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv, required=True)
-    flags.DEFINE_enum("checkpoint", "best", list(checkpoints.WHICH), "Which checkpoint of --workdir.", flag_values=fv)
+    flags.DEFINE_enum("checkpoint", "best", list(CHECKPOINTS), "Which checkpoint of --workdir.", flag_values=fv)
     flags.DEFINE_string(
         "frames",
         None,
@@ -57,7 +58,7 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
         required=True,
     )
-    flags.DEFINE_enum("format", "fits", list(runner_lib.FORMATS), "Catalog file format.", flag_values=fv)
+    flags.DEFINE_enum("format", "fits", list(FORMATS), "Catalog file format.", flag_values=fv)
     flags.DEFINE_string(
         "shard",
         None,
@@ -75,7 +76,7 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
     )
     flags.DEFINE_integer(
         "chunk-size",
-        predictor.CHUNK_SIZE,
+        CHUNK_SIZE,
         "Frames larger than this many pixels on a side are "
         "predicted in overlapping chunks of this size (bounded memory; 0: whole).",
         lower_bound=0,
@@ -95,6 +96,10 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
 
 
 def run_catalog(fv: flags.FlagValues) -> int:
+    from npejax.cataloging import options  # deferred: JAX loads after the command line is read (fast --help)
+    from npejax.cataloging import runner as runner_lib  # deferred: as above
+    from npejax.nn import predictor  # deferred: as above
+
     # everything a user can get wrong in the command line is checked before a frame is read
     min_prob = options.min_prob_flag(fv["min-prob"].value)
     field_id, psf_params = fv["field-id"].value, fv["psf-params"].value
@@ -149,6 +154,9 @@ def define_merge_flags(fv: flags.FlagValues) -> None:
 
 
 def run_merge(fv: flags.FlagValues) -> int:
+    from npejax import catalogs as catalog_lib  # deferred: astropy loads after the command line (fast --help)
+    from npejax.cataloging import runner as runner_lib  # deferred: JAX, as above
+
     out, path = fv.out, fv.table
     catalog_lib.table_format(path)
     io.check_output_file(path, "--table")
@@ -182,19 +190,7 @@ SUBCOMMANDS = {"catalog": (define_catalog_flags, run_catalog), "merge": (define_
 def main(argv=None) -> int:
     """``argv``: the program name, the subcommand and its flags (default ``sys.argv``); the program name may
     be left out (``main(["merge", "--out", ...])``)."""
-    argv = list(sys.argv if argv is None else argv)
-    if argv and (argv[0] in SUBCOMMANDS or argv[0].startswith("-")):
-        argv.insert(0, "npejax.survey")
-    prog, rest = (argv[0], argv[1:]) if argv else ("npejax.survey", [])
-    if not rest or rest[0] in ("-h", "--help", "--helpshort", "--helpfull"):
-        if rest:
-            print(__doc__.strip())
-            return 0
-        return cli.fail(f"a subcommand is required: one of {', '.join(SUBCOMMANDS)} (python -m npejax.survey --help)")
-    if rest[0] not in SUBCOMMANDS:
-        return cli.fail(f"unknown subcommand {rest[0]!r}; expected one of {', '.join(SUBCOMMANDS)}")
-    define_flags, run = SUBCOMMANDS[rest[0]]
-    return cli.main(define_flags, run, [f"{prog} {rest[0]}", *rest[1:]], doc=__doc__)
+    return cli.main_with_subcommands(SUBCOMMANDS, argv, "npejax.survey", __doc__)
 
 
 if __name__ == "__main__":

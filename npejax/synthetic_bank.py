@@ -13,7 +13,6 @@ from __future__ import annotations
 from absl import flags
 
 from npejax import cli
-from npejax.sim import synthetic_bank
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -23,6 +22,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues) -> None:
+    from npejax.sim import synthetic_bank  # deferred: GalSim and SciPy load after the command line (fast --help)
+
     out = fv["out"].value
     bank = synthetic_bank.make_bank(fv["num-fields"].value, fv["seed"].value)
     bank.save(out)
