@@ -124,7 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.on_device = False
     # Simulate num_train training and num_val validation images into WORKDIR/data/{train,val} before training
     # (resumable), then train from them: on a CPU the cores render first and train afterwards, instead of
-    # sharing every step with the simulator (npejax.nn.train.simulate_first).
+    # sharing every step with the simulator (npejax.nn.input_pipeline.simulate_first).
     config.data.simulate_first = False
     config.data.simulate_workers = 0  # processes for simulate_first; 0: one per CPU
 

@@ -21,7 +21,7 @@ import conftest  # tests/ is sys.path[0] when this file is run; conftest puts th
 import jax
 import numpy as np
 
-from npejax.nn import distributed, train
+from npejax.nn import distributed, input_pipeline, train
 from npejax.nn import steps as steps_lib
 
 IMAGE_SIZE = 32
@@ -78,13 +78,13 @@ def other_feeds(mesh) -> dict:
     this process's rows, ``fly/shape``: the global array's) and the training set held on the devices
     (``resident/equal``: this process's copy is the whole set; ``resident/rows``: the first step's image indices)."""
     fly = config()
-    with train.training_batches(fly, train.setup_data(fly, mesh.size), 0, 1, mesh) as feed:
-        batch = next(iter(feed.batches(0)))
+    with input_pipeline.training_feed(fly, input_pipeline.setup_data(fly, mesh.size), 0, 1, mesh) as feed:
+        batch = next(iter(feed.inputs(0)))
     resident = config(sys.argv[3], sys.argv[4])
     resident.data.on_device = True
-    data = train.setup_data(resident, mesh.size)
-    with train.training_batches(resident, data, 0, 1, mesh) as feed:
-        indices = next(iter(feed.batches(0)))
+    data = input_pipeline.setup_data(resident, mesh.size)
+    with input_pipeline.training_feed(resident, data, 0, 1, mesh) as feed:
+        indices = next(iter(feed.inputs(0)))
         images = feed.resident["images"]
         equal = np.array_equal(np.asarray(images.addressable_data(0)), data.train_ds.read(slice(None))["images"])
         indices = np.asarray(indices.addressable_data(0))

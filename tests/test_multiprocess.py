@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 
 from npejax import datasets as data_lib
-from npejax.nn import checkpoints, distributed, train
+from npejax.nn import checkpoints, distributed, input_pipeline, train
 from npejax.nn import predictor as predictor_lib
 from npejax.sim import pipeline
 
@@ -200,7 +200,7 @@ def test_other_input_paths_feed_each_process_its_share(runs):
         assert run["fly/shape"].tolist() == [8, 32, 32]
         np.testing.assert_array_equal(run["fly/images"], pipeline.simulate_batch(spec, p)["images"])
         assert bool(run["resident/equal"]) and run["resident/shape"].tolist() == [32, 32, 32]
-        order = train.epoch_order(32, 8, config.seed)
+        order = input_pipeline.epoch_order(32, 8, config.seed)
         np.testing.assert_array_equal(run["resident/rows"], order[:1, 4 * p : 4 * p + 4])
     assert not np.array_equal(runs["p0"][0]["fly/images"], runs["p1"][0]["fly/images"])
 

@@ -21,7 +21,7 @@ from tensorboardX.proto import event_pb2
 
 from npejax import datasets as data
 from npejax import main as train_main
-from npejax.nn import checkpoints, inputs, train
+from npejax.nn import checkpoints, input_pipeline, inputs, train
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
 from npejax.sim import pipeline
@@ -381,8 +381,8 @@ def no_training(monkeypatch):
     rng = np.random.default_rng(0)
     normalizer = inputs.Normalizer.fit(rng.normal(size=(2, 8, 8)), np.ones((2, 8, 8)), np.ones((2, 6)))
     monkeypatch.setattr(train, "run_epoch", quick_epoch)
-    monkeypatch.setattr(train, "fit_normalizer", lambda config, data: normalizer)
-    monkeypatch.setattr(train, "validation_batches", lambda config, data, sharding: [])
+    monkeypatch.setattr(input_pipeline, "fit_normalizer", lambda config, data: normalizer)
+    monkeypatch.setattr(input_pipeline, "validation_batches", lambda config, data, sharding: [])
 
 
 def test_a_failed_checkpoint_save_stops_at_that_epoch_in_one_line(tmp_path, run_main, monkeypatch, no_training):
@@ -475,13 +475,13 @@ def test_the_normalizer_is_fitted_on_the_cached_training_set(cached, tiny_config
     config.data.train_dir = str(cached / "train")
     config.data.val_dir = str(cached / "val")
     train.validate_config(config)
-    setup = train.setup_data(config, 1)
-    fitted = train.fit_normalizer(config, setup)
+    setup = input_pipeline.setup_data(config, 1)
+    fitted = input_pipeline.fit_normalizer(config, setup)
     ds = data.load(cached / "train")
     first = ds[0:8]  # normalizer_images=16 > the 8 images there: all of them
     assert fitted == inputs.Normalizer.fit(first["images"], first["background"], first["psf_params"])
     config.data.train_dir = ""
-    simulated = train.fit_normalizer(config, train.setup_data(config, 1))
+    simulated = input_pipeline.fit_normalizer(config, input_pipeline.setup_data(config, 1))
     assert simulated.quantiles != fitted.quantiles
 
 
