@@ -115,7 +115,7 @@ def end_to_end(config) -> dict:
     train.validate_config(config)
     mesh = steps_lib.data_mesh()
     data = input_pipeline.setup_data(config, mesh.size)
-    state, normalizer, _ = train.restore_or_init(config, model_lib.from_config(config), None, data, mesh)
+    state, normalizer, _ = train.restore_or_init(config, model_lib.from_config(config), data, mesh)
     single, evaluate = steps_lib.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
     val_batches = input_pipeline.validation_batches(config, data, steps_lib.batch_sharding(mesh))
     key = jax.random.key(config.seed + 1)

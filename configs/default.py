@@ -107,6 +107,11 @@ def get_config() -> ml_collections.ConfigDict:
     # K steps are K straight-line copies (compiled about K times longer), which still ran 1.35x more images/s than
     # K = 1 for cpu_small on the 2-core VM (benchmarks/input_paths.py, batch 16; RESULTS.md).
     config.train.steps_per_dispatch = 1
+    # Minutes after which training saves the step it reached (mid-epoch too) and exits with status 3, to be
+    # resumed by the same command (npejax.nn.preemption; SIGTERM and SIGUSR1 do the same: Slurm's time-limit
+    # warning and preemption); 0: no limit. Measured from the start of training (the process's): set it a few
+    # minutes below a job's time limit. May differ when resuming.
+    config.train.time_limit_minutes = 0.0
 
     # Dataset sizes per split (paper: 210k / 30k / 42k images), used by npejax.simulate.
     config.data = ml_collections.ConfigDict()

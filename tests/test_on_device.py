@@ -51,7 +51,7 @@ def loop(cached):
     config, _ = cached
     mesh = steps.data_mesh()
     training = input_pipeline.setup_data(config, mesh.size)
-    state, normalizer, _ = train.restore_or_init(config, model.from_config(config), None, training, mesh)
+    state, normalizer, _ = train.restore_or_init(config, model.from_config(config), training, mesh)
     single, evaluate = steps.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
     val = input_pipeline.validation_batches(config, training, steps.batch_sharding(mesh))
     return dict(

@@ -304,21 +304,28 @@ class Feed:
 
 
 @contextlib.contextmanager
-def training_feed(config, data: TrainingData, start_epoch: int, end_epoch: int, mesh) -> Iterator[Feed | None]:
-    """Yields the :class:`Feed` of epochs ``start_epoch`` .. ``end_epoch`` (None when no epoch is left).
+def training_feed(
+    config, data: TrainingData, start_epoch: int, end_epoch: int, mesh, start_step: int = 0
+) -> Iterator[Feed | None]:
+    """Yields the :class:`Feed` of epochs ``start_epoch`` .. ``end_epoch`` (None when no epoch is left), the first
+    from its step ``start_step`` on (a run resumed where it stopped: the rest of the same epoch).
 
     Simulated batches come from a :class:`npejax.sim.pipeline.Simulator` started at batch
-    ``start_epoch * steps_per_epoch`` (stopped on exit; an epoch takes ``steps_per_epoch`` of them); cached
-    ones are reshuffled each epoch (seed ``config.seed + epoch``). Batches are put on the devices one at a time
-    and grouped by ``train.steps_per_dispatch`` K (when K > 1). With ``data.on_device`` the training set is put
-    on the devices here and an epoch is the rows of :func:`epoch_order`, K at a time, put on the devices at its
-    start ([K, B] int32 each, :func:`npejax.nn.steps.stacked_sharding`).
+    ``start_epoch * steps_per_epoch + start_step`` (stopped on exit; an epoch takes ``steps_per_epoch`` of them,
+    batch i depending only on the seed and i); cached ones are reshuffled each epoch (seed ``config.seed +
+    epoch``; a resumed epoch is its permutation's batches from ``start_step`` on). Batches are put on the devices
+    one at a time and grouped by ``train.steps_per_dispatch`` K (when K > 1). With ``data.on_device`` the training
+    set is put on the devices here and an epoch is the rows of :func:`epoch_order`, K at a time, put on the
+    devices at its start ([K, B] int32 each, :func:`npejax.nn.steps.stacked_sharding`).
     """
     put = lambda batch: steps_lib.to_device(batch, steps_lib.batch_sharding(mesh))
     # several processes: each reads its rows of every batch, or renders its own simulator batches (distributed)
     rows = None if jax.process_count() == 1 else distributed.local_rows(steps_lib.batch_sharding(mesh), data.batch_size)
     per_call = int(config.train.steps_per_dispatch)
     group = (lambda batches: batches) if per_call == 1 else (lambda batches: groups(batches, per_call))
+    if not 0 <= start_step < data.steps_per_epoch:
+        raise ValueError(f"start_step={start_step}: an epoch has steps 0 .. {data.steps_per_epoch - 1}")
+    first = lambda epoch: start_step if epoch == start_epoch else 0  # the epoch's first step
     if start_epoch >= end_epoch:  # nothing left to train: no simulator workers
         yield None
     elif data.train_ds is None:
@@ -328,18 +335,18 @@ def training_feed(config, data: TrainingData, start_epoch: int, end_epoch: int, 
             spec,
             num_workers=int(config.simulator.num_workers),
             prefetch=int(config.simulator.prefetch),
-            start=start_epoch * data.steps_per_epoch,
+            start=start_epoch * data.steps_per_epoch + start_step,
             transform=put,
             stride=stride,
             offset=offset,
         ) as simulator:
-            yield Feed(lambda epoch: group(itertools.islice(simulator, data.steps_per_epoch)), per_call)
+            yield Feed(lambda epoch: group(itertools.islice(simulator, data.steps_per_epoch - first(epoch))), per_call)
     elif config.data.on_device:
         resident = resident_training_set(data.train_ds, mesh)
         sharding = steps_lib.stacked_sharding(mesh)
 
         def index_rows(epoch):  # every call's index rows on the devices at the start of the epoch
-            order = epoch_order(len(data.train_ds), data.batch_size, config.seed + epoch)
+            order = epoch_order(len(data.train_ds), data.batch_size, config.seed + epoch)[first(epoch) :]
             return iter(
                 [distributed.put_replicated(order[i : i + per_call], sharding) for i in range(0, len(order), per_call)]
             )
@@ -350,7 +357,12 @@ def training_feed(config, data: TrainingData, start_epoch: int, end_epoch: int, 
             lambda epoch: group(
                 put(b)
                 for b in data.train_ds.batches(
-                    data.batch_size, shuffle=True, seed=config.seed + epoch, drop_remainder=True, rows=rows
+                    data.batch_size,
+                    shuffle=True,
+                    seed=config.seed + epoch,
+                    drop_remainder=True,
+                    rows=rows,
+                    start=first(epoch),
                 )
             ),
             per_call,

@@ -13,6 +13,19 @@ starts and its files' SHA-256 recorded. Run again in the same workdir, training 
 saved epoch -- with the same config: a config that differs from the checkpoint's in anything but the
 training length (:data:`npejax.nn.checkpoints.RESUMABLE_KEYS`) is refused, the differences listed.
 
+Stopping on time (:mod:`npejax.nn.preemption`): SIGTERM, SIGUSR1 (Slurm's warning before a time limit or a
+preemption) or ``train.time_limit_minutes`` make training stop at the next step boundary (between two jitted
+calls), mid-epoch too: the state there is saved as a checkpoint of its own, ``checkpoints/interrupted/S`` (S =
+train steps done; ``meta`` with the epoch's step and the losses of its steps so far: :func:`record_stop`),
+metrics.csv gets no row for the unfinished epoch, and :func:`train_and_evaluate` raises
+:class:`npejax.nn.preemption.Stopped`, on which ``python -m npejax.main`` exits with status **3**
+(:data:`npejax.nn.preemption.EXIT_PREEMPTED`; 1 is a crash, 2 a user error, 130 Ctrl-C). The same command
+resumes at that step (:func:`check_resume` takes the newer of latest/ and interrupted/): the rest of the epoch
+is the batches the uninterrupted run would have trained (cached: the epoch's permutation from the next batch;
+on the fly: the simulator's batch index continuing; K per call from there), and the epoch's metrics row is the
+uninterrupted run's but for ``images_per_s`` and ``seconds`` (the training seconds of both runs, summed).
+Once that epoch is checkpointed, interrupted/ is removed; best/ is as without the stop.
+
 The data and how they reach the train step are :mod:`npejax.nn.input_pipeline`'s: the on-the-fly simulator
 (an epoch of ``train.images_per_epoch // train.batch_size`` steps, the simulator's batches continuing where the
 last epoch stopped) or cached datasets written by ``npejax.simulate`` (``data.train_dir`` / ``data.val_dir``; an
@@ -51,6 +64,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -62,12 +76,13 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from npejax import io, schema
-from npejax.nn import checkpoints, distributed, input_pipeline
+from npejax.nn import checkpoints, distributed, input_pipeline, preemption
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
 from npejax.nn import steps as steps_lib
 from npejax.nn.posterior import TilePosterior, tiles_to_sources
+from npejax.sim import pipeline
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -118,6 +133,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
         raise ValueError(f"train.lr_decay_epoch={train.lr_decay_epoch}: must be >= 0")
     if not 0.0 <= float(train.ema_decay) < 1.0:
         raise ValueError(f"train.ema_decay={train.ema_decay}: must be in [0, 1) (0: no moving average)")
+    if not (math.isfinite(float(train.time_limit_minutes)) and float(train.time_limit_minutes) >= 0):
+        raise ValueError(f"train.time_limit_minutes={train.time_limit_minutes}: must be >= 0 (0: no time limit)")
     check_input_path(config)
     if not config.data.train_dir and int(train.images_per_epoch) < int(train.batch_size):
         raise ValueError(
@@ -155,6 +172,40 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 @dataclasses.dataclass
+class EpochSteps:
+    """The steps of the epoch in progress trained so far: how many, their training losses (per jitted call: a
+    scalar or K values, on the devices until read; or the float32 values a checkpoint kept) and the seconds they
+    took. A run stopped mid-epoch saves them (:meth:`to_meta`) and the resumed run goes on from them, so that the
+    epoch's mean training loss is the uninterrupted run's, to the bit."""
+
+    steps: int = 0
+    losses: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def values(self) -> np.ndarray:
+        """The losses of the steps, in order, as one float32 array (waits for the devices)."""
+        host = [np.ravel(np.asarray(loss, np.float32)) for loss in jax.device_get(self.losses)]
+        return np.concatenate(host) if host else np.zeros(0, np.float32)
+
+    def to_meta(self) -> dict:
+        """The checkpoint ``meta`` keys of a run stopped mid-epoch (:mod:`npejax.nn.checkpoints`)."""
+        return dict(
+            step_in_epoch=self.steps, epoch_losses=[float(v) for v in self.values()], epoch_seconds=self.seconds
+        )
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> EpochSteps:
+        """The steps a checkpoint's ``meta`` records (none for a checkpoint of a finished epoch)."""
+        losses = np.asarray(meta.get("epoch_losses") or [], np.float32)  # float32 -> JSON -> float32: exact
+        steps = int(meta.get("step_in_epoch") or 0)
+        if len(losses) != steps:
+            raise checkpoints.CheckpointError(
+                f"checkpoint meta: step_in_epoch={steps} but {len(losses)} epoch_losses: the checkpoint is damaged"
+            )
+        return cls(steps, [losses] if steps else [], float(meta.get("epoch_seconds") or 0.0))
+
+
+@dataclasses.dataclass
 class Progress:
     """What the loop carries from epoch to epoch (and a checkpoint's ``meta`` saves)."""
 
@@ -162,6 +213,7 @@ class Progress:
     best_val: float = float("inf")  # lowest validation NLL so far
     bad_epochs: int = 0  # epochs since it last improved
     history: list[dict] = dataclasses.field(default_factory=list)  # the metrics.csv rows
+    in_epoch: EpochSteps = dataclasses.field(default_factory=EpochSteps)  # of epoch + 1, trained so far
 
     def update(self, row: dict, val_loss: float) -> bool:
         """Records a finished epoch's row; returns whether ``val_loss`` improved on the best."""
@@ -169,7 +221,20 @@ class Progress:
         self.best_val, self.bad_epochs = (val_loss, 0) if improved else (self.best_val, self.bad_epochs + 1)
         self.epoch = row["epoch"]
         self.history.append(row)
+        self.in_epoch = EpochSteps()
         return improved
+
+    def meta(self, config, normalizer: inputs_lib.Normalizer) -> dict:
+        """A checkpoint's ``meta`` (:mod:`npejax.nn.checkpoints`) but ``val_nll`` and a stopped run's keys."""
+        return dict(
+            epoch=self.epoch,
+            best_val=self.best_val,
+            bad_epochs=self.bad_epochs,
+            history=list(self.history),
+            normalizer=normalizer.to_dict(),
+            variant=config.model.variant,
+            config=config_dict(config),
+        )
 
 
 def write_metrics(workdir: str, history: list[dict]) -> None:
@@ -184,44 +249,79 @@ def write_metrics(workdir: str, history: list[dict]) -> None:
         os.remove(path)
 
 
-def check_resume(config, workdir: str) -> tuple[int, dict] | None:
-    """(epoch, meta) of the latest checkpoint in ``workdir`` (its checksums verified), or None for a fresh
-    start; CheckpointError listing the differences (checkpoint -> now, dotted keys) when the config differs
-    from the checkpoint's in anything but :data:`npejax.nn.checkpoints.RESUMABLE_KEYS`. Writes nothing."""
-    found = checkpoints.read_meta(workdir, "latest")
+class Resume(NamedTuple):
+    """Where a run resumes: checkpoint ``step`` of ``directory`` (``checkpoints/latest``, step = epochs done; or
+    ``checkpoints/interrupted``, step = train steps done) and its ``meta``."""
+
+    step: int
+    meta: dict
+    directory: str
+
+    @property
+    def position(self) -> str:
+        """``epoch 3`` (after it), or ``epoch 4, step 17`` (in it)."""
+        steps = int(self.meta.get("step_in_epoch") or 0)
+        return f"epoch {self.meta['epoch'] + 1}, step {steps}" if steps else f"epoch {self.step}"
+
+
+def check_resume(config, workdir: str) -> Resume | None:
+    """Where the run in ``workdir`` resumes (its checkpoint's checksums verified): the latest epoch's checkpoint,
+    or the one of a run stopped later, mid-epoch (``checkpoints/interrupted``, when its train step is past the
+    latest epoch's); None for a fresh start. CheckpointError listing the differences (checkpoint -> now, dotted
+    keys) when the config differs from the checkpoint's in anything but
+    :data:`npejax.nn.checkpoints.RESUMABLE_KEYS`. Writes nothing."""
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    found, which = checkpoints.read_meta(workdir, "latest"), "latest"
+    stopped = checkpoints.interrupted_step(workdir)
+    history = found[1].get("history") if found else None
+    if stopped is not None and stopped > (int(history[-1]["step"]) if history else 0):
+        found, which = checkpoints.read_meta(workdir, checkpoints.INTERRUPTED), checkpoints.INTERRUPTED
     if found is None:
         return None
-    step, meta = found
+    resume = Resume(*found, os.path.join(root, which))
     differences = checkpoints.config_differences(
-        checkpoints.upgrade_config(meta.get("config") or {}), config_dict(config)
+        checkpoints.upgrade_config(resume.meta.get("config") or {}), config_dict(config)
     )
     if differences:
         allowed = ", ".join(checkpoints.RESUMABLE_KEYS[:3])
         raise checkpoints.CheckpointError(
-            f"workdir {os.path.abspath(workdir)} holds a run (epoch {step}) trained with another config; "
+            f"workdir {os.path.abspath(workdir)} holds a run ({resume.position}) trained with another config; "
             f"differences (checkpoint -> now): {'; '.join(differences[:8])}"
             f"{f' (and {len(differences) - 8} more)' if len(differences) > 8 else ''}. Only {allowed} may "
             "change when resuming: use another --workdir, or the workdir's config.json"
         )
-    return step, meta
+    return resume
 
 
-def restore_or_init(
-    config, net, manager, data: input_pipeline.TrainingData, mesh, resume: tuple[int, dict] | None = None
-):
-    """(state, normalizer, progress): restored from the latest checkpoint in ``manager`` when ``resume``
-    (:func:`check_resume`, which verified its checksums) is given, or fresh (state from
-    ``jax.random.key(config.seed)``, normalizer from :func:`fit_normalizer`); replicated on ``mesh``."""
+def restore_or_init(config, net, data: input_pipeline.TrainingData, mesh, resume: Resume | None = None):
+    """(state, normalizer, progress): restored from the checkpoint ``resume`` (:func:`check_resume`, which
+    verified its checksums) names, or fresh (state from ``jax.random.key(config.seed)``, normalizer from
+    :func:`~npejax.nn.input_pipeline.fit_normalizer`); replicated on ``mesh``. A run stopped mid-epoch goes on
+    at the step it reached (``progress.in_epoch``)."""
     replicated = steps_lib.replicated(mesh)
     state = state_lib.create_state(config, net, data.steps_per_epoch, jax.random.key(config.seed))
     state = distributed.put_replicated(state, replicated)
     if resume is None:
         return state, input_pipeline.fit_normalizer(config, data), Progress()
-    state, meta = checkpoints.restore(manager, state, resume[0], verify=False)
+    state, meta = checkpoints.restore_from(resume.directory, state, resume.step, verify=False)
     state = jax.device_put(state, replicated)
-    progress = Progress(meta["epoch"], meta["best_val"], meta["bad_epochs"], meta["history"])
-    logging.info("resuming after epoch %d", progress.epoch)
-    say(f"Resuming after epoch {progress.epoch} (best validation NLL {progress.best_val:.2f})", flush=True)
+    in_epoch = EpochSteps.from_meta(meta)
+    if in_epoch.steps >= data.steps_per_epoch:
+        raise checkpoints.CheckpointError(
+            f"checkpoint {os.path.join(resume.directory, str(resume.step))} stopped at step {in_epoch.steps} of "
+            f"an epoch, which has {data.steps_per_epoch} steps now: the training set changed since"
+        )
+    progress = Progress(meta["epoch"], meta["best_val"], meta["bad_epochs"], meta["history"], in_epoch)
+    if in_epoch.steps:
+        logging.info("resuming epoch %d at step %d", progress.epoch + 1, in_epoch.steps)
+        say(
+            f"Resuming epoch {progress.epoch + 1} at step {in_epoch.steps} of {data.steps_per_epoch} "
+            f"(stopped: {meta.get('stopped', 'asked to')}; best validation NLL {progress.best_val:.2f})",
+            flush=True,
+        )
+    else:
+        logging.info("resuming after epoch %d", progress.epoch)
+        say(f"Resuming after epoch {progress.epoch} (best validation NLL {progress.best_val:.2f})", flush=True)
     return state, inputs_lib.Normalizer.from_dict(meta["normalizer"]), progress
 
 
@@ -320,45 +420,69 @@ def run_epoch(
     val_batches: list[dict],
     key,
     epoch: int,
+    done: EpochSteps | None = None,
+    stop: preemption.StopRequest | None = None,
 ):
     """Trains on ``batches`` (an epoch's inputs, :meth:`npejax.nn.input_pipeline.Feed.inputs`,
     ``data.steps_per_epoch`` steps in all, each call of ``train_step``
     (:meth:`~npejax.nn.input_pipeline.Feed.step_function`) returning one loss or K) and validates; returns
-    (state, metrics row, mean training NLL over the steps, validation NLL per image)."""
+    (state, metrics row, mean training NLL over the steps, validation NLL per image).
+
+    ``done``: the epoch's steps trained before (a run resumed mid-epoch: ``batches`` are the rest), updated in
+    place as the steps are trained. ``stop`` is polled before every call (:meth:`~npejax.nn.preemption.
+    StopRequest.poll`): when it says stop, returns (state, None, None, None) at once, ``done`` holding the steps
+    trained (the row's ``seconds`` and ``images_per_s`` then count the training time of every run of the epoch).
+    """
+    done = EpochSteps() if done is None else done
+    steps, first = data.steps_per_epoch, done.steps
     t0 = time.time()
-    losses, done = [], 0
+    inputs_of = iter(batches)
     with tqdm(
-        total=data.steps_per_epoch,
+        total=steps,
+        initial=done.steps,
         desc=f"epoch {epoch + 1}/{config.train.num_epochs}",
         leave=False,
         disable=not (config.train.progress and distributed.is_main()),
     ) as bar:
-        for inputs in batches:
+        while done.steps < steps:
+            if stop is not None and stop.poll(epoch * steps + done.steps):
+                done.seconds += time.time() - t0
+                return state, None, None, None
+            try:
+                inputs = next(inputs_of, None)
+            except pipeline.WorkerError:
+                # a SIGTERM to every process of the job ended the simulator's workers too: stop here, as asked
+                if stop is not None and jax.process_count() == 1 and stop.requested():
+                    done.seconds += time.time() - t0
+                    return state, None, None, None
+                raise
+            if inputs is None:
+                break
             state, loss = train_step(state, inputs, key)
-            losses.append(loss)
-            done += loss.size
+            done.losses.append(loss)
+            done.steps += loss.size
             bar.update(loss.size)
-            if config.train.progress and len(losses) > 1 and done // 10 > (done - loss.size) // 10:
+            if config.train.progress and len(done.losses) > 1 and done.steps // 10 > (done.steps - loss.size) // 10:
                 # the previous call's loss: waiting for this one would leave the devices idle until the next
                 bar.set_postfix(
-                    loss=f"{float(np.ravel(losses[-2])[-1]):.1f}",
-                    img_s=f"{done * data.batch_size / (time.time() - t0):.0f}",
+                    loss=f"{float(np.ravel(done.losses[-2])[-1]):.1f}",
+                    img_s=f"{(done.steps - first) * data.batch_size / (time.time() - t0):.0f}",
                 )
-    if done != data.steps_per_epoch:
-        raise RuntimeError(f"epoch {epoch + 1} ran {done} train steps, expected {data.steps_per_epoch}")
-    train_loss = float(np.mean(np.concatenate([np.ravel(loss) for loss in jax.device_get(losses)])))
-    train_seconds = time.time() - t0
+    if done.steps != steps:
+        raise RuntimeError(f"epoch {epoch + 1} ran {done.steps} train steps, expected {steps}")
+    train_loss = float(np.mean(done.values()))
+    train_seconds = done.seconds + time.time() - t0
     num_val_images = sum(b["images"].shape[0] for b in val_batches)
     val_loss = float(sum(float(eval_step(state, b)) for b in val_batches) / num_val_images)
-    learning_rate = state_lib.learning_rate_schedule(config, data.steps_per_epoch)(int(state.step))
+    learning_rate = state_lib.learning_rate_schedule(config, steps)(int(state.step))
     row = dict(
         epoch=epoch + 1,
         step=int(state.step),
         train_nll=round(train_loss, 4),
         val_nll=round(val_loss, 4),
         learning_rate=float(learning_rate),
-        images_per_s=round(data.steps_per_epoch * data.batch_size / train_seconds, 1),
-        seconds=round(time.time() - t0, 1),
+        images_per_s=round(steps * data.batch_size / train_seconds, 1),
+        seconds=round(done.seconds + time.time() - t0, 1),
     )
     return state, row, train_loss, val_loss
 
@@ -384,17 +508,22 @@ def record_epoch(
         f"{' *' if improved else '  '}  {row['images_per_s']:.0f} images/s",
         flush=True,
     )
-    meta = dict(
-        epoch=progress.epoch,
-        best_val=progress.best_val,
-        bad_epochs=progress.bad_epochs,
-        history=list(progress.history),
-        normalizer=normalizer.to_dict(),
-        variant=config.model.variant,
-        config=config_dict(config),
-        val_nll=val_loss,
-    )
+    meta = dict(progress.meta(config, normalizer), val_nll=val_loss)
     checkpoints.save([managers.latest, managers.best] if improved else [managers.latest], progress.epoch, state, meta)
+
+
+def record_stop(
+    workdir: str, config, progress: Progress, state, normalizer: inputs_lib.Normalizer, reason: str, steps: int
+) -> str | None:
+    """Checkpoints ``state``, stopped mid-epoch at step ``progress.in_epoch.steps`` of epoch ``progress.epoch + 1``
+    (``steps`` per epoch), in ``checkpoints/interrupted`` (:func:`npejax.nn.checkpoints.save_interrupted`, numbered
+    by the train step); returns its directory, or None when the step is at an epoch's start (the latest epoch's
+    checkpoint holds it, or nothing was trained). metrics.csv gets no row: the epoch is not done."""
+    done = progress.in_epoch
+    if done.steps == 0:
+        return None
+    meta = dict(progress.meta(config, normalizer), **done.to_meta(), stopped=reason)
+    return checkpoints.save_interrupted(workdir, progress.epoch * steps + done.steps, state, meta)
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -418,9 +547,14 @@ def train_epochs(
     normalizer: inputs_lib.Normalizer,
     progress: Progress,
     end_epoch: int,
+    stop: preemption.StopRequest | None = None,
+    stale_interrupted: bool = False,
 ):
-    """Trains from epoch ``progress.epoch`` up to ``end_epoch`` (or early stopping): each epoch validated,
-    logged (metrics.csv, TensorBoard) and checkpointed; returns the final state."""
+    """Trains from epoch ``progress.epoch`` (at step ``progress.in_epoch.steps`` of the next) up to ``end_epoch``
+    (or early stopping): each epoch validated, logged (metrics.csv, TensorBoard) and checkpointed; returns the
+    final state. When ``stop`` says so at a step boundary (:mod:`npejax.nn.preemption`), checkpoints the step
+    reached (:func:`record_stop`) and raises :class:`npejax.nn.preemption.Stopped`. ``stale_interrupted``: the
+    workdir holds a checkpoint of a run stopped mid-epoch, removed once the next epoch is checkpointed."""
     train_step, eval_step = steps_lib.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
     val_batches = input_pipeline.validation_batches(config, data, steps_lib.batch_sharding(mesh))
     key = jax.random.key(config.seed + 1)
@@ -428,18 +562,49 @@ def train_epochs(
     draw = (
         validation_figure(config, net, normalizer, val_batches[0]) if figure_every and distributed.is_main() else None
     )  # process 0 draws (and writes) the figures
+    steps = data.steps_per_epoch
+    restored_at = progress.epoch * steps + progress.in_epoch.steps  # train steps done, checkpointed
     with (
-        input_pipeline.training_feed(config, data, progress.epoch, end_epoch, mesh) as feed,
+        input_pipeline.training_feed(
+            config, data, progress.epoch, end_epoch, mesh, start_step=progress.in_epoch.steps
+        ) as feed,
         tensorboard(workdir, progress.epoch, end_epoch) as writer,
     ):
         step = feed.step_function(config, normalizer, mesh, train_step)
         for epoch in range(progress.epoch, end_epoch):
             state, row, *losses = run_epoch(
-                config, data, state, step, eval_step, feed.inputs(epoch), val_batches, key, epoch
+                config,
+                data,
+                state,
+                step,
+                eval_step,
+                feed.inputs(epoch),
+                val_batches,
+                key,
+                epoch,
+                progress.in_epoch,
+                stop,
             )
+            if row is None:  # asked to stop, at a step boundary of this epoch
+                position = progress.epoch * steps + progress.in_epoch.steps
+                saved = None
+                if position > restored_at:  # else the checkpoint this run started from holds the step
+                    saved = record_stop(workdir, config, progress, state, normalizer, stop.reason, steps)
+                where = f"saved {saved}" if saved else "nothing trained since" if position else "nothing trained"
+                say(
+                    f"stopped ({stop.reason}) at epoch {epoch + 1}, step {progress.in_epoch.steps} of {steps} "
+                    f"(train step {position}): {where}; run the same command again to resume",
+                    flush=True,
+                )
+                raise preemption.Stopped(
+                    f"{stop.reason}: stopped at epoch {epoch + 1}, step {progress.in_epoch.steps} of {steps}"
+                )
             figure = draw(state, row["epoch"]) if draw and row["epoch"] % figure_every == 0 else None
             log_epoch(writer, row, figure)  # before the checkpoint: a resume purges events after it
             record_epoch(workdir, managers, config, progress, state, normalizer, row, *losses)
+            if stale_interrupted:  # its epoch is checkpointed now
+                checkpoints.remove_interrupted(workdir)
+                stale_interrupted = False
             if stops_early(config, progress):
                 say(f"early stopping: no improvement in {progress.bad_epochs} epochs")
                 break
@@ -472,10 +637,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Validates the config, the datasets and the workdir (a resume: the checkpoint's config and checksums)
     before writing anything. Returns a summary: epochs run, best validation NLL, whether it stopped early,
-    the per-epoch history, the workdir, and the final ``state`` and ``normalizer``.
+    the per-epoch history, the workdir, and the final ``state`` and ``normalizer``. Asked to stop (SIGTERM,
+    SIGUSR1 or ``train.time_limit_minutes``: :mod:`npejax.nn.preemption`), saves the step reached and raises
+    :class:`npejax.nn.preemption.Stopped`.
     """
     distributed.initialize(config)  # several processes when the config or the environment asks for them
     validate_config(config)  # against the devices (all processes'), before the mesh over them is built
+    stop = preemption.StopRequest(float(config.train.time_limit_minutes))  # its clock starts now
     mesh = steps_lib.data_mesh()
     io.check_output_dir(workdir, "workdir")
     config = input_pipeline.simulate_first(config, workdir)
@@ -483,14 +651,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data = input_pipeline.setup_data(config, mesh.size)
     net = model_lib.from_config(config)
     resume = check_resume(config, workdir)
+    stale_interrupted = checkpoints.interrupted_step(workdir) is not None  # removed after the next epoch
     distributed.sync("npejax-resume-checked")  # every process read the checkpoints before anything is written
     devices = describe_devices(mesh, int(config.train.batch_size))  # every check passed: say where it runs
     logging.info("%s", devices)
     say(devices, flush=True)
     end_epoch = int(config.train.num_epochs)
     os.makedirs(workdir, exist_ok=True)
-    with checkpoints.managers(workdir) as managers:  # closed (pending saves finished) even on an error
-        state, normalizer, progress = restore_or_init(config, net, managers.latest, data, mesh, resume)
+    with (
+        checkpoints.managers(workdir) as managers,  # closed (pending saves finished) even on an error
+        stop.signal_handlers(),  # SIGTERM, SIGUSR1: stop at the next step boundary, saved
+    ):
+        state, normalizer, progress = restore_or_init(config, net, data, mesh, resume)
         write_metrics(workdir, progress.history)  # a resumed run drops rows of epochs not checkpointed
         if distributed.is_main():
             io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_dict(config))
@@ -507,7 +679,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 flush=True,
             )
         if progress.epoch < end_epoch:
-            state = train_epochs(config, workdir, data, net, mesh, managers, state, normalizer, progress, end_epoch)
+            state = train_epochs(
+                config,
+                workdir,
+                data,
+                net,
+                mesh,
+                managers,
+                state,
+                normalizer,
+                progress,
+                end_epoch,
+                stop,
+                stale_interrupted,
+            )
     summary = dict(
         epochs=len(progress.history),
         best_val_nll=progress.best_val,
