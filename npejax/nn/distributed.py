@@ -35,7 +35,8 @@ What is written by which process: ``config.json``, ``metrics.csv``, ``tensorboar
 ``WORKDIR/data`` (``data.simulate_first``) and stdout (progress, epoch lines) by process 0 only; checkpoints by
 Orbax's multi-process save, which every process calls (Orbax writes each array once, process 0 the metadata),
 their ``npejax-sha256.json`` by process 0 after the save, then a barrier (:func:`sync`). Every process restores
-(resume) from the shared workdir.
+(resume) from the shared workdir. A stop asked of any process (a signal, a time limit: :mod:`npejax.nn.preemption`)
+is agreed by all at the same step through :func:`any_process`, a maximum over the processes.
 """
 
 from __future__ import annotations
