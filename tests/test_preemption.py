@@ -3,8 +3,9 @@ stop a run at a step boundary, mid-epoch too; it saves that step (``checkpoints/
 status 3; the same command resumes there.
 
 A run stopped mid-epoch (twice) and resumed must give the uninterrupted run's metrics.csv (but its timing columns)
-and parameters, to the bit: cached data (the epoch's permutation, its rest from the next batch) and on-the-fly data
-with two steps per jitted call (the simulator's batch i depends only on the seed and i). The stop is requested at a
+and parameters, to the bit: cached data (the epoch's permutation, its rest from the next batch), on-the-fly data
+with two steps per jitted call (the simulator's batch i depends only on the seed and i), and the cached set held on
+the device with two steps per call (the epoch order's rest of index rows). The stop is requested at a
 given train step by wrapping :meth:`StopRequest.poll` (what a signal handler does, at a known boundary). One end to
 end test sends SIGTERM to a real ``python -m npejax.main`` and its simulator worker (Slurm signals every process of
 a job step), and resumes it.
@@ -119,21 +120,26 @@ def cached_dirs(tmp_path_factory, tiny_config):
     return str(root / "train"), str(root / "val")
 
 
-@pytest.mark.parametrize("path", ["cached", "on_the_fly_k2"])
+@pytest.mark.parametrize("path", ["cached", "on_the_fly_k2", "on_device_k2"])
 def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, tiny_config, cached_dirs, stop_at, capsys, path):
     """Two epochs of 3 steps. Cached (one step per call): stopped at step 1 (epoch 1, no checkpoint yet) and at
     step 4 (epoch 2, step 1), resumed twice. On the fly with two steps per call: stopped at step 2 (a call
-    boundary of epoch 1), resumed. The same metrics.csv but its timing, parameters, batch statistics and Adam
-    moments, to the bit, as one uninterrupted run; best/ too; interrupted/ gone at the end."""
+    boundary of epoch 1), resumed. The cached set on the device, two steps per call: stopped at step 5 (epoch 2's
+    call boundary), resumed. The same metrics.csv but its timing, parameters, batch statistics and Adam moments,
+    to the bit, as one uninterrupted run; best/ too; interrupted/ gone at the end."""
     config = tiny_config()
     config.posterior.context = "independent"  # faster to compile; the input path does not depend on it
     config.train.num_epochs, config.train.figure_every = 2, 0
     if path == "cached":
         config.data.train_dir, config.data.val_dir = cached_dirs
         stops = [(1, "epoch 1, step 1 of 3"), (4, "epoch 2, step 1 of 3")]
-    else:
+    elif path == "on_the_fly_k2":
         config.train.images_per_epoch, config.data.num_val, config.train.steps_per_dispatch = 24, 8, 2
         stops = [(2, "epoch 1, step 2 of 3")]
+    else:
+        config.data.train_dir, config.data.val_dir = cached_dirs
+        config.data.on_device, config.train.steps_per_dispatch = True, 2
+        stops = [(5, "epoch 2, step 2 of 3")]
     reference = train.train_and_evaluate(config, str(tmp_path / "reference"))
     capsys.readouterr()
     workdir = tmp_path / "stopped"
