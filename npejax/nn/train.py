@@ -23,7 +23,8 @@ metrics.csv gets no row for the unfinished epoch, and :func:`train_and_evaluate`
 resumes at that step (:func:`check_resume` takes the newer of latest/ and interrupted/): the rest of the epoch
 is the batches the uninterrupted run would have trained (cached: the epoch's permutation from the next batch;
 on the fly: the simulator's batch index continuing; K per call from there), and the epoch's metrics row is the
-uninterrupted run's but for ``images_per_s`` and ``seconds`` (the training seconds of both runs, summed).
+uninterrupted run's but for ``images_per_s`` and ``seconds`` (the training seconds of both runs, summed): on a CPU
+the same numbers and parameters to the bit (tests/test_preemption.py).
 Once that epoch is checkpointed, interrupted/ is removed; best/ is as without the stop.
 
 The data and how they reach the train step are :mod:`npejax.nn.input_pipeline`'s: the on-the-fly simulator
