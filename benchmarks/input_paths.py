@@ -9,10 +9,11 @@ step-only images/s of ``benchmarks/train_throughput.py`` (issue 9; goal on a GPU
   compiling and ``--warmup`` steps, blocking on the last loss), no data path at all: the ceiling. On a shared
   machine its speed drifts with the load, so it is timed again after each path and each path's ratio is to
   the mean of the step-only figures just before and just after it (all printed).
-* End to end, each path as ``npejax.nn.train`` runs it (:func:`npejax.nn.train.training_batches`,
-  :func:`~npejax.nn.train.step_function`, :func:`~npejax.nn.train.run_epoch`): an epoch of ``--steps`` steps
-  run twice, the first to compile (and start the simulator), the second timed; the figure is that epoch's
-  ``images_per_s`` of metrics.csv (train steps until the last loss is on the host; validation excluded):
+* End to end, each path as ``npejax.nn.train`` runs it (:func:`npejax.nn.input_pipeline.training_feed`,
+  :meth:`~npejax.nn.input_pipeline.Feed.step_function`, :func:`~npejax.nn.train.run_epoch`): an epoch of
+  ``--steps`` steps run twice, the first to compile (and start the simulator), the second timed; the figure is
+  that epoch's ``images_per_s`` of metrics.csv (train steps until the last loss is on the host; validation
+  excluded):
 
   - ``simulate``: on the fly, :class:`npejax.sim.pipeline.Simulator` with ``simulator.num_workers`` processes
     (rendering shares the machine with the step; the ``simulator.prefetch`` batches rendered during the
@@ -42,11 +43,11 @@ from ml_collections import config_flags  # noqa: E402
 
 from npejax import cli, io  # noqa: E402
 from npejax import datasets as data_lib  # noqa: E402
+from npejax.nn import input_pipeline, train  # noqa: E402
 from npejax.nn import inputs as inputs_lib  # noqa: E402
 from npejax.nn import model as model_lib  # noqa: E402
 from npejax.nn import state as state_lib  # noqa: E402
 from npejax.nn import steps as steps_lib  # noqa: E402
-from npejax.nn import train  # noqa: E402
 from npejax.sim import pipeline  # noqa: E402
 
 PATHS = ("simulate", "cached", "on_device", "on_device_k")
@@ -113,16 +114,16 @@ def end_to_end(config) -> dict:
     """Two epochs of ``config``'s training loop (the first compiles); the second's metrics row."""
     train.validate_config(config)
     mesh = steps_lib.data_mesh()
-    data = train.setup_data(config, mesh.size)
-    state, normalizer, _ = train.restore_or_init(config, model_lib.from_config(config), None, data, mesh)
+    data = input_pipeline.setup_data(config, mesh.size)
+    state, normalizer, _ = train.restore_or_init(config, model_lib.from_config(config), data, mesh)
     single, evaluate = steps_lib.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
-    val_batches = train.validation_batches(config, data, steps_lib.batch_sharding(mesh))
+    val_batches = input_pipeline.validation_batches(config, data, steps_lib.batch_sharding(mesh))
     key = jax.random.key(config.seed + 1)
-    with train.training_batches(config, data, 0, 2, mesh) as feed:
-        step = train.step_function(config, normalizer, mesh, single, feed)
+    with input_pipeline.training_feed(config, data, 0, 2, mesh) as feed:
+        step = feed.step_function(config, normalizer, mesh, single)
         for epoch in range(2):
             state, row, *_ = train.run_epoch(
-                config, data, state, step, evaluate, feed.batches(epoch), val_batches, key, epoch
+                config, data, state, step, evaluate, feed.inputs(epoch), val_batches, key, epoch
             )
     return row
 

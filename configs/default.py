@@ -107,6 +107,11 @@ def get_config() -> ml_collections.ConfigDict:
     # K steps are K straight-line copies (compiled about K times longer), which still ran 1.35x more images/s than
     # K = 1 for cpu_small on the 2-core VM (benchmarks/input_paths.py, batch 16; RESULTS.md).
     config.train.steps_per_dispatch = 1
+    # Minutes after which training saves the step it reached (mid-epoch too) and exits with status 3, to be
+    # resumed by the same command (npejax.nn.preemption; SIGTERM and SIGUSR1 do the same: Slurm's time-limit
+    # warning and preemption); 0: no limit. Measured from the start of training (the process's): set it a few
+    # minutes below a job's time limit. May differ when resuming.
+    config.train.time_limit_minutes = 0.0
 
     # Dataset sizes per split (paper: 210k / 30k / 42k images), used by npejax.simulate.
     config.data = ml_collections.ConfigDict()
@@ -124,7 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.on_device = False
     # Simulate num_train training and num_val validation images into WORKDIR/data/{train,val} before training
     # (resumable), then train from them: on a CPU the cores render first and train afterwards, instead of
-    # sharing every step with the simulator (npejax.nn.train.simulate_first).
+    # sharing every step with the simulator (npejax.nn.input_pipeline.simulate_first).
     config.data.simulate_first = False
     config.data.simulate_workers = 0  # processes for simulate_first; 0: one per CPU
 

@@ -3,10 +3,14 @@
     python -m npejax.experiment --config configs/experiment_cpu.py --out runs/experiment [--config.KEY=VALUE]
     npejax-experiment --config configs/experiment_cpu.py --out runs/experiment
 
-Layout of ``--out`` and what resumes: :mod:`npejax.evaluation.experiment`.
+Layout of ``--out`` and what resumes: :mod:`npejax.evaluation.experiment`. A network's training stopped on time
+(SIGTERM, SIGUSR1, ``train.time_limit_minutes``: :mod:`npejax.nn.preemption`) exits with status 3, its step
+saved; the same command resumes it.
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import flags
 
@@ -18,10 +22,16 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "Output directory.", flag_values=fv, required=True)
 
 
-def run(fv: flags.FlagValues) -> None:
+def run(fv: flags.FlagValues) -> int:
     from npejax.evaluation import experiment  # deferred: JAX and GalSim load after the command line (fast --help)
+    from npejax.nn import preemption
 
-    experiment.run_experiment(fv.config, fv.out)
+    try:
+        experiment.run_experiment(fv.config, fv.out)
+    except preemption.Stopped as stopped:  # a network's training stopped on time, saved: rerun to resume
+        sys.stderr.write(f"stopped ({stopped}); run the same command again to resume\n")
+        return preemption.EXIT_PREEMPTED
+    return 0
 
 
 def main(argv=None) -> int:

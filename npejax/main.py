@@ -15,9 +15,15 @@ train.batch_size, train.eval_batch_size larger than the validation set, train.nu
 file or not writable; a workdir whose checkpoint was trained with another config (the differences listed)
 or whose checkpoint files are damaged (SHA-256). A checkpoint that cannot be saved (disk full) stops
 training at that epoch with one line.
+
+Stopped on time (SIGTERM, SIGUSR1 -- Slurm's warning before a time limit, ``--signal=USR1@120``, or a preemption
+-- or ``train.time_limit_minutes``): the step reached is saved, mid-epoch too, and the command exits with status
+3 (:data:`npejax.nn.preemption.EXIT_PREEMPTED`); the same command resumes at that step (:mod:`npejax.nn.preemption`).
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import flags
 
@@ -34,12 +40,17 @@ def define_flags(fv: flags.FlagValues) -> None:
     )
 
 
-def run(fv: flags.FlagValues) -> None:
-    from npejax.nn import train  # deferred: JAX and Flax load after the command line is read (fast --help)
+def run(fv: flags.FlagValues) -> int:
+    from npejax.nn import preemption, train  # deferred: JAX and Flax load after the command line is read (fast --help)
 
     config = fv.config
     # train_and_evaluate checks the config, the datasets, the workdir and its checkpoint before writing
-    train.train_and_evaluate(config, fv.workdir or f"runs/{config.model.variant}")
+    try:
+        train.train_and_evaluate(config, fv.workdir or f"runs/{config.model.variant}")
+    except preemption.Stopped as stopped:  # saved where it stopped: the same command resumes
+        sys.stderr.write(f"stopped ({stopped}); run the same command again to resume\n")
+        return preemption.EXIT_PREEMPTED
+    return 0
 
 
 def main(argv=None) -> int:

@@ -11,17 +11,22 @@ is 127.0.0.1:PORT (the config's ``distributed`` keys). Writes ``OUT.npz``: ``pro
 ``batch_stats/<path>`` (the final state: replicated, every process holds all of it), and the first batch of the two
 other input paths (:func:`other_feeds`, no training: ``fly/*`` on-the-fly simulation, ``resident/*``
 ``data.on_device``).
+
+With ``NPEJAX_TEST_STOP=PID:STEP`` in the environment, process PID is asked to stop (as a signal would ask,
+:mod:`npejax.nn.preemption`) at the boundary where STEP train steps are done; a process that stops prints the
+message and exits with status 3, writing no ``OUT.npz``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import conftest  # tests/ is sys.path[0] when this file is run; conftest puts the repository root on it
 import jax
 import numpy as np
 
-from npejax.nn import distributed, train
+from npejax.nn import distributed, input_pipeline, preemption, train
 from npejax.nn import steps as steps_lib
 
 IMAGE_SIZE = 32
@@ -49,7 +54,21 @@ def main(out: str, workdir: str, train_dir: str, val_dir: str, port: str = "", n
     if port:
         cfg.distributed.coordinator_address = f"127.0.0.1:{port}"
         cfg.distributed.num_processes, cfg.distributed.process_id = int(num), int(pid)
-    summary = train.train_and_evaluate(cfg, workdir)
+    stop = os.environ.get("NPEJAX_TEST_STOP", "")
+    if stop and int(stop.split(":")[0]) == int(pid):
+        poll, at = preemption.StopRequest.poll, int(stop.split(":")[1])
+
+        def poll_and_stop(self, step):
+            if step == at:
+                self.request("test")
+            return poll(self, step)
+
+        preemption.StopRequest.poll = poll_and_stop
+    try:
+        summary = train.train_and_evaluate(cfg, workdir)
+    except preemption.Stopped as stopped:
+        print(f"Stopped: {stopped}", flush=True)
+        sys.exit(preemption.EXIT_PREEMPTED)
     mesh = steps_lib.data_mesh()
     rows = distributed.local_rows(steps_lib.batch_sharding(mesh), int(cfg.train.batch_size))
     state = summary["state"]
@@ -78,13 +97,13 @@ def other_feeds(mesh) -> dict:
     this process's rows, ``fly/shape``: the global array's) and the training set held on the devices
     (``resident/equal``: this process's copy is the whole set; ``resident/rows``: the first step's image indices)."""
     fly = config()
-    with train.training_batches(fly, train.setup_data(fly, mesh.size), 0, 1, mesh) as feed:
-        batch = next(iter(feed.batches(0)))
+    with input_pipeline.training_feed(fly, input_pipeline.setup_data(fly, mesh.size), 0, 1, mesh) as feed:
+        batch = next(iter(feed.inputs(0)))
     resident = config(sys.argv[3], sys.argv[4])
     resident.data.on_device = True
-    data = train.setup_data(resident, mesh.size)
-    with train.training_batches(resident, data, 0, 1, mesh) as feed:
-        indices = next(iter(feed.batches(0)))
+    data = input_pipeline.setup_data(resident, mesh.size)
+    with input_pipeline.training_feed(resident, data, 0, 1, mesh) as feed:
+        indices = next(iter(feed.inputs(0)))
         images = feed.resident["images"]
         equal = np.array_equal(np.asarray(images.addressable_data(0)), data.train_ds.read(slice(None))["images"])
         indices = np.asarray(indices.addressable_data(0))

@@ -225,6 +225,27 @@ def test_batches_cover_every_image_once(written, read_chunk):
         next(ds.batches(0))
 
 
+@pytest.mark.parametrize("read_chunk", [2048, 3])
+def test_batches_from_a_start_are_the_rest_of_the_whole_pass(written, read_chunk):
+    """``start=s``: batches s, s+1, ... of the same pass (a resumed epoch), shuffled or not, with rows or not."""
+    ds = datasets.load(written, read_chunk=read_chunk, max_open_shards=2)
+    for kwargs in (
+        dict(shuffle=True, seed=7, drop_remainder=True),
+        dict(shuffle=True, seed=7),
+        dict(),
+        dict(shuffle=True, seed=7, drop_remainder=True, rows=slice(1, 3)),
+        dict(drop_remainder=True, rows=slice(0, 2)),
+    ):
+        whole = list(ds.batches(3, **kwargs))
+        for start in range(len(whole) + 1):
+            rest = list(ds.batches(3, start=start, **kwargs))
+            assert len(rest) == len(whole) - start, (kwargs, start)
+            for a, b in zip(rest, whole[start:]):
+                _assert_equal(a, b)
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        next(ds.batches(3, start=-1))
+
+
 def test_pickled_dataset_reopens(written):
     import pickle
 

@@ -16,6 +16,8 @@ prob_source identical, fluxes at most 4.8e-7 apart (tolerance 1e-6 + 1e-6 relati
 process's own 4 rows instead of the global batch would be far outside them (test_devices.py: 2e-3 after one step).
 The other two input paths are checked on their first batch without training (on-the-fly simulation: each process
 its own simulator batches; ``data.on_device``: the whole set in every process, its columns of the epoch order).
+A stop asked of one process (:mod:`npejax.nn.preemption`) stops both at the same step, and the resumed pair
+finishes as the uninterrupted one.
 
 Every child is started in its own session and killed (SIGKILL to its process group) when the test fails or runs
 past :data:`TIMEOUT_S`: a process whose peer died otherwise waits for JAX's heartbeat timeout (100 s) or longer.
@@ -36,7 +38,7 @@ import numpy as np
 import pytest
 
 from npejax import datasets as data_lib
-from npejax.nn import checkpoints, distributed, train
+from npejax.nn import checkpoints, distributed, input_pipeline, train
 from npejax.nn import predictor as predictor_lib
 from npejax.sim import pipeline
 
@@ -77,9 +79,9 @@ def make_datasets(directory) -> tuple[str, str]:
     return dirs[0], dirs[1]
 
 
-def run_all(commands: dict, env: dict, timeout: float) -> dict:
+def run_all(commands: dict, env: dict, timeout: float, ok: tuple = (0,)) -> dict:
     """Runs the commands at once ({name: argv}); {name: (returncode, output)}. Every child is killed (its
-    process group) if one fails, or on the timeout, or on any error here."""
+    process group) if one fails (an exit status not in ``ok``), or on the timeout, or on any error here."""
     procs = {}
     try:
         for name, argv in commands.items():
@@ -94,7 +96,7 @@ def run_all(commands: dict, env: dict, timeout: float) -> dict:
             )
         deadline = time.time() + timeout
         while any(p.poll() is None for p in procs.values()):
-            if time.time() > deadline or any(p.poll() not in (None, 0) for p in procs.values()):
+            if time.time() > deadline or any(p.poll() not in (None, *ok) for p in procs.values()):
                 break  # a failed process leaves its peer waiting: kill them all
             time.sleep(0.2)
     finally:
@@ -189,6 +191,54 @@ def test_metrics_and_checkpoints_written_once(runs):
         assert checkpoints.verify_checksums(str(directory / "2"))  # recorded (by process 0) and matching
 
 
+def test_a_stop_asked_of_one_process_stops_both_at_one_step_and_they_resume(runs, tmp_path):
+    """Process 1 alone is asked to stop after train step 2 (of 4 per epoch; as a signal to one process would ask):
+    the processes agree one call later (:data:`npejax.nn.preemption.LAG`), both stop at epoch 1, step 3 with
+    status 3, one checkpoint interrupted/3 written, no metrics row; the same commands resume and finish with the
+    uninterrupted two-process run's metrics (but timing) and parameters."""
+    train_dir, val_dir = (str(runs["p0"][1].parent / split) for split in ("train", "val"))
+    env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARIABLES}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
+    workdir = tmp_path / "two"
+
+    def commands(port):
+        return {
+            f"p{p}": [
+                sys.executable,
+                WORKER,
+                str(tmp_path / f"p{p}.npz"),
+                str(workdir),
+                train_dir,
+                val_dir,
+                port,
+                "2",
+                str(p),
+            ]
+            for p in (0, 1)
+        }
+
+    stopped = run_all(commands(str(free_port())), dict(env, NPEJAX_TEST_STOP="1:2"), TIMEOUT_S, ok=(0, 3))
+    for name, (code, output) in stopped.items():
+        assert code == 3, f"{name} exited with {code}:\n{output[-2500:]}"
+        assert "Stopped: " + ("test" if name == "p1" else "another process was asked to stop") in output, output
+        assert ": stopped at epoch 1, step 3 of 4" in output, output
+    assert sorted(os.listdir(workdir / "checkpoints" / checkpoints.INTERRUPTED)) == ["3"]
+    assert checkpoints.verify_checksums(str(workdir / "checkpoints" / checkpoints.INTERRUPTED / "3"))
+    assert not (workdir / checkpoints.METRICS_FILE).exists()
+
+    resumed = run_all(commands(str(free_port())), env, TIMEOUT_S)
+    for name, (code, output) in resumed.items():
+        assert code == 0, f"{name} exited with {code}:\n{output[-2500:]}"
+    assert "Resuming epoch 1 at step 3 of 4" in resumed["p0"][1]
+    timing = ("images_per_s", "seconds")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(_metrics(workdir)) == strip(_metrics(runs["p0"][1]))
+    assert not (workdir / "checkpoints" / checkpoints.INTERRUPTED).exists()
+    with np.load(tmp_path / "p0.npz") as f:
+        for name, value in _group(runs["p0"][0], "param/").items():
+            np.testing.assert_array_equal(f["param/" + name], value, err_msg=name)
+
+
 def test_other_input_paths_feed_each_process_its_share(runs):
     """On the fly, process p renders simulator batch i * 2 + p of 4 images (its own seed stream: no image twice);
     with ``data.on_device`` every process holds the whole training set and puts its columns of the one-process
@@ -200,7 +250,7 @@ def test_other_input_paths_feed_each_process_its_share(runs):
         assert run["fly/shape"].tolist() == [8, 32, 32]
         np.testing.assert_array_equal(run["fly/images"], pipeline.simulate_batch(spec, p)["images"])
         assert bool(run["resident/equal"]) and run["resident/shape"].tolist() == [32, 32, 32]
-        order = train.epoch_order(32, 8, config.seed)
+        order = input_pipeline.epoch_order(32, 8, config.seed)
         np.testing.assert_array_equal(run["resident/rows"], order[:1, 4 * p : 4 * p + 4])
     assert not np.array_equal(runs["p0"][0]["fly/images"], runs["p1"][0]["fly/images"])
 

@@ -15,7 +15,7 @@ import pytest
 
 from npejax import datasets as data
 from npejax import main as train_main
-from npejax.nn import checkpoints, model, steps, train
+from npejax.nn import checkpoints, input_pipeline, model, steps, train
 from npejax.schema import NETWORK_KEYS
 from npejax.sim import pipeline
 
@@ -50,10 +50,10 @@ def loop(cached):
     validation batches and the step key."""
     config, _ = cached
     mesh = steps.data_mesh()
-    training = train.setup_data(config, mesh.size)
-    state, normalizer, _ = train.restore_or_init(config, model.from_config(config), None, training, mesh)
+    training = input_pipeline.setup_data(config, mesh.size)
+    state, normalizer, _ = train.restore_or_init(config, model.from_config(config), training, mesh)
     single, evaluate = steps.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
-    val = train.validation_batches(config, training, steps.batch_sharding(mesh))
+    val = input_pipeline.validation_batches(config, training, steps.batch_sharding(mesh))
     return dict(
         config=config,
         mesh=mesh,
@@ -70,8 +70,8 @@ def loop(cached):
 def _host_epoch(loop, epoch=0):
     """One epoch of the host cached path (one step per call), as train_epochs runs it: (state, row)."""
     state = jax.device_put(loop["initial"], steps.replicated(loop["mesh"]))
-    with train.training_batches(loop["config"], loop["data"], epoch, epoch + 1, loop["mesh"]) as feed:
-        step = train.step_function(loop["config"], loop["normalizer"], loop["mesh"], loop["single"], feed)
+    with input_pipeline.training_feed(loop["config"], loop["data"], epoch, epoch + 1, loop["mesh"]) as feed:
+        step = feed.step_function(loop["config"], loop["normalizer"], loop["mesh"], loop["single"])
         assert step is loop["single"]  # K = 1 from the host: the plain train step
         state, row, *_ = train.run_epoch(
             loop["config"],
@@ -79,7 +79,7 @@ def _host_epoch(loop, epoch=0):
             state,
             step,
             loop["evaluate"],
-            feed.batches(epoch),
+            feed.inputs(epoch),
             loop["val"],
             loop["key"],
             epoch,
@@ -97,29 +97,29 @@ def _max_difference(a, b) -> float:
 def test_a_training_set_too_large_for_the_device_is_refused(cached):
     config, root = cached
     ds = data.load(root / "train")
-    size = train.resident_bytes(ds)  # 24 images of 80 x 80: images, background (float32), psf, tile targets
+    size = input_pipeline.resident_bytes(ds)  # 24 images of 80 x 80: images, background (float32), psf, tile targets
     assert size == 24 * (2 * 80 * 80 * 4 + 6 * 4 + 20 * 20 * (1 + 2 * 4 + 1 + 4))
-    train.check_device_memory(ds, bytes_limit=2 * size)  # fits in 80% of it
+    input_pipeline.check_device_memory(ds, bytes_limit=2 * size)  # fits in 80% of it
     with pytest.raises(
         ValueError,
         match=r"data\.on_device=True: the training set .* needs 0\.00 GiB on every "
         r"device, more than 80% of",
     ):
-        train.check_device_memory(ds, bytes_limit=size)
-    train.check_device_memory(ds)  # a CPU reports no limit: nothing to check
+        input_pipeline.check_device_memory(ds, bytes_limit=size)
+    input_pipeline.check_device_memory(ds)  # a CPU reports no limit: nothing to check
 
 
 def test_epoch_order_is_the_cached_path_batches(cached):
     config, root = cached
     ds = data.load(root / "train")
-    order = train.epoch_order(len(ds), 8, seed=5)
+    order = input_pipeline.epoch_order(len(ds), 8, seed=5)
     assert order.shape == (3, 8) and order.dtype == np.int32 and len(set(order.ravel())) == 24
     host = list(ds.batches(8, shuffle=True, seed=5, drop_remainder=True))
     assert len(host) == 3
     for rows, batch in zip(order, host):
         for key in NETWORK_KEYS:
             np.testing.assert_array_equal(ds[rows][key], batch[key], err_msg=key)
-    assert [len(g) for g in train.groups(range(7), 3)] == [3, 3, 1]
+    assert [len(g) for g in input_pipeline.groups(range(7), 3)] == [3, 3, 1]
 
 
 def test_an_on_device_epoch_trains_what_the_host_cached_path_trains(cached, loop, capsys):
@@ -150,7 +150,9 @@ def test_scanned_steps_equal_single_steps(loop):
     of the train step, augmentation on: the same parameters, batch statistics, step and losses."""
     config, mesh = loop["config"], loop["mesh"]
     ds = loop["data"].train_ds
-    batches = [steps.to_device(ds[rows], steps.batch_sharding(mesh)) for rows in train.epoch_order(24, 8, seed=2)]
+    batches = [
+        steps.to_device(ds[rows], steps.batch_sharding(mesh)) for rows in input_pipeline.epoch_order(24, 8, seed=2)
+    ]
     state, losses = jax.device_put(loop["initial"], steps.replicated(mesh)), []
     for batch in batches:
         state, loss = loop["single"](state, batch, loop["key"])

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from npejax.nn import inputs, model, posterior, steps, train
+from npejax.nn import input_pipeline, inputs, model, posterior, steps, train
 from npejax.nn import state as state_lib
 from npejax.schema import NETWORK_KEYS
 from npejax.sim import pipeline
@@ -118,13 +118,13 @@ def test_augment_moves_pixels_and_catalog_without_changing_them(tiny):
 )
 def test_steps_per_epoch_from_images_per_epoch(load_config, name, batch_size, expected):
     config = load_config(name, {"train.batch_size": batch_size})
-    assert train.steps_per_epoch(config) == expected
+    assert input_pipeline.steps_per_epoch(config) == expected
 
 
 def test_steps_per_epoch_errors_name_the_keys(load_config):
     config = load_config("cpu_small", {"train.images_per_epoch": 8})
     with pytest.raises(ValueError, match="train.images_per_epoch=8 is smaller than train.batch_size=16"):
-        train.steps_per_epoch(config)
+        input_pipeline.steps_per_epoch(config)
 
 
 def test_learning_rate_decays_after_lr_decay_epoch(load_config):

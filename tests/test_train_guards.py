@@ -21,7 +21,7 @@ from tensorboardX.proto import event_pb2
 
 from npejax import datasets as data
 from npejax import main as train_main
-from npejax.nn import checkpoints, inputs, train
+from npejax.nn import checkpoints, input_pipeline, inputs, train
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
 from npejax.sim import pipeline
@@ -295,6 +295,8 @@ def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, c
     assert checkpoints.upgrade_config(old)["posterior"]["decode"] == "tile"
     assert "stem_kernel" not in old["model"]  # the argument is left as it was
     assert checkpoints.upgrade_config(saved) == saved and checkpoints.upgrade_config({}) == {}
+    del old["train"]["time_limit_minutes"]  # before training stopped on time: no limit
+    assert checkpoints.upgrade_config(old)["train"]["time_limit_minutes"] == 0.0
     # this workdir's config.json without stem_kernel loads and predicts with the 5 x 5 stem it was trained with
     del saved["model"]["stem_kernel"]
     (workdir / "config.json").write_text(json.dumps(saved))
@@ -325,6 +327,7 @@ def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, c
         ("--config.train.patience=0", "train.patience=0: must be >= 1"),
         ("--config.train.figure_every=-1", "train.figure_every=-1: must be >= 0"),
         ("--config.train.learning_rate=-0.1", "train.learning_rate=-0.1: must be a positive number"),
+        ("--config.train.time_limit_minutes=-1", "train.time_limit_minutes=-1.0: must be >= 0 (0: no time limit)"),
         ("--config.model.variant=psf_blind", "model.variant must be one of"),
         ("--config.model.dtype=float16", "model.dtype must be 'float32' or 'bfloat16', got 'float16'"),
         ("--config.fields.prior=all", "fields.prior must be one of ('many', 'one'), got 'all'"),
@@ -366,7 +369,7 @@ def test_a_workdir_under_a_file_is_refused(tmp_path, run_main):
 def no_training(monkeypatch):
     """Epochs that do not train or simulate (a fixed row; the state as initialized): the save is under test."""
 
-    def quick_epoch(config, data, state, train_step, eval_step, batches, val_batches, key, epoch):
+    def quick_epoch(config, data, state, train_step, eval_step, batches, val_batches, key, epoch, done=None, stop=None):
         row = dict(
             epoch=epoch + 1,
             step=int(state.step),
@@ -381,8 +384,8 @@ def no_training(monkeypatch):
     rng = np.random.default_rng(0)
     normalizer = inputs.Normalizer.fit(rng.normal(size=(2, 8, 8)), np.ones((2, 8, 8)), np.ones((2, 6)))
     monkeypatch.setattr(train, "run_epoch", quick_epoch)
-    monkeypatch.setattr(train, "fit_normalizer", lambda config, data: normalizer)
-    monkeypatch.setattr(train, "validation_batches", lambda config, data, sharding: [])
+    monkeypatch.setattr(input_pipeline, "fit_normalizer", lambda config, data: normalizer)
+    monkeypatch.setattr(input_pipeline, "validation_batches", lambda config, data, sharding: [])
 
 
 def test_a_failed_checkpoint_save_stops_at_that_epoch_in_one_line(tmp_path, run_main, monkeypatch, no_training):
@@ -475,13 +478,13 @@ def test_the_normalizer_is_fitted_on_the_cached_training_set(cached, tiny_config
     config.data.train_dir = str(cached / "train")
     config.data.val_dir = str(cached / "val")
     train.validate_config(config)
-    setup = train.setup_data(config, 1)
-    fitted = train.fit_normalizer(config, setup)
+    setup = input_pipeline.setup_data(config, 1)
+    fitted = input_pipeline.fit_normalizer(config, setup)
     ds = data.load(cached / "train")
     first = ds[0:8]  # normalizer_images=16 > the 8 images there: all of them
     assert fitted == inputs.Normalizer.fit(first["images"], first["background"], first["psf_params"])
     config.data.train_dir = ""
-    simulated = train.fit_normalizer(config, train.setup_data(config, 1))
+    simulated = input_pipeline.fit_normalizer(config, input_pipeline.setup_data(config, 1))
     assert simulated.quantiles != fitted.quantiles
 
 

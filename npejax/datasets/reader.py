@@ -191,24 +191,29 @@ class Dataset:
         seed: int = 0,
         drop_remainder: bool = False,
         rows: slice | None = None,
+        start: int = 0,
     ) -> Iterator[dict[str, np.ndarray]]:
         """Batches covering every image once, in order or shuffled (a uniform permutation from ``seed``).
 
         With ``drop_remainder`` the last incomplete batch is left out. Shuffled batches are read
         ``read_chunk`` images at a time so that each shard is mapped once per chunk. ``rows`` (a slice of
         ``range(batch_size)``, with ``drop_remainder``): only those rows of each of these batches are read and
-        yielded (one process's share of a global batch, :func:`npejax.nn.distributed.local_rows`).
+        yielded (one process's share of a global batch, :func:`npejax.nn.distributed.local_rows`). ``start``:
+        the batches from batch ``start`` on, the same as those of the whole pass (an epoch resumed where it
+        stopped, :mod:`npejax.nn.input_pipeline`); the batches before it are not read.
         """
-        batch_size = int(batch_size)
+        batch_size, start = int(batch_size), int(start)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
         n = len(self)
         stop = n - n % batch_size if drop_remainder else n
         if rows is not None:
             if not drop_remainder:
                 raise ValueError("rows= needs drop_remainder=True (every batch whole)")
             order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-            order = order[:stop].reshape(-1, batch_size)[:, rows]
+            order = order[:stop].reshape(-1, batch_size)[start:, rows]
             batch_size, stop = order.shape[1], order.size
             if not shuffle:  # contiguous rows of consecutive batches: slices, not gathers
                 for first in order[:, 0]:
@@ -216,16 +221,17 @@ class Dataset:
                 return
             order = order.ravel()
         elif not shuffle:
-            for start in range(0, stop, batch_size):
-                yield self[start : min(start + batch_size, stop)]
+            for first in range(start * batch_size, stop, batch_size):
+                yield self[first : min(first + batch_size, stop)]
             return
         else:
-            order = np.random.default_rng(seed).permutation(n)[:stop]
+            order = np.random.default_rng(seed).permutation(n)[start * batch_size : stop]
+            stop = len(order)
         chunk = batch_size * max(1, self.read_chunk // batch_size)
         for c in range(0, stop, chunk):
             data = self._gather(order[c : c + chunk])
-            for start in range(0, len(data[self._keys[0]]), batch_size):
-                yield {key: value[start : start + batch_size] for key, value in data.items()}
+            for first in range(0, len(data[self._keys[0]]), batch_size):
+                yield {key: value[first : first + batch_size] for key, value in data.items()}
 
 
 def load(directory, **kwargs) -> Dataset:

@@ -7,13 +7,22 @@ Layout of a workdir (written by :func:`npejax.nn.train.train_and_evaluate`)::
     tensorboard/                         TensorBoard event files (losses, learning rate, images/s, figures)
     checkpoints/latest/N/                the state after epoch N, the last epoch done (one kept)
     checkpoints/best/N/                  the state of the epoch with the lowest validation NLL (one kept)
-    checkpoints/{latest,best}/N/npejax-sha256.json   SHA-256 of every file of the checkpoint
+    checkpoints/interrupted/S/           the state at train step S of a run stopped mid-epoch (one kept; removed
+                                         once the epoch is done and checkpointed in latest/)
+    checkpoints/{latest,best,interrupted}/N/npejax-sha256.json   SHA-256 of every file of the checkpoint
 
 Each checkpoint has two items: ``state`` (:class:`npejax.nn.state.TrainState`: step, parameters,
 batch-norm statistics, Adam moments) and ``meta`` (JSON: ``epoch``, ``best_val``, ``bad_epochs``,
 ``history`` (the metrics rows so far), ``normalizer`` (:meth:`npejax.nn.inputs.Normalizer.to_dict`),
 ``variant``, ``config``, ``val_nll``). The checkpoint step is the number of epochs completed. Orbax writes
 a checkpoint to a temporary directory and renames it when complete.
+
+A run asked to stop mid-epoch (a signal or ``train.time_limit_minutes``: :mod:`npejax.nn.preemption`) saves
+the state at the step it reached in ``interrupted/`` (:func:`save_interrupted`), numbered by the train step
+(an Orbax manager keeps its steps increasing: an epoch number of latest/ could not hold it), its ``meta`` the
+latest one's (of the epochs completed; no ``val_nll``) and ``step_in_epoch``, ``epoch_losses`` (the training
+losses of those steps, float32 values), ``epoch_seconds`` (the seconds they took) and ``stopped`` (why). A
+resumed run starts from it when it is newer than latest/ (:func:`interrupted_step`); ``best/`` is untouched.
 
 Integrity. :func:`save` waits until Orbax has finished writing (so that a full disk is reported at the
 epoch where it happens, as one :class:`CheckpointSaveError`) and then records the SHA-256 of every file of
@@ -61,12 +70,14 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 CHECKSUM_FILE = "npejax-sha256.json"
 WHICH = ("best", "latest")
+INTERRUPTED = "interrupted"  # checkpoints/interrupted: a run stopped mid-epoch
 ITEMS = ("state", "meta")
 # Config keys that may differ between a checkpoint and the config that resumes it or predicts with it: the
 # training length, and keys that do not change what an epoch computes (display; the simulator's worker
 # count, whose batches depend only on their index; dataset sizes that only npejax.simulate reads; how the
 # batches reach the devices: data.on_device and train.steps_per_dispatch train the same batches and states; the
-# processes that train: distributed, whose process_id differs between the processes of one run).
+# processes that train: distributed, whose process_id differs between the processes of one run; when a run stops
+# to be resumed: train.time_limit_minutes).
 RESUMABLE_KEYS = (
     "train.num_epochs",
     "train.patience",
@@ -81,6 +92,7 @@ RESUMABLE_KEYS = (
     "train.steps_per_dispatch",
     "distributed",
     "posterior.decode",
+    "train.time_limit_minutes",
 )
 
 
@@ -268,20 +280,22 @@ def _short(exc: BaseException) -> str:
     return text
 
 
-def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
+def save(targets, epoch: int, state: state_lib.TrainState, meta: dict, what: str | None = None) -> None:
     """Saves ``state`` and ``meta`` as checkpoint step ``epoch`` with each manager of ``targets`` (one or a
     list; the writes run concurrently), waits until they are written and records their checksums.
-    CheckpointSaveError (one line: the directory and the OS error) when a save fails. In a multi-process run
+    CheckpointSaveError (one line naming ``what`` -- default ``epoch N`` -- the directory and the OS error) when a
+    save fails. In a multi-process run
     (:mod:`npejax.nn.distributed`) every process calls it: Orbax writes each array once (the managers one after
     the other), process 0 records the checksums, and all processes return together (a barrier)."""
     targets = [targets] if isinstance(targets, ocp.CheckpointManager) else list(targets)
+    what = what or f"epoch {epoch}"
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     manager = targets[0]
     need = len(targets) * (_nbytes(state) + len(json.dumps(meta))) + (1 << 20)
     free = shutil.disk_usage(os.fspath(manager.directory)).free
     if free < need:
         raise CheckpointSaveError(
-            f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: it needs "
+            f"cannot save the checkpoint of {what} in {manager.directory}: it needs "
             f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free on that disk"
         )
     try:
@@ -305,7 +319,7 @@ def save(targets, epoch: int, state: state_lib.TrainState, meta: dict) -> None:
                 raise
     except Exception as exc:  # noqa: BLE001  (any failure of the write: disk full, permissions, ...)
         raise CheckpointSaveError(
-            f"cannot save the checkpoint of epoch {epoch} in {manager.directory}: {_short(exc)}"
+            f"cannot save the checkpoint of {what} in {manager.directory}: {_short(exc)}"
         ) from exc
     distributed.sync(f"npejax-checkpoint-{epoch}")  # no process goes on (and may read it) before the checksums exist
 
@@ -386,6 +400,44 @@ def restore(
     return restored["state"], restored["meta"]
 
 
+def interrupted_step(workdir: str) -> int | None:
+    """The train step of ``workdir``'s checkpoint of a run stopped mid-epoch (``checkpoints/interrupted``), or None;
+    nothing verified or created (:func:`read_meta` verifies it when it is used)."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints", INTERRUPTED)
+    if not os.path.isdir(directory):
+        return None
+    with _existing_manager(directory) as manager:
+        return manager.latest_step()
+
+
+def save_interrupted(workdir: str, step: int, state: state_lib.TrainState, meta: dict) -> str:
+    """Saves the state of a run stopped mid-epoch at train step ``step`` in ``workdir/checkpoints/interrupted``
+    (:func:`save`: written whole, checksums recorded; the one before it removed); returns its directory."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints", INTERRUPTED)
+    manager = _manager(directory, create=True)
+    try:
+        save(manager, step, state, meta, what=f"train step {step}")
+    finally:
+        manager.close()
+    return step_dir(manager, step)
+
+
+def remove_interrupted(workdir: str) -> None:
+    """Removes ``workdir/checkpoints/interrupted`` (process 0, then a barrier): once its epoch is done and
+    checkpointed in latest/, the checkpoint of a run stopped in it is stale. A removal cut short leaves an older
+    step than latest/'s, which a resume ignores (:func:`interrupted_step` against latest/'s last step)."""
+    if distributed.is_main():
+        shutil.rmtree(os.path.join(os.path.abspath(workdir), "checkpoints", INTERRUPTED), ignore_errors=True)
+    distributed.sync("npejax-interrupted-removed")
+
+
+def restore_from(directory: str, abstract_state: state_lib.TrainState, step: int, verify: bool = True):
+    """(state, meta) of checkpoint ``step`` in ``directory`` (``workdir/checkpoints/{latest,interrupted}``, as
+    :func:`read_meta` found it): :func:`restore` with a manager of that directory, closed afterwards."""
+    with _existing_manager(directory) as manager:
+        return restore(manager, abstract_state, step, verify=verify)
+
+
 def read_meta(workdir: str, which: str = "latest") -> tuple[int, dict] | None:
     """(step, meta) of ``workdir``'s latest ``which`` checkpoint, its checksums verified first; None when
     there is none. Creates nothing."""
@@ -437,6 +489,7 @@ ADDED_KEYS = {
     "model.aperture_flux": False,
     "posterior.decode": "tile",
     "train.ema_decay": 0.0,
+    "train.time_limit_minutes": 0.0,
 }
 
 

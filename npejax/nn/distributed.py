@@ -35,14 +35,18 @@ What is written by which process: ``config.json``, ``metrics.csv``, ``tensorboar
 ``WORKDIR/data`` (``data.simulate_first``) and stdout (progress, epoch lines) by process 0 only; checkpoints by
 Orbax's multi-process save, which every process calls (Orbax writes each array once, process 0 the metadata),
 their ``npejax-sha256.json`` by process 0 after the save, then a barrier (:func:`sync`). Every process restores
-(resume) from the shared workdir.
+(resume) from the shared workdir. A stop asked of any process (a signal, a time limit: :mod:`npejax.nn.preemption`)
+is agreed by all at the same step through :func:`any_process`, a maximum over the processes.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax._src import distributed as _jax_distributed  # jax.distributed.is_initialized and barriers with a timeout
 from jax.experimental import multihost_utils
@@ -177,6 +181,28 @@ def put_replicated(tree, sharding):
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree_util.tree_map(put, tree)
+
+
+@functools.cache
+def _max_of_processes():
+    """(sharding, jitted maximum): one int32 per device of every process, reduced to a replicated scalar."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("all",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("all"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return sharding, jax.jit(jnp.max, out_shardings=replicated)
+
+
+def any_process(flag: bool) -> Callable[[], bool]:
+    """Starts the maximum of ``flag`` over all processes (every process calls it, at the same point of the same
+    sequence of device work: a collective of one integer per device) without waiting for it; returns a function
+    that waits for and returns the result, the same in every process (:mod:`npejax.nn.preemption`)."""
+    sharding, reduce = _max_of_processes()
+    count = len(jax.devices())
+    flags = jax.make_array_from_callback(
+        (count,), sharding, lambda index: np.full(len(range(count)[index[0]]), int(bool(flag)), np.int32)
+    )
+    result = reduce(flags)
+    return lambda: bool(np.asarray(result.addressable_data(0)))
 
 
 def local_copy(tree):

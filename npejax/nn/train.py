@@ -13,29 +13,37 @@ starts and its files' SHA-256 recorded. Run again in the same workdir, training 
 saved epoch -- with the same config: a config that differs from the checkpoint's in anything but the
 training length (:data:`npejax.nn.checkpoints.RESUMABLE_KEYS`) is refused, the differences listed.
 
-Data come from the on-the-fly simulator -- an epoch is then ``train.images_per_epoch // train.batch_size``
-steps, the simulator's batches continuing where the last epoch stopped -- or from cached datasets written
-by ``npejax.simulate`` (``data.train_dir`` / ``data.val_dir``; an epoch is then one shuffled pass over the
-training set, ``len(train set) // train.batch_size`` steps). With ``data.on_device`` the cached training set
-is put on the devices once (replicated: every device holds all of it) and each batch is gathered there from
-the epoch's permutation, the same batches in the same order as from the host (:func:`epoch_order`). With
-``train.steps_per_dispatch`` K > 1, each jitted call runs K steps (``lax.scan``:
-:func:`npejax.nn.steps.jit_multi_step`), the last call of an epoch the remaining ``steps % K``; the same
-states and losses as one step per call (:func:`training_batches`, :func:`step_function`). The validation
-set is ``data.val_dir`` or ``data.num_val`` simulated images (whole batches of ``train.eval_batch_size``).
-The input normalizer is fitted on the first ``train.normalizer_images`` images of the cached training set, or
-on as many freshly simulated training-prior images (a batch never trained on).
+Stopping on time (:mod:`npejax.nn.preemption`): SIGTERM, SIGUSR1 (Slurm's warning before a time limit or a
+preemption) or ``train.time_limit_minutes`` make training stop at the next step boundary (between two jitted
+calls), mid-epoch too: the state there is saved as a checkpoint of its own, ``checkpoints/interrupted/S`` (S =
+train steps done; ``meta`` with the epoch's step and the losses of its steps so far: :func:`record_stop`),
+metrics.csv gets no row for the unfinished epoch, and :func:`train_and_evaluate` raises
+:class:`npejax.nn.preemption.Stopped`, on which ``python -m npejax.main`` exits with status **3**
+(:data:`npejax.nn.preemption.EXIT_PREEMPTED`; 1 is a crash, 2 a user error, 130 Ctrl-C). The same command
+resumes at that step (:func:`check_resume` takes the newer of latest/ and interrupted/): the rest of the epoch
+is the batches the uninterrupted run would have trained (cached: the epoch's permutation from the next batch;
+on the fly: the simulator's batch index continuing; K per call from there), and the epoch's metrics row is the
+uninterrupted run's but for ``images_per_s`` and ``seconds`` (the training seconds of both runs, summed): on a CPU
+the same numbers and parameters to the bit (tests/test_preemption.py).
+Once that epoch is checkpointed, interrupted/ is removed; best/ is as without the stop.
 
-Before any work (:func:`validate_config`, :func:`setup_data`, :func:`check_resume`; nothing is written
-until they pass) the config is checked: variant, dtype, the network's stride against ``tile_size``, sizes
-and counts (batch sizes positive multiples of the devices (every process's), an epoch of at least one batch, a
-validation set of at least one ``eval_batch_size`` batch, ``num_epochs``, ``patience`` and
+The data and how they reach the train step are :mod:`npejax.nn.input_pipeline`'s: the on-the-fly simulator
+(an epoch of ``train.images_per_epoch // train.batch_size`` steps, the simulator's batches continuing where the
+last epoch stopped) or cached datasets written by ``npejax.simulate`` (``data.train_dir`` / ``data.val_dir``; an
+epoch is one shuffled pass over the training set), held on the devices with ``data.on_device``, K steps per
+jitted call with ``train.steps_per_dispatch`` (:func:`npejax.nn.input_pipeline.training_feed` decides the feed,
+:meth:`~npejax.nn.input_pipeline.Feed.step_function` compiles the call that takes it); the validation set and
+the input normalizer's images. This module keeps the loop.
+
+Before any work (:func:`validate_config`, :func:`~npejax.nn.input_pipeline.setup_data`, :func:`check_resume`;
+nothing is written until they pass) the config is checked: variant, dtype, the network's stride against
+``tile_size``, sizes and counts (batch sizes positive multiples of the devices (every process's), an epoch of at
+least one batch, a validation set of at least one ``eval_batch_size`` batch, ``num_epochs``, ``patience`` and
 ``steps_per_dispatch`` >= 1, ``data.on_device`` only with a cached training set that takes at most 80% of a
-device's memory: :func:`check_device_memory`), and the
-cached datasets against the config: ``data.train_dir`` must be a 'train' split and ``data.val_dir`` a 'val'
-split, simulated at the config's image and tile size from the config's prior, renderer, field prior and
-field bank. Once they pass, training prints (and logs) the devices, the mesh and the batch per device
-(:func:`describe_devices`).
+device's memory: :func:`~npejax.nn.input_pipeline.check_device_memory`), and the cached datasets against the
+config: ``data.train_dir`` must be a 'train' split and ``data.val_dir`` a 'val' split, simulated at the config's
+image and tile size from the config's prior, renderer, field prior and field bank. Once they pass, training
+prints (and logs) the devices, the mesh and the batch per device (:func:`describe_devices`).
 
 Files in ``workdir``: ``config.json`` (the config), ``metrics.csv`` (one row per epoch: ``epoch``,
 ``step``, ``train_nll``, ``val_nll`` (mean per image), ``learning_rate``, ``images_per_s``, ``seconds``;
@@ -44,20 +52,20 @@ and ``tensorboard/`` (TensorBoard event files, tensorboardX; global step = epoch
 ``nll/val``, ``learning_rate`` and ``images_per_s`` every epoch (the metrics.csv values) and, every
 ``train.figure_every`` epochs, ``validation/image`` (the first validation image, asinh stretch, with the
 true tile-catalog sources (circles) and the network's detections (crosses)). A resumed run purges events
-after its checkpoint (TensorBoard's ``purge_step``). The pieces of the loop: :func:`setup_data`,
-:func:`restore_or_init`, :func:`run_epoch`, :func:`record_epoch`.
+after its checkpoint (TensorBoard's ``purge_step``). The pieces of the loop:
+:func:`~npejax.nn.input_pipeline.setup_data`, :func:`restore_or_init`, :func:`run_epoch`, :func:`record_epoch`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -68,9 +76,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from npejax import datasets as data_lib
 from npejax import io, schema
-from npejax.nn import checkpoints, distributed
+from npejax.nn import checkpoints, distributed, input_pipeline, preemption
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
@@ -127,6 +134,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
         raise ValueError(f"train.lr_decay_epoch={train.lr_decay_epoch}: must be >= 0")
     if not 0.0 <= float(train.ema_decay) < 1.0:
         raise ValueError(f"train.ema_decay={train.ema_decay}: must be in [0, 1) (0: no moving average)")
+    if not (math.isfinite(float(train.time_limit_minutes)) and float(train.time_limit_minutes) >= 0):
+        raise ValueError(f"train.time_limit_minutes={train.time_limit_minutes}: must be >= 0 (0: no time limit)")
     check_input_path(config)
     if not config.data.train_dir and int(train.images_per_epoch) < int(train.batch_size):
         raise ValueError(
@@ -160,319 +169,41 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-# --- data ------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingData:
-    """Where training and validation batches come from, and the epoch length in steps."""
-
-    batch_size: int
-    steps_per_epoch: int
-    train_spec: pipeline.SimulationSpec  # on-the-fly training batches (also the normalizer's images)
-    val_spec: pipeline.SimulationSpec  # simulated validation batches (batch size train.eval_batch_size)
-    train_ds: data_lib.Dataset | None  # cached training set, or None: simulate
-    val_ds: data_lib.Dataset | None
-
-
-def steps_per_epoch(config, train_ds: data_lib.Dataset | None = None) -> int:
-    """Steps of one epoch: ``len(train_ds) // train.batch_size`` for a cached training set, else
-    ``train.images_per_epoch // train.batch_size``. ValueError when that is 0."""
-    batch_size = int(config.train.batch_size)
-    if train_ds is not None:  # one epoch = one shuffled pass over the cached training set
-        steps = len(train_ds) // batch_size
-        if steps == 0:
-            raise ValueError(
-                f"data.train_dir {config.data.train_dir} holds {len(train_ds)} images, "
-                f"fewer than train.batch_size={batch_size}"
-            )
-        return steps
-    steps = int(config.train.images_per_epoch) // batch_size
-    if steps == 0:
-        raise ValueError(
-            f"train.images_per_epoch={config.train.images_per_epoch} is smaller than train.batch_size={batch_size}"
-        )
-    return steps
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))
-
-
-def check_dataset(ds: data_lib.Dataset, split: str, spec: pipeline.SimulationSpec, key: str) -> None:
-    """DatasetError (one line naming ``data.<key>`` and each difference) unless the cached dataset ``ds`` is
-    the ``split`` split simulated as ``spec`` says: image and tile size, catalog prior, renderer, field
-    prior and field bank (its checksum)."""
-    m = ds.manifest
-    problems = []
-    if m["split"] != split:
-        problems.append(f"it is the {m['split']!r} split, expected the {split!r} split")
-    h, w = spec.prior.image_shape
-    if list(m["image_shape"]) != [h, w]:
-        problems.append(
-            f"its images are {m['image_shape'][0]} x {m['image_shape'][1]} pixels, the config's image_size is {h}"
-        )
-    if int(m["tile_size"]) != spec.tile_size:
-        problems.append(f"its tile_size is {m['tile_size']}, the config's {spec.tile_size}")
-    stored = m.get("spec") or {}
-    if stored.get("field_prior") != spec.field_prior:
-        problems.append(
-            f"it was simulated with fields.prior={stored.get('field_prior')!r}, the config has {spec.field_prior!r}"
-        )
-    for section, settings in (("prior", spec.prior), ("render", spec.render)):
-        if section in stored:
-            ours = _jsonable(dataclasses.asdict(settings))
-            theirs = stored[section]
-            problems += [
-                f"{section}.{k}: {theirs.get(k, '<absent>')!r} in the dataset, {ours.get(k)!r} in the config"
-                for k in sorted(set(ours) | set(theirs))
-                if k != "image_shape" and theirs.get(k, "<absent>") != ours.get(k, "<absent>")
-            ]
-    bank = m.get("bank") or {}
-    if bank.get("sha256") and bank["sha256"] != data_lib.bank_sha256(spec.bank):
-        problems.append(
-            f"it was simulated from the field bank {bank.get('source')!r}, not the config's "
-            f"fields.bank={spec.bank.source!r} (their contents differ)"
-        )
-    if problems:
-        raise data_lib.DatasetError(f"data.{key} {ds.directory} does not fit the config: " + "; ".join(problems[:6]))
-
-
-CACHE_DIR = "data"  # WORKDIR/data/{train,val}: the datasets of data.simulate_first
-
-
-def simulate_first(config, workdir: str) -> ml_collections.ConfigDict:
-    """With ``data.simulate_first`` (and no ``data.train_dir``/``data.val_dir``): simulates ``data.num_train``
-    training and ``data.num_val`` validation images into ``WORKDIR/data/train`` and ``WORKDIR/data/val``
-    (split seeds as :mod:`npejax.simulate`; resumable: a rerun finds them complete) with
-    ``data.simulate_workers`` processes (0: one per CPU), and returns a copy of ``config`` that trains from
-    them. On a CPU the whole machine then renders first and trains afterwards, instead of the simulator and
-    the train step sharing the cores every step; the images are reused over epochs (augmented)."""
-    if not config.data.simulate_first or (config.data.train_dir and config.data.val_dir):
-        return config
-    config = config.copy_and_resolve_references()
-    workers = int(config.data.simulate_workers) or os.cpu_count() or 1
-    for split, key, count in (("train", "train_dir", "num_train"), ("val", "val_dir", "num_val")):
-        if config.data[key]:
-            continue
-        out = os.path.join(os.path.abspath(workdir), CACHE_DIR, split)
-        spec = pipeline.SimulationSpec.from_config(
-            config, seed=data_lib.split_seed(config.seed, split), batch_size=int(config.data.shard_size)
-        )
-        if distributed.is_main():  # the other processes wait (train_and_evaluate) and read it
-            report = data_lib.write_dataset(
-                spec,
-                out,
-                int(config.data[count]),
-                split,
-                config=config_dict(config),
-                num_workers=workers,
-                shard_size=int(config.data.shard_size),
-                progress=bool(config.train.progress),
-            )
-        if distributed.is_main() and report.rendered_images:
-            print(
-                f"simulated {report.rendered_images} {split} images into {out} in {report.seconds:.0f} s "
-                f"({workers} worker(s))",
-                flush=True,
-            )
-        with config.unlocked():
-            config.data[key] = out
-    return config
-
-
-def setup_data(config, num_devices: int) -> TrainingData:
-    """Opens the cached datasets (if any), checks them against the config (:func:`check_dataset`) and the
-    validation batch size, and sets the simulation specs of the train and val splits."""
-    batch_size = int(config.train.batch_size)
-    if batch_size % num_devices:
-        raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {num_devices} devices")
-    train_spec = pipeline.SimulationSpec.from_config(
-        config, seed=data_lib.split_seed(config.seed, "train"), batch_size=batch_size
-    )
-    val_spec = dataclasses.replace(
-        train_spec, seed=data_lib.split_seed(config.seed, "val"), batch_size=int(config.train.eval_batch_size)
-    )
-    train_ds = data_lib.load(config.data.train_dir) if config.data.train_dir else None
-    val_ds = data_lib.load(config.data.val_dir) if config.data.val_dir else None
-    if train_ds is not None:
-        check_dataset(train_ds, "train", train_spec, "train_dir")
-        if config.data.on_device:
-            check_device_memory(train_ds)
-    if val_ds is not None:
-        check_dataset(val_ds, "val", train_spec, "val_dir")
-        if len(val_ds) < val_spec.batch_size:
-            raise ValueError(
-                f"train.eval_batch_size={val_spec.batch_size} is larger than the validation set "
-                f"data.val_dir {config.data.val_dir} ({len(val_ds)} images)"
-            )
-    return TrainingData(batch_size, steps_per_epoch(config, train_ds), train_spec, val_spec, train_ds, val_ds)
-
-
-def fit_normalizer(config, data: TrainingData) -> inputs_lib.Normalizer:
-    """The input statistics of the data trained on: the first ``train.normalizer_images`` images of the
-    cached training set (all of them if it is smaller), or as many simulated training-prior images (batch
-    2**40 of the training seed, never trained on)."""
-    num_images = int(config.train.normalizer_images)
-    if data.train_ds is not None:
-        batch = data.train_ds[0 : min(num_images, len(data.train_ds))]
-    else:
-        batch = pipeline.simulate_batch(dataclasses.replace(data.train_spec, batch_size=num_images), 2**40)
-    return inputs_lib.Normalizer.fit(batch["images"], batch["background"], batch["psf_params"])
-
-
-def validation_batches(config, data: TrainingData, sharding) -> list[dict]:
-    """The fixed validation set on the devices: whole batches of ``train.eval_batch_size``."""
-    batch_size = data.val_spec.batch_size
-    # several processes: each puts its rows of every batch (the one-process batches, cut)
-    rows = None if sharding.is_fully_addressable else distributed.local_rows(sharding, batch_size)
-    if data.val_ds is not None:
-        batches = [
-            steps_lib.to_device(b, sharding) for b in data.val_ds.batches(batch_size, drop_remainder=True, rows=rows)
-        ]
-    else:
-        count = int(config.data.num_val) // batch_size
-        cut = (lambda b: b) if rows is None else (lambda b: {k: v[rows] for k, v in b.items()})
-        batches = [steps_lib.to_device(cut(pipeline.simulate_batch(data.val_spec, i)), sharding) for i in range(count)]
-    if not batches:
-        raise ValueError(f"the validation set has fewer images than train.eval_batch_size={batch_size}")
-    return batches
-
-
-def epoch_order(num_images: int, batch_size: int, seed: int) -> np.ndarray:
-    """[steps, batch_size] image indices of one shuffled epoch over a cached set of ``num_images``: row i is
-    batch i of ``Dataset.batches(batch_size, shuffle=True, seed=seed, drop_remainder=True)`` (numpy's
-    ``default_rng(seed).permutation``, cut to whole batches), as int32."""
-    steps = num_images // batch_size
-    order = np.random.default_rng(seed).permutation(num_images)[: steps * batch_size]
-    return order.reshape(steps, batch_size).astype(np.int32)
-
-
-def groups(items: Iterable, size: int) -> Iterator[tuple]:
-    """``items`` in tuples of ``size`` (the last one shorter if they do not divide)."""
-    items = iter(items)
-    while group := tuple(itertools.islice(items, size)):
-        yield group
-
-
-def resident_bytes(ds: data_lib.Dataset) -> int:
-    """Bytes that :func:`resident_training_set` puts on each device: the set's NETWORK_KEYS (its manifest)."""
-    keys = ds.manifest["keys"]
-    return sum(
-        len(ds) * int(np.prod(keys[k]["shape"], dtype=np.int64)) * np.dtype(keys[k]["dtype"]).itemsize
-        for k in steps_lib.NETWORK_KEYS
-    )
-
-
-def check_device_memory(ds: data_lib.Dataset, bytes_limit: int | None = None, fraction: float = 0.8) -> None:
-    """ValueError naming ``data.on_device`` when the training set would take more than ``fraction`` of a device's
-    memory (``bytes_limit``, default: the first local device's, where the backend reports it: GPUs do, CPUs
-    not), leaving too little for the network."""
-    if bytes_limit is None:
-        bytes_limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
-    size = resident_bytes(ds)
-    if bytes_limit and size > fraction * bytes_limit:
-        raise ValueError(
-            f"data.on_device=True: the training set {ds.directory} ({len(ds)} images) needs "
-            f"{size / 2**30:.2f} GiB on every device, more than {fraction:.0%} of its "
-            f"{bytes_limit / 2**30:.2f} GiB; train from the host (data.on_device=False) or on a "
-            "smaller set"
-        )
-
-
-def resident_training_set(ds: data_lib.Dataset, mesh) -> dict:
-    """The :data:`npejax.schema.NETWORK_KEYS` of the whole cached training set on every device of ``mesh``
-    (replicated: [N, ...] arrays, read and put one key at a time); prints its size per device."""
-    replicated = steps_lib.replicated(mesh)
-    resident = {
-        k: distributed.put_replicated(ds.read(slice(None), (k,))[k], replicated) for k in steps_lib.NETWORK_KEYS
-    }
-    size = sum(v.nbytes for v in resident.values())
-    say(f"data.on_device: {len(ds)} training images on the devices, {size / 2**20:.1f} MiB per device", flush=True)
-    return resident
-
-
-@dataclasses.dataclass(frozen=True)
-class Feed:
-    """The training inputs: ``batches(epoch)`` iterates over what each jitted call of :func:`step_function` takes
-    (one batch; K batches; or an index array [K, B] into ``resident``, the training set on the devices)."""
-
-    batches: Callable[[int], Iterator]
-    resident: dict | None = None
-
-
-@contextlib.contextmanager
-def training_batches(config, data: TrainingData, start_epoch: int, end_epoch: int, mesh) -> Iterator[Feed | None]:
-    """Yields the :class:`Feed` of epochs ``start_epoch`` .. ``end_epoch`` (None when no epoch is left).
-
-    Simulated batches come from a :class:`npejax.sim.pipeline.Simulator` started at batch
-    ``start_epoch * steps_per_epoch`` (stopped on exit; an epoch takes ``steps_per_epoch`` of them); cached
-    ones are reshuffled each epoch (seed ``config.seed + epoch``). Batches are put on the devices one at a time
-    and grouped by ``train.steps_per_dispatch`` K (when K > 1). With ``data.on_device`` the training set is put
-    on the devices here and an epoch is the rows of :func:`epoch_order`, K at a time, put on the devices at its
-    start ([K, B] int32 each, :func:`npejax.nn.steps.stacked_sharding`).
-    """
-    put = lambda batch: steps_lib.to_device(batch, steps_lib.batch_sharding(mesh))
-    # several processes: each reads its rows of every batch, or renders its own simulator batches (distributed)
-    rows = None if jax.process_count() == 1 else distributed.local_rows(steps_lib.batch_sharding(mesh), data.batch_size)
-    per_dispatch = int(config.train.steps_per_dispatch)
-    group = (lambda batches: batches) if per_dispatch == 1 else (lambda batches: groups(batches, per_dispatch))
-    if start_epoch >= end_epoch:  # nothing left to train: no simulator workers
-        yield None
-    elif data.train_ds is None:
-        local_batch, stride, offset = distributed.simulator_indices(data.batch_size)
-        spec = data.train_spec if rows is None else dataclasses.replace(data.train_spec, batch_size=local_batch)
-        with pipeline.Simulator(
-            spec,
-            num_workers=int(config.simulator.num_workers),
-            prefetch=int(config.simulator.prefetch),
-            start=start_epoch * data.steps_per_epoch,
-            transform=put,
-            stride=stride,
-            offset=offset,
-        ) as simulator:
-            yield Feed(lambda epoch: group(itertools.islice(simulator, data.steps_per_epoch)))
-    elif config.data.on_device:
-        resident = resident_training_set(data.train_ds, mesh)
-        sharding = steps_lib.stacked_sharding(mesh)
-
-        def rows(epoch):  # every call's index rows on the devices at the start of the epoch
-            order = epoch_order(len(data.train_ds), data.batch_size, config.seed + epoch)
-            return iter(
-                [
-                    distributed.put_replicated(order[i : i + per_dispatch], sharding)
-                    for i in range(0, len(order), per_dispatch)
-                ]
-            )
-
-        yield Feed(rows, resident)
-    else:
-        yield Feed(
-            lambda epoch: group(
-                put(b)
-                for b in data.train_ds.batches(
-                    data.batch_size, shuffle=True, seed=config.seed + epoch, drop_remainder=True, rows=rows
-                )
-            )
-        )
-
-
-def step_function(config, normalizer: inputs_lib.Normalizer, mesh, train_step, feed: Feed | None) -> Callable:
-    """``step(state, inputs, key) -> (state, loss)``, the jitted call :func:`run_epoch` makes per input of
-    ``feed``: ``train_step`` (:func:`npejax.nn.steps.jit_steps`, one batch, a scalar loss) when
-    ``train.steps_per_dispatch`` is 1 and the data are not on the devices, else
-    :func:`npejax.nn.steps.jit_multi_step` (K batches or index rows into ``feed.resident``; losses [K])."""
-    if feed is None or (feed.resident is None and int(config.train.steps_per_dispatch) == 1):
-        return train_step
-    multi = steps_lib.jit_multi_step(
-        normalizer, mesh, config.model.variant, config.train.augment, resident=feed.resident is not None
-    )
-    if feed.resident is None:
-        return multi
-    return lambda state, rows, key: multi(state, feed.resident, rows, key)
-
-
 # --- restore or init -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EpochSteps:
+    """The steps of the epoch in progress trained so far: how many, their training losses (per jitted call: a
+    scalar or K values, on the devices until read; or the float32 values a checkpoint kept) and the seconds they
+    took. A run stopped mid-epoch saves them (:meth:`to_meta`) and the resumed run goes on from them, so that the
+    epoch's mean training loss is the uninterrupted run's, to the bit."""
+
+    steps: int = 0
+    losses: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def values(self) -> np.ndarray:
+        """The losses of the steps, in order, as one float32 array (waits for the devices)."""
+        host = [np.ravel(np.asarray(loss, np.float32)) for loss in jax.device_get(self.losses)]
+        return np.concatenate(host) if host else np.zeros(0, np.float32)
+
+    def to_meta(self) -> dict:
+        """The checkpoint ``meta`` keys of a run stopped mid-epoch (:mod:`npejax.nn.checkpoints`)."""
+        return dict(
+            step_in_epoch=self.steps, epoch_losses=[float(v) for v in self.values()], epoch_seconds=self.seconds
+        )
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> EpochSteps:
+        """The steps a checkpoint's ``meta`` records (none for a checkpoint of a finished epoch)."""
+        losses = np.asarray(meta.get("epoch_losses") or [], np.float32)  # float32 -> JSON -> float32: exact
+        steps = int(meta.get("step_in_epoch") or 0)
+        if len(losses) != steps:
+            raise checkpoints.CheckpointError(
+                f"checkpoint meta: step_in_epoch={steps} but {len(losses)} epoch_losses: the checkpoint is damaged"
+            )
+        return cls(steps, [losses] if steps else [], float(meta.get("epoch_seconds") or 0.0))
 
 
 @dataclasses.dataclass
@@ -483,6 +214,7 @@ class Progress:
     best_val: float = float("inf")  # lowest validation NLL so far
     bad_epochs: int = 0  # epochs since it last improved
     history: list[dict] = dataclasses.field(default_factory=list)  # the metrics.csv rows
+    in_epoch: EpochSteps = dataclasses.field(default_factory=EpochSteps)  # of epoch + 1, trained so far
 
     def update(self, row: dict, val_loss: float) -> bool:
         """Records a finished epoch's row; returns whether ``val_loss`` improved on the best."""
@@ -490,7 +222,20 @@ class Progress:
         self.best_val, self.bad_epochs = (val_loss, 0) if improved else (self.best_val, self.bad_epochs + 1)
         self.epoch = row["epoch"]
         self.history.append(row)
+        self.in_epoch = EpochSteps()
         return improved
+
+    def meta(self, config, normalizer: inputs_lib.Normalizer) -> dict:
+        """A checkpoint's ``meta`` (:mod:`npejax.nn.checkpoints`) but ``val_nll`` and a stopped run's keys."""
+        return dict(
+            epoch=self.epoch,
+            best_val=self.best_val,
+            bad_epochs=self.bad_epochs,
+            history=list(self.history),
+            normalizer=normalizer.to_dict(),
+            variant=config.model.variant,
+            config=config_dict(config),
+        )
 
 
 def write_metrics(workdir: str, history: list[dict]) -> None:
@@ -505,42 +250,79 @@ def write_metrics(workdir: str, history: list[dict]) -> None:
         os.remove(path)
 
 
-def check_resume(config, workdir: str) -> tuple[int, dict] | None:
-    """(epoch, meta) of the latest checkpoint in ``workdir`` (its checksums verified), or None for a fresh
-    start; CheckpointError listing the differences (checkpoint -> now, dotted keys) when the config differs
-    from the checkpoint's in anything but :data:`npejax.nn.checkpoints.RESUMABLE_KEYS`. Writes nothing."""
-    found = checkpoints.read_meta(workdir, "latest")
+class Resume(NamedTuple):
+    """Where a run resumes: checkpoint ``step`` of ``directory`` (``checkpoints/latest``, step = epochs done; or
+    ``checkpoints/interrupted``, step = train steps done) and its ``meta``."""
+
+    step: int
+    meta: dict
+    directory: str
+
+    @property
+    def position(self) -> str:
+        """``epoch 3`` (after it), or ``epoch 4, step 17`` (in it)."""
+        steps = int(self.meta.get("step_in_epoch") or 0)
+        return f"epoch {self.meta['epoch'] + 1}, step {steps}" if steps else f"epoch {self.step}"
+
+
+def check_resume(config, workdir: str) -> Resume | None:
+    """Where the run in ``workdir`` resumes (its checkpoint's checksums verified): the latest epoch's checkpoint,
+    or the one of a run stopped later, mid-epoch (``checkpoints/interrupted``, when its train step is past the
+    latest epoch's); None for a fresh start. CheckpointError listing the differences (checkpoint -> now, dotted
+    keys) when the config differs from the checkpoint's in anything but
+    :data:`npejax.nn.checkpoints.RESUMABLE_KEYS`. Writes nothing."""
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    found, which = checkpoints.read_meta(workdir, "latest"), "latest"
+    stopped = checkpoints.interrupted_step(workdir)
+    history = found[1].get("history") if found else None
+    if stopped is not None and stopped > (int(history[-1]["step"]) if history else 0):
+        found, which = checkpoints.read_meta(workdir, checkpoints.INTERRUPTED), checkpoints.INTERRUPTED
     if found is None:
         return None
-    step, meta = found
+    resume = Resume(*found, os.path.join(root, which))
     differences = checkpoints.config_differences(
-        checkpoints.upgrade_config(meta.get("config") or {}), config_dict(config)
+        checkpoints.upgrade_config(resume.meta.get("config") or {}), config_dict(config)
     )
     if differences:
         allowed = ", ".join(checkpoints.RESUMABLE_KEYS[:3])
         raise checkpoints.CheckpointError(
-            f"workdir {os.path.abspath(workdir)} holds a run (epoch {step}) trained with another config; "
+            f"workdir {os.path.abspath(workdir)} holds a run ({resume.position}) trained with another config; "
             f"differences (checkpoint -> now): {'; '.join(differences[:8])}"
             f"{f' (and {len(differences) - 8} more)' if len(differences) > 8 else ''}. Only {allowed} may "
             "change when resuming: use another --workdir, or the workdir's config.json"
         )
-    return step, meta
+    return resume
 
 
-def restore_or_init(config, net, manager, data: TrainingData, mesh, resume: tuple[int, dict] | None = None):
-    """(state, normalizer, progress): restored from the latest checkpoint in ``manager`` when ``resume``
-    (:func:`check_resume`, which verified its checksums) is given, or fresh (state from
-    ``jax.random.key(config.seed)``, normalizer from :func:`fit_normalizer`); replicated on ``mesh``."""
+def restore_or_init(config, net, data: input_pipeline.TrainingData, mesh, resume: Resume | None = None):
+    """(state, normalizer, progress): restored from the checkpoint ``resume`` (:func:`check_resume`, which
+    verified its checksums) names, or fresh (state from ``jax.random.key(config.seed)``, normalizer from
+    :func:`~npejax.nn.input_pipeline.fit_normalizer`); replicated on ``mesh``. A run stopped mid-epoch goes on
+    at the step it reached (``progress.in_epoch``)."""
     replicated = steps_lib.replicated(mesh)
     state = state_lib.create_state(config, net, data.steps_per_epoch, jax.random.key(config.seed))
     state = distributed.put_replicated(state, replicated)
     if resume is None:
-        return state, fit_normalizer(config, data), Progress()
-    state, meta = checkpoints.restore(manager, state, resume[0], verify=False)
+        return state, input_pipeline.fit_normalizer(config, data), Progress()
+    state, meta = checkpoints.restore_from(resume.directory, state, resume.step, verify=False)
     state = jax.device_put(state, replicated)
-    progress = Progress(meta["epoch"], meta["best_val"], meta["bad_epochs"], meta["history"])
-    logging.info("resuming after epoch %d", progress.epoch)
-    say(f"Resuming after epoch {progress.epoch} (best validation NLL {progress.best_val:.2f})", flush=True)
+    in_epoch = EpochSteps.from_meta(meta)
+    if in_epoch.steps >= data.steps_per_epoch:
+        raise checkpoints.CheckpointError(
+            f"checkpoint {os.path.join(resume.directory, str(resume.step))} stopped at step {in_epoch.steps} of "
+            f"an epoch, which has {data.steps_per_epoch} steps now: the training set changed since"
+        )
+    progress = Progress(meta["epoch"], meta["best_val"], meta["bad_epochs"], meta["history"], in_epoch)
+    if in_epoch.steps:
+        logging.info("resuming epoch %d at step %d", progress.epoch + 1, in_epoch.steps)
+        say(
+            f"Resuming epoch {progress.epoch + 1} at step {in_epoch.steps} of {data.steps_per_epoch} "
+            f"(stopped: {meta.get('stopped', 'asked to')}; best validation NLL {progress.best_val:.2f})",
+            flush=True,
+        )
+    else:
+        logging.info("resuming after epoch %d", progress.epoch)
+        say(f"Resuming after epoch {progress.epoch} (best validation NLL {progress.best_val:.2f})", flush=True)
     return state, inputs_lib.Normalizer.from_dict(meta["normalizer"]), progress
 
 
@@ -631,7 +413,7 @@ def log_epoch(writer, row: dict, figure=None) -> None:
 
 def run_epoch(
     config,
-    data: TrainingData,
+    data: input_pipeline.TrainingData,
     state,
     train_step,
     eval_step,
@@ -639,44 +421,69 @@ def run_epoch(
     val_batches: list[dict],
     key,
     epoch: int,
+    done: EpochSteps | None = None,
+    stop: preemption.StopRequest | None = None,
 ):
-    """Trains on ``batches`` (an epoch's inputs of :func:`training_batches`, ``data.steps_per_epoch`` steps in
-    all, each call of ``train_step`` (:func:`step_function`) returning one loss or K) and validates; returns
-    (state, metrics row, mean training NLL over the steps, validation NLL per image)."""
+    """Trains on ``batches`` (an epoch's inputs, :meth:`npejax.nn.input_pipeline.Feed.inputs`,
+    ``data.steps_per_epoch`` steps in all, each call of ``train_step``
+    (:meth:`~npejax.nn.input_pipeline.Feed.step_function`) returning one loss or K) and validates; returns
+    (state, metrics row, mean training NLL over the steps, validation NLL per image).
+
+    ``done``: the epoch's steps trained before (a run resumed mid-epoch: ``batches`` are the rest), updated in
+    place as the steps are trained. ``stop`` is polled before every call (:meth:`~npejax.nn.preemption.
+    StopRequest.poll`): when it says stop, returns (state, None, None, None) at once, ``done`` holding the steps
+    trained (the row's ``seconds`` and ``images_per_s`` then count the training time of every run of the epoch).
+    """
+    done = EpochSteps() if done is None else done
+    steps, first = data.steps_per_epoch, done.steps
     t0 = time.time()
-    losses, done = [], 0
+    inputs_of = iter(batches)
     with tqdm(
-        total=data.steps_per_epoch,
+        total=steps,
+        initial=done.steps,
         desc=f"epoch {epoch + 1}/{config.train.num_epochs}",
         leave=False,
         disable=not (config.train.progress and distributed.is_main()),
     ) as bar:
-        for inputs in batches:
+        while done.steps < steps:
+            if stop is not None and stop.poll(epoch * steps + done.steps):
+                done.seconds += time.time() - t0
+                return state, None, None, None
+            try:
+                inputs = next(inputs_of, None)
+            except pipeline.WorkerError:
+                # a SIGTERM to every process of the job ended the simulator's workers too: stop here, as asked
+                if stop is not None and jax.process_count() == 1 and stop.requested():
+                    done.seconds += time.time() - t0
+                    return state, None, None, None
+                raise
+            if inputs is None:
+                break
             state, loss = train_step(state, inputs, key)
-            losses.append(loss)
-            done += loss.size
+            done.losses.append(loss)
+            done.steps += loss.size
             bar.update(loss.size)
-            if config.train.progress and len(losses) > 1 and done // 10 > (done - loss.size) // 10:
+            if config.train.progress and len(done.losses) > 1 and done.steps // 10 > (done.steps - loss.size) // 10:
                 # the previous call's loss: waiting for this one would leave the devices idle until the next
                 bar.set_postfix(
-                    loss=f"{float(np.ravel(losses[-2])[-1]):.1f}",
-                    img_s=f"{done * data.batch_size / (time.time() - t0):.0f}",
+                    loss=f"{float(np.ravel(done.losses[-2])[-1]):.1f}",
+                    img_s=f"{(done.steps - first) * data.batch_size / (time.time() - t0):.0f}",
                 )
-    if done != data.steps_per_epoch:
-        raise RuntimeError(f"epoch {epoch + 1} ran {done} train steps, expected {data.steps_per_epoch}")
-    train_loss = float(np.mean(np.concatenate([np.ravel(loss) for loss in jax.device_get(losses)])))
-    train_seconds = time.time() - t0
+    if done.steps != steps:
+        raise RuntimeError(f"epoch {epoch + 1} ran {done.steps} train steps, expected {steps}")
+    train_loss = float(np.mean(done.values()))
+    train_seconds = done.seconds + time.time() - t0
     num_val_images = sum(b["images"].shape[0] for b in val_batches)
     val_loss = float(sum(float(eval_step(state, b)) for b in val_batches) / num_val_images)
-    learning_rate = state_lib.learning_rate_schedule(config, data.steps_per_epoch)(int(state.step))
+    learning_rate = state_lib.learning_rate_schedule(config, steps)(int(state.step))
     row = dict(
         epoch=epoch + 1,
         step=int(state.step),
         train_nll=round(train_loss, 4),
         val_nll=round(val_loss, 4),
         learning_rate=float(learning_rate),
-        images_per_s=round(data.steps_per_epoch * data.batch_size / train_seconds, 1),
-        seconds=round(time.time() - t0, 1),
+        images_per_s=round(steps * data.batch_size / train_seconds, 1),
+        seconds=round(done.seconds + time.time() - t0, 1),
     )
     return state, row, train_loss, val_loss
 
@@ -702,17 +509,22 @@ def record_epoch(
         f"{' *' if improved else '  '}  {row['images_per_s']:.0f} images/s",
         flush=True,
     )
-    meta = dict(
-        epoch=progress.epoch,
-        best_val=progress.best_val,
-        bad_epochs=progress.bad_epochs,
-        history=list(progress.history),
-        normalizer=normalizer.to_dict(),
-        variant=config.model.variant,
-        config=config_dict(config),
-        val_nll=val_loss,
-    )
+    meta = dict(progress.meta(config, normalizer), val_nll=val_loss)
     checkpoints.save([managers.latest, managers.best] if improved else [managers.latest], progress.epoch, state, meta)
+
+
+def record_stop(
+    workdir: str, config, progress: Progress, state, normalizer: inputs_lib.Normalizer, reason: str, steps: int
+) -> str | None:
+    """Checkpoints ``state``, stopped mid-epoch at step ``progress.in_epoch.steps`` of epoch ``progress.epoch + 1``
+    (``steps`` per epoch), in ``checkpoints/interrupted`` (:func:`npejax.nn.checkpoints.save_interrupted`, numbered
+    by the train step); returns its directory, or None when the step is at an epoch's start (the latest epoch's
+    checkpoint holds it, or nothing was trained). metrics.csv gets no row: the epoch is not done."""
+    done = progress.in_epoch
+    if done.steps == 0:
+        return None
+    meta = dict(progress.meta(config, normalizer), **done.to_meta(), stopped=reason)
+    return checkpoints.save_interrupted(workdir, progress.epoch * steps + done.steps, state, meta)
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -728,7 +540,7 @@ def stops_early(config, progress: Progress) -> bool:
 def train_epochs(
     config,
     workdir: str,
-    data: TrainingData,
+    data: input_pipeline.TrainingData,
     net,
     mesh,
     managers: checkpoints.Managers,
@@ -736,28 +548,64 @@ def train_epochs(
     normalizer: inputs_lib.Normalizer,
     progress: Progress,
     end_epoch: int,
+    stop: preemption.StopRequest | None = None,
+    stale_interrupted: bool = False,
 ):
-    """Trains from epoch ``progress.epoch`` up to ``end_epoch`` (or early stopping): each epoch validated,
-    logged (metrics.csv, TensorBoard) and checkpointed; returns the final state."""
+    """Trains from epoch ``progress.epoch`` (at step ``progress.in_epoch.steps`` of the next) up to ``end_epoch``
+    (or early stopping): each epoch validated, logged (metrics.csv, TensorBoard) and checkpointed; returns the
+    final state. When ``stop`` says so at a step boundary (:mod:`npejax.nn.preemption`), checkpoints the step
+    reached (:func:`record_stop`) and raises :class:`npejax.nn.preemption.Stopped`. ``stale_interrupted``: the
+    workdir holds a checkpoint of a run stopped mid-epoch, removed once the next epoch is checkpointed."""
     train_step, eval_step = steps_lib.jit_steps(normalizer, mesh, config.model.variant, config.train.augment)
-    val_batches = validation_batches(config, data, steps_lib.batch_sharding(mesh))
+    val_batches = input_pipeline.validation_batches(config, data, steps_lib.batch_sharding(mesh))
     key = jax.random.key(config.seed + 1)
     figure_every = int(config.train.figure_every)
     draw = (
         validation_figure(config, net, normalizer, val_batches[0]) if figure_every and distributed.is_main() else None
     )  # process 0 draws (and writes) the figures
+    steps = data.steps_per_epoch
+    restored_at = progress.epoch * steps + progress.in_epoch.steps  # train steps done, checkpointed
     with (
-        training_batches(config, data, progress.epoch, end_epoch, mesh) as feed,
+        input_pipeline.training_feed(
+            config, data, progress.epoch, end_epoch, mesh, start_step=progress.in_epoch.steps
+        ) as feed,
         tensorboard(workdir, progress.epoch, end_epoch) as writer,
     ):
-        step = step_function(config, normalizer, mesh, train_step, feed)
+        step = feed.step_function(config, normalizer, mesh, train_step)
         for epoch in range(progress.epoch, end_epoch):
             state, row, *losses = run_epoch(
-                config, data, state, step, eval_step, feed.batches(epoch), val_batches, key, epoch
+                config,
+                data,
+                state,
+                step,
+                eval_step,
+                feed.inputs(epoch),
+                val_batches,
+                key,
+                epoch,
+                progress.in_epoch,
+                stop,
             )
+            if row is None:  # asked to stop, at a step boundary of this epoch
+                position = progress.epoch * steps + progress.in_epoch.steps
+                saved = None
+                if position > restored_at:  # else the checkpoint this run started from holds the step
+                    saved = record_stop(workdir, config, progress, state, normalizer, stop.reason, steps)
+                where = f"saved {saved}" if saved else "nothing trained since" if position else "nothing trained"
+                say(
+                    f"stopped ({stop.reason}) at epoch {epoch + 1}, step {progress.in_epoch.steps} of {steps} "
+                    f"(train step {position}): {where}; run the same command again to resume",
+                    flush=True,
+                )
+                raise preemption.Stopped(
+                    f"{stop.reason}: stopped at epoch {epoch + 1}, step {progress.in_epoch.steps} of {steps}"
+                )
             figure = draw(state, row["epoch"]) if draw and row["epoch"] % figure_every == 0 else None
             log_epoch(writer, row, figure)  # before the checkpoint: a resume purges events after it
             record_epoch(workdir, managers, config, progress, state, normalizer, row, *losses)
+            if stale_interrupted:  # its epoch is checkpointed now
+                checkpoints.remove_interrupted(workdir)
+                stale_interrupted = False
             if stops_early(config, progress):
                 say(f"early stopping: no improvement in {progress.bad_epochs} epochs")
                 break
@@ -790,25 +638,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Validates the config, the datasets and the workdir (a resume: the checkpoint's config and checksums)
     before writing anything. Returns a summary: epochs run, best validation NLL, whether it stopped early,
-    the per-epoch history, the workdir, and the final ``state`` and ``normalizer``.
+    the per-epoch history, the workdir, and the final ``state`` and ``normalizer``. Asked to stop (SIGTERM,
+    SIGUSR1 or ``train.time_limit_minutes``: :mod:`npejax.nn.preemption`), saves the step reached and raises
+    :class:`npejax.nn.preemption.Stopped`.
     """
     distributed.initialize(config)  # several processes when the config or the environment asks for them
     validate_config(config)  # against the devices (all processes'), before the mesh over them is built
+    stop = preemption.StopRequest(float(config.train.time_limit_minutes))  # its clock starts now
     mesh = steps_lib.data_mesh()
     io.check_output_dir(workdir, "workdir")
-    config = simulate_first(config, workdir)
+    config = input_pipeline.simulate_first(config, workdir)
     distributed.sync("npejax-simulate-first", timeout_s=7 * 86400)  # process 0 wrote WORKDIR/data (simulate_first)
-    data = setup_data(config, mesh.size)
+    data = input_pipeline.setup_data(config, mesh.size)
     net = model_lib.from_config(config)
     resume = check_resume(config, workdir)
+    stale_interrupted = checkpoints.interrupted_step(workdir) is not None  # removed after the next epoch
     distributed.sync("npejax-resume-checked")  # every process read the checkpoints before anything is written
     devices = describe_devices(mesh, int(config.train.batch_size))  # every check passed: say where it runs
     logging.info("%s", devices)
     say(devices, flush=True)
     end_epoch = int(config.train.num_epochs)
     os.makedirs(workdir, exist_ok=True)
-    with checkpoints.managers(workdir) as managers:  # closed (pending saves finished) even on an error
-        state, normalizer, progress = restore_or_init(config, net, managers.latest, data, mesh, resume)
+    with (
+        checkpoints.managers(workdir) as managers,  # closed (pending saves finished) even on an error
+        stop.signal_handlers(),  # SIGTERM, SIGUSR1: stop at the next step boundary, saved
+    ):
+        state, normalizer, progress = restore_or_init(config, net, data, mesh, resume)
         write_metrics(workdir, progress.history)  # a resumed run drops rows of epochs not checkpointed
         if distributed.is_main():
             io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_dict(config))
@@ -825,7 +680,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 flush=True,
             )
         if progress.epoch < end_epoch:
-            state = train_epochs(config, workdir, data, net, mesh, managers, state, normalizer, progress, end_epoch)
+            state = train_epochs(
+                config,
+                workdir,
+                data,
+                net,
+                mesh,
+                managers,
+                state,
+                normalizer,
+                progress,
+                end_epoch,
+                stop,
+                stale_interrupted,
+            )
     summary = dict(
         epochs=len(progress.history),
         best_val_nll=progress.best_val,

@@ -159,6 +159,9 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _init_worker(spec_path: str, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Slurm's warning before a time limit (--signal=USR1@120) reaches every process of the job step: the trainer
+    # saves and stops on it (npejax.nn.preemption), its workers go on until it closes them
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     with open(spec_path, "rb") as f:
         spec = pickle.load(f)
     # one BLAS thread per worker: with N workers on N cores, more threads only contend (measured 3.6x slower)
