@@ -19,7 +19,7 @@
 #      the device (data.on_device). The run stops at the time limit with its step saved (exit status 3) or ends
 #      (0); the same command continues it in the next slot, mid-epoch included (npejax.nn.preemption);
 #   4. packs into $OUT (default: gpu_out/): NAME-latest.tar.xz (config.json, metrics.csv, tensorboard/ and
-#      checkpoints/latest: what resuming needs) and, when this slot wrote a new best epoch, NAME-best.tar.xz
+#      checkpoints/latest and /interrupted: what resuming needs) and, when this slot wrote a new best epoch, NAME-best.tar.xz
 #      (checkpoints/best), plus NAME-slot.json (exit status, epochs, sizes). The best checkpoint is not carried
 #      back out: it only has to reach the CPU machine once, so what goes out with the next slot is the latest
 #      state alone (a full-size one: 2.4M parameters and Adam's two moments, about 29 MB; the wheels 28 MB).
@@ -114,7 +114,7 @@ rc=$?
 tail -n 5 "$OUTDIR/$NAME-train.log"
 
 # 4. pack what the next slot and the CPU machine need
-if [ -d "$WORKDIR/checkpoints/latest" ]; then
+if [ -d "$WORKDIR/checkpoints" ]; then  # latest/, and interrupted/ when it stopped mid-epoch
   tar -C runs -cJf "$OUTDIR/$NAME-latest.tar.xz" --exclude="$NAME/data" --exclude="$NAME/checkpoints/best" "$NAME" \
     || die "packing $WORKDIR failed"
 fi

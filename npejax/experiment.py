@@ -24,7 +24,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def run(fv: flags.FlagValues) -> int:
     from npejax.evaluation import experiment  # deferred: JAX and GalSim load after the command line (fast --help)
-    from npejax.nn import preemption
+    from npejax.nn import preemption  # deferred: as above
 
     try:
         experiment.run_experiment(fv.config, fv.out)
