@@ -12,7 +12,17 @@ from npejax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "cpu_small.py")
-COMMANDS = ("main", "simulate", "predict", "survey", "evaluate", "experiment", "sdss", "synthetic_bank")
+COMMANDS = (
+    "main",
+    "simulate",
+    "predict",
+    "survey",
+    "evaluate",
+    "experiment",
+    "sdss",
+    "synthetic_bank",
+    "export_pretrained",
+)
 SUBCOMMAND = {"sdss": "download", "survey": "catalog"}  # commands whose flags belong to a subcommand
 
 
