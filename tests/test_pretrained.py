@@ -262,21 +262,22 @@ def test_a_shipped_network_loads_and_catalogs_a_simulated_image(name):
     assert pretrained_lib.io.sha256_file(os.path.join(directory, entry["file"])) == entry["sha256"]
     net = predictor.Predictor.pretrained(name)  # the digest checked again by the load
     assert entry["parameters"] == sum(int(x.size) for x in jax.tree_util.tree_leaves(net.variables["params"]))
-    spec = pipeline.SimulationSpec.from_config(net.config, seed=123, batch_size=4)
-    batch = pipeline.simulate_batch(spec, 0)
+    spec = pipeline.SimulationSpec.from_config(net.config, seed=123, batch_size=8)
+    batch = pipeline.simulate_batch(spec, 0)  # 8 images, 33 sources of which 9 with r < 20
     table = net.catalog(batch["images"], batch["background"], batch["psf_params"])
     truth = catalog_lib.truth_table(batch)
     for column in ("x", "y", "flux", "prob_source", "prob_galaxy"):
         assert np.all(np.isfinite(np.asarray(table[column], float))), column
     assert np.all(np.asarray(table["prob_source"]) > 0.5) and np.all(np.asarray(table["flux"]) > 0)
-    bright = truth[np.asarray(truth["mag"]) < 19]
-    for row in bright:  # every bright source is found within a pixel
+    bright = truth[np.asarray(truth["mag"]) < 20]
+    assert len(bright) >= 5  # the seed's images hold bright sources: the check below is not empty
+    for row in bright:  # every bright source is found within a pixel, its magnitude within 1 (a wrong unit: > 1)
         mine = table[table["image"] == row["image"]]
         distance = np.hypot(np.asarray(mine["x"]) - row["x"], np.asarray(mine["y"]) - row["y"])
-        assert distance.size and distance.min() < 1.0, (
-            f"{name}: r = {row['mag']:.1f} source at {row['x']:.1f}, {row['y']:.1f}"
-        )
-    assert len(table) <= len(truth) + 4  # no more than a few spurious detections in 4 images
+        where = f"{name}: r = {row['mag']:.2f} source at {row['x']:.1f}, {row['y']:.1f} of image {row['image']}"
+        assert distance.size and distance.min() < 1.0, where
+        assert abs(mine["mag"][np.argmin(distance)] - row["mag"]) < 1.0, where
+    assert len(table) <= len(truth) + 4  # no more than a few spurious detections
 
 
 def test_simulate_fits_takes_a_fits_name(config_path, tmp_path, capsys):
