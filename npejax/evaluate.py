@@ -4,16 +4,18 @@ r"""Evaluates npejax networks, prediction catalogs and a Source Extractor baseli
         --prior many|one --num-images N --out REPORT_DIR        # simulate N test images (cached)
     python -m npejax.evaluate --workdir aware=W3 --test-dir DATASET --out REPORT_DIR   # a fixed test set
     python -m npejax.evaluate --catalog mine=catalog.fits --test-dir DATASET --out REPORT_DIR
+    python -m npejax.evaluate --pretrained cpu --prior many --num-images N --out REPORT_DIR
     npejax-evaluate ...   (the same flags)
 
-``--workdir NAME=DIR`` (a training directory; its best checkpoint catalogs the test set) and ``--catalog
-NAME=FILE`` (a prediction catalog of the test set, FITS or CSV) repeat; the names label the methods in
-the report. The test set is ``--test-dir`` (simulated there with ``--num-images`` and the first network's
-config when absent; resumable), by default ``REPORT_DIR/test-PRIOR``; a dataset of another split (train,
-val) is refused. What is computed and written (metrics, CSV tables, figures, a gallery of test images with
-each method's detections, report.md), and what is refused before any work (an ``--out`` that is a file or
-not writable, catalogs with missing columns, text, NaN, image indices outside the test set or
-probabilities outside [0, 1]): :mod:`npejax.evaluation.evaluate`.
+``--workdir NAME=DIR`` (a training directory; its best checkpoint catalogs the test set), ``--pretrained
+NAME`` (a network shipped with the package, ``npejax/pretrained``: the method NAME) and ``--catalog
+NAME=FILE`` (a prediction catalog of the test set, FITS or CSV) repeat and combine; the names label the
+methods in the report and must differ. The test set is ``--test-dir`` (simulated there with ``--num-images``
+and the first network's config (or the first pretrained network's) when absent; resumable), by default
+``REPORT_DIR/test-PRIOR``; a dataset of another split (train, val) is refused. What is computed and written
+(metrics, CSV tables, figures, a gallery of test images with each method's detections, report.md), and what is
+refused before any work (an ``--out`` that is a file or not writable, catalogs with missing columns, text,
+NaN, image indices outside the test set or probabilities outside [0, 1]): :mod:`npejax.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from npejax.schema import FIELD_PRIORS
 
 def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_multi_string("workdir", [], "NAME=DIR: a training directory (repeatable).", flag_values=fv)
+    flags.DEFINE_multi_string(
+        "pretrained", [], "NAME: a network shipped with the package, the method NAME (repeatable).", flag_values=fv
+    )
     flags.DEFINE_multi_string(
         "catalog", [], "NAME=FILE: a prediction catalog of the test set (FITS/CSV; repeatable).", flag_values=fv
     )
@@ -65,6 +70,7 @@ def run(fv: flags.FlagValues) -> None:
         snr=not fv["no-snr"].value,
         ceiling=not fv["no-ceiling"].value,
         ceiling_galaxies=fv["ceiling-galaxies"].value,
+        pretrained=fv.pretrained,
     )
 
 

@@ -7,6 +7,8 @@ temporary file is created 0600), and renamed over the destination. A reader neve
 file, a failed write leaves the old file (if any) as it was, and the temporary file is removed on any
 failure, including KeyboardInterrupt.
 
+:func:`sha256_file` is the one file digest (checkpoint checksums, pretrained network files).
+
 Temporary files are named ``.NAME.tmp-XXXXXXXX[.EXT]``: hidden, next to the destination, with its
 extension kept (libraries such as astropy and matplotlib choose the format by extension).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
@@ -94,6 +97,15 @@ def write_csv(path, rows: Iterable[Mapping], fieldnames: list[str] | None = None
         for row in rows:
             writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
     return atomic_write(path, buf.getvalue())
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of the file at ``path`` (hex digest), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def is_temporary(name: str) -> bool:

@@ -1,25 +1,28 @@
 """Catalogs images with a trained network.
 
     python -m npejax.predict --workdir runs/aware --input DATASET_DIR|images.npz|image.fits --out catalog.fits
+    python -m npejax.predict --pretrained cpu --input image.fits --background 0.7 --psf-params P --out catalog.fits
     npejax-predict --workdir runs/aware --input image.fits --background 0.7 --field-id NAME --out catalog.csv
     npejax-predict --workdir runs/aware --sdss-frame frame-r-000094-1-0012.fits.bz2 \\
         --psfield psField-000094-1-0012.fit --out catalog.fits --png catalog.png
 
-Loads the ``--checkpoint`` (best or latest) of a training directory (``python -m npejax.main``) and writes
-one row per tile whose source probability exceeds ``--min-prob`` to ``--out`` (FITS or CSV by extension).
-A FITS ``--input`` needs ``--background`` and one of ``--psf-params`` and ``--field-id``. An SDSS frame
-(``--sdss-frame``, r band) brings its own image (HDU 0, nmgy), background (its sky grid interpolated to
-every pixel times its calibration, nmgy) and, with ``--psfield``, its PSF parameters: nothing to convert
-by hand. A FITS input with a celestial WCS (an SDSS frame has one) gives ``ra`` and ``dec`` columns and
-a FITS catalog keeps the WCS in its header. ``--png`` draws the detections on the (first) image. See
+Loads the ``--checkpoint`` (best or latest) of a training directory (``python -m npejax.main``), or with
+``--pretrained NAME`` a network shipped with the package (:mod:`npejax.nn.pretrained`; its file's SHA-256
+checked), and writes one row per tile whose source probability exceeds ``--min-prob`` to ``--out`` (FITS or
+CSV by extension). A FITS ``--input`` needs ``--background`` and one of ``--psf-params`` and ``--field-id``.
+An SDSS frame (``--sdss-frame``, r band) brings its own image (HDU 0, nmgy), background (its sky grid
+interpolated to every pixel times its calibration, nmgy) and, with ``--psfield``, its PSF parameters: nothing
+to convert by hand. A FITS input with a celestial WCS (an SDSS frame has one) gives ``ra`` and ``dec`` columns
+and a FITS catalog keeps the WCS in its header. ``--png`` draws the detections on the (first) image. See
 :mod:`npejax.cataloging.images` for the inputs and :mod:`npejax.nn.predictor` for the catalog's columns.
 
 Refused before any prediction, with one ``error:`` line and exit status 2, nothing written: a missing or
-foreign workdir, a missing, truncated or corrupt input (FITS, .npz, dataset, SDSS frame or psField), a
-frame of another band or a psField of another field, a background <= 0 or above 1e4 nmgy per pixel,
-NaN pixels, invalid PSF parameters, ``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out`` or
-``--png`` that cannot be written (under a file, in a read-only directory, an existing directory). A
-network that gives NaN or infinite outputs (a corrupt checkpoint) is an error naming the image.
+foreign workdir, both or neither of ``--workdir`` and ``--pretrained``, an unknown ``--pretrained`` name (the
+error lists the shipped ones), a missing, truncated or corrupt input (FITS, .npz, dataset, SDSS frame or
+psField), a frame of another band or a psField of another field, a background <= 0 or above 1e4 nmgy per
+pixel, NaN pixels, invalid PSF parameters, ``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
+or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory). A network
+that gives NaN or infinite outputs (a corrupt checkpoint) is an error naming the image.
 """
 
 from __future__ import annotations
@@ -39,8 +42,21 @@ CHECKPOINTS = ("best", "latest")  # npejax.nn.checkpoints.WHICH
 CHUNK_SIZE = 512  # npejax.nn.predictor.CHUNK_SIZE
 
 
+def define_network_flags(fv: flags.FlagValues) -> None:
+    """``--workdir`` and ``--checkpoint``, or ``--pretrained`` (also the flags of ``npejax.survey catalog``;
+    checked by :func:`npejax.cataloging.options.check_network_flags`)."""
+    flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv)
+    flags.DEFINE_string(
+        "pretrained",
+        None,
+        "A network shipped with the package (npejax/pretrained/registry.json) instead of --workdir.",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum("checkpoint", "best", list(CHECKPOINTS), "Which checkpoint of --workdir.", flag_values=fv)
+
+
 def define_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv, required=True)
+    define_network_flags(fv)
     flags.DEFINE_string(
         "input", None, "Dataset directory, .npz (images, background, psf_params) or FITS image.", flag_values=fv
     )
@@ -60,7 +76,6 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "png", None, "Also write a PNG of the (first) image with the detections drawn on it.", flag_values=fv
     )
-    flags.DEFINE_enum("checkpoint", "best", list(CHECKPOINTS), "Which checkpoint of --workdir.", flag_values=fv)
     flags.DEFINE_float("min-prob", 0.5, "Keep tiles with prob_source above this, in [0, 1).", flag_values=fv)
     flags.DEFINE_integer("batch-size", 256, "Images per network call.", lower_bound=1, flag_values=fv)
     flags.DEFINE_integer(
@@ -113,9 +128,9 @@ def run(fv: flags.FlagValues) -> None:
     # deferred: JAX, Flax and astropy load after the command line is read (fast --help)
     from npejax import catalogs as catalog_lib  # deferred: as above
     from npejax.cataloging import figures, images, options  # deferred: as above
-    from npejax.nn import predictor  # deferred: as above
 
     # everything a user can get wrong is checked before the network runs: flags, output paths, inputs
+    options.check_network_flags(fv)
     min_prob = options.min_prob_flag(fv["min-prob"].value)
     batch_size, chunk_size = fv["batch-size"].value, fv["chunk-size"].value
     if batch_size < 1:
@@ -129,7 +144,7 @@ def run(fv: flags.FlagValues) -> None:
             raise cli.UsageError(f"--png {fv.png} is also --out; give two different files")
         io.check_output_file(fv.png, "--png")
     inputs = open_inputs(fv)
-    net = predictor.Predictor.from_workdir(fv.workdir, fv.checkpoint)
+    net = options.load_network(fv)
     chunk_size = options.chunk_size_flag(net, chunk_size)
 
     table = images.catalog_inputs(net, inputs, min_prob, batch_size, chunk_size)

@@ -1,10 +1,13 @@
 """Simulates a cached dataset split and its true catalog.
 
     python -m npejax.simulate --config configs/psf_aware.py --split val --out runs/val \
-        [--num-images N] [--num-workers K] [--shard-size S] [--catalog truth.csv] [--config.KEY=VALUE ...]
+        [--num-images N] [--num-workers K] [--shard-size S] [--catalog truth.csv] [--fits image.fits]
+        [--config.KEY=VALUE ...]
 
 Writes DIR/manifest.json and DIR/shard-NNNNN/ (see npejax.datasets.format), and the true catalog of every source
-as DIR/truth.fits (plus --catalog, FITS or CSV by extension). Defaults: --num-images from
+as DIR/truth.fits (plus --catalog, FITS or CSV by extension). ``--fits image.fits`` also writes the first image as
+a FITS image and its background as ``image-sky.fits`` (:func:`write_fits_image`), and prints the
+``npejax.predict`` command that catalogs it. Defaults: --num-images from
 config.data.num_<split>, --num-workers from config.simulator.num_workers, --shard-size from
 config.data.shard_size. The seed of the split is npejax.datasets.split_seed(config.seed, split). Running
 the same command again resumes an interrupted run (only missing shards are rendered).
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 from absl import flags
 
 from npejax import cli, io, schema
@@ -42,6 +46,13 @@ def define_flags(fv: flags.FlagValues) -> None:
     )
     flags.DEFINE_integer("shard-size", None, "Images per shard (default: config.data.shard_size).", flag_values=fv)
     flags.DEFINE_string("catalog", None, "Also write the true catalog here (.fits or .csv).", flag_values=fv)
+    flags.DEFINE_string(
+        "fits",
+        None,
+        "Also write the first image here as a FITS image (nmgy, sky-subtracted) and its background beside it "
+        "(NAME-sky.fits), for npejax.predict --input.",
+        flag_values=fv,
+    )
     flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
     for name in ("num-images", "num-workers", "shard-size"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
@@ -87,6 +98,10 @@ def run(fv: flags.FlagValues) -> None:
         except ValueError as exc:
             raise cli.UsageError(f"--catalog: {exc}") from None
         io.check_output_file(extra_catalog, "--catalog")
+    if fv.fits is not None:
+        if not fv.fits.lower().endswith(".fits"):
+            raise cli.UsageError(f"--fits {fv.fits}: expected a file name ending in .fits")
+        io.check_output_file(fv.fits, "--fits")
     from npejax import datasets  # deferred: GalSim (seconds) loads after the cheap checks
     from npejax.sim import pipeline  # deferred: as datasets
 
@@ -133,8 +148,38 @@ def run(fv: flags.FlagValues) -> None:
         f"{n_dropped} ({100.0 * n_dropped / max(n_sources, 1):.2f}% of sources)"
     )
     print(f"truth catalog: {', '.join(written)} ({len(table)} rows)")
+    if fv.fits is not None:
+        sky, field = write_fits_image(dataset, 0, fv.fits, bank)
+        bank_flag = "" if bank.synthetic else f" --bank {bank.source}"
+        print(
+            f"FITS image: {fv.fits} (image 0, {int((table['image'] == 0).sum())} true sources, field {field}), its "
+            f"background {sky}; catalog it with: python -m npejax.predict --pretrained NAME --input {fv.fits} "
+            f"--background {sky} --field-id {field}{bank_flag} --out catalog.fits"
+        )
     rate = report.rendered_images / report.seconds if report.seconds > 0 else float("nan")
     print(f"time: {elapsed:.1f} s; rendered {report.rendered_images} images at {rate:.1f} images/s")
+
+
+def write_fits_image(dataset, index: int, path: str, bank) -> tuple[str, str]:
+    """Writes image ``index`` of ``dataset`` to ``path`` (a FITS primary image, nmgy, sky-subtracted) and its
+    background to ``STEM-sky.fits`` beside it (nmgy per pixel), atomically; the image's header names its field
+    (``FIELDID``, a name of ``bank``) and PSF parameters (``PSF_S1``, ``PSF_S2``, ``PSF_SP``, ``PSF_BETA``,
+    ``PSF_B``, ``PSF_P0``; widths in pixels). Returns (the background's path, the field's name)."""
+    from astropy.io import fits  # deferred: as catalogs
+
+    item = dataset[index]
+    field = str(bank.names[int(item["field_id"])])
+    sky_path = path[: -len(".fits")] + "-sky.fits"
+    header = fits.Header()
+    header["BUNIT"] = ("nmgy", "sky-subtracted r-band flux per pixel")
+    header["FIELDID"] = (field, "field of the field bank: sky and PSF")
+    for key, value in zip(("S1", "S2", "SP", "BETA", "B", "P0"), item["psf_params"]):
+        header[f"PSF_{key}"] = (float(value), "PSF parameter (s1, s2, sP, beta, b, p0; pixels)")
+    header["COMMENT"] = f"SYNTHETIC image {index} simulated by npejax; background in {os.path.basename(sky_path)}"
+    for out, array, head in ((path, item["images"], header), (sky_path, item["background"], None)):
+        with io.atomic_path(out) as tmp:
+            fits.PrimaryHDU(np.asarray(array, np.float32), header=head).writeto(tmp, overwrite=True)
+    return sky_path, field
 
 
 def main(argv=None) -> int:

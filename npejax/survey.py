@@ -3,6 +3,7 @@
     python -m npejax.survey catalog --workdir runs/aware --frames frames.txt --out DIR [--format fits|csv]
         [--shard I/N] [--min-prob 0.5] [--chunk-size 512] [--background B] [--field-id NAME | --psf-params P]
         [--bank bank.npz] [--checkpoint best|latest] [--readers 2]
+    python -m npejax.survey catalog --pretrained cpu --frames frames.txt --out DIR ...   # a shipped network
     python -m npejax.survey merge --out DIR --table all.fits [--frames frames.txt]
 
 The frame list (``--frames``) is a text file, one frame per line, ``#`` comments::
@@ -22,7 +23,8 @@ list's frames in its order, with a ``frame`` column. The frame list's keys, the 
 the merged table: :mod:`npejax.cataloging.runner`.
 
 Exit status: 0; 1 when a frame failed (catalog) or a listed frame has no catalog (merge; the table of the
-others is written); 2 for a bad command line, flag value, frame list (syntax, a duplicate name, a FITS line
+others is written); 2 for a bad command line (both or neither of ``--workdir`` and ``--pretrained``, an
+unknown ``--pretrained`` name), flag value, frame list (syntax, a duplicate name, a FITS line
 with no background or PSF) or output folder, before any frame is read, with one ``error:`` line.
 """
 
@@ -33,17 +35,15 @@ import sys
 
 from absl import flags
 
-from npejax import cli, io
+from npejax import cli, io, predict
 
 # Flag values of the library, written here so that --help loads no JAX (tests/test_cli.py checks they agree):
-CHECKPOINTS = ("best", "latest")  # npejax.nn.checkpoints.WHICH
 CHUNK_SIZE = 512  # npejax.nn.predictor.CHUNK_SIZE
 FORMATS = ("fits", "csv")  # npejax.cataloging.runner.FORMATS
 
 
 def define_catalog_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "Training directory (python -m npejax.main).", flag_values=fv, required=True)
-    flags.DEFINE_enum("checkpoint", "best", list(CHECKPOINTS), "Which checkpoint of --workdir.", flag_values=fv)
+    predict.define_network_flags(fv)  # --workdir and --checkpoint, or --pretrained
     flags.DEFINE_string(
         "frames",
         None,
@@ -98,9 +98,9 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
 def run_catalog(fv: flags.FlagValues) -> int:
     from npejax.cataloging import options  # deferred: JAX loads after the command line is read (fast --help)
     from npejax.cataloging import runner as runner_lib  # deferred: as above
-    from npejax.nn import predictor  # deferred: as above
 
     # everything a user can get wrong in the command line is checked before a frame is read
+    options.check_network_flags(fv)
     min_prob = options.min_prob_flag(fv["min-prob"].value)
     field_id, psf_params = fv["field-id"].value, fv["psf-params"].value
     options.check_defaults(fv.background, field_id, psf_params)
@@ -124,7 +124,7 @@ def run_catalog(fv: flags.FlagValues) -> int:
     failures_file = runner_lib.failures_path(out, shard, num_shards)
     summary = runner_lib.Summary()
     if todo:  # the network is loaded only when there is a frame to catalog
-        net = predictor.Predictor.from_workdir(fv.workdir, fv.checkpoint)
+        net = options.load_network(fv)
         chunk_size = options.chunk_size_flag(net, fv["chunk-size"].value)
         if any(f.field_id is not None for f in todo):
             bank.load()  # a missing or unreadable bank is the command's error, not every frame's

@@ -18,7 +18,17 @@ from npejax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "cpu_small.py")
-COMMANDS = ("main", "simulate", "predict", "survey", "evaluate", "experiment", "sdss", "synthetic_bank")
+COMMANDS = (
+    "main",
+    "simulate",
+    "predict",
+    "survey",
+    "evaluate",
+    "experiment",
+    "sdss",
+    "synthetic_bank",
+    "export_pretrained",
+)
 SUBCOMMAND = {"sdss": "download", "survey": "catalog"}  # commands whose flags belong to a subcommand
 
 
@@ -201,8 +211,8 @@ def test_flag_values_written_in_the_commands_are_the_librarys():
     from npejax.surveys import download
     from npejax.surveys import sdss as sdss_lib
 
+    assert predict.CHECKPOINTS == checkpoints.WHICH  # survey catalog's --checkpoint is predict's flag
     for command in (predict, survey):
-        assert command.CHECKPOINTS == checkpoints.WHICH
         assert command.CHUNK_SIZE == predictor.CHUNK_SIZE
     assert survey.FORMATS == tuple(runner.FORMATS)
     assert sdss.DEFAULT_BASE_URL == download.DEFAULT_BASE_URL

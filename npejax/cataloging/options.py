@@ -74,3 +74,28 @@ def check_defaults(background: str | None, field_id: str | None, psf_params: str
         except ValueError as exc:
             raise cli.UsageError(f"--psf-params: {cli.message(exc)}") from None
     parse_background_arg(background)
+
+
+def check_network_flags(fv) -> None:
+    """Exactly one of ``--workdir`` and ``--pretrained``, ``--checkpoint`` only with ``--workdir``, a known
+    ``--pretrained`` name (the error lists the shipped ones): usage errors before any input is read (the flags of
+    :func:`npejax.predict.define_network_flags`)."""
+    from npejax.nn import pretrained as pretrained_lib  # deferred: the flags are checked before JAX is needed
+
+    if (fv.workdir is None) == (fv.pretrained is None):
+        raise cli.UsageError(
+            "give one of --workdir (a training directory) and --pretrained (a network shipped with the "
+            "package: " + (", ".join(pretrained_lib.available()) or "none") + ")" + (", not both" if fv.workdir else "")
+        )
+    if fv.pretrained is not None:
+        if fv["checkpoint"].present:
+            raise cli.UsageError("--checkpoint chooses a checkpoint of --workdir; a --pretrained network has one")
+        pretrained_lib.entry(fv.pretrained)  # an unknown name lists the available ones
+
+
+def load_network(fv) -> Predictor:
+    """The network of ``--workdir`` (its ``--checkpoint``) or ``--pretrained`` (:func:`check_network_flags`
+    first)."""
+    if fv.pretrained is not None:
+        return Predictor.pretrained(fv.pretrained)
+    return Predictor.from_workdir(fv.workdir, fv.checkpoint)

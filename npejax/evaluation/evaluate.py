@@ -5,19 +5,21 @@ The library behind ``python -m npejax.evaluate`` (:mod:`npejax.evaluate`, the co
     python -m npejax.evaluate --workdir single=W1 --workdir unaware=W2 --workdir aware=W3 \
         --prior many|one --num-images N --out REPORT_DIR        # simulate N test images (cached)
     python -m npejax.evaluate --workdir aware=W3 --test-dir DATASET --out REPORT_DIR   # a fixed test set
+    python -m npejax.evaluate --pretrained cpu --prior many --num-images N --out REPORT_DIR   # a shipped network
 
-Each network (best checkpoint) catalogs every test image; the baseline is Source Extractor (``sep``)
-on the same sky-subtracted images with the known background (``npejax.evaluation.baseline``). Metrics follow
-SPEC.md "Evaluation" (definitions in :mod:`npejax.evaluation.metrics`): Jonker-Volgenant matching within 1 pixel;
-precision by estimated magnitude, recall, star/galaxy accuracy and flux MAPE by true magnitude, in
-equal-count bins and in the reference cut-offs, with 1-sigma bootstrap bands over images and the mean
-over bins; detection calibration; star/galaxy ROC and AUC; flux credible-interval coverage; and recall,
-accuracy and MAPE by SNR (Appendix A). The headline metrics, detection threshold and method names are
-in :mod:`npejax.evaluation.headline`: each headline value is the mean over the paper's reference bins below
-its cut-off, with the pooled figure beside it (``KEY_pooled``). Beside the methods, the r-band ceiling
-(:mod:`npejax.evaluation.ceiling`, ``ceiling=False`` skips it): the accuracy of an ideal star/galaxy test
-per bin of every binning, computed once per test set from its own galaxies (at most ``ceiling_galaxies``
-per bin), so the report says how far each network is from what r-band pixels allow.
+Each network (best checkpoint, or a pretrained network shipped with the package) catalogs every test image;
+the baseline is Source Extractor (``sep``) on the same sky-subtracted images with the known background
+(``npejax.evaluation.baseline``). Metrics follow SPEC.md "Evaluation" (definitions in
+:mod:`npejax.evaluation.metrics`): Jonker-Volgenant matching within 1 pixel; precision by estimated magnitude,
+recall, star/galaxy accuracy and flux MAPE by true magnitude, in equal-count bins and in the reference
+cut-offs, with 1-sigma bootstrap bands over images and the mean over bins; detection calibration; star/galaxy
+ROC and AUC; flux credible-interval coverage; and recall, accuracy and MAPE by SNR (Appendix A). The headline
+metrics, detection threshold and method names are in :mod:`npejax.evaluation.headline`: each headline value is
+the mean over the paper's reference bins below its cut-off, with the pooled figure beside it (``KEY_pooled``).
+Beside the methods, the r-band ceiling (:mod:`npejax.evaluation.ceiling`, ``ceiling=False`` skips it): the
+accuracy of an ideal star/galaxy test per bin of every binning, computed once per test set from its own
+galaxies (at most ``ceiling_galaxies`` per bin), so the report says how far each network is from what r-band
+pixels allow.
 
 Writes to ``REPORT_DIR``: ``metrics.json``, CSV tables (``bins_equal.csv``, ``bins_reference.csv``,
 ``bins_snr.csv``, ``calibration.csv``, ``coverage.csv``, ``headline.csv``, ``ceiling.csv``), PNG figures
@@ -73,6 +75,7 @@ from npejax.evaluation import ceiling as ceiling_lib
 from npejax.evaluation import metrics, report
 from npejax.evaluation import snr as snr_lib
 from npejax.evaluation.headline import BASELINE, CEILING, HEADLINE, HEADLINE_ROWS, POOLED, PROB_THRESHOLD, SUBSETS
+from npejax.nn import pretrained as pretrained_lib
 from npejax.nn.posterior import tiles_to_sources
 from npejax.nn.predictor import Predictor, load_config
 from npejax.schema import CATALOG_KEYS, FIELD_PRIORS, METRIC_LABELS
@@ -293,11 +296,12 @@ def read_catalog(path: str, name: str):
         ) from None
 
 
-def network_catalog(workdir: str, test: TestSet, batch_size: int = 256, chunk_images: int = CHUNK_IMAGES):
-    """Every tile of every test image as a prediction table (prob_source >= 0), from the best checkpoint;
-    the test images are read ``chunk_images`` at a time (rounded to whole batches, so the network sees
-    the same batches as it would the whole set)."""
-    predictor = Predictor.from_workdir(workdir, "best")
+def network_catalog(workdir: str | Predictor, test: TestSet, batch_size: int = 256, chunk_images: int = CHUNK_IMAGES):
+    """Every tile of every test image as a prediction table (prob_source >= 0), from the best checkpoint of
+    ``workdir`` (or the :class:`~npejax.nn.predictor.Predictor` given); the test images are read
+    ``chunk_images`` at a time (rounded to whole batches, so the network sees the same batches as it would
+    the whole set)."""
+    predictor = workdir if isinstance(workdir, Predictor) else Predictor.from_workdir(workdir, "best")
     chunk = batch_size * max(1, int(chunk_images) // batch_size)
     parts = []
     for start, batch in test.chunks(("images", "background", "psf_params"), chunk):
@@ -520,17 +524,21 @@ def evaluate(
     chunk_images: int = CHUNK_IMAGES,
     ceiling: bool = True,
     ceiling_galaxies: int = ceiling_lib.DEFAULT_MAX_PER_BIN,
+    pretrained=(),
 ) -> dict:
-    """Evaluates networks (``workdirs``: name -> training directory) and prediction ``catalogs`` (name ->
+    """Evaluates networks (``workdirs``: name -> training directory; ``pretrained``: names of networks shipped
+    with the package, :mod:`npejax.nn.pretrained`, each a method of its name) and prediction ``catalogs`` (name ->
     table or file) on a test set, writes the report to ``out_dir`` and returns the metrics dict. The
     inputs (output directory, test set split, catalogs) are checked before any work. ``ceiling``: compute
     the r-band accuracy ceiling (:mod:`npejax.evaluation.ceiling`, at most ``ceiling_galaxies`` galaxies per
     bin; about 15 ms a galaxy)."""
     t0 = time.time()
-    workdirs, catalogs = dict(workdirs or {}), dict(catalogs or {})
-    names = list(workdirs) + list(catalogs)
+    workdirs, catalogs, pretrained = dict(workdirs or {}), dict(catalogs or {}), list(pretrained or ())
+    names = list(workdirs) + pretrained + list(catalogs)
     if not names and not baseline:
-        raise EvaluationError("nothing to evaluate: give at least one --workdir NAME=DIR or --catalog NAME=FILE")
+        raise EvaluationError(
+            "nothing to evaluate: give at least one --workdir NAME=DIR, --pretrained NAME or --catalog NAME=FILE"
+        )
     if len(set(names)) != len(names) or BASELINE in names or CEILING in names:
         raise EvaluationError(f"method names must be unique and not {BASELINE!r} or {CEILING!r}: {names}")
     if int(ceiling_galaxies) < 1:
@@ -538,6 +546,7 @@ def evaluate(
     for name, w in workdirs.items():
         if not os.path.isdir(w):
             raise EvaluationError(f"--workdir {name}={w}: no such directory")
+    shipped = {name: pretrained_lib.entry(name) for name in pretrained}  # an unknown name lists the shipped ones
     if num_images is None and test_dir is None:
         raise EvaluationError("give --num-images N (simulate a test set) or --test-dir DATASET")
     if num_images is not None and int(num_images) < 1:
@@ -562,6 +571,8 @@ def evaluate(
             check_catalog(given[name], f"catalog {name!r}", expected_images, test_dir)
     if sim_config is None and num_images is not None and workdirs:
         sim_config = load_config(next(iter(workdirs.values())))
+    elif sim_config is None and num_images is not None and pretrained:
+        sim_config = pretrained_lib.load(pretrained[0])[0]
     test = load_test_set(test_dir, num_images, prior, sim_config, num_workers, progress)
     truth, n = test.truth, test.num_images
     prior = ((test.manifest.get("config") or {}).get("fields") or {}).get("prior", prior)
@@ -573,6 +584,11 @@ def evaluate(
         preds[name] = network_catalog(w, test, chunk_images=chunk_images)
         check_catalog(preds[name], f"the catalog of network {name} ({w})", n, test.directory)
         print(f"  {name}: cataloged in {time.time() - t:.1f} s", flush=True)
+    for name in pretrained:
+        t = time.time()
+        preds[name] = network_catalog(Predictor.pretrained(name), test, chunk_images=chunk_images)
+        check_catalog(preds[name], f"the catalog of pretrained network {name}", n, test.directory)
+        print(f"  {name} (pretrained): cataloged in {time.time() - t:.1f} s", flush=True)
     for name, c in given.items():
         check_catalog(
             c,
@@ -644,6 +660,7 @@ def evaluate(
             snr=None if snr_values is None else _bin_centers(truth, snr_cutoffs, snr_values),
         ),
         workdirs={k: os.path.abspath(v) for k, v in workdirs.items()},
+        pretrained={name: dict(file=e["file"], sha256=e["sha256"]) for name, e in shipped.items()},
         methods={},
         ceiling=ceiling_result,
         gallery=gallery,

@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import hashlib
 import io as io_lib
 import json
 import logging as std_logging
@@ -154,14 +153,6 @@ def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
 # --- checksums -------------------------------------------------------------------------------------
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_digests(directory: str) -> dict[str, str]:
     """``{path relative to directory: SHA-256}`` of every file under ``directory`` (the checksum file and
     :mod:`npejax.io` temporaries left out), in sorted order."""
@@ -173,7 +164,7 @@ def file_digests(directory: str) -> dict[str, str]:
             rel = os.path.relpath(path, directory)
             if rel == CHECKSUM_FILE or io.is_temporary(name):
                 continue
-            digests[rel] = _sha256(path)
+            digests[rel] = io.sha256_file(path)
     return digests
 
 
@@ -205,7 +196,7 @@ def verify_checksums(directory: str) -> bool:
             raise CheckpointError(
                 f"checkpoint file {path} is missing (listed in {CHECKSUM_FILE}): the checkpoint is damaged"
             )
-        if _sha256(path) != digest:
+        if io.sha256_file(path) != digest:
             raise CheckpointError(
                 f"checkpoint file {path} is damaged: its SHA-256 differs from the one "
                 f"recorded when it was saved ({CHECKSUM_FILE}); restore it from a copy, or "
@@ -517,11 +508,22 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         )
     try:
         with open(path) as f:
-            config = ml_collections.ConfigDict(upgrade_config(json.load(f)))
+            return config_from_dict(json.load(f))
     except ValueError as exc:
         raise CheckpointError(f"{path} is not a valid config file ({_short(exc)})") from None
-    with config.unlocked():  # JSON turned the stage tuples into lists
-        config.model.stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
+
+
+def config_from_dict(config: dict) -> ml_collections.ConfigDict:
+    """A saved config (the plain dict of its JSON) as the ConfigDict training made: :data:`ADDED_KEYS` filled in
+    (:func:`upgrade_config`), ``model.stages`` tuples again (JSON turned them into lists). ValueError for a
+    config without them."""
+    config = ml_collections.ConfigDict(upgrade_config(config))
+    try:
+        stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"model.stages: expected a list of (width, bottlenecks, stride) ({_short(exc)})") from None
+    with config.unlocked():
+        config.model.stages = stages
     return config
 
 

@@ -3,6 +3,7 @@
 Python API::
 
     predictor = Predictor.from_workdir("runs/aware")          # best checkpoint: weights, normalizer, config
+    predictor = Predictor.pretrained("cpu")                    # or a network shipped with the package
     tiles = predictor.predict_tiles(images, background, psf_params)   # per-tile posterior summaries
     table = predictor.catalog(images, background, psf_params)         # astropy Table, one row per source
 
@@ -47,6 +48,7 @@ from npejax import catalogs as catalog_lib
 from npejax.nn import checkpoints
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
+from npejax.nn import pretrained as pretrained_lib
 from npejax.nn.checkpoints import CheckpointError, load_config  # noqa: F401  (part of this module's API)
 from npejax.nn.posterior import TilePosterior, merge_split_sources, tiles_to_sources
 from npejax.sim import psf as psf_lib
@@ -196,6 +198,14 @@ class Predictor:
         a missing or foreign directory)."""
         source = f"checkpoint {os.path.join(workdir, 'checkpoints', which)}"
         return cls(*checkpoints.load_network(workdir, which), source=source)
+
+    @classmethod
+    def pretrained(cls, name: str, directory: str | None = None) -> Predictor:
+        """The pretrained network ``name`` shipped with the package (:mod:`npejax.nn.pretrained`; its file's
+        SHA-256 checked against the registry; ``directory``: another registry's directory). PretrainedError
+        listing the available names for an unknown one."""
+        path = pretrained_lib.file_path(name, directory)
+        return cls(*pretrained_lib.load(name, directory), source=f"pretrained network {name} ({path})")
 
     def check_chunk_size(self, chunk_size) -> int | None:
         """Chunk side in tiles for ``chunk_size`` pixels (None or 0: whole images); ValueError when a chunk
