@@ -20,8 +20,9 @@ import os
 from absl import flags
 
 from npejax import cli, io
-from npejax.nn import checkpoints
-from npejax.nn import pretrained as pretrained_lib
+
+# Flag values of the library, written here so that --help loads no JAX (tests/test_cli.py checks they agree):
+CHECKPOINTS = ("best", "latest")  # npejax.nn.checkpoints.WHICH
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -29,7 +30,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "name", None, "Network name: the file NAME.npz and --pretrained NAME.", flag_values=fv, required=True
     )
-    flags.DEFINE_enum("which", "best", list(checkpoints.WHICH), "Which checkpoint of --workdir.", flag_values=fv)
+    flags.DEFINE_enum("which", "best", list(CHECKPOINTS), "Which checkpoint of --workdir.", flag_values=fv)
     flags.DEFINE_string(
         "out", None, "Directory of the file and registry (default: the package's npejax/pretrained).", flag_values=fv
     )
@@ -42,6 +43,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues) -> None:
+    from npejax.nn import pretrained as pretrained_lib  # deferred: JAX loads after the command line (fast --help)
+
     try:
         name = pretrained_lib.check_name(fv.name)
     except ValueError as exc:

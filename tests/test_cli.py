@@ -205,13 +205,13 @@ def test_version_matches_pyproject():
 
 def test_flag_values_written_in_the_commands_are_the_librarys():
     """predict, survey and sdss spell out a few library values as plain constants (so that --help loads no JAX)."""
-    from npejax import predict, sdss, survey
+    from npejax import export_pretrained, predict, sdss, survey
     from npejax.cataloging import runner
     from npejax.nn import checkpoints, predictor
     from npejax.surveys import download
     from npejax.surveys import sdss as sdss_lib
 
-    assert predict.CHECKPOINTS == checkpoints.WHICH  # survey catalog's --checkpoint is predict's flag
+    assert predict.CHECKPOINTS == export_pretrained.CHECKPOINTS == checkpoints.WHICH  # survey uses predict's flag
     for command in (predict, survey):
         assert command.CHUNK_SIZE == predictor.CHUNK_SIZE
     assert survey.FORMATS == tuple(runner.FORMATS)

@@ -52,7 +52,7 @@ def test_the_file_holds_what_prediction_restores_and_predicts_bit_for_bit(export
     root, entry = exported
     from_ckpt = predictor.Predictor.from_workdir(str(root / "run"))
     shipped = predictor.Predictor.pretrained("tiny", root / "nets")
-    config, variables, normalizer = checkpoints.load(str(root / "run"))
+    config, variables, normalizer = checkpoints.load_network(str(root / "run"))
     leaves = jax.tree_util.tree_leaves_with_path(variables)
     got = dict(jax.tree_util.tree_leaves_with_path(shipped.variables))
     assert len(got) == len(leaves) > 0

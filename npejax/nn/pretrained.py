@@ -128,7 +128,7 @@ def file_path(name: str, directory=None) -> str:
 
 def load(name: str, directory=None):
     """(config, variables, normalizer) of the pretrained network ``name``, as
-    :func:`npejax.nn.checkpoints.load` gives them for a checkpoint, after checking its file's SHA-256 against
+    :func:`npejax.nn.checkpoints.load_network` gives them for a checkpoint, after checking its file's SHA-256 against
     the registry. PretrainedError (naming the file) for an unknown name, a missing file, a digest that
     differs or a damaged file."""
     info = entry(name, directory)
@@ -360,12 +360,12 @@ def register(name: str, network_entry: dict, directory=None) -> str:
 
 def export(workdir: str, name: str, which: str = "best", directory=None, config_name: str | None = None) -> dict:
     """Writes ``directory/NAME.npz`` (default: the package's directory) from checkpoint ``which`` of the
-    training directory ``workdir`` (:func:`npejax.nn.checkpoints.load`: checksums and config verified) and
+    training directory ``workdir`` (:func:`npejax.nn.checkpoints.load_network`: checksums and config verified) and
     registers it; returns the registry entry. ``config_name`` (e.g. ``configs/cpu.py``) is recorded in the
     entry: a config.json does not name its file."""
     check_name(name)
     directory = _directory(directory)
-    config, variables, normalizer = checkpoints.load(workdir, which)
+    config, variables, normalizer = checkpoints.load_network(workdir, which)
     found = checkpoints.read_meta(workdir, which)
     if found is None:  # load() just restored it: only a concurrent removal gets here
         raise checkpoints.CheckpointError(f"{workdir}: no {which} checkpoint")
