@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from configs import cpu_small  # noqa: E402
-from npejax import cli, io  # noqa: E402
+from npejax import cli, configuration, io  # noqa: E402
 from npejax import datasets as data_lib  # noqa: E402
 from npejax.evaluation import evaluate  # noqa: E402
 from npejax.nn import state as state_lib  # noqa: E402
@@ -226,7 +226,7 @@ def run(fv: flags.FlagValues) -> None:
         val_dir,
         int(fv["num-val"].value),
         "val",
-        config=train.config_dict(base),
+        config=configuration.to_json(base),
         num_workers=max(1, int(fv.workers)),
         shard_size=int(base.data.shard_size),
         progress=False,

@@ -16,11 +16,10 @@ from astropy import table as table_lib
 
 from configs import cpu, experiment_cpu, experiment_cpu30, psf_aware, psf_unaware, single_field
 from npejax import catalogs as catalog
-from npejax import datasets
+from npejax import configuration, datasets
 from npejax import evaluate as evaluate_cmd
 from npejax.evaluation import baseline, evaluate, metrics, snr
 from npejax.evaluation import experiment as experiment_lib
-from npejax.nn import checkpoints
 from npejax.nn.posterior import tiles_to_sources
 from npejax.nn.predictor import Predictor
 from npejax.schema import METRIC_LABELS
@@ -516,7 +515,7 @@ def test_experiment_at_cpu_size_trains_configs_cpu_and_shares_the_test_sets():
     config = experiment_cpu30.get_config()
     assert experiment_lib.network_config(config, "aware_cb").to_dict() == cpu.get_config().to_dict()
     small = experiment_cpu.get_config()
-    differences = checkpoints.config_differences(small.to_dict(), config.to_dict(), ignore=())
+    differences = configuration.differences(small.to_dict(), config.to_dict())
     assert differences == ["network.train.images_per_epoch: 1280 -> 6656"]
 
 

@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "npejax")
 
-BASE = {"schema", "io", "cli", "catalogs"}  # shared by every part
+BASE = {"schema", "io", "cli", "catalogs", "configuration"}  # shared by every part
 # subpackage -> the npejax parts it may import (besides the base): simulation <- datasets <- network <- evaluation;
 # surveys build on simulation, and the network reads survey frames (nn.predictor.open_sdss_frame)
 ALLOWED = {
@@ -22,7 +22,13 @@ ALLOWED = {
     "nn": {"sim", "surveys", "datasets", "nn"},
     "evaluation": {"sim", "datasets", "nn", "evaluation"},
 }
-BASE_ALLOWED = {"schema": set(), "io": set(), "cli": set(), "catalogs": {"io", "schema"}}
+BASE_ALLOWED = {
+    "schema": set(),
+    "io": set(),
+    "cli": set(),
+    "catalogs": {"io", "schema"},
+    "configuration": {"schema"},
+}
 # The only places that may rename a temporary file into place: npejax.io (every file) and the two
 # mechanisms that are not "write one file": a dataset shard directory rendered in a temporary directory,
 # and a download resumed from its ``.part`` file.

@@ -11,7 +11,7 @@ the decayed learning rate:
 ``workdir/checkpoints/{latest,best}`` (:mod:`npejax.nn.checkpoints`), each written before the next epoch
 starts and its files' SHA-256 recorded. Run again in the same workdir, training resumes after the last
 saved epoch -- with the same config: a config that differs from the checkpoint's in anything but the
-training length (:data:`npejax.nn.checkpoints.RESUMABLE_KEYS`) is refused, the differences listed.
+training length (:data:`npejax.configuration.RESUMABLE_KEYS`) is refused, the differences listed.
 
 Data come from the on-the-fly simulator -- an epoch is then ``train.images_per_epoch // train.batch_size``
 steps, the simulator's batches continuing where the last epoch stopped -- or from cached datasets written
@@ -26,7 +26,7 @@ set is ``data.val_dir`` or ``data.num_val`` simulated images (whole batches of `
 The input normalizer is fitted on the first ``train.normalizer_images`` images of the cached training set, or
 on as many freshly simulated training-prior images (a batch never trained on).
 
-Before any work (:func:`validate_config`, :func:`setup_data`, :func:`check_resume`; nothing is written
+Before any work (:func:`npejax.configuration.validate`, :func:`setup_data`, :func:`check_resume`; nothing is written
 until they pass) the config is checked: variant, dtype, the network's stride against ``tile_size``, sizes
 and counts (batch sizes positive multiples of the devices (every process's), an epoch of at least one batch, a
 validation set of at least one ``eval_batch_size`` batch, ``num_epochs``, ``patience`` and
@@ -54,7 +54,6 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -68,8 +67,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from npejax import configuration, io, schema
 from npejax import datasets as data_lib
-from npejax import io, schema
 from npejax.nn import checkpoints, distributed
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
@@ -85,79 +84,6 @@ def say(*args, **kwargs) -> None:
     """``print`` in process 0 only (:mod:`npejax.nn.distributed`: stdout is written once)."""
     if distributed.is_main():
         print(*args, **kwargs)
-
-
-# --- the config ------------------------------------------------------------------------------------
-
-
-def validate_config(config, num_devices: int | None = None) -> None:
-    """Refuses nonsense values before any work: ValueError naming the key, its value and what would be
-    right. ``num_devices`` defaults to all devices, every process's (the batch sizes must be multiples of it). The
-    datasets are checked by :func:`setup_data`."""
-    num_devices = len(jax.devices()) if num_devices is None else int(num_devices)  # every process's
-    inputs_lib.check_variant(config.model.variant)
-    if config.fields.prior not in schema.FIELD_PRIORS:
-        raise ValueError(f"fields.prior must be one of {schema.FIELD_PRIORS}, got {config.fields.prior!r}")
-    if int(config.tile_size) < 1 or int(config.image_size) % int(config.tile_size):
-        raise ValueError(f"image_size={config.image_size} must be a positive multiple of tile_size={config.tile_size}")
-    model_lib.from_config(config)  # model.dtype, and the network's stride against tile_size
-    train = config.train
-    for key in ("batch_size", "eval_batch_size"):
-        value = int(train[key])
-        if value < 1:
-            raise ValueError(f"train.{key}={value}: must be >= 1 (a multiple of the {num_devices} device(s))")
-        if value % num_devices:
-            lower = value - value % num_devices
-            hint = f"{lower} or {lower + num_devices}" if lower else f"{num_devices}"
-            raise ValueError(f"train.{key}={value} must be a multiple of the {num_devices} devices (e.g. {hint})")
-    for key in ("num_epochs", "patience", "normalizer_images"):
-        if int(train[key]) < 1:
-            what = {
-                "num_epochs": "0 epochs: nothing to train",
-                "patience": "training would stop after its first epoch",
-                "normalizer_images": "no images to fit the input normalizer on",
-            }[key]
-            raise ValueError(f"train.{key}={train[key]}: must be >= 1 ({what})")
-    if int(train.figure_every) < 0:
-        raise ValueError(f"train.figure_every={train.figure_every}: must be >= 0 (0: no figures)")
-    for key in ("learning_rate", "lr_decay"):
-        if not (math.isfinite(float(train[key])) and float(train[key]) > 0):
-            raise ValueError(f"train.{key}={train[key]}: must be a positive number")
-    if int(train.lr_decay_epoch) < 0:
-        raise ValueError(f"train.lr_decay_epoch={train.lr_decay_epoch}: must be >= 0")
-    if not 0.0 <= float(train.ema_decay) < 1.0:
-        raise ValueError(f"train.ema_decay={train.ema_decay}: must be in [0, 1) (0: no moving average)")
-    check_input_path(config)
-    if not config.data.train_dir and int(train.images_per_epoch) < int(train.batch_size):
-        raise ValueError(
-            f"train.images_per_epoch={train.images_per_epoch} is smaller than train.batch_size="
-            f"{train.batch_size}: an epoch must hold at least one batch"
-        )
-    if not config.data.val_dir and int(config.data.num_val) < int(train.eval_batch_size):
-        raise ValueError(
-            f"train.eval_batch_size={train.eval_batch_size} is larger than the validation set "
-            f"(data.num_val={config.data.num_val}): give data.num_val >= train.eval_batch_size"
-        )
-
-
-def check_input_path(config) -> None:
-    """ValueError naming the key unless ``train.steps_per_dispatch`` >= 1 and ``data.on_device`` has a cached
-    training set to hold (``data.train_dir`` or ``data.simulate_first``)."""
-    per_dispatch = config.train.steps_per_dispatch
-    if isinstance(per_dispatch, bool) or int(per_dispatch) != per_dispatch or per_dispatch < 1:
-        raise ValueError(
-            f"train.steps_per_dispatch={per_dispatch!r}: must be an integer >= 1 (train steps per jitted call)"
-        )
-    if config.data.on_device and not (config.data.train_dir or config.data.simulate_first):
-        raise ValueError(
-            "data.on_device=True needs a cached training set to put on the devices: give "
-            "data.train_dir or data.simulate_first=True (on-the-fly batches are made on the host)"
-        )
-
-
-def config_dict(config: ml_collections.ConfigDict) -> dict:
-    """The config as plain JSON values (saved as config.json and in every checkpoint)."""
-    return json.loads(config.to_json_best_effort())
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -245,13 +171,13 @@ def simulate_first(config, workdir: str) -> ml_collections.ConfigDict:
     """With ``data.simulate_first`` (and no ``data.train_dir``/``data.val_dir``): simulates ``data.num_train``
     training and ``data.num_val`` validation images into ``WORKDIR/data/train`` and ``WORKDIR/data/val``
     (split seeds as :mod:`npejax.simulate`; resumable: a rerun finds them complete) with
-    ``data.simulate_workers`` processes (0: one per CPU), and returns a copy of ``config`` that trains from
+    ``data.simulate_workers`` processes (-1: one per CPU), and returns a copy of ``config`` that trains from
     them. On a CPU the whole machine then renders first and trains afterwards, instead of the simulator and
     the train step sharing the cores every step; the images are reused over epochs (augmented)."""
     if not config.data.simulate_first or (config.data.train_dir and config.data.val_dir):
         return config
     config = config.copy_and_resolve_references()
-    workers = int(config.data.simulate_workers) or os.cpu_count() or 1
+    workers = configuration.simulate_workers(config)
     for split, key, count in (("train", "train_dir", "num_train"), ("val", "val_dir", "num_val")):
         if config.data[key]:
             continue
@@ -265,7 +191,7 @@ def simulate_first(config, workdir: str) -> ml_collections.ConfigDict:
                 out,
                 int(config.data[count]),
                 split,
-                config=config_dict(config),
+                config=configuration.to_json(config),
                 num_workers=workers,
                 shard_size=int(config.data.shard_size),
                 progress=bool(config.train.progress),
@@ -508,16 +434,14 @@ def write_metrics(workdir: str, history: list[dict]) -> None:
 def check_resume(config, workdir: str) -> tuple[int, dict] | None:
     """(epoch, meta) of the latest checkpoint in ``workdir`` (its checksums verified), or None for a fresh
     start; CheckpointError listing the differences (checkpoint -> now, dotted keys) when the config differs
-    from the checkpoint's in anything but :data:`npejax.nn.checkpoints.RESUMABLE_KEYS`. Writes nothing."""
+    from the checkpoint's in anything but :data:`npejax.configuration.RESUMABLE_KEYS`. Writes nothing."""
     found = checkpoints.read_meta(workdir, "latest")
     if found is None:
         return None
     step, meta = found
-    differences = checkpoints.config_differences(
-        checkpoints.upgrade_config(meta.get("config") or {}), config_dict(config)
-    )
+    differences = configuration.saved_differences(meta.get("config"), config)
     if differences:
-        allowed = ", ".join(checkpoints.RESUMABLE_KEYS[:3])
+        allowed = ", ".join(configuration.RESUMABLE_KEYS[:3])
         raise checkpoints.CheckpointError(
             f"workdir {os.path.abspath(workdir)} holds a run (epoch {step}) trained with another config; "
             f"differences (checkpoint -> now): {'; '.join(differences[:8])}"
@@ -709,7 +633,7 @@ def record_epoch(
         history=list(progress.history),
         normalizer=normalizer.to_dict(),
         variant=config.model.variant,
-        config=config_dict(config),
+        config=configuration.to_json(config),
         val_nll=val_loss,
     )
     checkpoints.save([managers.latest, managers.best] if improved else [managers.latest], progress.epoch, state, meta)
@@ -793,7 +717,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     the per-epoch history, the workdir, and the final ``state`` and ``normalizer``.
     """
     distributed.initialize(config)  # several processes when the config or the environment asks for them
-    validate_config(config)  # against the devices (all processes'), before the mesh over them is built
+    configuration.validate(config, len(jax.devices()))  # every process's devices, before the mesh over them is built
     mesh = steps_lib.data_mesh()
     io.check_output_dir(workdir, "workdir")
     config = simulate_first(config, workdir)
@@ -811,7 +735,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, normalizer, progress = restore_or_init(config, net, managers.latest, data, mesh, resume)
         write_metrics(workdir, progress.history)  # a resumed run drops rows of epochs not checkpointed
         if distributed.is_main():
-            io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_dict(config))
+            io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), configuration.to_json(config))
         if stops_early(config, progress):  # a resumed run that had already stopped early
             end_epoch = progress.epoch
             say(
