@@ -1,12 +1,16 @@
-"""The config's rules (npejax.configuration): the table of keys against configs/default.py, the upgrade of configs
-saved before a key existed, the one JSON form and diff, what resuming ignores, data.simulate_workers."""
+"""The config's rules (npejax.configuration) and the evaluation's settings built from a config (EvalSettings):
+the table of keys against configs/default.py, the upgrade of configs saved before a key existed, the one JSON
+form and diff, what resuming ignores, data.simulate_workers, and where each evaluation setting comes from."""
 
 import json
+import os
 
 import pytest
 
 from configs import cpu_small, default
-from npejax import configuration
+from npejax import configuration, io
+from npejax.evaluation.settings import EvalSettings, EvaluationError
+from npejax.nn import checkpoints
 
 EVAL_BEFORE = dict(num_bootstrap=200, num_bins=10, ceiling_galaxies=200, baseline=True, snr=True, seed=0)
 
@@ -105,3 +109,62 @@ def test_model_keys_are_checked_once_for_training_and_building(key, value, messa
         with pytest.raises(ValueError) as info:
             check()
         assert str(info.value) == message
+
+
+# --- the evaluation's settings --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A training directory's config.json (no checkpoint: enough for the settings) with eval.num_bootstrap 7."""
+    config = cpu_small.get_config()
+    config.eval.num_bootstrap, config.simulator.num_workers = 7, 3
+    path = tmp_path / "run"
+    io.write_json(path / checkpoints.CONFIG_FILE, configuration.to_json(config))
+    return path
+
+
+def test_settings_come_from_the_first_networks_config_and_flags_override_them(workdir, tmp_path):
+    s = EvalSettings.create(str(tmp_path / "r"), workdirs={"a": str(workdir)}, test_dir=str(tmp_path / "t"))
+    assert (s.num_bootstrap, s.num_bins, s.ceiling_galaxies, s.num_workers) == (7, 10, 200, 3)
+    assert s.sim_config.eval.num_bootstrap == 7 and s.test_path == str(tmp_path / "t") and s.ceiling
+    s = EvalSettings.create(
+        str(tmp_path / "r"), workdirs={"a": str(workdir)}, num_images=4, num_bootstrap=5, num_workers=0, snr=False
+    )
+    assert (s.num_bootstrap, s.num_workers, s.snr, s.baseline) == (5, 0, False, True)
+    assert s.test_path == str(tmp_path / "r" / "test-many")
+    # a config given wins over the network's: configs/default.py's values
+    s = EvalSettings.create(str(tmp_path / "r"), default.get_config(), workdirs={"a": str(workdir)}, num_images=4)
+    assert (s.num_bootstrap, s.num_workers) == (200, 2)
+    with pytest.raises(TypeError, match="unknown evaluation settings"):
+        EvalSettings.create(str(tmp_path / "r"), workdirs={"a": str(workdir)}, num_images=4, bootstraps=5)
+
+
+def test_settings_of_an_old_workdir_and_of_catalogs_alone(workdir, tmp_path):
+    saved = json.loads((workdir / checkpoints.CONFIG_FILE).read_text())
+    del saved["eval"]  # a workdir trained before the eval section existed
+    (workdir / checkpoints.CONFIG_FILE).write_text(json.dumps(saved))
+    s = EvalSettings.create(str(tmp_path / "r"), workdirs={"a": str(workdir)}, test_dir=str(tmp_path / "t"))
+    assert {k: getattr(s, k) for k in EVAL_BEFORE} == EVAL_BEFORE
+    s = EvalSettings.create(str(tmp_path / "r"), catalogs={"mine": "mine.fits"}, test_dir=str(tmp_path / "t"))
+    assert {k: getattr(s, k) for k in EVAL_BEFORE} == EVAL_BEFORE and s.sim_config is None and s.num_workers is None
+
+
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "r"
+    cases = [
+        (dict(baseline=False), "nothing to evaluate"),
+        (dict(catalogs={"sep": "x.fits"}, test_dir="t"), "method names must be unique and not 'sep' or 'ceiling'"),
+        (dict(catalogs={"a": "x.fits"}, test_dir="t", num_bins=0), "eval.num_bins must be >= 1, got 0"),
+        (dict(workdirs={"a": str(tmp_path / "none")}, num_images=4), f"--workdir a={tmp_path / 'none'}: no such"),
+        (dict(catalogs={"a": "x.fits"}), "give --num-images N (simulate a test set) or --test-dir DATASET"),
+        (dict(catalogs={"a": "x.fits"}, num_images=0), "--num-images must be >= 1, got 0"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(EvaluationError) as info:
+            EvalSettings.create(str(out), **kwargs)
+        assert message in str(info.value)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="--out .*file is an existing file"):
+        EvalSettings.create(str(tmp_path / "file"), catalogs={"a": "x.fits"}, test_dir="t")
+    assert not out.exists() and os.listdir(tmp_path) == ["file"]
