@@ -41,7 +41,7 @@ import jax  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from npejax import cli, io  # noqa: E402
+from npejax import cli, configuration, io  # noqa: E402
 from npejax import datasets as data_lib  # noqa: E402
 from npejax.nn import input_pipeline, train  # noqa: E402
 from npejax.nn import inputs as inputs_lib  # noqa: E402
@@ -112,7 +112,7 @@ def path_config(config, path: str, train_dir: str, per_dispatch: int):
 
 def end_to_end(config) -> dict:
     """Two epochs of ``config``'s training loop (the first compiles); the second's metrics row."""
-    train.validate_config(config)
+    configuration.validate(config, len(jax.devices()))
     mesh = steps_lib.data_mesh()
     data = input_pipeline.setup_data(config, mesh.size)
     state, normalizer, _ = train.restore_or_init(config, model_lib.from_config(config), data, mesh)

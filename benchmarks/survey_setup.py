@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import predict_throughput as pt  # noqa: E402
 from astropy.io import fits  # noqa: E402
 
-from npejax import io  # noqa: E402
-from npejax.nn import checkpoints, train  # noqa: E402
+from npejax import configuration, io  # noqa: E402
+from npejax.nn import checkpoints  # noqa: E402
 from npejax.nn import inputs as inputs_lib  # noqa: E402
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
@@ -42,7 +42,7 @@ def main(out, names):
         )
         workdir = os.path.join(out, f"run_{name}")
         state = state_lib.create_state(config, model_lib.from_config(config), 1, jax.random.key(0))
-        config_json = train.config_dict(config)
+        config_json = configuration.to_json(config)
         os.makedirs(workdir, exist_ok=True)
         io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_json)
         meta = dict(

@@ -35,9 +35,10 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from configs import cpu_small  # noqa: E402
-from npejax import cli, io  # noqa: E402
+from npejax import cli, configuration, io  # noqa: E402
 from npejax import datasets as data_lib  # noqa: E402
 from npejax.evaluation import evaluate  # noqa: E402
+from npejax.evaluation.settings import EvalSettings  # noqa: E402
 from npejax.nn import state as state_lib  # noqa: E402
 from npejax.nn import train  # noqa: E402
 from npejax.sim import pipeline  # noqa: E402
@@ -226,7 +227,7 @@ def run(fv: flags.FlagValues) -> None:
         val_dir,
         int(fv["num-val"].value),
         "val",
-        config=train.config_dict(base),
+        config=configuration.to_json(base),
         num_workers=max(1, int(fv.workers)),
         shard_size=int(base.data.shard_size),
         progress=False,
@@ -264,20 +265,21 @@ def run(fv: flags.FlagValues) -> None:
                 os.path.join(out, "sweep.json"),  # what is done so far
                 dict(rows=rows, cpu_images_per_s=rates, cpu_overhead_s=overheads),
             )
-    results = evaluate.evaluate(
-        workdirs,
+    settings = EvalSettings.create(
         os.path.join(out, "report"),
+        base,
+        workdirs=workdirs,
         prior="many",
         num_images=int(fv["num-test"].value),
         test_dir=os.path.join(out, "test-many"),
+        num_workers=max(1, int(fv.workers)),
+        progress=False,
         baseline=True,
         num_bootstrap=int(fv["num-bootstrap"].value),
-        sim_config=base,
-        num_workers=max(1, int(fv.workers)),
-        ceiling=False,
+        ceiling_galaxies=0,
         snr=False,
-        progress=False,
     )
+    results = evaluate.evaluate(settings)
     methods = results["methods"]
     for row in rows:
         head = methods[row["name"]]["headline"]

@@ -45,9 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.render.folding_threshold = 1e-2  # GalSim GSParams
     config.render.maxk_threshold = 3e-3
 
-    # On-the-fly simulator (npejax.sim.pipeline.Simulator).
+    # On-the-fly simulator (npejax.sim.pipeline.Simulator); also renders the datasets of npejax.simulate and the test
+    # sets of npejax.evaluate and npejax.experiment. A batch's images do not depend on the number of workers.
     config.simulator = ml_collections.ConfigDict()
-    config.simulator.num_workers = 2  # worker processes; 0 renders in a background thread
+    config.simulator.num_workers = 2  # worker processes; 0: none (rendered in a background thread)
     config.simulator.prefetch = 8  # batches rendered ahead
 
     # Inference network (npejax.nn.model.from_config builds CatalogNet, which has no defaults of its own): 48
@@ -113,7 +114,9 @@ def get_config() -> ml_collections.ConfigDict:
     # minutes below a job's time limit. May differ when resuming.
     config.train.time_limit_minutes = 0.0
 
-    # Dataset sizes per split (paper: 210k / 30k / 42k images), used by npejax.simulate.
+    # Dataset sizes per split (paper: 210k / 30k / 42k images): npejax.simulate's default --num-images, the
+    # validation set simulated when there is no data.val_dir, and the test set of each prior that npejax.experiment
+    # simulates and evaluates on.
     config.data = ml_collections.ConfigDict()
     config.data.num_train = 210_000
     config.data.num_val = 30_000
@@ -131,7 +134,22 @@ def get_config() -> ml_collections.ConfigDict:
     # (resumable), then train from them: on a CPU the cores render first and train afterwards, instead of
     # sharing every step with the simulator (npejax.nn.input_pipeline.simulate_first).
     config.data.simulate_first = False
-    config.data.simulate_workers = 0  # processes for simulate_first; 0: one per CPU
+    # Worker processes that render simulate_first's images; -1: one per CPU; 0, as for simulator.num_workers: none
+    # (rendered in a background thread). The images do not depend on it.
+    config.data.simulate_workers = -1
+
+    # Evaluation (paper Section 7 and Appendix A; npejax.evaluation.settings.EvalSettings, which has no defaults of its
+    # own). Read by npejax.experiment (config.network.eval; its test sets have data.num_test images) and by
+    # npejax.evaluate (from --config, else the first --workdir's config.json), whose flags override each key.
+    config.eval = ml_collections.ConfigDict()
+    config.eval.num_bootstrap = 200  # bootstrap resamples of the test images for the 1-sigma bands
+    config.eval.num_bins = (
+        10  # equal-count magnitude (and SNR) bins; the paper's reference cut-offs are always reported
+    )
+    config.eval.ceiling_galaxies = 200  # galaxies per bin for the r-band accuracy ceiling (15-30 ms each); 0: none
+    config.eval.baseline = True  # Source Extractor (sep) on the same images with the known background
+    config.eval.snr = True  # metrics by signal-to-noise ratio (Appendix A)
+    config.eval.seed = 0  # of the bootstrap resamples and of the ceiling's galaxies
 
     # --- Many hosts: JAX's multi-process runtime (npejax.nn.distributed) ----------------------------------------
     # One process per GPU (or per node), all running the same command; each feeds its share of every global batch.

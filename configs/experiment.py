@@ -3,7 +3,8 @@
 Trains the paper's three networks from ``network`` (the shared settings) -- ``single`` (image and background,
 trained on the reference field, p_one), ``unaware`` (image and background, p_many) and ``aware`` (plus the
 six PSF parameters, p_many) -- and ``aware_cb`` (PSF-aware with the checkerboard posterior), then simulates a
-test set per prior in ``priors`` and evaluates every network and the Source Extractor baseline on it (npejax.evaluate).
+test set of ``network.data.num_test`` images per prior in ``priors`` and evaluates every network and the Source
+Extractor baseline on it (npejax.evaluate) with the settings of ``network.eval`` (configs/default.py).
 
 What differs between the networks (``model.variant``, the training ``fields.prior`` and ``posterior.context``)
 is read from their own config files, configs/single_field.py, psf_unaware.py, psf_aware.py and
@@ -43,9 +44,4 @@ def get_config():
     config.network_settings = network_settings()
     config.networks = "single,unaware,aware,aware_cb"  # subset of network_settings to train, comma-separated
     config.priors = "many,one"  # test-set priors: "many" (p_many) and/or "one" (p_one)
-    config.num_test_images = 42_000  # per prior (paper: 42k)
-    config.num_bootstrap = 200  # bootstrap resamples of the test images for the 1-sigma bands
-    config.num_bins = 10  # equal-count magnitude bins (the reference cut-offs are always reported too)
-    config.ceiling_galaxies = 200  # galaxies per bin for the r-band accuracy ceiling; 0: not computed
-    config.baseline = True  # Source Extractor (sep) on the same images with the known background
     return config

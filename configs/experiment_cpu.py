@@ -7,10 +7,16 @@ images from each prior (many fields, one field).
 
 from configs import cpu_small, experiment
 
+NUM_TEST = 2000  # test images per prior (data.num_test of the networks' config)
+
+
+def with_network(network):
+    """The CPU experiment with ``network`` as the shared network config (its test sets of :data:`NUM_TEST`)."""
+    config = experiment.get_config()
+    config.network = network
+    config.network.data.num_test = NUM_TEST
+    return config
+
 
 def get_config():
-    config = experiment.get_config()
-    config.network = cpu_small.get_config()
-    config.num_test_images = 2000
-    config.num_bootstrap = 200
-    return config
+    return with_network(cpu_small.get_config())

@@ -12,6 +12,4 @@ from configs import cpu, experiment_cpu
 
 
 def get_config():
-    config = experiment_cpu.get_config()
-    config.network = cpu.get_config()
-    return config
+    return experiment_cpu.with_network(cpu.get_config())

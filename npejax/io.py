@@ -28,10 +28,11 @@ from collections.abc import Callable, Iterable, Mapping
 TMP_MARKER = ".tmp-"
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -56,7 +57,7 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb+") as f:  # the writer may have replaced the file: sync what is there now
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

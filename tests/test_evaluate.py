@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from astropy import table as table_lib
 
-from configs import cpu, experiment_cpu, experiment_cpu30, psf_aware, psf_unaware, single_field
+from configs import cpu, default, experiment_cpu, experiment_cpu30, psf_aware, psf_unaware, single_field
 from npejax import catalogs as catalog
-from npejax import datasets
+from npejax import configuration, datasets
 from npejax import evaluate as evaluate_cmd
 from npejax.evaluation import baseline, evaluate, metrics, snr
 from npejax.evaluation import experiment as experiment_lib
-from npejax.nn import checkpoints
+from npejax.evaluation.settings import EvalSettings, EvaluationError
 from npejax.nn.posterior import tiles_to_sources
 from npejax.nn.predictor import Predictor
 from npejax.schema import METRIC_LABELS
@@ -40,9 +40,9 @@ TINY = [
     "--config.network.simulator.num_workers=0",
     "--config.network.train.progress=False",
     "--config.network.data.shard_size=32",
-    "--config.num_test_images=48",
-    "--config.num_bootstrap=20",
-    "--config.num_bins=5",
+    "--config.network.data.num_test=48",
+    "--config.network.eval.num_bootstrap=20",
+    "--config.network.eval.num_bins=5",
 ]
 NUM_BOOTSTRAP, NUM_BINS = 20, 5
 
@@ -289,7 +289,9 @@ def test_streamed_evaluation_equals_the_whole_set_at_once(experiment):
     assert m["snr_cutoffs"] == metrics.to_jsonable(snr_cutoffs)  # the last, inf, is null in JSON
     for name, pred in preds.items():
         r = metrics.to_jsonable(
-            evaluate.evaluate_catalog(truth, pred, 48, equal_cutoffs, snr_values, snr_cutoffs, NUM_BOOTSTRAP, 0)
+            evaluate.evaluate_catalog(
+                truth, pred, 48, equal_cutoffs, snr_values, snr_cutoffs, num_bootstrap=NUM_BOOTSTRAP, seed=0
+            )
         )
         for key in ("headline", "bins_equal", "bins_reference", "bins_snr", "calibration", "coverage", "roc"):
             assert r[key] == m["methods"][name][key], (name, key)
@@ -396,49 +398,37 @@ def test_ceiling_can_be_turned_off_and_is_the_same_for_every_method(experiment, 
     test_dir = experiment / "test-many"
     truth = _truth(test_dir)
     pred = table_lib.Table({k: truth[k] for k in ("image", "x", "y", "flux", "mag")})
-    m = evaluate.evaluate(
-        {},
-        str(tmp_path / "off"),
-        test_dir=str(test_dir),
-        catalogs={"truth": pred},
-        baseline=False,
-        num_bootstrap=5,
-        num_bins=4,
-        snr=False,
-        progress=False,
-        ceiling=False,
-    )
+
+    def settings(out, **eval_keys):
+        return EvalSettings.create(
+            str(tmp_path / out),
+            default.get_config(),
+            test_dir=str(test_dir),
+            catalogs={"truth": pred},
+            progress=False,
+            baseline=False,
+            num_bootstrap=5,
+            num_bins=4,
+            snr=False,
+            **eval_keys,
+        )
+
+    m = evaluate.evaluate(settings("off", ceiling_galaxies=0))
     assert m["ceiling"] is None and not (tmp_path / "off" / "ceiling.csv").exists()
     assert "ceiling" not in (tmp_path / "off" / "report.md").read_text()
     first = json.loads((experiment / "report-many" / "metrics.json").read_text())["ceiling"]
-    m = evaluate.evaluate(
-        {},
-        str(tmp_path / "on"),
-        test_dir=str(test_dir),
-        catalogs={"truth": pred},
-        baseline=False,
-        num_bootstrap=5,
-        num_bins=4,
-        snr=False,
-        progress=False,
-        ceiling_galaxies=2,
-    )
+    m = evaluate.evaluate(settings("on", ceiling_galaxies=2))
     assert max(m["ceiling"]["bins_reference"]["num_galaxies"]) <= 2 and m["options"]["ceiling_galaxies"] == 2
-    # with the cap of the experiment (200: every galaxy) the reference bins are the experiment's
-    m = evaluate.evaluate(
-        {},
-        str(tmp_path / "again"),
-        test_dir=str(test_dir),
-        catalogs={"truth": pred},
-        baseline=False,
-        num_bootstrap=5,
-        num_bins=4,
-        snr=False,
-        progress=False,
-    )
+    # with the cap of the experiment (eval.ceiling_galaxies of configs/default.py, 200: every galaxy) the reference
+    # bins are the experiment's
+    m = evaluate.evaluate(settings("again"))
+    assert m["options"]["ceiling_galaxies"] == default.get_config().eval.ceiling_galaxies == 200
     assert metrics.to_jsonable(m["ceiling"]["bins_reference"]) == first["bins_reference"]
-    with pytest.raises(evaluate.EvaluationError, match="ceiling"):
-        evaluate.evaluate({}, str(tmp_path / "x"), test_dir=str(test_dir), catalogs={"ceiling": pred})
+    with pytest.raises(EvaluationError, match="ceiling"):
+        EvalSettings.create(str(tmp_path / "x"), test_dir=str(test_dir), catalogs={"ceiling": pred})
+    with pytest.raises(EvaluationError, match=r"eval.ceiling_galaxies must be >= 0 \(0: no r-band ceiling\), got -1"):
+        settings("x", ceiling_galaxies=-1)
+    assert not (tmp_path / "x").exists()
 
 
 def test_catalog_of_another_test_set_is_a_clear_error(experiment, tmp_path, capsys):
@@ -514,9 +504,12 @@ def test_experiment_at_cpu_size_trains_configs_cpu_and_shares_the_test_sets():
     """configs/experiment_cpu30.py: its checkerboard network is configs/cpu.py exactly, and it differs from
     experiment_cpu.py only in the training images, so the two share test sets (the --out's test-{many,one})."""
     config = experiment_cpu30.get_config()
-    assert experiment_lib.network_config(config, "aware_cb").to_dict() == cpu.get_config().to_dict()
+    network = configuration.to_json(experiment_lib.network_config(config, "aware_cb"))
+    own = configuration.to_json(cpu.get_config())
+    assert configuration.differences(own, network) == ["data.num_test: 512 -> 2000"]  # the experiment's test sets
+    assert configuration.saved_differences(own, experiment_lib.network_config(config, "aware_cb")) == []
     small = experiment_cpu.get_config()
-    differences = checkpoints.config_differences(small.to_dict(), config.to_dict(), ignore=())
+    differences = configuration.differences(small.to_dict(), config.to_dict())
     assert differences == ["network.train.images_per_epoch: 1280 -> 6656"]
 
 

@@ -15,6 +15,7 @@ from npejax import catalogs as catalog
 from npejax import datasets
 from npejax import evaluate as evaluate_cmd
 from npejax.evaluation import baseline, evaluate, report, snr
+from npejax.evaluation.settings import EvalSettings
 from npejax.sim import fields, pipeline
 
 NUM_IMAGES, SHARD_SIZE = 6, 4  # two shards: chunks of 4 cross nothing, chunks of 5 cross a shard boundary
@@ -256,17 +257,49 @@ def test_report_has_a_gallery(truth, test_dir, tmp_path, capsys):
 
 
 def test_perfect_catalog_scores_perfectly_when_streamed(truth, test_dir, tmp_path):
-    m = evaluate.evaluate(
-        {},
+    settings = EvalSettings.create(
         str(tmp_path / "r"),
+        default.get_config(),
         test_dir=test_dir,
         catalogs={"truth": _perfect(truth)},
+        chunk_images=1,
+        progress=False,
         baseline=False,
         num_bootstrap=3,
         num_bins=2,
         snr=False,
-        chunk_images=1,
-        progress=False,
     )
+    m = evaluate.evaluate(settings)
     for key in ("precision", "recall"):
         assert m["methods"]["truth"]["headline"][key]["value"] == 1.0
+
+
+def test_the_command_reads_the_eval_section_of_its_config(truth, test_dir, tmp_path, config_path, capsys):
+    """npejax.evaluate --config: the flags not given come from the config's eval section (here changed on the
+    command line), those given override it; no ceiling with eval.ceiling_galaxies = 0."""
+    catalog.write_table(_perfect(truth), tmp_path / "mine.fits")
+    out = tmp_path / "r"
+    rc = evaluate_cmd.main(
+        [
+            "npejax.evaluate",
+            "--config",
+            config_path("default"),
+            "--config.eval.num_bootstrap=4",
+            "--config.eval.num_bins=3",
+            "--config.eval.ceiling_galaxies=0",
+            "--config.eval.baseline=False",
+            "--config.eval.snr=False",
+            "--num-bins",
+            "2",
+            "--catalog",
+            f"mine={tmp_path / 'mine.fits'}",
+            "--test-dir",
+            test_dir,
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["options"]["num_bootstrap"] == 4 and m["options"]["num_bins"] == 2 and len(m["equal_cutoffs"]) == 2
+    assert m["ceiling"] is None and list(m["methods"]) == ["mine"] and m["snr_cutoffs"] is None

@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "npejax")
 
-BASE = {"schema", "io", "catalogs"}  # shared by every part
+BASE = {"schema", "io", "catalogs", "configuration"}  # shared by every part
 # subpackage -> the npejax parts it may import (besides the base): simulation <- datasets <- network <-
 # cataloging and evaluation; surveys build on simulation, and cataloging reads survey frames
 # (cataloging.images.open_sdss_frame). The command-line convention (cli: usage errors naming a flag) is for the
@@ -26,7 +26,13 @@ ALLOWED = {
     "evaluation": {"sim", "datasets", "nn", "evaluation"},
 }
 # cli prints the package's version (--version): npejax.__version__, a string set by npejax/__init__.py
-BASE_ALLOWED = {"schema": set(), "io": set(), "cli": {"__version__"}, "catalogs": {"io", "schema"}}
+BASE_ALLOWED = {
+    "schema": set(),
+    "io": set(),
+    "cli": {"__version__"},
+    "catalogs": {"io", "schema"},
+    "configuration": {"schema"},
+}
 # The only places that may rename a temporary file into place: npejax.io (every file) and the two
 # mechanisms that are not "write one file": a dataset shard directory rendered in a temporary directory,
 # and a download resumed from its ``.part`` file.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import cpu_small, default
+from npejax import configuration
 from npejax.nn import inputs, model, steps
 
 
@@ -19,7 +20,7 @@ def test_full_size_network_has_48_blocks():
     assert len(batch_norms) == 48
 
 
-@pytest.mark.parametrize("variant", inputs.VARIANTS)
+@pytest.mark.parametrize("variant", configuration.VARIANTS)
 def test_variant_shapes(variant):
     config = cpu_small.get_config()
     with config.unlocked():

@@ -37,6 +37,7 @@ import _multiprocess_worker as worker
 import numpy as np
 import pytest
 
+from npejax import configuration
 from npejax import datasets as data_lib
 from npejax.nn import checkpoints, distributed, input_pipeline, train
 from npejax.nn import predictor as predictor_lib
@@ -73,7 +74,7 @@ def make_datasets(directory) -> tuple[str, str]:
         spec = pipeline.SimulationSpec.from_config(config, seed=data_lib.split_seed(config.seed, split), batch_size=16)
         out = os.path.join(directory, split)
         data_lib.write_dataset(
-            spec, out, count, split, config=train.config_dict(config), num_workers=0, shard_size=16, progress=False
+            spec, out, count, split, config=configuration.to_json(config), num_workers=0, shard_size=16, progress=False
         )
         dirs.append(out)
     return dirs[0], dirs[1]

@@ -13,9 +13,10 @@ import jax
 import numpy as np
 import pytest
 
+from npejax import configuration
 from npejax import datasets as data
 from npejax import main as train_main
-from npejax.nn import checkpoints, input_pipeline, model, steps, train
+from npejax.nn import input_pipeline, model, steps, train
 from npejax.schema import NETWORK_KEYS
 from npejax.sim import pipeline
 
@@ -188,7 +189,7 @@ def test_bad_input_path_config_is_refused(tiny_config, overrides, message):
         section, leaf = key.split(".")
         config[section][leaf] = value
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        train.validate_config(config, num_devices=1)
+        configuration.validate(config, num_devices=1)
 
 
 def test_on_device_with_simulate_first_is_accepted_and_bad_values_are_one_error_line(
@@ -196,7 +197,7 @@ def test_on_device_with_simulate_first_is_accepted_and_bad_values_are_one_error_
 ):
     config = tiny_config()
     config.data.on_device, config.data.simulate_first, config.train.steps_per_dispatch = True, True, 4
-    train.validate_config(config, num_devices=1)
+    configuration.validate(config, num_devices=1)
     code = train_main.main(
         [
             "npejax-train",
@@ -216,9 +217,9 @@ def test_on_device_with_simulate_first_is_accepted_and_bad_values_are_one_error_
 def test_workdirs_from_before_the_input_path_keys_resume(tiny_config):
     """A checkpoint's config without data.on_device and train.steps_per_dispatch (written before they existed)
     matches today's config: both keys change how the batches reach the step, not which."""
-    new = train.config_dict(tiny_config())
+    new = configuration.to_json(tiny_config())
     old = json.loads(json.dumps(new))
     del old["data"]["on_device"], old["train"]["steps_per_dispatch"]
-    assert checkpoints.config_differences(old, new) == []
+    assert configuration.differences(old, new, ignore=configuration.RESUMABLE_KEYS) == []
     old["train"]["batch_size"] = 4  # a key that does change the training is still a difference
-    assert checkpoints.config_differences(old, new)
+    assert configuration.differences(old, new, ignore=configuration.RESUMABLE_KEYS)

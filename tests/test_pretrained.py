@@ -17,6 +17,7 @@ from npejax import catalogs as catalog_lib
 from npejax import datasets as data_lib
 from npejax import export_pretrained, predict, simulate, survey
 from npejax.evaluation import evaluate as evaluate_lib
+from npejax.evaluation.settings import EvalSettings
 from npejax.nn import checkpoints, predictor, train
 from npejax.nn import pretrained as pretrained_lib
 from npejax.sim import pipeline
@@ -237,18 +238,20 @@ def test_survey_catalog_with_a_pretrained_network(shipped_here, capsys):
 def test_evaluate_a_pretrained_network_beside_its_checkpoint(shipped_here, tmp_path):
     root = shipped_here
     kwargs = dict(
-        test_dir=str(root / "test"), baseline=False, snr=False, ceiling=False, num_bootstrap=5, progress=False
+        test_dir=str(root / "test"), baseline=False, snr=False, ceiling_galaxies=0, num_bootstrap=5, progress=False
     )
-    results = evaluate_lib.evaluate(
-        {"ckpt": str(root / "run")}, str(tmp_path / "report"), pretrained=["tiny"], **kwargs
-    )
+
+    def settings(out, workdirs, pretrained):
+        return EvalSettings.create(str(tmp_path / out), workdirs=workdirs, pretrained=pretrained, **kwargs)
+
+    results = evaluate_lib.evaluate(settings("report", {"ckpt": str(root / "run")}, ["tiny"]))
     a, b = results["methods"]["ckpt"], results["methods"]["tiny"]
     assert json.dumps(a, default=str, sort_keys=True) == json.dumps(b, default=str, sort_keys=True)
     assert results["pretrained"]["tiny"]["file"] == "tiny.npz"
     with pytest.raises(evaluate_lib.EvaluationError, match="must be unique"):
-        evaluate_lib.evaluate({"tiny": str(root / "run")}, str(tmp_path / "r2"), pretrained=["tiny"], **kwargs)
+        settings("r2", {"tiny": str(root / "run")}, ["tiny"])
     with pytest.raises(pretrained_lib.PretrainedError, match="available: tiny"):
-        evaluate_lib.evaluate({}, str(tmp_path / "r3"), pretrained=["nope"], **kwargs)
+        settings("r3", {}, ["nope"])
 
 
 # --- the networks shipped with the package --------------------------------------------------------------

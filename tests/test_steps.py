@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from npejax.nn import input_pipeline, inputs, model, posterior, steps, train
+from npejax import configuration
+from npejax.nn import input_pipeline, inputs, model, posterior, steps
 from npejax.nn import state as state_lib
 from npejax.schema import NETWORK_KEYS
 from npejax.sim import pipeline
@@ -217,4 +218,4 @@ def _with(config, **train):
 def test_ema_decay_outside_zero_one_is_refused(load_config, value):
     config = _with(load_config("cpu_small"), ema_decay=value)
     with pytest.raises(ValueError, match=r"train.ema_decay=.*must be in \[0, 1\)"):
-        train.validate_config(config)
+        configuration.validate(config, num_devices=1)

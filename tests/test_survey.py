@@ -22,10 +22,10 @@ from astropy.io import fits
 from conftest import assert_one_error, make_tiny_config
 
 from npejax import catalogs as catalog
-from npejax import io, survey
+from npejax import configuration, io, survey
 from npejax.cataloging import images
 from npejax.cataloging import runner as runner_lib
-from npejax.nn import checkpoints, predictor, train
+from npejax.nn import checkpoints, predictor
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
@@ -72,7 +72,7 @@ def write_random_workdir(config, workdir, sample, seed: int = 0) -> str:
     workdir = os.fspath(workdir)
     state = random_state(config, seed)
     normalizer = inputs_lib.Normalizer.fit(*sample)
-    config_json = train.config_dict(config)
+    config_json = configuration.to_json(config)
     os.makedirs(workdir, exist_ok=True)
     io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_json)
     meta = dict(

@@ -19,6 +19,7 @@ import tensorboardX
 from conftest import one_error_line
 from tensorboardX.proto import event_pb2
 
+from npejax import configuration
 from npejax import datasets as data
 from npejax import main as train_main
 from npejax.nn import checkpoints, input_pipeline, inputs, train
@@ -243,7 +244,7 @@ def test_resume_with_another_training_length_is_accepted(trained, copy_of, run_m
         config.train[key] = value
         assert train.check_resume(config, str(workdir))[0] == 1
     config.train.batch_size = 16
-    assert checkpoints.config_differences(meta["config"], train.config_dict(config)) == ["train.batch_size: 8 -> 16"]
+    assert configuration.saved_differences(meta["config"], config) == ["train.batch_size: 8 -> 16"]
 
     # the command: nothing left to train at num_epochs=1, said so; another patience is fine
     code, out, err = run_main(workdir, "--config.train.patience=4")
@@ -280,7 +281,7 @@ def test_a_checkpoint_of_another_network_is_one_line(trained, copy_of, tiny_conf
 
 def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, copy_of):
     """config.json written before posterior.*, model.stem_kernel, model.aperture_flux and posterior.decode existed:
-    filled in with the values that reproduce what it trained (checkpoints.ADDED_KEYS), so it loads; a changed value is
+    filled in with the values that reproduce what it trained (configuration.KEYS), so it loads; a changed value is
     still refused."""
     workdir = copy_of(trained[0])
     saved = json.loads((workdir / "config.json").read_text())
@@ -288,15 +289,15 @@ def test_a_config_saved_before_later_keys_loads_with_their_old_values(trained, c
     # an old independent-tile network's config: no posterior section, no stem_kernel
     old = json.loads(json.dumps(saved))
     del old["model"]["stem_kernel"], old["model"]["aperture_flux"], old["posterior"]
-    upgraded = checkpoints.upgrade_config(old)
+    upgraded = configuration.upgrade(old)
     assert upgraded["model"]["stem_kernel"] == 5 and upgraded["model"]["aperture_flux"] is False
     assert upgraded["posterior"] == {"context": "independent", "colours": 2, "context_width": 16, "decode": "tile"}
     old["posterior"] = {"context": "checkerboard", "colours": 4, "context_width": 16}  # before posterior.decode
-    assert checkpoints.upgrade_config(old)["posterior"]["decode"] == "tile"
+    assert configuration.upgrade(old)["posterior"]["decode"] == "tile"
     assert "stem_kernel" not in old["model"]  # the argument is left as it was
-    assert checkpoints.upgrade_config(saved) == saved and checkpoints.upgrade_config({}) == {}
+    assert configuration.upgrade(saved) == saved and configuration.upgrade({}) == {}
     del old["train"]["time_limit_minutes"]  # before training stopped on time: no limit
-    assert checkpoints.upgrade_config(old)["train"]["time_limit_minutes"] == 0.0
+    assert configuration.upgrade(old)["train"]["time_limit_minutes"] == 0.0
     # this workdir's config.json without stem_kernel loads and predicts with the 5 x 5 stem it was trained with
     del saved["model"]["stem_kernel"]
     (workdir / "config.json").write_text(json.dumps(saved))
@@ -351,9 +352,9 @@ def test_batch_sizes_must_be_multiples_of_the_devices(tmp_path, run_main, monkey
     config = tiny_config()
     config.train.batch_size = 6
     with pytest.raises(ValueError, match=r"train.eval_batch_size=8 must be a multiple of the 3 devices"):
-        train.validate_config(config, num_devices=3)
+        configuration.validate(config, num_devices=3)
     config.train.eval_batch_size = 3
-    train.validate_config(config, num_devices=3)
+    configuration.validate(config, num_devices=3)
 
 
 def test_a_workdir_under_a_file_is_refused(tmp_path, run_main):
@@ -477,7 +478,7 @@ def test_the_normalizer_is_fitted_on_the_cached_training_set(cached, tiny_config
     config = tiny_config()
     config.data.train_dir = str(cached / "train")
     config.data.val_dir = str(cached / "val")
-    train.validate_config(config)
+    configuration.validate(config, num_devices=1)
     setup = input_pipeline.setup_data(config, 1)
     fitted = input_pipeline.fit_normalizer(config, setup)
     ds = data.load(cached / "train")

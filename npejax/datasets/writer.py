@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import tqdm
 
-from npejax import io
+from npejax import configuration, io
 from npejax.datasets.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -215,7 +215,7 @@ def _write_shard(out_dir: str, manifest: dict, index: int, batch: dict) -> None:
                     f"expected {info['dtype']}{list(expected)}"
                 )
             _save_array(os.path.join(tmp, f"{key}.npy"), array)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+        os.chmod(tmp, 0o777 & ~io.umask())  # mkdtemp creates 0700
         os.replace(tmp, os.path.join(out_dir, shard_name(index)))
     finally:
         if os.path.exists(tmp):
@@ -225,12 +225,6 @@ def _write_shard(out_dir: str, manifest: dict, index: int, batch: dict) -> None:
 def _save_array(path: str, array: np.ndarray) -> None:
     """One array of a shard (inside the shard's temporary directory, which is renamed when whole)."""
     np.save(path, array, allow_pickle=False)
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def _new_manifest(spec: pipeline.SimulationSpec, num_images: int, split: str, config) -> dict:
@@ -260,7 +254,7 @@ def _new_manifest(spec: pipeline.SimulationSpec, num_images: int, split: str, co
             )
         ),
         bank=bank_info(spec.bank),
-        config=_config_dict(config),
+        config=configuration.to_json(config),
         npejax_version=_version(),
         created=_now(),
         completed=None,
@@ -304,7 +298,7 @@ def _identity_diff(stored: dict, new: dict) -> list[str]:
     out = []
     for key in _IDENTITY:
         a, b = _lookup(stored, key), _lookup(new, key)
-        out.extend(_diff(a, b, key))
+        out.extend(configuration.differences(a, b, path=key))
     return out[:12]
 
 
@@ -312,25 +306,6 @@ def _lookup(d: dict, dotted: str):
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return d
-
-
-def _diff(a, b, path: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out.extend(_diff(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{path}.{key}"))
-        return out
-    return [] if a == b else [f"{path}: {a!r} -> {b!r}"]
-
-
-def _config_dict(config):
-    if config is None:
-        return None
-    if hasattr(config, "to_json_best_effort"):
-        return json.loads(config.to_json_best_effort())
-    if hasattr(config, "to_dict"):
-        config = config.to_dict()
-    return _jsonable(config)
 
 
 def _jsonable(obj):

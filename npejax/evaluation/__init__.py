@@ -6,11 +6,13 @@
 * :mod:`~npejax.evaluation.baseline` -- the Source Extractor (``sep``) baseline catalog.
 * :mod:`~npejax.evaluation.ceiling` -- the r-band accuracy ceiling (the ideal star/galaxy test).
 * :mod:`~npejax.evaluation.headline` -- the headline metrics, detection threshold, method and subset names.
-* :mod:`~npejax.evaluation.report` -- the report's figures (PNG) and markdown tables.
-* :mod:`~npejax.evaluation.evaluate` -- test set, catalogs of every method, all metrics, the report's files.
+* :mod:`~npejax.evaluation.report` -- the report's files: metrics.json, CSV tables, figures (PNG), markdown.
+* :mod:`~npejax.evaluation.settings` -- what one evaluation does (:class:`EvalSettings`: the config's ``eval``
+  section and the command line), checked once.
+* :mod:`~npejax.evaluation.evaluate` -- test set, catalogs of every method, all metrics.
 * :mod:`~npejax.evaluation.experiment` -- train the paper's three networks, evaluate them on both priors.
 
 Uses :mod:`npejax.sim`, :mod:`npejax.datasets` and :mod:`npejax.nn`; nothing imports it but the commands
 (:mod:`npejax.evaluate`, :mod:`npejax.experiment`). Within the package, imports run metrics -> headline ->
-report -> evaluate -> experiment (snr and baseline used by evaluate); report never imports evaluate.
+report, settings -> evaluate -> experiment (snr and baseline used by evaluate); report never imports evaluate.
 """

@@ -58,7 +58,7 @@ own flux, weighted by their prior share), and V is taken equal under both hypoth
 still, which the bound ignores.
 
 **Cost** (2-core CPU): about 40 star draws per galaxy, 15-30 ms a galaxy with the k-space renderer. The
-evaluation caps the galaxies per bin (``max_per_bin``, 200 by default: :func:`test_set_ceiling`); the
+evaluation caps the galaxies per bin (``max_per_bin``: the config's ``eval.ceiling_galaxies``); the
 galaxies of a bin are drawn at random (``seed``) among the test set's.
 
 **Measured** on prior draws (:func:`prior_ceiling`: ``configs/default.py``, many-field synthetic bank, 20000
@@ -88,7 +88,6 @@ from npejax.sim import pipeline
 from npejax.sim import render as render_lib
 
 __all__ = [
-    "DEFAULT_MAX_PER_BIN",
     "BATCH_KEYS",
     "bayes_error",
     "star_fit",
@@ -100,7 +99,6 @@ __all__ = [
     "prior_ceiling",
 ]
 
-DEFAULT_MAX_PER_BIN = 200  # galaxies per bin whose distance is computed
 _SEARCH_RADIUS = 3.0  # pixels: the star's position stays within this of the galaxy's centre
 BATCH_KEYS = ("background", "field_id", "n_sources", *CATALOG_KEYS)  # what test_set_ceiling reads
 
@@ -255,7 +253,7 @@ def _bin_members(values, cutoffs, is_galaxy, rank, max_per_bin: int):
     return bins, members
 
 
-def select_rows(binnings, is_galaxy, max_per_bin: int = DEFAULT_MAX_PER_BIN, seed: int = 0):
+def select_rows(binnings, is_galaxy, max_per_bin: int, seed: int = 0):
     """Which truth rows need a distance: for each binning ``(values, cutoffs)`` of ``binnings`` (values: one
     per truth row, e.g. the true magnitude), the galaxies of each bin with the ``max_per_bin`` lowest ranks of
     a random permutation (``np.random.default_rng(seed)``). Returns ``(rows, rank)``: the sorted union of
@@ -359,7 +357,7 @@ def test_set_ceiling(
     truth,
     spec,
     binnings: dict,
-    max_per_bin: int = DEFAULT_MAX_PER_BIN,
+    max_per_bin: int,
     seed: int = 0,
     chunk_images: int = 256,
     headline_key: str = "bins_reference",
@@ -405,14 +403,15 @@ def test_set_ceiling(
 def prior_ceiling(
     config,
     cutoffs=metrics.REFERENCE_CUTOFFS,
-    max_per_bin: int = DEFAULT_MAX_PER_BIN,
+    max_per_bin: int | None = None,
     num_images: int = 20_000,
     seed: int = 0,
 ) -> dict:
     """The ceiling of galaxies drawn from the prior (no images rendered but the galaxies and their
     neighbours): ``num_images`` catalogs of the prior and field prior of ``config`` (a full npejax config, e.g.
     ``configs/default.py``), their fields and crops as the simulator draws them, binned by true magnitude with
-    ``cutoffs`` (:func:`binned_ceiling`, ``max_per_bin`` galaxies a bin)."""
+    ``cutoffs`` (:func:`binned_ceiling`, ``max_per_bin`` galaxies a bin, default ``eval.ceiling_galaxies``)."""
+    max_per_bin = int(config.eval.ceiling_galaxies if max_per_bin is None else max_per_bin)
     spec = pipeline.SimulationSpec.from_config(config, seed=seed)
     rng = np.random.default_rng(seed)
     catalog = spec.prior.sample(rng, int(num_images))

@@ -5,51 +5,35 @@ The library behind ``python -m npejax.evaluate`` (:mod:`npejax.evaluate`, the co
     python -m npejax.evaluate --workdir single=W1 --workdir unaware=W2 --workdir aware=W3 \
         --prior many|one --num-images N --out REPORT_DIR        # simulate N test images (cached)
     python -m npejax.evaluate --workdir aware=W3 --test-dir DATASET --out REPORT_DIR   # a fixed test set
-    python -m npejax.evaluate --pretrained cpu --prior many --num-images N --out REPORT_DIR   # a shipped network
 
-Each network (best checkpoint, or a pretrained network shipped with the package) catalogs every test image;
-the baseline is Source Extractor (``sep``) on the same sky-subtracted images with the known background
+Each network (best checkpoint, or a pretrained network shipped with the package) catalogs every test image; the
+baseline is Source Extractor (``sep``) on the same sky-subtracted images with the known background
 (``npejax.evaluation.baseline``). Metrics follow SPEC.md "Evaluation" (definitions in
-:mod:`npejax.evaluation.metrics`): Jonker-Volgenant matching within 1 pixel; precision by estimated magnitude,
-recall, star/galaxy accuracy and flux MAPE by true magnitude, in equal-count bins and in the reference
-cut-offs, with 1-sigma bootstrap bands over images and the mean over bins; detection calibration; star/galaxy
-ROC and AUC; flux credible-interval coverage; and recall, accuracy and MAPE by SNR (Appendix A). The headline
-metrics, detection threshold and method names are in :mod:`npejax.evaluation.headline`: each headline value is
-the mean over the paper's reference bins below its cut-off, with the pooled figure beside it (``KEY_pooled``).
-Beside the methods, the r-band ceiling (:mod:`npejax.evaluation.ceiling`, ``ceiling=False`` skips it): the
-accuracy of an ideal star/galaxy test per bin of every binning, computed once per test set from its own
-galaxies (at most ``ceiling_galaxies`` per bin), so the report says how far each network is from what r-band
-pixels allow.
+:mod:`npejax.evaluation.metrics`): Jonker-Volgenant matching within 1 pixel; precision by estimated magnitude, recall,
+star/galaxy accuracy and flux MAPE by true magnitude, in equal-count bins and in the reference cut-offs, with 1-sigma
+bootstrap bands over images and the mean over bins; detection calibration; star/galaxy ROC and AUC; flux
+credible-interval coverage; and recall, accuracy and MAPE by SNR (Appendix A). The headline metrics, detection
+threshold and method names are in :mod:`npejax.evaluation.headline`: each headline value is the mean over the paper's
+reference bins below its cut-off, with the pooled figure beside it (``KEY_pooled``). Beside the methods, the r-band
+ceiling (:mod:`npejax.evaluation.ceiling`; ``eval.ceiling_galaxies = 0`` skips it): the accuracy of an ideal
+star/galaxy test per bin of every binning, computed once per test set from its own galaxies (at most
+``eval.ceiling_galaxies`` per bin), so the report says how far each network is from what r-band pixels allow.
 
-Writes to ``REPORT_DIR``: ``metrics.json``, CSV tables (``bins_equal.csv``, ``bins_reference.csv``,
-``bins_snr.csv``, ``calibration.csv``, ``coverage.csv``, ``headline.csv``, ``ceiling.csv``), PNG figures
-(``detection.png``, ``calibration.png``, ``roc.png``, ``coverage.png``, ``snr.png``; :mod:`npejax.evaluation.report`),
+What is evaluated, and how, is an :class:`npejax.evaluation.settings.EvalSettings` (the config's ``eval`` section
+and the command line), checked when it is built. The report -- ``metrics.json``, CSV tables, PNG figures,
 ``gallery.png`` (a dozen test images with the true sources and each method's detections, the worst-scored
 images first: :func:`gallery_images`), ``predictions/NAME.fits`` (detections, prob_source > 0.5) and
-``report.md``. All files are written atomically (:mod:`npejax.io`). The test set is ``--test-dir`` (simulated
-there with ``--num-images`` if absent; resumable), by default ``REPORT_DIR/test-PRIOR``; it must be a
-``test`` split. It is streamed: networks, the baseline and the SNR read :data:`CHUNK_IMAGES` images at a
-time (memory-mapped), so memory holds the catalogs and the truth, never the images of the whole set.
+``report.md`` -- is written to ``REPORT_DIR`` by :func:`npejax.evaluation.report.write_report` (its files and
+their columns are listed there). The test set is ``--test-dir`` (simulated there with ``--num-images`` if
+absent; resumable), by default ``REPORT_DIR/test-PRIOR``; it must be a ``test`` split. It is streamed:
+networks, the baseline and the SNR read :data:`CHUNK_IMAGES` images at a time (memory-mapped), so memory holds
+the catalogs and the truth, never the images of the whole set.
 
-Refused before any work (one line naming the file, column, row or value): an ``--out`` that is a file or
-not writable, a ``--test-dir`` whose manifest split is not ``test``, and a catalog (``--catalog`` file or
-a network's) that lacks ``image``, ``x``, ``y`` or ``flux``, holds text or non-finite values in them,
-an image index outside the test set, or a ``prob_source`` / ``prob_galaxy`` outside [0, 1] or NaN
-(:func:`check_catalog`).
-
-CSV tables (one row per method and entry; non-finite values are empty cells):
-
-- ``bins_*.csv``: ``method, metric, bin, lo, hi, value, std, count`` -- metric in
-  :data:`npejax.schema.METRIC_LABELS`, bin ``k`` covers ``lo <= x < hi`` (r magnitude or SNR; ``lo`` of the
-  first bin is -inf, an empty cell), ``value`` and ``std`` (1-sigma bootstrap) as in ``metrics.json``
-  ``methods.NAME.bins_*.METRIC``, ``count`` the bin's denominator.
-- ``calibration.csv``: ``method, subset, true_count, num_images, mean_expected, std_expected``.
-- ``coverage.csv``: ``method, subset, level, coverage, std, count``.
-- ``headline.csv``: ``method, metric, label, value, std, count`` (``metrics.json`` ``methods.NAME.headline``),
-  and the ceiling's ``accuracy`` / ``accuracy_pooled`` as method ``ceiling`` (``count``: galaxies used).
-- ``ceiling.csv``: ``bins, bin, lo, hi, value, std, galaxy_fraction, galaxy_error, star_error, num_galaxies,
-  count`` -- ``bins`` is ``equal``, ``reference`` or ``snr``; ``metrics.json`` ``ceiling.bins_*``
-  (:func:`npejax.evaluation.ceiling.binned_ceiling`).
+Refused before any work (one line naming the file, column, row or value): the settings' own checks
+(:mod:`npejax.evaluation.settings`: an ``--out`` that is a file or not writable, ...), a ``--test-dir`` whose
+manifest split is not ``test``, and a catalog (``--catalog`` file or a network's) that lacks ``image``, ``x``,
+``y`` or ``flux``, holds text or non-finite values in them, an image index outside the test set, or a
+``prob_source`` / ``prob_galaxy`` outside [0, 1] or NaN (:func:`check_catalog`).
 
 A catalog given with ``--catalog NAME=FILE`` is evaluated as it is: precision, recall, accuracy, MAPE,
 ROC and coverage need only its detections, but the detection calibration sums ``prob_source`` over
@@ -69,16 +53,16 @@ from astropy import table as table_lib
 
 from npejax import catalogs as catalog_lib
 from npejax import datasets as data_lib
-from npejax import io
 from npejax.evaluation import baseline as baseline_lib
 from npejax.evaluation import ceiling as ceiling_lib
 from npejax.evaluation import metrics, report
 from npejax.evaluation import snr as snr_lib
-from npejax.evaluation.headline import BASELINE, CEILING, HEADLINE, HEADLINE_ROWS, POOLED, PROB_THRESHOLD, SUBSETS
+from npejax.evaluation.headline import BASELINE, HEADLINE, POOLED, PROB_THRESHOLD, SUBSETS
+from npejax.evaluation.settings import CHUNK_IMAGES, EvalSettings, EvaluationError
 from npejax.nn import pretrained as pretrained_lib
 from npejax.nn.posterior import tiles_to_sources
-from npejax.nn.predictor import Predictor, load_config
-from npejax.schema import CATALOG_KEYS, FIELD_PRIORS, METRIC_LABELS
+from npejax.nn.predictor import Predictor
+from npejax.schema import CATALOG_KEYS, FIELD_PRIORS
 from npejax.sim import fields as fields_lib
 from npejax.sim import pipeline
 
@@ -89,6 +73,7 @@ __all__ = [
     "SUBSETS",
     "CHUNK_IMAGES",
     "GALLERY_IMAGES",
+    "EvalSettings",
     "EvaluationError",
     "TestSet",
     "load_test_set",
@@ -101,20 +86,13 @@ __all__ = [
     "evaluate_catalog",
     "gallery_images",
     "evaluate",
-    "write_report",
-    "write_index",
 ]
 
-CHUNK_IMAGES = 256  # test images in memory at a time (a multiple of the prediction batch: the same batches)
 GALLERY_IMAGES = 12  # panels of gallery.png
 GALLERY_WORST = 6  # of which the worst-scored images (the rest spread over the test set)
 GALLERY_BRIGHT_MAG = 21.2  # "bright" true sources of the gallery's score: the recall headline cut
 REQUIRED_COLUMNS = ("image", "x", "y", "flux")
 PROBABILITY_COLUMNS = ("prob_source", "prob_galaxy")
-
-
-class EvaluationError(ValueError):
-    """Inconsistent evaluation inputs (test set, catalogs, options)."""
 
 
 @dataclasses.dataclass
@@ -164,11 +142,12 @@ def load_test_set(
     num_images: int | None = None,
     prior: str | None = None,
     sim_config=None,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     progress: bool = True,
 ) -> TestSet:
     """Opens the test dataset in ``test_dir`` (a ``test`` split), first simulating ``num_images`` test images
-    there (prior ``prior``, settings of ``sim_config``) when it is absent or incomplete."""
+    there (prior ``prior``, settings of ``sim_config``, ``num_workers`` processes -- default its
+    ``simulator.num_workers``) when it is absent or incomplete."""
     manifest_path = os.path.join(test_dir, "manifest.json")
     check_test_split(test_dir)
     if num_images is not None:
@@ -186,7 +165,7 @@ def load_test_set(
             int(num_images),
             "test",
             config=config,
-            num_workers=num_workers,
+            num_workers=int(config.simulator.num_workers if num_workers is None else num_workers),
             shard_size=int(config.data.shard_size),
             progress=progress,
         )
@@ -364,10 +343,11 @@ def _single(truth, pred, num_images, metric, cutoff, num_bootstrap, seed):
 
 
 def evaluate_catalog(
-    truth, pred, num_images: int, equal_cutoffs, snr=None, snr_cutoffs=None, num_bootstrap: int = 200, seed: int = 0
+    truth, pred, num_images: int, equal_cutoffs, snr=None, snr_cutoffs=None, *, num_bootstrap: int, seed: int = 0
 ) -> dict:
     """All metrics of one method's catalog against the truth (see module doc); JSON-ready after
-    :func:`npejax.evaluation.metrics.to_jsonable`. ``pred`` holds every tile (for calibration) or only detections."""
+    :func:`npejax.evaluation.metrics.to_jsonable`. ``pred`` holds every tile (for calibration) or only detections;
+    ``num_bootstrap`` resamples (``eval.num_bootstrap``) with ``seed`` for the 1-sigma bands."""
     kw = dict(num_bootstrap=num_bootstrap, seed=seed, prob_threshold=PROB_THRESHOLD)
     out = dict(
         bins_equal=metrics.binned_metrics(truth, pred, num_images, cutoffs=equal_cutoffs, **kw),
@@ -506,117 +486,73 @@ def _gallery_panels(test: TestSet, preds: dict, gallery: dict) -> list[dict]:
     return panels
 
 
-def evaluate(
-    workdirs: dict,
-    out_dir: str,
-    prior: str = "many",
-    num_images: int | None = None,
-    test_dir: str | None = None,
-    catalogs: dict | None = None,
-    baseline: bool = True,
-    num_bootstrap: int = 200,
-    num_bins: int = 10,
-    seed: int = 0,
-    sim_config=None,
-    num_workers: int = 2,
-    snr: bool = True,
-    progress: bool = True,
-    chunk_images: int = CHUNK_IMAGES,
-    ceiling: bool = True,
-    ceiling_galaxies: int = ceiling_lib.DEFAULT_MAX_PER_BIN,
-    pretrained=(),
-) -> dict:
-    """Evaluates networks (``workdirs``: name -> training directory; ``pretrained``: names of networks shipped
-    with the package, :mod:`npejax.nn.pretrained`, each a method of its name) and prediction ``catalogs`` (name ->
-    table or file) on a test set, writes the report to ``out_dir`` and returns the metrics dict. The
-    inputs (output directory, test set split, catalogs) are checked before any work. ``ceiling``: compute
-    the r-band accuracy ceiling (:mod:`npejax.evaluation.ceiling`, at most ``ceiling_galaxies`` galaxies per
-    bin; about 15 ms a galaxy)."""
+def evaluate(settings: EvalSettings) -> dict:
+    """Evaluates the networks and prediction catalogs of ``settings`` (:class:`EvalSettings`, checked when built) on
+    its test set, writes the report to ``settings.out_dir`` (:func:`npejax.evaluation.report.write_report`) and
+    returns the metrics dict. The test set and the catalogs are checked before any simulation or prediction."""
     t0 = time.time()
-    workdirs, catalogs, pretrained = dict(workdirs or {}), dict(catalogs or {}), list(pretrained or ())
-    names = list(workdirs) + pretrained + list(catalogs)
-    if not names and not baseline:
-        raise EvaluationError(
-            "nothing to evaluate: give at least one --workdir NAME=DIR, --pretrained NAME or --catalog NAME=FILE"
-        )
-    if len(set(names)) != len(names) or BASELINE in names or CEILING in names:
-        raise EvaluationError(f"method names must be unique and not {BASELINE!r} or {CEILING!r}: {names}")
-    if int(ceiling_galaxies) < 1:
-        raise EvaluationError(f"ceiling_galaxies must be >= 1, got {ceiling_galaxies}")
-    for name, w in workdirs.items():
-        if not os.path.isdir(w):
-            raise EvaluationError(f"--workdir {name}={w}: no such directory")
-    shipped = {name: pretrained_lib.entry(name) for name in pretrained}  # an unknown name lists the shipped ones
-    if num_images is None and test_dir is None:
-        raise EvaluationError("give --num-images N (simulate a test set) or --test-dir DATASET")
-    if num_images is not None and int(num_images) < 1:
-        raise EvaluationError(f"--num-images must be >= 1, got {num_images}")
-    io.check_output_dir(out_dir, "--out")
-    test_dir = test_dir or os.path.join(out_dir, f"test-{prior}")
+    s = settings
+    out_dir, test_dir, chunk = s.out_dir, s.test_path, s.chunk_images
     has_manifest = os.path.isfile(os.path.join(test_dir, data_lib.MANIFEST))
-    if num_images is None and not has_manifest:
+    if s.num_images is None and not has_manifest:
         raise EvaluationError(
             f"test set {test_dir} has no manifest.json: give --num-images to simulate one, "
             "or a directory written by python -m npejax.simulate"
         )
     check_test_split(test_dir)
-    expected_images = int(num_images) if num_images is not None else data_lib.read_manifest(test_dir)["num_images"]
+    expected_images = s.num_images if s.num_images is not None else data_lib.read_manifest(test_dir)["num_images"]
     given = {}
-    for name, c in catalogs.items():  # read and checked before any simulation or prediction
+    for name, c in s.catalogs.items():  # read and checked before any simulation or prediction
         if isinstance(c, (str, os.PathLike)):
             given[name] = read_catalog(os.fspath(c), name)
             check_catalog(given[name], f"catalog {os.fspath(c)}", expected_images, test_dir)
         else:
             given[name] = c if hasattr(c, "colnames") else table_lib.Table(dict(c))  # a mapping of columns
             check_catalog(given[name], f"catalog {name!r}", expected_images, test_dir)
-    if sim_config is None and num_images is not None and workdirs:
-        sim_config = load_config(next(iter(workdirs.values())))
-    elif sim_config is None and num_images is not None and pretrained:
-        sim_config = pretrained_lib.load(pretrained[0])[0]
-    test = load_test_set(test_dir, num_images, prior, sim_config, num_workers, progress)
+    test = load_test_set(test_dir, s.num_images, s.prior, s.sim_config, s.num_workers, s.progress)
     truth, n = test.truth, test.num_images
-    prior = ((test.manifest.get("config") or {}).get("fields") or {}).get("prior", prior)
+    prior = ((test.manifest.get("config") or {}).get("fields") or {}).get("prior", s.prior)
     print(f"test set {test.directory}: {n} images, {len(truth)} sources (p_{prior})", flush=True)
 
     preds = {}
-    for name, w in workdirs.items():
+    for name, w in s.workdirs.items():
         t = time.time()
-        preds[name] = network_catalog(w, test, chunk_images=chunk_images)
+        preds[name] = network_catalog(w, test, chunk_images=chunk)
         check_catalog(preds[name], f"the catalog of network {name} ({w})", n, test.directory)
         print(f"  {name}: cataloged in {time.time() - t:.1f} s", flush=True)
-    for name in pretrained:
+    for name in s.pretrained:
         t = time.time()
-        preds[name] = network_catalog(Predictor.pretrained(name), test, chunk_images=chunk_images)
+        preds[name] = network_catalog(Predictor.pretrained(name), test, chunk_images=chunk)
         check_catalog(preds[name], f"the catalog of pretrained network {name}", n, test.directory)
         print(f"  {name} (pretrained): cataloged in {time.time() - t:.1f} s", flush=True)
     for name, c in given.items():
         check_catalog(
             c,
-            f"catalog {catalogs[name]}" if isinstance(catalogs[name], (str, os.PathLike)) else f"catalog {name!r}",
+            f"catalog {s.catalogs[name]}" if isinstance(s.catalogs[name], (str, os.PathLike)) else f"catalog {name!r}",
             n,
             test.directory,
         )
         preds[name] = c
-    if baseline:
+    if s.baseline:
         t = time.time()
-        preds[BASELINE] = baseline_catalog(test, chunk_images=chunk_images)
+        preds[BASELINE] = baseline_catalog(test, chunk_images=chunk)
         print(f"  {BASELINE}: cataloged in {time.time() - t:.1f} s", flush=True)
 
     equal_cutoffs = (
-        metrics.equal_count_edges(np.asarray(truth["mag"]), num_bins)
+        metrics.equal_count_edges(np.asarray(truth["mag"]), s.num_bins)
         if len(truth)
         else np.asarray(metrics.REFERENCE_CUTOFFS)
     )
     snr_values, snr_cutoffs = None, None
-    if snr and len(truth):
-        snr_values = truth_snr(test, chunk_images)
-        if snr_values is not None and np.isfinite(snr_values).sum() >= num_bins:
-            snr_cutoffs = metrics.equal_count_edges(snr_values[np.isfinite(snr_values)], num_bins, max_mag=np.inf)
+    if s.snr and len(truth):
+        snr_values = truth_snr(test, chunk)
+        if snr_values is not None and np.isfinite(snr_values).sum() >= s.num_bins:
+            snr_cutoffs = metrics.equal_count_edges(snr_values[np.isfinite(snr_values)], s.num_bins, max_mag=np.inf)
         else:
             snr_values = None
     ceiling_result = None
     readable = set(ceiling_lib.BATCH_KEYS) <= set(test.dataset.keys)
-    spec = ceiling_lib.manifest_spec(test.manifest) if ceiling and len(truth) and readable else None
+    spec = ceiling_lib.manifest_spec(test.manifest) if s.ceiling and len(truth) and readable else None
     if spec is not None:  # once per test set: it depends on the truth only
         t = time.time()
         mags = np.asarray(truth["mag"], np.float64)
@@ -626,7 +562,7 @@ def evaluate(
             bins_snr=None if snr_values is None else (snr_values, snr_cutoffs),
         )
         ceiling_result = ceiling_lib.test_set_ceiling(
-            test.read, truth, spec, binnings, int(ceiling_galaxies), seed, chunk_images=chunk_images
+            test.read, truth, spec, binnings, s.ceiling_galaxies, s.seed, chunk_images=chunk
         )
         print(
             f"  r-band ceiling: {ceiling_result['options']['num_galaxies']} galaxies in {time.time() - t:.1f} s",
@@ -645,12 +581,12 @@ def evaluate(
             seed=test.manifest.get("seed"),
         ),
         options=dict(
-            num_bootstrap=num_bootstrap,
-            num_bins=num_bins,
+            num_bootstrap=s.num_bootstrap,
+            num_bins=s.num_bins,
             prob_threshold=PROB_THRESHOLD,
             slack_pixels=1.0,
-            seed=seed,
-            ceiling_galaxies=int(ceiling_galaxies) if ceiling_result else None,
+            seed=s.seed,
+            ceiling_galaxies=s.ceiling_galaxies if ceiling_result else None,
         ),
         equal_cutoffs=np.asarray(equal_cutoffs),
         snr_cutoffs=snr_cutoffs,
@@ -659,18 +595,18 @@ def evaluate(
             reference=_bin_centers(truth, metrics.REFERENCE_CUTOFFS),
             snr=None if snr_values is None else _bin_centers(truth, snr_cutoffs, snr_values),
         ),
-        workdirs={k: os.path.abspath(v) for k, v in workdirs.items()},
-        pretrained={name: dict(file=e["file"], sha256=e["sha256"]) for name, e in shipped.items()},
+        workdirs={k: os.path.abspath(v) for k, v in s.workdirs.items()},
+        pretrained={name: {k: pretrained_lib.entry(name)[k] for k in ("file", "sha256")} for name in s.pretrained},
         methods={},
         ceiling=ceiling_result,
         gallery=gallery,
     )
     for name, p in preds.items():
         results["methods"][name] = evaluate_catalog(
-            truth, p, n, equal_cutoffs, snr_values, snr_cutoffs, num_bootstrap, seed
+            truth, p, n, equal_cutoffs, snr_values, snr_cutoffs, num_bootstrap=s.num_bootstrap, seed=s.seed
         )
     results["seconds"] = time.time() - t0
-    write_report(out_dir, results, preds, gallery_panels=_gallery_panels(test, preds, gallery))
+    report.write_report(out_dir, results, preds, gallery_panels=_gallery_panels(test, preds, gallery))
     print(f"report: {os.path.join(out_dir, 'report.md')} ({time.time() - t0:.0f} s)", flush=True)
     return results
 
@@ -684,138 +620,3 @@ def _bin_centers(truth, cutoffs, values=None) -> np.ndarray:
         if np.any(bins == k):
             centers[k] = np.median(values[bins == k])
     return centers
-
-
-# --- output ------------------------------------------------------------------------------------------
-
-
-def _bin_rows(results: dict, key: str, cutoffs) -> list[dict]:
-    """Rows of ``bins_*.csv`` (module doc) for the binned metrics ``methods.NAME[key]``."""
-    rows = []
-    edges = [-np.inf, *np.asarray(cutoffs, float)]
-    for name, m in results["methods"].items():
-        if key not in m:
-            continue
-        for metric in METRIC_LABELS:
-            r = m[key][metric]
-            for k in range(len(cutoffs)):
-                rows.append(
-                    dict(
-                        method=name,
-                        metric=metric,
-                        bin=k,
-                        lo=float(edges[k]),
-                        hi=float(edges[k + 1]),
-                        value=float(r["value"][k]),
-                        std=float(r["std"][k]),
-                        count=int(r["count"][k]),
-                    )
-                )
-    return rows
-
-
-def _ceiling_rows(results: dict) -> list[dict]:
-    """Rows of ``ceiling.csv`` (module doc)."""
-    rows = []
-    ceil = results["ceiling"]
-    for key, cutoffs in (
-        ("bins_equal", results["equal_cutoffs"]),
-        ("bins_reference", metrics.REFERENCE_CUTOFFS),
-        ("bins_snr", results.get("snr_cutoffs")),
-    ):
-        c = ceil.get(key)
-        if not c or cutoffs is None:
-            continue
-        edges = [-np.inf, *np.asarray(cutoffs, float)]
-        for k in range(len(cutoffs)):
-            rows.append(
-                dict(
-                    bins=key[5:],
-                    bin=k,
-                    lo=float(edges[k]),
-                    hi=float(edges[k + 1]),
-                    **{
-                        f: float(np.asarray(c[f], float)[k])
-                        for f in ("value", "std", "galaxy_fraction", "galaxy_error", "star_error")
-                    },
-                    num_galaxies=int(c["num_galaxies"][k]),
-                    count=int(c["count"][k]),
-                )
-            )
-    return rows
-
-
-def write_report(out_dir: str, results: dict, preds: dict | None = None, gallery_panels: list | None = None) -> None:
-    """Writes metrics.json, the CSV tables, the figures (the gallery when ``gallery_panels`` are given:
-    :func:`npejax.evaluation.report.write_gallery`) and report.md to ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    io.write_json(os.path.join(out_dir, "metrics.json"), metrics.to_jsonable(results), indent=1, allow_nan=False)
-    io.write_csv(os.path.join(out_dir, "bins_equal.csv"), _bin_rows(results, "bins_equal", results["equal_cutoffs"]))
-    io.write_csv(
-        os.path.join(out_dir, "bins_reference.csv"), _bin_rows(results, "bins_reference", metrics.REFERENCE_CUTOFFS)
-    )
-    if results["snr_cutoffs"] is not None:
-        io.write_csv(os.path.join(out_dir, "bins_snr.csv"), _bin_rows(results, "bins_snr", results["snr_cutoffs"]))
-    cal, cov, head = [], [], []
-    for name, m in results["methods"].items():
-        for subset, c in m["calibration"].items():
-            s = c["summary"]
-            for i in range(len(s["true_count"])):
-                cal.append(
-                    dict(
-                        method=name,
-                        subset=subset,
-                        true_count=int(s["true_count"][i]),
-                        num_images=int(s["num_images"][i]),
-                        mean_expected=float(s["mean_expected"][i]),
-                        std_expected=float(s["std_expected"][i]),
-                    )
-                )
-        for subset, c in m["coverage"].items():
-            for i, level in enumerate(c["levels"]):
-                cov.append(
-                    dict(
-                        method=name,
-                        subset=subset,
-                        level=float(level),
-                        coverage=float(c["coverage"][i]),
-                        std=float(c["std"][i]),
-                        count=int(c["count"]),
-                    )
-                )
-        for key, label in HEADLINE_ROWS:
-            h = m["headline"].get(key)
-            if h is not None:
-                head.append(
-                    dict(method=name, metric=key, label=label, value=h["value"], std=h["std"], count=h["count"])
-                )
-    ceil = results.get("ceiling")
-    if ceil and ceil.get("headline"):
-        h = ceil["headline"]
-        for key, value, std in (
-            ("accuracy", h["value"], h["std"]),
-            ("accuracy" + POOLED, h["pooled"], h["pooled_std"]),
-        ):
-            head.append(
-                dict(method=CEILING, metric=key, label=dict(HEADLINE_ROWS)[key], value=value, std=std, count=h["count"])
-            )
-    io.write_csv(os.path.join(out_dir, "calibration.csv"), cal)
-    io.write_csv(os.path.join(out_dir, "coverage.csv"), cov)
-    io.write_csv(os.path.join(out_dir, "headline.csv"), head)
-    if ceil:
-        io.write_csv(os.path.join(out_dir, "ceiling.csv"), _ceiling_rows(results))
-    if preds:
-        os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
-        for name, p in preds.items():
-            if "prob_source" in metrics.colnames(p):
-                p = p[np.asarray(p["prob_source"]) > PROB_THRESHOLD]
-            catalog_lib.write_table(p, os.path.join(out_dir, "predictions", f"{name}.fits"))
-    report.write_figures(out_dir, results)
-    if gallery_panels:
-        report.write_gallery(os.path.join(out_dir, report.GALLERY_FILE), gallery_panels)
-    io.atomic_write(os.path.join(out_dir, "report.md"), report.markdown(results, gallery=bool(gallery_panels)))
-
-
-def write_index(out_dir: str, reports: dict, results: dict, title: str, elapsed_s: float | None = None) -> None:
-    """``out_dir/report.md``: the headline table of each report (prior -> directory) with links."""
-    io.atomic_write(os.path.join(out_dir, "report.md"), report.index_markdown(reports, results, title, elapsed_s))

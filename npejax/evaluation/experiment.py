@@ -6,8 +6,9 @@ Config keys (configs/experiment.py): ``network`` (the shared training and simula
 ``network_settings`` (name -> ``variant``, training ``prior`` and posterior ``context``, read from the
 networks' own config files: single -> single_field on p_one, unaware -> psf_unaware on p_many, aware ->
 psf_aware on p_many (paper Section 6), aware_cb -> psf_aware_checkerboard, PSF-aware with the
-checkerboard posterior), ``networks`` (comma-separated names to train), ``priors`` (test-set priors),
-``num_test_images``, ``num_bootstrap``, ``num_bins``, ``ceiling_galaxies`` (0: no r-band ceiling), ``baseline``.
+checkerboard posterior), ``networks`` (comma-separated names to train), ``priors`` (test-set priors). The test
+set of each prior has ``network.data.num_test`` images, and the evaluation's settings are ``network.eval``
+(:class:`npejax.evaluation.settings.EvalSettings`; keys documented in configs/default.py).
 
 Layout of ``--out``: ``networks/{single,unaware,aware,aware_cb}/`` (training workdirs), ``test-{many,one}/``
 (cached test sets), ``report-{many,one}/`` (npejax.evaluate output) and ``report.md`` linking both.
@@ -21,7 +22,8 @@ import copy
 import os
 import time
 
-from npejax.evaluation import evaluate
+from npejax.evaluation import evaluate, report
+from npejax.evaluation.settings import EvalSettings
 from npejax.nn import train
 from npejax.schema import FIELD_PRIORS
 
@@ -44,7 +46,7 @@ def network_config(config, name: str):
     with net.unlocked():
         net.model.variant = settings.variant
         net.fields.prior = settings.prior
-        net.posterior.context = settings.get("context", net.posterior.context)
+        net.posterior.context = settings.context
     return net
 
 
@@ -63,21 +65,16 @@ def run_experiment(config, out_dir: str) -> dict:
     results = {}
     for prior in priors:
         print(f"== evaluating on p_{prior}", flush=True)
-        results[prior] = evaluate.evaluate(
-            workdirs,
+        settings = EvalSettings.create(
             os.path.join(out_dir, f"report-{prior}"),
+            config.network,  # its eval section, and the simulator of the test set
+            workdirs=workdirs,
             prior=prior,
-            num_images=int(config.num_test_images),
+            num_images=int(config.network.data.num_test),
             test_dir=os.path.join(out_dir, f"test-{prior}"),
-            baseline=bool(config.baseline),
-            num_bootstrap=int(config.num_bootstrap),
-            num_bins=int(config.num_bins),
-            sim_config=config.network,
-            num_workers=int(config.network.simulator.num_workers),
-            ceiling=int(config.ceiling_galaxies) > 0,
-            ceiling_galaxies=max(int(config.ceiling_galaxies), 1),
         )
-    evaluate.write_index(
+        results[prior] = evaluate.evaluate(settings)
+    report.write_index(
         out_dir, {p: f"report-{p}" for p in priors}, results, title="npejax experiment", elapsed_s=time.time() - t0
     )
     print(f"report: {os.path.join(out_dir, 'report.md')} ({(time.time() - t0) / 60:.1f} min)")

@@ -1,10 +1,30 @@
-"""Figures (PNG, matplotlib) and markdown for the evaluation report of :mod:`npejax.evaluation.evaluate`.
+"""The evaluation report of :mod:`npejax.evaluation.evaluate`, written here alone: metrics.json, CSV tables, figures
+(PNG, matplotlib), the methods' detections and markdown.
 
 Figures in the spirit of the paper: ``detection.png`` (Figures 4/5: precision, recall, star/galaxy
 accuracy, flux MAPE by magnitude, one line per method, shaded 1-sigma bootstrap bands, mean over bins
 in brackets), ``calibration.png`` (Figure 6), ``roc.png`` (Figure 7), ``coverage.png`` (Figure 8) and
 ``snr.png`` (Figure 9), and ``gallery.png`` (:func:`write_gallery`: test images with the true sources and
 each method's detections). Every figure is written atomically (:func:`npejax.io.atomic_path`).
+
+The report's files (:func:`write_report`, into a report directory): ``metrics.json`` (the results dict below,
+JSON-ready: :func:`npejax.evaluation.metrics.to_jsonable`), the CSV tables, the figures, ``gallery.png``,
+``predictions/NAME.fits`` (each method's detections) and ``report.md``; :func:`write_index` writes the index
+``report.md`` of several reports (the experiment's priors).
+
+CSV tables (one row per method and entry; non-finite values are empty cells):
+
+- ``bins_*.csv``: ``method, metric, bin, lo, hi, value, std, count`` -- metric in
+  :data:`npejax.schema.METRIC_LABELS`, bin ``k`` covers ``lo <= x < hi`` (r magnitude or SNR; ``lo`` of the
+  first bin is -inf, an empty cell), ``value`` and ``std`` (1-sigma bootstrap) as in ``metrics.json``
+  ``methods.NAME.bins_*.METRIC``, ``count`` the bin's denominator.
+- ``calibration.csv``: ``method, subset, true_count, num_images, mean_expected, std_expected``.
+- ``coverage.csv``: ``method, subset, level, coverage, std, count``.
+- ``headline.csv``: ``method, metric, label, value, std, count`` (``metrics.json`` ``methods.NAME.headline``),
+  and the ceiling's ``accuracy`` / ``accuracy_pooled`` as method ``ceiling`` (``count``: galaxies used).
+- ``ceiling.csv``: ``bins, bin, lo, hi, value, std, galaxy_fraction, galaxy_error, star_error, num_galaxies,
+  count`` -- ``bins`` is ``equal``, ``reference`` or ``snr``; ``metrics.json`` ``ceiling.bins_*``
+  (:func:`npejax.evaluation.ceiling.binned_ceiling`).
 
 The tables (:func:`headline_table`, :func:`bins_table`, :func:`markdown`, :func:`index_markdown`) read a
 results dict as :func:`npejax.evaluation.evaluate.evaluate` returns it: ``test_set`` (``num_images``,
@@ -25,9 +45,20 @@ import os
 
 import numpy as np
 
+from npejax import catalogs as catalog_lib
 from npejax import io
 from npejax.evaluation import metrics
-from npejax.evaluation.headline import BASELINE, CEILING, HEADLINE, LABELS, POOLED, SUBSET_LABELS, SUBSETS
+from npejax.evaluation.headline import (
+    BASELINE,
+    CEILING,
+    HEADLINE,
+    HEADLINE_ROWS,
+    LABELS,
+    POOLED,
+    PROB_THRESHOLD,
+    SUBSET_LABELS,
+    SUBSETS,
+)
 from npejax.schema import METRIC_LABELS
 
 # paper's colors/markers: single-field blue circles, PSF-unaware red squares, PSF-aware orange triangles
@@ -600,3 +631,140 @@ def index_markdown(reports: dict, results: dict, title: str, elapsed_s: float | 
             "",
         ]
     return "\n".join(out)
+
+
+# --- the report's files -------------------------------------------------------------------------------
+
+
+def _bin_rows(results: dict, key: str, cutoffs) -> list[dict]:
+    """Rows of ``bins_*.csv`` (module doc) for the binned metrics ``methods.NAME[key]``."""
+    rows = []
+    edges = [-np.inf, *np.asarray(cutoffs, float)]
+    for name, m in results["methods"].items():
+        if key not in m:
+            continue
+        for metric in METRIC_LABELS:
+            r = m[key][metric]
+            for k in range(len(cutoffs)):
+                rows.append(
+                    dict(
+                        method=name,
+                        metric=metric,
+                        bin=k,
+                        lo=float(edges[k]),
+                        hi=float(edges[k + 1]),
+                        value=float(r["value"][k]),
+                        std=float(r["std"][k]),
+                        count=int(r["count"][k]),
+                    )
+                )
+    return rows
+
+
+def _ceiling_rows(results: dict) -> list[dict]:
+    """Rows of ``ceiling.csv`` (module doc)."""
+    rows = []
+    ceil = results["ceiling"]
+    for key, cutoffs in (
+        ("bins_equal", results["equal_cutoffs"]),
+        ("bins_reference", metrics.REFERENCE_CUTOFFS),
+        ("bins_snr", results.get("snr_cutoffs")),
+    ):
+        c = ceil.get(key)
+        if not c or cutoffs is None:
+            continue
+        edges = [-np.inf, *np.asarray(cutoffs, float)]
+        for k in range(len(cutoffs)):
+            rows.append(
+                dict(
+                    bins=key[5:],
+                    bin=k,
+                    lo=float(edges[k]),
+                    hi=float(edges[k + 1]),
+                    **{
+                        f: float(np.asarray(c[f], float)[k])
+                        for f in ("value", "std", "galaxy_fraction", "galaxy_error", "star_error")
+                    },
+                    num_galaxies=int(c["num_galaxies"][k]),
+                    count=int(c["count"][k]),
+                )
+            )
+    return rows
+
+
+def write_report(out_dir: str, results: dict, preds: dict | None = None, gallery_panels: list | None = None) -> None:
+    """Writes the report of ``results`` (:func:`npejax.evaluation.evaluate.evaluate`) to ``out_dir``: metrics.json, the
+    CSV tables (module doc), the figures (:func:`write_figures`; the gallery when ``gallery_panels`` are given:
+    :func:`write_gallery`), ``predictions/NAME.fits`` (each catalog of ``preds``, its detections: prob_source >
+    :data:`~npejax.evaluation.headline.PROB_THRESHOLD`) and report.md, every file atomically."""
+    os.makedirs(out_dir, exist_ok=True)
+    io.write_json(os.path.join(out_dir, "metrics.json"), metrics.to_jsonable(results), indent=1, allow_nan=False)
+    io.write_csv(os.path.join(out_dir, "bins_equal.csv"), _bin_rows(results, "bins_equal", results["equal_cutoffs"]))
+    io.write_csv(
+        os.path.join(out_dir, "bins_reference.csv"), _bin_rows(results, "bins_reference", metrics.REFERENCE_CUTOFFS)
+    )
+    if results["snr_cutoffs"] is not None:
+        io.write_csv(os.path.join(out_dir, "bins_snr.csv"), _bin_rows(results, "bins_snr", results["snr_cutoffs"]))
+    cal, cov, head = [], [], []
+    for name, m in results["methods"].items():
+        for subset, c in m["calibration"].items():
+            s = c["summary"]
+            for i in range(len(s["true_count"])):
+                cal.append(
+                    dict(
+                        method=name,
+                        subset=subset,
+                        true_count=int(s["true_count"][i]),
+                        num_images=int(s["num_images"][i]),
+                        mean_expected=float(s["mean_expected"][i]),
+                        std_expected=float(s["std_expected"][i]),
+                    )
+                )
+        for subset, c in m["coverage"].items():
+            for i, level in enumerate(c["levels"]):
+                cov.append(
+                    dict(
+                        method=name,
+                        subset=subset,
+                        level=float(level),
+                        coverage=float(c["coverage"][i]),
+                        std=float(c["std"][i]),
+                        count=int(c["count"]),
+                    )
+                )
+        for key, label in HEADLINE_ROWS:
+            h = m["headline"].get(key)
+            if h is not None:
+                head.append(
+                    dict(method=name, metric=key, label=label, value=h["value"], std=h["std"], count=h["count"])
+                )
+    ceil = results.get("ceiling")
+    if ceil and ceil.get("headline"):
+        h = ceil["headline"]
+        for key, value, std in (
+            ("accuracy", h["value"], h["std"]),
+            ("accuracy" + POOLED, h["pooled"], h["pooled_std"]),
+        ):
+            head.append(
+                dict(method=CEILING, metric=key, label=dict(HEADLINE_ROWS)[key], value=value, std=std, count=h["count"])
+            )
+    io.write_csv(os.path.join(out_dir, "calibration.csv"), cal)
+    io.write_csv(os.path.join(out_dir, "coverage.csv"), cov)
+    io.write_csv(os.path.join(out_dir, "headline.csv"), head)
+    if ceil:
+        io.write_csv(os.path.join(out_dir, "ceiling.csv"), _ceiling_rows(results))
+    if preds:
+        os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
+        for name, p in preds.items():
+            if "prob_source" in metrics.colnames(p):
+                p = p[np.asarray(p["prob_source"]) > PROB_THRESHOLD]
+            catalog_lib.write_table(p, os.path.join(out_dir, "predictions", f"{name}.fits"))
+    write_figures(out_dir, results)
+    if gallery_panels:
+        write_gallery(os.path.join(out_dir, GALLERY_FILE), gallery_panels)
+    io.atomic_write(os.path.join(out_dir, "report.md"), markdown(results, gallery=bool(gallery_panels)))
+
+
+def write_index(out_dir: str, reports: dict, results: dict, title: str, elapsed_s: float | None = None) -> None:
+    """``out_dir/report.md``: the headline table of each report (prior -> directory) with links."""
+    io.atomic_write(os.path.join(out_dir, "report.md"), index_markdown(reports, results, title, elapsed_s))

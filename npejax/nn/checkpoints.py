@@ -34,7 +34,8 @@ with a warning: refusing it would strand every network trained before, and the w
 unverified. Files added to a checkpoint afterwards are not checked (Orbax reads only its own).
 
 Identity. A checkpoint is restored only into the network it was saved from: :func:`load_network` refuses a
-``config.json`` that differs from the checkpoint's ``meta["config"]`` (:func:`config_differences`), and
+``config.json`` that differs from the checkpoint's ``meta["config"]`` (:func:`npejax.configuration.saved_differences`:
+both upgraded, :data:`npejax.configuration.RESUMABLE_KEYS` left out), and
 every restore first compares the checkpoint's array shapes with the model's, so that a checkpoint of
 another network is one line naming the workdir and the first arrays that differ.
 """
@@ -42,7 +43,6 @@ another network is one line naming the workdir and the first arrays that differ.
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import io as io_lib
 import json
@@ -59,7 +59,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
-from npejax import io
+from npejax import configuration, io
 from npejax.nn import distributed
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
@@ -71,28 +71,6 @@ CHECKSUM_FILE = "npejax-sha256.json"
 WHICH = ("best", "latest")
 INTERRUPTED = "interrupted"  # checkpoints/interrupted: a run stopped mid-epoch
 ITEMS = ("state", "meta")
-# Config keys that may differ between a checkpoint and the config that resumes it or predicts with it: the
-# training length, and keys that do not change what an epoch computes (display; the simulator's worker
-# count, whose batches depend only on their index; dataset sizes that only npejax.simulate reads; how the
-# batches reach the devices: data.on_device and train.steps_per_dispatch train the same batches and states; the
-# processes that train: distributed, whose process_id differs between the processes of one run; when a run stops
-# to be resumed: train.time_limit_minutes).
-RESUMABLE_KEYS = (
-    "train.num_epochs",
-    "train.patience",
-    "train.progress",
-    "train.figure_every",
-    "simulator.num_workers",
-    "simulator.prefetch",
-    "data.num_train",
-    "data.num_test",
-    "data.shard_size",
-    "data.on_device",
-    "train.steps_per_dispatch",
-    "distributed",
-    "posterior.decode",
-    "train.time_limit_minutes",
-)
 
 
 class CheckpointError(ValueError):
@@ -454,51 +432,6 @@ def _meta(manager: ocp.CheckpointManager, step: int) -> dict:
 # --- configs ---------------------------------------------------------------------------------------
 
 
-def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]:
-    """``["key: old -> new", ...]`` for every dotted config key whose value differs between two configs as
-    JSON dicts (keys of ``ignore`` and below them left out; a missing key shows as ``<absent>``)."""
-    out = []
-
-    def walk(a, b, path):
-        if path in ignore:
-            return
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{path}.{key}" if path else key)
-        elif a != b:
-            out.append(f"{path}: {a!r} -> {b!r}")
-
-    walk(old, new, "")
-    return out
-
-
-# Keys added since configs were first saved, at the values that reproduce what an older config trained:
-# independent tiles (the only kind before posterior.context), the 5 x 5 first stem block, no aperture flux.
-ADDED_KEYS = {
-    "posterior": {"context": "independent", "colours": 2, "context_width": 16},
-    "model.stem_kernel": 5,
-    "model.aperture_flux": False,
-    "posterior.decode": "tile",
-    "train.ema_decay": 0.0,
-    "train.time_limit_minutes": 0.0,
-}
-
-
-def upgrade_config(config: dict) -> dict:
-    """A saved config (plain dict) with the :data:`ADDED_KEYS` it lacks filled in (a new dict; ``{}`` or
-    ``None`` returned as given)."""
-    if not config or not isinstance(config, dict):
-        return config
-    config = copy.deepcopy(config)
-    for dotted, value in ADDED_KEYS.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node.setdefault(name, {})
-        node.setdefault(leaf, copy.deepcopy(value))
-    return config
-
-
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The training config saved in ``workdir/config.json`` (CheckpointError if there is none)."""
     path = os.path.join(workdir, CONFIG_FILE)
@@ -514,10 +447,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def config_from_dict(config: dict) -> ml_collections.ConfigDict:
-    """A saved config (the plain dict of its JSON) as the ConfigDict training made: :data:`ADDED_KEYS` filled in
-    (:func:`upgrade_config`), ``model.stages`` tuples again (JSON turned them into lists). ValueError for a
-    config without them."""
-    config = ml_collections.ConfigDict(upgrade_config(config))
+    """A saved config (the plain dict of its JSON) as the ConfigDict training made: the keys it lacks filled in
+    with their old values (:func:`npejax.configuration.upgrade`), ``model.stages`` tuples again (JSON turned them
+    into lists). ValueError for a config without them."""
+    config = ml_collections.ConfigDict(configuration.upgrade(config))
     try:
         stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -551,9 +484,9 @@ def load_network(workdir: str, which: str = "best"):
             raise CheckpointError(f"no checkpoint in {ckpt_dir}")
         directory = step_dir(manager, step)
         _verify(directory)
-        saved = upgrade_config(_meta(manager, step).get("config"))
+        saved = _meta(manager, step).get("config")
         if saved is not None:
-            differences = config_differences(saved, json.loads(config.to_json_best_effort()))
+            differences = configuration.saved_differences(saved, config)
             if differences:
                 raise CheckpointError(
                     f"{config_path} differs from the config checkpoint {directory} was trained "

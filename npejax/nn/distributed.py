@@ -71,13 +71,11 @@ def _env_int(name: str) -> int:
 
 def requested(config) -> bool:
     """Whether :func:`initialize` will start the multi-process runtime for ``config`` (module docstring)."""
-    section = config.get("distributed") if hasattr(config, "get") else None
-    if section is None:
-        return False
-    enabled = _enabled(section.get("enabled", "auto"))
+    section = config.distributed
+    enabled = _enabled(section.enabled)
     if enabled != "auto":
         return enabled == "true"
-    if section.get("coordinator_address") or int(section.get("num_processes", -1)) > 1:
+    if section.coordinator_address or int(section.num_processes) > 1:
         return True
     slurm = all(
         k in os.environ

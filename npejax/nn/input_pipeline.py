@@ -34,6 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from npejax import configuration
 from npejax import datasets as data_lib
 from npejax.nn import distributed
 from npejax.nn import inputs as inputs_lib
@@ -125,13 +126,13 @@ def simulate_first(config, workdir: str) -> ml_collections.ConfigDict:
     """With ``data.simulate_first`` (and no ``data.train_dir``/``data.val_dir``): simulates ``data.num_train``
     training and ``data.num_val`` validation images into ``WORKDIR/data/train`` and ``WORKDIR/data/val``
     (split seeds as :mod:`npejax.simulate`; resumable: a rerun finds them complete) with
-    ``data.simulate_workers`` processes (0: one per CPU), and returns a copy of ``config`` that trains from
+    ``data.simulate_workers`` processes (-1: one per CPU), and returns a copy of ``config`` that trains from
     them. On a CPU the whole machine then renders first and trains afterwards, instead of the simulator and
     the train step sharing the cores every step; the images are reused over epochs (augmented)."""
     if not config.data.simulate_first or (config.data.train_dir and config.data.val_dir):
         return config
     config = config.copy_and_resolve_references()
-    workers = int(config.data.simulate_workers) or os.cpu_count() or 1
+    workers = configuration.simulate_workers(config)
     for split, key, count in (("train", "train_dir", "num_train"), ("val", "val_dir", "num_val")):
         if config.data[key]:
             continue
@@ -145,7 +146,7 @@ def simulate_first(config, workdir: str) -> ml_collections.ConfigDict:
                 out,
                 int(config.data[count]),
                 split,
-                config=json.loads(config.to_json_best_effort()),  # as npejax.nn.train.config_dict
+                config=configuration.to_json(config),
                 num_workers=workers,
                 shard_size=int(config.data.shard_size),
                 progress=bool(config.train.progress),

@@ -15,8 +15,9 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from npejax.configuration import check_variant
+
 ASINH_QUANTILES = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 0.999, 0.9999, 0.99999)
-VARIANTS = ("single_field", "psf_unaware", "psf_aware")
 # The background channel's scale is at least this fraction of the mean training background: a network
 # trained on one field (whose sky varies by ~0.3% across an image) would otherwise see other fields'
 # skies as 50-100 sigma inputs. Many-field training sets (std ~23% of the mean) are unaffected.
@@ -26,11 +27,6 @@ BACKGROUND_SCALE_FLOOR = 0.1
 def num_channels(variant: str) -> int:
     check_variant(variant)
     return len(ASINH_QUANTILES) + 1 + (6 if variant == "psf_aware" else 0)
-
-
-def check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"model.variant must be one of {VARIANTS}, got {variant!r}")
 
 
 @dataclasses.dataclass(frozen=True)

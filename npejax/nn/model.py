@@ -43,9 +43,9 @@ training (without it the estimated magnitudes of the cpu_small networks are comp
 
 :func:`from_config` builds the network from the ``model`` and ``posterior`` sections of a config
 (``model.width``, ``model.stem_blocks``, ``model.stem_kernel``, ``model.aperture_flux``, ``model.stages``,
-``model.dtype``, ``posterior.context``,
-``posterior.colours``, ``posterior.context_width``) and checks that its stride equals ``tile_size``;
-:class:`CatalogNet` itself has no defaults: they live in ``configs/default.py`` only.
+``model.dtype``, ``posterior.context``, ``posterior.colours``, ``posterior.context_width``), once
+:func:`npejax.configuration.check_model` has checked them (their allowed values, and a stride equal to
+``tile_size``); :class:`CatalogNet` itself has no defaults: they live in ``configs/default.py`` only.
 """
 
 from __future__ import annotations
@@ -57,11 +57,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from npejax import configuration
 from npejax.nn.inputs import ASINH_QUANTILES
-from npejax.nn.posterior import DECODES, INITIAL_BIAS, NUM_PARAMS, TilePosterior
+from npejax.nn.posterior import INITIAL_BIAS, NUM_PARAMS, TilePosterior
 
-CONTEXTS = ("independent", "checkerboard")
-COLOURS = (2, 4)
 CONTEXT_CHANNELS = 6  # decided, has source, y and x offsets, log flux, is galaxy
 LOG_FLUX_CENTER, LOG_FLUX_SCALE = 2.0, 4.0  # context map's log flux: (ln(flux / nmgy) - 2) / 4
 CONTEXT_RADIUS = 2  # tiles: the context map's two 3x3 convolutions
@@ -275,40 +274,25 @@ class CatalogNet(nn.Module):
         return out
 
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype -> activation dtype
+DTYPES = {name: getattr(jnp, name) for name in configuration.DTYPES}  # model.dtype -> activation dtype
 
 
 def from_config(config) -> CatalogNet:
-    """The network of ``config.model``; ValueError for an unknown dtype or a stride other than ``tile_size``."""
-    dtype = DTYPES.get(config.model.dtype)
-    if dtype is None:
-        raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
-    stages = tuple(tuple(int(v) for v in s) for s in config.model.stages)
+    """The network of ``config.model`` and ``config.posterior``; ValueError naming the key for a value that builds
+    no network (:func:`npejax.configuration.check_model`: an unknown dtype, a stride other than ``tile_size``, ...)."""
+    configuration.check_model(config)
     post = config.posterior
-    if post.context not in CONTEXTS:
-        raise ValueError(f"posterior.context must be one of {CONTEXTS}, got {post.context!r}")
-    if int(post.colours) not in COLOURS:
-        raise ValueError(f"posterior.colours must be 2 (checkerboard) or 4 (2 x 2 blocks), got {post.colours!r}")
-    if str(post.get("decode", "tile")) not in DECODES:
-        raise ValueError(f"posterior.decode must be one of {DECODES}, got {post.decode!r}")
-    if int(post.context_width) < 1:
-        raise ValueError(f"posterior.context_width must be >= 1, got {post.context_width!r}")
-    if int(config.model.stem_kernel) < 1 or int(config.model.stem_kernel) % 2 == 0:
-        raise ValueError(f"model.stem_kernel must be an odd number >= 1, got {config.model.stem_kernel!r}")
-    net = CatalogNet(
+    return CatalogNet(
         width=int(config.model.width),
         stem_blocks=int(config.model.stem_blocks),
         stem_kernel=int(config.model.stem_kernel),
         aperture_flux=bool(config.model.aperture_flux),
-        stages=stages,
-        dtype=dtype,
+        stages=tuple(tuple(int(v) for v in s) for s in config.model.stages),
+        dtype=DTYPES[config.model.dtype],
         context=str(post.context),
         colours=int(post.colours),
         context_width=int(post.context_width),
     )
-    if net.stride != config.tile_size:
-        raise ValueError(f"model stages stride {net.stride} must equal tile_size {config.tile_size}")
-    return net
 
 
 def num_conv_blocks(stem_blocks: int, stages) -> int:

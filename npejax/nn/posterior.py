@@ -28,7 +28,6 @@ import tensorflow_probability.substrates.jax as tfp
 tfd = tfp.distributions
 
 NUM_PARAMS = 8
-DECODES = ("tile", "group")  # posterior.decode: how a catalog is read (merge_split_sources)
 MIN_LOC_SCALE = 1e-3  # tile units; keeps the truncated normal away from a degenerate spike
 MIN_FLUX_SCALE = 1e-3  # log nmgy
 # Output bias at initialization: about 1 source in 100 tiles (4 per 400-tile image), locations at the

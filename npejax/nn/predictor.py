@@ -182,7 +182,7 @@ class Predictor:
         self.variant = config.model.variant
         self.tile_size = int(config.tile_size)
         net = model_lib.from_config(config)
-        self.decode = str(config.posterior.get("decode", "tile"))  # checked by model_lib.from_config
+        self.decode = str(config.posterior.decode)  # checked by model_lib.from_config
         self.margin = receptive_margin(net) + net.context_margin  # tiles
 
         def forward(variables, images, background, psf_params, origin):

@@ -11,7 +11,7 @@ the decayed learning rate:
 ``workdir/checkpoints/{latest,best}`` (:mod:`npejax.nn.checkpoints`), each written before the next epoch
 starts and its files' SHA-256 recorded. Run again in the same workdir, training resumes after the last
 saved epoch -- with the same config: a config that differs from the checkpoint's in anything but the
-training length (:data:`npejax.nn.checkpoints.RESUMABLE_KEYS`) is refused, the differences listed.
+training length (:data:`npejax.configuration.RESUMABLE_KEYS`) is refused, the differences listed.
 
 Stopping on time (:mod:`npejax.nn.preemption`): SIGTERM, SIGUSR1 (Slurm's warning before a time limit or a
 preemption) or ``train.time_limit_minutes`` make training stop at the next step boundary (between two jitted
@@ -35,15 +35,15 @@ jitted call with ``train.steps_per_dispatch`` (:func:`npejax.nn.input_pipeline.t
 :meth:`~npejax.nn.input_pipeline.Feed.step_function` compiles the call that takes it); the validation set and
 the input normalizer's images. This module keeps the loop.
 
-Before any work (:func:`validate_config`, :func:`~npejax.nn.input_pipeline.setup_data`, :func:`check_resume`;
-nothing is written until they pass) the config is checked: variant, dtype, the network's stride against
-``tile_size``, sizes and counts (batch sizes positive multiples of the devices (every process's), an epoch of at
-least one batch, a validation set of at least one ``eval_batch_size`` batch, ``num_epochs``, ``patience`` and
-``steps_per_dispatch`` >= 1, ``data.on_device`` only with a cached training set that takes at most 80% of a
-device's memory: :func:`~npejax.nn.input_pipeline.check_device_memory`), and the cached datasets against the
-config: ``data.train_dir`` must be a 'train' split and ``data.val_dir`` a 'val' split, simulated at the config's
-image and tile size from the config's prior, renderer, field prior and field bank. Once they pass, training
-prints (and logs) the devices, the mesh and the batch per device (:func:`describe_devices`).
+Before any work (:func:`npejax.configuration.validate`, :func:`~npejax.nn.input_pipeline.setup_data`,
+:func:`check_resume`; nothing is written until they pass) the config is checked: variant, dtype, the network's stride
+against ``tile_size``, sizes and counts (batch sizes positive multiples of the devices (every process's), an epoch of
+at least one batch, a validation set of at least one ``eval_batch_size`` batch, ``num_epochs``, ``patience`` and
+``steps_per_dispatch`` >= 1, ``data.on_device`` only with a cached training set that takes at most 80% of a device's
+memory: :func:`~npejax.nn.input_pipeline.check_device_memory`), and the cached datasets against the config:
+``data.train_dir`` must be a 'train' split and ``data.val_dir`` a 'val' split, simulated at the config's image and
+tile size from the config's prior, renderer, field prior and field bank. Once they pass, training prints (and logs)
+the devices, the mesh and the batch per device (:func:`describe_devices`).
 
 Files in ``workdir``: ``config.json`` (the config), ``metrics.csv`` (one row per epoch: ``epoch``,
 ``step``, ``train_nll``, ``val_nll`` (mean per image), ``learning_rate``, ``images_per_s``, ``seconds``;
@@ -60,8 +60,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -76,7 +74,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from npejax import io, schema
+from npejax import configuration, io, schema
 from npejax.nn import checkpoints, distributed, input_pipeline, preemption
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
@@ -92,81 +90,6 @@ def say(*args, **kwargs) -> None:
     """``print`` in process 0 only (:mod:`npejax.nn.distributed`: stdout is written once)."""
     if distributed.is_main():
         print(*args, **kwargs)
-
-
-# --- the config ------------------------------------------------------------------------------------
-
-
-def validate_config(config, num_devices: int | None = None) -> None:
-    """Refuses nonsense values before any work: ValueError naming the key, its value and what would be
-    right. ``num_devices`` defaults to all devices, every process's (the batch sizes must be multiples of it). The
-    datasets are checked by :func:`setup_data`."""
-    num_devices = len(jax.devices()) if num_devices is None else int(num_devices)  # every process's
-    inputs_lib.check_variant(config.model.variant)
-    if config.fields.prior not in schema.FIELD_PRIORS:
-        raise ValueError(f"fields.prior must be one of {schema.FIELD_PRIORS}, got {config.fields.prior!r}")
-    if int(config.tile_size) < 1 or int(config.image_size) % int(config.tile_size):
-        raise ValueError(f"image_size={config.image_size} must be a positive multiple of tile_size={config.tile_size}")
-    model_lib.from_config(config)  # model.dtype, and the network's stride against tile_size
-    train = config.train
-    for key in ("batch_size", "eval_batch_size"):
-        value = int(train[key])
-        if value < 1:
-            raise ValueError(f"train.{key}={value}: must be >= 1 (a multiple of the {num_devices} device(s))")
-        if value % num_devices:
-            lower = value - value % num_devices
-            hint = f"{lower} or {lower + num_devices}" if lower else f"{num_devices}"
-            raise ValueError(f"train.{key}={value} must be a multiple of the {num_devices} devices (e.g. {hint})")
-    for key in ("num_epochs", "patience", "normalizer_images"):
-        if int(train[key]) < 1:
-            what = {
-                "num_epochs": "0 epochs: nothing to train",
-                "patience": "training would stop after its first epoch",
-                "normalizer_images": "no images to fit the input normalizer on",
-            }[key]
-            raise ValueError(f"train.{key}={train[key]}: must be >= 1 ({what})")
-    if int(train.figure_every) < 0:
-        raise ValueError(f"train.figure_every={train.figure_every}: must be >= 0 (0: no figures)")
-    for key in ("learning_rate", "lr_decay"):
-        if not (math.isfinite(float(train[key])) and float(train[key]) > 0):
-            raise ValueError(f"train.{key}={train[key]}: must be a positive number")
-    if int(train.lr_decay_epoch) < 0:
-        raise ValueError(f"train.lr_decay_epoch={train.lr_decay_epoch}: must be >= 0")
-    if not 0.0 <= float(train.ema_decay) < 1.0:
-        raise ValueError(f"train.ema_decay={train.ema_decay}: must be in [0, 1) (0: no moving average)")
-    if not (math.isfinite(float(train.time_limit_minutes)) and float(train.time_limit_minutes) >= 0):
-        raise ValueError(f"train.time_limit_minutes={train.time_limit_minutes}: must be >= 0 (0: no time limit)")
-    check_input_path(config)
-    if not config.data.train_dir and int(train.images_per_epoch) < int(train.batch_size):
-        raise ValueError(
-            f"train.images_per_epoch={train.images_per_epoch} is smaller than train.batch_size="
-            f"{train.batch_size}: an epoch must hold at least one batch"
-        )
-    if not config.data.val_dir and int(config.data.num_val) < int(train.eval_batch_size):
-        raise ValueError(
-            f"train.eval_batch_size={train.eval_batch_size} is larger than the validation set "
-            f"(data.num_val={config.data.num_val}): give data.num_val >= train.eval_batch_size"
-        )
-
-
-def check_input_path(config) -> None:
-    """ValueError naming the key unless ``train.steps_per_dispatch`` >= 1 and ``data.on_device`` has a cached
-    training set to hold (``data.train_dir`` or ``data.simulate_first``)."""
-    per_dispatch = config.train.steps_per_dispatch
-    if isinstance(per_dispatch, bool) or int(per_dispatch) != per_dispatch or per_dispatch < 1:
-        raise ValueError(
-            f"train.steps_per_dispatch={per_dispatch!r}: must be an integer >= 1 (train steps per jitted call)"
-        )
-    if config.data.on_device and not (config.data.train_dir or config.data.simulate_first):
-        raise ValueError(
-            "data.on_device=True needs a cached training set to put on the devices: give "
-            "data.train_dir or data.simulate_first=True (on-the-fly batches are made on the host)"
-        )
-
-
-def config_dict(config: ml_collections.ConfigDict) -> dict:
-    """The config as plain JSON values (saved as config.json and in every checkpoint)."""
-    return json.loads(config.to_json_best_effort())
 
 
 # --- restore or init -------------------------------------------------------------------------------
@@ -234,7 +157,7 @@ class Progress:
             history=list(self.history),
             normalizer=normalizer.to_dict(),
             variant=config.model.variant,
-            config=config_dict(config),
+            config=configuration.to_json(config),
         )
 
 
@@ -270,7 +193,7 @@ def check_resume(config, workdir: str) -> Resume | None:
     or the one of a run stopped later, mid-epoch (``checkpoints/interrupted``, when its train step is past the
     latest epoch's); None for a fresh start. CheckpointError listing the differences (checkpoint -> now, dotted
     keys) when the config differs from the checkpoint's in anything but
-    :data:`npejax.nn.checkpoints.RESUMABLE_KEYS`. Writes nothing."""
+    :data:`npejax.configuration.RESUMABLE_KEYS`. Writes nothing."""
     root = os.path.join(os.path.abspath(workdir), "checkpoints")
     found, which = checkpoints.read_meta(workdir, "latest"), "latest"
     stopped = checkpoints.interrupted_step(workdir)
@@ -280,11 +203,9 @@ def check_resume(config, workdir: str) -> Resume | None:
     if found is None:
         return None
     resume = Resume(*found, os.path.join(root, which))
-    differences = checkpoints.config_differences(
-        checkpoints.upgrade_config(resume.meta.get("config") or {}), config_dict(config)
-    )
+    differences = configuration.saved_differences(resume.meta.get("config"), config)
     if differences:
-        allowed = ", ".join(checkpoints.RESUMABLE_KEYS[:3])
+        allowed = ", ".join(configuration.RESUMABLE_KEYS[:3])
         raise checkpoints.CheckpointError(
             f"workdir {os.path.abspath(workdir)} holds a run ({resume.position}) trained with another config; "
             f"differences (checkpoint -> now): {'; '.join(differences[:8])}"
@@ -643,7 +564,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     :class:`npejax.nn.preemption.Stopped`.
     """
     distributed.initialize(config)  # several processes when the config or the environment asks for them
-    validate_config(config)  # against the devices (all processes'), before the mesh over them is built
+    configuration.validate(config, len(jax.devices()))  # every process's devices, before the mesh over them is built
     stop = preemption.StopRequest(float(config.train.time_limit_minutes))  # its clock starts now
     mesh = steps_lib.data_mesh()
     io.check_output_dir(workdir, "workdir")
@@ -666,7 +587,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, normalizer, progress = restore_or_init(config, net, data, mesh, resume)
         write_metrics(workdir, progress.history)  # a resumed run drops rows of epochs not checkpointed
         if distributed.is_main():
-            io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), config_dict(config))
+            io.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE), configuration.to_json(config))
         if stops_early(config, progress):  # a resumed run that had already stopped early
             end_epoch = progress.epoch
             say(
