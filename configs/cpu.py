@@ -1,4 +1,4 @@
-"""CPU configuration at about 30 minutes of training on a 2-core machine (issue 8): ``configs/cpu_small.py``'s
+"""CPU configuration at about 30 minutes of training on a 2-core machine: ``configs/cpu_small.py``'s
 network and recipe (PSF-aware, four-colour checkerboard, aperture flux, batch 16 with 4 steps per jitted call,
 Adam 3e-3, 12 epochs, x0.1 after epoch 10) with 5.2x its images: 12 epochs of 6656 images (79,872 in all).
 
@@ -6,9 +6,8 @@ Chosen from the size x budget sweep (benchmarks/RESULTS.md, "Size and budget swe
 ``benchmarks/sweep.py``): at 30 CPU minutes the 83k-parameter network (width 24, 30k images) and this one
 (39.6k parameters, 83k images) tie on every headline metric within their seed-to-seed spread, and both beat
 the 7-minute budget; the small network's step is 2.9x faster, so it sees more of the prior's rare bright
-sources. Training on the 2-core VM: 30.7 minutes measured with 6912 images per epoch (2026-11-26; epochs of
-135-158 s, the first with the compiles 188 s), so 6656 here, about 29.6 minutes; training resumes, so a run can
-be stopped and continued with the same command.
+sources. About 30 minutes of training on the 2-core development machine (measured: benchmarks/RESULTS.md,
+"`configs/cpu.py` on the CPU"); training resumes, so a run can be stopped and continued with the same command.
 """
 
 from configs import cpu_small

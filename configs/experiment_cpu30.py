@@ -1,4 +1,4 @@
-"""The paper's Section 7 experiment at the ``configs/cpu.py`` size (issue 8 item 5; python -m npejax.experiment).
+"""The paper's Section 7 experiment at the ``configs/cpu.py`` size (python -m npejax.experiment).
 
 Four networks (single-field, PSF-unaware, PSF-aware, and PSF-aware with the four-colour checkerboard) of the
 ``configs/cpu.py`` size and budget (39.6k parameters, 12 epochs of 6656 images, about 30 minutes each on a

@@ -230,6 +230,28 @@ def test_experiment_runs_end_to_end(experiment):
         assert "SYNTHETIC" in text and "![detection](detection.png)" in text and "Source Extractor" in text
         assert "![gallery](gallery.png)" in text and len(m["gallery"]["images"]) == 12
 
+        # each network at sep's operating point: its fixed-threshold column is its own reference-bin precision and
+        # recall, the reference is sep's, and the best precision at sep's recall is at least that at 0.5 wherever
+        # the network's recall at 0.5 already reaches sep's
+        assert "operating point" in text and (report / "operating_points.csv").is_file()
+        sep_ref = m["methods"]["sep"]["bins_reference"]
+        for name in ("single", "unaware", "aware", "aware_cb"):
+            a = {
+                k: np.array([_num(v) for v in vals])
+                for k, vals in m["methods"][name]["at_baseline"].items()
+                if isinstance(vals, list)
+            }
+            own = m["methods"][name]["bins_reference"]
+            for ours, theirs in (
+                (a["precision_at_threshold"], own["precision"]["value"]),
+                (a["recall_at_threshold"], own["recall"]["value"]),
+                (a["ref_precision"], sep_ref["precision"]["value"]),
+                (a["ref_recall"], sep_ref["recall"]["value"]),
+            ):
+                np.testing.assert_array_equal(ours, np.array([_num(v) for v in theirs]))
+            reach = a["recall_at_threshold"] >= a["ref_recall"]
+            assert np.all(a["precision_at_ref_recall"][reach] >= a["precision_at_threshold"][reach] - 1e-12)
+
 
 def test_evaluate_command_reproduces_the_experiment(experiment, tmp_path):
     # the same test set and network evaluated again by the command: no retraining, the same numbers

@@ -37,10 +37,9 @@ Steps per image (Source Extractor's defaults unless said otherwise):
   sets the aperture; it misses the far wings of the SDSS PSF: noiseless isolated stars of the synthetic
   bank measure 95-97% of their flux.
 
-Measured on 1024 simulated images of ``configs/cpu_small.py`` (many-field prior; match within 1 pixel,
-2-core CPU, about 1 ms per image): recall 0.93 for stars with r < 19 and r < 21 (0.83 / 0.82 for
-galaxies), precision 0.93 for detections with estimated r < 19 and r < 21; median measured / true
-flux 0.96 for r < 19. Most bright stars missed sit on the image edge or against a brighter neighbour.
+Most bright stars it misses sit on the image edge or against a brighter neighbour; its recall, precision and flux
+ratio on simulated images and its cost (about 1 ms per image): benchmarks/RESULTS.md, "Measurements behind the code's
+defaults".
 
 :func:`sep_catalog` returns an astropy table in the column format of
 :func:`npejax.catalogs.prediction_table` (``image``, ``x``, ``y``, ``flux`` in nmgy, ``mag``; no

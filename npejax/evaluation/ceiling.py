@@ -57,16 +57,12 @@ own flux, weighted by their prior share), and V is taken equal under both hypoth
 / sqrt(n) in the bin) is the Monte Carlo error of the galaxies drawn. Blends make the real problem harder
 still, which the bound ignores.
 
-**Cost** (2-core CPU): about 40 star draws per galaxy, 15-30 ms a galaxy with the k-space renderer. The
-evaluation caps the galaxies per bin (``max_per_bin``: the config's ``eval.ceiling_galaxies``); the
-galaxies of a bin are drawn at random (``seed``) among the test set's.
+**Cost**: tens of star draws per galaxy, tens of milliseconds a galaxy with the k-space renderer. The evaluation caps
+the galaxies per bin (``max_per_bin``: the config's ``eval.ceiling_galaxies``); the galaxies of a bin are drawn at
+random (``seed``) among the test set's.
 
-**Measured** on prior draws (:func:`prior_ceiling`: ``configs/default.py``, many-field synthetic bank, 20000
-catalogs, 200 galaxies per reference bin; 45-60 s), per reference bin from the brightest, seed 0 (seed 1):
-1.000, 1.000, 1.000, 0.998 (0.999), 0.994 (0.993), 0.982 (0.978), 0.953 (0.957), 0.914 (0.918),
-0.871 (0.865), 0.828 (0.829); mean over the ten bins 0.954 (0.954); Monte Carlo error 0.003-0.005 in the
-faint bins. Galaxy fractions there 0.60-0.63; P(error | galaxy) 0.12 and P(error | star) 0.25 in the
-faintest bin. Reproduce with::
+The ceiling of the prior itself (:func:`prior_ceiling`), per reference bin, its cost and its Monte Carlo error:
+benchmarks/RESULTS.md, "Measurements behind the code's defaults". Reproduce with::
 
     python -c "from configs import default; from npejax.evaluation import ceiling; \
     print(ceiling.prior_ceiling(default.get_config(), seed=0)['value'].round(3))"

@@ -84,6 +84,7 @@ __all__ = [
     "baseline_catalog",
     "truth_snr",
     "evaluate_catalog",
+    "at_baseline",
     "gallery_images",
     "evaluate",
 ]
@@ -396,6 +397,20 @@ def evaluate_catalog(
     return out
 
 
+def at_baseline(truth, pred, num_images: int, ref_precision, ref_recall) -> dict:
+    """A network at the baseline's operating point in each reference bin (:data:`metrics.REFERENCE_CUTOFFS`): its
+    precision where its recall reaches the baseline's, and its recall where its precision does, over the detection
+    thresholds 0.01-0.99 (:func:`npejax.evaluation.metrics.threshold_curves`,
+    :func:`~npejax.evaluation.metrics.at_reference_operating_point`), beside its values at the fixed threshold."""
+    curves = metrics.threshold_curves(truth, pred, num_images, cutoffs=metrics.REFERENCE_CUTOFFS)
+    out = metrics.at_reference_operating_point(curves, ref_precision, ref_recall)
+    fixed = int(np.argmin(np.abs(curves["thresholds"] - PROB_THRESHOLD)))
+    out["precision_at_threshold"] = curves["precision"][fixed]
+    out["recall_at_threshold"] = curves["recall"][fixed]
+    out["threshold"] = float(curves["thresholds"][fixed])
+    return out
+
+
 def gallery_images(
     truth,
     preds: dict,
@@ -605,6 +620,13 @@ def evaluate(settings: EvalSettings) -> dict:
         results["methods"][name] = evaluate_catalog(
             truth, p, n, equal_cutoffs, snr_values, snr_cutoffs, num_bootstrap=s.num_bootstrap, seed=s.seed
         )
+    if BASELINE in results["methods"]:
+        ref = results["methods"][BASELINE]["bins_reference"]
+        for name, p in preds.items():
+            if name != BASELINE and "prob_source" in metrics.colnames(p):
+                results["methods"][name]["at_baseline"] = at_baseline(
+                    truth, p, n, ref["precision"]["value"], ref["recall"]["value"]
+                )
     results["seconds"] = time.time() - t0
     report.write_report(out_dir, results, preds, gallery_panels=_gallery_panels(test, preds, gallery))
     print(f"report: {os.path.join(out_dir, 'report.md')} ({time.time() - t0:.0f} s)", flush=True)

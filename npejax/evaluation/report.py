@@ -25,6 +25,10 @@ CSV tables (one row per method and entry; non-finite values are empty cells):
 - ``ceiling.csv``: ``bins, bin, lo, hi, value, std, galaxy_fraction, galaxy_error, star_error, num_galaxies,
   count`` -- ``bins`` is ``equal``, ``reference`` or ``snr``; ``metrics.json`` ``ceiling.bins_*``
   (:func:`npejax.evaluation.ceiling.binned_ceiling`).
+- ``operating_points.csv`` (with the baseline): ``method, bin, r_upper, baseline_precision, baseline_recall,
+  precision_at_threshold, recall_at_threshold, precision_at_baseline_recall, threshold_at_baseline_recall,
+  recall_at_baseline_precision, threshold_at_baseline_precision`` -- each network at the baseline's operating point
+  per reference bin (``metrics.json`` ``methods.NAME.at_baseline``; :func:`npejax.evaluation.evaluate.at_baseline`).
 
 The tables (:func:`headline_table`, :func:`bins_table`, :func:`markdown`, :func:`index_markdown`) read a
 results dict as :func:`npejax.evaluation.evaluate.evaluate` returns it: ``test_set`` (``num_images``,
@@ -479,6 +483,20 @@ def markdown(results: dict, gallery: bool = False) -> str:
                 bins_table(results, key, cutoffs, metric),
                 "",
             ]
+    if any("at_baseline" in m for m in results["methods"].values()):
+        out += [
+            f"### At {_label(BASELINE)}'s operating point",
+            "",
+            "A detection threshold is a choice: at prob_source > 0.5 a network may trade precision for recall "
+            "differently from Source Extractor. Per reference bin, each network's precision where its recall "
+            "first reaches the baseline's (the best over thresholds 0.01-0.99, each bin its own threshold, in "
+            "brackets), and its recall where its precision reaches the baseline's; a network that is better at "
+            "the baseline's own operating point beats it on both counts, whatever the threshold. Blank: no "
+            "threshold reaches it (`operating_points.csv`).",
+            "",
+            _at_baseline_table(results),
+            "",
+        ]
     out += [
         "## Calibration",
         "",
@@ -541,12 +559,73 @@ def markdown(results: dict, gallery: bool = False) -> str:
         "`metrics.json` (everything above), `headline.csv`, `bins_equal.csv`, `bins_reference.csv`, "
         "`bins_snr.csv`, `calibration.csv`, `coverage.csv`, "
         + ("`ceiling.csv`, " if results.get("ceiling") else "")
+        + ("`operating_points.csv`, " if any("at_baseline" in m for m in results["methods"].values()) else "")
         + "`predictions/*.fits` (detections)"
         + (f", `{GALLERY_FILE}`" if gallery and results.get("gallery") else "")
         + ".",
         "",
     ]
     return "\n".join(out)
+
+
+def _at_baseline_table(results: dict) -> str:
+    """Markdown table: per reference bin, the baseline's precision and recall and each network's at its operating
+    point (:func:`npejax.evaluation.evaluate.at_baseline`)."""
+    cut = metrics.REFERENCE_CUTOFFS
+    ref = results["methods"][BASELINE]["bins_reference"]
+    lines = [
+        "| r < | "
+        + f"{_label(BASELINE)} precision | {_label(BASELINE)} recall | "
+        + " | ".join(
+            f"{_label(n)} precision at 0.5 | {_label(n)} precision at its recall | {_label(n)} recall at its precision"
+            for n, m in results["methods"].items()
+            if "at_baseline" in m
+        )
+        + " |"
+    ]
+    nets = [(n, m["at_baseline"]) for n, m in results["methods"].items() if "at_baseline" in m]
+    lines.append("| --- " * (3 + 3 * len(nets)) + "|")
+    for k, c in enumerate(cut):
+        cells = [f"{c:g}", _fmt(ref["precision"]["value"][k]), _fmt(ref["recall"]["value"][k])]
+        for _, a in nets:
+            cells += [
+                _fmt(a["precision_at_threshold"][k]),
+                _with_threshold(a["precision_at_ref_recall"][k], a["threshold_at_ref_recall"][k]),
+                _with_threshold(a["recall_at_ref_precision"][k], a["threshold_at_ref_precision"][k]),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _with_threshold(value, threshold) -> str:
+    if value is None or not np.isfinite(value):
+        return ""
+    return f"{_fmt(value)} ({threshold:.2f})"
+
+
+def _at_baseline_rows(results: dict) -> list[dict]:
+    rows = []
+    for name, m in results["methods"].items():
+        a = m.get("at_baseline")
+        if a is None:
+            continue
+        for k, c in enumerate(metrics.REFERENCE_CUTOFFS):
+            rows.append(
+                dict(
+                    method=name,
+                    bin=k,
+                    r_upper=c,
+                    baseline_precision=float(a["ref_precision"][k]),
+                    baseline_recall=float(a["ref_recall"][k]),
+                    precision_at_threshold=float(a["precision_at_threshold"][k]),
+                    recall_at_threshold=float(a["recall_at_threshold"][k]),
+                    precision_at_baseline_recall=float(a["precision_at_ref_recall"][k]),
+                    threshold_at_baseline_recall=float(a["threshold_at_ref_recall"][k]),
+                    recall_at_baseline_precision=float(a["recall_at_ref_precision"][k]),
+                    threshold_at_baseline_precision=float(a["threshold_at_ref_precision"][k]),
+                )
+            )
+    return rows
 
 
 def _ceiling_paragraph(ceiling: dict) -> list[str]:
@@ -753,6 +832,9 @@ def write_report(out_dir: str, results: dict, preds: dict | None = None, gallery
     io.write_csv(os.path.join(out_dir, "headline.csv"), head)
     if ceil:
         io.write_csv(os.path.join(out_dir, "ceiling.csv"), _ceiling_rows(results))
+    at_baseline = _at_baseline_rows(results)
+    if at_baseline:
+        io.write_csv(os.path.join(out_dir, "operating_points.csv"), at_baseline)
     if preds:
         os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
         for name, p in preds.items():

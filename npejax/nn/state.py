@@ -7,17 +7,15 @@ Section 6: 1e-3, x0.1 after epoch 32). Parameters are initialized from ``jax.ran
 [1, image_size, image_size, channels] input of zeros, channels from ``model.variant``.
 
 With ``train.ema_decay`` = d > 0 the state (:class:`AveragedTrainState`) also holds ``ema_params`` and
-``ema_batch_stats``, exponential moving averages of the parameters and of the batch-norm statistics, updated
-after every step with the decay min(d, (1 + n) / (10 + n)) at step n (the warm-up of TensorFlow's
-``ExponentialMovingAverage``: the first steps' random parameters fade at once). Validation, the best
-checkpoint and prediction use them (:func:`eval_variables`); training goes on from ``params`` (beyond the
-paper, which does not average; measured on the CPU recipes in benchmarks/RESULTS.md, "Averaging the
-parameters": it does not remove their multi-epoch excursions of the validation NLL). The
-statistics are averaged with the parameters because the averaged parameters with the live statistics (an
-average over the last ~33 steps, momentum 0.97) are a mismatched network: measured on a configs/cpu.py
-checkpoint (epoch 7, d = 0.998), validation NLL 12.9 with the live statistics against 7.0 with statistics
-recomputed for the averaged parameters (live parameters: 9.5). With d = 0 (the default) the state is a
-plain :class:`TrainState`, as in the paper and every earlier checkpoint.
+``ema_batch_stats``, exponential moving averages of the parameters and of the batch-norm statistics, updated after
+every step with the decay min(d, (1 + n) / (10 + n)) at step n (the warm-up of TensorFlow's
+``ExponentialMovingAverage``: the first steps' random parameters fade at once). Validation, the best checkpoint and
+prediction use them (:func:`eval_variables`); training goes on from ``params`` (beyond the paper, which does not
+average; measured on the CPU recipes in benchmarks/RESULTS.md, "Averaging the parameters": it does not remove their
+multi-epoch excursions of the validation NLL). The statistics are averaged with the parameters because the averaged
+parameters with the live statistics (an average over the last ~33 steps, momentum 0.97) are a mismatched network
+(measured in the same section). With d = 0 (the default) the state is a plain :class:`TrainState`, as in the paper and
+every earlier checkpoint.
 """
 
 from __future__ import annotations

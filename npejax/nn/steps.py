@@ -240,10 +240,9 @@ def scan_unroll(mesh) -> int | bool:
     """How :func:`jit_multi_step` runs its K steps on ``mesh``'s platform: on a CPU as straight-line code (True:
     K copies of the step to compile), elsewhere as a rolled ``lax.scan`` (1: one copy however large K).
 
-    XLA:CPU runs a train step inside a loop operation far slower than the same step outside one (2-core CPU,
-    configs/cpu_small.py, batch 8: 0.30 s per step alone, 2.5 s inside a scan, even of one trip with
-    ``unroll=True``, 0.19-0.32 s per step straight-line; the 4-channel test network: 70 ms, 152 ms in a scan).
-    A loop on a GPU is XLA's usual while loop; ``benchmarks/input_paths.py`` measures it there."""
+    XLA:CPU runs a train step inside a loop operation far slower than the same step outside one, even a loop of one
+    trip (measured: benchmarks/RESULTS.md, "Measurements behind the code's defaults"). A loop on a GPU is XLA's usual
+    while loop; ``benchmarks/input_paths.py`` measures it there."""
     return True if mesh.devices.flat[0].platform == "cpu" else 1
 
 

@@ -454,7 +454,7 @@ def record_stop(
 def stops_early(config, progress: Progress) -> bool:
     """Early stopping: ``train.patience`` epochs without a better validation NLL, and never before an epoch
     at the decayed learning rate (``train.lr_decay_epoch``) is done: a noisy validation loss must not end a
-    run before the decay, which is where the loss falls most (measured: issue 8)."""
+    run before the decay, which is where the loss falls most (benchmarks/RESULTS.md, "Training on the CPU")."""
     return progress.bad_epochs >= int(config.train.patience) and progress.epoch > int(config.train.lr_decay_epoch)
 
 

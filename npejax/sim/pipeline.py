@@ -115,7 +115,7 @@ def simulate_batch(
     """Simulates batch ``batch_index`` (see module docstring for the keys).
 
     Runs with one BLAS thread: the renderer's many small matrix products get slower, not faster, with
-    more threads (2.5x slower with two threads on a busy 2-core machine).
+    more threads (benchmarks/RESULTS.md, "Measurements behind the code's defaults").
     """
     with threadpoolctl.threadpool_limits(1):
         return _simulate_batch(spec, batch_index, renderer)
@@ -164,7 +164,7 @@ def _init_worker(spec_path: str, parent_pid: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     with open(spec_path, "rb") as f:
         spec = pickle.load(f)
-    # one BLAS thread per worker: with N workers on N cores, more threads only contend (measured 3.6x slower)
+    # one BLAS thread per worker: with N workers on N cores, more threads only contend (measured: RESULTS.md)
     _WORKER["blas_limit"] = threadpoolctl.threadpool_limits(1)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     _WORKER["spec"] = spec
