@@ -20,6 +20,7 @@ import tempfile
 
 import ml_collections
 import pytest
+from _modules_touched import ModulesTouched
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `configs` is imported from the repository root, however pytest is started
@@ -46,8 +47,19 @@ TINY_OVERRIDES = {
 TINY_EPOCHS = 2
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--modules-touched",
+        action="store_true",
+        help="list every npejax module with the first selected test that ran code in it; fail if one is not "
+        "touched (python -m pytest -m fast --modules-touched: the fast tier's check; tests/_modules_touched.py)",
+    )
+
+
 def pytest_configure(config):
     share_compilations(config)
+    if config.getoption("--modules-touched"):
+        config.pluginmanager.register(ModulesTouched(), "modules_touched")
 
 
 def share_compilations(config) -> None:
