@@ -17,6 +17,8 @@ from npejax import evaluate as evaluate_cmd
 from npejax.evaluation import baseline, evaluate, report, snr
 from npejax.sim import fields, pipeline
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 NUM_IMAGES, SHARD_SIZE = 6, 4  # two shards: chunks of 4 cross nothing, chunks of 5 cross a shard boundary
 
 

@@ -116,17 +116,20 @@ def test_augment_moves_pixels_and_catalog_without_changing_them(tiny):
         ("cpu_small", 16, 80),  # cpu_small's own batch
     ],
 )
+@pytest.mark.fast
 def test_steps_per_epoch_from_images_per_epoch(load_config, name, batch_size, expected):
     config = load_config(name, {"train.batch_size": batch_size})
     assert train.steps_per_epoch(config) == expected
 
 
+@pytest.mark.fast
 def test_steps_per_epoch_errors_name_the_keys(load_config):
     config = load_config("cpu_small", {"train.images_per_epoch": 8})
     with pytest.raises(ValueError, match="train.images_per_epoch=8 is smaller than train.batch_size=16"):
         train.steps_per_epoch(config)
 
 
+@pytest.mark.fast
 def test_learning_rate_decays_after_lr_decay_epoch(load_config):
     config = load_config("cpu_small")  # 3e-3, x0.1 after epoch 10
     schedule = state_lib.learning_rate_schedule(config, steps_per_epoch=40)
@@ -214,6 +217,7 @@ def _with(config, **train):
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
+@pytest.mark.fast
 def test_ema_decay_outside_zero_one_is_refused(load_config, value):
     config = _with(load_config("cpu_small"), ema_decay=value)
     with pytest.raises(ValueError, match=r"train.ema_decay=.*must be in \[0, 1\)"):
