@@ -8,8 +8,8 @@ do not count). The run fails (exit status 1) when a module is not touched. Impor
 files); a module that defines no function (a package's ``__init__.py`` that re-exports) counts when imported.
 
 The modules are found on disk (``npejax``'s directory as Python imports it), so a module added to the package
-is checked without a list to keep up to date. The tracer slows the run (about 1.5 times: measured on the fast
-tier); time the tier without it.
+is checked without a list to keep up to date. The tracer slows the run (the fast tier: 84 s against 72 s on the
+2-core VM); time the tier without it.
 """
 
 from __future__ import annotations
