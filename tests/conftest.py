@@ -5,6 +5,8 @@ conv blocks, batches of 8, 2 steps (16 images) per epoch, 16 validation images, 
 Tests get it as a Python config (``tiny_config()``) or as command-line overrides (``tiny_flags()``), both
 built from the same dict so they cannot drift apart. Fixtures are factories (session-scoped, so that
 module-scoped fixtures can use them); each call returns a fresh config.
+
+The session shares one XLA compilation cache, with the commands the tests start (:func:`share_compilations`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import importlib
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import ml_collections
 import pytest
+from _modules_touched import ModulesTouched
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `configs` is imported from the repository root, however pytest is started
@@ -40,6 +45,48 @@ TINY_OVERRIDES = {
     "model.aperture_flux": False,
 }
 TINY_EPOCHS = 2
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--modules-touched",
+        action="store_true",
+        help="list every npejax module with the first selected test that ran code in it; fail if one is not "
+        "touched (python -m pytest -m fast --modules-touched: the fast tier's check; tests/_modules_touched.py)",
+    )
+
+
+def pytest_configure(config):
+    share_compilations(config)
+    if config.getoption("--modules-touched"):
+        config.pluginmanager.register(ModulesTouched(), "modules_touched")
+
+
+def share_compilations(config) -> None:
+    """One XLA compilation cache for the test session (JAX's persistent cache, in a temporary directory removed
+    when the session ends), in this process and in the commands the tests start (they inherit the environment).
+
+    Most of the suite's time on a CPU is XLA compiling the same few programs again: the tiny network's train
+    step, eval step and prediction, in every test that trains or predicts, in process or in a subprocess. With
+    the cache each is compiled once per session and then loaded (a cached executable is the compiled program
+    itself, so every result is the same). A ``JAX_COMPILATION_CACHE_DIR`` set by the caller is used as it is."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    directory = tempfile.mkdtemp(prefix="npejax-tests-xla-cache-")
+    values = {"JAX_COMPILATION_CACHE_DIR": directory, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    os.environ.update(values)
+    if "jax" in sys.modules:  # imported already (a plugin): its flags were read from the environment then
+        import jax  # noqa: PLC0415
+
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+    def remove():
+        for name in values:
+            os.environ.pop(name, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    config.add_cleanup(remove)
 
 
 def get_config(name: str, overrides: dict | None = None) -> ml_collections.ConfigDict:

@@ -23,6 +23,8 @@ from npejax import catalogs, datasets
 from npejax.nn import train
 from npejax.sim import pipeline
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CONFIG = os.path.join(ROOT, "configs", "cpu_small.py")

@@ -14,6 +14,8 @@ from npejax.evaluation import baseline, snr
 from npejax.schema import CATALOG_KEYS
 from npejax.sim import fields, pipeline, render
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 COLUMNS = ["image", "x", "y", "flux", "mag", "flux_err", "flag"]
 
 

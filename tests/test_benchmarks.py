@@ -69,6 +69,7 @@ def forward_flops(layers):
     return [2.0 * s * s * k * k * a * b for s, k, a, b in layers]
 
 
+@pytest.mark.fast
 def test_hand_count_matches_the_full_size_description():
     # configs/default.py: 48 conv-BN-SiLU blocks (+ the head)
     layers = conv_layers(64, 3, ((1, 3, 1), (2, 3, 2), (4, 3, 2), (4, 3, 1), (4, 2, 1)))
@@ -78,6 +79,7 @@ def test_hand_count_matches_the_full_size_description():
 # --- the FLOP counters ------------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_matmul_flops_of_one_convolution_and_its_gradients():
     x = jnp.ones((2, 16, 16, 3))
     w = jnp.ones((3, 3, 3, 5))
@@ -98,6 +100,7 @@ def test_matmul_flops_of_one_convolution_and_its_gradients():
     assert tt.matmul_flops(jax.make_jaxpr(jnp.dot)(a, b)) == 2 * 4 * 6 * 7
 
 
+@pytest.mark.fast
 def test_xla_flops_forms():
     class Fake:
         def __init__(self, value):
@@ -115,6 +118,7 @@ def test_xla_flops_forms():
     assert tt.xla_flops(Fake(NotImplementedError("no"))) is None
 
 
+@pytest.mark.fast
 def test_parse_peaks():
     assert tt.parse_peaks(None, ["float32"]) == {"float32": None}
     assert tt.parse_peaks("989", ["float32", "bfloat16"]) == {"float32": 989.0, "bfloat16": 989.0}
@@ -124,6 +128,7 @@ def test_parse_peaks():
             tt.parse_peaks(bad, ["float32"])
 
 
+@pytest.mark.fast
 def test_utilization_arithmetic():
     r = dict(images_per_s=1000.0, batch_size=100)
     u = tt.utilization(r, flops=2e12, conv_flops=1e12, peak_tflops=50.0, num_devices=2)
@@ -259,6 +264,7 @@ def _train_doc(batch, rows):
     )
 
 
+@pytest.mark.fast
 def test_report_section_from_fabricated_files(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -334,6 +340,7 @@ def test_report_section_from_fabricated_files(tmp_path):
     assert text.count("## GPU") == 1
 
 
+@pytest.mark.fast
 def test_report_refuses_foreign_or_missing_files(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert "no benchmark JSON files" in capsys.readouterr().err
@@ -345,6 +352,7 @@ def test_report_refuses_foreign_or_missing_files(tmp_path, capsys):
     assert "is not JSON" in capsys.readouterr().err
 
 
+@pytest.mark.fast
 def test_hand_count_of_cpu_small_agrees_with_the_measured_figure():
     """The cpu_small network of RESULTS.md's CPU step figures (width 16, 19 blocks; configs/cpu_small.py before its
     two-stage recipe): the train step's 0.487 GFLOP/image (XLA, measured on the CPU) lies just above the hand
@@ -356,6 +364,7 @@ def test_hand_count_of_cpu_small_agrees_with_the_measured_figure():
     np.testing.assert_allclose(fwd[0], 2 * 80 * 80 * 25 * 21 * 16)
 
 
+@pytest.mark.fast
 def test_bright_detection_counts_against_a_hand_built_catalog():
     """Recall over true r < 19, precision over detections with estimated r < 19, 1-pixel matching."""
     bright = _load("bright_detection")
@@ -386,6 +395,7 @@ def test_bright_detection_counts_against_a_hand_built_catalog():
     assert (r["correct"], r["num_detections"]) == (1, 3) and r["precision"] == pytest.approx(1 / 3)
 
 
+@pytest.mark.fast
 def test_flux_linearity_images_and_slopes(load_config, monkeypatch):
     """benchmarks/flux_linearity.py: one star per noiseless image holds the star's flux (the renderer conserves
     it) inside the reported tile; a network whose estimate is the true flux to the power 0.5 has slope 0.5

@@ -11,6 +11,8 @@ from configs import default
 from npejax import catalogs
 from npejax.sim import fields, pipeline
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 
 @pytest.fixture(scope="module")
 def batch():

@@ -14,6 +14,8 @@ from npejax.evaluation import ceiling, metrics
 from npejax.schema import CATALOG_KEYS
 from npejax.sim import pipeline, render
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 FIELD = 3
 
 

@@ -165,6 +165,7 @@ def test_prediction_decides_colours_in_turn_from_the_mode(colours):
     np.testing.assert_allclose(np.asarray(sampled)[:, colour == 0], np.asarray(out)[:, colour == 0], atol=1e-6)
 
 
+@pytest.mark.fast
 def test_colours_follow_the_whole_image_grid():
     np.testing.assert_array_equal(model.colour_map((2, 3), 2), [[0, 1, 0], [1, 0, 1]])
     np.testing.assert_array_equal(model.colour_map((2, 3), 2, origin=(1, 0)), [[1, 0, 1], [0, 1, 0]])

@@ -16,6 +16,8 @@ from conftest import one_error_line
 import npejax
 from npejax import cli
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "cpu_small.py")
 COMMANDS = (

@@ -15,6 +15,8 @@ from npejax.datasets import format as dataset_format
 from npejax.datasets import writer
 from npejax.sim import fields, pipeline
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 NUM_IMAGES, SHARD_SIZE = 10, 4  # shards of 4, 4 and 2 images
 
 

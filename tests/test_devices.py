@@ -109,6 +109,7 @@ def test_prediction_sharded_over_four_devices_equals_one(runs):
         np.testing.assert_allclose(sharded[key], value, rtol=PREDICT_TOL, atol=PREDICT_TOL, err_msg=key)
 
 
+@pytest.mark.fast
 def test_training_prints_devices_and_mesh_at_start_up(tmp_path, tiny_config, capsys, monkeypatch):
     """train_and_evaluate says where it runs once every check has passed, before the state is built (the run
     is stopped there: the line is what is tested, not training)."""

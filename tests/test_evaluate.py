@@ -488,6 +488,7 @@ def test_catalog_of_another_test_set_is_a_clear_error(experiment, tmp_path, caps
         (["--num-bins", "many"], "--num-bins"),
     ],
 )
+@pytest.mark.fast
 def test_bad_command_lines(tmp_path, capsys, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     rc = evaluate_cmd.main(["npejax.evaluate", "--out", str(tmp_path / "r"), *args])
@@ -496,11 +497,13 @@ def test_bad_command_lines(tmp_path, capsys, args, message):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.fast
 def test_out_is_required(capsys):
     assert evaluate_cmd.main(["npejax.evaluate", "--no-baseline"]) == 2
     assert capsys.readouterr().err.startswith("error: flag --out=None")
 
 
+@pytest.mark.fast
 def test_missing_test_set_without_num_images(tmp_path):
     with pytest.raises(evaluate.EvaluationError, match="no manifest.json"):
         evaluate.load_test_set(str(tmp_path / "nothing"))
@@ -509,6 +512,7 @@ def test_missing_test_set_without_num_images(tmp_path):
 # --- the experiment's networks -----------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_network_configs_come_from_their_config_files():
     config = experiment_cpu.get_config()
     paper = {"single": ("single_field", "one"), "unaware": ("psf_unaware", "many"), "aware": ("psf_aware", "many")}
@@ -522,6 +526,7 @@ def test_network_configs_come_from_their_config_files():
         experiment_lib._names("single,big", list(config.network_settings), "networks")
 
 
+@pytest.mark.fast
 def test_experiment_at_cpu_size_trains_configs_cpu_and_shares_the_test_sets():
     """configs/experiment_cpu30.py: its checkerboard network is configs/cpu.py exactly, and it differs from
     experiment_cpu.py only in the training images, so the two share test sets (the --out's test-{many,one})."""
@@ -558,6 +563,7 @@ def _empty_pred():
     }
 
 
+@pytest.mark.fast
 def test_degenerate_catalogs_give_defined_values():
     truth = _synthetic_truth(10)
     cut = metrics.equal_count_edges(truth["mag"], 4)
@@ -589,6 +595,7 @@ def test_degenerate_catalogs_give_defined_values():
     assert r["headline"]["mape"]["value"] == 0.0
 
 
+@pytest.mark.fast
 def test_mismatched_image_counts_raise():
     truth = _synthetic_truth(5)
     pred = dict(truth, image=truth["image"] + 3)  # refers to images 5..7 of a 5-image set

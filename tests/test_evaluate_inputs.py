@@ -18,6 +18,8 @@ from npejax.evaluation import baseline, evaluate, report, snr
 from npejax.evaluation.settings import EvalSettings
 from npejax.sim import fields, pipeline
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 NUM_IMAGES, SHARD_SIZE = 6, 4  # two shards: chunks of 4 cross nothing, chunks of 5 cross a shard boundary
 
 

@@ -8,6 +8,8 @@ from scipy import stats
 
 from npejax.sim import fields, interp, psf, synthetic_bank
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 
 @pytest.fixture(scope="module")
 def bank():

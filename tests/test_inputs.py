@@ -5,6 +5,8 @@ import pytest
 
 from npejax.nn import inputs
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 
 def _data(bg_levels, n=8, seed=0):
     rng = np.random.default_rng(seed)

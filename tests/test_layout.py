@@ -9,6 +9,8 @@ import re
 
 import pytest
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "npejax")
 

@@ -12,6 +12,8 @@ from scipy import optimize, stats
 from npejax.catalogs import flux_to_mag, mag_to_flux
 from npejax.evaluation import metrics
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 CUT = metrics.REFERENCE_CUTOFFS
 
 

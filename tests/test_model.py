@@ -1,6 +1,8 @@
 """Network shapes for the three variants, block count, construction from the config, and augmentation
 consistency."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ from npejax import configuration
 from npejax.nn import inputs, model, steps
 
 
+@pytest.mark.fast
 def test_full_size_network_has_48_blocks():
     config = default.get_config()
     assert model.num_conv_blocks(config.model.stem_blocks, config.model.stages) == 48
@@ -21,6 +24,7 @@ def test_full_size_network_has_48_blocks():
 
 
 @pytest.mark.parametrize("variant", configuration.VARIANTS)
+@pytest.mark.fast
 def test_variant_shapes(variant):
     config = cpu_small.get_config()
     with config.unlocked():
@@ -28,14 +32,18 @@ def test_variant_shapes(variant):
     net = model.from_config(config)
     c = inputs.num_channels(variant)
     assert c == 15 + (6 if variant == "psf_aware" else 0)
-    x = jnp.zeros((2, 80, 80, c))
-    variables = net.init(jax.random.key(0), x, train=False)
-    assert net.apply(variables, x).shape == (2, 20, 20, 8)
-    assert net.apply(variables, jnp.zeros((1, 24, 40, c))).shape == (1, 6, 10, 8)
+    # shapes only: the network is traced (jax.eval_shape), not run, which is what its shapes and the side check
+    # depend on (running it op by op took 25 s of compiles on the 2-core CPU)
+    x = jax.ShapeDtypeStruct((2, 80, 80, c), jnp.float32)
+    variables = jax.eval_shape(functools.partial(net.init, train=False), jax.random.key(0), x)
+    assert jax.eval_shape(net.apply, variables, x).shape == (2, 20, 20, 8)
+    small = jax.ShapeDtypeStruct((1, 24, 40, c), jnp.float32)
+    assert jax.eval_shape(net.apply, variables, small).shape == (1, 6, 10, 8)
     with pytest.raises(ValueError, match="multiples of 4"):
-        net.apply(variables, jnp.zeros((1, 30, 40, c)))
+        jax.eval_shape(net.apply, variables, jax.ShapeDtypeStruct((1, 30, 40, c), jnp.float32))
 
 
+@pytest.mark.fast
 def test_network_takes_its_settings_from_the_config():
     config = cpu_small.get_config()
     net = model.from_config(config)
@@ -61,12 +69,13 @@ def test_network_takes_its_settings_from_the_config():
 
 
 @pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.fast
 def test_the_first_stem_block_has_the_configured_kernel(kernel):
     config = cpu_small.get_config()
     config.model.stem_kernel = kernel
     net = model.from_config(config)
     c = inputs.num_channels(config.model.variant)
-    params = net.init(jax.random.key(0), jnp.zeros((1, 16, 16, c)), train=False)["params"]
+    params = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 16, 16, c)), train=False))["params"]
     assert params["ConvBlock_0"]["Conv_0"]["kernel"].shape == (kernel, kernel, c, config.model.width)
     assert params["ConvBlock_1"]["Conv_0"]["kernel"].shape == (3, 3, config.model.width, config.model.width)
 
@@ -88,6 +97,7 @@ def _star(flux, y=13.5, x=18.5, size=32, sigma=1.5):
     return (flux * g / g.sum()).astype(np.float32)
 
 
+@pytest.mark.fast
 def test_aperture_term_is_the_log_of_a_3x3_tile_pixel_sum():
     """Against numpy on the raw pixels: A = sum over the 12 x 12 px around each 4-px tile of (x - Q_0.5) / s
     (the median channel's own units), term = ln(softplus(A / f) / ln 2)."""
@@ -175,11 +185,13 @@ def test_aperture_term_is_finite_for_very_negative_sums():
     assert np.allclose(np.log(np.log1p(np.exp(near)) / np.log(2)), near - np.log(np.log(2)), atol=1e-9)
 
 
+@pytest.mark.fast
 def test_unknown_variant():
     with pytest.raises(ValueError, match="model.variant"):
         inputs.num_channels("psf_magic")
 
 
+@pytest.mark.fast
 def test_augmentation_moves_catalog_with_image():
     h = 80
     y, x = 13.3, 61.7
@@ -196,8 +208,9 @@ def test_augmentation_moves_catalog_with_image():
     tiles["tile_locs"][0, r, c] = (y / 4 - r, x / 4 - c)
     example = dict(images=images[0], background=images[0], **{k: v[0] for k, v in tiles.items()})
     seen = set()
+    dihedral = jax.jit(steps.dihedral)  # one compile for the eight symmetries (op by op: 12 s on the 2-core CPU)
     for k in range(8):
-        out = steps.dihedral({key: jnp.asarray(v) for key, v in example.items()}, jnp.array(k))
+        out = dihedral({key: jnp.asarray(v) for key, v in example.items()}, jnp.array(k))
         iy, ix = np.unravel_index(np.argmax(np.asarray(out["images"])), (h, h))
         ((tr, tc),) = np.argwhere(np.asarray(out["tile_has_source"]))
         ly, lx = np.asarray(out["tile_locs"])[tr, tc]

@@ -268,6 +268,7 @@ def test_checkpoint_of_two_processes_restores_in_one_and_predicts_alike(runs):
         np.testing.assert_allclose(predictions["p0"][key], value, rtol=PREDICT_TOL, atol=PREDICT_TOL, err_msg=key)
 
 
+@pytest.mark.fast
 def test_process_rows_of_cached_batches_make_the_global_batches(tmp_path):
     """``Dataset.batches(rows=)``: the processes' rows of every batch, put side by side, are the batches."""
     train_dir, _ = make_datasets(str(tmp_path))
@@ -285,6 +286,7 @@ def test_process_rows_of_cached_batches_make_the_global_batches(tmp_path):
         next(ds.batches(8, rows=slice(0, 4)))
 
 
+@pytest.mark.fast
 def test_simulator_stride_and_offset_render_a_process_s_batches():
     """Process p of P renders simulator batches i * P + p (its own seed stream); P = 1 is batch i itself."""
     spec = pipeline.SimulationSpec.from_config(worker.config(), seed=11, batch_size=2)
@@ -295,6 +297,7 @@ def test_simulator_stride_and_offset_render_a_process_s_batches():
     assert distributed.simulator_indices(8) == (8, 1, 0)  # this test process: one process
 
 
+@pytest.mark.fast
 def test_distributed_initialized_only_when_asked(monkeypatch):
     config = worker.config()
     for name in CLUSTER_VARIABLES:

@@ -95,6 +95,7 @@ def _max_difference(a, b) -> float:
     )
 
 
+@pytest.mark.fast
 def test_a_training_set_too_large_for_the_device_is_refused(cached):
     config, root = cached
     ds = data.load(root / "train")
@@ -110,6 +111,7 @@ def test_a_training_set_too_large_for_the_device_is_refused(cached):
     input_pipeline.check_device_memory(ds)  # a CPU reports no limit: nothing to check
 
 
+@pytest.mark.fast
 def test_epoch_order_is_the_cached_path_batches(cached):
     config, root = cached
     ds = data.load(root / "train")
@@ -183,6 +185,7 @@ def test_scanned_steps_equal_single_steps(loop):
         ({"train.steps_per_dispatch": -2}, "train.steps_per_dispatch=-2"),
     ],
 )
+@pytest.mark.fast
 def test_bad_input_path_config_is_refused(tiny_config, overrides, message):
     config = tiny_config()
     for key, value in overrides.items():
@@ -192,6 +195,7 @@ def test_bad_input_path_config_is_refused(tiny_config, overrides, message):
         configuration.validate(config, num_devices=1)
 
 
+@pytest.mark.fast
 def test_on_device_with_simulate_first_is_accepted_and_bad_values_are_one_error_line(
     tmp_path, tiny_config, config_path, tiny_flags, capsys
 ):
@@ -214,6 +218,7 @@ def test_on_device_with_simulate_first_is_accepted_and_bad_values_are_one_error_
     assert "data.on_device=True needs a cached training set" in err and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.fast
 def test_workdirs_from_before_the_input_path_keys_resume(tiny_config):
     """A checkpoint's config without data.on_device and train.steps_per_dispatch (written before they existed)
     matches today's config: both keys change how the batches reach the step, not which."""

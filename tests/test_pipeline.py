@@ -48,6 +48,7 @@ def test_same_seed_same_batches_for_any_worker_count(spec):
     _assert_batches_equal(inline[2:], _collect(spec, 0, start=2, num_batches=1))
 
 
+@pytest.mark.fast
 def test_batch_contents(spec):
     batch = pipeline.simulate_batch(spec, 0)
     b = spec.batch_size
@@ -62,12 +63,14 @@ def test_batch_contents(spec):
     assert np.all(batch["background"] > 0)
 
 
+@pytest.mark.fast
 def test_single_field_prior_uses_reference(spec):
     one = dataclasses.replace(spec, field_prior="one")
     batch = pipeline.simulate_batch(one, 0)
     assert np.all(batch["field_id"] == spec.bank.reference)
 
 
+@pytest.mark.fast
 def test_prefetch_is_bounded(spec):
     produced = []
     sim = pipeline.Simulator(spec, num_workers=0, prefetch=2, transform=lambda b: produced.append(1) or b)
@@ -92,6 +95,7 @@ def test_worker_exception_is_reraised_with_traceback(spec):
     assert not (after - before), "worker processes left running after an error"
 
 
+@pytest.mark.fast
 def test_inline_exception_is_reraised(spec):
     bad = dataclasses.replace(spec, prior=dataclasses.replace(spec.prior, sources_per_pixel=0.01, max_sources=2))
     with pytest.raises(ValueError, match="max_sources"):

@@ -91,6 +91,7 @@ def test_mode_sample_and_summary():
     np.testing.assert_allclose(inside, 0.6827, atol=0.05)
 
 
+@pytest.mark.fast
 def test_tiles_to_sources_pixel_coordinates():
     tiles = dict(
         tile_has_source=np.zeros((2, 3, 3), bool),
@@ -108,6 +109,7 @@ def test_tiles_to_sources_pixel_coordinates():
     np.testing.assert_allclose(out["flux"], [7.0])
 
 
+@pytest.mark.fast
 def test_wrong_parameter_count():
     with pytest.raises(ValueError, match="8 parameters"):
         posterior.TilePosterior.from_params(jnp.zeros((1, 2, 2, 7)))
@@ -128,6 +130,7 @@ def _tiles(prob, on=None):
     )
 
 
+@pytest.mark.fast
 def test_merge_split_sources_detects_a_corner_source_once_with_the_windows_probability():
     prob = np.full((1, 4, 4), 0.01)
     prob[0, 1:3, 1:3] = [[0.30, 0.20], [0.35, 0.30]]  # a source on the corner between tiles 1 and 2
@@ -146,6 +149,7 @@ def test_merge_split_sources_detects_a_corner_source_once_with_the_windows_proba
     assert len(sources["x"]) == 1 and sources["prob_source"][0] > 0.5
 
 
+@pytest.mark.fast
 def test_merge_split_sources_leaves_improbable_windows_and_decided_sources_alone():
     # every window's P(no source) = 0.9 ** 4 = 0.656 > 0.5: nothing to add
     tiles = _tiles(np.full((2, 5, 5), 0.1))
@@ -164,6 +168,7 @@ def test_merge_split_sources_leaves_improbable_windows_and_decided_sources_alone
     assert not posterior.merge_split_sources(one_row)["tile_has_source"].any()
 
 
+@pytest.mark.fast
 def test_merge_split_sources_takes_one_of_overlapping_windows_and_each_separate_one():
     prob = np.full((2, 6, 8), 0.01)
     prob[0, 1, 1:3] = 0.45  # a source on an edge: two windows hold both tiles, with equal P(none)

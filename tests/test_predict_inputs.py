@@ -268,6 +268,7 @@ def test_missing_output_directory_is_created(trained, capsys):
 # --- item 10: RA/Dec from a FITS WCS ---------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_pixel_convention_of_sky_coordinates():
     """npejax x = 0.5 is the centre of pixel 0, which is FITS pixel 1 (CRPIX = 1 -> CRVAL)."""
     table = catalog.prediction_table(
@@ -435,6 +436,7 @@ def test_sdss_frame_refusals(trained, capsys, no_network_run, case, fragment):
 # --- item 13: bounded memory --------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_chunk_plan_covers_each_tile_once_with_its_margin():
     for n, chunk, margin in [(75, 16, 2), (16, 16, 2), (17, 16, 2), (128, 20, 5), (373, 128, 12)]:
         plan = predictor._chunk_plan(n, chunk, margin)

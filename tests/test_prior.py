@@ -11,6 +11,8 @@ from configs import default  # the repository root is on sys.path (conftest.py)
 from npejax import schema
 from npejax.sim import prior
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 P_MIN = 1e-3
 
 

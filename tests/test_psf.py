@@ -5,6 +5,8 @@ import pytest
 
 from npejax.sim import psf
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 PARAMS = [
     (1.4, 3.5, 2.5, 3.5, 0.1, 0.02),
     (1.1, 2.2, 1.8, 4.4, 0.2, 0.05),

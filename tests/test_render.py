@@ -10,6 +10,8 @@ from configs import default  # the repository root is on sys.path (conftest.py)
 from npejax import catalogs, schema
 from npejax.sim import fields, prior, psf, render
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 
 def _render_config(**changes):
     """The renderer settings of configs/default.py, with ``changes``."""

@@ -11,6 +11,8 @@ from npejax import io
 from npejax.evaluation import ceiling, evaluate, metrics, report
 from npejax.evaluation.headline import SUBSETS
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 NAN = math.nan
 HEADER = (
     "| method | precision, est. r < 21.5: [mean of ref. bins 1-8, to 21.495] "

@@ -21,6 +21,8 @@ from npejax.sim import fields as fields_lib
 from npejax.sim import psf as psf_lib
 from npejax.surveys import download, sdss
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 H, W = 60, 80  # small frame (real SDSS: 1489 x 2048)

@@ -130,6 +130,7 @@ def test_cli_rerun_resumes_and_mismatch_is_refused(val_run):
         (["--split", "val", "--config", "configs/no_such_config.py"], "no_such_config.py"),
     ],
 )
+@pytest.mark.fast
 def test_cli_bad_input(tmp_path, args, message):
     result = _run("--config", CONFIG, "--out", str(tmp_path / "d"), "--num-workers", "0", *args)
     assert result.returncode != 0
@@ -168,6 +169,7 @@ def _main(capsys, *args):
         ("proc", "cannot write in /proc"),
     ],
 )
+@pytest.mark.fast
 def test_unusable_out_is_refused_before_rendering(tmp_path, capsys, where, message):
     blocker = tmp_path / "afile"
     blocker.write_text("keep\n")
@@ -179,6 +181,7 @@ def test_unusable_out_is_refused_before_rendering(tmp_path, capsys, where, messa
     assert sorted(os.listdir(tmp_path)) == ["afile"]
 
 
+@pytest.mark.fast
 def test_bank_with_frames_smaller_than_the_image_is_refused(tmp_path, capsys):
     bank_path = tmp_path / "small_frames.npz"
     dataclasses.replace(fields.load_bank().subset([0, 1]), frame_shape=(40, 60)).save(bank_path)

@@ -92,7 +92,9 @@ def test_jitted_sharded_steps_match_the_plain_functions(tiny):
     assert set(on_device) == set(NETWORK_KEYS)
     got_state, got_loss = train_step(jax.device_put(state, steps.replicated(mesh)), on_device, key)
     np.testing.assert_allclose(float(got_loss), float(expected_loss), rtol=1e-5)
-    np.testing.assert_allclose(float(eval_step(got_state, on_device)), float(expected_eval), rtol=1e-5)
+    # the eval step compiled with shardings against the plain one, after a step of each: float32 rounding of two
+    # programs (1.85e-5 relative on the 2-core CI machine of 2026-12, 4e-6 on the earlier one)
+    np.testing.assert_allclose(float(eval_step(got_state, on_device)), float(expected_eval), rtol=1e-4)
 
 
 def test_augment_moves_pixels_and_catalog_without_changing_them(tiny):
@@ -117,17 +119,20 @@ def test_augment_moves_pixels_and_catalog_without_changing_them(tiny):
         ("cpu_small", 16, 80),  # cpu_small's own batch
     ],
 )
+@pytest.mark.fast
 def test_steps_per_epoch_from_images_per_epoch(load_config, name, batch_size, expected):
     config = load_config(name, {"train.batch_size": batch_size})
     assert input_pipeline.steps_per_epoch(config) == expected
 
 
+@pytest.mark.fast
 def test_steps_per_epoch_errors_name_the_keys(load_config):
     config = load_config("cpu_small", {"train.images_per_epoch": 8})
     with pytest.raises(ValueError, match="train.images_per_epoch=8 is smaller than train.batch_size=16"):
         input_pipeline.steps_per_epoch(config)
 
 
+@pytest.mark.fast
 def test_learning_rate_decays_after_lr_decay_epoch(load_config):
     config = load_config("cpu_small")  # 3e-3, x0.1 after epoch 10
     schedule = state_lib.learning_rate_schedule(config, steps_per_epoch=40)
@@ -215,6 +220,7 @@ def _with(config, **train):
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
+@pytest.mark.fast
 def test_ema_decay_outside_zero_one_is_refused(load_config, value):
     config = _with(load_config("cpu_small"), ema_decay=value)
     with pytest.raises(ValueError, match=r"train.ema_decay=.*must be in \[0, 1\)"):

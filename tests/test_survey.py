@@ -411,6 +411,7 @@ def _catalog_names(folder):
     return sorted(os.path.splitext(p)[0] for p in os.listdir(folder / "catalogs"))
 
 
+@pytest.mark.fast
 def test_shards_are_disjoint_and_cover_the_list(sharded, workdir, capsys, monkeypatch):
     root, codes = sharded
     assert codes == [0, 0, 0]
@@ -501,6 +502,7 @@ def test_shards_are_disjoint_and_cover_the_list(sharded, workdir, capsys, monkey
         ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "SLURM_ARRAY_TASK_ID='x'"),
     ],
 )
+@pytest.mark.fast
 def test_shard_from_slurm_environment(env, expected):
     if isinstance(expected, str):
         with pytest.raises(ValueError, match=expected):
@@ -512,6 +514,7 @@ def test_shard_from_slurm_environment(env, expected):
     assert parts == [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]
 
 
+@pytest.mark.fast
 def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
     root, _ = sharded
     out = root / "out"
@@ -576,6 +579,7 @@ def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
         ("merge_empty", "no catalogs in"),
     ],
 )
+@pytest.mark.fast
 def test_bad_command_lines_give_one_error_line(case, fragment, tmp_path, capsys, monkeypatch, no_network):
     lists = {
         "unknown_key": "x.fits backgroud=0.7\n",
@@ -657,6 +661,7 @@ def test_module_command_line(root, tmp_path, capsys):
     assert proc.stderr.startswith("error: --shard 4/4: expected I/N with 0 <= I < N") and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.fast
 def test_frame_list_format(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "list.txt").write_text(

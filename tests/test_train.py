@@ -80,6 +80,7 @@ def test_cli_trains_and_resumes_after_a_kill(tmp_path, run_main):
         ("--config.train.images_per_epoch=4", "train.images_per_epoch=4 is smaller than train.batch_size=8"),
     ],
 )
+@pytest.mark.fast
 def test_bad_config_is_one_error_line(tmp_path, config_path, tiny_flags, capsys, flag, message):
     code = train_main.main(
         ["npejax-train", "--config", config_path("cpu_small"), "--workdir", str(tmp_path / "bad"), *tiny_flags(), flag]
@@ -239,7 +240,10 @@ def test_checkpoint_written_on_four_devices_predicts_on_one(tmp_path, root, conf
     """A run on 4 devices (XLA's forced host devices: the batch sharded 4 ways) restores on 1 device and
     predicts the same tiles as on 4 (issue 9: "Topology mismatch" before the restore target's sharding)."""
     workdir = tmp_path / "run4"
-    env4 = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    # LLVM at optimization level 0 in all three processes (as tests/test_devices.py): half the compile time; the
+    # shardings, the restore and the 1-vs-4 comparison are decided before it
+    fast = "--xla_backend_optimization_level=0"
+    env4 = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {fast}")
     proc = subprocess.run(
         [
             sys.executable,
@@ -269,7 +273,7 @@ def test_checkpoint_written_on_four_devices_predicts_on_one(tmp_path, root, conf
         "print(json.dumps(dict(devices=len(jax.devices()), prob=t['prob_source'].tolist())))\n"
     )
     outs = {}
-    for name, env in (("one", dict(os.environ, XLA_FLAGS="")), ("four", env4)):
+    for name, env in (("one", dict(os.environ, XLA_FLAGS=fast)), ("four", env4)):
         run = subprocess.run(
             [sys.executable, "-c", script, str(workdir)], cwd=root, env=env, capture_output=True, text=True, timeout=300
         )

@@ -27,6 +27,8 @@ from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
 from npejax.sim import pipeline
 
+pytestmark = pytest.mark.fast  # the whole file is in the fast tier
+
 STALE_ROW = "epoch,step,train_nll,val_nll,learning_rate,images_per_s,seconds\n1,2,111.0,222.0,0.001,1.0,9.9\n"
 
 
