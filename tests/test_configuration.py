@@ -12,6 +12,8 @@ from npejax import configuration, io
 from npejax.evaluation.settings import EvalSettings, EvaluationError
 from npejax.nn import checkpoints
 
+pytestmark = pytest.mark.fast  # every test here is cheap: the fast tier (python -m pytest -m fast)
+
 EVAL_BEFORE = dict(num_bootstrap=200, num_bins=10, ceiling_galaxies=200, baseline=True, snr=True, seed=0)
 
 

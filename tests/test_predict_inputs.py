@@ -502,6 +502,7 @@ def test_dataset_is_streamed_batch_by_batch(trained, capsys, monkeypatch):
 # --- item 14: the PNG ---------------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_png_of_the_detections(trained, capsys):
     root, _ = trained
     fits.PrimaryHDU(_noise_image(77, 75), header=_tan_header()).writeto(root / "png.fits", overwrite=True)

@@ -257,6 +257,7 @@ def test_evaluate_a_pretrained_network_beside_its_checkpoint(shipped_here, tmp_p
 # --- the networks shipped with the package --------------------------------------------------------------
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", pretrained_lib.available())
 def test_a_shipped_network_loads_and_catalogs_a_simulated_image(name):
     entry = pretrained_lib.entry(name)
