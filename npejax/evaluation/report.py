@@ -577,7 +577,8 @@ def _at_baseline_table(results: dict) -> str:
         "| r < | "
         + f"{_label(BASELINE)} precision | {_label(BASELINE)} recall | "
         + " | ".join(
-            f"{_label(n)} precision at 0.5 | {_label(n)} precision at its recall | {_label(n)} recall at its precision"
+            f"{_label(n)} precision at 0.5 | {_label(n)} precision at the baseline's recall | "
+            f"{_label(n)} recall at the baseline's precision"
             for n, m in results["methods"].items()
             if "at_baseline" in m
         )
