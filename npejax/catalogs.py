@@ -7,6 +7,7 @@ fluxes in nanomaggies (nmgy); ``mag`` = 22.5 - 2.5 log10(flux / nmgy) (SDSS r). 
 index of the image in the dataset (or the batch).
 
 :func:`truth_table` turns a batch's true catalog (the padded arrays of :mod:`npejax.sim.prior`) into a table;
+:func:`add_sky_coordinates` gives a catalog of one image ``ra`` and ``dec`` through the image's WCS;
 :func:`write_table` / :func:`read_table` store and read any table (truth or predictions) by extension.
 """
 
@@ -111,6 +112,50 @@ def prediction_table(sources: dict) -> table_lib.Table:
         if key in sources:
             t[key] = np.asarray(sources[key], np.float32)
     return _described(t, PREDICTION_COLUMNS)
+
+
+def check_wcs(wcs) -> None:
+    """TypeError unless ``wcs`` has astropy's high-level ``pixel_to_world`` (what :func:`add_sky_coordinates`
+    needs)."""
+    if not callable(getattr(wcs, "pixel_to_world", None)):
+        raise TypeError(
+            f"wcs {type(wcs).__name__}: expected a celestial WCS with pixel_to_world (astropy.wcs.WCS, APE 14)"
+        )
+
+
+def add_sky_coordinates(table: table_lib.Table, wcs) -> table_lib.Table:
+    """Adds ``ra`` and ``dec`` (ICRS, degrees) to a catalog of one image with celestial WCS ``wcs``, and
+    the WCS keywords to its metadata (a FITS catalog's header); returns the table.
+
+    ``wcs``: an astropy :class:`~astropy.wcs.WCS` or any WCS with astropy's high-level ``pixel_to_world``
+    (APE 14; its keywords are kept when it has ``to_header``). The one implementation of both
+    :meth:`npejax.nn.predictor.Predictor.catalog`'s ``wcs=`` and the FITS inputs of
+    :func:`npejax.cataloging.images.catalog_inputs`.
+
+    Pixel convention: npejax's ``x``, ``y`` are pixels from the image edge, pixel (i, j) covering [i, i+1)
+    x [j, j+1), so a pixel's centre is at x = i + 0.5; astropy's 0-based pixel coordinates put pixel i's
+    centre at i. The position is therefore ``wcs.pixel_to_world(x - 0.5, y - 0.5)`` (FITS 1-based pixel
+    x + 0.5, y + 0.5).
+    """
+    check_wcs(wcs)
+    x = np.asarray(table["x"], np.float64) - 0.5
+    y = np.asarray(table["y"], np.float64) - 0.5
+    if len(table):
+        coords = wcs.pixel_to_world(x, y).icrs
+        ra, dec = coords.ra.deg, coords.dec.deg
+    else:
+        ra = dec = np.zeros(0)
+    table["ra"], table["dec"] = np.asarray(ra, np.float64), np.asarray(dec, np.float64)
+    table["ra"].unit, table["ra"].description = "deg", "right ascension (ICRS) of x, y through the image WCS"
+    table["dec"].unit, table["dec"].description = "deg", "declination (ICRS) of x, y through the image WCS"
+    if callable(getattr(wcs, "to_header", None)):
+        for card in wcs.to_header(relax=True).cards:
+            table.meta[card.keyword] = card.value
+    table.meta["comments"] = list(table.meta.get("comments", [])) + [
+        "x, y: pixels from the image edge, pixel (i, j) covers [i, i+1) x [j, j+1); FITS pixel = x + 0.5, "
+        "y + 0.5 in the WCS of this header; ra, dec: ICRS degrees"
+    ]
+    return table
 
 
 def table_format(path) -> str:

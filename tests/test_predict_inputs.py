@@ -275,7 +275,7 @@ def test_pixel_convention_of_sky_coordinates():
         dict(image=np.zeros(3, int), x=np.array([0.5, 1.5, 0.0]), y=np.array([0.5, 0.5, 0.0]), flux=np.ones(3))
     )
     wcs = WCS(_tan_header(crpix=(1.0, 1.0)))
-    images.add_sky_coordinates(table, wcs)
+    catalog.add_sky_coordinates(table, wcs)
     assert table["ra"][0] == pytest.approx(150.1, abs=1e-12) and table["dec"][0] == pytest.approx(2.2, abs=1e-12)
     step = np.hypot(table["ra"][1] - table["ra"][0], table["dec"][1] - table["dec"][0]) * 3600
     assert step == pytest.approx(0.396, abs=0.01)  # one pixel to the right

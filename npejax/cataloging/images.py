@@ -19,7 +19,7 @@ file is one ``ValueError`` naming it.
 
 The catalog (:func:`catalog_inputs`) is :meth:`npejax.nn.predictor.Predictor.catalog_batches` of the
 inputs, read ``batch_size`` images at a time. When the input is a FITS image with a celestial WCS, it also
-has ``ra`` and ``dec`` (ICRS, degrees; :func:`add_sky_coordinates`) and keeps the WCS keywords in its
+has ``ra`` and ``dec`` (ICRS, degrees; :func:`npejax.catalogs.add_sky_coordinates`) and keeps the WCS keywords in its
 metadata (the FITS header of a ``.fits`` catalog).
 """
 
@@ -35,6 +35,7 @@ import numpy as np
 from astropy import wcs as wcs_lib
 from astropy.io import fits
 
+from npejax import catalogs as catalog_lib
 from npejax import datasets as data_lib
 from npejax.nn.predictor import CHUNK_SIZE, Predictor, check_inputs
 from npejax.sim import fields as fields_lib
@@ -177,34 +178,6 @@ def celestial_wcs(header: fits.Header, name: str) -> wcs_lib.WCS | None:
     return w.celestial if w.has_celestial else None
 
 
-def add_sky_coordinates(table, wcs: wcs_lib.WCS):
-    """Adds ``ra`` and ``dec`` (ICRS, degrees) to a catalog of one image with celestial WCS ``wcs``, and
-    the WCS keywords to its metadata (a FITS catalog's header); returns the table.
-
-    Pixel convention: npejax's ``x``, ``y`` are pixels from the image edge, pixel (i, j) covering [i, i+1)
-    x [j, j+1), so a pixel's centre is at x = i + 0.5; astropy's 0-based pixel coordinates put pixel i's
-    centre at i. The position is therefore ``wcs.pixel_to_world(x - 0.5, y - 0.5)`` (FITS 1-based pixel
-    x + 0.5, y + 0.5).
-    """
-    x = np.asarray(table["x"], np.float64) - 0.5
-    y = np.asarray(table["y"], np.float64) - 0.5
-    if len(table):
-        coords = wcs.pixel_to_world(x, y).icrs
-        ra, dec = coords.ra.deg, coords.dec.deg
-    else:
-        ra = dec = np.zeros(0)
-    table["ra"], table["dec"] = np.asarray(ra, np.float64), np.asarray(dec, np.float64)
-    table["ra"].unit, table["ra"].description = "deg", "right ascension (ICRS) of x, y through the image WCS"
-    table["dec"].unit, table["dec"].description = "deg", "declination (ICRS) of x, y through the image WCS"
-    for card in wcs.to_header(relax=True).cards:
-        table.meta[card.keyword] = card.value
-    table.meta["comments"] = list(table.meta.get("comments", [])) + [
-        "x, y: pixels from the image edge, pixel (i, j) covers [i, i+1) x [j, j+1); FITS pixel = x + 0.5, "
-        "y + 0.5 in the WCS of this header; ra, dec: ICRS degrees"
-    ]
-    return table
-
-
 def _fits_inputs(path: str, background, psf_params=None, field_id=None, bank=None) -> Inputs:
     image, header = read_fits_image(path, "input FITS file")
     if background is None:
@@ -290,8 +263,8 @@ def catalog_inputs(
 ):
     """The catalog of ``inputs`` by ``net`` (:meth:`~npejax.nn.predictor.Predictor.catalog_batches`: read
     ``batch_size`` images at a time, a dataset is never loaded whole); with ``ra``/``dec`` columns when the
-    inputs have a celestial WCS (:func:`add_sky_coordinates`)."""
+    inputs have a celestial WCS (:func:`npejax.catalogs.add_sky_coordinates`)."""
     table = net.catalog_batches(inputs.batches(batch_size), min_prob, batch_size, chunk_size)
     if inputs.wcs is not None:
-        add_sky_coordinates(table, inputs.wcs)
+        catalog_lib.add_sky_coordinates(table, inputs.wcs)
     return table

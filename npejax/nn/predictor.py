@@ -6,6 +6,7 @@ Python API::
     predictor = Predictor.pretrained("cpu")                    # or a network shipped with the package
     tiles = predictor.predict_tiles(images, background, psf_params)   # per-tile posterior summaries
     table = predictor.catalog(images, background, psf_params)         # astropy Table, one row per source
+    table = predictor.catalog(image, background, psf_params, wcs=WCS(header))  # + ra, dec (ICRS, degrees)
 
 Arrays: ``images`` [N, H, W] (or one [H, W]; nmgy, sky-subtracted), ``background`` (a number, [H, W] or
 [N, H, W]; nmgy per pixel) and ``psf_params`` ([6] or [N, 6]: s1, s2, sP, beta, b, p0). They are checked before
@@ -28,9 +29,10 @@ a tile corner, each below 1/2, is still detected once (:func:`npejax.nn.posterio
 The catalog holds one row per tile whose source probability exceeds ``min_prob``, with the columns of
 :data:`npejax.schema.PREDICTION_COLUMNS`: ``image``, ``x``, ``y`` (pixels), ``flux`` (nmgy, posterior
 median), ``mag``, ``prob_source``, ``prob_galaxy``, ``x_std``, ``y_std``, ``flux_lo``, ``flux_hi``
-(central 68% interval, nmgy); :meth:`Predictor.catalog_batches` makes it batch by batch. (A FITS image with a
-celestial WCS adds ``ra`` and ``dec``: :func:`npejax.cataloging.images.catalog_inputs`.) The network's outputs
-are checked to be finite before any row is made (:class:`NonFiniteOutputError`, naming the image).
+(central 68% interval, nmgy); :meth:`Predictor.catalog_batches` makes it batch by batch. An image's celestial
+WCS adds ``ra`` and ``dec`` (``Predictor.catalog(..., wcs=...)``; a FITS input's own WCS:
+:func:`npejax.cataloging.images.catalog_inputs`). The network's outputs are checked to be finite before any row
+is made (:class:`NonFiniteOutputError`, naming the image).
 """
 
 from __future__ import annotations
@@ -325,13 +327,23 @@ class Predictor:
         batch_size: int = 256,
         image_offset: int = 0,
         chunk_size: int | None = CHUNK_SIZE,
+        wcs=None,
     ):
         """Probabilistic catalog (astropy Table) of tiles with ``prob_source > min_prob``; sources whose
-        position falls in the padding of an image of any other size are dropped."""
+        position falls in the padding of an image of any other size are dropped.
+
+        ``wcs``: the celestial WCS of the image (an :class:`astropy.wcs.WCS`, e.g. ``WCS(header).celestial``,
+        or any WCS with ``pixel_to_world``) adds ``ra`` and ``dec`` (ICRS, degrees) and its keywords to the
+        table's metadata, exactly as a FITS input of ``python -m npejax.predict`` does
+        (:func:`npejax.catalogs.add_sky_coordinates`); every row goes through it, so give it for one image (or
+        images that share it)."""
         min_prob = check_min_prob(min_prob)
-        return catalog_lib.prediction_table(
+        if wcs is not None:
+            catalog_lib.check_wcs(wcs)  # before the network runs
+        table = catalog_lib.prediction_table(
             self._sources(images, background, psf_params, min_prob, batch_size, chunk_size, image_offset)
         )
+        return table if wcs is None else catalog_lib.add_sky_coordinates(table, wcs)
 
     def catalog_batches(
         self,
