@@ -180,6 +180,18 @@ def parse_pairs(values, option: str) -> dict[str, str]:
     return out
 
 
+def define_overwrite(fv: flags.FlagValues, what: str) -> None:
+    """``--overwrite``: replace ``what`` (the command's output files) when it exists (:func:`check_new_file`)."""
+    flags.DEFINE_boolean("overwrite", False, f"Replace {what} if it exists (refused otherwise).", flag_values=fv)
+
+
+def check_new_file(path, option: str, overwrite: bool) -> None:
+    """Refuses an existing output file ``path`` (the value of ``option``) unless ``overwrite``: a
+    :class:`UsageError` naming the file and ``--overwrite``, before any work."""
+    if not overwrite and os.path.isfile(path):
+        raise UsageError(f"{option} {path} exists; give --overwrite to replace it")
+
+
 def fail(text: str, code: int = EXIT_USAGE) -> int:
     """Prints ``error: text`` on stderr and returns ``code`` (for ``return cli.fail(...)``)."""
     sys.stderr.write(f"error: {text}\n")

@@ -21,7 +21,8 @@ foreign workdir, both or neither of ``--workdir`` and ``--pretrained``, an unkno
 error lists the shipped ones), a missing, truncated or corrupt input (FITS, .npz, dataset, SDSS frame or
 psField), a frame of another band or a psField of another field, a background <= 0 or above 1e4 nmgy per
 pixel, NaN pixels, invalid PSF parameters, ``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
-or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory). A network
+or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory) or that
+exists (unless ``--overwrite``). A network
 that gives NaN or infinite outputs (a corrupt checkpoint) is an error naming the image.
 """
 
@@ -90,10 +91,17 @@ def define_flags(fv: flags.FlagValues) -> None:
         "background", None, "FITS input: background in nmgy per pixel (a number or a FITS file).", flag_values=fv
     )
     flags.DEFINE_string("psf-params", None, "FITS input: s1,s2,sP,beta,b,p0 (pixels).", flag_values=fv)
-    flags.DEFINE_string("field-id", None, "FITS input: take the PSF from this field of --bank.", flag_values=fv)
+    flags.DEFINE_string(
+        "field-id",
+        None,
+        "FITS input: take the PSF from this field of --bank, by name (synthetic-0493) or by the index that "
+        "datasets and truth catalogs store (493).",
+        flag_values=fv,
+    )
     flags.DEFINE_string(
         "bank", None, "Field bank for --field-id (default: the embedded synthetic bank).", flag_values=fv
     )
+    cli.define_overwrite(fv, "--out and --png")
     for name in ("min-prob", "batch-size", "chunk-size", "psf-params", "field-id", "sdss-frame"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
@@ -137,12 +145,14 @@ def run(fv: flags.FlagValues) -> None:
         raise cli.UsageError(f"--batch-size {batch_size}: expected a positive number of images per network call")
     catalog_lib.table_format(fv.out)  # a bad extension fails before the network loads
     io.check_output_file(fv.out, "--out")
+    cli.check_new_file(fv.out, "--out", fv.overwrite)
     if fv.png is not None:
         if not fv.png.lower().endswith(".png"):
             raise cli.UsageError(f"--png {fv.png}: expected a file name ending in .png")
         if os.path.abspath(fv.png) == os.path.abspath(fv.out):
             raise cli.UsageError(f"--png {fv.png} is also --out; give two different files")
         io.check_output_file(fv.png, "--png")
+        cli.check_new_file(fv.png, "--png", fv.overwrite)
     inputs = open_inputs(fv)
     net = options.load_network(fv)
     chunk_size = options.chunk_size_flag(net, chunk_size)

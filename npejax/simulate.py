@@ -7,7 +7,8 @@
 Writes DIR/manifest.json and DIR/shard-NNNNN/ (see npejax.datasets.format), and the true catalog of every source
 as DIR/truth.fits (plus --catalog, FITS or CSV by extension). ``--fits image.fits`` also writes the first image as
 a FITS image and its background as ``image-sky.fits`` (:func:`write_fits_image`), and prints the
-``npejax.predict`` command that catalogs it. Defaults: --num-images from
+``npejax.predict`` command that catalogs it; existing FITS files are refused unless ``--overwrite`` is given.
+Defaults: --num-images from
 config.data.num_<split>, --num-workers from config.simulator.num_workers, --shard-size from
 config.data.shard_size. The seed of the split is npejax.datasets.split_seed(config.seed, split). Running
 the same command again resumes an interrupted run (only missing shards are rendered).
@@ -54,6 +55,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
+    cli.define_overwrite(fv, "the --fits image and its -sky.fits")
     for name in ("num-images", "num-workers", "shard-size"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
@@ -102,6 +104,8 @@ def run(fv: flags.FlagValues) -> None:
         if not fv.fits.lower().endswith(".fits"):
             raise cli.UsageError(f"--fits {fv.fits}: expected a file name ending in .fits")
         io.check_output_file(fv.fits, "--fits")
+        for path in (fv.fits, fits_sky_path(fv.fits)):
+            cli.check_new_file(path, "--fits", fv.overwrite)
     from npejax import datasets  # deferred: GalSim (seconds) loads after the cheap checks
     from npejax.sim import pipeline  # deferred: as datasets
 
@@ -160,6 +164,11 @@ def run(fv: flags.FlagValues) -> None:
     print(f"time: {elapsed:.1f} s; rendered {report.rendered_images} images at {rate:.1f} images/s")
 
 
+def fits_sky_path(path: str) -> str:
+    """The background file written beside ``--fits`` ``path`` (``STEM.fits`` -> ``STEM-sky.fits``)."""
+    return path[: -len(".fits")] + "-sky.fits"
+
+
 def write_fits_image(dataset, index: int, path: str, bank) -> tuple[str, str]:
     """Writes image ``index`` of ``dataset`` to ``path`` (a FITS primary image, nmgy, sky-subtracted) and its
     background to ``STEM-sky.fits`` beside it (nmgy per pixel), atomically; the image's header names its field
@@ -169,7 +178,7 @@ def write_fits_image(dataset, index: int, path: str, bank) -> tuple[str, str]:
 
     item = dataset[index]
     field = str(bank.names[int(item["field_id"])])
-    sky_path = path[: -len(".fits")] + "-sky.fits"
+    sky_path = fits_sky_path(path)
     header = fits.Header()
     header["BUNIT"] = ("nmgy", "sky-subtracted r-band flux per pixel")
     header["FIELDID"] = (field, "field of the field bank: sky and PSF")

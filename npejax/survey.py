@@ -19,8 +19,8 @@ cataloged is one line ``failed: frame K NAME (PATH): REASON`` on stderr and a ro
 ``DIR/failures-I-of-N.csv``; the others go on. Frame K belongs to shard K mod N: ``--shard I/N``, else a
 Slurm job array's ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, else every frame. ``merge`` writes one
 table (FITS or CSV by extension) of every catalog in ``DIR/catalogs`` (by name), or of the ``--frames``
-list's frames in its order, with a ``frame`` column. The frame list's keys, the files, the sharding rule and
-the merged table: :mod:`npejax.cataloging.runner`.
+list's frames in its order, with a ``frame`` column (an existing ``--table`` is refused unless ``--overwrite``).
+The frame list's keys, the files, the sharding rule and the merged table: :mod:`npejax.cataloging.runner`.
 
 Exit status: 0; 1 when a frame failed (catalog) or a listed frame has no catalog (merge; the table of the
 others is written); 2 for a bad command line (both or neither of ``--workdir`` and ``--pretrained``, an
@@ -88,7 +88,12 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
         "Default background of FITS lines (nmgy per pixel, a number or a FITS file).",
         flag_values=fv,
     )
-    flags.DEFINE_string("field-id", None, "Default PSF of FITS lines: this field of --bank.", flag_values=fv)
+    flags.DEFINE_string(
+        "field-id",
+        None,
+        "Default PSF of FITS lines: this field of --bank (a name, or an index as datasets store it).",
+        flag_values=fv,
+    )
     flags.DEFINE_string("psf-params", None, "Default PSF of FITS lines: s1,s2,sP,beta,b,p0 (pixels).", flag_values=fv)
     flags.DEFINE_string("bank", None, "Field bank of field-id (default: the embedded synthetic bank).", flag_values=fv)
     for name in ("min-prob", "chunk-size", "field-id", "psf-params"):
@@ -144,6 +149,7 @@ def run_catalog(fv: flags.FlagValues) -> int:
 def define_merge_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "The --out folder of the catalog runs.", flag_values=fv, required=True)
     flags.DEFINE_string("table", None, "The merged table (.fits or .csv).", flag_values=fv, required=True)
+    cli.define_overwrite(fv, "--table")
     flags.DEFINE_string(
         "frames",
         None,
@@ -160,6 +166,7 @@ def run_merge(fv: flags.FlagValues) -> int:
     out, path = fv.out, fv.table
     catalog_lib.table_format(path)
     io.check_output_file(path, "--table")
+    cli.check_new_file(path, "--table", fv.overwrite)
     if not os.path.isdir(out):
         raise NotADirectoryError(f"--out {out}: no such folder (the --out of python -m npejax.survey catalog)")
     names = None

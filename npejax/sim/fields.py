@@ -90,13 +90,29 @@ class FieldBank:
             if np.any(sky <= 0):
                 raise ValueError(f"{field}: sky_grid must be positive electrons per pixel, min {sky.min()}")
 
-    def index(self, name: str) -> int:
-        """Index of the field called ``name``; raises KeyError listing a few known names."""
+    def index(self, name) -> int:
+        """Index of the field called ``name``, or of the field numbered ``name`` (an int or a string of digits,
+        0-based: the ``field_id`` that datasets and truth catalogs store, so ``493`` is ``synthetic-0493`` of the
+        embedded bank); a name is matched first. KeyError listing a few known names for an unknown name, or
+        naming the bank's size for a number outside it."""
         hits = np.flatnonzero(self.names == str(name))
-        if hits.size == 0:
-            shown = ", ".join(self.names[:5].tolist())
-            raise KeyError(f"unknown field id {name!r} in field bank {self.source} ({len(self)} fields, e.g. {shown})")
-        return int(hits[0])
+        if hits.size:
+            return int(hits[0])
+        number = name if isinstance(name, (int, np.integer)) and not isinstance(name, bool) else None
+        if isinstance(name, str) and name.strip().isdigit():
+            number = int(name)
+        if number is not None:
+            if not 0 <= number < len(self):
+                raise KeyError(
+                    f"field index {number} outside field bank {self.source}: it holds {len(self)} fields, "
+                    f"0 to {len(self) - 1}"
+                )
+            return int(number)
+        shown = ", ".join(self.names[:5].tolist())
+        raise KeyError(
+            f"unknown field id {name!r} in field bank {self.source} ({len(self)} fields, e.g. {shown}; "
+            "or a field index)"
+        )
 
     def check_index(self, index) -> np.ndarray:
         """Returns ``index`` as an int array; raises IndexError for an index outside the bank."""
