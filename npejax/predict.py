@@ -21,7 +21,9 @@ foreign workdir, both or neither of ``--workdir`` and ``--pretrained``, an unkno
 error lists the shipped ones), a missing, truncated or corrupt input (FITS, .npz, dataset, SDSS frame or
 psField), a frame of another band or a psField of another field, a background <= 0 or above 1e4 nmgy per
 pixel, NaN pixels, invalid PSF parameters, ``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
-or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory). A network
+or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory) or that is
+one of the inputs (the same file as ``--input``, ``--background``, ``--sdss-frame``, ``--psfield`` or
+``--bank``, links followed). A network
 that gives NaN or infinite outputs (a corrupt checkpoint) is an error naming the image.
 """
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 # Flag values of the library, written here so that --help loads no JAX (tests/test_cli.py checks they agree):
 CHECKPOINTS = ("best", "latest")  # npejax.nn.checkpoints.WHICH
 CHUNK_SIZE = 512  # npejax.nn.predictor.CHUNK_SIZE
+INPUT_FLAGS = ("input", "background", "sdss-frame", "psfield", "bank")  # files read: --out and --png must not be one
 
 
 def define_network_flags(fv: flags.FlagValues) -> None:
@@ -143,6 +146,10 @@ def run(fv: flags.FlagValues) -> None:
         if os.path.abspath(fv.png) == os.path.abspath(fv.out):
             raise cli.UsageError(f"--png {fv.png} is also --out; give two different files")
         io.check_output_file(fv.png, "--png")
+    given = {f"--{name}": fv[name].value for name in INPUT_FLAGS}
+    for flag, path in (("--out", fv.out), ("--png", fv.png)):
+        if path is not None:
+            io.check_not_input(path, flag, given)  # before any input is read
     inputs = open_inputs(fv)
     net = options.load_network(fv)
     chunk_size = options.chunk_size_flag(net, chunk_size)
