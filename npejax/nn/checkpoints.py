@@ -451,21 +451,24 @@ def workdir_lock(workdir: str) -> Iterator[str | None]:
     and host, written in the file). The lock dies with its process, so a file left by a killed run blocks
     nothing. Only process 0 of several (:func:`npejax.nn.distributed.is_main`) takes it; the others yield None.
     Creates the workdir if needed; on exit the file is removed (while still locked: a process that opened it
-    meanwhile sees another file at the path and locks that one), and a workdir created here is removed again
-    when nothing else was written in it (a run refused by a later check leaves no workdir)."""
+    meanwhile sees another file at the path and locks that one), and the folders created here (the workdir, its
+    missing parents) are removed again when nothing else was written in them (a run refused by a later check
+    leaves no workdir)."""
     if not distributed.is_main():
         yield None
         return
     workdir = os.path.abspath(workdir)
-    created = not os.path.exists(workdir)
+    created = []  # the folders made here, the workdir first, its missing parents after it
+    folder = workdir
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
     try:
         fd = _acquire(workdir, path)
     except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(workdir)
+        _remove_empty(created)
         raise
     try:
         yield path
@@ -473,9 +476,16 @@ def workdir_lock(workdir: str) -> Iterator[str | None]:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):  # not empty: the run wrote something, which stays
-                os.rmdir(workdir)
+        _remove_empty(created)
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Removes ``folders`` in order while they are empty (a folder the run wrote in stays, and its parents)."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def save_interrupted(workdir: str, step: int, state: state_lib.TrainState, meta: dict) -> str:
