@@ -9,6 +9,13 @@ failure, including KeyboardInterrupt.
 
 :func:`sha256_file` is the one file digest (checkpoint checksums, pretrained network files).
 
+The guards every writing command calls before any work (each raises one line naming the flag and the paths):
+:func:`check_output_dir` and :func:`check_output_file` (a path that can be written), :func:`check_not_input`
+(an output that is the same file as one of the command's inputs: ``npejax.predict --out`` equal to its
+``--input``), :func:`check_not_under` (an output inside a folder it must stay out of: ``npejax.survey merge
+--table`` in the survey's ``catalogs/``) and :func:`check_plain_name` (a name that becomes a file name in the
+output folder: ``npejax.evaluate``'s method names, ``predictions/NAME.fits``).
+
 Temporary files are named ``.NAME.tmp-XXXXXXXX[.EXT]``: hidden, next to the destination, with its
 extension kept (libraries such as astropy and matplotlib choose the format by extension).
 """
@@ -22,6 +29,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 
@@ -155,3 +163,65 @@ def check_output_file(path, what: str = "--out") -> str:
         raise IsADirectoryError(f"{what} {path} is a directory; give a file name")
     _check_writable_ancestor(os.path.dirname(os.path.abspath(path)), f"{what} {path}")
     return path
+
+
+# --- outputs that must not overwrite inputs -------------------------------------------------------------
+
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a name that becomes a file name: no '/', no '..'
+
+
+class OutputPathError(ValueError):
+    """An output path that would overwrite one of the command's inputs or leave its output directory."""
+
+
+def same_file(a, b) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same inode when both exist (hard and symbolic links
+    included), else the same real path."""
+    a, b = os.fspath(a), os.fspath(b)
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def is_under(path, directory) -> bool:
+    """Whether ``path`` is ``directory`` or lies below it (real paths: symbolic links followed)."""
+    path, directory = os.path.realpath(os.fspath(path)), os.path.realpath(os.fspath(directory))
+    return os.path.commonpath([path, directory]) == directory
+
+
+def check_not_input(path, what: str, inputs: Mapping[str, object]) -> str:
+    """Raises :class:`OutputPathError` (one line naming ``what``, ``path``, the input's flag and path) when the
+    output ``path`` is the same file as one of ``inputs`` (flag -> path; None and non-paths skipped: e.g. a
+    ``--background`` given as a number); returns ``path``. Creates nothing: commands call it before any work,
+    so an output named like an input is refused before the input is read, let alone overwritten."""
+    path = os.fspath(path)
+    for flag, other in inputs.items():
+        if isinstance(other, (str, os.PathLike)) and same_file(path, other):
+            raise OutputPathError(
+                f"{what} {path} is the same file as {flag} {os.fspath(other)}: writing it would destroy that "
+                "input; give another file"
+            )
+    return path
+
+
+def check_not_under(path, what: str, directory, role: str) -> str:
+    """Raises :class:`OutputPathError` (one line naming ``what``, ``path``, ``directory`` and its ``role``) when
+    ``path`` lies in ``directory`` (a folder of inputs, or of another writer's files); returns ``path``."""
+    path = os.fspath(path)
+    if is_under(path, directory):
+        raise OutputPathError(
+            f"{what} {path} is inside {os.fspath(directory)} ({role}): give a path outside that folder"
+        )
+    return path
+
+
+def check_plain_name(name, what: str) -> str:
+    """Raises :class:`OutputPathError` unless ``name`` can be a file name inside an output directory as it is:
+    letters, digits, ``_``, ``.`` and ``-``, starting with a letter or digit (no ``/``, no ``..``, not
+    absolute); returns ``name``."""
+    if not isinstance(name, str) or not PLAIN_NAME.match(name):
+        raise OutputPathError(
+            f"{what} name {name!r}: expected letters, digits, '_', '.' and '-', starting with a letter or digit "
+            "(it becomes a file name in the output folder)"
+        )
+    return name

@@ -13,8 +13,10 @@ is not tile_size, batch sizes < 1 or not multiples of the devices, train.images_
 train.batch_size, train.eval_batch_size larger than the validation set, train.num_epochs or train.patience
 < 1); a cached dataset of the wrong split, image or tile size, prior or field bank; a --workdir that is a
 file or not writable; a workdir whose checkpoint was trained with another config (the differences listed)
-or whose checkpoint files are damaged (SHA-256). A checkpoint that cannot be saved (disk full) stops
-training at that epoch with one line.
+or whose checkpoint files are damaged (SHA-256); a workdir whose ``checkpoints/best`` holds a network but
+``checkpoints/latest`` nothing to resume from; a workdir another training is running in (its lock,
+``WORKDIR/.npejax-train.lock``, held: the error names its pid and host). A checkpoint that cannot be saved
+(disk full) stops training at that epoch with one line.
 
 Stopped on time (SIGTERM, SIGUSR1 -- Slurm's warning before a time limit, ``--signal=USR1@120``, or a preemption
 -- or ``train.time_limit_minutes``): the step reached is saved, mid-epoch too, and the command exits with status

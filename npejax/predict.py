@@ -21,8 +21,9 @@ foreign workdir, both or neither of ``--workdir`` and ``--pretrained``, an unkno
 error lists the shipped ones), a missing, truncated or corrupt input (FITS, .npz, dataset, SDSS frame or
 psField), a frame of another band or a psField of another field, a background <= 0 or above 1e4 nmgy per
 pixel, NaN pixels, invalid PSF parameters, ``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
-or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory) or that
-exists (unless ``--overwrite``). A network
+or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory), that is
+one of the inputs (the same file as ``--input``, ``--background``, ``--sdss-frame``, ``--psfield`` or
+``--bank``, links followed) or that exists (unless ``--overwrite``). A network
 that gives NaN or infinite outputs (a corrupt checkpoint) is an error naming the image.
 """
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 # Flag values of the library, written here so that --help loads no JAX (tests/test_cli.py checks they agree):
 CHECKPOINTS = ("best", "latest")  # npejax.nn.checkpoints.WHICH
 CHUNK_SIZE = 512  # npejax.nn.predictor.CHUNK_SIZE
+INPUT_FLAGS = ("input", "background", "sdss-frame", "psfield", "bank")  # files read: --out and --png must not be one
 
 
 def define_network_flags(fv: flags.FlagValues) -> None:
@@ -144,6 +146,10 @@ def run(fv: flags.FlagValues) -> None:
     if batch_size < 1:
         raise cli.UsageError(f"--batch-size {batch_size}: expected a positive number of images per network call")
     catalog_lib.table_format(fv.out)  # a bad extension fails before the network loads
+    given = {f"--{name}": fv[name].value for name in INPUT_FLAGS}
+    for flag, path in (("--out", fv.out), ("--png", fv.png)):
+        if path is not None:
+            io.check_not_input(path, flag, given)  # before any input is read, and before "it exists"
     io.check_output_file(fv.out, "--out")
     cli.check_new_file(fv.out, "--out", fv.overwrite)
     if fv.png is not None:

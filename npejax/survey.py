@@ -25,7 +25,10 @@ The frame list's keys, the files, the sharding rule and the merged table: :mod:`
 Exit status: 0; 1 when a frame failed (catalog) or a listed frame has no catalog (merge; the table of the
 others is written); 2 for a bad command line (both or neither of ``--workdir`` and ``--pretrained``, an
 unknown ``--pretrained`` name), flag value, frame list (syntax, a duplicate name, a FITS line
-with no background or PSF) or output folder, before any frame is read, with one ``error:`` line.
+with no background or PSF, a frame whose catalog would be the frame's own file: a frame inside
+``DIR/catalogs``) or output folder, before any frame is read, with one ``error:`` line; ``merge`` also
+refuses a ``--table`` inside ``DIR/catalogs`` (it would be merged next time) or that is the ``--frames`` list
+or one of its frames' files, before any catalog is read.
 """
 
 from __future__ import annotations
@@ -117,6 +120,10 @@ def run_catalog(fv: flags.FlagValues) -> int:
         raise cli.UsageError(f"--frames {fv.frames} lists no frame")
     bank = runner_lib.FieldBankCache(fv.bank)
     bank.check_default(field_id)
+    for frame in frames:  # a frame inside DIR/catalogs would be taken for its own catalog (skipped, then merged)
+        io.check_not_input(
+            runner_lib.catalog_path(out, frame, fmt), f"frame {frame.name}'s catalog", frame_inputs(frame)
+        )
     mine = runner_lib.shard_frames(frames, shard, num_shards)
     todo = runner_lib.pending_frames(mine, out, fmt)
     skipped = len(mine) - len(todo)
@@ -146,6 +153,13 @@ def run_catalog(fv: flags.FlagValues) -> int:
     return runner_lib.EXIT_FRAMES_FAILED if failed else 0
 
 
+def frame_inputs(frame) -> dict:
+    """The files a frame list's line names (``--frames line N``, its ``psfield=`` and ``background=``): the
+    inputs a catalog or a merged table must not overwrite (:func:`npejax.io.check_not_input`)."""
+    where = f"frame {frame.name} (--frames line {frame.line})"
+    return {where: frame.path, f"{where} psfield=": frame.psfield, f"{where} background=": frame.background}
+
+
 def define_merge_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "The --out folder of the catalog runs.", flag_values=fv, required=True)
     flags.DEFINE_string("table", None, "The merged table (.fits or .csv).", flag_values=fv, required=True)
@@ -166,12 +180,17 @@ def run_merge(fv: flags.FlagValues) -> int:
     out, path = fv.out, fv.table
     catalog_lib.table_format(path)
     io.check_output_file(path, "--table")
+    io.check_not_under(path, "--table", os.path.join(out, runner_lib.CATALOG_DIR), "the frames' catalogs, merged")
     cli.check_new_file(path, "--table", fv.overwrite)
     if not os.path.isdir(out):
         raise NotADirectoryError(f"--out {out}: no such folder (the --out of python -m npejax.survey catalog)")
     names = None
     if fv.frames is not None:
-        names = [f.name for f in runner_lib.read_frame_list(fv.frames, require_inputs=False)]
+        frames = runner_lib.read_frame_list(fv.frames, require_inputs=False)
+        io.check_not_input(path, "--table", {"--frames": fv.frames})
+        for frame in frames:
+            io.check_not_input(path, "--table", frame_inputs(frame))
+        names = [f.name for f in frames]
     elif not runner_lib.catalog_files(out):
         raise FileNotFoundError(f"--out {out}: no catalogs in {os.path.join(out, runner_lib.CATALOG_DIR)}")
     merged, missing = runner_lib.merge_catalogs(out, names)

@@ -11,7 +11,10 @@ simulate a test set that is not there yet (its simulator and prior, at ``--prior
 processes unless ``num_workers`` is given).
 
 Refused when built (:class:`EvaluationError`, one line naming the option and the value), before anything is read
-or written: nothing to evaluate, method names repeated or named ``sep`` or ``ceiling``, a negative
+or written: nothing to evaluate, method names repeated or named ``sep`` or ``ceiling``, a method name that is
+not a plain file name (letters, digits, ``_``, ``.``, ``-``, starting with a letter or digit: it becomes
+``OUT/predictions/NAME.fits``; :func:`npejax.io.check_plain_name`), a ``--catalog`` file inside
+``OUT/predictions`` (it would be overwritten by its own detections), a negative
 ``ceiling_galaxies``, fewer than one bin, a ``--workdir`` that is no directory, neither ``--num-images`` nor
 ``--test-dir``, fewer than one image to simulate, and an ``--out`` that is a file or not writable. The test set
 and the catalogs are checked by :func:`npejax.evaluation.evaluate.evaluate`, which reads them.
@@ -30,6 +33,7 @@ from npejax.nn import checkpoints
 from npejax.nn import pretrained as pretrained_lib
 from npejax.schema import FIELD_PRIORS
 
+PREDICTIONS_DIR = "predictions"  # OUT/predictions/NAME.fits: each method's detections (npejax.evaluation.report)
 CHUNK_IMAGES = 256  # test images in memory at a time (a multiple of the prediction batch: the same batches)
 
 
@@ -82,6 +86,19 @@ class EvalSettings:
             )
         if len(set(names)) != len(names) or BASELINE in names or CEILING in names:
             raise EvaluationError(f"method names must be unique and not {BASELINE!r} or {CEILING!r}: {names}")
+        options = {**{n: "--workdir" for n in self.workdirs}, **{n: "--pretrained" for n in self.pretrained}}
+        for name in names:  # each becomes OUT/predictions/NAME.fits
+            try:
+                io.check_plain_name(name, options.get(name, "--catalog"))
+            except io.OutputPathError as exc:
+                raise EvaluationError(str(exc)) from None
+        predictions = os.path.join(self.out_dir, PREDICTIONS_DIR)
+        for name, catalog in self.catalogs.items():  # rewritten there as its detections alone
+            if isinstance(catalog, (str, os.PathLike)):
+                try:
+                    io.check_not_under(catalog, f"--catalog {name}", predictions, "the report's detections, rewritten")
+                except io.OutputPathError as exc:
+                    raise EvaluationError(str(exc)) from None
         if self.ceiling_galaxies < 0:
             raise EvaluationError(
                 f"eval.ceiling_galaxies must be >= 0 (0: no r-band ceiling), got {self.ceiling_galaxies}"

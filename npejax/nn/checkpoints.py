@@ -10,6 +10,7 @@ Layout of a workdir (written by :func:`npejax.nn.train.train_and_evaluate`)::
     checkpoints/interrupted/S/           the state at train step S of a run stopped mid-epoch (one kept; removed
                                          once the epoch is done and checkpointed in latest/)
     checkpoints/{latest,best,interrupted}/N/npejax-sha256.json   SHA-256 of every file of the checkpoint
+    .npejax-train.lock                   while a training runs there: its flock, "pid P on HOST" (workdir_lock)
 
 Each checkpoint has two items: ``state`` (:class:`npejax.nn.state.TrainState`: step, parameters,
 batch-norm statistics, Adam moments) and ``meta`` (JSON: ``epoch``, ``best_val``, ``bad_epochs``,
@@ -43,6 +44,7 @@ another network is one line naming the workdir and the first arrays that differ.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import io as io_lib
 import json
@@ -50,6 +52,7 @@ import logging as std_logging
 import os
 import re
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -369,14 +372,120 @@ def restore(
     return restored["state"], restored["meta"]
 
 
-def interrupted_step(workdir: str) -> int | None:
-    """The train step of ``workdir``'s checkpoint of a run stopped mid-epoch (``checkpoints/interrupted``), or None;
-    nothing verified or created (:func:`read_meta` verifies it when it is used)."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints", INTERRUPTED)
+def saved_step(workdir: str, which: str) -> int | None:
+    """The step of ``workdir``'s ``checkpoints/WHICH`` checkpoint (``best``, ``latest``, ``interrupted``), or None
+    when there is none; nothing verified or created (:func:`read_meta` verifies it when it is used)."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints", which)
     if not os.path.isdir(directory):
         return None
     with _existing_manager(directory) as manager:
         return manager.latest_step()
+
+
+def interrupted_step(workdir: str) -> int | None:
+    """The train step of ``workdir``'s checkpoint of a run stopped mid-epoch (``checkpoints/interrupted``), or None;
+    nothing verified or created (:func:`read_meta` verifies it when it is used)."""
+    return saved_step(workdir, INTERRUPTED)
+
+
+def check_resumable(workdir: str) -> None:
+    """CheckpointError when ``workdir`` holds a best checkpoint but nothing to resume from (``checkpoints/latest``
+    removed, no ``checkpoints/interrupted``): a run there would start from scratch and its first epoch would
+    replace the old network's best checkpoint, or leave it for prediction under a new config.json. Writes
+    nothing."""
+    best = saved_step(workdir, "best")
+    if best is None or saved_step(workdir, "latest") is not None or saved_step(workdir, INTERRUPTED) is not None:
+        return
+    raise CheckpointError(
+        f"workdir {os.path.abspath(workdir)}: checkpoints/best holds epoch {best} but checkpoints/latest is "
+        "missing: resume is impossible; move the workdir aside or remove checkpoints/best"
+    )
+
+
+# --- the workdir lock ------------------------------------------------------------------------------
+
+LOCK_FILE = ".npejax-train.lock"  # WORKDIR/.npejax-train.lock: flock'ed by the training running there
+
+
+class WorkdirLockedError(ValueError):
+    """Another training holds the workdir (:func:`workdir_lock`)."""
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "holder unknown"
+
+
+def _acquire(workdir: str, path: str) -> int:
+    """An open descriptor of ``path`` holding its exclusive flock, the holder's line written in it."""
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666 & ~io.umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise WorkdirLockedError(
+                f"workdir {workdir} is in use by another training ({holder}; lock {path}): two trainings in one "
+                "workdir would overwrite each other's checkpoints; wait for it to end or give another --workdir"
+            ) from None
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # its holder removed the file as it released it: lock the one there now
+    raise WorkdirLockedError(f"workdir {workdir}: cannot take its lock {path} (it keeps being replaced)")
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[str | None]:
+    """Holds ``WORKDIR/.npejax-train.lock`` (an exclusive ``fcntl.flock``) for the body: a second training in
+    the same workdir is refused at once with :class:`WorkdirLockedError` naming the workdir and the holder (pid
+    and host, written in the file). The lock dies with its process, so a file left by a killed run blocks
+    nothing. Only process 0 of several (:func:`npejax.nn.distributed.is_main`) takes it; the others yield None.
+    Creates the workdir if needed; on exit the file is removed (while still locked: a process that opened it
+    meanwhile sees another file at the path and locks that one), and the folders created here (the workdir, its
+    missing parents) are removed again when nothing else was written in them (a run refused by a later check
+    leaves no workdir)."""
+    if not distributed.is_main():
+        yield None
+        return
+    workdir = os.path.abspath(workdir)
+    created = []  # the folders made here, the workdir first, its missing parents after it
+    folder = workdir
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    try:
+        fd = _acquire(workdir, path)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+        _remove_empty(created)
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Removes ``folders`` in order while they are empty (a folder the run wrote in stays, and its parents)."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def save_interrupted(workdir: str, step: int, state: state_lib.TrainState, meta: dict) -> str:

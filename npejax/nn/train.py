@@ -557,8 +557,10 @@ def describe_devices(mesh, batch_size: int) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
-    Validates the config, the datasets and the workdir (a resume: the checkpoint's config and checksums)
-    before writing anything. Returns a summary: epochs run, best validation NLL, whether it stopped early,
+    Validates the config, the datasets and the workdir (a resume: the checkpoint's config and checksums; a
+    best checkpoint with no latest one: :func:`npejax.nn.checkpoints.check_resumable`) before writing anything,
+    and holds the workdir's lock for the run (:func:`npejax.nn.checkpoints.workdir_lock`: a second training
+    there is refused). Returns a summary: epochs run, best validation NLL, whether it stopped early,
     the per-epoch history, the workdir, and the final ``state`` and ``normalizer``. Asked to stop (SIGTERM,
     SIGUSR1 or ``train.time_limit_minutes``: :mod:`npejax.nn.preemption`), saves the step reached and raises
     :class:`npejax.nn.preemption.Stopped`.
@@ -568,6 +570,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stop = preemption.StopRequest(float(config.train.time_limit_minutes))  # its clock starts now
     mesh = steps_lib.data_mesh()
     io.check_output_dir(workdir, "workdir")
+    checkpoints.check_resumable(workdir)  # a best checkpoint with nothing to resume from
+    with checkpoints.workdir_lock(workdir):  # a second training in this workdir is refused here
+        return _train_in(config, workdir, mesh, stop)
+
+
+def _train_in(config: ml_collections.ConfigDict, workdir: str, mesh, stop: preemption.StopRequest) -> dict:
+    """:func:`train_and_evaluate` once the config and the workdir passed and its lock is held."""
     config = input_pipeline.simulate_first(config, workdir)
     distributed.sync("npejax-simulate-first", timeout_s=7 * 86400)  # process 0 wrote WORKDIR/data (simulate_first)
     data = input_pipeline.setup_data(config, mesh.size)
