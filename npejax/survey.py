@@ -181,7 +181,6 @@ def run_merge(fv: flags.FlagValues) -> int:
     catalog_lib.table_format(path)
     io.check_output_file(path, "--table")
     io.check_not_under(path, "--table", os.path.join(out, runner_lib.CATALOG_DIR), "the frames' catalogs, merged")
-    cli.check_new_file(path, "--table", fv.overwrite)
     if not os.path.isdir(out):
         raise NotADirectoryError(f"--out {out}: no such folder (the --out of python -m npejax.survey catalog)")
     names = None
@@ -193,6 +192,7 @@ def run_merge(fv: flags.FlagValues) -> int:
         names = [f.name for f in frames]
     elif not runner_lib.catalog_files(out):
         raise FileNotFoundError(f"--out {out}: no catalogs in {os.path.join(out, runner_lib.CATALOG_DIR)}")
+    cli.check_new_file(path, "--table", fv.overwrite)  # after "it is an input": that names the real problem
     merged, missing = runner_lib.merge_catalogs(out, names)
     catalog_lib.write_table(merged, path)
     listed = runner_lib.failure_files(out)
