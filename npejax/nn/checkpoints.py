@@ -329,21 +329,29 @@ def check_structure(manager: ocp.CheckpointManager, step: int, abstract_state, w
     if stored is None:
         raise CheckpointError(f"{where}: the checkpoint has no 'state' item")
     have, want = _shapes(stored), _shapes(abstract_state)
-    problems = [
-        f"{k} has shape {have[k]} in the checkpoint, {want[k]} in the model"
-        for k in want
-        if k in have and have[k] != want[k]
-    ]
+    problems = array_mismatches(
+        have,
+        want,
+        lambda k: have[k] != want[k],
+        lambda k: f"{k} has shape {have[k]} in the checkpoint, {want[k]} in the model",
+        "the checkpoint",
+    )
+    if problems:
+        raise CheckpointError(f"{where} holds another network than the config's model: {problems}")
+
+
+def array_mismatches(have: dict, want: dict, differs, describe, source: str) -> str:
+    """The first two differences between the arrays ``have`` (of ``source``, e.g. "the checkpoint") and those of
+    the model, ``want`` (both name -> array description), joined for an error message; "" when they match.
+    ``differs(name)`` tells whether an array of both differs, ``describe(name)`` says how."""
+    problems = [describe(k) for k in want if k in have and differs(k)]
     missing, extra = [k for k in want if k not in have], [k for k in have if k not in want]
     if missing:
-        problems.append(f"{len(missing)} arrays of the model are not in the checkpoint (first {missing[0]})")
+        problems.append(f"{len(missing)} arrays of the model are not in {source} (first {missing[0]})")
     if extra:
-        problems.append(f"{len(extra)} arrays of the checkpoint are not in the model (first {extra[0]})")
-    if problems:
-        more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
-        raise CheckpointError(
-            f"{where} holds another network than the config's model: " + "; ".join(problems[:2]) + more
-        )
+        problems.append(f"{len(extra)} arrays of {source} are not in the model (first {extra[0]})")
+    more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+    return "; ".join(problems[:2]) + more if problems else ""
 
 
 def restore(

@@ -221,19 +221,17 @@ def write_network(
 def _check_arrays(have: dict, want: dict, where: str) -> None:
     """PretrainedError (naming ``where`` and the first differences) unless ``have`` holds the arrays of
     ``want`` (name -> array or ShapeDtypeStruct) with their shapes and dtypes, and nothing else."""
-    problems = [
-        f"{k} is {have[k].dtype}{list(have[k].shape)}, the model's {np.dtype(want[k].dtype)}{list(want[k].shape)}"
-        for k in want
-        if k in have and (tuple(have[k].shape) != tuple(want[k].shape) or have[k].dtype != np.dtype(want[k].dtype))
-    ]
-    missing, extra = [k for k in want if k not in have], [k for k in have if k not in want]
-    if missing:
-        problems.append(f"{len(missing)} arrays of the model are missing (first {missing[0]})")
-    if extra:
-        problems.append(f"{len(extra)} arrays are not in the model (first {extra[0]})")
+    problems = checkpoints.array_mismatches(
+        have,
+        want,
+        lambda k: tuple(have[k].shape) != tuple(want[k].shape) or have[k].dtype != np.dtype(want[k].dtype),
+        lambda k: (
+            f"{k} is {have[k].dtype}{list(have[k].shape)}, the model's {np.dtype(want[k].dtype)}{list(want[k].shape)}"
+        ),
+        "the file",
+    )
     if problems:
-        more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
-        raise PretrainedError(f"{where} do not match the config's network: " + "; ".join(problems[:2]) + more)
+        raise PretrainedError(f"{where} do not match the config's network: {problems}")
 
 
 def check_name(name: str) -> str:
