@@ -10,8 +10,6 @@ saved; the same command resumes it.
 
 from __future__ import annotations
 
-import sys
-
 from absl import flags
 
 from npejax import cli
@@ -26,12 +24,8 @@ def run(fv: flags.FlagValues) -> int:
     from npejax.evaluation import experiment  # deferred: JAX and GalSim load after the command line (fast --help)
     from npejax.nn import preemption  # deferred: as above
 
-    try:
-        experiment.run_experiment(fv.config, fv.out)
-    except preemption.Stopped as stopped:  # a network's training stopped on time, saved: rerun to resume
-        sys.stderr.write(f"stopped ({stopped}); run the same command again to resume\n")
-        return preemption.EXIT_PREEMPTED
-    return 0
+    # a network's training stopped on time is saved: the same command resumes the experiment
+    return preemption.exit_status(lambda: experiment.run_experiment(fv.config, fv.out))
 
 
 def main(argv=None) -> int:

@@ -25,8 +25,6 @@ Stopped on time (SIGTERM, SIGUSR1 -- Slurm's warning before a time limit, ``--si
 
 from __future__ import annotations
 
-import sys
-
 from absl import flags
 
 from npejax import cli
@@ -47,12 +45,9 @@ def run(fv: flags.FlagValues) -> int:
 
     config = fv.config
     # train_and_evaluate checks the config, the datasets, the workdir and its checkpoint before writing
-    try:
-        train.train_and_evaluate(config, fv.workdir or f"runs/{config.model.variant}")
-    except preemption.Stopped as stopped:  # saved where it stopped: the same command resumes
-        sys.stderr.write(f"stopped ({stopped}); run the same command again to resume\n")
-        return preemption.EXIT_PREEMPTED
-    return 0
+    return preemption.exit_status(
+        lambda: train.train_and_evaluate(config, fv.workdir or f"runs/{config.model.variant}")
+    )
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +56,17 @@ class Stopped(Exception):
     checkpoint: the same command resumes it. The command exits with :data:`EXIT_PREEMPTED`."""
 
     exit_code = EXIT_PREEMPTED
+
+
+def exit_status(train: Callable[[], object]) -> int:
+    """Runs ``train()`` for a command (``npejax.main``, ``npejax.experiment``): 0 when it ends, :data:`EXIT_PREEMPTED`
+    with one stderr line when it stopped on time (:class:`Stopped`: saved, the same command resumes)."""
+    try:
+        train()
+    except Stopped as stopped:
+        sys.stderr.write(f"stopped ({stopped}); run the same command again to resume\n")
+        return EXIT_PREEMPTED
+    return 0
 
 
 class StopRequest:
