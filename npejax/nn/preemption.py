@@ -1,4 +1,5 @@
-"""Training that stops on time (issue 20): what asks a run to save and exit between two train steps.
+"""Training that stops on time (Slurm's warning, preemption, short GPU slots): what asks a run to save and exit
+between two train steps.
 
 Training stops at the next step boundary -- between two jitted train calls; with ``train.steps_per_dispatch`` K,
 between two calls of K steps -- mid-epoch included, when
