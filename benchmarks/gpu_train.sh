@@ -83,7 +83,8 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TF_CPP_M
 
 # 1. what the GPU image lacks
 if ! "$PYTHON" -c "import galsim, tensorflow_probability, ml_collections, astropy, tensorboardX" 2>/dev/null; then
-  ls .whl/*.whl >/dev/null 2>&1 || die "missing packages and no .whl/: run bash ../shared/device/wheels.sh here first"
+  ls .whl/*.whl >/dev/null 2>&1 \
+    || die "missing packages and no .whl/: run EXTRA=\"tensorboardX protobuf\" bash ../shared/device/wheels.sh here first"
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     || die "installing .whl/ failed"
   export PYTHONPATH="/tmp/site:$PYTHONPATH"
