@@ -639,4 +639,10 @@ def _train_in(config: ml_collections.ConfigDict, workdir: str, mesh, stop: preem
             f"validation NLL: {first:.2f} (epoch 1) -> {last:.2f} (epoch {progress.history[-1]['epoch']}), "
             f"best {progress.best_val:.2f}; checkpoints in {summary['workdir']}/checkpoints"
         )
+        say(
+            "(an epoch marked * improved the best validation NLL: checkpoints/best holds it)\n"
+            f"next: evaluate it, python -m npejax.evaluate --workdir net={workdir} --num-images 500 --out "
+            f"{workdir}/report; or catalog images, python -m npejax.predict --workdir {workdir} --input IMAGES "
+            "--out catalog.fits (README: 'Cataloging images')"
+        )
     return summary
