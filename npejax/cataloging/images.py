@@ -43,7 +43,8 @@ from npejax.sim import psf as psf_lib
 from npejax.surveys import sdss
 
 INPUT_ARRAYS = ("images", "background", "psf_params")  # what an .npz input holds (npejax.schema batch keys)
-FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.bz2")
+FITS_SUFFIXES = (".fits", ".fit", ".fts")  # an uncompressed FITS file
+FITS_EXTENSIONS = (*FITS_SUFFIXES, ".fits.gz", ".fit.gz", ".fits.bz2")  # what a FITS input may be named
 
 
 @dataclasses.dataclass

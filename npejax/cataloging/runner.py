@@ -89,7 +89,6 @@ FORMATS = {"fits": ".fits", "csv": ".csv"}
 LINE_KEYS = ("background", "field-id", "psf-params", "psfield")
 FAILURE_COLUMNS = ["index", "name", "path", "reason"]
 _COMPRESSION = (".gz", ".bz2", ".fz")
-_FITS_EXT = (".fits", ".fit", ".fts")
 _SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*=")  # a key=value word (a path like this: write ./x=y.fits)
 SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP")
@@ -122,7 +121,7 @@ def frame_stem(path: str) -> str:
     """The name of a frame file (its stem): its base name without a compression and a FITS extension
     (``frame-r-000094-1-0012.fits.bz2`` -> ``frame-r-000094-1-0012``)."""
     name = os.path.basename(os.fspath(path))
-    for exts in (_COMPRESSION, _FITS_EXT):
+    for exts in (_COMPRESSION, images.FITS_SUFFIXES):
         for ext in exts:
             if name.lower().endswith(ext) and len(name) > len(ext):
                 name = name[: -len(ext)]

@@ -50,7 +50,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from npejax import io
+from npejax import configuration, io
 from npejax.nn import checkpoints
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
@@ -200,7 +200,7 @@ def write_network(
         format=FILE_FORMAT,
         version=FILE_VERSION,
         name=name,
-        config=json.loads(config.to_json_best_effort()),
+        config=configuration.to_json(config),
         normalizer=normalizer.to_dict(),
         training=training,
     )
