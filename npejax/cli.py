@@ -37,7 +37,7 @@ from importlib import metadata
 from absl import flags, logging
 from ml_collections import config_flags
 
-from npejax import __version__
+from npejax import __version__, configuration
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -69,8 +69,8 @@ def message(exc: BaseException) -> str:
 
 
 def add_config_root_to_path(argv) -> None:
-    """Lets ``configs/x.py`` import ``configs.default`` when run from anywhere: puts the parent of the
-    config file's package directory on sys.path."""
+    """Lets ``configs/x.py`` import ``configs.default`` when run from anywhere
+    (:func:`npejax.configuration.add_config_root` for the ``--config`` of ``argv``)."""
     for i, arg in enumerate(argv):
         path = None
         if arg.startswith("--config="):
@@ -78,11 +78,7 @@ def add_config_root_to_path(argv) -> None:
         elif arg == "--config" and i + 1 < len(argv):
             path = argv[i + 1]
         if path:
-            directory = os.path.dirname(os.path.abspath(path.split(":", 1)[0]))
-            if os.path.exists(os.path.join(directory, "__init__.py")):
-                root = os.path.dirname(directory)
-                if root not in sys.path:
-                    sys.path.insert(0, root)
+            configuration.add_config_root(path)
 
 
 def define_config(

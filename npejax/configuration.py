@@ -19,6 +19,10 @@ What the code needs to know about a config beyond its values:
   checkpoint's meta, a dataset's manifest); :func:`differences` lists the dotted keys whose values differ
   between two such dicts, and :func:`saved_differences` what resuming and loading refuse: a saved config
   (upgraded) against the current one, resumable keys left out.
+* **Config files.** :func:`from_file` reads a config file (``configs/*.py`` or a user's own, any directory)
+  into a ConfigDict as ``--config FILE`` does, overrides applied: ``configs/`` is the repository's folder of
+  config files, not an installed module, so ``from configs import psf_aware`` works only where ``configs`` is
+  on ``sys.path``; :func:`add_config_root` puts it there for a file given by path.
 * **Derived values.** :func:`simulate_workers` (``data.simulate_workers``, -1: one per CPU) and
   :func:`eval_section` (a config's ``eval`` section; for no config, that of configs saved before the section
   existed).
@@ -31,9 +35,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import json
 import math
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -58,6 +64,8 @@ __all__ = [
     "saved_differences",
     "simulate_workers",
     "eval_section",
+    "add_config_root",
+    "from_file",
 ]
 
 VARIANTS = ("single_field", "psf_unaware", "psf_aware")  # model.variant: the network's inputs (npejax.nn.inputs)
@@ -306,3 +314,49 @@ def _check_input_path(config) -> None:
             "data.on_device=True needs a cached training set to put on the devices: give "
             "data.train_dir or data.simulate_first=True (on-the-fly batches are made on the host)"
         )
+
+
+# --- config files ------------------------------------------------------------------------------------------------
+
+
+def add_config_root(path: str | os.PathLike) -> None:
+    """Lets a config file import its siblings (``configs/cpu.py`` does ``from configs import psf_aware``) from
+    any working directory: when the file's folder is a package (has ``__init__.py``), puts that folder's parent
+    first on ``sys.path``. ``path`` may carry ml_collections' ``:ARG`` suffix."""
+    directory = os.path.dirname(os.path.abspath(os.fspath(path).split(":", 1)[0]))
+    if os.path.exists(os.path.join(directory, "__init__.py")):
+        root = os.path.dirname(directory)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+
+
+def from_file(path: str | os.PathLike, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """The config of a config file, as ``--config FILE`` gives it: the file's ``get_config()`` (``FILE:ARG``
+    calls ``get_config(ARG)``, as ml_collections' config flags do), then ``overrides`` (``{"train.batch_size":
+    16, ...}``, dotted keys) applied; the result is locked like the commands' (an unknown key is an error).
+
+    Works from any working directory (:func:`add_config_root`). A missing file is FileNotFoundError and a file
+    without ``get_config`` or an unknown override key ValueError, each naming the file.
+    """
+    text = os.fspath(path)
+    file, _, arg = text.partition(":")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"config file {file!r}: no such file")
+    add_config_root(file)
+    name = "npejax_config_" + os.path.splitext(os.path.basename(file))[0]
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"config file {file!r}: defines no get_config()")
+    config = module.get_config(arg) if arg else module.get_config()
+    config.lock()
+    for key, value in (overrides or {}).items():
+        node, *parts = [config, *key.split(".")]
+        try:
+            for part in parts[:-1]:
+                node = node[part]
+            node[parts[-1]] = value
+        except (KeyError, AttributeError) as e:
+            raise ValueError(f"config file {file!r}: unknown key {key!r} in overrides") from e
+    return config

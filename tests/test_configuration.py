@@ -4,8 +4,11 @@ form and diff, what resuming ignores, data.simulate_workers, and where each eval
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
+from conftest import ROOT, get_config
 
 from configs import cpu_small, default
 from npejax import configuration, io
@@ -170,3 +173,26 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(NotADirectoryError, match="--out .*file is an existing file"):
         EvalSettings.create(str(tmp_path / "file"), catalogs={"a": "x.fits"}, test_dir="t")
     assert not out.exists() and os.listdir(tmp_path) == ["file"]
+
+
+@pytest.mark.fast
+def test_from_file_reads_a_config_file_from_any_directory(tmp_path):
+    """configs/cpu.py imports its siblings (``from configs import ...``): from_file reads it by path from a folder
+    where ``configs`` is not importable, applies the overrides, and names the file on a bad key or a missing file."""
+    code = (
+        "from npejax import configuration\n"
+        f"c = configuration.from_file({str(ROOT / 'configs' / 'cpu.py')!r}, {{'train.batch_size': 8}})\n"
+        "print(c.model.width, c.train.batch_size, c.fields.prior)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = get_config("cpu")
+    assert done.stdout.split() == [str(reference.model.width), "8", reference.fields.prior]
+    with pytest.raises(ValueError, match=r"cpu\.py.*'train\.nope'"):
+        configuration.from_file(ROOT / "configs" / "cpu.py", {"train.nope": 1})
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        configuration.from_file(tmp_path / "missing.py")
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="get_config"):
+        configuration.from_file(tmp_path / "empty.py")

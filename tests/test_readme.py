@@ -5,7 +5,9 @@ simulator's worker processes import it again as a user's script would be, and a 
 fails) in a folder that holds what the README's commands before it would have made: ``runs/demo`` (the
 dataset and ``image.fits`` / ``image-sky.fits`` of the "Catalog an image with a pretrained network" simulate
 command, made by that command here with its own arguments) and ``runs/cpu_small`` (a tiny trained workdir in
-place of the set-up's training). The repository root is on ``PYTHONPATH`` (``configs`` imports from it).
+place of the set-up's training), and ``configs`` (a link to the repository's, as a user at the repository root
+has it); each block is ``scripts/readme_block_N.py`` run from that folder, and the repository root is not added
+to ``PYTHONPATH``: a block that imports ``configs`` as a module fails, as it would in a user's script.
 Blocks that are not meant to run (output, pseudo-code) are fenced ```` ```text ````, not ``python``.
 """
 
@@ -41,6 +43,7 @@ def user_folder(tmp_path_factory, tiny_config):
     config = tiny_config()
     config.train.num_epochs = 1
     train.train_and_evaluate(config, str(folder / "runs" / "cpu_small"))
+    os.symlink(os.path.join(ROOT, "configs"), folder / "configs")
     return folder
 
 
@@ -54,11 +57,9 @@ def test_readme_has_the_python_examples():
 @pytest.mark.parametrize("number", range(len(python_blocks())))
 def test_readme_python_block_runs_as_written(user_folder, number):
     code = python_blocks()[number]
-    script = user_folder / f"readme_block_{number}.py"
+    script = user_folder / "scripts" / f"readme_block_{number}.py"  # a user's script in a folder of its own
+    script.parent.mkdir(exist_ok=True)
     script.write_text(code, encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    done = subprocess.run(
-        [sys.executable, script.name], cwd=user_folder, env=env, capture_output=True, text=True, timeout=600
-    )
+    done = subprocess.run([sys.executable, str(script)], cwd=user_folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"README python block {number}:\n{code}\n--- stderr:\n{done.stderr[-3000:]}"
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
