@@ -27,11 +27,12 @@ ALLOWED = {
     "cataloging": {"sim", "surveys", "datasets", "nn", "cataloging", "cli"},
     "evaluation": {"sim", "datasets", "nn", "evaluation"},
 }
-# cli prints the package's version (--version): npejax.__version__, a string set by npejax/__init__.py
+# cli prints the package's version (--version): npejax.__version__, a string set by npejax/__init__.py; it lets
+# a --config file import its siblings from any directory (configuration.add_config_root)
 BASE_ALLOWED = {
     "schema": set(),
     "io": set(),
-    "cli": {"__version__"},
+    "cli": {"__version__", "configuration"},
     "catalogs": {"io", "schema"},
     "configuration": {"schema"},
 }
