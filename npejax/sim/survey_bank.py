@@ -33,7 +33,7 @@ Facts (``FACTS`` holds each number with its source; :func:`facts_table` prints t
 Assumptions (no survey-wide statistic found; stated in ``FACTS`` too): the shape parameters are independent
 of each other and of the width (10 rows cannot measure a correlation); width and sky are independent; 10% of
 the fields are spread log-uniformly over a widened range so that the edges of the survey are populated
-(``COVER_FRACTION``; it moves the quartiles by under 0.02); the sky changes by 0-10% across a frame
+(``COVER_FRACTION``; it moves the quartiles by under 0.03); the sky changes by 0-10% across a frame
 (uniform), with a weak quadratic term, as the default bank's 1-6% widened (no survey statistic of
 ``ALLSKY`` gradients was found); calibration about 0.005 nmgy/DN as the default bank.
 
