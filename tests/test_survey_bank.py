@@ -15,7 +15,7 @@ from configs import default  # the repository root is on sys.path (conftest.py)
 from npejax import schema
 from npejax import synthetic_bank as synthetic_bank_command
 from npejax.datasets import writer
-from npejax.sim import fields, psf, render, survey_bank
+from npejax.sim import fields, pipeline, psf, render, survey_bank
 
 pytestmark = pytest.mark.fast  # the whole file is in the fast tier
 
@@ -231,3 +231,15 @@ def test_distance_shapes_and_refusals(bank):
         bank.distance(p, -1.0)
     with pytest.raises(ValueError, match="distance: psf_params.*psf_beta"):
         bank.distance([1.0, 2.0, 2.0, 1.5, 0.1, 0.01], 0.7)
+
+
+def test_config_names_the_survey_bank(tiny_config):
+    """``--config.fields.bank=survey``: the simulator draws its fields from the survey bank, and a dataset's
+    manifest records it by that name."""
+    config = tiny_config()
+    config.fields.bank = "survey"
+    spec = pipeline.SimulationSpec.from_config(config, seed=1, batch_size=4)
+    assert spec.bank.names[0] == "survey-0000" and writer.bank_info(spec.bank)["source"] == "survey"
+    batch = pipeline.simulate_batch(spec, 0)
+    assert np.all(np.isfinite(batch["images"])) and np.all(batch["background"] > 0)
+    np.testing.assert_array_equal(batch["psf_params"], spec.bank.psf_params[batch["field_id"]].astype(np.float32))
