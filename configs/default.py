@@ -32,7 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Field covariates: PSF and background from a bank of survey fields.
     config.fields = ml_collections.ConfigDict()
-    config.fields.bank = "synthetic"  # "synthetic" (embedded, 500 SYNTHETIC SDSS-like fields) or a .npz path
+    # "synthetic": embedded, 500 SYNTHETIC SDSS-like fields, one PSF family (the shipped networks' bank);
+    # "survey": embedded, 500 SYNTHETIC fields whose six PSF parameters and sky span the SDSS r band
+    # (npejax.sim.survey_bank); or a .npz path (e.g. real fields from python -m npejax.sdss build-bank)
+    config.fields.bank = "synthetic"
     config.fields.prior = "many"  # "many": uniform over the bank (p_many); "one": reference field (p_one)
 
     # Renderer (npejax.sim.render.RenderConfig; no defaults of its own: every key is required).

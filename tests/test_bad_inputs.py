@@ -412,6 +412,15 @@ CASES = [
     ("sdss-missing-fields-file", "sdss", "download --fields {new}/fields.txt --out {new}/s", "fields.txt", ["{new}/s"]),
     ("sdss-bad-grid", "sdss", "build-bank --dir {new} --out {new}/b.npz --grid 12by16", "12by16", ["{new}/b.npz"]),
     ("bank-zero-fields", "synthetic_bank", "--out {new}/bank.npz --num-fields 0", "0", ["{new}/bank.npz"]),
+    # --- field bank that spans the survey ---
+    ("bank-unknown-kind", "synthetic_bank", "--out {new}/bank.npz --bank real", "real", ["{new}/bank.npz"]),
+    (
+        "bank-survey-zero-fields",
+        "synthetic_bank",
+        "--out {new}/b.npz --bank survey --num-fields 0",
+        "0",
+        ["{new}/b.npz"],
+    ),
 ]
 
 

@@ -512,3 +512,20 @@ def test_sweep_configs_budgets_and_plot_only(tmp_path):
         cwd=ROOT,
     )
     assert bad.returncode != 0 and "--sizes huge" in bad.stderr
+
+
+def test_survey_bank_figure_and_table(tmp_path):
+    """benchmarks/survey_bank.py: the figure is written, and the table puts each bank's quartiles and ranges beside
+    the facts (the DR1 quartiles) and the stated ranges."""
+    from npejax.sim import fields, survey_bank
+
+    fig = _load("survey_bank")
+    bank, default = fields.load_bank("survey").subset(range(12)), fields.load_bank().subset(range(12))
+    fig.plot(bank, default, str(tmp_path / "survey_bank.png"))
+    assert (tmp_path / "survey_bank.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = fig.table(fig.quantities(bank), fig.quantities(default))
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()[2:]}
+    assert set(rows) == set(fig.quantities(bank)) and "quartiles 1.3 / 1.43 / 1.58" in rows["psf_width_arcsec"]
+    assert "quartiles 20.7 / 20.86 / 21.03" in rows["sky_mag_arcsec2"] and "0.05-0.05" in rows["psf_p0"]
+    real, r_band = fig.real_rows()
+    assert r_band.sum() == 2 and len(real["params"]) == 9 and survey_bank.R_BAND == 2

@@ -262,7 +262,8 @@ def _new_manifest(spec: pipeline.SimulationSpec, num_images: int, split: str, co
 
 
 def bank_info(bank: fields_lib.FieldBank) -> dict:
-    """Manifest entry for a field bank: source ("synthetic" for the embedded bank), size, flags, checksum."""
+    """Manifest entry for a field bank: source ("synthetic" or "survey" for an embedded bank), size, flags,
+    checksum."""
     return dict(
         source=_bank_source(bank),
         num_fields=len(bank),
@@ -285,12 +286,13 @@ def bank_sha256(bank: fields_lib.FieldBank) -> str:
 
 
 def _bank_source(bank: fields_lib.FieldBank) -> str:
-    try:
-        embedded = importlib.resources.files("npejax") / "assets" / fields_lib.SYNTHETIC_BANK_FILE
-        if os.path.realpath(os.fspath(embedded)) == os.path.realpath(bank.source):
-            return "synthetic"
-    except (TypeError, OSError):
-        pass
+    for name, filename in fields_lib.EMBEDDED_BANKS.items():
+        try:
+            embedded = importlib.resources.files("npejax") / "assets" / filename
+            if os.path.realpath(os.fspath(embedded)) == os.path.realpath(bank.source):
+                return name
+        except (TypeError, OSError):
+            pass
     return os.path.abspath(bank.source) if os.path.exists(bank.source) else bank.source
 
 

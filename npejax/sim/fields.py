@@ -15,11 +15,21 @@ A :class:`FieldBank` holds, for K fields,
 
 ``p_many`` picks a field uniformly from the bank; ``p_one`` always returns the reference field. Every image
 is a crop of the frame at a uniformly drawn position, and its background is the sky grid interpolated there.
+
+Two banks are embedded (:data:`EMBEDDED_BANKS`, named in ``config.fields.bank``), both SYNTHETIC: ``"synthetic"``,
+the default (:mod:`npejax.sim.synthetic_bank`, a one-parameter PSF family), and ``"survey"``
+(:mod:`npejax.sim.survey_bank`, all six PSF parameters and the sky varying over the survey's range).
+
+:meth:`FieldBank.distance` measures how far an image's PSF parameters and background lie from a bank (a
+Mahalanobis distance on :func:`field_features`), and :meth:`FieldBank.distance_threshold` is the bank's own
+99.9th percentile of it: an image above it has field covariates outside the range a network trained on the bank
+has seen.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import json
 import os
@@ -31,6 +41,11 @@ from npejax.sim import interp
 from npejax.sim import psf as psf_lib
 
 SYNTHETIC_BANK_FILE = "synthetic_sdss_r_bank.npz"
+SURVEY_BANK_FILE = "synthetic_sdss_r_survey_bank.npz"
+EMBEDDED_BANKS = {"synthetic": SYNTHETIC_BANK_FILE, "survey": SURVEY_BANK_FILE}  # config.fields.bank name -> asset
+FEATURE_NAMES = ("log s1", "log s2", "log sP", "log(beta - 2)", "log(b + 1e-3)", "log(p0 + 1e-4)", "log background")
+DISTANCE_RIDGE = 0.05  # added to each feature's standard deviation (log units): differences under ~5% don't count
+DISTANCE_PERCENTILE = 99.9
 SDSS_FRAME_SHAPE = (1489, 2048)
 _FORMAT_VERSION = 1
 
@@ -170,6 +185,50 @@ class FieldBank:
         """Conversion factor gain / calibration (electrons per nmgy) for field(s) ``index``."""
         return self.gain[index] / self.calibration[index]
 
+    # --- distance from the bank (images outside the training range) -----------------------------------
+
+    def background_nmgy(self) -> np.ndarray:
+        """Mean sky of each field over its frame, nmgy per pixel; [K]."""
+        return self.sky_grid.mean(axis=(1, 2)) / self.to_electrons(slice(None))
+
+    @functools.cached_property
+    def _feature_moments(self):
+        features = field_features(self.psf_params, self.background_nmgy())
+        cov = np.atleast_2d(np.cov(features, rowvar=False)) if len(self) > 1 else np.zeros((7, 7))
+        cov = cov + np.diag(
+            2 * DISTANCE_RIDGE * np.sqrt(np.diag(cov)) + DISTANCE_RIDGE**2
+        )  # (sd + ridge)^2 on the diagonal
+        return features.mean(axis=0), np.linalg.inv(cov)
+
+    def distance(self, psf_params, background) -> np.ndarray:
+        """Mahalanobis distance of images' field covariates from the bank's fields.
+
+        ``psf_params`` [6] or [N, 6] psField parameters ``(s1, s2, sP, beta, b, p0)`` (pixels); ``background``
+        the sky in nmgy per pixel: a number, [N], or images [N, H, W] (averaged over the pixels). The distance
+        is taken on :func:`field_features` (logs of the six parameters and of the background) with the mean and
+        covariance of the bank's fields, each feature's standard deviation widened by ``DISTANCE_RIDGE`` (so a
+        bank that holds one value of a parameter, like the default bank's p0 = 0.05, still has a finite
+        distance). Returns [N] (or a float for one image); compare with :meth:`distance_threshold`.
+        """
+        psf_params = psf_lib.validate_psf_params(psf_params, where="distance: psf_params")
+        batch = psf_params.shape[:-1]
+        background = np.asarray(background, dtype=np.float64)
+        if background.ndim > len(batch):
+            background = background.reshape(background.shape[: len(batch)] + (-1,)).mean(axis=-1)
+        if not (np.all(np.isfinite(background)) and np.all(background > 0)):
+            raise ValueError(
+                f"distance: background must be positive finite nmgy per pixel, got {background.ravel()[:5].tolist()}"
+            )
+        mean, precision = self._feature_moments
+        delta = field_features(psf_params, np.broadcast_to(background, batch)) - mean
+        d = np.sqrt(np.einsum("...i,ij,...j->...", delta, precision, delta))
+        return float(d) if d.ndim == 0 else d
+
+    def distance_threshold(self, percentile: float = DISTANCE_PERCENTILE) -> float:
+        """The ``percentile`` of :meth:`distance` over the bank's own fields: an image beyond it is outside the
+        bank (for the default 99.9, one field in a thousand of the bank itself would be flagged)."""
+        return float(np.percentile(self.distance(self.psf_params, self.background_nmgy()), percentile))
+
     # --- persistence ------------------------------------------------------------------------------
 
     def save(self, path) -> None:
@@ -196,14 +255,24 @@ class FieldBank:
         )
 
 
-def load_bank(path=None) -> FieldBank:
-    """Loads a bank written by :meth:`FieldBank.save`; ``None`` or ``"synthetic"`` gives the embedded bank.
+def field_features(psf_params, background_nmgy) -> np.ndarray:
+    """The seven numbers :meth:`FieldBank.distance` compares (``FEATURE_NAMES``): logs of s1, s2, sP, beta - 2,
+    b + 1e-3, p0 + 1e-4 and of the background (nmgy per pixel). ``psf_params`` [..., 6], background [...]."""
+    p = np.asarray(psf_params, dtype=np.float64)
+    columns = (p[..., 0], p[..., 1], p[..., 2], p[..., 3] - 2.0, p[..., 4] + 1e-3, p[..., 5] + 1e-4)
+    return np.log(np.stack([*columns, np.asarray(background_nmgy, dtype=np.float64)], axis=-1))
 
-    The embedded bank holds 500 SYNTHETIC SDSS-like r-band fields (see :mod:`npejax.sim.synthetic_bank`); it
-    contains no real survey measurements.
+
+def load_bank(path=None) -> FieldBank:
+    """Loads a bank written by :meth:`FieldBank.save`; ``None`` or ``"synthetic"`` gives the default embedded
+    bank, ``"survey"`` the embedded bank that spans the survey (``EMBEDDED_BANKS``).
+
+    The embedded banks hold 500 SYNTHETIC SDSS-like r-band fields each (see :mod:`npejax.sim.synthetic_bank`
+    and :mod:`npejax.sim.survey_bank`); they contain no real survey measurements.
     """
-    if path is None or str(path) == "synthetic":
-        ref = importlib.resources.files("npejax") / "assets" / SYNTHETIC_BANK_FILE
+    name = "synthetic" if path is None else str(path)
+    if name in EMBEDDED_BANKS:
+        ref = importlib.resources.files("npejax") / "assets" / EMBEDDED_BANKS[name]
         with importlib.resources.as_file(ref) as real_path:
             return load_bank(real_path)
     path = os.fspath(path)
