@@ -592,7 +592,7 @@ def evaluate(settings: EvalSettings) -> dict:
             prior=prior,
             dropped_by_tile_rule=test.num_dropped,
             bank=_bank_path(test.manifest),
-            synthetic_bank=_bank_path(test.manifest) == "synthetic",
+            synthetic_bank=_bank_path(test.manifest) in fields_lib.EMBEDDED_BANKS,  # both embedded banks are synthetic
             seed=test.manifest.get("seed"),
         ),
         options=dict(
