@@ -98,11 +98,12 @@ import warnings
 import jax
 import numpy as np
 from astropy import table as table_lib
+from astropy.io import fits
 
-import npejax
 from npejax import catalogs as catalog_lib
 from npejax import cli, io
 from npejax.cataloging import images
+from npejax.cli import __version__  # npejax.__version__ (the package is above the layers: tests/test_layout.py)
 from npejax.nn.predictor import CHUNK_SIZE, Predictor
 from npejax.sim import fields as fields_lib
 
@@ -441,7 +442,7 @@ def frame_identity(
         chunk_size=int(chunk_size or 0),
         background=background,
         psf=psf,
-        npejax_version=npejax.__version__,
+        npejax_version=__version__,
     )
 
 
@@ -477,36 +478,55 @@ class DamagedCatalogError(ValueError):
 
 
 def read_catalog(path: str) -> tuple[table_lib.Table, dict | None]:
-    """(the catalog table, its identity or None when it records none: written by npejax before catalogs
-    recorded it) of a frame's catalog file; :class:`DamagedCatalogError` naming the file and why when it cannot
-    be read or its identity is unreadable."""
+    """(the catalog table, :func:`read_identity`) of a frame's catalog file; :class:`DamagedCatalogError` naming
+    the file and why when it cannot be read."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # astropy's "file may have been truncated": the error below says it
             table = catalog_lib.read_table(path)
     except Exception as exc:  # noqa: BLE001  (astropy raises many types for a damaged file)
         raise DamagedCatalogError(f"catalog {path} cannot be read ({type(exc).__name__}: {cli.message(exc)})") from None
+    return table, read_identity(path)
+
+
+def read_identity(path: str) -> dict | None:
+    """The identity a frame's catalog records (:func:`write_catalog`), or None when it records none (written by
+    npejax before catalogs recorded it). Reads no rows where it can: a FITS catalog's headers, checked to span
+    the whole file (a truncated file's do not); a CSV's identity file, whose SHA-256 must be the CSV's (a CSV
+    without one is read whole). :class:`DamagedCatalogError` naming the file and why when it cannot be read."""
     try:
         if catalog_lib.table_format(path) == "fits":
-            text = table.meta.get(IDENTITY_KEY)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "file may have been truncated": checked below
+                with fits.open(path) as hdul:
+                    last = len(hdul) - 1
+                    end = hdul.fileinfo(last)["datLoc"] + hdul.fileinfo(last)["datSpan"]
+                    text = hdul[last].header.get(IDENTITY_KEY) if last >= 1 else None
+            size = os.path.getsize(path)
+            if last < 1 or size < end:
+                raise DamagedCatalogError(
+                    f"catalog {path} is truncated or not a catalog ({size} bytes, "
+                    + (f"its headers need {end})" if last >= 1 else "no table)")
+                )
             identity = None if text is None else json.loads(text)
         else:
             side = identity_path(path)
             if not os.path.exists(side):
-                return table, None
+                catalog_lib.read_table(path)  # an older npejax's: readable at least
+                return None
             with open(side) as f:
                 identity = json.load(f)
+            if not isinstance(identity, dict):
+                raise TypeError("not a JSON object")
             if identity.pop("csv_sha256", None) != io.sha256_file(path):
                 raise DamagedCatalogError(f"catalog {path} is not the one {side} describes (its SHA-256 differs)")
         if identity is not None and not isinstance(identity, dict):
             raise TypeError("not a JSON object")
     except DamagedCatalogError:
         raise
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise DamagedCatalogError(
-            f"catalog {path}: its identity ({identity_path(path)}) cannot be read ({type(exc).__name__})"
-        ) from None
-    return table, identity
+    except Exception as exc:  # noqa: BLE001  (astropy raises many types for a damaged file)
+        raise DamagedCatalogError(f"catalog {path} cannot be read ({type(exc).__name__}: {cli.message(exc)})") from None
+    return identity
 
 
 def identity_differences(stored: dict, current: dict, keys=COMPARED_KEYS) -> list[str]:
@@ -559,7 +579,7 @@ class ResumePlan:
 
 def plan_resume(frames: list[Frame], out: str, fmt: str, identities: dict[str, dict], redo: bool = False) -> ResumePlan:
     """Which of ``frames`` to catalog (``identities``: frame name -> :func:`frame_identity` of this run): those
-    without a catalog, those whose catalog cannot be read (:func:`read_catalog`), and, with ``redo``, those
+    without a catalog, those whose catalog cannot be read (:func:`read_identity`), and, with ``redo``, those
     whose catalog records another identity (:data:`COMPARED_KEYS`) or none. Without ``redo`` a catalog of
     another identity is an :class:`IdentityMismatchError` naming it, the keys that differ with both values
     and the ways on, raised before anything is written; catalogs that record none are kept (a warning)."""
@@ -570,7 +590,7 @@ def plan_resume(frames: list[Frame], out: str, fmt: str, identities: dict[str, d
             plan.todo.append(frame)
             continue
         try:
-            _, stored = read_catalog(path)
+            stored = read_identity(path)
         except DamagedCatalogError as exc:
             plan.damaged.append((frame, cli.message(exc)))
             plan.todo.append(frame)
