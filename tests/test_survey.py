@@ -12,6 +12,7 @@ otherwise compile the network again.
 import bz2
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -735,6 +736,8 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
 
     sample = (np.ones((2, 8, 8)), np.ones((2, 8, 8)), np.tile(PSF_ARRAY, (2, 1)))
     other = write_random_workdir(make_tiny_config(), tmp_path / "other", sample, seed=1)  # another network
+    empty = write_random_workdir(make_tiny_config(), tmp_path / "empty", sample)
+    shutil.rmtree(os.path.join(empty, "checkpoints", "best"))  # a workdir without the checkpoint asked for
     before = _snapshot(tmp_path)
     code, stdout, err = _survey(capsys, *args, "--min-prob", "0.3")
     assert_one_error(code, stdout, err, f"frame catalog {out / 'catalogs' / 'a.fits'} was made with another network")
@@ -745,6 +748,8 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
     assert old != new and new in err
     code, stdout, err = _survey(capsys, *[tmp_path / "gone" if a == workdir else a for a in args])
     assert_one_error(code, stdout, err, f"--workdir {tmp_path / 'gone'}: workdir {tmp_path / 'gone'} does not exist")
+    code, stdout, err = _survey(capsys, *[empty if a == workdir else a for a in args])
+    assert_one_error(code, stdout, err, f"--workdir {empty}: {empty} holds no checkpoint: no checkpoints/best/")
     assert _snapshot(tmp_path) == before, "a refused resume wrote something"
 
     # damaged catalogs are cataloged again, each named; one without an identity is kept, named
