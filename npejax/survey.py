@@ -2,7 +2,7 @@
 
     python -m npejax.survey catalog --workdir runs/aware --frames frames.txt --out DIR [--format fits|csv]
         [--shard I/N] [--min-prob 0.5] [--chunk-size 512] [--background B] [--field-id NAME | --psf-params P]
-        [--bank bank.npz] [--checkpoint best|latest] [--readers 2]
+        [--bank bank.npz] [--checkpoint best|latest] [--readers 2] [--redo-mismatched]
     python -m npejax.survey catalog --pretrained cpu --frames frames.txt --out DIR ...   # a shipped network
     python -m npejax.survey merge --out DIR --table all.fits [--frames frames.txt]
 
@@ -14,19 +14,27 @@ The frame list (``--frames``) is a text file, one frame per line, ``#`` comments
     images/f3.fits                                                     # the command's --background, --field-id
 
 ``catalog`` writes ``DIR/catalogs/NAME.fits`` (or ``.csv``) per frame of its shard (NAME: the file name
-without its extensions), skipping frames whose catalog exists (a rerun resumes). A frame that cannot be
+without its extensions), each recording what made it (the network: ``--pretrained`` name or ``--workdir``
+checkpoint and its SHA-256; ``--min-prob``; the frame's background and PSF; the npejax version: in the FITS
+header, for CSV in ``DIR/identity/NAME.json``). A rerun resumes: it skips the frames whose catalog was made
+by the same network and settings, catalogs again (a warning line each) those whose catalog cannot be read,
+keeps with a warning those whose catalog records nothing (an older npejax's), and refuses any other (exit 2,
+naming the catalog and what differs) unless ``--redo-mismatched``, before any work. A frame that cannot be
 cataloged is one line ``failed: frame K NAME (PATH): REASON`` on stderr and a row of
 ``DIR/failures-I-of-N.csv``; the others go on. Frame K belongs to shard K mod N: ``--shard I/N``, else a
 Slurm job array's ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, else every frame. ``merge`` writes one
 table (FITS or CSV by extension) of every catalog in ``DIR/catalogs`` (by name), or of the ``--frames``
-list's frames in its order, with a ``frame`` column (an existing ``--table`` is refused unless ``--overwrite``).
+list's frames in its order, with a ``frame`` column (an existing ``--table`` is refused unless ``--overwrite``)
+and, in a FITS table's header, the one network and ``--min-prob`` that made them (catalogs of two are refused,
+naming two frames that differ).
 The frame list's keys, the files, the sharding rule and the merged table: :mod:`npejax.cataloging.runner`.
 
 Exit status: 0; 1 when a frame failed (catalog) or a listed frame has no catalog (merge; the table of the
 others is written); 2 for a bad command line (both or neither of ``--workdir`` and ``--pretrained``, an
-unknown ``--pretrained`` name), flag value, frame list (syntax, a duplicate name, a FITS line
-with no background or PSF, a frame whose catalog would be the frame's own file: a frame inside
-``DIR/catalogs``) or output folder, before any frame is read, with one ``error:`` line; ``merge`` also
+unknown ``--pretrained`` name, a ``--workdir`` that does not exist or holds no checkpoint), flag value, frame
+list (syntax, a duplicate name, a FITS line with no background or PSF, a frame whose catalog would be the
+frame's own file: a frame inside ``DIR/catalogs``), output folder, or a resume over catalogs of another
+network or settings, before any frame is read, with one ``error:`` line; ``merge`` also
 refuses a ``--table`` inside ``DIR/catalogs`` (it would be merged next time) or that is the ``--frames`` list
 or one of its frames' files, before any catalog is read.
 """
@@ -99,6 +107,13 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
     )
     flags.DEFINE_string("psf-params", None, "Default PSF of FITS lines: s1,s2,sP,beta,b,p0 (pixels).", flag_values=fv)
     flags.DEFINE_string("bank", None, "Field bank of field-id (default: the embedded synthetic bank).", flag_values=fv)
+    flags.DEFINE_bool(
+        "redo-mismatched",
+        False,
+        "Catalog again the frames whose catalog was made with another network or settings (or records none); "
+        "without it, such a catalog is refused.",
+        flag_values=fv,
+    )
     for name in ("min-prob", "chunk-size", "field-id", "psf-params"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
@@ -125,12 +140,19 @@ def run_catalog(fv: flags.FlagValues) -> int:
             runner_lib.catalog_path(out, frame, fmt), f"frame {frame.name}'s catalog", frame_inputs(frame)
         )
     mine = runner_lib.shard_frames(frames, shard, num_shards)
-    todo = runner_lib.pending_frames(mine, out, fmt)
-    skipped = len(mine) - len(todo)
+    # a resume checks what made the existing catalogs, and a missing workdir is refused even with nothing to do
+    network = options.network_identity(fv)
+    chunk = fv["chunk-size"].value
+    identities = {f.name: runner_lib.frame_identity(network, f, min_prob, chunk, fv.bank) for f in mine}
+    plan = runner_lib.plan_resume(mine, out, fmt, identities, redo=fv["redo-mismatched"].value)
+    for line in plan.warnings(out, fmt):
+        sys.stderr.write(line + "\n")
+    todo, skipped = plan.todo, len(plan.skipped)
+    again = len(todo) - len(runner_lib.pending_frames(mine, out, fmt))
     print(
         f"shard {shard}/{num_shards} ({shard_source}; frame K goes to shard K mod {num_shards}): {len(mine)} of "
-        f"{len(frames)} frames; {skipped} skipped (catalog exists in {os.path.join(out, runner_lib.CATALOG_DIR)})"
-        f", {len(todo)} to catalog",
+        f"{len(frames)} frames; {skipped} skipped (catalog exists in {os.path.join(out, runner_lib.CATALOG_DIR)}"
+        f", made by this network and settings), {len(todo)} to catalog" + (f" ({again} again)" if again else ""),
         flush=True,
     )
     failures_file = runner_lib.failures_path(out, shard, num_shards)

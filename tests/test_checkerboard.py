@@ -203,3 +203,30 @@ def test_chunked_prediction_equals_the_whole_image(colours):
     assert 0 < np.sum(whole["prob_source"] > 0.5) < whole["prob_source"].size  # decisions that matter
     for key in ("prob_source", "tile_flux", "tile_locs"):
         np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.fast
+def test_predictor_refuses_weights_of_another_posterior():
+    """Flax ignores arrays a model does not use: a checkerboard network's weights under an independent-tiles config
+    ran as the independent head alone. The Predictor refuses them (and the reverse), naming posterior.context and
+    both values, and names the first arrays of another architecture."""
+    config, net = _net(2)
+    config.model.variant = "psf_aware"
+    variables = net.init(jax.random.key(0), jnp.zeros((1, 16, 16, 21)), train=False)
+    normalizer = inputs.Normalizer(tuple(np.linspace(-0.1, 2.0, 14)), 0.01, 1.0, 0.2, (1.0,) * 6, (1.0,) * 6)
+    predictor.Predictor(config, variables, normalizer)  # its own config: loads
+    independent = config.copy_and_resolve_references()
+    independent.posterior.context = "independent"
+    with pytest.raises(
+        ValueError, match=r"^posterior.context: X was trained with 'checkerboard' .* says 'independent'"
+    ):
+        predictor.Predictor(independent, variables, normalizer, source="X")
+    params = {k: v for k, v in variables["params"].items() if not k.startswith("ContextHead")}
+    with pytest.raises(ValueError, match=r"^posterior.context: .* trained with 'independent' .* says 'checkerboard'"):
+        predictor.Predictor(config, dict(variables, params=params), normalizer)
+    wider = config.copy_and_resolve_references()
+    wider.model.width = 8
+    with pytest.raises(
+        ValueError, match=r"arrays are not those of the config's network .* has shape \(2,\), the model's \(4,\)"
+    ):
+        predictor.Predictor(wider, variables, normalizer)

@@ -113,6 +113,10 @@ def test_manifest(spec, written):
     assert m["bank"]["reference"] == spec.bank.names[spec.bank.reference]
     assert m["spec"]["prior"]["sources_per_pixel"] == spec.prior.sources_per_pixel
     assert m["npejax_version"] and m["created"] and m["completed"]
+    assert m["identity"] == dataset_format.dataset_digest(m) and len(m["identity"]) == 64
+    with open(os.path.join(written, "shard-00001", "shard.json")) as f:
+        shard = json.load(f)
+    assert shard == dict(format="npejax-dataset", split="val", seed=123, index=1, count=4, dataset=m["identity"])
     assert sorted(os.listdir(written)) == [".npejax-lock", "manifest.json", "shard-00000", "shard-00001", "shard-00002"]
 
 
@@ -434,6 +438,46 @@ def test_load_errors_name_the_file(written, tmp_path):
         json.dump(m, f)
     with pytest.raises(datasets.DatasetError, match="shard list does not match"):
         datasets.load(out)
+
+
+def test_a_shard_of_another_dataset_is_refused(spec, written, tmp_path):
+    """Every shard records its dataset, split, seed and index (shard.json): a shard of another split copied in
+    under a right name (its arrays of the right shapes) is refused naming the file, the field and both values;
+    so is a shard moved to another index, or one without the file in a dataset whose shards all have it. A
+    rerun of the writer renders such a shard again."""
+    test = tmp_path / "test"
+    datasets.write_dataset(dataclasses.replace(spec, seed=7), test, NUM_IMAGES, "test", num_workers=0, progress=False)
+    shutil.rmtree(test / "shard-00001")
+    shutil.copytree(os.path.join(written, "shard-00001"), test / "shard-00001")  # a validation shard
+    with pytest.raises(
+        datasets.DatasetError,
+        match=rf"^dataset {test}: shard file {test}/shard-00001/shard.json has split 'val', the manifest "
+        rf"{test}/manifest.json 'test': a shard of another dataset",
+    ):
+        datasets.load(test)
+
+    out = _copy(written, tmp_path)
+    shutil.rmtree(os.path.join(out, "shard-00000"))
+    shutil.copytree(os.path.join(written, "shard-00001"), os.path.join(out, "shard-00000"))  # same shapes
+    with pytest.raises(datasets.DatasetError, match=r"shard-00000/shard.json has index 1, the manifest .* 0:"):
+        datasets.load(out)
+    os.unlink(os.path.join(out, "shard-00000", "shard.json"))
+    with pytest.raises(datasets.DatasetError, match=r"shard-00000/shard.json is missing \(every shard"):
+        datasets.load(out)
+    report = datasets.write_dataset(spec, out, NUM_IMAGES, "val", num_workers=0, progress=False)
+    assert report.rendered_shards == (0,)
+    _assert_equal(datasets.load(out)[:], datasets.load(written)[:])
+
+
+def test_a_dataset_written_before_shards_recorded_their_identity_loads(written, tmp_path):
+    """A manifest without ``identity`` and shards without shard.json (an older npejax's) load as before."""
+    out = _copy(written, tmp_path)
+    manifest = json.loads(open(os.path.join(out, "manifest.json")).read())
+    del manifest["identity"]
+    io.write_json(os.path.join(out, "manifest.json"), manifest)
+    for i in range(3):
+        os.unlink(os.path.join(out, datasets.shard_name(i), "shard.json"))
+    _assert_equal(datasets.load(out)[:], datasets.load(written)[:])
 
 
 def test_split_seed():

@@ -6,7 +6,10 @@ case's folder created, changed or removed (every file's size, mtime and SHA-256 
 guards are :func:`npejax.io.check_not_input`, :func:`npejax.io.check_not_under` and
 :func:`npejax.io.check_plain_name` (npejax.predict, npejax.survey, npejax.evaluate through
 :class:`npejax.evaluation.settings.EvalSettings`), and :func:`npejax.nn.checkpoints.workdir_lock` and
-:func:`npejax.nn.checkpoints.check_resumable` (npejax.main).
+:func:`npejax.nn.checkpoints.check_resumable` (npejax.main). Inputs of another identity (IDENTITY_CASES): a survey
+resume over catalogs of another network or setting (:func:`npejax.cataloging.runner.plan_resume`), a shard of
+another split inside a dataset (:func:`npejax.datasets.format.check_shard_identity`), an experiment whose
+evaluation would fail (:class:`npejax.evaluation.settings.EvalSettings`, checked before training).
 """
 
 from __future__ import annotations
@@ -349,3 +352,119 @@ def test_best_checkpoint_without_latest_is_refused(tmp_path, config_path, tiny_f
         "impossible; move the workdir aside or remove checkpoints/best"
     )
     assert snapshot(tmp_path) == before, "the refused training wrote something"
+
+
+# --- identity ---
+# A resume over catalogs of another network or setting, a missing workdir with nothing left to do, a shard of
+# another split inside a dataset, an experiment whose evaluation would fail: refused before any work.
+
+
+@pytest.fixture(scope="module")
+def split_datasets(tmp_path_factory):
+    """A 'val' and a 'test' dataset of 2 one-image shards each (the default config's simulator), written once."""
+    from configs import default  # noqa: PLC0415  (the repository root is on sys.path: conftest.py)
+    from npejax import datasets  # noqa: PLC0415
+    from npejax.sim import pipeline  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("split_datasets")
+    for split in ("val", "test", "train"):
+        seed = datasets.split_seed(0, split)
+        spec = pipeline.SimulationSpec.from_config(default.get_config(), seed=seed, batch_size=1)
+        datasets.write_dataset(spec, root / split, 2, split, num_workers=0, progress=False)
+    return root
+
+
+@pytest.fixture
+def identity_files(tmp_path, split_datasets):
+    """A survey folder whose one frame's catalog was made by the pretrained network at --min-prob 0.5, another
+    whose catalog was made by another network, and a test and a training set holding a validation shard."""
+    from astropy.table import Table  # noqa: PLC0415
+
+    from npejax.cataloging import runner  # noqa: PLC0415  (JAX: only for these cases)
+    from npejax.nn import pretrained  # noqa: PLC0415
+
+    p = {"root": str(tmp_path), "psf": PSF}
+    p["frames"] = str(tmp_path / "frames.txt")
+    with open(p["frames"], "w") as f:
+        f.write(f"image.fits background=0.7 psf-params={PSF}\n")
+    (frame,) = runner.read_frame_list(p["frames"])
+    network = pretrained.identity("cpu")
+    for name, made_by in (
+        ("survey", network),
+        ("foreign", dict(network, network="workdir /x", network_sha256="0" * 64)),
+    ):
+        p[name] = str(tmp_path / name)
+        path = runner.catalog_path(p[name], frame, "fits")
+        os.makedirs(os.path.dirname(path))
+        runner.write_catalog(Table({"x": [1.0]}), path, runner.frame_identity(made_by, frame, 0.5, 512))
+    for split in ("test", "train"):  # shard 1 of the validation set copied in under the right name
+        p[split] = str(tmp_path / split)
+        shutil.copytree(split_datasets / split, p[split])
+        shutil.rmtree(os.path.join(p[split], "shard-00001"))
+        shutil.copytree(split_datasets / "val" / "shard-00001", os.path.join(p[split], "shard-00001"))
+    p["val"] = str(tmp_path / "val")
+    shutil.copytree(split_datasets / "val", p["val"])
+    p["experiment_config"] = os.path.join(os.path.dirname(__file__), "..", "configs", "experiment_cpu.py")
+    p["config"] = os.path.join(os.path.dirname(__file__), "..", "configs", "cpu_small.py")
+    return p
+
+
+FOREIGN = "{%s}/shard-00001/shard.json has split 'val', the manifest {%s}/manifest.json '%s'"
+IDENTITY_CASES = [
+    (
+        "survey-resume-other-min-prob",
+        "survey",
+        "catalog --pretrained cpu --frames {frames} --out {survey} --min-prob 0.3",
+        ["frame catalog {survey}/catalogs/image.fits", "min_prob 0.5 -> 0.3", "--redo-mismatched", "--out"],
+    ),
+    (
+        "survey-resume-other-network",
+        "survey",
+        "catalog --pretrained cpu --frames {frames} --out {foreign}",
+        ["frame catalog {foreign}/catalogs/image.fits", "network workdir /x (" + "0" * 64 + ") -> pretrained cpu ("],
+    ),
+    (
+        "survey-resume-missing-workdir",
+        "survey",
+        "catalog --workdir {root}/gone --frames {frames} --out {survey}",
+        ["--workdir {root}/gone: workdir {root}/gone does not exist"],
+    ),
+    (
+        "evaluate-foreign-shard-in-test-set",
+        "evaluate",
+        "--pretrained cpu --test-dir {test} --out {root}/report",
+        [FOREIGN % ("test", "test", "test")],
+    ),
+    (
+        "predict-foreign-shard-in-test-set",
+        "predict",
+        "--pretrained cpu --input {test} --out {root}/catalog.fits",
+        [FOREIGN % ("test", "test", "test")],
+    ),
+    (
+        "main-foreign-shard-in-training-set",
+        "main",
+        "--config {config} --workdir {root}/run --config.data.train_dir={train} --config.data.val_dir={val}",
+        [FOREIGN % ("train", "train", "train")],
+    ),
+    (
+        "experiment-no-test-images",
+        "experiment",
+        "--config {experiment_config} --out {root}/experiment --config.network.data.num_test=0",
+        ["config.network.data.num_test must be >= 1, got 0"],
+    ),
+]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("case", IDENTITY_CASES, ids=[c[0] for c in IDENTITY_CASES])
+def test_input_of_another_identity_is_refused(case, identity_files):
+    _, command, argv, fragments = case
+    args = [a.format(**identity_files) for a in argv.split()]
+    before = snapshot(identity_files["root"])
+    status, out, err = run_command(command, args)
+    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
+    line = one_error_line(err)
+    for fragment in fragments:
+        assert fragment.format(**identity_files) in line, f"{fragment!r} not named in: {line}"
+    assert snapshot(identity_files["root"]) == before, "a file was written, changed or removed"

@@ -10,7 +10,9 @@ otherwise compile the network again.
 """
 
 import bz2
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,6 +23,7 @@ import test_sdss as sdss_files  # the SDSS data-model fixture writers
 from astropy.io import fits
 from conftest import assert_one_error, make_tiny_config
 
+import npejax
 from npejax import catalogs as catalog
 from npejax import configuration, io, survey
 from npejax.cataloging import images
@@ -690,3 +693,118 @@ def test_frame_stem_is_the_file_name_without_extensions():
     assert runner_lib.frame_stem("/data/run 1/img.FITS.fz") == "img"
     assert runner_lib.frame_stem("img.fts") == "img" and runner_lib.frame_stem("a.b.fit.gz") == "a.b"
     assert runner_lib.frame_stem("img.png") == "img.png" and runner_lib.frame_stem(".fits") == ".fits"
+
+
+# --- identity: what made a catalog, checked on resume ----------------------------------------------------------
+
+
+def _snapshot(root) -> dict:
+    """Path -> (size, mtime) of every file under ``root``."""
+    return {
+        os.path.join(d, n): (os.stat(os.path.join(d, n)).st_size, os.stat(os.path.join(d, n)).st_mtime_ns)
+        for d, _, names in os.walk(root)
+        for n in names
+    }
+
+
+def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path, capsys):
+    """Each catalog records the network, min_prob and the frame's inputs; a rerun with another --min-prob or
+    network is refused before any work (exit 2, one line naming the catalog, the keys and both values); a
+    truncated or empty catalog is cataloged again with a warning naming it; a catalog that records nothing (an
+    older npejax's) is kept with a warning; --redo-mismatched catalogs the others again."""
+    for name, seed in (("a", 1), ("b", 2)):
+        _write_small(tmp_path / f"{name}.fits", seed)
+    (tmp_path / "frames.txt").write_text(f"a.fits psf-params={PSF}\nb.fits psf-params=1.20,3.5,1.5,3,0.1,0.08\n")
+    out = tmp_path / "out"
+    args = ["catalog", "--workdir", workdir, "--frames", tmp_path / "frames.txt", "--out", out, "--background", "0.7"]
+    code, stdout, err = _survey(capsys, *args)
+    assert code == 0 and err == "", err
+    identity = checkpoints.network_identity(workdir)
+    table, stored = runner_lib.read_catalog(str(out / "catalogs" / "a.fits"))
+    assert stored == dict(
+        identity,
+        min_prob=0.5,
+        chunk_size=512,
+        background=0.7,
+        psf=f"psf-params={PSF.replace('3.0', '3')}",
+        npejax_version=npejax.__version__,
+    )
+    assert (
+        identity["network"] == f"workdir {workdir} checkpoint best (epoch 1)" and len(identity["network_sha256"]) == 64
+    )
+    assert runner_lib.read_catalog(str(out / "catalogs" / "b.fits"))[1]["psf"] == stored["psf"]  # however written
+
+    sample = (np.ones((2, 8, 8)), np.ones((2, 8, 8)), np.tile(PSF_ARRAY, (2, 1)))
+    other = write_random_workdir(make_tiny_config(), tmp_path / "other", sample, seed=1)  # another network
+    empty = write_random_workdir(make_tiny_config(), tmp_path / "empty", sample)
+    shutil.rmtree(os.path.join(empty, "checkpoints", "best"))  # a workdir without the checkpoint asked for
+    before = _snapshot(tmp_path)
+    code, stdout, err = _survey(capsys, *args, "--min-prob", "0.3")
+    assert_one_error(code, stdout, err, f"frame catalog {out / 'catalogs' / 'a.fits'} was made with another network")
+    assert "min_prob 0.5 -> 0.3 (and 1 more frame catalogs differ)" in err and "--redo-mismatched" in err, err
+    code, stdout, err = _survey(capsys, *[other if a == workdir else a for a in args])
+    old, new = identity["network_sha256"], checkpoints.network_identity(other)["network_sha256"]
+    assert_one_error(code, stdout, err, f"network {identity['network']} ({old}) -> workdir {other} checkpoint best")
+    assert old != new and new in err
+    code, stdout, err = _survey(capsys, *[tmp_path / "gone" if a == workdir else a for a in args])
+    assert_one_error(code, stdout, err, f"--workdir {tmp_path / 'gone'}: workdir {tmp_path / 'gone'} does not exist")
+    code, stdout, err = _survey(capsys, *[empty if a == workdir else a for a in args])
+    assert_one_error(code, stdout, err, f"--workdir {empty}: {empty} holds no checkpoint: no checkpoints/best/")
+    assert _snapshot(tmp_path) == before, "a refused resume wrote something"
+
+    # damaged catalogs are cataloged again, each named; one without an identity is kept, named
+    data = (out / "catalogs" / "a.fits").read_bytes()
+    (out / "catalogs" / "a.fits").write_bytes(data[: len(data) // 2])
+    table.meta.pop(runner_lib.IDENTITY_KEY)
+    table.write(out / "catalogs" / "b.fits", overwrite=True)
+    code, stdout, err = _survey(capsys, *args)
+    warnings = err.splitlines()
+    assert code == 0 and len(warnings) == 2, err
+    assert warnings[0].startswith(f"warning: catalog {out / 'catalogs' / 'a.fits'} is truncated or not a catalog (")
+    assert warnings[0].endswith("cataloging frame a again"), warnings[0]
+    assert (
+        warnings[1].startswith("warning: 1 frame catalogs record no network or settings")
+        and "kept unverified" in warnings[1]
+    )
+    assert "1 skipped" in stdout and "1 to catalog (1 again)" in stdout and "1 frames cataloged" in stdout
+    assert runner_lib.read_catalog(str(out / "catalogs" / "a.fits"))[1] == stored
+    (out / "catalogs" / "a.fits").write_bytes(b"")
+    code, stdout, err = _survey(capsys, *args, "--redo-mismatched", "--min-prob", "0.3")
+    assert code == 0 and "2 frames cataloged" in stdout, err
+    assert err.count("warning:") == 2 and "cataloging them again" in err, err
+    assert err.startswith(f"warning: catalog {out / 'catalogs' / 'a.fits'} cannot be read (OSError: "), err
+    assert runner_lib.read_catalog(str(out / "catalogs" / "b.fits"))[1]["min_prob"] == 0.3
+
+    # merge: one network per table, recorded in its meta; a mix is refused naming two frames
+    code, stdout, err = _survey(capsys, "merge", "--out", out, "--table", tmp_path / "all.fits")
+    assert code == 0 and err == "", err
+    merged = catalog.read_table(tmp_path / "all.fits")
+    assert json.loads(merged.meta[runner_lib.IDENTITY_KEY]) == dict(
+        network=identity["network"], network_sha256=identity["network_sha256"], decode="group", min_prob=0.3
+    )
+    code, stdout, err = _survey(
+        capsys, "catalog", *args[1:], "--min-prob", "0.6", "--redo-mismatched", "--shard", "1/2"
+    )
+    assert code == 0, err
+    code, stdout, err = _survey(capsys, "merge", "--out", out, "--table", tmp_path / "mix.fits")
+    assert_one_error(code, stdout, err, "frames a (")
+    assert f"and b ({out / 'catalogs' / 'b.fits'}) were cataloged with different networks or settings" in err
+    assert "min_prob 0.3 -> 0.6" in err and not (tmp_path / "mix.fits").exists()
+
+
+def test_csv_catalogs_record_their_identity_beside_them(workdir, tmp_path, capsys):
+    """Plain CSV has no metadata: a CSV catalog's identity is out/identity/NAME.json with the CSV's SHA-256; a
+    CSV changed since is cataloged again."""
+    _write_small(tmp_path / "a.fits", 1)
+    (tmp_path / "frames.txt").write_text(f"a.fits background=0.7 psf-params={PSF}\n")
+    out = tmp_path / "out"
+    args = ["catalog", "--workdir", workdir, "--frames", tmp_path / "frames.txt", "--out", out, "--format", "csv"]
+    assert _survey(capsys, *args)[0] == 0
+    assert os.listdir(out / "catalogs") == ["a.csv"] and os.listdir(out / "identity") == ["a.json"]
+    assert runner_lib.read_catalog(str(out / "catalogs" / "a.csv"))[1]["network"].startswith(f"workdir {workdir}")
+    lines = (out / "catalogs" / "a.csv").read_text().splitlines()
+    (out / "catalogs" / "a.csv").write_text("\n".join(lines[:3]) + "\n")  # cut at a row's end: still a table
+    code, stdout, err = _survey(capsys, *args)
+    assert code == 0 and "1 frames cataloged" in stdout, err
+    assert err.startswith(f"warning: catalog {out / 'catalogs' / 'a.csv'} is not the one {out / 'identity' / 'a.json'}")
+    assert len((out / "catalogs" / "a.csv").read_text().splitlines()) == len(lines)

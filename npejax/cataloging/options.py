@@ -9,6 +9,8 @@ network runs):
 * :func:`chunk_size_flag` -- ``--chunk-size``: pixels, 0 for whole images, at least the network's margins.
 * :func:`check_defaults` -- ``npejax.survey catalog``'s defaults of FITS lines (``--background``,
   ``--field-id``, ``--psf-params``).
+* :func:`network_identity` -- ``--workdir``/``--checkpoint`` or ``--pretrained``: what identifies the network
+  (a survey's resume compares it with its catalogs'), read without loading it.
 """
 
 from __future__ import annotations
@@ -91,6 +93,21 @@ def check_network_flags(fv) -> None:
         if fv["checkpoint"].present:
             raise cli.UsageError("--checkpoint chooses a checkpoint of --workdir; a --pretrained network has one")
         pretrained_lib.entry(fv.pretrained)  # an unknown name lists the available ones
+
+
+def network_identity(fv) -> dict:
+    """What identifies the network of ``--workdir`` (its ``--checkpoint``) or ``--pretrained``, read without
+    loading it (:func:`npejax.nn.checkpoints.network_identity`, :func:`npejax.nn.pretrained.identity`): a
+    workdir that does not exist or holds no such checkpoint is a usage error naming ``--workdir``."""
+    from npejax.nn import checkpoints  # deferred: as check_network_flags
+    from npejax.nn import pretrained as pretrained_lib  # deferred: as above
+
+    if fv.pretrained is not None:
+        return pretrained_lib.identity(fv.pretrained)
+    try:
+        return checkpoints.network_identity(fv.workdir, fv.checkpoint)
+    except checkpoints.CheckpointError as exc:
+        raise cli.UsageError(f"--workdir {fv.workdir}: {cli.message(exc)}") from None
 
 
 def load_network(fv) -> Predictor:

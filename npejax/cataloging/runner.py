@@ -5,8 +5,12 @@ Python API::
 
     frames = read_frame_list("frames.txt", background=None, field_id=None, psf_params=None)   # [Frame]
     shard, num_shards, _ = resolve_shard("0/4")             # None: the Slurm job array's, else 0/1
-    todo = pending_frames(shard_frames(frames, shard, num_shards), out, "fits")  # without a catalog yet
-    summary = catalog_frames(Predictor.from_workdir(workdir), todo, out, "fits", FieldBankCache(None),
+    mine = shard_frames(frames, shard, num_shards)
+    todo = pending_frames(mine, out, "fits")               # without a catalog yet; or, checking what made them:
+    net = Predictor.from_workdir(workdir)
+    todo = plan_resume(mine, out, "fits", {f.name: frame_identity(net.network_identity(), f, 0.5, 512)
+                                           for f in mine}).todo   # IdentityMismatchError: made otherwise
+    summary = catalog_frames(net, todo, out, "fits", FieldBankCache(None),
                              failures_file=failures_path(out, shard, num_shards))
     table, missing = merge_catalogs(out)                    # one table of every catalog, by frame name
 
@@ -43,6 +47,20 @@ truncated or corrupt file, a value out of range, a non-finite network output) is
 ``failed: frame K NAME (PATH): REASON`` on stderr and a row of the failures file; the other frames go on.
 Frames whose catalog exists are skipped (:func:`pending_frames`), so rerunning the same command resumes.
 
+**Identity**: each catalog records what made it (:func:`frame_identity`, written by :func:`write_catalog`: a
+FITS catalog in its header keyword ``NPEJAXID``, a CSV one in ``out/identity/NAME.json`` with the CSV's
+SHA-256): ``network`` (``pretrained NAME`` or ``workdir W checkpoint best (epoch N)``), ``network_sha256`` (the
+pretrained file's, or that of the checkpoint's checksum record: :func:`npejax.nn.checkpoints.network_identity`),
+``decode`` (``posterior.decode``), ``min_prob``, ``chunk_size`` (pixels, 0: whole), the frame's ``background``
+and ``psf`` as its line gives them, and ``npejax_version``. A resume (:func:`plan_resume`) compares
+:data:`COMPARED_KEYS` (the network, decode, min_prob, background, PSF; not the chunk size, which leaves the
+catalog as it is, nor the version) with the run's: a catalog made otherwise is an :class:`IdentityMismatchError`
+naming it and the keys with both values (or, with ``redo``, cataloged again), before anything is written; a
+catalog that cannot be read (empty, truncated, corrupt; catalogs are written atomically, so only damage after
+the write does this) is cataloged again with a warning naming it; a catalog that records nothing (written by
+npejax before catalogs recorded their identity) is kept with a warning, as checkpoints without checksums are
+loaded: refusing it would strand every survey begun before, and ``redo`` catalogs it again.
+
 **Sharding**: frame K (0-based, counting the list's frames in order) belongs to shard K mod N
 (:func:`shard_frames`). :func:`resolve_shard` takes ``I/N`` (0 <= I < N); without it, a Slurm job array's
 ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT`` give I = (task id - ``SLURM_ARRAY_TASK_MIN``) /
@@ -52,7 +70,9 @@ Frames whose catalog exists are skipped (:func:`pending_frames`), so rerunning t
 **Merging** (:func:`merge_catalogs`): one table of every catalog in ``out/catalogs`` (sorted by frame name),
 or of the given names in that order: a ``frame`` column (the frame's name) followed by the catalog columns
 less ``image`` (units kept, ``FLUXUNIT`` nmgy, ``NFRAMES``; NaN ``ra``/``dec`` for frames without a WCS among
-frames with one), held in memory (about 150 bytes a row), and the names without a catalog.
+frames with one), held in memory (about 150 bytes a row), and the names without a catalog. The catalogs
+must record one network and min_prob (:data:`RUN_KEYS`; two frames that differ are named in an
+:class:`IdentityMismatchError`), which the merged table's meta records (``NPEJAXID``).
 
 **Exit semantics** of the command: a frame that failed (:attr:`Summary.failures`) or a name without a catalog
 makes the exit status :data:`EXIT_FRAMES_FAILED` (1) at the end, after the other frames; a bad frame list
@@ -65,6 +85,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import json
 import os
 import re
 import resource
@@ -72,14 +93,17 @@ import shlex
 import sys
 import time
 import traceback
+import warnings
 
 import jax
 import numpy as np
 from astropy import table as table_lib
+from astropy.io import fits
 
 from npejax import catalogs as catalog_lib
 from npejax import cli, io
 from npejax.cataloging import images
+from npejax.cli import __version__  # npejax.__version__ (the package is above the layers: tests/test_layout.py)
 from npejax.nn.predictor import CHUNK_SIZE, Predictor
 from npejax.sim import fields as fields_lib
 
@@ -373,6 +397,228 @@ def _reason(exc: BaseException) -> str:
     return text if isinstance(exc, _FRAME_ERRORS) else f"{type(exc).__name__}: {text}"
 
 
+# --- identity: what made a catalog --------------------------------------------------------------------------
+
+IDENTITY_KEY = "NPEJAXID"  # the FITS header keyword (table meta) of a catalog's identity, as JSON
+IDENTITY_DIR = "identity"  # out/identity/NAME.json: a CSV catalog's identity (plain CSV has no metadata)
+# Keys of the identity that a resume compares (the others are the record: who, with which npejax, chunked how):
+RUN_KEYS = ("network_sha256", "decode", "min_prob")  # the same for every frame of a run (and of a merged table)
+COMPARED_KEYS = RUN_KEYS + ("background", "psf")  # ... and the frame's own inputs, as the frame list gives them
+
+
+class IdentityMismatchError(cli.UsageError):
+    """A resume (or merge) over catalogs made by another network or with other settings (exit 2)."""
+
+
+def frame_identity(
+    network: dict, frame: Frame, min_prob: float, chunk_size: int | None, bank: str | None = None
+) -> dict:
+    """What makes the catalog of ``frame``, as its file records it: the ``network`` (the keys of
+    :meth:`npejax.nn.predictor.Predictor.network_identity`: ``network``, ``network_sha256``, ``decode``),
+    ``min_prob``, ``chunk_size`` (pixels, 0: whole; recorded only: chunked and whole predictions agree), the
+    frame's ``background`` (nmgy per pixel, a FITS file's absolute path, or the SDSS frame's own sky) and
+    ``psf`` (``psf-params=...``, ``field-id=F bank=B``, or ``psfield=P``) as the frame list gives them, and
+    ``npejax_version``."""
+    if frame.is_sdss:
+        background, psf = "sdss frame sky", f"psfield={os.path.abspath(frame.psfield)}"
+    else:
+        background = frame.background
+        if isinstance(background, str):
+            background = os.path.abspath(background)
+        elif background is not None:
+            background = float(background)
+        if frame.field_id is not None:
+            psf = f"field-id={frame.field_id} bank={os.path.abspath(bank) if bank else 'synthetic'}"
+        else:
+            try:  # the same parameters however written (1.50 or 1.5); a bad value fails the frame later
+                psf = "psf-params=" + ",".join(f"{float(v):g}" for v in str(frame.psf_params).split(","))
+            except ValueError:
+                psf = f"psf-params={frame.psf_params}"
+    return dict(
+        network=str(network.get("network")),
+        network_sha256=network.get("network_sha256"),
+        decode=network.get("decode"),
+        min_prob=float(min_prob),
+        chunk_size=int(chunk_size or 0),
+        background=background,
+        psf=psf,
+        npejax_version=__version__,
+    )
+
+
+def identity_path(path: str) -> str:
+    """Where the identity of catalog ``path`` (``out/catalogs/NAME.fits|csv``) is: ``path`` itself for FITS (header
+    keyword :data:`IDENTITY_KEY`), ``out/identity/NAME.json`` (:data:`IDENTITY_DIR`) for CSV."""
+    if catalog_lib.table_format(path) == "fits":
+        return path
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.dirname(folder), IDENTITY_DIR, os.path.splitext(name)[0] + ".json")
+
+
+def write_catalog(table: table_lib.Table, path: str, identity: dict) -> str:
+    """Writes a frame's catalog with its ``identity`` (:func:`frame_identity`), atomically: in the FITS header
+    (:data:`IDENTITY_KEY`), or for CSV in ``out/identity/NAME.json`` (:func:`identity_path`), written after the
+    CSV with the CSV's SHA-256 (a CSV that differs from it, or one without the file, is not taken as
+    identified)."""
+    text = json.dumps(identity, sort_keys=True)
+    if catalog_lib.table_format(path) == "fits":
+        table.meta[IDENTITY_KEY] = text
+        return catalog_lib.write_table(table, path)
+    side = identity_path(path)
+    if os.path.exists(side):  # a CSV written over an identified one: never beside the old identity
+        os.unlink(side)
+    catalog_lib.write_table(table, path)
+    os.makedirs(os.path.dirname(side), exist_ok=True)
+    io.write_json(side, dict(identity, csv_sha256=io.sha256_file(path)))
+    return path
+
+
+class DamagedCatalogError(ValueError):
+    """A catalog file that cannot be read (empty, truncated, corrupt): its frame is cataloged again."""
+
+
+def read_catalog(path: str) -> tuple[table_lib.Table, dict | None]:
+    """(the catalog table, :func:`read_identity`) of a frame's catalog file; :class:`DamagedCatalogError` naming
+    the file and why when it cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy's "file may have been truncated": the error below says it
+            table = catalog_lib.read_table(path)
+    except Exception as exc:  # noqa: BLE001  (astropy raises many types for a damaged file)
+        raise DamagedCatalogError(f"catalog {path} cannot be read ({type(exc).__name__}: {cli.message(exc)})") from None
+    return table, read_identity(path)
+
+
+def read_identity(path: str) -> dict | None:
+    """The identity a frame's catalog records (:func:`write_catalog`), or None when it records none (written by
+    npejax before catalogs recorded it). Reads no rows where it can: a FITS catalog's headers, checked to span
+    the whole file (a truncated file's do not); a CSV's identity file, whose SHA-256 must be the CSV's (a CSV
+    without one is read whole). :class:`DamagedCatalogError` naming the file and why when it cannot be read."""
+    try:
+        if catalog_lib.table_format(path) == "fits":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "file may have been truncated": checked below
+                with fits.open(path) as hdul:
+                    last = len(hdul) - 1
+                    end = hdul.fileinfo(last)["datLoc"] + hdul.fileinfo(last)["datSpan"]
+                    text = hdul[last].header.get(IDENTITY_KEY) if last >= 1 else None
+            size = os.path.getsize(path)
+            if last < 1 or size < end:
+                raise DamagedCatalogError(
+                    f"catalog {path} is truncated or not a catalog ({size} bytes, "
+                    + (f"its headers need {end})" if last >= 1 else "no table)")
+                )
+            identity = None if text is None else json.loads(text)
+        else:
+            side = identity_path(path)
+            if not os.path.exists(side):
+                catalog_lib.read_table(path)  # an older npejax's: readable at least
+                return None
+            with open(side) as f:
+                identity = json.load(f)
+            if not isinstance(identity, dict):
+                raise TypeError("not a JSON object")
+            if identity.pop("csv_sha256", None) != io.sha256_file(path):
+                raise DamagedCatalogError(f"catalog {path} is not the one {side} describes (its SHA-256 differs)")
+        if identity is not None and not isinstance(identity, dict):
+            raise TypeError("not a JSON object")
+    except DamagedCatalogError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (astropy raises many types for a damaged file)
+        raise DamagedCatalogError(f"catalog {path} cannot be read ({type(exc).__name__}: {cli.message(exc)})") from None
+    return identity
+
+
+def identity_differences(stored: dict, current: dict, keys=COMPARED_KEYS) -> list[str]:
+    """``["key stored -> current", ...]`` of the ``keys`` whose values differ (``network_sha256`` named with
+    the ``network`` of each side)."""
+    out = []
+    for key in keys:
+        a, b = stored.get(key), current.get(key)
+        if a != b:
+            if key == "network_sha256":
+                out.append(f"network {stored.get('network')} ({a}) -> {current.get('network')} ({b})")
+            else:
+                out.append(f"{key} {a!r} -> {b!r}")
+    return out
+
+
+@dataclasses.dataclass
+class ResumePlan:
+    """What :func:`plan_resume` found in ``out/catalogs`` for the frames of a run: ``todo`` (the frames to
+    catalog), ``skipped`` (frames whose catalog was made by this network and settings), ``damaged`` ((frame,
+    reason) of unreadable catalogs, cataloged again), ``unrecorded`` (frames whose catalog records no identity:
+    kept, or cataloged again with ``redo``) and ``mismatched`` ((frame, differences) of catalogs made otherwise,
+    cataloged again with ``redo``)."""
+
+    todo: list[Frame]
+    skipped: list[Frame]
+    damaged: list[tuple[Frame, str]]
+    unrecorded: list[Frame]
+    mismatched: list[tuple[Frame, list[str]]]
+
+    def warnings(self, out: str, fmt: str) -> list[str]:
+        """One warning line per damaged catalog, one for the unrecorded ones, one for the mismatched ones."""
+        lines = [f"warning: {reason}: cataloging frame {frame.name} again" for frame, reason in self.damaged]
+        if self.unrecorded:
+            first = catalog_path(out, self.unrecorded[0], fmt)
+            kept = any(f in self.skipped for f in self.unrecorded)
+            lines.append(
+                f"warning: {len(self.unrecorded)} frame catalogs record no network or settings (made by an npejax "
+                f"before catalogs recorded them), first {first}: "
+                + ("kept unverified; --redo-mismatched catalogs them again" if kept else "cataloging them again")
+            )
+        if self.mismatched:
+            frame, differences = self.mismatched[0]
+            lines.append(
+                f"warning: {len(self.mismatched)} frame catalogs were made with another network or settings, first "
+                f"{catalog_path(out, frame, fmt)} ({'; '.join(differences)}): cataloging them again (--redo-mismatched)"
+            )
+        return lines
+
+
+def plan_resume(frames: list[Frame], out: str, fmt: str, identities: dict[str, dict], redo: bool = False) -> ResumePlan:
+    """Which of ``frames`` to catalog (``identities``: frame name -> :func:`frame_identity` of this run): those
+    without a catalog, those whose catalog cannot be read (:func:`read_identity`), and, with ``redo``, those
+    whose catalog records another identity (:data:`COMPARED_KEYS`) or none. Without ``redo`` a catalog of
+    another identity is an :class:`IdentityMismatchError` naming it, the keys that differ with both values
+    and the ways on, raised before anything is written; catalogs that record none are kept (a warning)."""
+    plan = ResumePlan([], [], [], [], [])
+    for frame in frames:
+        path = catalog_path(out, frame, fmt)
+        if not os.path.exists(path):
+            plan.todo.append(frame)
+            continue
+        try:
+            stored = read_identity(path)
+        except DamagedCatalogError as exc:
+            plan.damaged.append((frame, cli.message(exc)))
+            plan.todo.append(frame)
+            continue
+        if stored is None:
+            plan.unrecorded.append(frame)
+            (plan.todo if redo else plan.skipped).append(frame)
+            continue
+        differences = identity_differences(stored, identities[frame.name])
+        if not differences:
+            plan.skipped.append(frame)
+            continue
+        plan.mismatched.append((frame, differences))
+        plan.todo.append(frame)
+    if plan.mismatched and not redo:
+        frame, differences = plan.mismatched[0]
+        others = len(plan.mismatched) - 1
+        raise IdentityMismatchError(
+            f"frame catalog {catalog_path(out, frame, fmt)} was made with another network or settings (stored -> "
+            "this run): "
+            + "; ".join(differences)
+            + (f" (and {others} more frame catalogs differ)" if others else "")
+            + ": nothing cataloged; give a new --out for this run, or --redo-mismatched to catalog such frames "
+            "again with this run's network and settings"
+        )
+    return plan
+
+
 # --- catalog ---------------------------------------------------------------------------------------------
 
 
@@ -413,10 +659,12 @@ def catalog_frames(
     failures_file: str | None = None,
 ) -> Summary:
     """Catalogs ``frames`` with ``net`` into ``out/catalogs`` (module doc), ``readers`` threads reading the
-    next frames while one is predicted (frames held in memory: readers + 1). A frame that fails is a line on
-    stderr and a row of ``failures_file`` (default ``failures-0-of-1.csv``); the others go on. Prints one
-    line per cataloged frame; returns the :class:`Summary`."""
+    next frames while one is predicted (frames held in memory: readers + 1); each catalog records its
+    :func:`frame_identity` (:func:`write_catalog`). A frame that fails is a line on stderr and a row of
+    ``failures_file`` (default ``failures-0-of-1.csv``); the others go on. Prints one line per cataloged frame;
+    returns the :class:`Summary`."""
     failures_file = failures_file or failures_path(out, 0, 1)
+    network = net.network_identity()
     summary = Summary()
     os.makedirs(os.path.join(out, CATALOG_DIR), exist_ok=True)
     start = time.perf_counter()
@@ -434,7 +682,8 @@ def catalog_frames(
                 )
                 future = None  # the frame's arrays go
                 table.meta["FRAME"] = frame.name
-                path = catalog_lib.write_table(table, catalog_path(out, frame, fmt))
+                identity = frame_identity(network, frame, min_prob, chunk_size, bank.path)
+                path = write_catalog(table, catalog_path(out, frame, fmt), identity)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001  (one frame's failure must not stop the survey)
@@ -480,21 +729,37 @@ def catalog_files(out: str) -> dict[str, str]:
 
 def merge_catalogs(out: str, names: list[str] | None = None) -> tuple[table_lib.Table, list[str]]:
     """(the merged table, names of ``names`` without a catalog) of the catalogs in ``out/catalogs`` (module
-    doc): every catalog by name, or those of ``names`` in that order."""
+    doc): every catalog by name, or those of ``names`` in that order. The catalogs must be of one network and
+    run settings (:data:`RUN_KEYS` of their identities; :class:`IdentityMismatchError` naming two frames that
+    differ otherwise), which the table's meta records (:data:`IDENTITY_KEY`: ``network``, ``network_sha256``,
+    ``decode``, ``min_prob``); catalogs that record none are merged with a warning line on stderr."""
     files = catalog_files(out)
     names = sorted(files) if names is None else list(names)
     missing = [n for n in names if n not in files]
     tables = []
+    first, unrecorded = None, []  # (name, identity) of the first identified catalog; names of the others
     for name in names:
         if name not in files:
             continue
         try:
-            t = catalog_lib.read_table(files[name])
-        except (OSError, ValueError, TypeError) as exc:
-            raise ValueError(
-                f"catalog {files[name]} cannot be read ({type(exc).__name__}: {cli.message(exc)}); "
-                "remove it and run the catalog command again"
+            t, identity = read_catalog(files[name])
+        except DamagedCatalogError as exc:
+            raise DamagedCatalogError(
+                f"{cli.message(exc)}; run the catalog command again (it catalogs the frame again)"
             ) from None
+        if identity is None:
+            unrecorded.append(name)
+        elif first is None:
+            first = (name, identity)
+        else:
+            differences = identity_differences(first[1], identity, RUN_KEYS)
+            if differences:
+                raise IdentityMismatchError(
+                    f"--out {out}: frames {first[0]} ({files[first[0]]}) and {name} ({files[name]}) were cataloged "
+                    f"with different networks or settings ({first[0]} -> {name}): {'; '.join(differences)}; a "
+                    "merged table holds one network's catalogs: give --frames the frames of one, or catalog them "
+                    "again (python -m npejax.survey catalog --redo-mismatched)"
+                )
         if len(t) == 0:
             continue
         if "image" in t.colnames:
@@ -517,4 +782,11 @@ def merge_catalogs(out: str, names: list[str] | None = None) -> tuple[table_lib.
             merged[name] = table_lib.Column(col.filled(np.nan), unit=col.unit, description=col.description)
     merged.meta["FLUXUNIT"] = "nmgy"
     merged.meta["NFRAMES"] = len(names) - len(missing)
+    if first is not None:
+        merged.meta[IDENTITY_KEY] = json.dumps({k: first[1].get(k) for k in ("network",) + RUN_KEYS}, sort_keys=True)
+    if unrecorded:
+        sys.stderr.write(
+            f"warning: {len(unrecorded)} of the merged catalogs record no network or settings (made by an npejax "
+            f"before catalogs recorded them), first {files[unrecorded[0]]}: merged unverified\n"
+        )
     return merged, missing

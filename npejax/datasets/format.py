@@ -4,6 +4,7 @@ On-disk layout of a dataset directory::
 
     DIR/manifest.json          what the dataset is (see below); "complete": true once every shard is written
     DIR/shard-00000/images.npy one .npy per batch key, first axis = images of the shard (np.save, uncompressed)
+    DIR/shard-00000/shard.json the shard's identity: which dataset, split, seed and index it belongs to
     DIR/shard-00000/...        (the same keys and dtypes as :func:`npejax.sim.pipeline.simulate_batch`,
                                listed in :mod:`npejax.schema`: IMAGE_KEYS, n_sources, CATALOG_KEYS, TILE_KEYS)
     DIR/shard-00001/...
@@ -23,13 +24,24 @@ listed.
 ``keys`` (per-image shape and dtype of each array), ``spec`` (prior, renderer and field prior: everything
 the data depends on besides the bank and seed), ``bank`` (source path or "synthetic", number of fields,
 synthetic flag, description, reference field name, SHA-256 of its arrays), ``config`` (the experiment
-config, for the record), ``npejax_version``, ``created`` and ``completed`` (UTC, ISO 8601).
+config, for the record), ``identity`` (:func:`dataset_digest`), ``npejax_version``, ``created`` and
+``completed`` (UTC, ISO 8601).
+
+**Identity.** :data:`IDENTITY_KEYS` are the manifest entries that determine the data (a rerun must match them to
+resume); :func:`dataset_digest` is the SHA-256 of their values. Each shard holds ``shard.json``
+(:data:`SHARD_FILE`, :func:`shard_identity`): ``format``, ``split``, ``seed``, ``index`` (its number),
+``count`` and ``dataset`` (the digest). Opening a dataset compares every shard's with its manifest
+(:func:`check_shard`), so a shard of another dataset or split placed inside one (a validation shard copied into
+a test set, whose images would be trained on) is refused naming the shard's file, the field, the shard's value
+and the manifest's. Datasets written before shards held it (a manifest without ``identity``) still load; their
+shards can be checked only by shape and size.
 
 The seed of a split is :func:`split_seed` of the experiment seed (splits: :data:`npejax.schema.SPLITS`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -56,6 +68,22 @@ REQUIRED = (
     "image_shape",
     "tile_size",
 )
+SHARD_FILE = "shard.json"  # a shard's identity (module doc)
+# Manifest entries that determine the data (dotted: a key of a section); a rerun must match them to resume.
+IDENTITY_KEYS = (
+    "format_version",
+    "split",
+    "seed",
+    "num_images",
+    "shard_size",
+    "image_shape",
+    "tile_size",
+    "keys",
+    "spec",
+    "bank.num_fields",
+    "bank.sha256",
+)
+SHARD_FIELDS = ("split", "seed", "index", "dataset")  # what check_shard compares, in this order
 
 
 class DatasetError(ValueError):
@@ -122,7 +150,8 @@ def read_manifest(directory: str) -> dict:
 
 
 def check_shard(directory: str, manifest: dict, index: int, offsets: dict | None = None) -> str | None:
-    """None if shard ``index`` is complete and matches the manifest, else what is wrong (naming the file).
+    """None if shard ``index`` is complete and matches the manifest (its arrays' headers and sizes, its
+    :func:`check_shard_identity`), else what is wrong (naming the file).
 
     ``offsets``, if given, receives the data offset of each key's file (``{key: bytes}``)."""
     shard_dir = os.path.join(directory, shard_name(index))
@@ -136,7 +165,7 @@ def check_shard(directory: str, manifest: dict, index: int, offsets: dict | None
             return problem
         if offsets is not None:
             offsets[key] = offset
-    return None
+    return check_shard_identity(directory, manifest, index)
 
 
 def check_npy(path: str, shape: tuple, dtype: np.dtype) -> tuple[str | None, int]:
@@ -162,3 +191,55 @@ def check_npy(path: str, shape: tuple, dtype: np.dtype) -> tuple[str | None, int
     if size != expected_size:
         return f"shard file {path} is truncated or damaged ({size} bytes, expected {expected_size})", -1
     return None, offset
+
+
+def lookup(manifest: dict, dotted: str):
+    """The value of a dotted key (``bank.sha256``) of a manifest; None where it is absent."""
+    for part in dotted.split("."):
+        manifest = manifest.get(part) if isinstance(manifest, dict) else None
+    return manifest
+
+
+def dataset_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's :data:`IDENTITY_KEYS` values (canonical JSON): what identifies the dataset."""
+    values = {key: lookup(manifest, key) for key in IDENTITY_KEYS}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def shard_identity(manifest: dict, index: int) -> dict:
+    """The content of shard ``index``'s :data:`SHARD_FILE`."""
+    return dict(
+        format=FORMAT,
+        split=manifest["split"],
+        seed=int(manifest["seed"]),
+        index=int(index),
+        count=int(manifest["shards"][index]["count"]),
+        dataset=dataset_digest(manifest),
+    )
+
+
+def check_shard_identity(directory: str, manifest: dict, index: int) -> str | None:
+    """None if shard ``index``'s :data:`SHARD_FILE` says it belongs to this dataset (or, for a dataset written
+    before shards held one, when it has none), else what differs: the file, the field, the shard's value and
+    the manifest's."""
+    path = os.path.join(directory, shard_name(index), SHARD_FILE)
+    if not os.path.exists(path):
+        if manifest.get("identity") is None:
+            return None  # written before shards held their identity
+        return f"shard file {path} is missing (every shard of this dataset has one)"
+    try:
+        with open(path) as f:
+            found = json.load(f)
+        if not isinstance(found, dict):
+            raise TypeError("not a JSON object")
+    except (OSError, ValueError, TypeError) as exc:
+        return f"shard file {path} is not a readable shard identity ({type(exc).__name__})"
+    expected = shard_identity(manifest, index)
+    for field in SHARD_FIELDS:
+        if found.get(field) != expected[field]:
+            return (
+                f"shard file {path} has {field} {found.get(field)!r}, the manifest {os.path.join(directory, MANIFEST)} "
+                f"{expected[field]!r}: a shard of another dataset (copied in?); remove the shard directory "
+                "and run the npejax.simulate command again to render it"
+            )
+    return None

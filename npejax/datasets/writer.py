@@ -31,32 +31,22 @@ from npejax import configuration, io
 from npejax.datasets.format import (
     FORMAT,
     FORMAT_VERSION,
+    IDENTITY_KEYS,
     LOCK_FILE,
     MANIFEST,
+    SHARD_FILE,
     TMP_PREFIX,
     DatasetError,
     check_shard,
     check_split,
+    dataset_digest,
+    lookup,
     read_manifest,
+    shard_identity,
     shard_name,
 )
 from npejax.sim import fields as fields_lib
 from npejax.sim import pipeline
-
-# Manifest entries that determine the data; a rerun must match them to resume.
-_IDENTITY = (
-    "format_version",
-    "split",
-    "seed",
-    "num_images",
-    "shard_size",
-    "image_shape",
-    "tile_size",
-    "keys",
-    "spec",
-    "bank.num_fields",
-    "bank.sha256",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +205,7 @@ def _write_shard(out_dir: str, manifest: dict, index: int, batch: dict) -> None:
                     f"expected {info['dtype']}{list(expected)}"
                 )
             _save_array(os.path.join(tmp, f"{key}.npy"), array)
+        io.write_json(os.path.join(tmp, SHARD_FILE), shard_identity(manifest, index))  # which dataset it is of
         os.chmod(tmp, 0o777 & ~io.umask())  # mkdtemp creates 0700
         os.replace(tmp, os.path.join(out_dir, shard_name(index)))
     finally:
@@ -233,7 +224,7 @@ def _new_manifest(spec: pipeline.SimulationSpec, num_images: int, split: str, co
     shards = [dict(name=shard_name(i), count=min(shard_size, num_images - i * shard_size)) for i in range(num_shards)]
     probe = pipeline.simulate_batch(dataclasses.replace(spec, batch_size=1), 0)  # one image: keys and shapes
     keys = {key: dict(dtype=np.asarray(v).dtype.name, shape=list(np.shape(v)[1:])) for key, v in probe.items()}
-    return dict(
+    manifest = dict(
         format=FORMAT,
         format_version=FORMAT_VERSION,
         complete=False,
@@ -255,10 +246,13 @@ def _new_manifest(spec: pipeline.SimulationSpec, num_images: int, split: str, co
         ),
         bank=bank_info(spec.bank),
         config=configuration.to_json(config),
+        identity=None,  # dataset_digest, below
         npejax_version=_version(),
         created=_now(),
         completed=None,
     )
+    manifest["identity"] = dataset_digest(manifest)  # shards record it (npejax.datasets.format: Identity)
+    return manifest
 
 
 def bank_info(bank: fields_lib.FieldBank) -> dict:
@@ -298,16 +292,10 @@ def _bank_source(bank: fields_lib.FieldBank) -> str:
 
 def _identity_diff(stored: dict, new: dict) -> list[str]:
     out = []
-    for key in _IDENTITY:
-        a, b = _lookup(stored, key), _lookup(new, key)
+    for key in IDENTITY_KEYS:
+        a, b = lookup(stored, key), lookup(new, key)
         out.extend(configuration.differences(a, b, path=key))
     return out[:12]
-
-
-def _lookup(d: dict, dotted: str):
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
 
 
 def _jsonable(obj):

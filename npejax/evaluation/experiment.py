@@ -19,6 +19,7 @@ Every stage resumes: run the same command again after an interruption and finish
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 
@@ -50,29 +51,41 @@ def network_config(config, name: str):
     return net
 
 
+def evaluation_settings(config, out_dir: str, workdirs: dict, prior: str) -> EvalSettings:
+    """The evaluation on the ``prior`` test set (``network.data.num_test`` images in ``OUT/test-PRIOR``, the
+    report in ``OUT/report-PRIOR``), checked as npejax.evaluate checks its own (:class:`EvalSettings`) with the
+    networks still to train; EvaluationError naming the experiment config's key (``network.data.num_test``,
+    ``network.eval.*``)."""
+    return EvalSettings.create(
+        os.path.join(out_dir, f"report-{prior}"),
+        config.network,  # its eval section, and the simulator of the test set
+        workdirs=workdirs,
+        prior=prior,
+        num_images=int(config.network.data.num_test),
+        test_dir=os.path.join(out_dir, f"test-{prior}"),
+        num_images_option="config.network.data.num_test",
+        eval_prefix="config.network.eval.",
+        trained_later=True,
+    )
+
+
 def run_experiment(config, out_dir: str) -> dict:
     """Trains, evaluates and reports per ``config`` into ``out_dir``; returns {prior: metrics}."""
     networks = _names(config.networks, list(config.network_settings), "networks")
     priors = _names(config.priors, PRIORS, "priors")
+    workdirs = {name: os.path.join(out_dir, "networks", name) for name in networks}
+    # the evaluations' settings are checked (EvalSettings: the same checks as npejax.evaluate's) before any training
+    evaluations = {prior: evaluation_settings(config, out_dir, workdirs, prior) for prior in priors}
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
-    workdirs = {}
     for name in networks:
-        workdirs[name] = os.path.join(out_dir, "networks", name)
         settings = config.network_settings[name]
         print(f"== training {name} ({settings.variant}, trained on p_{settings.prior}) in {workdirs[name]}", flush=True)
         train.train_and_evaluate(network_config(config, name), workdirs[name])
     results = {}
     for prior in priors:
         print(f"== evaluating on p_{prior}", flush=True)
-        settings = EvalSettings.create(
-            os.path.join(out_dir, f"report-{prior}"),
-            config.network,  # its eval section, and the simulator of the test set
-            workdirs=workdirs,
-            prior=prior,
-            num_images=int(config.network.data.num_test),
-            test_dir=os.path.join(out_dir, f"test-{prior}"),
-        )
+        settings = dataclasses.replace(evaluations[prior], trained_later=False)  # checked again: the networks exist
         results[prior] = evaluate.evaluate(settings)
     report.write_index(
         out_dir, {p: f"report-{p}" for p in priors}, results, title="npejax experiment", elapsed_s=time.time() - t0

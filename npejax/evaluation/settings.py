@@ -14,8 +14,9 @@ Refused when built (:class:`EvaluationError`, one line naming the option and the
 or written: nothing to evaluate, method names repeated or named ``sep`` or ``ceiling``, a method name that is
 not a plain file name (letters, digits, ``_``, ``.``, ``-``, starting with a letter or digit: it becomes
 ``OUT/predictions/NAME.fits``; :func:`npejax.io.check_plain_name`), a ``--catalog`` file inside
-``OUT/predictions`` (it would be overwritten by its own detections), a negative
-``ceiling_galaxies``, fewer than one bin, a ``--workdir`` that is no directory, neither ``--num-images`` nor
+``OUT/predictions`` (it would be overwritten by its own detections), a negative ``ceiling_galaxies`` or
+``num_bootstrap``, fewer than one bin, a ``--workdir`` that is no directory (unless ``trained_later``:
+``npejax.experiment`` checks its evaluations so before training their networks), neither ``--num-images`` nor
 ``--test-dir``, fewer than one image to simulate, and an ``--out`` that is a file or not writable. The test set
 and the catalogs are checked by :func:`npejax.evaluation.evaluate.evaluate`, which reads them.
 """
@@ -62,6 +63,10 @@ class EvalSettings:
     num_workers: int | None  # simulator processes for that (None: no config, nothing can be simulated)
     progress: bool = True  # progress bars
     chunk_images: int = CHUNK_IMAGES
+    # where the values came from, for the errors: the option of num_images and the prefix of the eval keys
+    num_images_option: str = "--num-images"
+    eval_prefix: str = "eval."
+    trained_later: bool = False  # the workdirs are trained after these settings are checked (npejax.experiment)
 
     @property
     def test_path(self) -> str:
@@ -99,21 +104,24 @@ class EvalSettings:
                     io.check_not_under(catalog, f"--catalog {name}", predictions, "the report's detections, rewritten")
                 except io.OutputPathError as exc:
                     raise EvaluationError(str(exc)) from None
+        key = self.eval_prefix
         if self.ceiling_galaxies < 0:
             raise EvaluationError(
-                f"eval.ceiling_galaxies must be >= 0 (0: no r-band ceiling), got {self.ceiling_galaxies}"
+                f"{key}ceiling_galaxies must be >= 0 (0: no r-band ceiling), got {self.ceiling_galaxies}"
             )
         if self.num_bins < 1:
-            raise EvaluationError(f"eval.num_bins must be >= 1, got {self.num_bins}")
+            raise EvaluationError(f"{key}num_bins must be >= 1, got {self.num_bins}")
+        if self.num_bootstrap < 0:
+            raise EvaluationError(f"{key}num_bootstrap must be >= 0 (0: no bootstrap bands), got {self.num_bootstrap}")
         for name, w in self.workdirs.items():
-            if not os.path.isdir(w):
+            if not self.trained_later and not os.path.isdir(w):
                 raise EvaluationError(f"--workdir {name}={w}: no such directory")
         for name in self.pretrained:
             pretrained_lib.entry(name)  # an unknown name lists the shipped ones
         if self.num_images is None and self.test_dir is None:
             raise EvaluationError("give --num-images N (simulate a test set) or --test-dir DATASET")
         if self.num_images is not None and self.num_images < 1:
-            raise EvaluationError(f"--num-images must be >= 1, got {self.num_images}")
+            raise EvaluationError(f"{self.num_images_option} must be >= 1, got {self.num_images}")
         io.check_output_dir(self.out_dir, "--out")
 
     @classmethod
@@ -131,12 +139,17 @@ class EvalSettings:
         num_workers: int | None = None,
         progress: bool = True,
         chunk_images: int = CHUNK_IMAGES,
+        num_images_option: str = "--num-images",
+        eval_prefix: str = "eval.",
+        trained_later: bool = False,
         **overrides,
     ) -> EvalSettings:
         """The settings of an evaluation into ``out_dir``: each ``eval`` key from ``overrides`` (``num_bootstrap=``,
         ``num_bins=``, ``ceiling_galaxies=``, ``baseline=``, ``snr=``, ``seed=``; None: not given) or else from
         ``config`` (default: the first workdir's config.json); ``config`` also simulates a test set (module doc).
-        EvaluationError for an unknown override or a value refused (module doc)."""
+        EvaluationError for an unknown override or a value refused (module doc), naming ``num_images_option``
+        and the eval keys with ``eval_prefix``; ``trained_later``: the workdirs need not exist yet (an
+        experiment checks its evaluations before it trains their networks)."""
         workdirs, catalogs, pretrained = dict(workdirs or {}), dict(catalogs or {}), tuple(pretrained or ())
         if config is None and workdirs:
             config = _saved_config(next(iter(workdirs.values())))
@@ -167,6 +180,9 @@ class EvalSettings:
             num_workers=None if num_workers is None else int(num_workers),
             progress=bool(progress),
             chunk_images=int(chunk_images),
+            num_images_option=num_images_option,
+            eval_prefix=eval_prefix,
+            trained_later=bool(trained_later),
         )
 
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import hashlib
 import io as io_lib
 import json
 import logging as std_logging
@@ -575,6 +576,45 @@ def config_from_dict(config: dict) -> ml_collections.ConfigDict:
     with config.unlocked():
         config.model.stages = stages
     return config
+
+
+def checkpoint_digest(directory: str) -> str:
+    """The SHA-256 that identifies checkpoint ``directory`` (``workdir/checkpoints/best/N``): of its checksum file
+    (:data:`CHECKSUM_FILE`: every file's SHA-256, recorded at the save), or, for a checkpoint saved without one,
+    of the same record computed now (:func:`file_digests`). The same network copied elsewhere keeps it."""
+    record = os.path.join(directory, CHECKSUM_FILE)
+    if os.path.isfile(record):
+        return io.sha256_file(record)
+    text = json.dumps(dict(algorithm="sha256", files=file_digests(directory)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def network_identity(workdir: str, which: str = "best") -> dict:
+    """What identifies the network of ``workdir``'s ``which`` checkpoint, read without restoring it:
+    ``network`` (``"workdir W checkpoint best (epoch N)"``, for people), ``network_sha256``
+    (:func:`checkpoint_digest`) and ``decode`` (``posterior.decode`` of its config.json: how catalogs are read).
+    CheckpointError for a workdir that does not exist or holds no such checkpoint (as :func:`load_network`)."""
+    workdir = os.path.abspath(workdir)
+    if not os.path.isdir(workdir):
+        raise CheckpointError(f"workdir {workdir} does not exist")
+    if which not in WHICH:
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    config = load_config(workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints", which)
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(
+            f"{workdir} holds no checkpoint: no checkpoints/{which}/ (written by python -m npejax.main)"
+        )
+    with _existing_manager(ckpt_dir) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {ckpt_dir}")
+        directory = step_dir(manager, step)
+    return dict(
+        network=f"workdir {workdir} checkpoint {which} (epoch {step})",
+        network_sha256=checkpoint_digest(directory),
+        decode=str(config.posterior.decode),
+    )
 
 
 def load_network(workdir: str, which: str = "best"):

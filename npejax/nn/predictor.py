@@ -37,6 +37,8 @@ is made (:class:`NonFiniteOutputError`, naming the image).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterable
@@ -155,6 +157,33 @@ def receptive_margin(net: model_lib.CatalogNet) -> int:
     return max(margin, 1) if net.aperture_flux else margin  # the aperture sums each tile's 3 x 3 tiles
 
 
+def check_variables(config: ml_collections.ConfigDict, variables, source: str = "the variables") -> None:
+    """ValueError unless ``variables`` hold exactly the arrays (names and shapes) of ``config``'s network
+    (:func:`npejax.nn.pretrained.abstract_variables`): weights of another network would otherwise run silently
+    (Flax ignores arrays the model does not use: a checkerboard network's under an independent-tiles config). A
+    checkerboard's context head present or missing is named as ``posterior.context`` with both values; other
+    differences name the first arrays. Architectures with the same arrays (``posterior.colours`` 2 or 4) are told
+    apart only by the config saved with the weights, which :func:`npejax.nn.checkpoints.load_network` and
+    :func:`npejax.nn.pretrained.read_network` compare."""
+    have = {k: tuple(np.shape(v)) for k, v in pretrained_lib.flatten_variables(variables).items()}
+    want = {k: tuple(v.shape) for k, v in pretrained_lib.flat_tree(pretrained_lib.abstract_variables(config)).items()}
+    problems = checkpoints.array_mismatches(
+        have, want, lambda k: have[k] != want[k], lambda k: f"{k} has shape {have[k]}, the model's {want[k]}", source
+    )
+    if not problems:
+        return
+    context = str(config.posterior.context)
+    has_head = any(f"/{model_lib.ContextHead.__name__}_" in "/" + k for k in have)
+    if has_head != (context == "checkerboard"):
+        found = "checkerboard" if has_head else "independent"
+        raise ValueError(
+            f"posterior.context: {source} was trained with {found!r} ({'with' if has_head else 'without'} the "
+            f"checkerboard's context head, {model_lib.ContextHead.__name__}), the config says {context!r}; "
+            "load the network with the config it was trained with (config.json, Predictor.from_workdir)"
+        )
+    raise ValueError(f"{source}: the arrays are not those of the config's network (model.*, posterior.*): {problems}")
+
+
 def _chunk_plan(num_tiles: int, chunk: int, margin: int) -> list[tuple[int, int, int]]:
     """Along one axis of ``num_tiles`` tiles: (core start, core stop, chunk start) per chunk of ``chunk``
     tiles; the cores partition the axis and each core lies at least ``margin`` tiles inside its chunk
@@ -176,7 +205,11 @@ class Predictor:
         variables: dict,
         normalizer: inputs_lib.Normalizer,
         source: str = "the network",
+        identity: dict | None = None,
     ):
+        """``variables`` must be those of ``config``'s network (:func:`check_variables`); ``source`` names the
+        network in messages; ``identity``: what identifies it (:meth:`network_identity`; from_workdir and
+        pretrained give it)."""
         self.config = config
         self.variables = variables
         self.normalizer = normalizer
@@ -184,6 +217,8 @@ class Predictor:
         self.variant = config.model.variant
         self.tile_size = int(config.tile_size)
         net = model_lib.from_config(config)
+        check_variables(config, variables, source)
+        self.identity = identity
         self.decode = str(config.posterior.decode)  # checked by model_lib.from_config
         self.margin = receptive_margin(net) + net.context_margin  # tiles
 
@@ -199,7 +234,8 @@ class Predictor:
         """Loads ``workdir/checkpoints/{best,latest}`` (:func:`npejax.nn.checkpoints.load_network`: clear errors for
         a missing or foreign directory)."""
         source = f"checkpoint {os.path.join(workdir, 'checkpoints', which)}"
-        return cls(*checkpoints.load_network(workdir, which), source=source)
+        loaded = checkpoints.load_network(workdir, which)
+        return cls(*loaded, source=source, identity=checkpoints.network_identity(workdir, which))
 
     @classmethod
     def pretrained(cls, name: str, directory: str | None = None) -> Predictor:
@@ -207,7 +243,26 @@ class Predictor:
         SHA-256 checked against the registry; ``directory``: another registry's directory). PretrainedError
         listing the available names for an unknown one."""
         path = pretrained_lib.file_path(name, directory)
-        return cls(*pretrained_lib.load(name, directory), source=f"pretrained network {name} ({path})")
+        return cls(
+            *pretrained_lib.load(name, directory),
+            source=f"pretrained network {name} ({path})",
+            identity=pretrained_lib.identity(name, directory),
+        )
+
+    def network_identity(self) -> dict:
+        """What identifies this network (a survey catalog records it, :mod:`npejax.cataloging.runner`):
+        ``network`` (for people), ``network_sha256`` and ``decode``. A checkpoint's or pretrained file's
+        (:func:`npejax.nn.checkpoints.network_identity`, :func:`npejax.nn.pretrained.identity`); for a Predictor
+        made from arrays, the SHA-256 of its variables (names, shapes, dtypes, values) and normalizer."""
+        if self.identity is not None:
+            return dict(self.identity)
+        h = hashlib.sha256()
+        for name, array in sorted(pretrained_lib.flatten_variables(self.variables).items()):
+            array = np.ascontiguousarray(array)
+            h.update(f"{name} {array.dtype.str} {array.shape}\n".encode())
+            h.update(array.tobytes())
+        h.update(json.dumps(self.normalizer.to_dict(), sort_keys=True).encode())
+        return dict(network=self.source, network_sha256=h.hexdigest(), decode=self.decode)
 
     def check_chunk_size(self, chunk_size) -> int | None:
         """Chunk side in tiles for ``chunk_size`` pixels (None or 0: whole images); ValueError when a chunk

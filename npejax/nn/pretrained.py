@@ -136,6 +136,22 @@ def load(name: str, directory=None):
     return read_network(path, sha256=info.get("sha256"))
 
 
+def identity(name: str, directory=None) -> dict:
+    """What identifies the pretrained network ``name``, read without loading its arrays: ``network``
+    (``"pretrained NAME"``), ``network_sha256`` (its file's SHA-256 as the registry records it; :func:`load`
+    refuses a file that differs) and ``decode`` (``posterior.decode`` of its config: how catalogs are read).
+    PretrainedError for an unknown name or an unreadable file."""
+    info = entry(name, directory)
+    path = os.path.join(_directory(directory), info["file"])
+    meta = read_meta(path)
+    try:
+        decode = str(checkpoints.config_from_dict(meta["config"]).posterior.decode)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PretrainedError(f"pretrained network {name}: its config is unusable ({exc})") from None
+    sha256 = info.get("sha256") or io.sha256_file(path)
+    return dict(network=f"pretrained {name}", network_sha256=str(sha256), decode=decode)
+
+
 # --- the file ---------------------------------------------------------------------------------------
 
 
@@ -146,6 +162,12 @@ def _leaf_name(path) -> str:
 def _flat(tree) -> dict:
     """``{"params/ConvBlock_0/Conv_0/kernel": leaf, ...}`` of a variables tree (arrays or shapes)."""
     return {_leaf_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def flat_tree(tree) -> dict:
+    """``{"params/ConvBlock_0/Conv_0/kernel": leaf, ...}`` of a variables tree of arrays or shapes (the names of
+    the file's members)."""
+    return _flat(tree)
 
 
 def flatten_variables(variables) -> dict[str, np.ndarray]:
