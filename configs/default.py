@@ -48,6 +48,41 @@ def get_config() -> ml_collections.ConfigDict:
     config.render.folding_threshold = 1e-2  # GalSim GSParams
     config.render.maxk_threshold = 3e-3
 
+    # Artifacts of real SDSS frames (npejax.sim.artifacts, whose docstring gives each number's source or says it is an
+    # assumption): each a switch and a rate, all off (the paper's forward model; configs saved before this section
+    # simulated none). With any on, a batch also holds `mask` [B, H, W] bool (pixels a frame's mask flags: saturated,
+    # interpolated, cosmic ray, no data) and `artifact_bits` [B, H, W] uint8 (which artifact touched each pixel).
+    config.artifacts = ml_collections.ConfigDict()
+    config.artifacts.cosmic_rays = ml_collections.ConfigDict()
+    config.artifacts.cosmic_rays.enabled = False  # residual charge tracks, added before the noise
+    config.artifacts.cosmic_rays.rate_per_mpix = 9.3  # Poisson mean of hits per 1e6 pixels per 53.9 s exposure
+    config.artifacts.cosmic_rays.length = (1.0, 8.0)  # track length, pixels, uniform
+    config.artifacts.cosmic_rays.electrons = (100.0, 5000.0)  # residual charge per track pixel, log-uniform
+    config.artifacts.cosmic_rays.flagged = 0.5  # fraction the pipeline finds (flagged CR in `mask`)
+    config.artifacts.saturation = ml_collections.ConfigDict()
+    config.artifacts.saturation.enabled = False  # clip at the full well, bleed the excess along the column
+    config.artifacts.saturation.full_well_dn = 25_000.0  # DN above bias (x the field's gain): r 14 saturates
+    config.artifacts.spikes = ml_collections.ConfigDict()
+    config.artifacts.spikes.enabled = False  # four diffraction spikes on stars brighter than max_mag
+    config.artifacts.spikes.max_mag = 17.0  # r magnitude
+    config.artifacts.spikes.flux_fraction = 0.005  # of the star's flux in its four spikes
+    config.artifacts.spikes.angle_deg = 0.0  # along frame rows and columns (SDSS's spider), counterclockwise from +x
+    config.artifacts.spikes.core_radius = 3.0  # pixels; the spikes start here, falling as r^-2
+    config.artifacts.bad_columns = ml_collections.ConfigDict()
+    config.artifacts.bad_columns.enabled = False  # columns interpolated from their neighbours (flagged INTERP)
+    config.artifacts.bad_columns.per_column = 1e-3  # probability per image column
+    config.artifacts.satellite = ml_collections.ConfigDict()
+    config.artifacts.satellite.enabled = False  # straight trails with the PSF core's width, added before the noise
+    config.artifacts.satellite.rate = 0.002  # Poisson mean of trails per image
+    config.artifacts.satellite.nmgy_per_pixel = (0.05, 5.0)  # trail flux per pixel of length, log-uniform
+    config.artifacts.masked = ml_collections.ConfigDict()
+    config.artifacts.masked.enabled = False  # blocks of pixels without data (flagged in `mask`)
+    config.artifacts.masked.rate = 0.01  # Poisson mean of blocks per image
+    config.artifacts.masked.size = (4, 24)  # block sides, pixels, uniform
+    # Image value of masked pixels: "zero" (the stand-in that networks without a mask input read) or "nan" (as a
+    # frame's missing data; a network then needs the mask)
+    config.artifacts.masked.fill = "zero"
+
     # On-the-fly simulator (npejax.sim.pipeline.Simulator); also renders the datasets of npejax.simulate and the test
     # sets of npejax.evaluate and npejax.experiment. A batch's images do not depend on the number of workers.
     config.simulator = ml_collections.ConfigDict()

@@ -62,6 +62,7 @@ __all__ = [
     "to_json",
     "differences",
     "saved_differences",
+    "artifacts_enabled",
     "simulate_workers",
     "eval_section",
     "add_config_root",
@@ -191,7 +192,18 @@ def differences(old, new, ignore=(), path: str = "") -> list[str]:
 def saved_differences(saved: dict | None, config) -> list[str]:
     """``["key: saved -> now", ...]``: how ``config`` differs from a saved config (upgraded first) in anything but
     :data:`RESUMABLE_KEYS` -- what resuming training and loading a checkpoint refuse."""
-    return differences(upgrade(saved or {}), to_json(config), ignore=RESUMABLE_KEYS)
+    saved, now = upgrade(saved or {}), to_json(config)
+    if isinstance(now, dict) and "artifacts" not in saved and not artifacts_enabled(now.get("artifacts")):
+        # configs saved before the artifacts section simulated none: the same as a section with every one off
+        saved = dict(saved, artifacts=now.get("artifacts"))
+    return differences(saved, now, ignore=RESUMABLE_KEYS)
+
+
+def artifacts_enabled(section) -> list[str]:
+    """The artifacts of real frames that a config's ``artifacts`` section (ConfigDict, dict or None) switches on."""
+    if not section:
+        return []
+    return sorted(name for name, value in dict(section).items() if dict(value).get("enabled"))
 
 
 # --- derived values ------------------------------------------------------------------------------------------

@@ -64,6 +64,10 @@ TILE_KEYS = ("tile_has_source", "tile_locs", "tile_flux", "tile_is_galaxy", "til
 TARGET_KEYS = ("tile_has_source", "tile_locs", "tile_is_galaxy", "tile_flux")
 IMAGE_KEYS = ("images", "background", "psf_params", "field_id", "crop_origin")
 NETWORK_KEYS = ("images", "background", "psf_params") + TARGET_KEYS
+# Only in batches simulated with an artifact of real frames on (npejax.sim.artifacts): ``mask`` [B, H, W] bool,
+# the pixels a frame's mask flags (saturated, interpolated, cosmic ray, no data); ``artifact_bits`` [B, H, W]
+# uint8, which artifacts touched each pixel (npejax.sim.artifacts.BITS).
+ARTIFACT_KEYS = ("mask", "artifact_bits")
 # Keys laid out on the image grid ([B, H, W] or [B, Th, Tw, ...]): what a rotation or flip moves.
 SPATIAL_KEYS = ("images", "background", "tile_has_source", "tile_locs", "tile_is_galaxy", "tile_flux")
 TILE_SUMMARY_KEYS = TARGET_KEYS + ("prob_source", "prob_galaxy", "loc_std", "flux_lo", "flux_hi")

@@ -529,3 +529,42 @@ def test_survey_bank_figure_and_table(tmp_path):
     assert "quartiles 20.7 / 20.86 / 21.03" in rows["sky_mag_arcsec2"] and "0.05-0.05" in rows["psf_p0"]
     real, r_band = fig.real_rows()
     assert r_band.sum() == 2 and len(real["params"]) == 9 and survey_bank.R_BAND == 2
+
+
+@pytest.mark.fast
+def test_artifact_spurious_counts_unmatched_detections_near_the_artifact_only():
+    """A detection counts when it matches no true source (1 px) and its pixel lies on the artifact's near region."""
+    from configs import default  # the repository root is on sys.path (conftest.py)
+
+    bench = _load("artifact_spurious")
+    near = np.zeros((2, 20, 20), bool)
+    near[0, :, 5:8] = True  # a column and its 1-pixel sides in image 0; nothing in image 1
+    truth = dict(image=np.array([0, 1]), x=np.array([6.5, 6.5]), y=np.array([10.0, 10.0]), flux=np.ones(2))
+    # image 0: the true source found (not counted), two false detections on the column, one off it;
+    # image 1: a false detection where image 0's column is (image 1 has none)
+    pred = Table(
+        dict(
+            image=[0, 0, 0, 0, 1],
+            x=[6.6, 5.2, 7.9, 12.0, 6.0],
+            y=[10.1, 3.0, 15.0, 3.0, 3.0],
+            flux=[1.0] * 5,
+            prob_source=[0.9] * 5,
+        )
+    )
+    np.testing.assert_array_equal(bench.spurious_near(pred, truth, near, 1.0), [2, 0])
+    np.testing.assert_array_equal(bench.unmatched(pred, truth, 2, 1.0), [3, 1])
+    # one artifact on at its stress rate, the others off; the injected star is a bright star inside the margin
+    config = default.get_config()
+    spec = bench.artifact_spec(config, "cosmic_rays", (80, 80))
+    assert spec.enabled == ("cosmic_rays",) and spec.cosmic_rays.rate_per_mpix * 80 * 80 / 1e6 == pytest.approx(6)
+    catalog = dict(
+        n_sources=np.array([0, 2], np.int32),
+        **{k: np.zeros((2, 2), np.float32) for k in ("x", "y", "flux", "disk_frac", "angle", "disk_q", "bulge_q")},
+        **{k: np.zeros((2, 2), np.float32) for k in ("disk_a", "bulge_a")},
+        is_galaxy=np.ones((2, 2), bool),
+    )
+    out = bench.inject_bright_star(np.random.default_rng(0), catalog, (80, 80), (11.0, 14.0))
+    assert out["n_sources"].tolist() == [1, 3] and out["x"].shape == (2, 3)
+    rows = np.arange(2), out["n_sources"] - 1
+    assert not out["is_galaxy"][rows].any() and np.all((out["flux"][rows] > 10**3.4) & (out["flux"][rows] < 10**4.6))
+    assert np.all((out["x"][rows] >= 8) & (out["x"][rows] <= 72))

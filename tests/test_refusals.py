@@ -468,3 +468,24 @@ def test_input_of_another_identity_is_refused(case, identity_files):
     for fragment in fragments:
         assert fragment.format(**identity_files) in line, f"{fragment!r} not named in: {line}"
     assert snapshot(identity_files["root"]) == before, "a file was written, changed or removed"
+
+
+# --- artifacts of real frames ---
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("--config.artifacts.masked.fill=mean", "config.artifacts.masked.fill = 'mean': expected one of"),
+        ("--config.artifacts.bad_columns.per_column=2.0", "config.artifacts.bad_columns.per_column = 2.0"),
+        ("--config.artifacts.cosmic_rays.flagged=-1.0", "config.artifacts.cosmic_rays.flagged = -1.0"),
+    ],
+)
+def test_simulate_refuses_a_bad_artifact_setting(tmp_path, config_path, override, fragment):
+    before = snapshot(tmp_path)
+    argv = ["--config", config_path("cpu"), override, "--split", "test", "--out", str(tmp_path / "ds")]
+    status, out, err = run_command("simulate", [*argv, "--num-images", "2", "--num-workers", "0", "--noprogress"])
+    assert status == 2, err[-2000:]
+    assert fragment in one_error_line(err)
+    assert snapshot(tmp_path) == before, "the refused simulation wrote something"

@@ -6,7 +6,8 @@ On-disk layout of a dataset directory::
     DIR/shard-00000/images.npy one .npy per batch key, first axis = images of the shard (np.save, uncompressed)
     DIR/shard-00000/shard.json the shard's identity: which dataset, split, seed and index it belongs to
     DIR/shard-00000/...        (the same keys and dtypes as :func:`npejax.sim.pipeline.simulate_batch`,
-                               listed in :mod:`npejax.schema`: IMAGE_KEYS, n_sources, CATALOG_KEYS, TILE_KEYS)
+                               listed in :mod:`npejax.schema`: IMAGE_KEYS, n_sources, CATALOG_KEYS, TILE_KEYS;
+                               and ARTIFACT_KEYS, mask and artifact_bits, when simulated with artifacts)
     DIR/shard-00001/...
     DIR/.npejax-lock           held (flock) while a writer works in DIR
     DIR/truth.fits             the true catalog, one row per source (written by ``npejax.simulate``)
@@ -22,7 +23,8 @@ listed.
 ``manifest.json`` holds: ``format``/``format_version``, ``complete``, ``split``, ``seed``, ``num_images``,
 ``shard_size``, ``num_shards``, ``shards`` (name and image count of each), ``image_shape``, ``tile_size``,
 ``keys`` (per-image shape and dtype of each array), ``spec`` (prior, renderer and field prior: everything
-the data depends on besides the bank and seed), ``bank`` (source path or "synthetic", number of fields,
+the data depends on besides the bank and seed; ``spec.artifacts`` only when an artifact of real frames is
+on), ``bank`` (source path or "synthetic", number of fields,
 synthetic flag, description, reference field name, SHA-256 of its arrays), ``config`` (the experiment
 config, for the record), ``identity`` (:func:`dataset_digest`), ``npejax_version``, ``created`` and
 ``completed`` (UTC, ISO 8601).

@@ -242,6 +242,8 @@ def _new_manifest(spec: pipeline.SimulationSpec, num_images: int, split: str, co
                 field_prior=spec.field_prior,
                 prior=dataclasses.asdict(spec.prior),
                 render=dataclasses.asdict(spec.render),
+                # only with an artifact on: a dataset without any keeps the manifest (and identity) it had
+                **({} if spec.artifacts is None else {"artifacts": dataclasses.asdict(spec.artifacts)}),
             )
         ),
         bank=bank_info(spec.bank),

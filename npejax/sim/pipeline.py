@@ -6,7 +6,11 @@
 * ``psf_params`` [B, 6] float32 (psField ``s1, s2, sP, beta, b, p0``, pixels); ``field_id`` [B] int32
   (index into the field bank); ``crop_origin`` [B, 2] int32 (top-left frame row, column of the image);
 * the full catalog padded to ``max_sources`` with ``n_sources`` (:data:`npejax.schema.CATALOG_KEYS`) and the
-  tile catalog (:data:`npejax.schema.TILE_KEYS`).
+  tile catalog (:data:`npejax.schema.TILE_KEYS`);
+* only when an artifact of real frames is on (``config.artifacts``, :mod:`npejax.sim.artifacts`):
+  ``mask`` [B, H, W] bool (pixels a frame's mask flags) and ``artifact_bits`` [B, H, W] uint8 (which artifact
+  touched each pixel), :data:`npejax.schema.ARTIFACT_KEYS`. With every artifact off the batch is exactly what it
+  was without them (the artifacts draw from their own stream, :func:`npejax.sim.artifacts.artifact_rng`).
 
 These are the batch keys of :mod:`npejax.schema` (IMAGE_KEYS, CATALOG_KEYS, TILE_KEYS), with their shapes
 and units; a cached dataset (:mod:`npejax.datasets`) has the same keys.
@@ -45,6 +49,7 @@ import numpy as np
 import threadpoolctl
 
 from npejax import schema
+from npejax.sim import artifacts as artifacts_lib
 from npejax.sim import fields as fields_lib
 from npejax.sim import prior as prior_lib
 from npejax.sim import render as render_lib
@@ -68,6 +73,7 @@ class SimulationSpec:
     tile_size: int  # pixels
     seed: int
     batch_size: int = DEFAULT_BATCH_SIZE
+    artifacts: artifacts_lib.ArtifactSpec | None = None  # None: no artifact of real frames (the paper's model)
 
     def __post_init__(self):
         if self.field_prior not in schema.FIELD_PRIORS:
@@ -90,9 +96,14 @@ class SimulationSpec:
         cls, config, *, seed: int | None = None, batch_size: int | None = None, bank: fields_lib.FieldBank | None = None
     ) -> SimulationSpec:
         """Builds the spec from a full npejax config (``seed``, ``image_size``, ``tile_size``, ``prior``,
-        ``fields``, ``render``); ``seed`` and ``bank`` override the config's."""
+        ``fields``, ``render`` and, where present, ``artifacts``: a config without that section, or with every
+        artifact off, simulates none); ``seed`` and ``bank`` override the config's."""
         image_shape = (int(config.image_size), int(config.image_size))
         bank = bank if bank is not None else fields_lib.load_bank(config.fields.bank)
+        artifacts = None
+        if "artifacts" in config:
+            artifacts = artifacts_lib.ArtifactSpec.from_config(config.artifacts)
+            artifacts = artifacts if artifacts.enabled else None
         return cls(
             bank=bank,
             prior=prior_lib.CatalogPrior.from_config(config.prior, image_shape),
@@ -101,6 +112,7 @@ class SimulationSpec:
             tile_size=int(config.tile_size),
             batch_size=int(batch_size if batch_size is not None else DEFAULT_BATCH_SIZE),
             seed=int(seed if seed is not None else config.seed),
+            artifacts=artifacts,
         )
 
 
@@ -128,7 +140,12 @@ def _simulate_batch(spec, batch_index, renderer):
     catalog = spec.prior.sample(rng, b)
     field_id = spec.bank.sample_fields(rng, b, spec.field_prior)
     origins = spec.bank.sample_crop_origins(rng, b, spec.prior.image_shape)
-    images, background = renderer.render(catalog, field_id, origins, rng)
+    if spec.artifacts is None:
+        images, background = renderer.render(catalog, field_id, origins, rng)
+    else:
+        images, background, mask, artifact_bits = renderer.render_artifacts(
+            catalog, field_id, origins, rng, spec.artifacts, artifacts_lib.artifact_rng(spec.seed, batch_index)
+        )
     batch = dict(
         images=images,
         background=background,
@@ -138,6 +155,8 @@ def _simulate_batch(spec, batch_index, renderer):
     )
     batch.update(catalog)
     batch.update(prior_lib.tile_catalog(catalog, spec.prior.image_shape, spec.tile_size))
+    if spec.artifacts is not None:
+        batch.update(mask=mask, artifact_bits=artifact_bits)
     return batch
 
 

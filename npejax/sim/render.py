@@ -42,6 +42,7 @@ import galsim
 import numpy as np
 from scipy import special
 
+from npejax.sim import artifacts as artifacts_lib
 from npejax.sim import fields as fields_lib
 from npejax.sim import psf as psf_lib
 from npejax.sim import settings
@@ -387,27 +388,56 @@ class Renderer:
         ``images`` are sky-subtracted and noisy per ``config.noise``; ``background`` is the sky that was
         added and subtracted. ``field_index`` [B] indexes the bank; ``origins`` [B, 2] are crop positions.
         """
+        images, background, _, _ = self._render(catalog, field_index, origins, rng, None, None)
+        return images, background
+
+    def render_artifacts(self, catalog, field_index, origins, rng, artifacts, artifact_rng):
+        """:meth:`render` with the artifacts of real frames (:mod:`npejax.sim.artifacts`; ``artifacts`` an
+        ArtifactSpec, drawn from ``artifact_rng``). Returns ``(images, background, mask, artifact_bits)``:
+        ``mask`` [B, H, W] bool, ``artifact_bits`` [B, H, W] uint8. The noise draws from ``rng`` are the same as
+        :meth:`render`'s (so with ``noise="gaussian"`` the same noise realization, with and without artifacts)."""
+        return self._render(catalog, field_index, origins, rng, artifacts, artifact_rng)
+
+    def _render(self, catalog, field_index, origins, rng, artifacts, artifact_rng):
         field_index = self.bank.check_index(field_index)
         b = len(field_index)
         h, w = self.image_shape
         images = np.empty((b, h, w), np.float32)
         background = np.empty((b, h, w), np.float32)
+        mask = np.zeros((b, h, w), bool) if artifacts is not None else None
+        bits = np.zeros((b, h, w), np.uint8) if artifacts is not None else None
         for i in range(b):
             single = {key: value[i] for key, value in catalog.items()}
             field = int(field_index[i])
             sources = self.source_electrons(single, field)
             sky = self.bank.background_electrons(field, origins[i], self.image_shape)
             expected = sources + sky
+            if artifacts is not None:  # light that reaches the detector: spikes, satellite trails, cosmic rays
+                expected, bits[i] = artifacts_lib.apply_signal(
+                    artifact_rng,
+                    artifacts,
+                    expected,
+                    sky,
+                    single,
+                    self.bank.psf_params[field],
+                    float(self.bank.to_electrons(field)),
+                )
             if self.config.noise == "gaussian":
                 counts = expected + np.sqrt(expected) * rng.standard_normal(expected.shape)
             elif self.config.noise == "poisson":
                 counts = rng.poisson(expected).astype(np.float64)
             else:
                 counts = expected
+            if artifacts is not None:  # the detector: full well and bleed, bad columns
+                counts, bits[i] = artifacts_lib.apply_detector(
+                    artifact_rng, artifacts, counts, bits[i], float(self.bank.gain[field])
+                )
             to_nmgy = 1.0 / float(self.bank.to_electrons(field))
             images[i] = (counts - sky) * to_nmgy
             background[i] = sky * to_nmgy
-        return images, background
+            if artifacts is not None:  # masked pixels, filled in the sky-subtracted image
+                images[i], mask[i], bits[i] = artifacts_lib.apply_mask(artifact_rng, artifacts, images[i], bits[i])
+        return images, background, mask, bits
 
 
 @functools.lru_cache(maxsize=4)
