@@ -59,8 +59,8 @@ def _evaluate(capsys, *args):
     rc = evaluate_cmd.main(
         [
             "npejax.evaluate",
-            "--no-baseline",
-            "--no-snr",
+            "--nobaseline",
+            "--nosnr",
             "--num-bootstrap",
             "3",
             "--num-bins",

@@ -520,7 +520,7 @@ def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
     out = root / "out"
     per_frame = {n: catalog.read_table(out / "catalogs" / f"{n}.fits") for n in _catalog_names(out)}
     assert sum(len(t) for t in per_frame.values()) > 0
-    code, stdout, err = _survey(capsys, "merge", "--out", out, "--table", tmp_path / "all.fits")
+    code, stdout, err = _survey(capsys, "merge", "--survey", out, "--out", tmp_path / "all.fits")
     assert code == 0 and err == "", err
     merged = catalog.read_table(tmp_path / "all.fits")
     total = sum(len(t) for t in per_frame.values())
@@ -539,7 +539,7 @@ def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
     # in the list's order, CSV; a listed frame without a catalog is named and the exit status is 1
     (tmp_path / "list.txt").write_text("f/s6.fits\nf/s0.fits\nf/none.fits\n")
     code, stdout, err = _survey(
-        capsys, "merge", "--out", out, "--table", tmp_path / "two.csv", "--frames", tmp_path / "list.txt"
+        capsys, "merge", "--survey", out, "--out", tmp_path / "two.csv", "--frames", tmp_path / "list.txt"
     )
     assert code == 1 and "missing: 1 frames of" in err and "(none)" in err, err
     two = catalog.read_table(tmp_path / "two.csv")
@@ -575,7 +575,8 @@ def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
         ("no_subcommand", "a subcommand is required: one of catalog, merge"),
         ("unknown_subcommand", "unknown subcommand 'catalogue'"),
         ("merge_extension", "unsupported catalog file extension '.txt'"),
-        ("merge_no_out", "no such folder"),
+        ("merge_no_survey", "--survey {tmp}/nowhere: no such folder"),
+        ("merge_old_spelling", "merge --table is gone: the merged table is --out and the survey folder --survey"),
         ("merge_empty", "no catalogs in"),
     ],
 )
@@ -621,13 +622,15 @@ def test_bad_command_lines_give_one_error_line(case, fragment, tmp_path, capsys,
         (tmp_path / "out").mkdir()
         args = [
             "merge",
+            "--survey",
+            tmp_path / ("nowhere" if case == "merge_no_survey" else "out"),
             "--out",
-            tmp_path / ("nowhere" if case == "merge_no_out" else "out"),
-            "--table",
             tmp_path / ("all.txt" if case == "merge_extension" else "all.fits"),
         ]
+        if case == "merge_old_spelling":  # the spelling before --survey: refused, not taken for another meaning
+            args = ["merge", "--out", tmp_path / "out", "--table", tmp_path / "all.fits"]
     code, stdout, err = _survey(capsys, *args)
-    assert_one_error(code, stdout, err, fragment)
+    assert_one_error(code, stdout, err, fragment.replace("{tmp}", str(tmp_path)))
     assert not (tmp_path / "out" / "catalogs").exists() and not (tmp_path / "all.fits").exists()
 
 
