@@ -100,8 +100,7 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
     )
     flags.DEFINE_string("psf-params", None, "Default PSF of FITS lines: s1,s2,sP,beta,b,p0 (pixels).", flag_values=fv)
     flags.DEFINE_string("bank", None, "Field bank of field-id (default: the embedded synthetic bank).", flag_values=fv)
-    for name in ("min-prob", "chunk-size", "field-id", "psf-params"):
-        flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
+    cli.define_underscore_aliases(fv)  # --min_prob, --chunk_size, --field_id, --psf_params
 
 
 def run_catalog(fv: flags.FlagValues) -> int:

@@ -19,6 +19,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "Output .npz path.", flag_values=fv, required=True)
     flags.DEFINE_integer("num-fields", 500, "Number of fields.", lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0, flag_values=fv)
+    cli.define_underscore_aliases(fv)  # --num_fields
 
 
 def run(fv: flags.FlagValues) -> None:
