@@ -52,10 +52,10 @@ CSV_FORMATS = {
     "y_std": "{:.4f}",
     "ra": "{:.7f}",
     "dec": "{:.7f}",
-    "flux": "{:.5g}",
-    "flux_lo": "{:.5g}",
-    "flux_hi": "{:.5g}",
-    "flux_err": "{:.5g}",
+    "flux": "{:#.5g}",
+    "flux_lo": "{:#.5g}",
+    "flux_hi": "{:#.5g}",
+    "flux_err": "{:#.5g}",
     "mag": "{:.3f}",
     "prob_source": "{:.4f}",
     "prob_galaxy": "{:.4f}",
@@ -66,8 +66,9 @@ CSV_FORMATS = {
     "disk_a": "{:.4f}",
     "bulge_a": "{:.4f}",
 }
-_CSV_FLOAT = "{:.7g}"  # another float column: float32's precision
+_CSV_FLOAT = "{:#.7g}"  # another float column: float32's precision ("#": a float also when whole)
 _CSV_UNITS = "units:"  # the second comment line: "units: image [], x [pix], ..."
+_FLUX_COLUMNS = ("flux", "flux_lo", "flux_hi", "flux_err")  # nmgy where the meta says FLUXUNIT = 'nmgy'
 
 
 def flux_to_mag(flux) -> np.ndarray:
@@ -253,9 +254,11 @@ def _csv_text(table: table_lib.Table) -> table_lib.Table:
         col = out[name]
         if col.dtype.kind == "f":
             col.format = CSV_FORMATS.get(name, _CSV_FLOAT)
-        units.append(f"{name} [{col.unit if col.unit is not None else ''}]")
-    flux = " (flux columns in nmgy)" if out.meta.get("FLUXUNIT") == "nmgy" else ""
-    lines = [f"npejax catalog; {_CENTER0_TEXT}{flux}", f"{_CSV_UNITS} " + ", ".join(units)]
+        unit = "" if col.unit is None else str(col.unit)
+        if not unit and out.meta.get("FLUXUNIT") == "nmgy" and name in _FLUX_COLUMNS:
+            unit = "nmgy"  # no astropy (FITS) unit; in words in the FITS header (FLUXUNIT), by name here
+        units.append(f"{name} [{unit}]")
+    lines = [f"npejax catalog; {_CENTER0_TEXT}", f"{_CSV_UNITS} " + ", ".join(units)]
     out.meta = {"comments": lines}
     return out
 
@@ -281,11 +284,12 @@ def _read_csv_comments(table: table_lib.Table) -> None:
     comments = [str(c) for c in table.meta.pop("comments", [])]
     if any(f"{PIXCONV} = {CENTER0}" in c for c in comments):
         table.meta[PIXCONV] = CENTER0
-        table.meta["FLUXUNIT"] = "nmgy"
     for line in comments:
         if line.startswith(_CSV_UNITS):
             for name, unit in re.findall(r"(\w+) \[([^\]]*)\]", line):
-                if name in table.colnames and unit:
+                if name in table.colnames and unit == "nmgy":  # as FITS: no astropy unit, FLUXUNIT in the meta
+                    table.meta["FLUXUNIT"] = "nmgy"
+                elif name in table.colnames and unit:
                     table[name].unit = unit
     if comments:
         table.meta["comments"] = comments

@@ -89,7 +89,7 @@ def test_write_read_round_trip(batch, tmp_path, name):
                 assert list(back[key]) == [str(v) for v in t[key]]
                 continue
             if csv and t[key].dtype.kind == "f":  # CSV: the printed precision (catalogs.CSV_FORMATS)
-                text = [catalogs.CSV_FORMATS.get(key, "{:.7g}").format(v) for v in np.asarray(t[key])]
+                text = [catalogs.CSV_FORMATS.get(key, "{:#.7g}").format(v) for v in np.asarray(t[key])]
                 np.testing.assert_array_equal(np.asarray(back[key]), np.asarray(text, np.float64), key)
                 continue
             np.testing.assert_array_equal(np.asarray(back[key]).astype(t[key].dtype), np.asarray(t[key]), key)
@@ -183,7 +183,7 @@ def test_csv_precision_units_and_other_readers(batch, tmp_path):
     path = catalogs.write_table(t, tmp_path / "truth.csv")
     lines = open(path).read().splitlines()
     assert lines[0].startswith("# npejax catalog; x, y: 0-based pixel centres (PIXCONV = CENTER0")
-    assert lines[1].startswith("# units: image [], source [], x [pix], y [pix], flux [], mag [mag]")
+    assert lines[1].startswith("# units: image [], source [], x [pix], y [pix], flux [nmgy], mag [mag]")
     header, first = lines[2].split(","), lines[3].split(",")
     assert header == t.colnames
     row = dict(zip(header, first))

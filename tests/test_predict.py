@@ -42,7 +42,7 @@ def assert_same_catalog(got, expected, allow_empty=False, csv=False):
     for name in got.colnames:
         want = np.asarray(expected[name], float)
         if csv and expected[name].dtype.kind == "f":
-            want = np.array([float(catalog.CSV_FORMATS.get(name, "{:.7g}").format(v)) for v in expected[name]])
+            want = np.array([float(catalog.CSV_FORMATS.get(name, "{:#.7g}").format(v)) for v in expected[name]])
         np.testing.assert_allclose(np.asarray(got[name], float), want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
