@@ -308,13 +308,13 @@ def test_the_command_reads_the_eval_section_of_its_config(truth, test_dir, tmp_p
 
 
 def test_catalogs_in_every_pixel_convention_are_matched_alike(truth, test_dir, tmp_path, capsys):
-    """One perfect catalog as npejax writes it (FITS, CSV), as an earlier npejax wrote it (FITS, edge-based,
-    no PIXCONV) and as another tool gives it (a plain CSV of 0-based pixel centres): the same metrics, every
-    binned source found. Each position is off by (+0.6, -0.6) pixel, 0.85 from its source: a conversion
-    missed (old) or made where none is due (sep) puts it 1.1 pixels away, outside the 1-pixel slack."""
+    """One perfect catalog as npejax writes it (CSV; FITS: test_catalog.py), as an earlier npejax wrote it
+    (FITS, edge-based, no PIXCONV) and as another tool gives it (a plain CSV of 0-based pixel centres): the
+    same metrics, every binned source found. Each position is off by (+0.6, -0.6) pixel, 0.85 from its
+    source: a conversion missed (old) or made where none is due (sep) puts it 1.1 pixels away, outside the
+    1-pixel slack."""
     perfect = _perfect(truth)
     perfect["x"], perfect["y"] = perfect["x"] + 0.6, perfect["y"] - 0.6
-    catalog.write_table(perfect, tmp_path / "new.fits")
     catalog.write_table(perfect, tmp_path / "new.csv")
     old = table_lib.Table(perfect, copy=True)
     old["x"], old["y"] = catalog.array_xy(perfect)  # edge-based, as before PIXCONV
@@ -323,8 +323,8 @@ def test_catalogs_in_every_pixel_convention_are_matched_alike(truth, test_dir, t
     plain = table_lib.Table(perfect, copy=True)
     plain.meta = {}
     plain.write(tmp_path / "sep.csv", format="ascii.csv")  # another tool's: no comment lines, no keyword
-    names = ("new_fits", "new_csv", "old_fits", "sep_csv")
-    files = ("new.fits", "new.csv", "old.fits", "sep.csv")
+    names = ("new_csv", "old_fits", "sep_csv")
+    files = ("new.csv", "old.fits", "sep.csv")
     args = [a for n, f in zip(names, files) for a in ("--catalog", f"{n}={tmp_path / f}")]
     rc, captured = _evaluate(capsys, *args, "--test-dir", test_dir, "--out", tmp_path / "r")
     assert rc == 0, captured.err
@@ -333,6 +333,6 @@ def test_catalogs_in_every_pixel_convention_are_matched_alike(truth, test_dir, t
         recall = methods[name]["bins_equal"]["recall"]
         assert recall["numerator"] == recall["count"] and sum(recall["count"]) > 0, name
         for metric in ("precision", "recall", "accuracy"):  # (CSV prints fluxes to 5 digits: MAPE > 0)
-            assert methods[name]["bins_equal"][metric] == methods["new_fits"]["bins_equal"][metric], name
+            assert methods[name]["bins_equal"][metric] == methods["new_csv"]["bins_equal"][metric], name
     again = catalog.read_table(tmp_path / "r" / "predictions" / "old_fits.fits")
     np.testing.assert_array_equal(again["x"], perfect["x"])  # rewritten in the convention of today
