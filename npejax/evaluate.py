@@ -2,25 +2,26 @@ r"""Evaluates npejax networks, prediction catalogs and a Source Extractor baseli
 
     python -m npejax.evaluate --workdir single=W1 --workdir unaware=W2 --workdir aware=W3 \
         --prior many|one --num-images N --out REPORT_DIR        # simulate N test images (cached)
-    python -m npejax.evaluate --workdir aware=W3 --test-dir DATASET --out REPORT_DIR   # a fixed test set
+    python -m npejax.evaluate --workdir runs/aware --test-dir DATASET --out REPORT_DIR   # the method aware
     python -m npejax.evaluate --catalog mine=catalog.fits --test-dir DATASET --out REPORT_DIR
     python -m npejax.evaluate --pretrained cpu --prior many --num-images N --out REPORT_DIR   # a shipped network
     npejax-evaluate ...   (the same flags)
 
-``--workdir NAME=DIR`` (a training directory; its best checkpoint catalogs the test set), ``--pretrained
-NAME`` (a network shipped with the package, ``npejax/pretrained``: the method NAME) and ``--catalog
-NAME=FILE`` (a prediction catalog of the test set, FITS or CSV) repeat and combine; the names label the
-methods in the report and must differ. The test set is ``--test-dir`` (simulated there with ``--num-images``
-and the config's simulator when absent; resumable), by default ``REPORT_DIR/test-PRIOR``; a dataset of another
-split (train, val) is refused. The config is ``--config FILE`` (e.g. configs/default.py), else the first
-network's config.json (or the first pretrained network's); the
-flags ``--num-bootstrap``, ``--num-bins``, ``--ceiling-galaxies``, ``--seed``, ``--no-baseline``, ``--no-snr``
-and ``--no-ceiling`` override the keys of its ``eval`` section (configs/default.py), which apply where they
-are not given (catalogs alone and no ``--config``: the values of configs saved before that section existed;
-:mod:`npejax.evaluation.settings`). What is computed and written (metrics, CSV tables, figures, a gallery of
-test images with each method's detections, report.md), and what is refused before any work (an ``--out`` that
-is a file or not writable, catalogs with missing columns, text, NaN, image indices outside the test set or
-probabilities outside [0, 1]): :mod:`npejax.evaluation.evaluate`.
+``--workdir NAME=DIR`` (a training directory; its best checkpoint catalogs the test set; ``--workdir DIR`` names
+the method after the directory's base name, ``runs/cpu_small`` -> ``cpu_small``), ``--pretrained NAME`` (a network
+shipped with the package, ``npejax/pretrained``: the method NAME) and ``--catalog NAME=FILE`` (a prediction catalog
+of the test set, FITS or CSV) repeat and combine; the names label the methods in the report and must differ. The
+test set is ``--test-dir`` (simulated there with ``--num-images`` and the config's simulator when absent;
+resumable), by default ``REPORT_DIR/test-PRIOR``; a dataset of another split (train, val) is refused. The config is
+``--config FILE`` (e.g. configs/default.py), else the first network's config.json (or the first pretrained
+network's); the flags ``--num-bootstrap``, ``--num-bins``, ``--ceiling-galaxies``, ``--seed``, ``--[no]baseline``,
+``--[no]snr`` and ``--[no]ceiling`` (the earlier ``--no-baseline``, ``--no-snr``, ``--no-ceiling`` still work, with
+a warning) override the keys of its ``eval`` section (configs/default.py), which apply where they are not given
+(catalogs alone and no ``--config``: the values of configs saved before that section existed;
+:mod:`npejax.evaluation.settings`). What is computed and written (metrics, CSV tables, figures, a gallery of test
+images with each method's detections, report.md), and what is refused before any work (an ``--out`` that is a file
+or not writable, catalogs with missing columns, text, NaN, image indices outside the test set or probabilities
+outside [0, 1]): :mod:`npejax.evaluation.evaluate`.
 """
 
 from __future__ import annotations
