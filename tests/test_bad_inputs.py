@@ -328,10 +328,10 @@ CASES = [
     ),
     # --- evaluation (npejax.evaluate) ---
     (
-        "evaluate-workdir-without-name",
+        "evaluate-workdir-without-path",
         "evaluate",
-        "--workdir {run} --test-dir {test} --out {new}/r",
-        "NAME=",
+        "--workdir aware= --test-dir {test} --out {new}/r",
+        "NAME=PATH or PATH",
         ["{new}/r"],
     ),
     (

@@ -135,10 +135,11 @@ def test_text_in_x(truth, test_dir, tmp_path, capsys):
     path = tmp_path / "text.csv"
     catalog.write_table(_perfect(truth), path)
     lines = path.read_text().splitlines()
-    header = lines[0].split(",")
-    cells = lines[2].split(",")  # data row 1
+    start = next(i for i, line in enumerate(lines) if not line.startswith("#"))  # after the '#' lines
+    header = lines[start].split(",")
+    cells = lines[start + 2].split(",")  # data row 1
     cells[header.index("x")] = "abc"
-    lines[2] = ",".join(cells)
+    lines[start + 2] = ",".join(cells)
     path.write_text("\n".join(lines) + "\n")
     rc, captured = _evaluate(capsys, "--catalog", f"mine={path}", "--test-dir", test_dir, "--out", tmp_path / "r")
     _assert_refused(rc, captured, f"catalog {path}: column 'x' holds text ('abc' in row 1), expected numbers")
