@@ -20,7 +20,8 @@ Ctrl-C exits 130; ``--help`` prints the command's docstring and its flags as pla
 marked), and ``--version`` prints ``npejax X.Y.Z (jax A.B.C)``; both exit 0 before anything heavy loads.
 Anything else is a bug and keeps its traceback.
 
-Flags follow one convention: the command's output is ``--out`` (a file or a folder) and its inputs have
+Flags follow one convention: the command's output is ``--out`` (a file or a folder; training writes into its
+``--workdir``) and its inputs have
 their own names (``--input``, ``--workdir``, ``--survey``, ``--frames``); a repeatable named input is
 ``NAME=PATH`` (:func:`parse_pairs`; ``--workdir`` of ``npejax.evaluate`` also takes a plain directory, named
 after its base name); every hyphenated flag has an underscore alias (``--min_prob``,
