@@ -21,12 +21,11 @@ marked), and ``--version`` prints ``npejax X.Y.Z (jax A.B.C)``; both exit 0 befo
 Anything else is a bug and keeps its traceback.
 
 Flags follow one convention: the command's output is ``--out`` (a file or a folder; training writes into its
-``--workdir``) and its inputs have
-their own names (``--input``, ``--workdir``, ``--survey``, ``--frames``); a repeatable named input is
-``NAME=PATH`` (:func:`parse_pairs`; ``--workdir`` of ``npejax.evaluate`` also takes a plain directory, named
-after its base name); every hyphenated flag has an underscore alias (``--min_prob``,
-:func:`define_underscore_aliases`); an on/off setting is one boolean ``--[no]NAME`` (:func:`define_boolean`,
-with an earlier spelling kept as a hidden deprecated flag that warns: :func:`boolean_value`).
+``--workdir``) and its inputs have their own names (``--input``, ``--workdir``, ``--survey``, ``--frames``); a
+repeatable named input is ``NAME=PATH`` (:func:`parse_pairs`; ``--workdir`` of ``npejax.evaluate`` also takes a
+plain directory, named after its base name); every hyphenated flag has an underscore alias (``--min_prob``,
+:func:`define_underscore_aliases`); an on/off setting is one boolean ``--[no]NAME`` (:func:`define_boolean`, with
+an earlier spelling kept as a hidden deprecated flag that warns: :func:`boolean_value`).
 
 Commands import their heavy libraries (JAX, Flax, GalSim, astropy) inside ``run``, not at the top, so that
 ``--help``, ``--version`` and a bad command line answer in a fraction of a second (tests/test_cli.py checks
