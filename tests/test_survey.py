@@ -692,3 +692,26 @@ def test_frame_stem_is_the_file_name_without_extensions():
     assert runner_lib.frame_stem("/data/run 1/img.FITS.fz") == "img"
     assert runner_lib.frame_stem("img.fts") == "img" and runner_lib.frame_stem("a.b.fit.gz") == "a.b"
     assert runner_lib.frame_stem("img.png") == "img.png" and runner_lib.frame_stem(".fits") == ".fits"
+
+
+@pytest.mark.fast
+def test_merge_reads_frame_catalogs_of_earlier_versions(capsys, tmp_path):
+    """A survey folder resumed across versions: frame catalogs written before PIXCONV (edge-based FITS with
+    FLUXUNIT, a CSV without '#' lines) are converted, one written now is not; the merged table is CENTER0."""
+    folder = tmp_path / "survey" / "catalogs"
+    folder.mkdir(parents=True)
+    rows = dict(image=np.zeros(2, int), x=np.array([10.5, 20.25]), y=np.array([5.5, 7.0]), flux=np.ones(2))
+    now = catalog.prediction_table(rows)  # x = 10.0, 19.75: 0-based centres
+    catalog.write_table(now, folder / "a.fits")
+    old = now.copy()
+    old["x"], old["y"] = catalog.array_xy(now)
+    del old.meta["PIXCONV"]
+    old.write(folder / "b.fits")  # as an earlier npejax wrote it: edge-based, FLUXUNIT only
+    old.meta = {}
+    old.write(folder / "c.csv", format="ascii.csv")  # an earlier CSV: no '#' lines
+    code, _, err = _survey(capsys, "merge", "--survey", tmp_path / "survey", "--out", tmp_path / "all.fits")
+    assert code == 0, err
+    merged = catalog.read_table(tmp_path / "all.fits")
+    assert merged.meta["PIXCONV"] == "CENTER0" and list(merged["frame"]) == ["a", "a", "b", "b", "c", "c"]
+    np.testing.assert_array_equal(merged["x"], np.tile(now["x"], 3))
+    np.testing.assert_array_equal(merged["y"], np.tile(now["y"], 3))
