@@ -20,6 +20,13 @@ Ctrl-C exits 130; ``--help`` prints the command's docstring and its flags as pla
 marked), and ``--version`` prints ``npejax X.Y.Z (jax A.B.C)``; both exit 0 before anything heavy loads.
 Anything else is a bug and keeps its traceback.
 
+Flags follow one convention: the command's output is ``--out`` (a file or a folder; training writes into its
+``--workdir``) and its inputs have their own names (``--input``, ``--workdir``, ``--survey``, ``--frames``); a
+repeatable named input is ``NAME=PATH`` (:func:`parse_pairs`; ``--workdir`` of ``npejax.evaluate`` also takes a
+plain directory, named after its base name); every hyphenated flag has an underscore alias (``--min_prob``,
+:func:`define_underscore_aliases`); an on/off setting is one boolean ``--[no]NAME`` (:func:`define_boolean`, with
+an earlier spelling kept as a hidden deprecated flag that warns: :func:`boolean_value`).
+
 Commands import their heavy libraries (JAX, Flax, GalSim, astropy) inside ``run``, not at the top, so that
 ``--help``, ``--version`` and a bad command line answer in a fraction of a second (tests/test_cli.py checks
 that ``--help`` imports no JAX).
@@ -155,6 +162,7 @@ def help_text(fv: flags.FlagValues, doc: str | None) -> str:
         if original and original[1] in fv and original[1] != name:
             aliases.setdefault(original[1], []).append(name)
     hidden = {a for names in aliases.values() for a in names}
+    hidden |= {name for name in fv if (fv[name].help or "").startswith(DEPRECATED)}
     lines = [_flag_help(fv, name, aliases.get(name, [])) for name in fv if name not in hidden]
     lines += [
         "  --help: Print this text and exit.",
@@ -163,17 +171,54 @@ def help_text(fv: flags.FlagValues, doc: str | None) -> str:
     return plain_text(doc or "").strip() + "\n\nflags:\n" + "\n".join(lines)
 
 
-def parse_pairs(values, option: str) -> dict[str, str]:
-    """``["NAME=PATH", ...]`` (a repeatable flag) -> {NAME: PATH}; a malformed or repeated name is a usage error."""
+def parse_pairs(values, option: str, bare: bool = False) -> dict[str, str]:
+    """``["NAME=PATH", ...]`` (a repeatable flag) -> {NAME: PATH}; a malformed or repeated name is a usage error.
+    ``bare``: a value without ``=`` is a PATH named by its base name (``runs/aware`` -> ``aware``; the
+    command checks that the name is plain)."""
     out = {}
     for v in values or []:
         name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"{option} expects NAME=PATH, got {v!r}")
+        if bare and not sep:
+            name, path = os.path.basename(os.path.normpath(v)), v
+        elif not sep or not name or not path:
+            raise UsageError(f"{option} expects {'NAME=PATH or PATH' if bare else 'NAME=PATH'}, got {v!r}")
         if name in out:
-            raise UsageError(f"{option} name {name!r} given twice")
+            hint = f"; give NAME=PATH to tell {out[name]} and {path} apart" if bare else ""
+            raise UsageError(f"{option} name {name!r} given twice{hint}")
         out[name] = path
     return out
+
+
+DEPRECATED = "Deprecated spelling"  # the help of a flag kept for old command lines: --help leaves it out
+
+
+def define_underscore_aliases(fv: flags.FlagValues) -> None:
+    """``--num_images`` for ``--num-images``: an alias with underscores for every flag defined so far whose
+    name has a hyphen (not the deprecated spellings), the convention of every command."""
+    for name in list(fv):
+        flag = fv[name]
+        if "-" in name and flag.name == name and not (flag.help or "").startswith((DEPRECATED, "Alias for")):
+            flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
+
+
+def define_boolean(fv: flags.FlagValues, name: str, help_text: str, old_negation: str | None = None) -> None:
+    """A boolean ``--NAME`` / ``--noNAME`` with no default (None: not given; the config decides) and, with
+    ``old_negation`` (``no-baseline``), that old spelling still accepted: :func:`boolean_value` reads both."""
+    flags.DEFINE_boolean(name, None, help_text, flag_values=fv)
+    if old_negation:
+        flags.DEFINE_boolean(old_negation, None, f"{DEPRECATED} of --no{name}.", flag_values=fv)
+
+
+def boolean_value(fv: flags.FlagValues, name: str, old_negation: str | None = None) -> bool | None:
+    """The value of a :func:`define_boolean` flag: True, False or None (not given); the old spelling
+    ``--OLD`` counts as ``--noNAME`` with a one-line warning on stderr; both at once is a usage error."""
+    value = fv[name].value
+    if old_negation and fv[old_negation].present:
+        if fv[name].present:
+            raise UsageError(f"give --{name} or --no{name}, not --{old_negation} as well")
+        sys.stderr.write(f"warning: --{old_negation} is deprecated; give --no{name}\n")
+        value = False if fv[old_negation].value else None
+    return value
 
 
 def define_overwrite(fv: flags.FlagValues, what: str) -> None:

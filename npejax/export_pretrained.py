@@ -40,6 +40,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "The config file it was trained with, recorded in the entry (configs/cpu.py).",
         flag_values=fv,
     )
+    cli.define_underscore_aliases(fv)  # --config_name
 
 
 def run(fv: flags.FlagValues) -> None:

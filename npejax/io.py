@@ -13,7 +13,7 @@ The guards every writing command calls before any work (each raises one line nam
 :func:`check_output_dir` and :func:`check_output_file` (a path that can be written), :func:`check_not_input`
 (an output that is the same file as one of the command's inputs: ``npejax.predict --out`` equal to its
 ``--input``), :func:`check_not_under` (an output inside a folder it must stay out of: ``npejax.survey merge
---table`` in the survey's ``catalogs/``) and :func:`check_plain_name` (a name that becomes a file name in the
+--out`` in the survey's ``catalogs/``) and :func:`check_plain_name` (a name that becomes a file name in the
 output folder: ``npejax.evaluate``'s method names, ``predictions/NAME.fits``).
 
 Temporary files are named ``.NAME.tmp-XXXXXXXX[.EXT]``: hidden, next to the destination, with its

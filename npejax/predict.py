@@ -104,8 +104,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "bank", None, "Field bank for --field-id (default: the embedded synthetic bank).", flag_values=fv
     )
     cli.define_overwrite(fv, "--out and --png")
-    for name in ("min-prob", "batch-size", "chunk-size", "psf-params", "field-id", "sdss-frame"):
-        flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
+    cli.define_underscore_aliases(fv)  # --min_prob, --batch_size, ...
 
 
 def open_inputs(fv: flags.FlagValues) -> images.Inputs:

@@ -4,9 +4,10 @@ This module is the one place where the dicts that travel between simulation, dat
 prediction and evaluation are named, with their keys, shapes and units (SPEC.md "Catalog and coordinate
 conventions"). It imports nothing from npejax, so every subpackage can use it.
 
-Conventions: positions in pixels from the image edge, ``x`` = column and ``y`` = row, pixel (i, j)
-covering [i, i+1) x [j, j+1); fluxes in nanomaggies (nmgy); ``mag`` = 22.5 - 2.5 log10(flux / nmgy) (SDSS
-r). B = images in a batch, M = ``max_sources``, H x W = image size, t = ``tile_size``, Th = H / t, Tw = W / t.
+Conventions: positions in arrays in pixels from the image edge, ``x`` = column and ``y`` = row, pixel (i, j)
+covering [i, i+1) x [j, j+1) (tables: 0-based pixel centres, section 5); fluxes in nanomaggies (nmgy);
+``mag`` = 22.5 - 2.5 log10(flux / nmgy) (SDSS r). B = images in a batch, M = ``max_sources``, H x W = image
+size, t = ``tile_size``, Th = H / t, Tw = W / t.
 
 1. **Full catalog** (:data:`CATALOG_KEYS`, drawn by :class:`npejax.sim.prior.CatalogPrior`), padded to M:
 
@@ -54,6 +55,9 @@ r). B = images in a batch, M = ``max_sources``, H x W = image size, t = ``tile_s
 5. **Tables** (astropy, one row per source; :mod:`npejax.catalogs`): :data:`TRUTH_COLUMNS` for the true
    catalog of a dataset, :data:`PREDICTION_COLUMNS` for a predicted one; name -> (unit, description).
    ``image`` is the global index of the image in its dataset.
+   Tables, unlike the arrays above, give ``x``, ``y`` as 0-based pixel centres (the first pixel's centre is
+   0.0, as numpy, astropy, photutils and sep; meta ``PIXCONV = 'CENTER0'``): table x = array x - 0.5,
+   converted by :func:`npejax.catalogs.table_xy` and :func:`~npejax.catalogs.array_xy` alone.
 """
 
 from __future__ import annotations
@@ -77,8 +81,8 @@ _PIX, _MAG, _RAD, _ARCSEC = "pix", "mag", "rad", "arcsec"
 TRUTH_COLUMNS = {
     "image": (None, "global image index in the dataset"),
     "source": (None, "index of the source in its image's catalog"),
-    "x": (_PIX, "column coordinate, pixels from the image edge"),
-    "y": (_PIX, "row coordinate, pixels from the image edge"),
+    "x": (_PIX, "column, 0-based pixel centre (first pixel's centre = 0; FITS pixel = x + 1)"),
+    "y": (_PIX, "row, 0-based pixel centre (first pixel's centre = 0; FITS pixel = y + 1)"),
     "flux": (None, "r-band flux in nanomaggies (nmgy)"),
     "mag": (_MAG, "r magnitude, 22.5 - 2.5 log10(flux / nmgy)"),
     "is_galaxy": (None, "true for galaxies, false for stars"),
@@ -93,8 +97,8 @@ TRUTH_COLUMNS = {
 }
 PREDICTION_COLUMNS = {
     "image": (None, "global image index"),
-    "x": (_PIX, "column coordinate, pixels from the image edge (posterior mode)"),
-    "y": (_PIX, "row coordinate, pixels from the image edge (posterior mode)"),
+    "x": (_PIX, "column, 0-based pixel centre (posterior mode; FITS pixel = x + 1)"),
+    "y": (_PIX, "row, 0-based pixel centre (posterior mode; FITS pixel = y + 1)"),
     "flux": (None, "r-band flux in nanomaggies (nmgy), posterior median"),
     "mag": (_MAG, "r magnitude of flux"),
     "prob_source": (None, "posterior probability that the tile holds a source"),

@@ -49,6 +49,7 @@ def define_download_flags(fv: flags.FlagValues) -> None:
         "retries", 3, "Retries per file on connection errors, timeouts and HTTP 5xx/429.", lower_bound=0, flag_values=fv
     )
     flags.DEFINE_float("timeout", 30.0, "Seconds per network operation.", flag_values=fv)
+    cli.define_underscore_aliases(fv)  # --base_url
 
 
 def run_download(fv: flags.FlagValues) -> int:

@@ -56,8 +56,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     )
     flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
     cli.define_overwrite(fv, "the --fits image and its -sky.fits")
-    for name in ("num-images", "num-workers", "shard-size"):
-        flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
+    cli.define_underscore_aliases(fv)  # --num_images, --num_workers, --shard_size
 
 
 TRUTH_FILE = "truth.fits"

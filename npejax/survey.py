@@ -4,7 +4,7 @@
         [--shard I/N] [--min-prob 0.5] [--chunk-size 512] [--background B] [--field-id NAME | --psf-params P]
         [--bank bank.npz] [--checkpoint best|latest] [--readers 2] [--redo-mismatched]
     python -m npejax.survey catalog --pretrained cpu --frames frames.txt --out DIR ...   # a shipped network
-    python -m npejax.survey merge --out DIR --table all.fits [--frames frames.txt]
+    python -m npejax.survey merge --survey DIR --out all.fits [--frames frames.txt]
 
 The frame list (``--frames``) is a text file, one frame per line, ``#`` comments::
 
@@ -23,10 +23,11 @@ naming the catalog and what differs) unless ``--redo-mismatched``, before any wo
 cataloged is one line ``failed: frame K NAME (PATH): REASON`` on stderr and a row of
 ``DIR/failures-I-of-N.csv``; the others go on. Frame K belongs to shard K mod N: ``--shard I/N``, else a
 Slurm job array's ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, else every frame. ``merge`` writes one
-table (FITS or CSV by extension) of every catalog in ``DIR/catalogs`` (by name), or of the ``--frames``
-list's frames in its order, with a ``frame`` column (an existing ``--table`` is refused unless ``--overwrite``)
-and, in a FITS table's header, the one network and ``--min-prob`` that made them (catalogs of two are refused,
-naming two frames that differ).
+table ``--out`` (FITS or CSV by extension) of every catalog in ``--survey DIR``'s ``catalogs`` (by name), or of
+the ``--frames`` list's frames in its order, with a ``frame`` column (an existing ``--out`` is refused unless
+``--overwrite``) and, in a FITS table's header, the one network and ``--min-prob`` that made them
+(catalogs of two are refused, naming two frames that differ); the earlier spelling ``merge --out DIR --table T``
+is refused with a line that gives the new one.
 The frame list's keys, the files, the sharding rule and the merged table: :mod:`npejax.cataloging.runner`.
 
 Exit status: 0; 1 when a frame failed (catalog) or a listed frame has no catalog (merge; the table of the
@@ -35,7 +36,7 @@ unknown ``--pretrained`` name, a ``--workdir`` that does not exist or holds no c
 list (syntax, a duplicate name, a FITS line with no background or PSF, a frame whose catalog would be the
 frame's own file: a frame inside ``DIR/catalogs``), output folder, or a resume over catalogs of another
 network or settings, before any frame is read, with one ``error:`` line; ``merge`` also
-refuses a ``--table`` inside ``DIR/catalogs`` (it would be merged next time) or that is the ``--frames`` list
+refuses an ``--out`` inside ``DIR/catalogs`` (it would be merged next time) or that is the ``--frames`` list
 or one of its frames' files, before any catalog is read.
 """
 
@@ -114,8 +115,7 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
         "without it, such a catalog is refused.",
         flag_values=fv,
     )
-    for name in ("min-prob", "chunk-size", "field-id", "psf-params"):
-        flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
+    cli.define_underscore_aliases(fv)  # --min_prob, --chunk_size, --field_id, --psf_params, --redo_mismatched
 
 
 def run_catalog(fv: flags.FlagValues) -> int:
@@ -183,41 +183,51 @@ def frame_inputs(frame) -> dict:
 
 
 def define_merge_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("out", None, "The --out folder of the catalog runs.", flag_values=fv, required=True)
-    flags.DEFINE_string("table", None, "The merged table (.fits or .csv).", flag_values=fv, required=True)
-    cli.define_overwrite(fv, "--table")
+    flags.DEFINE_string(
+        "survey", None, "The survey folder: the --out of the catalog command (required).", flag_values=fv
+    )
+    flags.DEFINE_string("out", None, "The merged table (.fits or .csv).", flag_values=fv, required=True)
+    cli.define_overwrite(fv, "--out")
     flags.DEFINE_string(
         "frames",
         None,
         "Merge this list's frames, in its order, and name those without a "
-        "catalog (default: every catalog of --out, by name).",
+        "catalog (default: every catalog of --survey, by name).",
         flag_values=fv,
     )
+    flags.DEFINE_string("table", None, f"{cli.DEPRECATED}: merge --survey DIR --out TABLE.", flag_values=fv)
 
 
 def run_merge(fv: flags.FlagValues) -> int:
     from npejax import catalogs as catalog_lib  # deferred: astropy loads after the command line (fast --help)
     from npejax.cataloging import runner as runner_lib  # deferred: JAX, as above
 
-    out, path = fv.out, fv.table
+    if fv.table is not None:  # the earlier spelling: --out was the survey folder and --table the merged table
+        raise cli.UsageError(
+            f"merge --table is gone: the merged table is --out and the survey folder --survey, as in "
+            f"'merge --survey {fv.survey or fv.out} --out {fv.table}'"
+        )
+    if fv.survey is None:
+        raise cli.UsageError("merge needs --survey DIR, the folder the catalog command wrote (its --out)")
+    survey, path = fv.survey, fv.out
     catalog_lib.table_format(path)
-    io.check_output_file(path, "--table")
-    io.check_not_under(path, "--table", os.path.join(out, runner_lib.CATALOG_DIR), "the frames' catalogs, merged")
-    if not os.path.isdir(out):
-        raise NotADirectoryError(f"--out {out}: no such folder (the --out of python -m npejax.survey catalog)")
+    io.check_output_file(path, "--out")
+    io.check_not_under(path, "--out", os.path.join(survey, runner_lib.CATALOG_DIR), "the frames' catalogs, merged")
+    if not os.path.isdir(survey):
+        raise NotADirectoryError(f"--survey {survey}: no such folder (the --out of python -m npejax.survey catalog)")
     names = None
     if fv.frames is not None:
         frames = runner_lib.read_frame_list(fv.frames, require_inputs=False)
-        io.check_not_input(path, "--table", {"--frames": fv.frames})
+        io.check_not_input(path, "--out", {"--frames": fv.frames})
         for frame in frames:
-            io.check_not_input(path, "--table", frame_inputs(frame))
+            io.check_not_input(path, "--out", frame_inputs(frame))
         names = [f.name for f in frames]
-    elif not runner_lib.catalog_files(out):
-        raise FileNotFoundError(f"--out {out}: no catalogs in {os.path.join(out, runner_lib.CATALOG_DIR)}")
-    cli.check_new_file(path, "--table", fv.overwrite)  # after "it is an input": that names the real problem
-    merged, missing = runner_lib.merge_catalogs(out, names)
+    elif not runner_lib.catalog_files(survey):
+        raise FileNotFoundError(f"--survey {survey}: no catalogs in {os.path.join(survey, runner_lib.CATALOG_DIR)}")
+    cli.check_new_file(path, "--out", fv.overwrite)  # after "it is an input": that names the real problem
+    merged, missing = runner_lib.merge_catalogs(survey, names)
     catalog_lib.write_table(merged, path)
-    listed = runner_lib.failure_files(out)
+    listed = runner_lib.failure_files(survey)
     print(
         f"{merged.meta['NFRAMES']} frame catalogs, {len(merged)} rows -> {path}"
         + (f"; failures of the last runs listed in {', '.join(listed)}" if listed else "")
@@ -226,7 +236,7 @@ def run_merge(fv: flags.FlagValues) -> int:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         sys.stderr.write(
             f"missing: {len(missing)} frames of {fv.frames} have no catalog in "
-            f"{os.path.join(out, runner_lib.CATALOG_DIR)} ({shown}); run the catalog command again\n"
+            f"{os.path.join(survey, runner_lib.CATALOG_DIR)} ({shown}); run the catalog command again\n"
         )
         return runner_lib.EXIT_FRAMES_FAILED
     return 0
@@ -237,7 +247,7 @@ SUBCOMMANDS = {"catalog": (define_catalog_flags, run_catalog), "merge": (define_
 
 def main(argv=None) -> int:
     """``argv``: the program name, the subcommand and its flags (default ``sys.argv``); the program name may
-    be left out (``main(["merge", "--out", ...])``)."""
+    be left out (``main(["merge", "--survey", ...])``)."""
     return cli.main_with_subcommands(SUBCOMMANDS, argv, "npejax.survey", __doc__)
 
 

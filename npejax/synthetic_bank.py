@@ -30,6 +30,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "Which bank: the default one-parameter PSF family, or the bank that spans the survey.",
         flag_values=fv,
     )
+    cli.define_underscore_aliases(fv)  # --num_fields
 
 
 def run(fv: flags.FlagValues) -> None:

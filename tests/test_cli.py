@@ -187,6 +187,42 @@ def test_help_marks_required_flags_and_reads_as_plain_text():
     assert not any(line.startswith("  --batch_size") for line in lines)  # an alias is named beside its flag
 
 
+def _defines(name):
+    """Every define_flags of command ``name`` (one per subcommand of survey and sdss)."""
+    module = importlib.import_module(f"npejax.{name}")
+    if hasattr(module, "SUBCOMMANDS"):
+        return [define for define, _ in module.SUBCOMMANDS.values()]
+    return [module.define_flags]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_one_flag_convention(name):
+    """Every hyphenated flag of every command has its underscore alias; no boolean reads --[no]no-X; the
+    output is --out (survey merge's too) and --table is gone but for its refusal."""
+    for define in _defines(name):
+        fv = flags.FlagValues()
+        define(fv)
+        shown = [n for n in fv if not (fv[n].help or "").startswith((cli.DEPRECATED, "Alias for"))]
+        for flag in shown:
+            if "-" in flag:
+                alias = fv[flag.replace("-", "_")] if flag.replace("-", "_") in fv else None
+                assert alias is not None and alias.help == f"Alias for --{flag}.", f"{name}: --{flag}: no alias"
+            assert not (fv[flag].boolean and flag.startswith("no")), f"{name}: --[no]{flag}"
+        assert "table" not in shown and ("out" in fv or name == "main")  # training writes into its --workdir
+
+
+def test_parse_pairs_with_plain_directories():
+    assert cli.parse_pairs(["runs/cpu_small", "b=x/y", "runs/aware/"], "--workdir", bare=True) == {
+        "cpu_small": "runs/cpu_small",
+        "b": "x/y",
+        "aware": "runs/aware/",
+    }
+    with pytest.raises(cli.UsageError, match="--catalog expects NAME=PATH, got 'x.fits'"):
+        cli.parse_pairs(["x.fits"], "--catalog")
+    with pytest.raises(cli.UsageError, match="name 'a' given twice; give NAME=PATH to tell x/a and y/a apart"):
+        cli.parse_pairs(["x/a", "y/a"], "--workdir", bare=True)
+
+
 def test_version_matches_pyproject():
     """npejax.__version__ is the installed metadata's version, else (a source tree) pyproject.toml's: the same,
     and the one CITATION.cff cites."""

@@ -260,7 +260,7 @@ def test_evaluate_command_reproduces_the_experiment(experiment, tmp_path):
         [
             "npejax.evaluate",
             "--workdir",
-            f"aware={out / 'networks' / 'aware'}",
+            str(out / "networks" / "aware"),  # a plain directory: the method is its base name, aware
             "--test-dir",
             str(out / "test-many"),
             "--out",
@@ -269,7 +269,7 @@ def test_evaluate_command_reproduces_the_experiment(experiment, tmp_path):
             str(NUM_BOOTSTRAP),
             "--num-bins",
             str(NUM_BINS),
-            "--no-snr",
+            "--nosnr",
         ]
     )
     assert rc == 0
@@ -350,8 +350,8 @@ def test_perfect_catalog_through_the_command(experiment, tmp_path):
             str(test_dir),
             "--out",
             str(out),
-            "--no-baseline",
-            "--no-snr",
+            "--nobaseline",
+            "--nosnr",
             "--num-bootstrap",
             "5",
             "--num-bins",
@@ -465,7 +465,7 @@ def test_catalog_of_another_test_set_is_a_clear_error(experiment, tmp_path, caps
             str(experiment / "test-many"),
             "--out",
             str(tmp_path / "r"),
-            "--no-baseline",
+            "--nobaseline",
         ]
     )
     err = capsys.readouterr().err
@@ -476,10 +476,14 @@ def test_catalog_of_another_test_set_is_a_clear_error(experiment, tmp_path, caps
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--workdir", "aware"], "--workdir expects NAME=PATH, got 'aware'"),
+        (["--workdir", "a="], "--workdir expects NAME=PATH or PATH, got 'a='"),
+        (["--workdir", "runs/aware", "--num-images", "4"], "--workdir aware=runs/aware: no such directory"),
+        (["--workdir", "/"], "--workdir /: its base name '' cannot name the method"),
+        (["--workdir", "x/aware", "--workdir", "y/aware"], "--workdir name 'aware' given twice; give NAME=PATH"),
+        (["--baseline", "--no-baseline"], "give --baseline or --nobaseline, not --no-baseline as well"),
         (["--catalog", "a=x.fits", "--catalog", "a=y.fits"], "--catalog name 'a' given twice"),
         (["--workdir", "a=/nonexistent/run", "--num-images", "4"], "--workdir a=/nonexistent/run: no such directory"),
-        (["--no-baseline"], "nothing to evaluate"),
+        (["--nobaseline"], "nothing to evaluate"),
         (["--workdir", "sep={tmp}"], "not 'sep'"),
         (["--workdir", "a={tmp}"], "give --num-images N (simulate a test set) or --test-dir DATASET"),
         (["--workdir", "a={tmp}", "--num-images", "0"], "--num-images must be >= 1, got 0"),
@@ -498,8 +502,22 @@ def test_bad_command_lines(tmp_path, capsys, args, message):
 
 
 @pytest.mark.fast
+def test_earlier_spellings_still_work_with_a_warning(tmp_path, capsys):
+    """--no-baseline, --no-snr, --no-ceiling: the --nobaseline, ... of before, one warning line each."""
+    args = ["npejax.evaluate", "--out", str(tmp_path / "r"), "--catalog", "a=x.fits", "--test-dir", str(tmp_path)]
+    rc = evaluate_cmd.main([*args, "--no-baseline", "--no-snr", "--no-ceiling", "--num_bins", "3"])
+    lines = capsys.readouterr().err.splitlines()
+    assert rc == 2 and lines[-1].startswith("error: ") and "has no manifest.json" in lines[-1]
+    assert lines[:-1] == [f"warning: --no-{n} is deprecated; give --no{n}" for n in ("baseline", "snr", "ceiling")]
+    assert evaluate_cmd.main(["npejax.evaluate", "--help"]) == 0
+    flags_help = capsys.readouterr().out.split("flags:")[1]
+    assert "--[no]baseline:" in flags_help and "--[no]snr:" in flags_help and "--no-baseline" not in flags_help
+    assert "--num-bins (or --num_bins)" in flags_help and "--test-dir (or --test_dir)" in flags_help
+
+
+@pytest.mark.fast
 def test_out_is_required(capsys):
-    assert evaluate_cmd.main(["npejax.evaluate", "--no-baseline"]) == 2
+    assert evaluate_cmd.main(["npejax.evaluate", "--nobaseline"]) == 2
     assert capsys.readouterr().err.startswith("error: flag --out=None")
 
 

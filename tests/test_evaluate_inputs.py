@@ -59,8 +59,8 @@ def _evaluate(capsys, *args):
     rc = evaluate_cmd.main(
         [
             "npejax.evaluate",
-            "--no-baseline",
-            "--no-snr",
+            "--nobaseline",
+            "--nosnr",
             "--num-bootstrap",
             "3",
             "--num-bins",
@@ -135,10 +135,11 @@ def test_text_in_x(truth, test_dir, tmp_path, capsys):
     path = tmp_path / "text.csv"
     catalog.write_table(_perfect(truth), path)
     lines = path.read_text().splitlines()
-    header = lines[0].split(",")
-    cells = lines[2].split(",")  # data row 1
+    start = next(i for i, line in enumerate(lines) if not line.startswith("#"))  # after the '#' lines
+    header = lines[start].split(",")
+    cells = lines[start + 2].split(",")  # data row 1
     cells[header.index("x")] = "abc"
-    lines[2] = ",".join(cells)
+    lines[start + 2] = ",".join(cells)
     path.write_text("\n".join(lines) + "\n")
     rc, captured = _evaluate(capsys, "--catalog", f"mine={path}", "--test-dir", test_dir, "--out", tmp_path / "r")
     _assert_refused(rc, captured, f"catalog {path}: column 'x' holds text ('abc' in row 1), expected numbers")
@@ -305,3 +306,34 @@ def test_the_command_reads_the_eval_section_of_its_config(truth, test_dir, tmp_p
     m = json.loads((out / "metrics.json").read_text())
     assert m["options"]["num_bootstrap"] == 4 and m["options"]["num_bins"] == 2 and len(m["equal_cutoffs"]) == 2
     assert m["ceiling"] is None and list(m["methods"]) == ["mine"] and m["snr_cutoffs"] is None
+
+
+def test_catalogs_in_every_pixel_convention_are_matched_alike(truth, test_dir, tmp_path, capsys):
+    """One perfect catalog as npejax writes it (CSV; FITS: test_catalog.py), as an earlier npejax wrote it
+    (FITS, edge-based, no PIXCONV) and as another tool gives it (a plain CSV of 0-based pixel centres): the
+    same metrics, every binned source found. Each position is off by (+0.6, -0.6) pixel, 0.85 from its
+    source: a conversion missed (old) or made where none is due (sep) puts it 1.1 pixels away, outside the
+    1-pixel slack."""
+    perfect = _perfect(truth)
+    perfect["x"], perfect["y"] = perfect["x"] + 0.6, perfect["y"] - 0.6
+    catalog.write_table(perfect, tmp_path / "new.csv")
+    old = table_lib.Table(perfect, copy=True)
+    old["x"], old["y"] = catalog.array_xy(perfect)  # edge-based, as before PIXCONV
+    old.meta = {"FLUXUNIT": "nmgy"}
+    old.write(tmp_path / "old.fits")
+    plain = table_lib.Table(perfect, copy=True)
+    plain.meta = {}
+    plain.write(tmp_path / "sep.csv", format="ascii.csv")  # another tool's: no comment lines, no keyword
+    names = ("new_csv", "old_fits", "sep_csv")
+    files = ("new.csv", "old.fits", "sep.csv")
+    args = [a for n, f in zip(names, files) for a in ("--catalog", f"{n}={tmp_path / f}")]
+    rc, captured = _evaluate(capsys, *args, "--test-dir", test_dir, "--out", tmp_path / "r")
+    assert rc == 0, captured.err
+    methods = json.loads((tmp_path / "r" / "metrics.json").read_text())["methods"]
+    for name in names:
+        recall = methods[name]["bins_equal"]["recall"]
+        assert recall["numerator"] == recall["count"] and sum(recall["count"]) > 0, name
+        for metric in ("precision", "recall", "accuracy"):  # (CSV prints fluxes to 5 digits: MAPE > 0)
+            assert methods[name]["bins_equal"][metric] == methods["new_csv"]["bins_equal"][metric], name
+    again = catalog.read_table(tmp_path / "r" / "predictions" / "old_fits.fits")
+    np.testing.assert_array_equal(again["x"], perfect["x"])  # rewritten in the convention of today

@@ -99,9 +99,9 @@ def test_survey_merge_refuses_an_existing_table_unless_overwrite(capsys, tmp_pat
     catalog.write_table(catalog.prediction_table(rows), tmp_path / "out" / "catalogs" / "f1.fits")
     table = tmp_path / "all.csv"
     table.write_text("old\n")
-    args = ["merge", "--out", tmp_path / "out", "--table", table]
+    args = ["merge", "--survey", tmp_path / "out", "--out", table]
     code, stdout, err = _run(capsys, survey.main, *args)
-    assert_one_error(code, stdout, err, f"--table {table} exists; give --overwrite to replace it")
+    assert_one_error(code, stdout, err, f"--out {table} exists; give --overwrite to replace it")
     assert table.read_text() == "old\n"
     code, _, err = _run(capsys, survey.main, *args, "--overwrite")
     assert code == 0, err

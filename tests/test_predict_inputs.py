@@ -270,7 +270,8 @@ def test_missing_output_directory_is_created(trained, capsys):
 
 @pytest.mark.fast
 def test_pixel_convention_of_sky_coordinates():
-    """npejax x = 0.5 is the centre of pixel 0, which is FITS pixel 1 (CRPIX = 1 -> CRVAL)."""
+    """Array x = 0.5 (pixels from the edge) is the centre of pixel 0: table x = 0.0, astropy's 0-based pixel,
+    FITS pixel 1 (CRPIX = 1 -> CRVAL)."""
     table = catalog.prediction_table(
         dict(image=np.zeros(3, int), x=np.array([0.5, 1.5, 0.0]), y=np.array([0.5, 0.5, 0.0]), flux=np.ones(3))
     )
@@ -281,6 +282,9 @@ def test_pixel_convention_of_sky_coordinates():
     assert step == pytest.approx(0.396, abs=0.01)  # one pixel to the right
     corner = wcs.pixel_to_world(-0.5, -0.5)  # the image's outer corner, x = y = 0
     assert table["ra"][2] == pytest.approx(corner.ra.deg, abs=1e-12)
+    assert list(table["x"]) == [0.0, 1.0, -0.5] and list(table["y"]) == [0.0, 0.0, -0.5]
+    sky = wcs.pixel_to_world(np.asarray(table["x"]), np.asarray(table["y"]))  # astropy's convention, as it is
+    np.testing.assert_allclose(table["ra"], sky.ra.deg, rtol=0, atol=1e-12)
 
 
 def test_fits_with_wcs_gives_ra_dec_and_keeps_the_wcs(trained, capsys):
@@ -307,11 +311,11 @@ def test_fits_with_wcs_gives_ra_dec_and_keeps_the_wcs(trained, capsys):
     assert code == 0, err
     got = catalog.read_table(root / "sky_cat.fits")
     assert len(got) > 300 and str(got["ra"].unit) == "deg"
-    expected = WCS(header).pixel_to_world(np.asarray(got["x"], float) - 0.5, np.asarray(got["y"], float) - 0.5)
+    expected = WCS(header).pixel_to_world(np.asarray(got["x"], float), np.asarray(got["y"], float))
     np.testing.assert_allclose(got["ra"], expected.ra.deg, rtol=0, atol=1e-9)
     np.testing.assert_allclose(got["dec"], expected.dec.deg, rtol=0, atol=1e-9)
     kept = WCS(fits.getheader(root / "sky_cat.fits", 1))  # the catalog's header holds the image's WCS
-    again = kept.pixel_to_world(np.asarray(got["x"], float) - 0.5, np.asarray(got["y"], float) - 0.5)
+    again = kept.pixel_to_world(np.asarray(got["x"], float), np.asarray(got["y"], float))
     np.testing.assert_allclose(again.ra.deg, expected.ra.deg, atol=1e-9)
     code, _, err = _predict(
         capsys,
@@ -390,7 +394,7 @@ def test_sdss_frame_in(trained, capsys, monkeypatch):
         np.testing.assert_allclose(
             np.asarray(got[name], float), np.asarray(expected[name], float), rtol=1e-5, atol=1e-5, err_msg=name
         )
-    sky = WCS(_tan_header()).pixel_to_world(np.asarray(got["x"], float) - 0.5, np.asarray(got["y"], float) - 0.5)
+    sky = WCS(_tan_header()).pixel_to_world(np.asarray(got["x"], float), np.asarray(got["y"], float))
     np.testing.assert_allclose(got["ra"], sky.ra.deg, atol=1e-9)
 
 

@@ -209,42 +209,85 @@ CASES = [
         "--catalog mine={report}/predictions/mine.fits --test-dir {d} --out {report}",
         ["--catalog mine", "{report}/predictions/mine.fits", "{report}/predictions"],
     ),
-    # --- npejax.survey: merge --table among the catalogs or the inputs; a frame among the catalogs ---
+    # --- npejax.survey: merge --out among the catalogs or the inputs; a frame among the catalogs ---
     (
         "survey-merge-table-in-catalogs",
         "survey",
-        "merge --out {survey} --table {survey}/catalogs/all.fits",
-        ["--table", "{survey}/catalogs/all.fits", "{survey}/catalogs"],
+        "merge --survey {survey} --out {survey}/catalogs/all.fits",
+        ["--out", "{survey}/catalogs/all.fits", "{survey}/catalogs"],
     ),
     (
         "survey-merge-table-is-a-catalog",
         "survey",
-        "merge --out {survey} --table {survey}/catalogs/f1.fits",
-        ["--table", "{survey}/catalogs/f1.fits", "{survey}/catalogs"],
+        "merge --survey {survey} --out {survey}/catalogs/f1.fits",
+        ["--out", "{survey}/catalogs/f1.fits", "{survey}/catalogs"],
     ),
     (
         "survey-merge-table-in-catalogs-by-link",
         "survey",
-        "merge --out {survey} --table {survey}/alias/all.csv",
-        ["--table", "{survey}/alias/all.csv", "{survey}/catalogs"],
+        "merge --survey {survey} --out {survey}/alias/all.csv",
+        ["--out", "{survey}/alias/all.csv", "{survey}/catalogs"],
     ),
     (
         "survey-merge-table-is-frame-list",
         "survey",
-        "merge --out {survey} --table {frames} --frames {frames}",
-        ["--table", "--frames", "{frames}"],
+        "merge --survey {survey} --out {frames} --frames {frames}",
+        ["--out", "--frames", "{frames}"],
     ),
     (
         "survey-merge-table-is-a-frame",
         "survey",
-        "merge --out {survey} --table {image} --frames {frames}",
-        ["--table", "frame image", "{image}"],
+        "merge --survey {survey} --out {image} --frames {frames}",
+        ["--out", "frame image", "{image}"],
     ),
     (
         "survey-catalog-frame-in-catalogs",
         "survey",
         "catalog --pretrained cpu --frames {inside} --out {survey}",
         ["frame f1's catalog", "{survey}/catalogs/f1.fits"],
+    ),
+    # --- conventions ---
+    (
+        "evaluate-plain-workdir-not-a-plain-name",
+        "evaluate",
+        "--workdir {root}/run+1 --test-dir {d} --out {root}/r",
+        ["--workdir {root}/run+1", "base name 'run+1'", "give --workdir NAME={root}/run+1"],
+    ),
+    (
+        "evaluate-plain-workdirs-with-one-name",
+        "evaluate",
+        "--workdir {survey}/catalogs --workdir {d}/catalogs --test-dir {d} --out {root}/r",
+        ["--workdir name 'catalogs' given twice", "give NAME=PATH"],
+    ),
+    (
+        "evaluate-old-and-new-baseline-spelling",
+        "evaluate",
+        "--catalog mine={catalog} --baseline --no-baseline --test-dir {d} --out {root}/r",
+        ["--baseline", "--nobaseline", "--no-baseline"],
+    ),
+    (
+        "survey-merge-old-spelling",
+        "survey",
+        "merge --out {survey} --table {root}/all.fits",
+        ["merge --table is gone", "merge --survey {survey} --out {root}/all.fits"],
+    ),
+    (
+        "survey-merge-old-spelling-table-in-catalogs",
+        "survey",
+        "merge --out {survey} --table {survey}/catalogs/all.fits",
+        ["merge --survey {survey} --out {survey}/catalogs/all.fits"],
+    ),
+    (
+        "survey-merge-without-survey",
+        "survey",
+        "merge --out {root}/all.fits",
+        ["merge needs --survey DIR"],
+    ),
+    (
+        "survey-merge-survey-folder-missing",
+        "survey",
+        "merge --survey {root}/nowhere --out {root}/all.fits",
+        ["--survey {root}/nowhere", "no such folder"],
     ),
 ]
 

@@ -192,16 +192,14 @@ def _write_small(path, seed):
     fits.PrimaryHDU(noise_image(SMALL, seed)).writeto(path, overwrite=True)
 
 
-def _assert_same_table(got, expected, where=""):
+def _assert_same_table(got, expected, where="", csv=False):
+    """Same columns and rows; values to float32 precision (``csv``: to the precision a CSV prints)."""
     assert got.colnames == expected.colnames and len(got) == len(expected) > 0, where
     for name in got.colnames:
-        np.testing.assert_allclose(
-            np.asarray(got[name], float),
-            np.asarray(expected[name], float),
-            rtol=1e-5,
-            atol=1e-5,
-            err_msg=f"{where} {name}",
-        )
+        want = np.asarray(expected[name], float)
+        if csv and expected[name].dtype.kind == "f":
+            want = np.array([float(catalog.CSV_FORMATS.get(name, "{:#.7g}").format(v)) for v in expected[name]])
+        np.testing.assert_allclose(np.asarray(got[name], float), want, rtol=1e-5, atol=1e-5, err_msg=f"{where} {name}")
 
 
 # --- seams: a chunked frame gives the whole-frame catalog, each tile once ----------------------------------
@@ -360,6 +358,7 @@ def test_catalog_per_frame_rerun_skips_and_failures_reported(workdir, tmp_path, 
         catalog.read_table(tmp_path / "out2" / "catalogs" / "b.csv"),
         catalog.read_table(out / "catalogs" / "b.fits"),
         "csv",
+        csv=True,
     )
 
     # the same name twice in a list is refused before any work (catalogs are named by frame)
@@ -523,7 +522,7 @@ def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
     out = root / "out"
     per_frame = {n: catalog.read_table(out / "catalogs" / f"{n}.fits") for n in _catalog_names(out)}
     assert sum(len(t) for t in per_frame.values()) > 0
-    code, stdout, err = _survey(capsys, "merge", "--out", out, "--table", tmp_path / "all.fits")
+    code, stdout, err = _survey(capsys, "merge", "--survey", out, "--out", tmp_path / "all.fits")
     assert code == 0 and err == "", err
     merged = catalog.read_table(tmp_path / "all.fits")
     total = sum(len(t) for t in per_frame.values())
@@ -542,7 +541,7 @@ def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
     # in the list's order, CSV; a listed frame without a catalog is named and the exit status is 1
     (tmp_path / "list.txt").write_text("f/s6.fits\nf/s0.fits\nf/none.fits\n")
     code, stdout, err = _survey(
-        capsys, "merge", "--out", out, "--table", tmp_path / "two.csv", "--frames", tmp_path / "list.txt"
+        capsys, "merge", "--survey", out, "--out", tmp_path / "two.csv", "--frames", tmp_path / "list.txt"
     )
     assert code == 1 and "missing: 1 frames of" in err and "(none)" in err, err
     two = catalog.read_table(tmp_path / "two.csv")
@@ -578,7 +577,8 @@ def test_merge_writes_one_table_with_a_frame_column(sharded, capsys, tmp_path):
         ("no_subcommand", "a subcommand is required: one of catalog, merge"),
         ("unknown_subcommand", "unknown subcommand 'catalogue'"),
         ("merge_extension", "unsupported catalog file extension '.txt'"),
-        ("merge_no_out", "no such folder"),
+        ("merge_no_survey", "--survey {tmp}/nowhere: no such folder"),
+        ("merge_old_spelling", "merge --table is gone: the merged table is --out and the survey folder --survey"),
         ("merge_empty", "no catalogs in"),
     ],
 )
@@ -624,13 +624,15 @@ def test_bad_command_lines_give_one_error_line(case, fragment, tmp_path, capsys,
         (tmp_path / "out").mkdir()
         args = [
             "merge",
+            "--survey",
+            tmp_path / ("nowhere" if case == "merge_no_survey" else "out"),
             "--out",
-            tmp_path / ("nowhere" if case == "merge_no_out" else "out"),
-            "--table",
             tmp_path / ("all.txt" if case == "merge_extension" else "all.fits"),
         ]
+        if case == "merge_old_spelling":  # the spelling before --survey: refused, not taken for another meaning
+            args = ["merge", "--out", tmp_path / "out", "--table", tmp_path / "all.fits"]
     code, stdout, err = _survey(capsys, *args)
-    assert_one_error(code, stdout, err, fragment)
+    assert_one_error(code, stdout, err, fragment.replace("{tmp}", str(tmp_path)))
     assert not (tmp_path / "out" / "catalogs").exists() and not (tmp_path / "all.fits").exists()
 
 
@@ -776,7 +778,7 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
     assert runner_lib.read_catalog(str(out / "catalogs" / "b.fits"))[1]["min_prob"] == 0.3
 
     # merge: one network per table, recorded in its meta; a mix is refused naming two frames
-    code, stdout, err = _survey(capsys, "merge", "--out", out, "--table", tmp_path / "all.fits")
+    code, stdout, err = _survey(capsys, "merge", "--survey", out, "--out", tmp_path / "all.fits")
     assert code == 0 and err == "", err
     merged = catalog.read_table(tmp_path / "all.fits")
     assert json.loads(merged.meta[runner_lib.IDENTITY_KEY]) == dict(
@@ -786,7 +788,7 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
         capsys, "catalog", *args[1:], "--min-prob", "0.6", "--redo-mismatched", "--shard", "1/2"
     )
     assert code == 0, err
-    code, stdout, err = _survey(capsys, "merge", "--out", out, "--table", tmp_path / "mix.fits")
+    code, stdout, err = _survey(capsys, "merge", "--survey", out, "--out", tmp_path / "mix.fits")
     assert_one_error(code, stdout, err, "frames a (")
     assert f"and b ({out / 'catalogs' / 'b.fits'}) were cataloged with different networks or settings" in err
     assert "min_prob 0.3 -> 0.6" in err and not (tmp_path / "mix.fits").exists()
@@ -808,3 +810,26 @@ def test_csv_catalogs_record_their_identity_beside_them(workdir, tmp_path, capsy
     assert code == 0 and "1 frames cataloged" in stdout, err
     assert err.startswith(f"warning: catalog {out / 'catalogs' / 'a.csv'} is not the one {out / 'identity' / 'a.json'}")
     assert len((out / "catalogs" / "a.csv").read_text().splitlines()) == len(lines)
+
+
+@pytest.mark.fast
+def test_merge_reads_frame_catalogs_of_earlier_versions(capsys, tmp_path):
+    """A survey folder resumed across versions: frame catalogs written before PIXCONV (edge-based FITS with
+    FLUXUNIT, a CSV without '#' lines) are converted, one written now is not; the merged table is CENTER0."""
+    folder = tmp_path / "survey" / "catalogs"
+    folder.mkdir(parents=True)
+    rows = dict(image=np.zeros(2, int), x=np.array([10.5, 20.25]), y=np.array([5.5, 7.0]), flux=np.ones(2))
+    now = catalog.prediction_table(rows)  # x = 10.0, 19.75: 0-based centres
+    catalog.write_table(now, folder / "a.fits")
+    old = now.copy()
+    old["x"], old["y"] = catalog.array_xy(now)
+    del old.meta["PIXCONV"]
+    old.write(folder / "b.fits")  # as an earlier npejax wrote it: edge-based, FLUXUNIT only
+    old.meta = {}
+    old.write(folder / "c.csv", format="ascii.csv")  # an earlier CSV: no '#' lines
+    code, _, err = _survey(capsys, "merge", "--survey", tmp_path / "survey", "--out", tmp_path / "all.fits")
+    assert code == 0, err
+    merged = catalog.read_table(tmp_path / "all.fits")
+    assert merged.meta["PIXCONV"] == "CENTER0" and list(merged["frame"]) == ["a", "a", "b", "b", "c", "c"]
+    np.testing.assert_array_equal(merged["x"], np.tile(now["x"], 3))
+    np.testing.assert_array_equal(merged["y"], np.tile(now["y"], 3))

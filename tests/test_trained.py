@@ -66,7 +66,8 @@ def test_a_bright_star_on_a_tile_corner_is_detected_exactly_once(trained, mag):
         table = net.catalog(images, background, psf)
         for i in range(len(images)):
             rows = table[np.asarray(table["image"]) == i]
-            dist = np.hypot(np.asarray(rows["y"]) - y, np.asarray(rows["x"]) - x)
+            rows_x, rows_y = catalogs.array_xy(rows)  # the table's 0-based centres as the arrays' (from the edge)
+            dist = np.hypot(rows_y - y, rows_x - x)
             # every tile that touches the corner is within one tile (4 px) of it: one detection there, not 0 or 2
             assert (dist < t).sum() == 1, (
                 f"r {mag} star on the tile corner ({y}, {x}), image {i}: "

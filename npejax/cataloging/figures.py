@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from npejax import catalogs as catalog_lib
 from npejax import io
 
 
@@ -46,7 +47,7 @@ def write_catalog_png(path, image, table, min_side: int = 512) -> tuple[int, int
         interpolation="nearest",
     )
     if len(table):
-        xy = np.column_stack([np.asarray(table["x"], float), np.asarray(table["y"], float)])
+        xy = np.column_stack(catalog_lib.array_xy(table))  # pixels from the edge, as the image's extent
         colors = cm.cool(mcolors.Normalize(0, 1)(np.asarray(table["prob_galaxy"], float)))
         mag = np.nan_to_num(np.asarray(table["mag"], float), nan=30.0)
         radius = np.clip(2.0 + 0.8 * (23.0 - mag), 1.5, 10.0)

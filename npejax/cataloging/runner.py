@@ -781,6 +781,7 @@ def merge_catalogs(out: str, names: list[str] | None = None) -> tuple[table_lib.
         if isinstance(col, table_lib.MaskedColumn) and col.dtype.kind == "f":
             merged[name] = table_lib.Column(col.filled(np.nan), unit=col.unit, description=col.description)
     merged.meta["FLUXUNIT"] = "nmgy"
+    merged.meta[catalog_lib.PIXCONV] = catalog_lib.CENTER0  # read_table gave every frame's in CENTER0
     merged.meta["NFRAMES"] = len(names) - len(missing)
     if first is not None:
         merged.meta[IDENTITY_KEY] = json.dumps({k: first[1].get(k) for k in ("network",) + RUN_KEYS}, sort_keys=True)

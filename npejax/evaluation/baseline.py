@@ -24,8 +24,9 @@ Steps per image (Source Extractor's defaults unless said otherwise):
   (``sep.winpos`` with Gaussian sigma = 2 FLUX_RADIUS(0.5) / 2.35, as SExtractor picks it), falling back
   to the isophotal barycenter where the windowed iteration fails or wanders more than ``max_shift``
   pixels; ``centroid='isophotal'`` reports the barycenter (``X_IMAGE``). sep puts pixel centres at integer
-  coordinates; catalogs here put them at half-integers (pixel (i, j) covers [i, i+1) x [j, j+1)), so
-  0.5 is added to both coordinates.
+  coordinates; npejax's arrays put them at half-integers (pixel (i, j) covers [i, i+1) x [j, j+1)), so
+  :func:`sep_extract` adds 0.5 to both coordinates, and :func:`sep_catalog`'s table, 0-based pixel centres
+  as every npejax table (:mod:`npejax.catalogs`), holds sep's own.
 * **Flux**: ``FLUX_AUTO``. The Kron radius r_K (``sep.kron_radius`` within 6 isophotal radii, in units of
   the isophotal ellipse a, b) sets an elliptical aperture with semi-axes ``f a``, ``f b``, where
   f = max(``kron_factor`` r_K, ``min_radius``) (``PHOT_AUTOPARAMS 2.5, 3.5``), summed by
@@ -213,8 +214,8 @@ def sep_catalog(
         ``min_radius=3.5``, ``fallback_radius=3.5``, ``centroid='windowed'``, ...).
 
     Returns:
-      An astropy Table, one row per detection ordered by image: ``image``, ``x``, ``y`` (pixels from the
-      image edge, x = column), ``flux`` (nmgy), ``mag`` (NaN where flux <= 0) as in
+      An astropy Table, one row per detection ordered by image: ``image``, ``x``, ``y`` (0-based pixel
+      centres, x = column: sep's own), ``flux`` (nmgy), ``mag`` (NaN where flux <= 0) as in
       :func:`npejax.catalogs.prediction_table`, plus ``flux_err`` (nmgy) and ``flag``. Empty (zero rows,
       same columns) when nothing is detected.
     """

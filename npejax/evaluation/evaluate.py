@@ -266,7 +266,7 @@ def read_catalog(path: str, name: str):
     """The prediction catalog ``path`` (FITS or CSV) of ``--catalog NAME=PATH``; a file that cannot be read
     as a table is a one-line error naming it."""
     try:
-        return catalog_lib.read_table(path)
+        return catalog_lib.read_table(path, unmarked=catalog_lib.CENTER0)  # another tool's: sep, photutils
     except FileNotFoundError:
         raise EvaluationError(f"--catalog {name}={path}: no such file") from None
     except (OSError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError) as exc:
@@ -473,11 +473,13 @@ def _gallery_panels(test: TestSet, preds: dict, gallery: dict) -> list[dict]:
     sources and each method's detections."""
     images = test.read(np.asarray(gallery["images"], np.int64), ("images",))["images"]
     truth_image = np.asarray(test.truth["image"])
+    truth_x, truth_y = catalog_lib.array_xy(test.truth)
     columns = {}
     for name, pred in preds.items():
         image = np.asarray(pred["image"], np.int64)
         keep = _detected(pred)
-        columns[name] = (image[keep], np.asarray(pred["x"])[keep], np.asarray(pred["y"])[keep])
+        x, y = catalog_lib.array_xy(pred)  # the gallery draws in pixels from the image edge
+        columns[name] = (image[keep], x[keep], y[keep])
     panels = []
     for k, i in enumerate(gallery["images"]):
         rows = truth_image == i
@@ -491,8 +493,8 @@ def _gallery_panels(test: TestSet, preds: dict, gallery: dict) -> list[dict]:
                 title=title,
                 worst=k < gallery["worst"],
                 truth=dict(
-                    x=np.asarray(test.truth["x"])[rows],
-                    y=np.asarray(test.truth["y"])[rows],
+                    x=truth_x[rows],
+                    y=truth_y[rows],
                     mag=np.asarray(test.truth["mag"])[rows],
                 ),
                 detections={n: dict(x=x[img == i], y=y[img == i]) for n, (img, x, y) in columns.items()},
@@ -522,8 +524,9 @@ def evaluate(settings: EvalSettings) -> dict:
             given[name] = read_catalog(os.fspath(c), name)
             check_catalog(given[name], f"catalog {os.fspath(c)}", expected_images, test_dir)
         else:
-            given[name] = c if hasattr(c, "colnames") else table_lib.Table(dict(c))  # a mapping of columns
-            check_catalog(given[name], f"catalog {name!r}", expected_images, test_dir)
+            c = c if hasattr(c, "colnames") else table_lib.Table(dict(c))  # a mapping of columns: CENTER0
+            check_catalog(c, f"catalog {name!r}", expected_images, test_dir)
+            given[name] = catalog_lib.centered(c)  # x, y as the truth's (an EDGE table converted)
     test = load_test_set(test_dir, s.num_images, s.prior, s.sim_config, s.num_workers, s.progress)
     truth, n = test.truth, test.num_images
     prior = ((test.manifest.get("config") or {}).get("fields") or {}).get("prior", s.prior)

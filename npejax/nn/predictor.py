@@ -27,7 +27,8 @@ With ``posterior.decode = "group"`` (the default) a source whose probability is 
 a tile corner, each below 1/2, is still detected once (:func:`npejax.nn.posterior.merge_split_sources`).
 
 The catalog holds one row per tile whose source probability exceeds ``min_prob``, with the columns of
-:data:`npejax.schema.PREDICTION_COLUMNS`: ``image``, ``x``, ``y`` (pixels), ``flux`` (nmgy, posterior
+:data:`npejax.schema.PREDICTION_COLUMNS`: ``image``, ``x``, ``y`` (0-based pixel centres, as numpy and
+astropy: ``image[i, round(y), round(x)]`` is the source's pixel), ``flux`` (nmgy, posterior
 median), ``mag``, ``prob_source``, ``prob_galaxy``, ``x_std``, ``y_std``, ``flux_lo``, ``flux_hi``
 (central 68% interval, nmgy); :meth:`Predictor.catalog_batches` makes it batch by batch. An image's celestial
 WCS adds ``ra`` and ``dec`` (``Predictor.catalog(..., wcs=...)``; a FITS input's own WCS:
