@@ -367,3 +367,13 @@ def test_the_calibration_panels_plot_what_the_table_says(monkeypatch, tmp_path):
         n = report.calibration_points(c)["num_images"]
         assert np.sum(n * np.asarray(y)) == pytest.approx(c["total_true"])  # the table's true total
         assert np.sum(n * np.asarray(x)) == pytest.approx(c["total_expected"])  # and its expected total
+
+
+def test_images_are_shown_in_one_increasing_grey():
+    from npejax.nn import display
+
+    ramp = np.linspace(-1.0, 50.0, 64)[None, :] * np.ones((8, 1))
+    shown, vmin, vmax = report.asinh_stretch(ramp)
+    assert report.asinh_stretch is display.asinh_stretch and report.CMAP == display.CMAP == "gray"
+    assert np.all(np.diff(shown, axis=1) > 0) and vmin < vmax  # brighter pixel, larger value, lighter grey
+    assert np.isfinite(report.asinh_stretch(np.where(ramp > 40, np.nan, ramp))[0]).all()  # NaN shown as 0
