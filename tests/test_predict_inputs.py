@@ -594,15 +594,15 @@ def test_nan_pixels_are_masked_and_detections_near_them_flagged(trained, capsys)
 def test_a_mostly_masked_image_is_refused_and_a_background_is_never_masked(trained, capsys, no_network_run):
     root, net = trained
     image = _noise_image(80, 80)
-    image[:41] = np.nan  # 51.25% of the pixels
-    with pytest.raises(ValueError, match=r"image 0: 3280 of its 6400 pixels \(51.2%\) are NaN or infinite"):
+    image[:42] = np.nan  # 52.5% of the pixels
+    with pytest.raises(ValueError, match=r"image 0: 3360 of its 6400 pixels \(52.5%\) are NaN or infinite"):
         net.catalog(image, 0.7, PSF_ARRAY)
     fits.PrimaryHDU(image).writeto(root / "mostly.fits", overwrite=True)
     code, stdout, err = _predict(
         capsys, "--workdir", root / "run", "--input", root / "mostly.fits", "--background", "0.7", "--psf-params",
         PSF, "--out", root / "mostly-cat.fits",
     )  # fmt: skip
-    assert_one_error(code, stdout, err, f"{root / 'mostly.fits'}: image 0: 3280 of its 6400 pixels (51.2%)")
+    assert_one_error(code, stdout, err, f"{root / 'mostly.fits'}: image 0: 3360 of its 6400 pixels (52.5%)")
     sky = np.full((80, 80), 0.7, np.float32)
     sky[3, 5] = np.nan
     fits.PrimaryHDU(_noise_image(80, 80)).writeto(root / "fine.fits", overwrite=True)
