@@ -187,7 +187,7 @@ def prediction_table(sources: dict) -> table_lib.Table:
     t["x"], t["y"] = table_xy(np.asarray(sources["x"], np.float32), np.asarray(sources["y"], np.float32))
     t["flux"] = np.asarray(sources["flux"], np.float32)
     t["mag"] = flux_to_mag(t["flux"]).astype(np.float32)
-    for key in ("prob_source", "prob_galaxy", "x_std", "y_std", "flux_lo", "flux_hi"):
+    for key in ("prob_source", "prob_galaxy", "x_std", "y_std", "flux_lo", "flux_hi", "masked_frac"):
         if key in sources:
             t[key] = np.asarray(sources[key], np.float32)
     return _described(t, PREDICTION_COLUMNS)

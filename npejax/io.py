@@ -16,6 +16,10 @@ The guards every writing command calls before any work (each raises one line nam
 --out`` in the survey's ``catalogs/``) and :func:`check_plain_name` (a name that becomes a file name in the
 output folder: ``npejax.evaluate``'s method names, ``predictions/NAME.fits``).
 
+A write that fails on the way (disk full, quota, I/O error) inside :func:`write_errors` is one
+:class:`WriteError` naming the output and the OS's reason: a command prints it as one ``error:`` line (exit 2,
+as training's checkpoint that cannot be saved), and the atomic write has left no partial file.
+
 Temporary files are named ``.NAME.tmp-XXXXXXXX[.EXT]``: hidden, next to the destination, with its
 extension kept (libraries such as astropy and matplotlib choose the format by extension).
 """
@@ -70,6 +74,21 @@ def atomic_path(path):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+class WriteError(ValueError):
+    """An output could not be written (disk full, quota exceeded, I/O error); nothing partial was left."""
+
+
+@contextlib.contextmanager
+def write_errors(what: str, path):
+    """Turns an OSError raised inside into one :class:`WriteError` line: ``WHAT PATH: cannot write it: [Errno N]
+    reason; nothing was written there`` (``what``: the flag, e.g. ``--out``)."""
+    try:
+        yield
+    except OSError as exc:
+        reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.errno and exc.strerror else str(exc) or type(exc).__name__
+        raise WriteError(f"{what} {os.fspath(path)}: cannot write it: {reason}; nothing was written there") from exc
 
 
 def atomic_write(path, data: str | bytes | Callable[[object], None]) -> str:

@@ -20,11 +20,17 @@ Refused before any prediction, with one ``error:`` line and exit status 2, nothi
 foreign workdir, both or neither of ``--workdir`` and ``--pretrained``, an unknown ``--pretrained`` name (the
 error lists the shipped ones), a missing, truncated or corrupt input (FITS, .npz, dataset, SDSS frame or
 psField), a frame of another band or a psField of another field, a background <= 0 or above 1e4 nmgy per
-pixel, NaN pixels, invalid PSF parameters, ``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
+pixel (a background map with a NaN included), an image more than half of whose pixels are NaN or infinite
+(fewer are masked: set to 0, a ``warning:`` line per image, and the catalog's ``masked_frac`` column says how
+near each detection is to them), invalid PSF parameters, a ``--chunk-size`` below the network's smallest useful
+one (half of each chunk's side output: the error names it; smaller ones multiply the network calls),
+``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
 or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory), that is
 one of the inputs (the same file as ``--input``, ``--background``, ``--sdss-frame``, ``--psfield`` or
 ``--bank``, links followed) or that exists (unless ``--overwrite``). A network
-that gives NaN or infinite outputs (a corrupt checkpoint) is an error naming the image.
+that gives NaN or infinite outputs (a corrupt checkpoint) is an error naming the image. A catalog or PNG that
+cannot be written (a full disk) is one ``error:`` line, exit 2, and no partial file. Predictions of many images
+or chunks show progress bars on a terminal (``--noprogress``: none).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
 # Flag values of the library, written here so that --help loads no JAX (tests/test_cli.py checks they agree):
 CHECKPOINTS = ("best", "latest")  # npejax.nn.checkpoints.WHICH
 CHUNK_SIZE = 512  # npejax.nn.predictor.CHUNK_SIZE
+PROGRESS_DELAY = 2.0  # npejax.nn.predictor.PROGRESS_DELAY
 INPUT_FLAGS = ("input", "background", "sdss-frame", "psfield", "bank")  # files read: --out and --png must not be one
 
 
@@ -103,6 +110,12 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "bank", None, "Field bank for --field-id (default: the embedded synthetic bank).", flag_values=fv
     )
+    flags.DEFINE_boolean(
+        "progress",
+        True,
+        f"Show progress bars (images, chunks) on a terminal once a prediction has run {PROGRESS_DELAY:g} s.",
+        flag_values=fv,
+    )
     cli.define_overwrite(fv, "--out and --png")
     cli.define_underscore_aliases(fv)  # --min_prob, --batch_size, ...
 
@@ -162,12 +175,14 @@ def run(fv: flags.FlagValues) -> None:
     net = options.load_network(fv)
     chunk_size = options.chunk_size_flag(net, chunk_size)
 
-    table = images.catalog_inputs(net, inputs, min_prob, batch_size, chunk_size)
-    catalog_lib.write_table(table, fv.out)
+    table = images.catalog_inputs(net, inputs, min_prob, batch_size, chunk_size, progress=fv.progress)
+    with io.write_errors("--out", fv.out):  # a full disk: one line, no partial file (atomic write)
+        catalog_lib.write_table(table, fv.out)
     print(f"{len(table)} sources in {inputs.num_images} images -> {fv.out}")
     if fv.png is not None:
         image = inputs.read(0, 1)[0][0]
-        width, height = figures.write_catalog_png(fv.png, image, table[table["image"] == 0])
+        with io.write_errors("--png", fv.png):
+            width, height = figures.write_catalog_png(fv.png, image, table[table["image"] == 0])
         print(f"image 0 with {int((table['image'] == 0).sum())} detections ({width} x {height} pixels) -> {fv.png}")
 
 

@@ -107,6 +107,7 @@ PREDICTION_COLUMNS = {
     "y_std": (_PIX, "posterior standard deviation of y"),
     "flux_lo": (None, "flux 15.9th percentile (nmgy): lower end of the central 68% interval"),
     "flux_hi": (None, "flux 84.1th percentile (nmgy): upper end of the central 68% interval"),
+    "masked_frac": (None, "fraction of masked (NaN/inf input) pixels within 6 pixels of the detection"),
 }
 
 # Dataset splits; each has its own seed stream (npejax.datasets.split_seed).

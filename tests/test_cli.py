@@ -252,6 +252,7 @@ def test_flag_values_written_in_the_commands_are_the_librarys():
     assert predict.CHECKPOINTS == export_pretrained.CHECKPOINTS == checkpoints.WHICH  # survey uses predict's flag
     for command in (predict, survey):
         assert command.CHUNK_SIZE == predictor.CHUNK_SIZE
+    assert predict.PROGRESS_DELAY == predictor.PROGRESS_DELAY
     assert survey.FORMATS == tuple(runner.FORMATS)
     assert sdss.DEFAULT_BASE_URL == download.DEFAULT_BASE_URL
     assert sdss.DEFAULT_GRID == sdss_lib.DEFAULT_GRID

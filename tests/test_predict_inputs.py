@@ -3,18 +3,20 @@ bad files refused before any prediction, RA/Dec from a FITS WCS, SDSS frames in,
 images and streamed datasets, and the PNG of the detections."""
 
 import bz2
+import errno
 import io as std_io
 import os
 import struct
 
 import jax
+import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pytest
 import test_sdss as sdss_files  # the SDSS data-model fixture writers
 from astropy.io import fits
 from astropy.wcs import WCS
-from conftest import assert_one_error
+from conftest import assert_one_error, one_error_line
 
 from npejax import catalogs as catalog
 from npejax import datasets as data
@@ -540,3 +542,122 @@ def test_png_of_the_detections(trained, capsys):
     assert sorted(p.name for p in d.iterdir()) == ["cat.fits", "cat.png"]  # atomic: no temporary left
     n = len(catalog.read_table(d / "cat.fits"))
     assert 0 < n and f"image 0 with {n} detections" in stdout
+
+
+# --- issue 21: masked pixels, useful chunk sizes, a full disk ----------------------------------------------
+
+
+def test_nan_pixels_are_masked_and_detections_near_them_flagged(trained, capsys):
+    root, net = trained
+    image = _noise_image(96, 96, seed=4)
+    holed = image.copy()
+    holed[40:56, 40:56] = np.nan  # a 16 x 16 block
+    holed[41, 41] = np.inf
+    clean = net.catalog(image, 0.7, PSF_ARRAY, min_prob=0.0)
+    assert capsys.readouterr().err == "" and np.all(clean["masked_frac"] == 0)
+    masked = net.catalog(holed, 0.7, PSF_ARRAY, min_prob=0.0)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: image 0: 256 NaN or infinite pixels (2.78%) masked (set to 0); detections within 6 pixels of "
+        "them have masked_frac > 0"
+    ]
+    reach = (net.margin + 1) * net.tile_size  # the network's receptive field, and a split source's neighbour tile
+
+    def distance(t):  # pixels from the block, per row
+        dx = np.maximum(np.maximum(40 - np.asarray(t["x"]), np.asarray(t["x"]) - 56), 0)
+        dy = np.maximum(np.maximum(40 - np.asarray(t["y"]), np.asarray(t["y"]) - 56), 0)
+        return np.hypot(dx, dy)
+
+    far_clean, far_masked = clean[distance(clean) > reach + 2], masked[distance(masked) > reach + 2]
+    assert len(far_masked) > 100 and len(far_masked) == len(far_clean)
+    for name in clean.colnames:  # away from the block: the same detections
+        np.testing.assert_allclose(
+            np.asarray(far_masked[name], float), np.asarray(far_clean[name], float), rtol=1e-5, atol=1e-6, err_msg=name
+        )
+    frac = np.asarray(masked["masked_frac"])
+    col, row = np.floor(np.asarray(masked["x"])), np.floor(np.asarray(masked["y"]))
+    near = (np.abs(col - 47.5) <= 6 + 7.5) & (np.abs(row - 47.5) <= 6 + 7.5)  # the 13 x 13 box meets the block
+    assert near.sum() > 10 and np.all((frac > 0) == near)  # flagged near the block, 0 away from it
+    assert np.all(frac[distance(masked) == 0] > 0.25)  # on the block: at least a corner's 7 x 7 of 13 x 13
+    # the command: a FITS image with the block is cataloged, one warning line, the column in the file
+    fits.PrimaryHDU(holed).writeto(root / "holed.fits", overwrite=True)
+    out = root / "masked" / "holed.fits"
+    code, stdout, err = _predict(
+        capsys, "--workdir", root / "run", "--input", root / "holed.fits", "--background", "0.7", "--psf-params", PSF,
+        "--min-prob", "0", "--out", out,
+    )  # fmt: skip
+    assert code == 0 and err.startswith("warning: image 0: 256 NaN or infinite pixels") and err.count("\n") == 1, err
+    written = catalog.read_table(out)
+    np.testing.assert_allclose(np.asarray(written["masked_frac"]), frac, atol=1e-6)
+    assert "masked" in written["masked_frac"].description
+    with pytest.raises(ValueError, match=r"NaN or infinite pixels \(first at image 0, row 40, column 40\)"):
+        # the dataset/evaluation path (tiles, not a catalog) still refuses NaN
+        net.predict_tiles(holed, 0.7, PSF_ARRAY)
+
+
+def test_a_mostly_masked_image_is_refused_and_a_background_is_never_masked(trained, capsys, no_network_run):
+    root, net = trained
+    image = _noise_image(80, 80)
+    image[:42] = np.nan  # 52.5% of the pixels
+    with pytest.raises(ValueError, match=r"image 0: 3360 of its 6400 pixels \(52.5%\) are NaN or infinite"):
+        net.catalog(image, 0.7, PSF_ARRAY)
+    fits.PrimaryHDU(image).writeto(root / "mostly.fits", overwrite=True)
+    code, stdout, err = _predict(
+        capsys, "--workdir", root / "run", "--input", root / "mostly.fits", "--background", "0.7", "--psf-params",
+        PSF, "--out", root / "mostly-cat.fits",
+    )  # fmt: skip
+    assert_one_error(code, stdout, err, f"{root / 'mostly.fits'}: image 0: 3360 of its 6400 pixels (52.5%)")
+    sky = np.full((80, 80), 0.7, np.float32)
+    sky[3, 5] = np.nan
+    fits.PrimaryHDU(_noise_image(80, 80)).writeto(root / "fine.fits", overwrite=True)
+    fits.PrimaryHDU(sky).writeto(root / "nan-sky.fits", overwrite=True)
+    code, stdout, err = _predict(
+        capsys, "--workdir", root / "run", "--input", root / "fine.fits", "--background", root / "nan-sky.fits",
+        "--psf-params", PSF, "--out", root / "sky-cat.fits",
+    )  # fmt: skip
+    assert_one_error(code, stdout, err, "background nan at image 0, row 3, column 5: expected a sky level")
+    assert not (root / "mostly-cat.fits").exists() and not (root / "sky-cat.fits").exists()
+
+
+def test_chunk_sizes_that_only_multiply_network_calls_are_refused(trained, capsys):
+    root, net = trained
+    least, useful = (2 * net.margin + 1) * net.tile_size, net.useful_chunk_size()
+    assert useful >= 2 * (useful - 2 * net.margin * net.tile_size)  # half of a useful chunk's side is output
+    assert net.check_chunk_size(least) == least // net.tile_size  # the library still takes any working chunk
+    with pytest.raises(ValueError, match=f"at least {useful} pixels"):
+        net.check_chunk_size(useful - net.tile_size, useful=True)
+    assert net.check_chunk_size(useful, useful=True) == useful // net.tile_size
+    assert net.network_calls(1000, 1000, least) == 250**2  # one tile of output per chunk
+    code, stdout, err = _predict(
+        capsys, "--workdir", root / "run", "--input", root / "test", "--out", root / "c.fits", "--chunk-size", least
+    )
+    calls = net.network_calls(1000, 1000, least)
+    assert_one_error(code, stdout, err, f"--chunk-size {least}: expected 0 (whole images) or at least {useful} pixels")
+    assert f"{calls:,} network calls for a 1000 x 1000 image" in err and not (root / "c.fits").exists()
+
+
+def test_a_full_disk_is_one_error_line_and_no_partial_file(trained, capsys, monkeypatch):
+    root, _ = trained
+    fits.PrimaryHDU(_noise_image(80, 80)).writeto(root / "disk.fits", overwrite=True)
+    out = root / "full"
+    out.mkdir()
+
+    def disk_full(self, path, *args, **kwargs):
+        with open(path, "wb") as f:  # part of the file, then the disk is full
+            f.write(b"SIMPLE  =                    T")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(catalog.table_lib.Table, "write", disk_full)
+    args = ["--workdir", root / "run", "--input", root / "disk.fits", "--background", "0.7", "--psf-params", PSF]
+    code, stdout, err = _predict(capsys, *args, "--out", out / "cat.fits")
+    assert_one_error(
+        code, stdout, err, f"--out {out / 'cat.fits'}: cannot write it: [Errno 28] No space left on device"
+    )
+    assert os.listdir(out) == []  # no partial file, no temporary
+    monkeypatch.undo()  # Table.write back (a descriptor: set back by undo, not by assignment)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, fname, **kw: disk_full(self, fname))
+    code, stdout, err = _predict(capsys, *args, "--out", out / "cat.fits", "--png", out / "cat.png")
+    assert code == 2 and one_error_line(err).endswith(
+        f"--png {out / 'cat.png'}: cannot write it: [Errno 28] No space left on device; nothing was written there"
+    )
+    assert sorted(os.listdir(out)) == ["cat.fits"]  # the catalog, written before; no PNG, no temporary

@@ -499,6 +499,70 @@ IDENTITY_CASES = [
 ]
 
 
+# --- prediction robustness ---
+
+
+@pytest.fixture
+def robustness_files(tmp_path):
+    """Real FITS inputs: an 80 x 80 image, the same with 62.5% NaN rows, a background map with one NaN pixel."""
+    from astropy.io import fits  # noqa: PLC0415  (only these cases read their inputs)
+
+    image = np.random.default_rng(0).normal(0.0, 0.05, (80, 80)).astype(np.float32)
+    fits.PrimaryHDU(image).writeto(tmp_path / "fine.fits")
+    mostly = image.copy()
+    mostly[:50] = np.nan
+    fits.PrimaryHDU(mostly).writeto(tmp_path / "mostly.fits")
+    sky = np.full((80, 80), 0.7, np.float32)
+    sky[3, 5] = np.nan
+    fits.PrimaryHDU(sky).writeto(tmp_path / "nan-sky.fits")
+    return {"d": str(tmp_path), "psf": PSF}
+
+
+def _disk_full(monkeypatch):
+    """Every catalog write fails as on a full disk, after part of the file is written."""
+    import errno  # noqa: PLC0415
+
+    from astropy.table import Table  # noqa: PLC0415
+
+    def write(self, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"SIMPLE  =                    T")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Table, "write", write)
+
+
+ROBUSTNESS_CASES = [
+    pytest.param(
+        "--input {d}/mostly.fits --background 0.7",
+        None,
+        ["{d}/mostly.fits: image 0", "4000 of its 6400 pixels (62.5%) are NaN or infinite", "at most 50%"],
+        id="predict-mostly-nan-image",
+        marks=pytest.mark.fast,
+    ),
+    pytest.param(
+        "--input {d}/fine.fits --background {d}/nan-sky.fits",
+        None,
+        ["background nan at image 0, row 3, column 5", "expected a sky level"],
+        id="predict-nan-background",
+        marks=pytest.mark.fast,
+    ),
+    pytest.param(
+        "--input {d}/fine.fits --background 0.7 --chunk-size 76",
+        None,
+        ["--chunk-size 76", "at least 144 pixels", "62,500 network calls for a 1000 x 1000 image"],
+        id="predict-chunk-size-without-useful-output",
+        marks=pytest.mark.fast,
+    ),
+    pytest.param(
+        "--input {d}/fine.fits --background 0.7",
+        _disk_full,
+        ["--out {d}/c.fits: cannot write it: [Errno 28] No space left on device"],
+        id="predict-full-disk",
+    ),
+]
+
+
 @pytest.mark.fast
 @pytest.mark.parametrize("case", IDENTITY_CASES, ids=[c[0] for c in IDENTITY_CASES])
 def test_input_of_another_identity_is_refused(case, identity_files):
@@ -532,3 +596,19 @@ def test_simulate_refuses_a_bad_artifact_setting(tmp_path, config_path, override
     assert status == 2, err[-2000:]
     assert fragment in one_error_line(err)
     assert snapshot(tmp_path) == before, "the refused simulation wrote something"
+
+
+@pytest.mark.parametrize("argv, setup, fragments", ROBUSTNESS_CASES)
+def test_prediction_robustness_refusals(argv, setup, fragments, robustness_files, monkeypatch):
+    """Exit 2, one error line naming the value, nothing written (the full disk's partial file removed too)."""
+    values = robustness_files
+    args = [a.format(**values) for a in f"--pretrained cpu {argv} --psf-params {{psf}} --out {{d}}/c.fits".split()]
+    if setup is not None:
+        setup(monkeypatch)
+    before = snapshot(values["d"])
+    status, out, err = run_command("predict", args)
+    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
+    line = one_error_line(err)
+    for fragment in fragments:
+        assert fragment.format(**values) in line, f"{fragment!r} not named in: {line}"
+    assert snapshot(values["d"]) == before, "a file was written, changed or removed"

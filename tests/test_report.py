@@ -305,3 +305,75 @@ def test_write_figures_is_atomic_when_savefig_fails(tmp_path, monkeypatch):
 
 def test_subsets_have_labels():
     assert set(report.SUBSET_LABELS) == set(SUBSETS) == {"all", "brightest", "faintest"}
+
+
+def test_a_bin_where_accuracy_exceeds_the_ceiling_is_explained():
+    results = _bins_results()  # PSF-aware: accuracy 1.0 in every bin, recall 1.0, 0.5, n/a
+    results["ceiling"] = dict(bins_equal=dict(value=[1.0, 0.95123, NAN], std=[0.0, 0.01, NAN], mean=0.975615))
+    note = report.ceiling_note(results, "bins_equal", (18.0, 20.0, 22.0))
+    assert note.startswith("Above the ceiling: PSF-aware at r 18.00–20.00 (1.000 against 0.951, recall 0.500). ")
+    assert "counts only the true sources it detected (matched)" in note
+    results["ceiling"]["bins_equal"]["value"] = [1.0, 1.0, NAN]  # nowhere above: no sentence
+    assert report.ceiling_note(results, "bins_equal", (18.0, 20.0, 22.0)) == ""
+    assert report.ceiling_note(_bins_results(), "bins_equal", (18.0, 20.0, 22.0)) == ""  # no ceiling
+
+
+def test_the_sentence_stands_under_the_accuracy_table_of_the_report():
+    results = _full_results()
+    results["ceiling"]["bins_reference"]["value"] = np.full(10, 0.5)  # below the near-perfect network
+    text = report.markdown(results)
+    table = report.bins_table(results, "bins_reference", metrics.REFERENCE_CUTOFFS, "accuracy")
+    note = report.ceiling_note(results, "bins_reference", metrics.REFERENCE_CUTOFFS)
+    assert note and table + "\n\n" + note + "\n" in text
+
+
+def test_calibration_grouped_by_expected_is_on_the_diagonal_for_a_calibrated_network():
+    # each image holds one source with probability p, and the network says p: calibrated by construction
+    rng = np.random.default_rng(1)
+    p = np.repeat([0.2, 0.7], 4000)
+    true_count = (rng.random(p.size) < p).astype(int)
+    g = metrics.calibration_by_expected(true_count, p)
+    np.testing.assert_array_equal(g["group"], [0, 1])
+    np.testing.assert_allclose(g["mean_true"], g["mean_expected"], atol=3 * g["sem_true"].max())
+    assert np.all(g["sem_true"] > 0) and g["num_images"].tolist() == [4000, 4000]
+    # grouped by the true count (the summary, calibration.csv), the same network looks under-predicting at 1
+    truth = dict(image=np.nonzero(true_count)[0], x=np.ones(true_count.sum()), y=np.ones(true_count.sum()))
+    truth["flux"] = np.ones(truth["x"].size)
+    pred = dict(image=np.arange(p.size), x=np.ones(p.size), y=np.ones(p.size), flux=np.ones(p.size), prob_source=p)
+    c = metrics.count_calibration(truth, pred, p.size)
+    assert c["summary"]["mean_expected"][1] < 0.6  # at true count 1: expected about 0.56
+    points = report.calibration_points(c)
+    for key in ("group", "mean_true", "mean_expected"):
+        np.testing.assert_array_equal(points[key], g[key])
+
+
+def test_the_calibration_panels_plot_what_the_table_says(monkeypatch, tmp_path):
+    results = _full_results()
+    drawn = {}
+    save = report._save
+
+    def keep(fig, path):
+        drawn[os.path.basename(path)] = [  # errorbar containers: the label and the data line
+            [(c.get_label(), c.lines[0].get_xdata(), c.lines[0].get_ydata()) for c in ax.containers] for ax in fig.axes
+        ]
+        save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    report.write_figures(str(tmp_path), results)
+    for subset, lines in zip(SUBSETS, drawn["calibration.png"]):
+        c = results["methods"]["aware"]["calibration"][subset]
+        label, x, y = next(line for line in lines if line[0].startswith("PSF-aware"))
+        assert label == f"PSF-aware ({c['total_expected']:.0f} expected / {c['total_true']:.0f} true)"
+        n = report.calibration_points(c)["num_images"]
+        assert np.sum(n * np.asarray(y)) == pytest.approx(c["total_true"])  # the table's true total
+        assert np.sum(n * np.asarray(x)) == pytest.approx(c["total_expected"])  # and its expected total
+
+
+def test_images_are_shown_in_one_increasing_grey():
+    from npejax.nn import display
+
+    ramp = np.linspace(-1.0, 50.0, 64)[None, :] * np.ones((8, 1))
+    shown, vmin, vmax = report.asinh_stretch(ramp)
+    assert report.asinh_stretch is display.asinh_stretch and report.CMAP == display.CMAP == "gray"
+    assert np.all(np.diff(shown, axis=1) > 0) and vmin < vmax  # brighter pixel, larger value, lighter grey
+    assert np.isfinite(report.asinh_stretch(np.where(ramp > 40, np.nan, ramp))[0]).all()  # NaN shown as 0

@@ -22,7 +22,7 @@ from tensorboardX.proto import event_pb2
 from npejax import configuration
 from npejax import datasets as data
 from npejax import main as train_main
-from npejax.nn import checkpoints, input_pipeline, inputs, train
+from npejax.nn import checkpoints, display, input_pipeline, inputs, train
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
 from npejax.sim import pipeline
@@ -162,6 +162,23 @@ def test_validation_figure_marks_the_true_sources(trained):
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
         blue.append(int(((rgb[..., 2] > 150) & (rgb[..., 0] < 80)).sum()))  # tab:blue circles: true sources
     assert blue[0] > blue[1] + 20, blue
+
+
+def test_the_validation_image_is_grey_like_every_figure_brighter_is_lighter(trained):
+    _, config, summary = trained
+    batch = pipeline.simulate_batch(pipeline.SimulationSpec.from_config(config, seed=5, batch_size=1), 0)
+    h, w = batch["images"].shape[1:]
+    ramp = np.broadcast_to(np.linspace(-1.0, 20.0, w, dtype=np.float32), (1, h, w))  # faint left, bright right
+    empty = dict(batch, images=np.ascontiguousarray(ramp), tile_has_source=np.zeros_like(batch["tile_has_source"]))
+    net = model_lib.from_config(config)
+    rgb = train.validation_figure(config, net, summary["normalizer"], empty)(summary["state"], 1)
+    row = rgb[int(0.75 * rgb.shape[0])].astype(float)  # below the legend (upper right)
+    image = (np.ptp(row, axis=1) < 8) & (row.mean(axis=1) < 250)  # grey pixels, not the white margin or a frame
+    values = row[image].mean(axis=1)
+    assert image.sum() > 100
+    assert values[: values.size // 4].mean() < values[-values.size // 4 :].mean() - 100  # brighter pixel, lighter grey
+    shown, vmin, vmax = display.asinh_stretch(ramp[0])
+    assert display.CMAP == "gray" and np.all(np.diff(shown[0]) > 0) and vmin < vmax
 
 
 # --- 2. checksums ----------------------------------------------------------------------------------

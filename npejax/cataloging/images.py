@@ -15,7 +15,12 @@ background given as a number or a FITS file (nmgy per pixel) and the PSF as ``s1
 (:func:`open_sdss_frame`: the frame's own sky as background, the psField's PSF). Every input is checked before
 any prediction (:func:`npejax.nn.predictor.check_inputs`: finite pixels, a background in (0,
 :data:`~npejax.nn.predictor.MAX_BACKGROUND`] nmgy per pixel, valid PSF parameters); a truncated or corrupt
-file is one ``ValueError`` naming it.
+file is one ``ValueError`` naming it. In a FITS image, an .npz or an SDSS frame, NaN and infinite pixels are
+masked pixels, not an error: the catalog sets them to 0, warns once per image and gives every detection its
+``masked_frac`` (:meth:`npejax.nn.predictor.Predictor.catalog`); an image more than
+:data:`~npejax.nn.predictor.MAX_MASKED_FRACTION` masked is refused when it is opened. A background map with a
+NaN is refused (a sky level is needed at every pixel). A dataset (simulated) keeps every pixel finite: a NaN
+there is refused.
 
 The catalog (:func:`catalog_inputs`) is :meth:`npejax.nn.predictor.Predictor.catalog_batches` of the
 inputs, read ``batch_size`` images at a time. When the input is a FITS image with a celestial WCS, it also
@@ -37,7 +42,7 @@ from astropy.io import fits
 
 from npejax import catalogs as catalog_lib
 from npejax import datasets as data_lib
-from npejax.nn.predictor import CHUNK_SIZE, Predictor, check_inputs
+from npejax.nn.predictor import CHUNK_SIZE, Predictor, check_inputs, masked_pixels
 from npejax.sim import fields as fields_lib
 from npejax.sim import psf as psf_lib
 from npejax.surveys import sdss
@@ -61,8 +66,14 @@ class Inputs:
 
     @classmethod
     def from_arrays(cls, images, background, psf_params, name: str = "arrays", wcs=None) -> Inputs:
-        """Inputs held in memory; checked now (:func:`~npejax.nn.predictor.check_inputs`)."""
-        images, background, psf_params = check_inputs(images, background, psf_params)
+        """Inputs held in memory; checked now (:func:`~npejax.nn.predictor.check_inputs`; NaN and infinite
+        pixels are kept as masked pixels, an image mostly masked is refused)."""
+        images = np.asarray(images, np.float32)
+        try:
+            masked_pixels(images[None] if images.ndim == 2 else images)  # the refusal names the file
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        images, background, psf_params = check_inputs(images, background, psf_params, allow_masked=True)
         return cls(name, len(images), lambda a, b: (images[a:b], background[a:b], psf_params[a:b]), wcs)
 
     @classmethod
@@ -260,12 +271,19 @@ def parse_psf_params(text) -> np.ndarray:
 
 
 def catalog_inputs(
-    net: Predictor, inputs: Inputs, min_prob: float = 0.5, batch_size: int = 256, chunk_size: int | None = CHUNK_SIZE
+    net: Predictor,
+    inputs: Inputs,
+    min_prob: float = 0.5,
+    batch_size: int = 256,
+    chunk_size: int | None = CHUNK_SIZE,
+    progress: bool = False,
 ):
     """The catalog of ``inputs`` by ``net`` (:meth:`~npejax.nn.predictor.Predictor.catalog_batches`: read
-    ``batch_size`` images at a time, a dataset is never loaded whole); with ``ra``/``dec`` columns when the
-    inputs have a celestial WCS (:func:`npejax.catalogs.add_sky_coordinates`)."""
-    table = net.catalog_batches(inputs.batches(batch_size), min_prob, batch_size, chunk_size)
+    ``batch_size`` images at a time, a dataset is never loaded whole; ``progress``: its bars on a terminal); with
+    ``ra``/``dec`` columns when the inputs have a celestial WCS (:func:`npejax.catalogs.add_sky_coordinates`)."""
+    table = net.catalog_batches(
+        inputs.batches(batch_size), min_prob, batch_size, chunk_size, progress=progress, num_images=inputs.num_images
+    )
     if inputs.wcs is not None:
         catalog_lib.add_sky_coordinates(table, inputs.wcs)
     return table

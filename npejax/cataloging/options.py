@@ -6,7 +6,8 @@ network runs):
 
 * :func:`min_prob_flag` -- ``--min-prob``: a probability in [0, 1) (:func:`npejax.nn.predictor.check_min_prob`).
 * :func:`parse_background_arg` -- ``--background``: a sky level in nmgy per pixel, or a FITS file's name.
-* :func:`chunk_size_flag` -- ``--chunk-size``: pixels, 0 for whole images, at least the network's margins.
+* :func:`chunk_size_flag` -- ``--chunk-size``: pixels, 0 for whole images, at least four network margins
+  (half of each chunk's side is output).
 * :func:`check_defaults` -- ``npejax.survey catalog``'s defaults of FITS lines (``--background``,
   ``--field-id``, ``--psf-params``).
 * :func:`network_identity` -- ``--workdir``/``--checkpoint`` or ``--pretrained``: what identifies the network
@@ -55,10 +56,11 @@ def parse_background_arg(text: str | None):
 
 def chunk_size_flag(net: Predictor, value: int) -> int | None:
     """The ``--chunk-size`` flag for the network ``net``: the chunk side in pixels, None for 0 (whole images);
-    a usage error when a chunk would have no tiles beyond the network's receptive-field margins
-    (:meth:`npejax.nn.predictor.Predictor.check_chunk_size`)."""
+    a usage error when a chunk would keep less than half its side as output beyond the network's receptive-field
+    margins (:meth:`npejax.nn.predictor.Predictor.check_chunk_size` with ``useful``: the network calls would
+    multiply; the error names the smallest useful value)."""
     try:
-        net.check_chunk_size(value)
+        net.check_chunk_size(value, useful=True)
     except ValueError as exc:
         raise cli.UsageError(f"--chunk-size {value}: {cli.message(exc).split(': ', 1)[1]}") from None
     return value or None

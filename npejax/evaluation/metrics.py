@@ -63,6 +63,7 @@ __all__ = [
     "threshold_curves",
     "at_reference_operating_point",
     "count_calibration",
+    "calibration_by_expected",
     "roc_curve",
     "auc",
     "star_galaxy_roc",
@@ -681,6 +682,37 @@ def count_calibration(truth, pred_tiles, num_images: int, mag_range=None) -> dic
             mean_expected=mean,
             std_expected=np.sqrt(var),
         ),
+    )
+
+
+def calibration_by_expected(true_count, expected_count) -> dict:
+    """The images of :func:`count_calibration` grouped by their EXPECTED count rounded to an integer (the
+    report's calibration panels): for each group, ``group`` [G] (the rounded value), ``num_images`` [G],
+    ``mean_expected`` [G], ``mean_true`` [G] and ``sem_true`` [G] (the standard error of the mean true count:
+    std ddof 0 / sqrt(n); 0 for one image). Images with a NaN expected count are left out.
+
+    A calibrated network puts these points on the diagonal: E[true | expected] = expected. Grouped by the TRUE
+    count instead (``summary`` of :func:`count_calibration`), even a calibrated network looks under-predicting at
+    high counts and over-predicting at 0 (regression to the mean: the images with the most true sources are the
+    ones whose sources were luckiest); in a subset where most images hold 0 or 1 source (the faintest) every
+    point then sits below the diagonal although the totals agree. Summed over groups, num_images x mean_true
+    and num_images x mean_expected give ``total_true`` and ``total_expected`` (of the images with a finite
+    expected count)."""
+    true_count = np.asarray(true_count, np.float64).reshape(-1)
+    expected = np.asarray(expected_count, np.float64).reshape(-1)
+    if true_count.shape != expected.shape:
+        raise ValueError(f"true_count {true_count.shape} and expected_count {expected.shape} differ in length")
+    ok = np.isfinite(expected)
+    groups, inverse = np.unique(np.rint(expected[ok]).astype(np.int64), return_inverse=True)
+    n = np.bincount(inverse, minlength=groups.size).astype(np.float64)
+    mean_true = _ratio(np.bincount(inverse, weights=true_count[ok], minlength=groups.size), n)
+    var = _ratio(np.bincount(inverse, weights=(true_count[ok] - mean_true[inverse]) ** 2, minlength=groups.size), n)
+    return dict(
+        group=groups,
+        num_images=n.astype(np.int64),
+        mean_expected=_ratio(np.bincount(inverse, weights=expected[ok], minlength=groups.size), n),
+        mean_true=mean_true,
+        sem_true=np.sqrt(var / n) if n.size else np.zeros(0),
     )
 
 

@@ -3,7 +3,8 @@
 
 Figures in the spirit of the paper: ``detection.png`` (Figures 4/5: precision, recall, star/galaxy
 accuracy, flux MAPE by magnitude, one line per method, shaded 1-sigma bootstrap bands, mean over bins
-in brackets), ``calibration.png`` (Figure 6), ``roc.png`` (Figure 7), ``coverage.png`` (Figure 8) and
+in brackets), ``calibration.png`` (Figure 6, but the images grouped by their expected count:
+:func:`calibration_points`), ``roc.png`` (Figure 7), ``coverage.png`` (Figure 8) and
 ``snr.png`` (Figure 9), and ``gallery.png`` (:func:`write_gallery`: test images with the true sources and
 each method's detections). Every figure is written atomically (:func:`npejax.io.atomic_path`).
 
@@ -63,6 +64,7 @@ from npejax.evaluation.headline import (
     SUBSET_LABELS,
     SUBSETS,
 )
+from npejax.nn.display import CMAP, asinh_stretch  # noqa: F401  (asinh_stretch: part of this module's API)
 from npejax.schema import METRIC_LABELS
 
 # paper's colors/markers: single-field blue circles, PSF-unaware red squares, PSF-aware orange triangles
@@ -75,6 +77,8 @@ STYLES = {
 _EXTRA = [("tab:green", "D"), ("tab:purple", "v"), ("tab:brown", "P"), ("tab:pink", "*")]
 DPI = 110
 GALLERY_FILE = "gallery.png"
+# the gallery's own colours where a method's would vanish on a grey image (Source Extractor's grey): yellow x
+GALLERY_STYLES = {BASELINE: ("yellow", "x")}
 GALLERY_COLUMNS = 4
 GALLERY_PANEL_INCHES = (3.2, 3.4)  # width, height of one gallery panel (the figure has no tight bounding box)
 
@@ -211,10 +215,11 @@ def write_figures(out_dir: str, results: dict) -> list[str]:
         names.append("snr.png")
 
     def calibration(ax, name, i, c):
-        s = c["summary"]
-        x, y, e = (np.asarray(s[k], float) for k in ("true_count", "mean_expected", "std_expected"))
+        p = calibration_points(c)
+        x, y, e = (np.asarray(p[k], float) for k in ("mean_expected", "mean_true", "sem_true"))
         color, marker = _style(name, i)
-        ax.errorbar(x, y, yerr=e, color=color, marker=marker, ms=4, capsize=2, label=_label(name))
+        label = f"{_label(name)} ({c['total_expected']:.0f} expected / {c['total_true']:.0f} true)"
+        ax.errorbar(x, y, yerr=e, color=color, marker=marker, ms=4, capsize=2, label=label)
         return max(np.nanmax(x) if x.size else 1, np.nanmax(y + e) if y.size else 1)
 
     def roc(ax, name, i, r):
@@ -233,9 +238,10 @@ def write_figures(out_dir: str, results: dict) -> list[str]:
         (
             "calibration",
             calibration,
-            "true number of sources in the image",
-            "expected number (sum of probabilities)",
-            f"Detection calibration ({where}; error bars: std over images)",
+            "expected number in the image (sum of probabilities)",
+            "mean true number",
+            f"Detection calibration ({where}; images grouped by their rounded expected number; error bars: "
+            "standard error of the mean)",
         ),
         (
             "roc",
@@ -257,6 +263,14 @@ def write_figures(out_dir: str, results: dict) -> list[str]:
     return names
 
 
+def calibration_points(entry: dict) -> dict:
+    """The points of a calibration panel (``calibration.png``) for one method and subset, ``entry`` a
+    :func:`npejax.evaluation.metrics.count_calibration` dict (from metrics.json too): the images grouped by their
+    rounded expected count, x = the group's mean expected count, y = its mean true count ± the standard error
+    (:func:`npejax.evaluation.metrics.calibration_by_expected`, whose doc says why not grouped by the true count)."""
+    return metrics.calibration_by_expected(entry["true_count"], entry["expected_count"])
+
+
 def gallery_pixels(num_panels: int) -> tuple[int, int]:
     """(width, height) in pixels of a gallery of ``num_panels`` panels (:data:`GALLERY_COLUMNS` a row)."""
     cols = min(GALLERY_COLUMNS, max(1, num_panels))
@@ -264,27 +278,14 @@ def gallery_pixels(num_panels: int) -> tuple[int, int]:
     return int(round(cols * GALLERY_PANEL_INCHES[0] * DPI)), int(round(rows * GALLERY_PANEL_INCHES[1] * DPI))
 
 
-def asinh_stretch(image) -> tuple[np.ndarray, float, float]:
-    """(asinh-stretched image, vmin, vmax) for display: arcsinh(image / s) with s the noise level (1.4826
-    x the median absolute deviation), shown from -2 sigma to the 99.8th percentile."""
-    image = np.asarray(image, np.float64)
-    finite = image[np.isfinite(image)]
-    if finite.size == 0:
-        return np.zeros_like(image), 0.0, 1.0
-    sigma = 1.4826 * np.median(np.abs(finite - np.median(finite)))
-    sigma = sigma if sigma > 0 else max(float(np.std(finite)), 1e-12)
-    stretched = np.arcsinh(np.nan_to_num(image) / sigma)
-    vmin = float(np.arcsinh(-2.0))
-    vmax = max(float(np.percentile(np.arcsinh(finite / sigma), 99.8)), vmin + 1.0)
-    return stretched, vmin, vmax
-
-
 def write_gallery(path: str, panels: list[dict]) -> None:
     """A grid of test images (:data:`GALLERY_COLUMNS` a row, asinh stretch, grey), one panel per entry of
     ``panels``: ``image`` (2-D, nmgy), ``title``, ``truth`` (``x``, ``y``, ``mag`` of the true sources: open
     cyan circles, larger for brighter sources) and ``detections`` (method -> ``x``, ``y``: each method in
-    its colour and marker, as in the other figures); ``worst`` panels get a red frame. Pixel (i, j) covers
-    [i, i+1) x [j, j+1) (catalog convention), so the image is drawn with that extent."""
+    its colour and marker, as in the other figures, but Source Extractor as a yellow x (:data:`GALLERY_STYLES`):
+    hollow markers are drawn larger than the true-source circles' smallest and line markers (x, +) smaller and on
+    top of them, so every method's detection of the same source stays visible); ``worst`` panels get a red frame.
+    Pixel (i, j) covers [i, i+1) x [j, j+1) (catalog convention), so the image is drawn with that extent."""
     plt = _pyplot()
     n = len(panels)
     cols = min(GALLERY_COLUMNS, max(1, n))
@@ -297,9 +298,7 @@ def write_gallery(path: str, panels: list[dict]) -> None:
         image = np.asarray(panel["image"])
         h, w = image.shape
         shown, vmin, vmax = asinh_stretch(image)
-        ax.imshow(
-            shown, cmap="gray", origin="upper", vmin=vmin, vmax=vmax, extent=(0, w, h, 0), interpolation="nearest"
-        )
+        ax.imshow(shown, cmap=CMAP, origin="upper", vmin=vmin, vmax=vmax, extent=(0, w, h, 0), interpolation="nearest")
         truth = panel["truth"]
         mag = np.asarray(truth["mag"], float)
         size = np.clip(2.5 * (23.0 - np.nan_to_num(mag, nan=23.0)), 5.0, 22.0) ** 2
@@ -311,13 +310,15 @@ def write_gallery(path: str, panels: list[dict]) -> None:
             edgecolors="cyan",
             linewidths=1.0,
             label="true source (size: brightness)",
+            zorder=2,
         )
         for i, (name, det) in enumerate(panel["detections"].items()):
-            color, marker = _style(name, i)
-            colors = dict(c=color) if marker in ("x", "+") else dict(facecolors="none", edgecolors=color)  # x: lines
-            handles[name] = ax.scatter(
-                det["x"], det["y"], s=22, marker=marker, linewidths=1.0, label=_label(name), **colors
-            )
+            color, marker = GALLERY_STYLES.get(name, _style(name, i))
+            if marker in ("x", "+"):  # line markers: drawn small and on top, inside the hollow ones
+                style = dict(c=color, s=26, linewidths=1.3, zorder=4)
+            else:
+                style = dict(facecolors="none", edgecolors=color, s=55, linewidths=1.0, zorder=3)
+            handles[name] = ax.scatter(det["x"], det["y"], marker=marker, label=_label(name), **style)
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
         ax.set_xticks([])
@@ -401,13 +402,7 @@ def bins_table(results: dict, key: str, cutoffs, metric: str, xname: str = "r") 
     (headed by its range of ``xname``; ``cutoffs`` as in :func:`npejax.evaluation.metrics.assign_bins`)
     and the mean over bins; a last row with the true sources per bin, except for precision (binned by
     estimated magnitude)."""
-    edges = [-np.inf, *np.asarray(cutoffs, float)]
-    heads = []
-    for k in range(len(cutoffs)):
-        lo, hi = edges[k], edges[k + 1]
-        heads.append(
-            f"< {hi:.2f}" if not np.isfinite(lo) else f"{lo:.2f}–{hi:.2f}" if np.isfinite(hi) else f"> {lo:.1f}"
-        )
+    heads = _bin_heads(cutoffs)
     digits = 1 if metric == "mape" else 3
     lines = [f"| {xname} | " + " | ".join(heads) + " | mean |", "| --- |" + " --- |" * (len(heads) + 1)]
     for name, m in results["methods"].items():
@@ -428,6 +423,50 @@ def bins_table(results: dict, key: str, cutoffs, metric: str, xname: str = "r") 
     if counts is not None and metric != "precision":
         lines.append("| sources (truth) | " + " | ".join(str(int(c)) for c in counts) + " | |")
     return "\n".join(lines)
+
+
+def _bin_heads(cutoffs) -> list[str]:
+    edges = [-np.inf, *np.asarray(cutoffs, float)]
+    heads = []
+    for k in range(len(cutoffs)):
+        lo, hi = edges[k], edges[k + 1]
+        heads.append(
+            f"< {hi:.2f}" if not np.isfinite(lo) else f"{lo:.2f}–{hi:.2f}" if np.isfinite(hi) else f"> {lo:.1f}"
+        )
+    return heads
+
+
+def ceiling_note(results: dict, key: str, cutoffs, xname: str = "r") -> str:
+    """The sentence under an accuracy table (results ``methods.NAME[key]``) where a method's accuracy is above
+    the r-band ceiling in a bin ('' where none is): the two are over different sources. A method's accuracy
+    counts the true sources it detected (matched), which in a bin of low recall are its brighter, easier ones; the
+    ceiling counts every true galaxy of the bin, at the bin's galaxy fraction. The sentence names each such bin
+    with the accuracy, the ceiling and the method's recall there."""
+    ceiling = (results.get("ceiling") or {}).get(key)
+    if not ceiling:
+        return ""
+    heads = _bin_heads(cutoffs)
+    top = np.asarray(ceiling["value"], float)
+    found = []
+    for name, m in results["methods"].items():
+        acc = m.get(key, {}).get("accuracy")
+        if acc is None or not acc.get("available", True):
+            continue
+        value = np.asarray(acc["value"], float)
+        recall = m[key].get("recall", {}).get("value")
+        for k in np.nonzero(np.isfinite(value) & np.isfinite(top) & (value > top))[0]:
+            rec = f", recall {_fmt(recall[k])}" if recall is not None else ""
+            found.append(f"{_label(name)} at {xname} {heads[k]} ({_fmt(value[k])} against {_fmt(top[k])}{rec})")
+    if not found:
+        return ""
+    return (
+        "Above the ceiling: "
+        + "; ".join(found)
+        + ". This is no contradiction: a method's accuracy counts only the true sources it detected (matched), "
+        "and where recall is low those are the bin's brighter, easier ones, while the ceiling counts every true "
+        "galaxy of the bin at the bin's galaxy fraction. Compare the two where recall is near 1; in the other "
+        "bins the ceiling bounds the accuracy a method would reach if it detected every source."
+    )
 
 
 def markdown(results: dict, gallery: bool = False) -> str:
@@ -483,6 +522,8 @@ def markdown(results: dict, gallery: bool = False) -> str:
                 bins_table(results, key, cutoffs, metric),
                 "",
             ]
+            note = ceiling_note(results, key, cutoffs) if metric == "accuracy" else ""
+            out += [note, ""] if note else []
     if any("at_baseline" in m for m in results["methods"].values()):
         out += [
             f"### At {_label(BASELINE)}'s operating point",
@@ -501,7 +542,12 @@ def markdown(results: dict, gallery: bool = False) -> str:
         "## Calibration",
         "",
         "Expected number of sources per image (sum over tiles of prob_source, times the posterior "
-        "probability that the flux lies in the magnitude range) against the true number.",
+        "probability that the flux lies in the magnitude range) and the true number. The panels group the images "
+        "by their expected number (rounded) and plot the group's mean true number against its mean expected "
+        "number: a calibrated network is on the diagonal, and the points, weighted by their images, add up to the "
+        "table's totals. (Grouped by the true number instead, as `calibration.csv` is, "
+        "even a calibrated network would look under-predicting where most images hold 0 or 1 source, as in the "
+        "faintest subset: the images with the most true sources are the ones whose sources were luckiest.)",
         "",
         "![calibration](calibration.png)",
         "",
@@ -534,13 +580,16 @@ def markdown(results: dict, gallery: bool = False) -> str:
                 bins_table(results, "bins_snr", results["snr_cutoffs"], metric, "SNR"),
                 "",
             ]
+            note = ceiling_note(results, "bins_snr", results["snr_cutoffs"], "SNR") if metric == "accuracy" else ""
+            out += [note, ""] if note else []
     if gallery and results.get("gallery"):
         g = results["gallery"]
         out += [
             "## Gallery",
             "",
             f"{len(g['images'])} test images (asinh stretch): true sources as cyan circles (larger for brighter "
-            "sources), each method's detections in its colour. "
+            "sources), each network's detections as hollow markers in its colour, Source Extractor's as yellow "
+            "crosses drawn on top (legend above the panels). "
             + (
                 f"The first {g['worst']} (red frames) are the worst-scored: the most true sources brighter "
                 f"than r = {g['bright_mag']:g} missed, summed over the methods; the others are spread over the "
@@ -638,8 +687,10 @@ def _ceiling_paragraph(ceiling: dict) -> list[str]:
         "at the bin's galaxy fraction; `npejax.evaluation.ceiling`), from this test set's own galaxies "
         f"({opts.get('num_galaxies', 'n/a')} of them over all binnings, at most {opts.get('max_per_bin', 'n/a')} "
         "per bin of each; ± its "
-        "Monte Carlo error). A network that sees only r-band pixels cannot beat it, up to that error and the "
-        "approximations stated in `npejax.evaluation.ceiling`; it is the dotted line in the accuracy panels "
+        "Monte Carlo error). A network that sees only r-band pixels cannot beat it on the same sources, up to "
+        "that error and the approximations stated in `npejax.evaluation.ceiling`; but a network's accuracy counts "
+        "only the sources it detected, the easier ones where recall is low, so in the faintest bins it can "
+        "exceed this row (the accuracy tables say where). It is the dotted line in the accuracy panels "
         "and a row of the accuracy tables. The gap between a network and this row is what better networks can "
         "gain; where this row is below the paper's > 0.96, that figure is not reachable "
         "from r-band pixels.",

@@ -12,6 +12,7 @@
 * :mod:`~npejax.nn.preemption` -- stopping on time: SIGTERM, SIGUSR1 and ``train.time_limit_minutes``, agreed by
   every process; exit status 3.
 * :mod:`~npejax.nn.train` -- the training loop (``train_and_evaluate``) in named pieces.
+* :mod:`~npejax.nn.display` -- how an image is shown (asinh stretch, grey map) in TensorBoard and the report.
 * :mod:`~npejax.nn.predictor` -- ``Predictor``: a network restored from a checkpoint, predicting tiles and
   catalogs from arrays (checked, padded, chunked for large images).
 

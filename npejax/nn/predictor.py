@@ -11,13 +11,19 @@ Python API::
 Arrays: ``images`` [N, H, W] (or one [H, W]; nmgy, sky-subtracted), ``background`` (a number, [H, W] or
 [N, H, W]; nmgy per pixel) and ``psf_params`` ([6] or [N, 6]: s1, s2, sP, beta, b, p0). They are checked before
 any prediction (:func:`check_inputs`): finite pixels, a background in (0, :data:`MAX_BACKGROUND`] nmgy per
-pixel, valid PSF parameters; the first bad value is one ``ValueError`` naming it. Reading images from files
+pixel, valid PSF parameters; the first bad value is one ``ValueError`` naming it. A catalog
+(:meth:`Predictor.catalog`) masks NaN and infinite pixels instead: they are set to 0, the sky-subtracted sky's
+expectation (the network has no mask input), one ``warning:`` line per image names how many, and each
+detection's ``masked_frac`` is the fraction of masked pixels within :data:`MASK_RADIUS` pixels of it; an image
+more than :data:`MAX_MASKED_FRACTION` masked is refused. A background is never masked (NaN there: refused).
+Reading images from files
 (datasets, .npz, FITS with a WCS, SDSS frames), the commands' flag values and the catalog's picture are one
 layer up, in :mod:`npejax.cataloging`.
 
 Images of any size are accepted (an SDSS frame is 2048 x 1489): sides that are not multiples of the tile
 size are padded for the network and sources in the padding dropped. Images larger than ``chunk_size``
-pixels on a side are predicted in overlapping square chunks (:data:`CHUNK_SIZE`), so memory stays bounded;
+pixels on a side are predicted in overlapping square chunks (:data:`CHUNK_SIZE`; the commands refuse chunks
+below :meth:`Predictor.useful_chunk_size`, whose output would be a sliver of the chunk), so memory stays bounded;
 the network is fully convolutional, and each tile is taken from a chunk in which its whole receptive field
 (:func:`receptive_margin`, plus :attr:`~npejax.nn.model.CatalogNet.context_margin` for a checkerboard
 posterior, whose colours follow the whole image's tile grid) lies inside the chunk, so the result equals the
@@ -30,7 +36,8 @@ The catalog holds one row per tile whose source probability exceeds ``min_prob``
 :data:`npejax.schema.PREDICTION_COLUMNS`: ``image``, ``x``, ``y`` (0-based pixel centres, as numpy and
 astropy: ``image[i, round(y), round(x)]`` is the source's pixel), ``flux`` (nmgy, posterior
 median), ``mag``, ``prob_source``, ``prob_galaxy``, ``x_std``, ``y_std``, ``flux_lo``, ``flux_hi``
-(central 68% interval, nmgy); :meth:`Predictor.catalog_batches` makes it batch by batch. An image's celestial
+(central 68% interval, nmgy), ``masked_frac`` (above); :meth:`Predictor.catalog_batches` makes it batch by
+batch. An image's celestial
 WCS adds ``ra`` and ``dec`` (``Predictor.catalog(..., wcs=...)``; a FITS input's own WCS:
 :func:`npejax.cataloging.images.catalog_inputs`). The network's outputs are checked to be finite before any row
 is made (:class:`NonFiniteOutputError`, naming the image).
@@ -42,12 +49,14 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from npejax import catalogs as catalog_lib
 from npejax.nn import checkpoints
@@ -63,6 +72,14 @@ from npejax.sim import psf as psf_lib
 # per pixel (10.5 mag/arcsec^2) is beyond any sky, i.e. a unit mistake (DN or electrons for nmgy).
 MAX_BACKGROUND = 1e4
 CHUNK_SIZE = 512  # pixels: images larger than this on a side are predicted in overlapping chunks
+# A useful chunk keeps at least this fraction of its side as output (the rest is the context its margins need):
+# with 1/2 the chunks compute at most 4 times the image's pixels. Smaller chunks only multiply the network calls
+# (76-pixel chunks of the CPU network keep one tile: 62,500 calls for a 1000 x 1000 image); the commands refuse
+# them (:meth:`Predictor.check_chunk_size` with ``useful=True``).
+USEFUL_CHUNK_FRACTION = 0.5
+MAX_MASKED_FRACTION = 0.5  # an image with more masked (NaN or infinite) pixels than this is refused
+MASK_RADIUS = 6  # pixels: ``masked_frac`` counts the masked pixels within this of a detection (a 13 x 13 box)
+PROGRESS_DELAY = 2.0  # seconds: a prediction shows its progress bar (on a terminal) once it has run this long
 TILE_FLOAT_KEYS = ("tile_locs", "tile_flux", "prob_source", "prob_galaxy", "loc_std", "flux_lo", "flux_hi")
 
 
@@ -94,18 +111,22 @@ def check_batch_size(batch_size) -> int:
     return int(batch_size)
 
 
-def check_inputs(images, background, psf_params, first_index: int = 0):
+def check_inputs(images, background, psf_params, first_index: int = 0, allow_masked: bool = False):
     """(images [N, H, W], background [N, H, W], psf_params [N, 6]) as float32 after checking them: non-empty
     images of finite pixels (nmgy), a background (a number, [H, W] or [N, H, W]) in (0,
     :data:`MAX_BACKGROUND`] nmgy per pixel, valid PSF parameters ([6] or [N, 6]). ValueError naming the
-    first bad value (images are numbered from ``first_index``)."""
+    first bad value (images are numbered from ``first_index``). With ``allow_masked`` NaN and infinite pixels are
+    masked pixels, kept as they are (:meth:`Predictor.catalog` masks them), but an image with more than
+    :data:`MAX_MASKED_FRACTION` of them is refused (:func:`masked_pixels`); a background is never masked."""
     images = np.asarray(images, np.float32)
     if images.ndim == 2:
         images = images[None]
     if images.ndim != 3 or min(images.shape) == 0:
         raise ValueError(f"images must be [N, H, W] or [H, W] and non-empty, got shape {images.shape}")
     n, h, w = images.shape
-    if not np.all(np.isfinite(images)):
+    if allow_masked:
+        masked_pixels(images, first_index)
+    elif not np.all(np.isfinite(images)):
         bad = np.argwhere(~np.isfinite(images))[0]
         raise ValueError(
             f"images contain NaN or infinite pixels (first at image {first_index + bad[0]}, row "
@@ -134,6 +155,43 @@ def check_inputs(images, background, psf_params, first_index: int = 0):
         ) from None
     psf_lib.validate_psf_params(psf_params, where="psf_params")
     return images, background, psf_params
+
+
+def masked_pixels(images, first_index: int = 0) -> np.ndarray:
+    """The masked pixels of ``images`` [N, H, W]: bool [N, H, W], True where a pixel is NaN or +-inf. ValueError
+    naming the first image (numbered from ``first_index``) with more than :data:`MAX_MASKED_FRACTION` of its
+    pixels masked: too little of it is left to catalog."""
+    masked = ~np.isfinite(np.asarray(images))
+    if masked.ndim == 3 and masked.size:
+        fraction = masked.reshape(len(masked), -1).mean(axis=1)
+        over = np.nonzero(fraction > MAX_MASKED_FRACTION)[0]
+        if over.size:
+            i = int(over[0])
+            raise ValueError(
+                f"image {first_index + i}: {int(masked[i].sum())} of its {masked[i].size} pixels "
+                f"({100 * fraction[i]:.1f}%) are NaN or infinite: expected at most {100 * MAX_MASKED_FRACTION:g}% "
+                "masked pixels (too little of the image is left to catalog)"
+            )
+    return masked
+
+
+def masked_fraction(masked, image, x, y, radius: int = MASK_RADIUS) -> np.ndarray:
+    """For each detection (``image`` index into ``masked`` [N, H, W], ``x`` column and ``y`` row in pixels from
+    the image edge), the fraction of masked pixels within ``radius`` pixels of its pixel: the box of (2 ``radius``
+    + 1)^2 pixels centred on it, clipped at the image edge. float32, one per detection."""
+    masked = np.asarray(masked, bool)
+    image = np.asarray(image, np.int64)
+    if image.size == 0 or not masked.any():
+        return np.zeros(image.size, np.float32)
+    n, h, w = masked.shape
+    table = np.zeros((n, h + 1, w + 1), np.int64)  # summed-area table: table[i, r, c] = masked[i, :r, :c].sum()
+    table[:, 1:, 1:] = masked.cumsum(axis=1).cumsum(axis=2)
+    col = np.clip(np.floor(np.asarray(x, np.float64)).astype(np.int64), 0, w - 1)
+    row = np.clip(np.floor(np.asarray(y, np.float64)).astype(np.int64), 0, h - 1)
+    r0, r1 = np.maximum(row - radius, 0), np.minimum(row + radius + 1, h)
+    c0, c1 = np.maximum(col - radius, 0), np.minimum(col + radius + 1, w)
+    count = table[image, r1, c1] - table[image, r0, c1] - table[image, r1, c0] + table[image, r0, c0]
+    return (count / ((r1 - r0) * (c1 - c0))).astype(np.float32)
 
 
 def receptive_margin(net: model_lib.CatalogNet) -> int:
@@ -265,16 +323,42 @@ class Predictor:
         h.update(json.dumps(self.normalizer.to_dict(), sort_keys=True).encode())
         return dict(network=self.source, network_sha256=h.hexdigest(), decode=self.decode)
 
-    def check_chunk_size(self, chunk_size) -> int | None:
+    def useful_chunk_size(self) -> int:
+        """The smallest chunk side (pixels) that keeps :data:`USEFUL_CHUNK_FRACTION` of its side as output beyond
+        the receptive-field margins (and at least one tile)."""
+        tiles = math.ceil(2 * self.margin / (1 - USEFUL_CHUNK_FRACTION))
+        return max(tiles, 2 * self.margin + 1) * self.tile_size
+
+    def network_calls(self, height: int, width: int, chunk_size) -> int:
+        """Network calls that predict one ``height`` x ``width`` image in chunks of ``chunk_size`` pixels (1 for
+        whole images)."""
+        chunk = self.check_chunk_size(chunk_size)
+        th, tw = -(-int(height) // self.tile_size), -(-int(width) // self.tile_size)
+        if chunk is None or (th <= chunk and tw <= chunk):
+            return 1
+        return len(_chunk_plan(th, chunk, self.margin)) * len(_chunk_plan(tw, chunk, self.margin))
+
+    def check_chunk_size(self, chunk_size, useful: bool = False) -> int | None:
         """Chunk side in tiles for ``chunk_size`` pixels (None or 0: whole images); ValueError when a chunk
-        would have no tiles beyond the receptive-field margins."""
+        would have no tiles beyond the receptive-field margins, or with ``useful`` (the commands' --chunk-size)
+        when it is smaller than :meth:`useful_chunk_size`: its output would be so small a part of it that the
+        network calls multiply (the error says how many a 1000 x 1000 image would take)."""
         if chunk_size is None or chunk_size == 0:
             return None
         least = (2 * self.margin + 1) * self.tile_size
+        context = f"this network sees {self.margin * self.tile_size} pixels beyond each tile"
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < least:
             raise ValueError(
-                f"chunk_size {chunk_size!r}: expected 0 (whole images) or at least {least} pixels "
-                f"(this network sees {self.margin * self.tile_size} pixels beyond each tile)"
+                f"chunk_size {chunk_size!r}: expected 0 (whole images) or at least {least} pixels ({context})"
+            )
+        useful_least = self.useful_chunk_size()
+        if useful and chunk_size < useful_least:
+            kept = (int(chunk_size) // self.tile_size - 2 * self.margin) * self.tile_size
+            calls = self.network_calls(1000, 1000, int(chunk_size))
+            raise ValueError(
+                f"chunk_size {chunk_size}: expected 0 (whole images) or at least {useful_least} pixels ({context}: a "
+                f"chunk of {chunk_size} keeps {kept} pixels of its side as output, {calls:,} network calls for a "
+                f"1000 x 1000 image, against {self.network_calls(1000, 1000, useful_least):,} at {useful_least})"
             )
         return int(chunk_size) // self.tile_size
 
@@ -313,20 +397,26 @@ class Predictor:
                 )
         return out
 
-    def _chunked(self, image, background, psf_params, index: int, chunk: int) -> dict:
-        """Tiles of one padded image [Hp, Wp] predicted chunk by chunk (see the module doc)."""
+    def _chunked(self, image, background, psf_params, index: int, chunk: int, progress: bool = False) -> dict:
+        """Tiles of one padded image [Hp, Wp] predicted chunk by chunk (see the module doc); ``progress``: a bar
+        of the chunks (:func:`progress_bar`)."""
         t = self.tile_size
         th, tw = image.shape[0] // t, image.shape[1] // t
         ch, cw = min(chunk, th), min(chunk, tw)
         out = None
-        for a, b, s in _chunk_plan(th, chunk, self.margin):
-            for a2, b2, s2 in _chunk_plan(tw, chunk, self.margin):
-                rows, cols = slice(s * t, (s + ch) * t), slice(s2 * t, (s2 + cw) * t)
-                piece = self._run(image[None, rows, cols], background[None, rows, cols], psf_params[None], index, s, s2)
-                if out is None:
-                    out = {k: np.empty((1, th, tw) + v.shape[3:], v.dtype) for k, v in piece.items()}
-                for k, v in piece.items():
-                    out[k][0, a:b, a2:b2] = v[0, a - s : b - s, a2 - s2 : b2 - s2]
+        plan_h, plan_w = _chunk_plan(th, chunk, self.margin), _chunk_plan(tw, chunk, self.margin)
+        with progress_bar(progress, len(plan_h) * len(plan_w), f"image {index}", "chunk", leave=False) as bar:
+            for a, b, s in plan_h:
+                for a2, b2, s2 in plan_w:
+                    rows, cols = slice(s * t, (s + ch) * t), slice(s2 * t, (s2 + cw) * t)
+                    piece = self._run(
+                        image[None, rows, cols], background[None, rows, cols], psf_params[None], index, s, s2
+                    )
+                    if out is None:
+                        out = {k: np.empty((1, th, tw) + v.shape[3:], v.dtype) for k, v in piece.items()}
+                    for k, v in piece.items():
+                        out[k][0, a:b, a2:b2] = v[0, a - s : b - s, a2 - s2 : b2 - s2]
+                    bar.update(1)
         return out
 
     def predict_tiles(
@@ -337,6 +427,7 @@ class Predictor:
         batch_size: int = 256,
         chunk_size: int | None = CHUNK_SIZE,
         image_offset: int = 0,
+        progress: bool = False,
     ) -> dict[str, np.ndarray]:
         """Per-tile mode and summaries ([N, ceil(H/t), ceil(W/t)] arrays) for images [N, H, W] (nmgy).
 
@@ -344,7 +435,8 @@ class Predictor:
         with zeros, background with its edge values); the last row/column of tiles then covers padding.
         Images with a side above ``chunk_size`` pixels are predicted in overlapping chunks (None or 0:
         whole). ``image_offset``: the index of the first image, for messages. NonFiniteOutputError if an
-        output is NaN or infinite.
+        output is NaN or infinite. Every pixel must be finite here (:meth:`catalog` masks NaN pixels);
+        ``progress``: a bar of each chunked image's chunks (:func:`progress_bar`).
         """
         batch_size = check_batch_size(batch_size)
         chunk = self.check_chunk_size(chunk_size)
@@ -357,7 +449,7 @@ class Predictor:
                 parts.append(self._run(images[sl], background[sl], psf_params[sl], image_offset + start))
         else:
             for i in range(len(images)):
-                parts.append(self._chunked(images[i], background[i], psf_params[i], image_offset + i, chunk))
+                parts.append(self._chunked(images[i], background[i], psf_params[i], image_offset + i, chunk, progress))
         return self.read_tiles({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
     def read_tiles(self, tiles: dict) -> dict[str, np.ndarray]:
@@ -365,12 +457,30 @@ class Predictor:
         as they are (``"tile"``) or with split sources merged (``"group"``, :func:`merge_split_sources`)."""
         return merge_split_sources(tiles) if self.decode == "group" else tiles
 
-    def _sources(self, images, background, psf_params, min_prob, batch_size, chunk_size, image_offset) -> dict:
-        h, w = np.shape(images)[-2:]
-        tiles = self.predict_tiles(images, background, psf_params, batch_size, chunk_size, image_offset)
+    def _sources(
+        self, images, background, psf_params, min_prob, batch_size, chunk_size, image_offset, progress=False
+    ) -> dict:
+        """Detections of images that may hold masked (NaN, +-inf) pixels: those are set to 0, the sky-subtracted
+        sky's expectation (the network has no mask input), one warning line per image says how many, and each
+        detection gets ``masked_frac`` (:func:`masked_fraction`)."""
+        images = np.asarray(images, np.float32)
+        images = images[None] if images.ndim == 2 else images
+        h, w = images.shape[-2:]
+        masked = masked_pixels(images, image_offset) if images.ndim == 3 else np.zeros(images.shape, bool)
+        if masked.any():
+            for i in np.nonzero(masked.any(axis=(1, 2)))[0]:
+                sys.stderr.write(
+                    f"warning: image {image_offset + i}: {int(masked[i].sum())} NaN or infinite pixels "
+                    f"({100 * masked[i].mean():.2f}%) masked (set to 0); detections within {MASK_RADIUS} pixels of "
+                    "them have masked_frac > 0\n"
+                )
+            sys.stderr.flush()
+            images = np.where(masked, np.float32(0), images)
+        tiles = self.predict_tiles(images, background, psf_params, batch_size, chunk_size, image_offset, progress)
         sources = tiles_to_sources(tiles, self.tile_size, min_prob=min_prob)
         inside = (sources["x"] < w) & (sources["y"] < h)
         sources = {k: v[inside] for k, v in sources.items()}
+        sources["masked_frac"] = masked_fraction(masked, sources["image"], sources["x"], sources["y"])
         sources["image"] = sources["image"] + image_offset
         return sources
 
@@ -387,6 +497,11 @@ class Predictor:
     ):
         """Probabilistic catalog (astropy Table) of tiles with ``prob_source > min_prob``; sources whose
         position falls in the padding of an image of any other size are dropped.
+
+        NaN and infinite pixels are masked: set to 0 (the sky-subtracted sky) before the network sees them, one
+        ``warning:`` line per image on stderr, and the column ``masked_frac`` (every catalog has it) gives each
+        detection's fraction of masked pixels within :data:`MASK_RADIUS` pixels; an image with more than
+        :data:`MAX_MASKED_FRACTION` masked is refused (ValueError).
 
         ``wcs``: the celestial WCS of the image (an :class:`astropy.wcs.WCS`, e.g. ``WCS(header).celestial``,
         or any WCS with ``pixel_to_world``) adds ``ra`` and ``dec`` (ICRS, degrees) and its keywords to the
@@ -407,13 +522,36 @@ class Predictor:
         min_prob: float = 0.5,
         batch_size: int = 256,
         chunk_size: int | None = CHUNK_SIZE,
+        progress: bool = False,
+        num_images: int | None = None,
     ):
         """:meth:`catalog` of images given batch by batch, so that a dataset is never held whole: ``batches``
         yields (index of the first image, (images, background, psf_params)) per batch of at most ``batch_size``
         images (:meth:`npejax.cataloging.images.Inputs.batches`). ``min_prob``, ``batch_size`` and
-        ``chunk_size`` are checked before ``batches`` is iterated."""
+        ``chunk_size`` are checked before ``batches`` is iterated. ``progress``: a bar of the images
+        (``num_images`` of them) and of each chunked image's chunks, on a terminal once the prediction has run
+        :data:`PROGRESS_DELAY` seconds (:func:`progress_bar`)."""
         min_prob = check_min_prob(min_prob)
         batch_size = check_batch_size(batch_size)
         self.check_chunk_size(chunk_size)
-        parts = [self._sources(*arrays, min_prob, batch_size, chunk_size, start) for start, arrays in batches]
+        parts = []
+        with progress_bar(progress, num_images, "predicting", "img") as bar:
+            for start, arrays in batches:
+                parts.append(self._sources(*arrays, min_prob, batch_size, chunk_size, start, progress))
+                bar.update(np.shape(arrays[0])[0] if np.ndim(arrays[0]) == 3 else 1)
         return catalog_lib.prediction_table({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+
+
+def progress_bar(show: bool, total: int | None, desc: str, unit: str, leave: bool = True):
+    """A tqdm bar on stderr when ``show``, only on a terminal (not in a log or a test's captured stderr), and only
+    once it has run :data:`PROGRESS_DELAY` seconds: short predictions print nothing."""
+    return tqdm.tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        leave=leave,
+        delay=PROGRESS_DELAY,
+        file=sys.stderr,
+        disable=None if show else True,  # None: tqdm's own test, off unless stderr is a terminal
+        dynamic_ncols=True,
+    )

@@ -50,7 +50,8 @@ Files in ``workdir``: ``config.json`` (the config), ``metrics.csv`` (one row per
 rewritten from the checkpoint's history, so a killed run never leaves a duplicate row), ``checkpoints/``,
 and ``tensorboard/`` (TensorBoard event files, tensorboardX; global step = epoch): ``nll/train``,
 ``nll/val``, ``learning_rate`` and ``images_per_s`` every epoch (the metrics.csv values) and, every
-``train.figure_every`` epochs, ``validation/image`` (the first validation image, asinh stretch, with the
+``train.figure_every`` epochs, ``validation/image`` (the first validation image, in the grey of every other figure,
+brighter pixels lighter: :func:`npejax.nn.display.asinh_stretch`, with the
 true tile-catalog sources (circles) and the network's detections (crosses)). A resumed run purges events
 after its checkpoint (TensorBoard's ``purge_step``). The pieces of the loop:
 :func:`~npejax.nn.input_pipeline.setup_data`, :func:`restore_or_init`, :func:`run_epoch`, :func:`record_epoch`.
@@ -75,7 +76,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from npejax import configuration, io, schema
-from npejax.nn import checkpoints, distributed, input_pipeline, preemption
+from npejax.nn import checkpoints, display, distributed, input_pipeline, preemption
 from npejax.nn import inputs as inputs_lib
 from npejax.nn import model as model_lib
 from npejax.nn import state as state_lib
@@ -284,12 +285,11 @@ def validation_figure(config, net, normalizer: inputs_lib.Normalizer, val_batch:
     def draw(state, epoch: int) -> np.ndarray:
         variables = distributed.local_copy(state_lib.eval_variables(state))
         predicted = tiles_to_sources(jax.device_get(mode(variables)), tile)
-        image = first["images"][0]
-        scale = max(float(np.quantile(np.abs(image), 0.5)), 1e-6)
+        shown, vmin, vmax = display.asinh_stretch(first["images"][0])  # as the report's gallery shows images
         fig = Figure(figsize=(4.0, 4.3), dpi=100)
         canvas = FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        ax.imshow(np.arcsinh(image / scale), cmap="gray_r", origin="upper", interpolation="nearest")
+        ax.imshow(shown, cmap=display.CMAP, vmin=vmin, vmax=vmax, origin="upper", interpolation="nearest")
         # positions are from the image edge (pixel i covers [i, i+1)); imshow centres pixel i at i
         ax.scatter(
             truth["x"] - 0.5,
