@@ -472,7 +472,11 @@ def ceiling_note(results: dict, key: str, cutoffs, xname: str = "r") -> str:
 def markdown(results: dict, gallery: bool = False) -> str:
     """The report's markdown (figures referenced by relative path; the gallery section when ``gallery``)."""
     ts = results["test_set"]
-    bank = "the embedded bank of 500 **SYNTHETIC** SDSS-like fields" if ts["synthetic_bank"] else f"bank {ts['bank']}"
+    bank = (
+        f"the embedded bank `{ts['bank']}` of **SYNTHETIC** SDSS-like fields"
+        if ts["synthetic_bank"]
+        else f"bank {ts['bank']}"
+    )
     methods = ", ".join(_label(n) for n in results["methods"])
     out = [
         f"# npejax evaluation: p_{ts['prior']} test set",
