@@ -42,7 +42,14 @@ if TYPE_CHECKING:
 # Flag values of the library, written here so that --help loads no JAX (tests/test_cli.py checks they agree):
 CHECKPOINTS = ("best", "latest")  # npejax.nn.checkpoints.WHICH
 CHUNK_SIZE = 512  # npejax.nn.predictor.CHUNK_SIZE
-INPUT_FLAGS = ("input", "background", "sdss-frame", "psfield", "bank")  # files read: --out and --png must not be one
+INPUT_FLAGS = (
+    "input",
+    "background",
+    "sdss-frame",
+    "psfield",
+    "bank",
+    "psf-image",
+)  # files read: --out and --png must not be one
 
 
 def define_network_flags(fv: flags.FlagValues) -> None:
@@ -56,6 +63,17 @@ def define_network_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     flags.DEFINE_enum("checkpoint", "best", list(CHECKPOINTS), "Which checkpoint of --workdir.", flag_values=fv)
+
+
+def define_skip_checks(fv: flags.FlagValues) -> None:
+    """``--skip-image-checks`` (also a flag of ``npejax.survey catalog``)."""
+    flags.DEFINE_boolean(
+        "skip-image-checks",
+        False,
+        "Catalog images that do not look sky-subtracted and in nanomaggies (median, noise against the "
+        "background, BUNIT: npejax.cataloging.checks) instead of refusing them.",
+        flag_values=fv,
+    )
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -101,10 +119,24 @@ def define_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     flags.DEFINE_string(
-        "bank", None, "Field bank for --field-id (default: the embedded synthetic bank).", flag_values=fv
+        "fwhm",
+        None,
+        "FITS input: the PSF's FWHM in arcsec (a PSF of the field bank's family scaled to it; pixels from the "
+        "image's WCS, else 0.396 arcsec).",
+        flag_values=fv,
     )
+    flags.DEFINE_string(
+        "psf-image",
+        None,
+        "FITS input: a FITS image of the PSF at the image's pixel scale, fitted with the six parameters.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "bank", None, "Field bank for --field-id and --fwhm (default: the embedded synthetic bank).", flag_values=fv
+    )
+    define_skip_checks(fv)
     cli.define_overwrite(fv, "--out and --png")
-    for name in ("min-prob", "batch-size", "chunk-size", "psf-params", "field-id", "sdss-frame"):
+    for name in ("min-prob", "batch-size", "chunk-size", "psf-params", "field-id", "sdss-frame", "psf-image"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
 
 
@@ -118,19 +150,34 @@ def open_inputs(fv: flags.FlagValues) -> images.Inputs:
             "give one of --input (a dataset directory, .npz or FITS image) and --sdss-frame "
             "(with --psfield)" + (", not both" if path else "")
         )
+    psfs = ("psf-params", "field-id", "fwhm", "psf-image")
+    checks = not fv["skip-image-checks"].value
     if frame is not None:
-        given = [f"--{n}" for n in ("background", "psf-params", "field-id", "bank") if fv[n].value is not None]
+        given = [f"--{n}" for n in ("background", *psfs, "bank") if fv[n].value is not None]
         if given:
             raise cli.UsageError(
                 f"{', '.join(given)}: an SDSS frame brings its own background and --psfield its PSF; leave them out"
             )
         if psfield is None:
             raise cli.UsageError("--sdss-frame needs --psfield (the frame's psField file, for its PSF)")
-        return images.open_sdss_frame(frame, psfield)
+        return images.open_sdss_frame(frame, psfield, checks)
     if psfield is not None:
-        raise cli.UsageError("--psfield goes with --sdss-frame; for --input give --psf-params or --field-id")
+        raise cli.UsageError(
+            "--psfield goes with --sdss-frame; for --input give --psf-params, --field-id, --fwhm or --psf-image"
+        )
+    given = [f"--{n}" for n in psfs if fv[n].value is not None]
+    if len(given) > 1:
+        raise cli.UsageError(f"{', '.join(given)}: give one PSF, not {len(given)}")
+    options.check_psf_flags(fv["psf-params"].value, fv.fwhm)
     return images.open_inputs(
-        path, options.parse_background_arg(fv.background), fv["psf-params"].value, fv["field-id"].value, fv.bank
+        path,
+        options.parse_background_arg(fv.background),
+        fv["psf-params"].value,
+        fv["field-id"].value,
+        fv.bank,
+        fv.fwhm,
+        fv["psf-image"].value,
+        checks,
     )
 
 
@@ -160,6 +207,8 @@ def run(fv: flags.FlagValues) -> None:
         io.check_output_file(fv.png, "--png")
         cli.check_new_file(fv.png, "--png", fv.overwrite)
     inputs = open_inputs(fv)
+    for note in inputs.notes:
+        print(note)
     net = options.load_network(fv)
     chunk_size = options.chunk_size_flag(net, chunk_size)
 

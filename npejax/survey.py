@@ -98,6 +98,10 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     flags.DEFINE_string("psf-params", None, "Default PSF of FITS lines: s1,s2,sP,beta,b,p0 (pixels).", flag_values=fv)
+    flags.DEFINE_string(
+        "fwhm", None, "Default PSF of FITS lines: its FWHM in arcsec (as npejax.predict --fwhm).", flag_values=fv
+    )
+    predict.define_skip_checks(fv)
     flags.DEFINE_string("bank", None, "Field bank of field-id (default: the embedded synthetic bank).", flag_values=fv)
     for name in ("min-prob", "chunk-size", "field-id", "psf-params"):
         flags.DEFINE_alias(name.replace("-", "_"), name, flag_values=fv)
@@ -111,11 +115,11 @@ def run_catalog(fv: flags.FlagValues) -> int:
     options.check_network_flags(fv)
     min_prob = options.min_prob_flag(fv["min-prob"].value)
     field_id, psf_params = fv["field-id"].value, fv["psf-params"].value
-    options.check_defaults(fv.background, field_id, psf_params)
+    options.check_defaults(fv.background, field_id, psf_params, fv.fwhm)
     shard, num_shards, shard_source = runner_lib.resolve_shard(fv.shard)
     out, fmt = fv.out, fv.format
     io.check_output_dir(out, "--out")
-    frames = runner_lib.read_frame_list(fv.frames, fv.background, field_id, psf_params)
+    frames = runner_lib.read_frame_list(fv.frames, fv.background, field_id, psf_params, fwhm=fv.fwhm)
     if not frames:
         raise cli.UsageError(f"--frames {fv.frames} lists no frame")
     bank = runner_lib.FieldBankCache(fv.bank)
@@ -140,7 +144,18 @@ def run_catalog(fv: flags.FlagValues) -> int:
         chunk_size = options.chunk_size_flag(net, fv["chunk-size"].value)
         if any(f.field_id is not None for f in todo):
             bank.load()  # a missing or unreadable bank is the command's error, not every frame's
-        summary = runner_lib.catalog_frames(net, todo, out, fmt, bank, min_prob, chunk_size, fv.readers, failures_file)
+        summary = runner_lib.catalog_frames(
+            net,
+            todo,
+            out,
+            fmt,
+            bank,
+            min_prob,
+            chunk_size,
+            fv.readers,
+            failures_file,
+            image_checks=not fv["skip-image-checks"].value,
+        )
     runner_lib.clear_failures(failures_file, summary.failures)  # a rerun that catalogued every frame
     failed = len(summary.failures)
     print(
@@ -157,7 +172,12 @@ def frame_inputs(frame) -> dict:
     """The files a frame list's line names (``--frames line N``, its ``psfield=`` and ``background=``): the
     inputs a catalog or a merged table must not overwrite (:func:`npejax.io.check_not_input`)."""
     where = f"frame {frame.name} (--frames line {frame.line})"
-    return {where: frame.path, f"{where} psfield=": frame.psfield, f"{where} background=": frame.background}
+    return {
+        where: frame.path,
+        f"{where} psfield=": frame.psfield,
+        f"{where} background=": frame.background,
+        f"{where} psf-image=": frame.psf_image,
+    }
 
 
 def define_merge_flags(fv: flags.FlagValues) -> None:

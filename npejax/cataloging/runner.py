@@ -86,7 +86,8 @@ from npejax.sim import fields as fields_lib
 EXIT_FRAMES_FAILED = 1
 CATALOG_DIR = "catalogs"
 FORMATS = {"fits": ".fits", "csv": ".csv"}
-LINE_KEYS = ("background", "field-id", "psf-params", "psfield")
+LINE_KEYS = ("background", "field-id", "psf-params", "fwhm", "psf-image", "psfield")
+PSF_KEYS = ("field-id", "psf-params", "fwhm", "psf-image")  # a FITS line's PSF: one of them
 FAILURE_COLUMNS = ["index", "name", "path", "reason"]
 _COMPRESSION = (".gz", ".bz2", ".fz")
 _SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
@@ -101,7 +102,8 @@ SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK
 class Frame:
     """One frame of the list: ``index`` (0-based among the list's frames), ``line`` (1-based line number),
     ``path`` (resolved), ``name`` (:func:`frame_stem`), and either ``psfield`` (an SDSS frame) or
-    ``background`` (float or FITS path) with ``field_id`` or ``psf_params`` (text)."""
+    ``background`` (float or FITS path) with one of ``field_id``, ``psf_params``, ``fwhm`` (text) and
+    ``psf_image`` (a FITS path)."""
 
     index: int
     line: int
@@ -111,6 +113,8 @@ class Frame:
     background: float | str | None = None
     field_id: str | None = None
     psf_params: str | None = None
+    fwhm: str | None = None
+    psf_image: str | None = None
 
     @property
     def is_sdss(self) -> bool:
@@ -135,7 +139,12 @@ def _resolve(folder: str, path: str) -> str:
 
 
 def read_frame_list(
-    path: str, background=None, field_id: str | None = None, psf_params: str | None = None, require_inputs: bool = True
+    path: str,
+    background=None,
+    field_id: str | None = None,
+    psf_params: str | None = None,
+    require_inputs: bool = True,
+    fwhm: str | None = None,
 ) -> list[Frame]:
     """The frames of the list file ``path`` (module doc), with the command's defaults filled in.
 
@@ -188,7 +197,7 @@ def read_frame_list(
             )
         names[name] = number
         if "psfield" in keys:
-            extra = [k + "=" for k in ("background", "field-id", "psf-params") if k in keys]
+            extra = [k + "=" for k in ("background", *PSF_KEYS) if k in keys]
             if extra:
                 raise ValueError(
                     f"{where}: {', '.join(extra)} with psfield=: an SDSS frame brings its own "
@@ -207,17 +216,32 @@ def read_frame_list(
                 bg = float(bg)
             except ValueError:
                 bg = _resolve(folder, bg) if "background" in keys else bg
-        if "field-id" in keys or "psf-params" in keys:
-            if "field-id" in keys and "psf-params" in keys:
-                raise ValueError(f"{where}: give one of field-id= and psf-params=, not both")
-            fid, psf = keys.get("field-id"), keys.get("psf-params")
+        given = [k for k in PSF_KEYS if k in keys]
+        if len(given) > 1:
+            raise ValueError(f"{where}: give one of {', '.join(k + '=' for k in PSF_KEYS)} not {len(given)}")
+        if given:
+            fid, psf, width = keys.get("field-id"), keys.get("psf-params"), keys.get("fwhm")
+            psf_image = _resolve(folder, keys["psf-image"]) if "psf-image" in keys else None
         else:
-            fid, psf = field_id, psf_params
-        if fid is None and psf is None and require_inputs:
+            fid, psf, width, psf_image = field_id, psf_params, fwhm, None
+        if fid is None and psf is None and width is None and psf_image is None and require_inputs:
             raise ValueError(
-                f"{where}: {paths[0]} needs field-id= or psf-params= (or the command's --field-id or --psf-params)"
+                f"{where}: {paths[0]} needs one of {', '.join(k + '=' for k in PSF_KEYS)} (or the command's "
+                "--field-id, --psf-params or --fwhm)"
             )
-        frames.append(Frame(len(frames), number, file, name, background=bg, field_id=fid, psf_params=psf))
+        frames.append(
+            Frame(
+                len(frames),
+                number,
+                file,
+                name,
+                background=bg,
+                field_id=fid,
+                psf_params=psf,
+                fwhm=width,
+                psf_image=psf_image,
+            )
+        )
     return frames
 
 
@@ -355,12 +379,21 @@ class FieldBankCache:
             raise cli.UsageError(f"--field-id {field_id}: {cli.message(exc).split(': ', 1)[1]}") from None
 
 
-def open_frame(frame: Frame, bank: FieldBankCache) -> images.Inputs:
-    """The frame's image, background and PSF, read and checked (the readers of ``npejax.predict``)."""
+def open_frame(frame: Frame, bank: FieldBankCache, image_checks: bool = True) -> images.Inputs:
+    """The frame's image, background and PSF, read and checked (the readers and checks of ``npejax.predict``;
+    the pixel checks of :mod:`npejax.cataloging.checks` only when ``image_checks``)."""
     if frame.is_sdss:
-        return images.open_sdss_frame(frame.path, frame.psfield)
+        return images.open_sdss_frame(frame.path, frame.psfield, image_checks)
     psf = bank.psf_params(frame.field_id) if frame.field_id is not None else frame.psf_params
-    return images.open_inputs(frame.path, background=frame.background, psf_params=psf)
+    return images.open_inputs(
+        frame.path,
+        background=frame.background,
+        psf_params=psf,
+        bank=bank.path if frame.fwhm is not None else None,
+        fwhm=frame.fwhm,
+        psf_image=frame.psf_image,
+        image_checks=image_checks,
+    )
 
 
 # A frame's own fault (a missing, truncated or corrupt file, a value out of range, a non-finite output): its
@@ -411,24 +444,26 @@ def catalog_frames(
     chunk_size: int | None = CHUNK_SIZE,
     readers: int = 2,
     failures_file: str | None = None,
+    image_checks: bool = True,
 ) -> Summary:
     """Catalogs ``frames`` with ``net`` into ``out/catalogs`` (module doc), ``readers`` threads reading the
     next frames while one is predicted (frames held in memory: readers + 1). A frame that fails is a line on
     stderr and a row of ``failures_file`` (default ``failures-0-of-1.csv``); the others go on. Prints one
-    line per cataloged frame; returns the :class:`Summary`."""
+    line per cataloged frame; returns the :class:`Summary`. ``image_checks`` false skips the pixel checks of
+    :mod:`npejax.cataloging.checks` (``--skip-image-checks``)."""
     failures_file = failures_file or failures_path(out, 0, 1)
     summary = Summary()
     os.makedirs(os.path.join(out, CATALOG_DIR), exist_ok=True)
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=readers) as pool:
         # frames k+1 .. k+readers are read (in threads) while frame k is predicted and written
-        pending = collections.deque(pool.submit(open_frame, f, bank) for f in frames[:readers])
+        pending = collections.deque(pool.submit(open_frame, f, bank, image_checks) for f in frames[:readers])
         for k, frame in enumerate(frames):
             t0 = time.perf_counter()
             try:
                 future = pending.popleft()
                 if k + readers < len(frames):
-                    pending.append(pool.submit(open_frame, frames[k + readers], bank))
+                    pending.append(pool.submit(open_frame, frames[k + readers], bank, image_checks))
                 table = images.catalog_inputs(
                     net, future.result(), min_prob, batch_size=1, chunk_size=chunk_size or None
                 )
