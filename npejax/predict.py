@@ -9,7 +9,11 @@
 Loads the ``--checkpoint`` (best or latest) of a training directory (``python -m npejax.main``), or with
 ``--pretrained NAME`` a network shipped with the package (:mod:`npejax.nn.pretrained`; its file's SHA-256
 checked), and writes one row per tile whose source probability exceeds ``--min-prob`` to ``--out`` (FITS or
-CSV by extension). A FITS ``--input`` needs ``--background`` and one of ``--psf-params`` and ``--field-id``.
+CSV by extension). A FITS ``--input`` (sky-subtracted, nmgy, 0.396"/pixel) needs ``--background`` and one PSF:
+``--psf-params``, ``--field-id``, ``--fwhm`` (arcsec) or ``--psf-image`` (a PSF image, fitted; the fit is
+printed). A FITS input and an SDSS frame are checked first (:mod:`npejax.cataloging.checks`): the sky left in
+or the wrong units are refused, milder mismatches and a WCS pixel scale off 0.396" are one warning line;
+``--skip-image-checks`` skips the pixel checks.
 An SDSS frame (``--sdss-frame``, r band) brings its own image (HDU 0, nmgy), background (its sky grid
 interpolated to every pixel times its calibration, nmgy) and, with ``--psfield``, its PSF parameters: nothing
 to convert by hand. A FITS input with a celestial WCS (an SDSS frame has one) gives ``ra`` and ``dec`` columns
@@ -19,8 +23,10 @@ and a FITS catalog keeps the WCS in its header. ``--png`` draws the detections o
 Refused before any prediction, with one ``error:`` line and exit status 2, nothing written: a missing or
 foreign workdir, both or neither of ``--workdir`` and ``--pretrained``, an unknown ``--pretrained`` name (the
 error lists the shipped ones), a missing, truncated or corrupt input (FITS, .npz, dataset, SDSS frame or
-psField), a frame of another band or a psField of another field, a background <= 0 or above 1e4 nmgy per
-pixel, NaN pixels, invalid PSF parameters, ``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
+psField), a frame of another band or a psField of another field (its header's RUN, CAMCOL, FIELD), a
+background <= 0 or above 1e4 nmgy per pixel, NaN pixels, an image with the sky left in or not in nmgy
+(:mod:`npejax.cataloging.checks`), a singular WCS matrix, invalid PSF parameters or ones outside physical
+ranges, two PSFs, a ``--psf-image`` fitted badly, ``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
 or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory), that is
 one of the inputs (the same file as ``--input``, ``--background``, ``--sdss-frame``, ``--psfield`` or
 ``--bank``, links followed) or that exists (unless ``--overwrite``). A network

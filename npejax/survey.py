@@ -12,6 +12,7 @@ The frame list (``--frames``) is a text file, one frame per line, ``#`` comments
     images/f1.fits background=0.7 field-id=94-1-12                     # a FITS image (nmgy, sky-subtracted)
     images/f2.fits background=images/f2-sky.fits psf-params=1.2,3.5,1.5,3.0,0.1,0.08
     images/f3.fits                                                     # the command's --background, --field-id
+    images/f4.fits background=0.7 fwhm=1.4                             # or psf-image=f4-psf.fits
 
 ``catalog`` writes ``DIR/catalogs/NAME.fits`` (or ``.csv``) per frame of its shard (NAME: the file name
 without its extensions), skipping frames whose catalog exists (a rerun resumes). A frame that cannot be
@@ -25,7 +26,7 @@ The frame list's keys, the files, the sharding rule and the merged table: :mod:`
 Exit status: 0; 1 when a frame failed (catalog) or a listed frame has no catalog (merge; the table of the
 others is written); 2 for a bad command line (both or neither of ``--workdir`` and ``--pretrained``, an
 unknown ``--pretrained`` name), flag value, frame list (syntax, a duplicate name, a FITS line
-with no background or PSF, a frame whose catalog would be the frame's own file: a frame inside
+with no background or PSF or with two, a frame whose catalog would be the frame's own file: a frame inside
 ``DIR/catalogs``) or output folder, before any frame is read, with one ``error:`` line; ``merge`` also
 refuses a ``--table`` inside ``DIR/catalogs`` (it would be merged next time) or that is the ``--frames`` list
 or one of its frames' files, before any catalog is read.

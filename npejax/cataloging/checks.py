@@ -40,6 +40,7 @@ checks always run.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 from astropy import wcs as wcs_lib
@@ -161,8 +162,6 @@ def check_wcs(header, name: str) -> float | None:
     """The pixel scale (arcsec per pixel, the mean of the two axes) of the celestial WCS in ``header``, or None
     without one. A singular CD / PC x CDELT matrix is a ValueError naming ``name``; a scale more than
     :data:`SCALE_TOLERANCE` from :data:`PIXEL_SCALE` is one warning line."""
-    import warnings  # noqa: PLC0415
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

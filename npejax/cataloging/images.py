@@ -11,8 +11,10 @@ Inputs (:func:`open_inputs`): a dataset directory written by ``npejax.simulate``
 never whole); an ``.npz`` with ``images`` [N, H, W] (nmgy, sky-subtracted), ``background`` [N, H, W]
 (nmgy) and ``psf_params`` [N, 6]; or a FITS image (the first 2-D image HDU, nmgy, sky-subtracted) with the
 background given as a number or a FITS file (nmgy per pixel) and the PSF as ``s1,s2,sP,beta,b,p0``
-(:func:`parse_psf_params`) or as a field of the field bank; or an SDSS r-band frame with its psField
-(:func:`open_sdss_frame`: the frame's own sky as background, the psField's PSF). Every input is checked before
+(:func:`parse_psf_params`), as a field of the field bank, as a FWHM (:func:`psf_from_fwhm`) or as a PSF image
+(:func:`psf_from_image`); or an SDSS r-band frame with its psField (:func:`open_sdss_frame`: the frame's own sky
+as background, the psField's PSF). A FITS image and an SDSS frame are checked by :mod:`npejax.cataloging.checks`
+(sky left in, wrong units, WCS scale and matrix, PSF ranges). Every input is checked before
 any prediction (:func:`npejax.nn.predictor.check_inputs`: finite pixels, a background in (0,
 :data:`~npejax.nn.predictor.MAX_BACKGROUND`] nmgy per pixel, valid PSF parameters); a truncated or corrupt
 file is one ``ValueError`` naming it.

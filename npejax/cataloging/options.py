@@ -90,7 +90,9 @@ def check_defaults(
     :class:`npejax.cli.UsageError` naming the option otherwise."""
     given = [n for n, v in (("--field-id", field_id), ("--psf-params", psf_params), ("--fwhm", fwhm)) if v is not None]
     if len(given) > 1:
-        raise cli.UsageError(f"give one of --field-id, --psf-params and --fwhm, not {' and '.join(given)}")
+        raise cli.UsageError(
+            f"give one of {' and '.join(given)}, not both" if len(given) == 2 else f"give one of {', '.join(given)}"
+        )
     check_psf_flags(psf_params, fwhm)
     parse_background_arg(background)
 

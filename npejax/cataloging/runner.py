@@ -16,18 +16,21 @@ Python API::
     images/f1.fits background=0.7 field-id=94-1-12                     # a FITS image (nmgy, sky-subtracted)
     images/f2.fits background=images/f2-sky.fits psf-params=1.2,3.5,1.5,3.0,0.1,0.08
     images/f3.fits                                                     # the command's --background, --field-id
+    images/f4.fits background=0.7 fwhm=1.4                             # or psf-image=f4-psf.fits
 
 Each line is a path and ``key=value`` words (:data:`LINE_KEYS`; shell quoting for paths with spaces; a path
 that looks like ``word=...`` is written ``./word=...``). A line with ``psfield=`` is an SDSS frame read as
 ``python -m npejax.predict --sdss-frame F --psfield P`` reads it (:func:`npejax.cataloging.images.open_sdss_frame`:
 image, its own sky as background, the r-band PSF of the psField). Any other line is a FITS image (its first
 2-D image HDU, in nmgy, sky-subtracted) with ``background=`` (nmgy per pixel: a number or a FITS file of the
-image's shape) and one of ``field-id=`` (a field of the field bank, default the embedded synthetic bank) or
-``psf-params=`` (s1,s2,sP,beta,b,p0, pixels); the ``background``, ``field_id`` and ``psf_params`` given to
+image's shape) and one of ``field-id=`` (a field of the field bank, default the embedded synthetic bank),
+``psf-params=`` (s1,s2,sP,beta,b,p0, pixels), ``fwhm=`` (arcsec) or ``psf-image=`` (a FITS image of the PSF;
+:data:`PSF_KEYS`); the ``background``, ``field_id``, ``psf_params`` and ``fwhm`` given to
 :func:`read_frame_list` (the command's flags) are the defaults of lines that leave them out (a line's own PSF
-key replaces both PSF defaults). Relative paths are relative to the folder of the list file. A frame's
-*name* (:func:`frame_stem`) is its file name without ``.fits``/``.fit``/``.fts`` and ``.gz``/``.bz2``/
-``.fz``; names must be unique in the list.
+key replaces the PSF defaults). Every frame is checked as ``npejax.predict`` checks its input
+(:mod:`npejax.cataloging.checks`; its pixels unless ``image_checks`` is false). Relative paths are relative
+to the folder of the list file. A frame's *name* (:func:`frame_stem`) is its file name without
+``.fits``/``.fit``/``.fts`` and ``.gz``/``.bz2``/``.fz``; names must be unique in the list.
 
 **Files** under the output folder ``out``: ``catalogs/NAME.fits`` (or ``.csv``; :func:`catalog_path`), one
 per frame, written atomically, with the columns of :func:`npejax.cataloging.images.catalog_inputs` (``image``
@@ -226,7 +229,7 @@ def read_frame_list(
             fid, psf, width, psf_image = field_id, psf_params, fwhm, None
         if fid is None and psf is None and width is None and psf_image is None and require_inputs:
             raise ValueError(
-                f"{where}: {paths[0]} needs one of {', '.join(k + '=' for k in PSF_KEYS)} (or the command's "
+                f"{where}: {paths[0]} needs field-id= or psf-params= (or fwhm=, psf-image=, or the command's "
                 "--field-id, --psf-params or --fwhm)"
             )
         frames.append(

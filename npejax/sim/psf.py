@@ -187,6 +187,6 @@ def fit_psf_image(image, oversample: int = 4, max_p0: float = 0.05) -> tuple[np.
     lower = [0.1, 1.5, 0.1, 2.2, 0.0, 0.0, cx - 2, cy - 2, 0.5]
     upper = [20.0, 10.0, 20.0, 8.0, 1.0, max_p0, cx + 2, cy + 2, 2.0]
     theta0 = np.clip(theta0, np.array(lower) + 1e-9, np.array(upper) - 1e-9)
-    result = optimize.least_squares(residual, theta0, bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=2000)
+    result = optimize.least_squares(residual, theta0, bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=500)
     params = unpack(result.x)[0]
     return params, float(np.linalg.norm(result.fun) / np.linalg.norm(data))
