@@ -6,6 +6,7 @@ known by its header (npejax.surveys.sdss.psfield_identity). The refusals' comman
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import one_error_line
 from test_refusals import run_command
 
 from npejax.cataloging import checks, images
@@ -257,3 +258,14 @@ def test_survey_frame_list_takes_fwhm_and_psf_image(tmp_path):
     assert sorted(p.name for p in (tmp_path / "s" / "catalogs").iterdir()) == ["a.fits", "b.fits", "c.fits"]
     failed = [line for line in err.splitlines() if line.startswith("failed:")]
     assert len(failed) == 1 and "x1e6" in failed[0] and "times above the expected" in failed[0], err
+
+
+@pytest.mark.fast
+def test_a_refused_input_gets_its_error_line_alone(tmp_path):
+    """Warnings wait until every check that can refuse has passed: a refusal is one line, not a warning first."""
+    fits.PrimaryHDU(own_image(), header=tan_header(1.0)).writeto(tmp_path / "image.fits")
+    argv = ["--pretrained", "cpu", "--input", str(tmp_path / "image.fits"), "--background", str(BACKGROUND * 6)]
+    status, out, err = run_command("predict", [*argv, "--field-id", "500", "--out", str(tmp_path / "c.fits")])
+    assert status == 2 and out == "", err
+    assert one_error_line(err).startswith("error: field index 500 outside field bank")
+    assert not (tmp_path / "c.fits").exists()

@@ -62,8 +62,12 @@ MAX_PSF_WEIGHT = 10.0  # b and p0 (relative peak weights)
 SKIP_FLAG = "--skip-image-checks"
 
 
-def warn(text: str) -> None:
-    """One ``warning: text`` line on stderr."""
+def warn(text: str, later: list | None = None) -> None:
+    """One ``warning: text`` line on stderr, or appended to ``later`` (to be given to :func:`warn` once every
+    check that can refuse has passed: a refused input gets its one ``error:`` line alone)."""
+    if later is not None:
+        later.append(text)
+        return
     sys.stderr.write(f"warning: {text}\n")
     sys.stderr.flush()
 
@@ -111,10 +115,12 @@ def check_units(header, name: str) -> None:
         )
 
 
-def check_pixels(image, background, name: str, electrons_per_nmgy=ELECTRONS_PER_NMGY, what="--background") -> dict:
-    """Refuses (ValueError naming ``name``) or warns about an image that does not look sky-subtracted and in
-    nmgy against its ``background`` (module doc); returns :func:`pixel_statistics`. ``what`` names where the
-    background came from (for the messages)."""
+def check_pixels(
+    image, background, name: str, electrons_per_nmgy=ELECTRONS_PER_NMGY, what="--background", later=None
+) -> dict:
+    """Refuses (ValueError naming ``name``) or warns about (:func:`warn`, into ``later`` if given) an image that
+    does not look sky-subtracted and in nmgy against its ``background`` (module doc); returns
+    :func:`pixel_statistics`. ``what`` names where the background came from (for the messages)."""
     stats = pixel_statistics(image, background)
     median, noise, sky = stats["median"], stats["noise"], stats["background"]
     if not (np.isfinite(noise) and noise > 0):
@@ -148,20 +154,23 @@ def check_pixels(image, background, name: str, electrons_per_nmgy=ELECTRONS_PER_
     if factor >= WARN_NOISE_FACTOR or factor <= 1 / WARN_NOISE_FACTOR:
         warn(
             f"{name}: pixel noise {noise:.3g} nmgy is {max(factor, 1 / factor):.3g} times "
-            f"{'above' if factor > 1 else 'below'} the expected {span}; is {what} right, the image in nmgy?"
+            f"{'above' if factor > 1 else 'below'} the expected {span}; is {what} right, the image in nmgy?",
+            later,
         )
     elif abs(sigmas) > WARN_MEDIAN_SIGMAS:
         warn(
             f"{name}: median pixel {median:.3g} nmgy is {sigmas:+.3g} noise sigmas from 0; the network expects "
-            "a sky-subtracted image (median about 0)"
+            "a sky-subtracted image (median about 0)",
+            later,
         )
     return stats
 
 
-def check_wcs(header, name: str) -> float | None:
+def check_wcs(header, name: str, later: list | None = None) -> float | None:
     """The pixel scale (arcsec per pixel, the mean of the two axes) of the celestial WCS in ``header``, or None
     without one. A singular CD / PC x CDELT matrix is a ValueError naming ``name``; a scale more than
-    :data:`SCALE_TOLERANCE` from :data:`PIXEL_SCALE` is one warning line."""
+    :data:`SCALE_TOLERANCE` from :data:`PIXEL_SCALE` is one warning line (:func:`warn`, into ``later`` if
+    given)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -185,7 +194,8 @@ def check_wcs(header, name: str) -> float | None:
         warn(
             f"{name}: its WCS pixel scale is {shown} arcsec/pixel, the network's {PIXEL_SCALE} (SDSS): sources "
             f"and PSF look {float(np.mean(scales)) / PIXEL_SCALE:.3g} times smaller to it than they are; resample "
-            "the image to 0.396 arcsec/pixel for reliable fluxes and shapes"
+            "the image to 0.396 arcsec/pixel for reliable fluxes and shapes",
+            later,
         )
     return float(np.mean(scales))
 

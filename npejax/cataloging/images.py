@@ -224,11 +224,12 @@ def _fits_inputs(
                 f"background FITS file {background} has shape {bg.shape}, the image {path} "
                 f"{image.shape}: expected the same shape"
             ) from None
-    scale = checks.check_wcs(header, name)  # arcsec per pixel, None without a WCS
+    later = []  # warnings, printed once nothing is refused
+    scale = checks.check_wcs(header, name, later)  # arcsec per pixel, None without a WCS
     wcs = celestial_wcs(header, name)
     if image_checks:
         checks.check_units(header, name)
-        checks.check_pixels(image, bg, name, what="--background")
+        checks.check_pixels(image, bg, name, what="--background", later=later)
     notes = []
     if field_id is not None:
         bank = fields_lib.load_bank(bank)
@@ -241,7 +242,10 @@ def _fits_inputs(
         notes.append(note)
     else:
         psf = parse_psf_params(psf_params)
-    return Inputs.from_arrays(image[None], bg[None], np.asarray(psf, np.float32)[None], path, wcs, notes)
+    inputs = Inputs.from_arrays(image[None], bg[None], np.asarray(psf, np.float32)[None], path, wcs, notes)
+    for text in later:
+        checks.warn(text)
+    return inputs
 
 
 def open_sdss_frame(frame: str, psfield: str, image_checks: bool = True) -> Inputs:
@@ -272,13 +276,16 @@ def open_sdss_frame(frame: str, psfield: str, image_checks: bool = True) -> Inpu
             f"field {sdss.field_id(*frame_field)} (the psField's field read from its {source}): give the psField of "
             "the same run, camcol and field"
         )
-    name = f"--sdss-frame {frame}"
-    checks.check_wcs(header, name)
+    name, later = f"--sdss-frame {frame}", []  # warnings, printed once nothing is refused
+    checks.check_wcs(header, name, later)
     if image_checks:
         checks.check_units(header, name)
-        checks.check_pixels(image, background, name, what="the frame's own sky")
+        checks.check_pixels(image, background, name, what="the frame's own sky", later=later)
     psf = checks.check_psf_params(sdss.read_psfield(psfield, band="r"), f"--psfield {psfield}")
-    return Inputs.from_arrays(image[None], background[None], psf[None], name=frame, wcs=celestial_wcs(header, name))
+    inputs = Inputs.from_arrays(image[None], background[None], psf[None], name=frame, wcs=celestial_wcs(header, name))
+    for text in later:
+        checks.warn(text)
+    return inputs
 
 
 def parse_psf_params(text) -> np.ndarray:
