@@ -258,6 +258,8 @@ def test_survey_frame_list_takes_fwhm_and_psf_image(tmp_path):
     assert sorted(p.name for p in (tmp_path / "s" / "catalogs").iterdir()) == ["a.fits", "b.fits", "c.fits"]
     failed = [line for line in err.splitlines() if line.startswith("failed:")]
     assert len(failed) == 1 and "x1e6" in failed[0] and "times above the expected" in failed[0], err
+    assert "frame 0 a: PSF of fwhm= 1.3 arcsec: " in out and "frame 2 c: PSF of fwhm= 1.5 arcsec: " in out, out
+    assert f"frame 1 b: PSF fitted to psf-image= {tmp_path / 'psf.fits'}: psf params " in out, out
 
 
 @pytest.mark.fast

@@ -96,6 +96,7 @@ def open_inputs(
     fwhm=None,
     psf_image=None,
     image_checks: bool = True,
+    psf_flags=("--fwhm", "--psf-image"),
 ) -> Inputs:
     """:class:`Inputs` from a dataset directory, an .npz or a FITS image (see the module doc), checked
     before any prediction (a dataset's manifest and shard files when it is opened, its pixels batch by
@@ -105,7 +106,8 @@ def open_inputs(
     ``psf_params`` ("s1,s2,sP,beta,b,p0" or 6 numbers), the field ``field_id`` of the field bank ``bank``
     (a path, or None for the embedded synthetic bank), ``fwhm`` (arcsec, :func:`psf_from_fwhm`) or
     ``psf_image`` (a FITS file, :func:`psf_from_image`); these are refused for other inputs. A FITS image is
-    checked by :mod:`npejax.cataloging.checks` (its pixels only when ``image_checks``).
+    checked by :mod:`npejax.cataloging.checks` (its pixels only when ``image_checks``). ``psf_flags`` name
+    ``fwhm`` and ``psf_image`` in messages (a survey frame list's ``fwhm=`` and ``psf-image=``).
     """
     path = os.fspath(path)
     if os.path.isdir(path) or path.endswith(".npz"):
@@ -131,7 +133,7 @@ def open_inputs(
     if path.endswith(".npz"):
         return Inputs.from_arrays(*_read_npz(path), name=path)
     if path.lower().endswith(FITS_EXTENSIONS):
-        return _fits_inputs(path, background, psf_params, field_id, bank, fwhm, psf_image, image_checks)
+        return _fits_inputs(path, background, psf_params, field_id, bank, fwhm, psf_image, image_checks, psf_flags)
     raise ValueError(
         f"unsupported input {path}: expected a dataset directory, an .npz or a FITS image "
         f"({', '.join(FITS_EXTENSIONS)})"
@@ -202,7 +204,15 @@ def celestial_wcs(header: fits.Header, name: str) -> wcs_lib.WCS | None:
 
 
 def _fits_inputs(
-    path: str, background, psf_params=None, field_id=None, bank=None, fwhm=None, psf_image=None, image_checks=True
+    path: str,
+    background,
+    psf_params=None,
+    field_id=None,
+    bank=None,
+    fwhm=None,
+    psf_image=None,
+    image_checks=True,
+    psf_flags=("--fwhm", "--psf-image"),
 ) -> Inputs:
     name = f"input FITS file {path}"
     image, header = read_fits_image(path, "input FITS file")
@@ -235,10 +245,10 @@ def _fits_inputs(
         bank = fields_lib.load_bank(bank)
         psf = checks.check_psf_params(bank.psf_params[bank.index(field_id)], f"--field-id {field_id}")
     elif fwhm is not None:
-        psf, note = psf_from_fwhm(fwhm, scale or checks.PIXEL_SCALE, bank)
+        psf, note = psf_from_fwhm(fwhm, scale or checks.PIXEL_SCALE, bank, psf_flags[0])
         notes.append(note)
     elif psf_image is not None:
-        psf, note = psf_from_image(psf_image)
+        psf, note = psf_from_image(psf_image, psf_flags[1])
         notes.append(note)
     else:
         psf = parse_psf_params(psf_params)
@@ -301,26 +311,29 @@ def parse_psf_params(text) -> np.ndarray:
     return checks.check_psf_params(np.array(values), where=f"psf_params {text!r}")
 
 
-def psf_from_fwhm(fwhm, pixel_scale: float = checks.PIXEL_SCALE, bank=None) -> tuple[np.ndarray, str]:
+def psf_from_fwhm(
+    fwhm, pixel_scale: float = checks.PIXEL_SCALE, bank=None, flag: str = "--fwhm"
+) -> tuple[np.ndarray, str]:
     """(six PSF parameters, a line saying how) of a PSF of full width at half maximum ``fwhm`` arcsec on pixels
     of ``pixel_scale`` arcsec: the field of the field bank ``bank`` (a path, None: the embedded synthetic bank)
     whose PSF FWHM is nearest, its widths s1, s2, sP scaled to the FWHM (the shape, beta, b and p0, kept: a PSF
-    of the family the network was trained on). ValueError for a FWHM that is not a number in 0.1-10 arcsec."""
+    of the family the network was trained on). ValueError naming ``flag`` for a FWHM that is not a number in
+    0.1-10 arcsec."""
     try:
         value = float(fwhm)
     except (TypeError, ValueError):
         value = float("nan")
     if not 0.1 <= value <= 10:  # also NaN
-        raise ValueError(f"--fwhm {fwhm!r}: expected the PSF's FWHM in arcsec, 0.1 to 10 (SDSS r: about 1.0-1.8)")
+        raise ValueError(f"{flag} {fwhm!r}: expected the PSF's FWHM in arcsec, 0.1 to 10 (SDSS r: about 1.0-1.8)")
     pixels = value / pixel_scale
     bank = fields_lib.load_bank(bank)
     widths = np.array([psf_lib.fwhm_pixels(p) for p in bank.psf_params])
     k = int(np.argmin(np.abs(widths - pixels)))
     params = np.array(bank.psf_params[k], np.float64)
     params[:3] *= pixels / widths[k]
-    params = checks.check_psf_params(params, f"--fwhm {fwhm}")
+    params = checks.check_psf_params(params, f"{flag} {fwhm}")
     note = (
-        f"PSF of --fwhm {value:g} arcsec: {pixels:.3g} pixels at {pixel_scale:.4g} arcsec/pixel, the shape of field "
+        f"PSF of {flag} {value:g} arcsec: {pixels:.3g} pixels at {pixel_scale:.4g} arcsec/pixel, the shape of field "
         f"{bank.names[k]} of the bank (FWHM {widths[k]:.3g} pixels) scaled: psf params "
         + ",".join(f"{v:.4g}" for v in params)
     )

@@ -396,6 +396,7 @@ def open_frame(frame: Frame, bank: FieldBankCache, image_checks: bool = True) ->
         fwhm=frame.fwhm,
         psf_image=frame.psf_image,
         image_checks=image_checks,
+        psf_flags=("fwhm=", "psf-image="),
     )
 
 
@@ -452,8 +453,9 @@ def catalog_frames(
     """Catalogs ``frames`` with ``net`` into ``out/catalogs`` (module doc), ``readers`` threads reading the
     next frames while one is predicted (frames held in memory: readers + 1). A frame that fails is a line on
     stderr and a row of ``failures_file`` (default ``failures-0-of-1.csv``); the others go on. Prints one
-    line per cataloged frame; returns the :class:`Summary`. ``image_checks`` false skips the pixel checks of
-    :mod:`npejax.cataloging.checks` (``--skip-image-checks``)."""
+    line per cataloged frame (after the lines of a PSF from ``fwhm=`` or ``psf-image=``); returns the
+    :class:`Summary`. ``image_checks`` false skips the pixel checks of :mod:`npejax.cataloging.checks`
+    (``--skip-image-checks``)."""
     failures_file = failures_file or failures_path(out, 0, 1)
     summary = Summary()
     os.makedirs(os.path.join(out, CATALOG_DIR), exist_ok=True)
@@ -467,10 +469,11 @@ def catalog_frames(
                 future = pending.popleft()
                 if k + readers < len(frames):
                     pending.append(pool.submit(open_frame, frames[k + readers], bank, image_checks))
-                table = images.catalog_inputs(
-                    net, future.result(), min_prob, batch_size=1, chunk_size=chunk_size or None
-                )
-                future = None  # the frame's arrays go
+                inputs = future.result()
+                for note in inputs.notes:  # how a fwhm= or psf-image= became PSF parameters
+                    print(f"frame {frame.index} {frame.name}: {note}", flush=True)
+                table = images.catalog_inputs(net, inputs, min_prob, batch_size=1, chunk_size=chunk_size or None)
+                future = inputs = None  # the frame's arrays go
                 table.meta["FRAME"] = frame.name
                 path = catalog_lib.write_table(table, catalog_path(out, frame, fmt))
             except KeyboardInterrupt:
