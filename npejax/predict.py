@@ -9,7 +9,11 @@
 Loads the ``--checkpoint`` (best or latest) of a training directory (``python -m npejax.main``), or with
 ``--pretrained NAME`` a network shipped with the package (:mod:`npejax.nn.pretrained`; its file's SHA-256
 checked), and writes one row per tile whose source probability exceeds ``--min-prob`` to ``--out`` (FITS or
-CSV by extension). A FITS ``--input`` needs ``--background`` and one of ``--psf-params`` and ``--field-id``.
+CSV by extension). A FITS ``--input`` (sky-subtracted, nmgy, 0.396"/pixel) needs ``--background`` and one PSF:
+``--psf-params``, ``--field-id``, ``--fwhm`` (arcsec) or ``--psf-image`` (a PSF image, fitted; the fit is
+printed). A FITS input and an SDSS frame are checked first (:mod:`npejax.cataloging.checks`): the sky left in
+or the wrong units are refused, milder mismatches and a WCS pixel scale off 0.396" are one warning line;
+``--skip-image-checks`` skips the pixel checks.
 An SDSS frame (``--sdss-frame``, r band) brings its own image (HDU 0, nmgy), background (its sky grid
 interpolated to every pixel times its calibration, nmgy) and, with ``--psfield``, its PSF parameters: nothing
 to convert by hand. A FITS input with a celestial WCS (an SDSS frame has one) gives ``ra`` and ``dec`` columns
@@ -19,10 +23,13 @@ and a FITS catalog keeps the WCS in its header. ``--png`` draws the detections o
 Refused before any prediction, with one ``error:`` line and exit status 2, nothing written: a missing or
 foreign workdir, both or neither of ``--workdir`` and ``--pretrained``, an unknown ``--pretrained`` name (the
 error lists the shipped ones), a missing, truncated or corrupt input (FITS, .npz, dataset, SDSS frame or
-psField), a frame of another band or a psField of another field, a background <= 0 or above 1e4 nmgy per
+psField), a frame of another band or a psField of another field (its header's RUN, CAMCOL, FIELD), a
+background <= 0 or above 1e4 nmgy per
 pixel (a background map with a NaN included), an image more than half of whose pixels are NaN or infinite
 (fewer are masked: set to 0, a ``warning:`` line per image, and the catalog's ``masked_frac`` column says how
-near each detection is to them), invalid PSF parameters, a ``--chunk-size`` below the network's smallest useful
+near each detection is to them), an image with the sky left in or not in nmgy
+(:mod:`npejax.cataloging.checks`), a singular WCS matrix, invalid PSF parameters or ones outside physical
+ranges, two PSFs, a ``--psf-image`` fitted badly, a ``--chunk-size`` below the network's smallest useful
 one (half of each chunk's side output: the error names it; smaller ones multiply the network calls),
 ``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
 or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory), that is
@@ -49,7 +56,14 @@ if TYPE_CHECKING:
 CHECKPOINTS = ("best", "latest")  # npejax.nn.checkpoints.WHICH
 CHUNK_SIZE = 512  # npejax.nn.predictor.CHUNK_SIZE
 PROGRESS_DELAY = 2.0  # npejax.nn.predictor.PROGRESS_DELAY
-INPUT_FLAGS = ("input", "background", "sdss-frame", "psfield", "bank")  # files read: --out and --png must not be one
+INPUT_FLAGS = (
+    "input",
+    "background",
+    "sdss-frame",
+    "psfield",
+    "bank",
+    "psf-image",
+)  # files read: --out and --png must not be one
 
 
 def define_network_flags(fv: flags.FlagValues) -> None:
@@ -63,6 +77,17 @@ def define_network_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     flags.DEFINE_enum("checkpoint", "best", list(CHECKPOINTS), "Which checkpoint of --workdir.", flag_values=fv)
+
+
+def define_skip_checks(fv: flags.FlagValues) -> None:
+    """``--skip-image-checks`` (also a flag of ``npejax.survey catalog``)."""
+    flags.DEFINE_boolean(
+        "skip-image-checks",
+        False,
+        "Catalog images that do not look sky-subtracted and in nanomaggies (median, noise against the "
+        "background, BUNIT: npejax.cataloging.checks) instead of refusing them.",
+        flag_values=fv,
+    )
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -108,8 +133,22 @@ def define_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     flags.DEFINE_string(
-        "bank", None, "Field bank for --field-id (default: the embedded synthetic bank).", flag_values=fv
+        "fwhm",
+        None,
+        "FITS input: the PSF's FWHM in arcsec (a PSF of the field bank's family scaled to it; pixels from the "
+        "image's WCS, else 0.396 arcsec).",
+        flag_values=fv,
     )
+    flags.DEFINE_string(
+        "psf-image",
+        None,
+        "FITS input: a FITS image of the PSF at the image's pixel scale, fitted with the six parameters.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "bank", None, "Field bank for --field-id and --fwhm (default: the embedded synthetic bank).", flag_values=fv
+    )
+    define_skip_checks(fv)
     flags.DEFINE_boolean(
         "progress",
         True,
@@ -117,7 +156,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     cli.define_overwrite(fv, "--out and --png")
-    cli.define_underscore_aliases(fv)  # --min_prob, --batch_size, ...
+    cli.define_underscore_aliases(fv)  # --min_prob, --batch_size, --psf_image, ...
 
 
 def open_inputs(fv: flags.FlagValues) -> images.Inputs:
@@ -130,19 +169,34 @@ def open_inputs(fv: flags.FlagValues) -> images.Inputs:
             "give one of --input (a dataset directory, .npz or FITS image) and --sdss-frame "
             "(with --psfield)" + (", not both" if path else "")
         )
+    psfs = ("psf-params", "field-id", "fwhm", "psf-image")
+    checks = not fv["skip-image-checks"].value
     if frame is not None:
-        given = [f"--{n}" for n in ("background", "psf-params", "field-id", "bank") if fv[n].value is not None]
+        given = [f"--{n}" for n in ("background", *psfs, "bank") if fv[n].value is not None]
         if given:
             raise cli.UsageError(
                 f"{', '.join(given)}: an SDSS frame brings its own background and --psfield its PSF; leave them out"
             )
         if psfield is None:
             raise cli.UsageError("--sdss-frame needs --psfield (the frame's psField file, for its PSF)")
-        return images.open_sdss_frame(frame, psfield)
+        return images.open_sdss_frame(frame, psfield, checks)
     if psfield is not None:
-        raise cli.UsageError("--psfield goes with --sdss-frame; for --input give --psf-params or --field-id")
+        raise cli.UsageError(
+            "--psfield goes with --sdss-frame; for --input give --psf-params, --field-id, --fwhm or --psf-image"
+        )
+    given = [f"--{n}" for n in psfs if fv[n].value is not None]
+    if len(given) > 1:
+        raise cli.UsageError(f"{', '.join(given)}: give one PSF, not {len(given)}")
+    options.check_psf_flags(fv["psf-params"].value, fv.fwhm)
     return images.open_inputs(
-        path, options.parse_background_arg(fv.background), fv["psf-params"].value, fv["field-id"].value, fv.bank
+        path,
+        options.parse_background_arg(fv.background),
+        fv["psf-params"].value,
+        fv["field-id"].value,
+        fv.bank,
+        fv.fwhm,
+        fv["psf-image"].value,
+        checks,
     )
 
 
@@ -172,6 +226,8 @@ def run(fv: flags.FlagValues) -> None:
         io.check_output_file(fv.png, "--png")
         cli.check_new_file(fv.png, "--png", fv.overwrite)
     inputs = open_inputs(fv)
+    for note in inputs.notes:
+        print(note)
     net = options.load_network(fv)
     chunk_size = options.chunk_size_flag(net, chunk_size)
 

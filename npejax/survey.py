@@ -12,6 +12,7 @@ The frame list (``--frames``) is a text file, one frame per line, ``#`` comments
     images/f1.fits background=0.7 field-id=94-1-12                     # a FITS image (nmgy, sky-subtracted)
     images/f2.fits background=images/f2-sky.fits psf-params=1.2,3.5,1.5,3.0,0.1,0.08
     images/f3.fits                                                     # the command's --background, --field-id
+    images/f4.fits background=0.7 fwhm=1.4                             # or psf-image=f4-psf.fits
 
 ``catalog`` writes ``DIR/catalogs/NAME.fits`` (or ``.csv``) per frame of its shard (NAME: the file name
 without its extensions), each recording what made it (the network: ``--pretrained`` name or ``--workdir``
@@ -33,7 +34,7 @@ The frame list's keys, the files, the sharding rule and the merged table: :mod:`
 Exit status: 0; 1 when a frame failed (catalog) or a listed frame has no catalog (merge; the table of the
 others is written); 2 for a bad command line (both or neither of ``--workdir`` and ``--pretrained``, an
 unknown ``--pretrained`` name, a ``--workdir`` that does not exist or holds no checkpoint), flag value, frame
-list (syntax, a duplicate name, a FITS line with no background or PSF, a frame whose catalog would be the
+list (syntax, a duplicate name, a FITS line with no background or PSF or with two, a frame whose catalog would be the
 frame's own file: a frame inside ``DIR/catalogs``), output folder, or a resume over catalogs of another
 network or settings, before any frame is read, with one ``error:`` line; ``merge`` also
 refuses an ``--out`` inside ``DIR/catalogs`` (it would be merged next time) or that is the ``--frames`` list
@@ -107,6 +108,10 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     flags.DEFINE_string("psf-params", None, "Default PSF of FITS lines: s1,s2,sP,beta,b,p0 (pixels).", flag_values=fv)
+    flags.DEFINE_string(
+        "fwhm", None, "Default PSF of FITS lines: its FWHM in arcsec (as npejax.predict --fwhm).", flag_values=fv
+    )
+    predict.define_skip_checks(fv)
     flags.DEFINE_string("bank", None, "Field bank of field-id (default: the embedded synthetic bank).", flag_values=fv)
     flags.DEFINE_bool(
         "redo-mismatched",
@@ -126,11 +131,11 @@ def run_catalog(fv: flags.FlagValues) -> int:
     options.check_network_flags(fv)
     min_prob = options.min_prob_flag(fv["min-prob"].value)
     field_id, psf_params = fv["field-id"].value, fv["psf-params"].value
-    options.check_defaults(fv.background, field_id, psf_params)
+    options.check_defaults(fv.background, field_id, psf_params, fv.fwhm)
     shard, num_shards, shard_source = runner_lib.resolve_shard(fv.shard)
     out, fmt = fv.out, fv.format
     io.check_output_dir(out, "--out")
-    frames = runner_lib.read_frame_list(fv.frames, fv.background, field_id, psf_params)
+    frames = runner_lib.read_frame_list(fv.frames, fv.background, field_id, psf_params, fwhm=fv.fwhm)
     if not frames:
         raise cli.UsageError(f"--frames {fv.frames} lists no frame")
     bank = runner_lib.FieldBankCache(fv.bank)
@@ -162,7 +167,18 @@ def run_catalog(fv: flags.FlagValues) -> int:
         chunk_size = options.chunk_size_flag(net, fv["chunk-size"].value)
         if any(f.field_id is not None for f in todo):
             bank.load()  # a missing or unreadable bank is the command's error, not every frame's
-        summary = runner_lib.catalog_frames(net, todo, out, fmt, bank, min_prob, chunk_size, fv.readers, failures_file)
+        summary = runner_lib.catalog_frames(
+            net,
+            todo,
+            out,
+            fmt,
+            bank,
+            min_prob,
+            chunk_size,
+            fv.readers,
+            failures_file,
+            image_checks=not fv["skip-image-checks"].value,
+        )
     runner_lib.clear_failures(failures_file, summary.failures)  # a rerun that catalogued every frame
     failed = len(summary.failures)
     print(
@@ -179,7 +195,12 @@ def frame_inputs(frame) -> dict:
     """The files a frame list's line names (``--frames line N``, its ``psfield=`` and ``background=``): the
     inputs a catalog or a merged table must not overwrite (:func:`npejax.io.check_not_input`)."""
     where = f"frame {frame.name} (--frames line {frame.line})"
-    return {where: frame.path, f"{where} psfield=": frame.psfield, f"{where} background=": frame.background}
+    return {
+        where: frame.path,
+        f"{where} psfield=": frame.psfield,
+        f"{where} background=": frame.background,
+        f"{where} psf-image=": frame.psf_image,
+    }
 
 
 def define_merge_flags(fv: flags.FlagValues) -> None:

@@ -27,7 +27,7 @@ def _run(capsys, main, *args):
 
 def _image(h=48, w=44, seed=0):
     rng = np.random.default_rng(seed)
-    image = rng.normal(0.0, 0.05, (h, w)).astype(np.float32)
+    image = rng.normal(0.0, 0.028, (h, w)).astype(np.float32)  # the photon noise of the 0.7 nmgy sky the tests give
     yy, xx = np.mgrid[:h, :w]
     for y, x in rng.uniform(0, 1, (6, 2)) * (h, w):  # a few bright round sources
         image += (3.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5**2))).astype(np.float32)

@@ -60,7 +60,7 @@ def no_network_run(monkeypatch):
 
 def _noise_image(h, w, seed=0):
     rng = np.random.default_rng(seed)
-    image = rng.normal(0.0, 0.05, (h, w)).astype(np.float32)
+    image = rng.normal(0.0, 0.028, (h, w)).astype(np.float32)  # the photon noise of a 0.7 nmgy sky
     yy, xx = np.mgrid[:h, :w]
     for y, x in rng.uniform(0, 1, (12, 2)) * (h, w):  # a dozen bright round sources
         image += (3.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5**2))).astype(np.float32)

@@ -6,7 +6,8 @@ case's folder created, changed or removed (every file's size, mtime and SHA-256 
 guards are :func:`npejax.io.check_not_input`, :func:`npejax.io.check_not_under` and
 :func:`npejax.io.check_plain_name` (npejax.predict, npejax.survey, npejax.evaluate through
 :class:`npejax.evaluation.settings.EvalSettings`), and :func:`npejax.nn.checkpoints.workdir_lock` and
-:func:`npejax.nn.checkpoints.check_resumable` (npejax.main). Inputs of another identity (IDENTITY_CASES): a survey
+:func:`npejax.nn.checkpoints.check_resumable` (npejax.main). Own images the network would catalog wrong
+(OWN_IMAGE_CASES: :mod:`npejax.cataloging.checks`). Inputs of another identity (IDENTITY_CASES): a survey
 resume over catalogs of another network or setting (:func:`npejax.cataloging.runner.plan_resume`), a shard of
 another split inside a dataset (:func:`npejax.datasets.format.check_shard_identity`), an experiment whose
 evaluation would fail (:class:`npejax.evaluation.settings.EvalSettings`, checked before training).
@@ -26,6 +27,7 @@ import sys
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from conftest import make_tiny_config, one_error_line
 
 from npejax import io
@@ -507,7 +509,8 @@ def robustness_files(tmp_path):
     """Real FITS inputs: an 80 x 80 image, the same with 62.5% NaN rows, a background map with one NaN pixel."""
     from astropy.io import fits  # noqa: PLC0415  (only these cases read their inputs)
 
-    image = np.random.default_rng(0).normal(0.0, 0.05, (80, 80)).astype(np.float32)
+    sky_noise = 0.028  # nmgy: the photon noise of the 0.7 nmgy sky the cases give (npejax.cataloging.checks)
+    image = np.random.default_rng(0).normal(0.0, sky_noise, (80, 80)).astype(np.float32)
     fits.PrimaryHDU(image).writeto(tmp_path / "fine.fits")
     mostly = image.copy()
     mostly[:50] = np.nan
@@ -612,3 +615,126 @@ def test_prediction_robustness_refusals(argv, setup, fragments, robustness_files
     for fragment in fragments:
         assert fragment.format(**values) in line, f"{fragment!r} not named in: {line}"
     assert snapshot(values["d"]) == before, "a file was written, changed or removed"
+
+
+# --- own-image checks ---------------------------------------------------------------------------------------------
+# An image a user catalogs that the network would catalog wrong (npejax.cataloging.checks): refused with one error
+# line naming the file or flag and the measured value, before the network runs, nothing written.
+
+
+@pytest.fixture
+def own_files(tmp_path):
+    """Real inputs for the own-image checks: a clean FITS image and images that fail them (sky left in, x1e6, a zero
+    CD matrix, BUNIT DN), an SDSS frame in DN with its psField, a frame with a renamed psField of another field, a PSF
+    image that is noise, a frame list."""
+    import test_image_checks as own  # noqa: PLC0415  (its image makers; it imports this module's run_command)
+    import test_sdss as sdss_files  # noqa: PLC0415  (the SDSS data-model fixture writers)
+
+    d = tmp_path / "own"
+    d.mkdir()
+    image = own.own_image()
+    fits.PrimaryHDU(image, header=own.tan_header()).writeto(d / "clean.fits")
+    fits.PrimaryHDU(image + own.BACKGROUND, header=own.tan_header()).writeto(d / "skyin.fits")
+    fits.PrimaryHDU(image * 1e6, header=own.tan_header()).writeto(d / "x1e6.fits")
+    fits.PrimaryHDU(image, header=own.tan_header(cd=np.zeros((2, 2)))).writeto(d / "zerocd.fits")
+    fits.PrimaryHDU(image, header=fits.Header({"BUNIT": "DN"})).writeto(d / "bunit.fits")
+    fits.PrimaryHDU(np.random.default_rng(0).random((25, 25))).writeto(d / "badpsf.fits")
+    key = (94, 1, 12)
+    spec = sdss_files.FIELDS[key]
+    for folder in ("dn", "renamed"):
+        (d / folder).mkdir()
+        data, calibvec = sdss_files.frame_bytes(spec["sky"], spec["calib"])
+        with fits.open(io_lib.BytesIO(data)) as hdul:
+            if folder == "dn":  # the frame's nmgy turned back into DN, as a user might hand it over
+                hdul[0].data = (hdul[0].data / calibvec[None, :]).astype(np.float32)
+            hdul.writeto(d / folder / FRAME)
+        psfield = d / folder / "psField-000094-1-0012.fit"
+        sdss_files.write_psfield(psfield, spec["psf"])
+        if folder == "renamed":  # field 13's psField renamed as field 12's
+            with fits.open(psfield, mode="update") as hdul:
+                hdul[0].header.update(RUN=94, CAMCOL=1, FIELD=13)
+    (d / "frames.txt").write_text("skyin.fits\n", encoding="utf-8")
+    return {"root": str(tmp_path), "d": str(d)}
+
+
+PREDICT_OWN = "--pretrained cpu --background 0.7 --out {d}/c.fits"
+OWN_IMAGE_CASES = [
+    (
+        "predict-sky-left-in",
+        f"{PREDICT_OWN} --input {{d}}/skyin.fits --psf-params {{psf}}",
+        ["{d}/skyin.fits", "median pixel 0.7", "sky looks left in", "subtract the sky", "--skip-image-checks"],
+    ),
+    (
+        "predict-image-x1e6",
+        f"{PREDICT_OWN} --input {{d}}/x1e6.fits --psf-params {{psf}}",
+        ["{d}/x1e6.fits", "pixel noise 2.", "times above the expected", "nanomaggies"],
+    ),
+    (
+        "predict-bunit-dn",
+        f"{PREDICT_OWN} --input {{d}}/bunit.fits --psf-params {{psf}}",
+        ["{d}/bunit.fits", "BUNIT = 'DN'", "nanomaggies"],
+    ),
+    (
+        "predict-sdss-frame-in-dn",
+        "--pretrained cpu --sdss-frame {d}/dn/"
+        + FRAME
+        + " --psfield {d}/dn/psField-000094-1-0012.fit --out {d}/c.fits",
+        ["--sdss-frame {d}/dn/" + FRAME, "times above the expected", "the frame's own sky", "SDSS frame in DN"],
+    ),
+    (
+        "predict-zero-cd-matrix",
+        f"{PREDICT_OWN} --input {{d}}/zerocd.fits --psf-params {{psf}}",
+        ["{d}/zerocd.fits", "WCS matrix (CD, or PC x CDELT) is singular", "RA/Dec would be meaningless"],
+    ),
+    (
+        "predict-psfield-of-another-field-renamed",
+        "--pretrained cpu --sdss-frame {d}/renamed/"
+        + FRAME
+        + " --psfield {d}/renamed/psField-000094-1-0012.fit --out {d}/c.fits",
+        ["--psfield {d}/renamed/psField-000094-1-0012.fit is field 94-1-13", "is field 94-1-12", "HDU 0"],
+    ),
+    (
+        "predict-psf-sigma-1e6",
+        f"{PREDICT_OWN} --input {{d}}/skyin.fits --psf-params 1e6,3.9,1.2,3.0,0.03,0.13",
+        ["--psf-params", "psf_sigma1 = 1e+06 pixels", "expected 0.1 to 25"],
+    ),
+    (
+        "predict-bad-psf-image",
+        f"{PREDICT_OWN} --input {{d}}/clean.fits --psf-image {{d}}/badpsf.fits",
+        ["--psf-image {d}/badpsf.fits", "fits it badly", "residual 0."],
+    ),
+    (
+        "predict-fwhm-zero",
+        f"{PREDICT_OWN} --input {{d}}/skyin.fits --fwhm 0",
+        ["--fwhm 0", "FWHM in arcsec"],
+    ),
+    (
+        "predict-two-psfs",
+        f"{PREDICT_OWN} --input {{d}}/skyin.fits --fwhm 1.4 --psf-params {{psf}}",
+        ["--psf-params, --fwhm", "give one PSF"],
+    ),
+    (
+        "survey-psf-sigma-1e6",
+        "survey:catalog --pretrained cpu --frames {d}/frames.txt --out {d}/s --background 0.7 "
+        "--psf-params 1.3,1e6,1.2,3.0,0.03,0.13",
+        ["--psf-params", "psf_sigma2 = 1e+06 pixels"],
+    ),
+]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("case", OWN_IMAGE_CASES, ids=[c[0] for c in OWN_IMAGE_CASES])
+def test_own_image_that_would_be_cataloged_wrong_is_refused(case, own_files):
+    _, argv, fragments = case
+    command = "predict"
+    if argv.startswith("survey:"):
+        command, argv = "survey", argv[len("survey:") :]
+    values = dict(own_files, psf=PSF)
+    args = [a.format(**values) for a in argv.split()]
+    before = snapshot(own_files["root"])
+    status, out, err = run_command(command, args)
+    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
+    line = one_error_line(err)
+    for fragment in fragments:
+        assert fragment.format(**values) in line, f"{fragment!r} not named in: {line}"
+    assert out == "" and snapshot(own_files["root"]) == before, "a file was written, changed or removed"

@@ -93,7 +93,9 @@ def frame_bytes(sky, calib):
     calibvec = (calib * (1.0 + 0.02 * np.sin(np.arange(W) / 7.0))).astype(np.float32)
     yinterp, xinterp = grid_coords(H, W, NY, NX)
     allsky = ramp(sky, *node_pixels(NY, NX, H, W)).astype(np.float32)
-    image = np.random.default_rng(0).normal(0, 0.01, (H, W)).astype(np.float32)  # sky-subtracted, nmgy
+    image = (
+        np.random.default_rng(0).normal(0, 0.032, (H, W)).astype(np.float32)
+    )  # sky-subtracted, nmgy: the sky's noise
     table = fits.BinTableHDU.from_columns(
         [
             fits.Column("ALLSKY", format=f"{NY * NX}E", dim=f"({NX},{NY})", array=allsky[None]),

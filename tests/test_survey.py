@@ -94,10 +94,11 @@ def write_random_workdir(config, workdir, sample, seed: int = 0) -> str:
 
 
 def noise_image(shape, seed: int = 0, sources: int = 12) -> np.ndarray:
-    """Sky-subtracted Gaussian noise (0.05 nmgy) with ``sources`` bright round blobs, float32 [H, W]."""
+    """Sky-subtracted Gaussian noise (0.028 nmgy: the photon noise of a 0.5-0.9 nmgy sky, which the tests give as
+    the background; npejax.cataloging.checks) with ``sources`` bright round blobs, float32 [H, W]."""
     rng = np.random.default_rng(seed)
     h, w = shape
-    image = rng.normal(0.0, 0.05, (h, w)).astype(np.float32)
+    image = rng.normal(0.0, 0.028, (h, w)).astype(np.float32)
     yy, xx = np.mgrid[:h, :w]
     for y, x in rng.uniform(0, 1, (sources, 2)) * (h, w):
         image += (3.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5**2))).astype(np.float32)
@@ -327,7 +328,9 @@ def test_catalog_per_frame_rerun_skips_and_failures_reported(workdir, tmp_path, 
     # a rerun reads only the frames without a catalog
     opened = []
     open_frame = runner_lib.open_frame
-    monkeypatch.setattr(runner_lib, "open_frame", lambda f, b: (opened.append(f.name), open_frame(f, b))[1])
+    monkeypatch.setattr(
+        runner_lib, "open_frame", lambda f, b, *checks: (opened.append(f.name), open_frame(f, b, *checks))[1]
+    )
     mtimes = {p: os.stat(out / "catalogs" / p).st_mtime_ns for p in os.listdir(out / "catalogs")}
     code, stdout, err = _survey(capsys, *args)
     assert code == 1 and sorted(opened) == ["cut", "gone"], (opened, err)  # read by 2 threads

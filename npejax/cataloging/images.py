@@ -11,8 +11,10 @@ Inputs (:func:`open_inputs`): a dataset directory written by ``npejax.simulate``
 never whole); an ``.npz`` with ``images`` [N, H, W] (nmgy, sky-subtracted), ``background`` [N, H, W]
 (nmgy) and ``psf_params`` [N, 6]; or a FITS image (the first 2-D image HDU, nmgy, sky-subtracted) with the
 background given as a number or a FITS file (nmgy per pixel) and the PSF as ``s1,s2,sP,beta,b,p0``
-(:func:`parse_psf_params`) or as a field of the field bank; or an SDSS r-band frame with its psField
-(:func:`open_sdss_frame`: the frame's own sky as background, the psField's PSF). Every input is checked before
+(:func:`parse_psf_params`), as a field of the field bank, as a FWHM (:func:`psf_from_fwhm`) or as a PSF image
+(:func:`psf_from_image`); or an SDSS r-band frame with its psField (:func:`open_sdss_frame`: the frame's own sky
+as background, the psField's PSF). A FITS image and an SDSS frame are checked by :mod:`npejax.cataloging.checks`
+(sky left in, wrong units, WCS scale and matrix, PSF ranges). Every input is checked before
 any prediction (:func:`npejax.nn.predictor.check_inputs`: finite pixels, a background in (0,
 :data:`~npejax.nn.predictor.MAX_BACKGROUND`] nmgy per pixel, valid PSF parameters); a truncated or corrupt
 file is one ``ValueError`` naming it. In a FITS image, an .npz or an SDSS frame, NaN and infinite pixels are
@@ -42,6 +44,7 @@ from astropy.io import fits
 
 from npejax import catalogs as catalog_lib
 from npejax import datasets as data_lib
+from npejax.cataloging import checks
 from npejax.nn.predictor import CHUNK_SIZE, Predictor, check_inputs, masked_pixels
 from npejax.sim import fields as fields_lib
 from npejax.sim import psf as psf_lib
@@ -50,22 +53,24 @@ from npejax.surveys import sdss
 INPUT_ARRAYS = ("images", "background", "psf_params")  # what an .npz input holds (npejax.schema batch keys)
 FITS_SUFFIXES = (".fits", ".fit", ".fts")  # an uncompressed FITS file
 FITS_EXTENSIONS = (*FITS_SUFFIXES, ".fits.gz", ".fit.gz", ".fits.bz2")  # what a FITS input may be named
+MAX_PSF_FIT_RESIDUAL = 0.1  # a --psf-image fitted worse than this (||model - image|| / ||image||) is refused
 
 
 @dataclasses.dataclass
 class Inputs:
     """Images to catalog (:func:`open_inputs`): ``name`` (for messages), ``num_images``, ``read(start, stop)``
     giving (images, background, psf_params) of images [start, stop) (checked with
-    :func:`~npejax.nn.predictor.check_inputs`), and ``wcs`` (the celestial WCS of a single FITS image, else
-    None)."""
+    :func:`~npejax.nn.predictor.check_inputs`), ``wcs`` (the celestial WCS of a single FITS image, else
+    None) and ``notes`` (lines for the user: how a ``--fwhm`` or ``--psf-image`` became PSF parameters)."""
 
     name: str
     num_images: int
     read: Callable[[int, int], tuple]
     wcs: wcs_lib.WCS | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def from_arrays(cls, images, background, psf_params, name: str = "arrays", wcs=None) -> Inputs:
+    def from_arrays(cls, images, background, psf_params, name: str = "arrays", wcs=None, notes=()) -> Inputs:
         """Inputs held in memory; checked now (:func:`~npejax.nn.predictor.check_inputs`; NaN and infinite
         pixels are kept as masked pixels, an image mostly masked is refused)."""
         images = np.asarray(images, np.float32)
@@ -74,7 +79,7 @@ class Inputs:
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
         images, background, psf_params = check_inputs(images, background, psf_params, allow_masked=True)
-        return cls(name, len(images), lambda a, b: (images[a:b], background[a:b], psf_params[a:b]), wcs)
+        return cls(name, len(images), lambda a, b: (images[a:b], background[a:b], psf_params[a:b]), wcs, list(notes))
 
     @classmethod
     def from_dataset(cls, path: str) -> Inputs:
@@ -93,20 +98,39 @@ class Inputs:
             yield start, self.read(start, min(start + batch_size, self.num_images))
 
 
-def open_inputs(path: str, background=None, psf_params=None, field_id=None, bank=None) -> Inputs:
+def open_inputs(
+    path: str,
+    background=None,
+    psf_params=None,
+    field_id=None,
+    bank=None,
+    fwhm=None,
+    psf_image=None,
+    image_checks: bool = True,
+    psf_flags=("--fwhm", "--psf-image"),
+) -> Inputs:
     """:class:`Inputs` from a dataset directory, an .npz or a FITS image (see the module doc), checked
     before any prediction (a dataset's manifest and shard files when it is opened, its pixels batch by
     batch).
 
-    For a FITS image, ``background`` is a number or a FITS file (nmgy per pixel) and the PSF is either
-    ``psf_params`` ("s1,s2,sP,beta,b,p0" or 6 numbers) or the field ``field_id`` of the field bank ``bank``
-    (a path, or None for the embedded synthetic bank); these are refused for other inputs.
+    For a FITS image, ``background`` is a number or a FITS file (nmgy per pixel) and the PSF is one of
+    ``psf_params`` ("s1,s2,sP,beta,b,p0" or 6 numbers), the field ``field_id`` of the field bank ``bank``
+    (a path, or None for the embedded synthetic bank), ``fwhm`` (arcsec, :func:`psf_from_fwhm`) or
+    ``psf_image`` (a FITS file, :func:`psf_from_image`); these are refused for other inputs. A FITS image is
+    checked by :mod:`npejax.cataloging.checks` (its pixels only when ``image_checks``). ``psf_flags`` name
+    ``fwhm`` and ``psf_image`` in messages (a survey frame list's ``fwhm=`` and ``psf-image=``).
     """
     path = os.fspath(path)
     if os.path.isdir(path) or path.endswith(".npz"):
         given = [
             name
-            for name, value in (("background", background), ("psf_params", psf_params), ("field_id", field_id))
+            for name, value in (
+                ("background", background),
+                ("psf_params", psf_params),
+                ("field_id", field_id),
+                ("fwhm", fwhm),
+                ("psf_image", psf_image),
+            )
             if value is not None
         ]
         if given:
@@ -120,7 +144,7 @@ def open_inputs(path: str, background=None, psf_params=None, field_id=None, bank
     if path.endswith(".npz"):
         return Inputs.from_arrays(*_read_npz(path), name=path)
     if path.lower().endswith(FITS_EXTENSIONS):
-        return _fits_inputs(path, background, psf_params, field_id, bank)
+        return _fits_inputs(path, background, psf_params, field_id, bank, fwhm, psf_image, image_checks, psf_flags)
     raise ValueError(
         f"unsupported input {path}: expected a dataset directory, an .npz or a FITS image "
         f"({', '.join(FITS_EXTENSIONS)})"
@@ -190,12 +214,24 @@ def celestial_wcs(header: fits.Header, name: str) -> wcs_lib.WCS | None:
     return w.celestial if w.has_celestial else None
 
 
-def _fits_inputs(path: str, background, psf_params=None, field_id=None, bank=None) -> Inputs:
+def _fits_inputs(
+    path: str,
+    background,
+    psf_params=None,
+    field_id=None,
+    bank=None,
+    fwhm=None,
+    psf_image=None,
+    image_checks=True,
+    psf_flags=("--fwhm", "--psf-image"),
+) -> Inputs:
+    name = f"input FITS file {path}"
     image, header = read_fits_image(path, "input FITS file")
     if background is None:
         raise ValueError("a FITS input needs --background (nmgy per pixel, a number or a FITS file)")
-    if (psf_params is None) == (field_id is None):
-        raise ValueError("a FITS input needs exactly one of --psf-params and --field-id")
+    psfs = {"--psf-params": psf_params, "--field-id": field_id, "--fwhm": fwhm, "--psf-image": psf_image}
+    if sum(v is not None for v in psfs.values()) != 1:
+        raise ValueError(f"a FITS input needs exactly one of {', '.join(psfs)}")
     try:
         bg = np.full(image.shape, float(background), np.float32)
     except (TypeError, ValueError):  # not a number: a FITS file
@@ -209,24 +245,36 @@ def _fits_inputs(path: str, background, psf_params=None, field_id=None, bank=Non
                 f"background FITS file {background} has shape {bg.shape}, the image {path} "
                 f"{image.shape}: expected the same shape"
             ) from None
+    later = []  # warnings, printed once nothing is refused
+    scale = checks.check_wcs(header, name, later)  # arcsec per pixel, None without a WCS
+    wcs = celestial_wcs(header, name)
+    if image_checks:
+        checks.check_units(header, name)
+        checks.check_pixels(image, bg, name, what="--background", later=later)
+    notes = []
     if field_id is not None:
         bank = fields_lib.load_bank(bank)
-        psf = bank.psf_params[bank.index(field_id)]
+        psf = checks.check_psf_params(bank.psf_params[bank.index(field_id)], f"--field-id {field_id}")
+    elif fwhm is not None:
+        psf, note = psf_from_fwhm(fwhm, scale or checks.PIXEL_SCALE, bank, psf_flags[0])
+        notes.append(note)
+    elif psf_image is not None:
+        psf, note = psf_from_image(psf_image, psf_flags[1])
+        notes.append(note)
     else:
         psf = parse_psf_params(psf_params)
-    return Inputs.from_arrays(
-        image[None],
-        bg[None],
-        np.asarray(psf, np.float32)[None],
-        name=path,
-        wcs=celestial_wcs(header, f"input FITS file {path}"),
-    )
+    inputs = Inputs.from_arrays(image[None], bg[None], np.asarray(psf, np.float32)[None], path, wcs, notes)
+    for text in later:
+        checks.warn(text)
+    return inputs
 
 
-def open_sdss_frame(frame: str, psfield: str) -> Inputs:
+def open_sdss_frame(frame: str, psfield: str, image_checks: bool = True) -> Inputs:
     """The r-band SDSS ``frame`` (image and background, nmgy; WCS) with the r-band PSF of ``psfield``,
-    refusing a frame of another band or a psField of another field (errors name ``--sdss-frame`` and
-    ``--psfield``, the options of ``python -m npejax.predict``)."""
+    refusing a frame of another band, a psField of another field (by the RUN, CAMCOL and FIELD of its header
+    or table, else its file name: :func:`npejax.surveys.sdss.psfield_identity`), a singular WCS and (when
+    ``image_checks``) a frame not in nmgy or not sky-subtracted (:mod:`npejax.cataloging.checks`); errors name
+    ``--sdss-frame`` and ``--psfield``, the options of ``python -m npejax.predict``."""
     for path, flag in ((frame, "--sdss-frame"), (psfield, "--psfield")):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{flag} {path} does not exist")
@@ -242,16 +290,23 @@ def open_sdss_frame(frame: str, psfield: str) -> Inputs:
         frame_field = tuple(int(header[k]) for k in ("RUN", "CAMCOL", "FIELD"))
     else:
         frame_field = named[1:] if named else None
-    psf_field = sdss.psfield_name_parts(psfield)
-    if frame_field and psf_field and frame_field != psf_field:
+    psf_field, source = sdss.psfield_identity(psfield)
+    if frame_field and psf_field and tuple(frame_field) != psf_field:
         raise ValueError(
             f"--psfield {psfield} is field {sdss.field_id(*psf_field)} but --sdss-frame {frame} is "
-            f"field {sdss.field_id(*frame_field)}: give the psField of the same run, camcol and field"
+            f"field {sdss.field_id(*frame_field)} (the psField's field read from its {source}): give the psField of "
+            "the same run, camcol and field"
         )
-    psf = sdss.read_psfield(psfield, band="r")
-    return Inputs.from_arrays(
-        image[None], background[None], psf[None], name=frame, wcs=celestial_wcs(header, f"--sdss-frame {frame}")
-    )
+    name, later = f"--sdss-frame {frame}", []  # warnings, printed once nothing is refused
+    checks.check_wcs(header, name, later)
+    if image_checks:
+        checks.check_units(header, name)
+        checks.check_pixels(image, background, name, what="the frame's own sky", later=later)
+    psf = checks.check_psf_params(sdss.read_psfield(psfield, band="r"), f"--psfield {psfield}")
+    inputs = Inputs.from_arrays(image[None], background[None], psf[None], name=frame, wcs=celestial_wcs(header, name))
+    for text in later:
+        checks.warn(text)
+    return inputs
 
 
 def parse_psf_params(text) -> np.ndarray:
@@ -264,7 +319,60 @@ def parse_psf_params(text) -> np.ndarray:
         raise ValueError(
             f"psf_params {text!r}: expected six comma-separated numbers s1,s2,sP,beta,b,p0 (widths in pixels)"
         )
-    return psf_lib.validate_psf_params(np.array(values), where=f"psf_params {text!r}")
+    return checks.check_psf_params(np.array(values), where=f"psf_params {text!r}")
+
+
+def psf_from_fwhm(
+    fwhm, pixel_scale: float = checks.PIXEL_SCALE, bank=None, flag: str = "--fwhm"
+) -> tuple[np.ndarray, str]:
+    """(six PSF parameters, a line saying how) of a PSF of full width at half maximum ``fwhm`` arcsec on pixels
+    of ``pixel_scale`` arcsec: the field of the field bank ``bank`` (a path, None: the embedded synthetic bank)
+    whose PSF FWHM is nearest, its widths s1, s2, sP scaled to the FWHM (the shape, beta, b and p0, kept: a PSF
+    of the family the network was trained on). ValueError naming ``flag`` for a FWHM that is not a number in
+    0.1-10 arcsec."""
+    try:
+        value = float(fwhm)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.1 <= value <= 10:  # also NaN
+        raise ValueError(f"{flag} {fwhm!r}: expected the PSF's FWHM in arcsec, 0.1 to 10 (SDSS r: about 1.0-1.8)")
+    pixels = value / pixel_scale
+    bank = fields_lib.load_bank(bank)
+    widths = np.array([psf_lib.fwhm_pixels(p) for p in bank.psf_params])
+    k = int(np.argmin(np.abs(widths - pixels)))
+    params = np.array(bank.psf_params[k], np.float64)
+    params[:3] *= pixels / widths[k]
+    params = checks.check_psf_params(params, f"{flag} {fwhm}")
+    note = (
+        f"PSF of {flag} {value:g} arcsec: {pixels:.3g} pixels at {pixel_scale:.4g} arcsec/pixel, the shape of field "
+        f"{bank.names[k]} of the bank (FWHM {widths[k]:.3g} pixels) scaled: psf params "
+        + ",".join(f"{v:.4g}" for v in params)
+    )
+    return params, note
+
+
+def psf_from_image(path, flag: str = "--psf-image") -> tuple[np.ndarray, str]:
+    """(six PSF parameters, a line with them, the FWHM and the fit's residual) fitted to the PSF image ``path``
+    (its first 2-D image HDU, at the image's pixel scale: :func:`npejax.sim.psf.fit_psf_image`); ValueError
+    naming ``flag`` and the file for an image that is not a PSF or a fit worse than
+    :data:`MAX_PSF_FIT_RESIDUAL`."""
+    stamp, _ = read_fits_image(path, f"{flag} file")
+    try:
+        params, residual = psf_lib.fit_psf_image(stamp)
+    except ValueError as exc:
+        raise ValueError(f"{flag} {path}: {exc}") from None
+    if residual > MAX_PSF_FIT_RESIDUAL:
+        raise ValueError(
+            f"{flag} {path}: the six-parameter PSF fits it badly (residual {residual:.3g} of the image, more than "
+            f"{MAX_PSF_FIT_RESIDUAL}): give a centred, background-subtracted image of one PSF, or --fwhm"
+        )
+    params = checks.check_psf_params(params, f"{flag} {path}")
+    note = (
+        f"PSF fitted to {flag} {path}: psf params "
+        + ",".join(f"{v:.4g}" for v in params)
+        + f", FWHM {psf_lib.fwhm_pixels(params):.3g} pixels, residual {residual:.2g} of the image"
+    )
+    return params, note
 
 
 # --- the catalog -----------------------------------------------------------------------------------

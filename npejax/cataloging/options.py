@@ -8,8 +8,9 @@ network runs):
 * :func:`parse_background_arg` -- ``--background``: a sky level in nmgy per pixel, or a FITS file's name.
 * :func:`chunk_size_flag` -- ``--chunk-size``: pixels, 0 for whole images, at least four network margins
   (half of each chunk's side is output).
+* :func:`check_psf_flags` -- ``--psf-params`` (physical ranges) and ``--fwhm`` (arcsec).
 * :func:`check_defaults` -- ``npejax.survey catalog``'s defaults of FITS lines (``--background``,
-  ``--field-id``, ``--psf-params``).
+  ``--field-id``, ``--psf-params``, ``--fwhm``).
 * :func:`network_identity` -- ``--workdir``/``--checkpoint`` or ``--pretrained``: what identifies the network
   (a survey's resume compares it with its catalogs'), read without loading it.
 """
@@ -66,17 +67,37 @@ def chunk_size_flag(net: Predictor, value: int) -> int | None:
     return value or None
 
 
-def check_defaults(background: str | None, field_id: str | None, psf_params: str | None) -> None:
-    """The command's defaults of FITS lines (``--background``, ``--field-id``, ``--psf-params``): at most one
-    PSF, valid PSF parameters, a background that :func:`parse_background_arg` accepts (the same check as
-    ``npejax.predict``'s); a :class:`npejax.cli.UsageError` naming the option otherwise."""
-    if field_id is not None and psf_params is not None:
-        raise cli.UsageError("give one of --field-id and --psf-params, not both")
+def check_psf_flags(psf_params: str | None, fwhm: str | None) -> None:
+    """``--psf-params`` (six valid parameters inside physical ranges: :func:`npejax.cataloging.checks.check_psf_params`)
+    and ``--fwhm`` (arcsec, 0.1 to 10), None for not given: a :class:`npejax.cli.UsageError` naming the option,
+    before any image is read or the network loads."""
     if psf_params is not None:
         try:
             parse_psf_params(psf_params)
         except ValueError as exc:
             raise cli.UsageError(f"--psf-params: {cli.message(exc)}") from None
+    if fwhm is not None:
+        try:
+            value = float(fwhm)
+        except ValueError:
+            value = float("nan")
+        if not 0.1 <= value <= 10:
+            raise cli.UsageError(f"--fwhm {fwhm}: expected the PSF's FWHM in arcsec, 0.1 to 10 (SDSS r: about 1.0-1.8)")
+
+
+def check_defaults(
+    background: str | None, field_id: str | None, psf_params: str | None, fwhm: str | None = None
+) -> None:
+    """The command's defaults of FITS lines (``--background``, ``--field-id``, ``--psf-params``, ``--fwhm``): at
+    most one PSF, valid PSF parameters and FWHM (:func:`check_psf_flags`), a background that
+    :func:`parse_background_arg` accepts (the same checks as ``npejax.predict``'s); a
+    :class:`npejax.cli.UsageError` naming the option otherwise."""
+    given = [n for n, v in (("--field-id", field_id), ("--psf-params", psf_params), ("--fwhm", fwhm)) if v is not None]
+    if len(given) > 1:
+        raise cli.UsageError(
+            f"give one of {' and '.join(given)}, not both" if len(given) == 2 else f"give one of {', '.join(given)}"
+        )
+    check_psf_flags(psf_params, fwhm)
     parse_background_arg(background)
 
 

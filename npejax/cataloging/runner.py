@@ -20,18 +20,21 @@ Python API::
     images/f1.fits background=0.7 field-id=94-1-12                     # a FITS image (nmgy, sky-subtracted)
     images/f2.fits background=images/f2-sky.fits psf-params=1.2,3.5,1.5,3.0,0.1,0.08
     images/f3.fits                                                     # the command's --background, --field-id
+    images/f4.fits background=0.7 fwhm=1.4                             # or psf-image=f4-psf.fits
 
 Each line is a path and ``key=value`` words (:data:`LINE_KEYS`; shell quoting for paths with spaces; a path
 that looks like ``word=...`` is written ``./word=...``). A line with ``psfield=`` is an SDSS frame read as
 ``python -m npejax.predict --sdss-frame F --psfield P`` reads it (:func:`npejax.cataloging.images.open_sdss_frame`:
 image, its own sky as background, the r-band PSF of the psField). Any other line is a FITS image (its first
 2-D image HDU, in nmgy, sky-subtracted) with ``background=`` (nmgy per pixel: a number or a FITS file of the
-image's shape) and one of ``field-id=`` (a field of the field bank, default the embedded synthetic bank) or
-``psf-params=`` (s1,s2,sP,beta,b,p0, pixels); the ``background``, ``field_id`` and ``psf_params`` given to
+image's shape) and one of ``field-id=`` (a field of the field bank, default the embedded synthetic bank),
+``psf-params=`` (s1,s2,sP,beta,b,p0, pixels), ``fwhm=`` (arcsec) or ``psf-image=`` (a FITS image of the PSF;
+:data:`PSF_KEYS`); the ``background``, ``field_id``, ``psf_params`` and ``fwhm`` given to
 :func:`read_frame_list` (the command's flags) are the defaults of lines that leave them out (a line's own PSF
-key replaces both PSF defaults). Relative paths are relative to the folder of the list file. A frame's
-*name* (:func:`frame_stem`) is its file name without ``.fits``/``.fit``/``.fts`` and ``.gz``/``.bz2``/
-``.fz``; names must be unique in the list.
+key replaces the PSF defaults). Every frame is checked as ``npejax.predict`` checks its input
+(:mod:`npejax.cataloging.checks`; its pixels unless ``image_checks`` is false). Relative paths are relative
+to the folder of the list file. A frame's *name* (:func:`frame_stem`) is its file name without
+``.fits``/``.fit``/``.fts`` and ``.gz``/``.bz2``/``.fz``; names must be unique in the list.
 
 **Files** under the output folder ``out``: ``catalogs/NAME.fits`` (or ``.csv``; :func:`catalog_path`), one
 per frame, written atomically, with the columns of :func:`npejax.cataloging.images.catalog_inputs` (``image``
@@ -110,7 +113,8 @@ from npejax.sim import fields as fields_lib
 EXIT_FRAMES_FAILED = 1
 CATALOG_DIR = "catalogs"
 FORMATS = {"fits": ".fits", "csv": ".csv"}
-LINE_KEYS = ("background", "field-id", "psf-params", "psfield")
+LINE_KEYS = ("background", "field-id", "psf-params", "fwhm", "psf-image", "psfield")
+PSF_KEYS = ("field-id", "psf-params", "fwhm", "psf-image")  # a FITS line's PSF: one of them
 FAILURE_COLUMNS = ["index", "name", "path", "reason"]
 _COMPRESSION = (".gz", ".bz2", ".fz")
 _SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
@@ -125,7 +129,8 @@ SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK
 class Frame:
     """One frame of the list: ``index`` (0-based among the list's frames), ``line`` (1-based line number),
     ``path`` (resolved), ``name`` (:func:`frame_stem`), and either ``psfield`` (an SDSS frame) or
-    ``background`` (float or FITS path) with ``field_id`` or ``psf_params`` (text)."""
+    ``background`` (float or FITS path) with one of ``field_id``, ``psf_params``, ``fwhm`` (text) and
+    ``psf_image`` (a FITS path)."""
 
     index: int
     line: int
@@ -135,6 +140,8 @@ class Frame:
     background: float | str | None = None
     field_id: str | None = None
     psf_params: str | None = None
+    fwhm: str | None = None
+    psf_image: str | None = None
 
     @property
     def is_sdss(self) -> bool:
@@ -159,7 +166,12 @@ def _resolve(folder: str, path: str) -> str:
 
 
 def read_frame_list(
-    path: str, background=None, field_id: str | None = None, psf_params: str | None = None, require_inputs: bool = True
+    path: str,
+    background=None,
+    field_id: str | None = None,
+    psf_params: str | None = None,
+    require_inputs: bool = True,
+    fwhm: str | None = None,
 ) -> list[Frame]:
     """The frames of the list file ``path`` (module doc), with the command's defaults filled in.
 
@@ -212,7 +224,7 @@ def read_frame_list(
             )
         names[name] = number
         if "psfield" in keys:
-            extra = [k + "=" for k in ("background", "field-id", "psf-params") if k in keys]
+            extra = [k + "=" for k in ("background", *PSF_KEYS) if k in keys]
             if extra:
                 raise ValueError(
                     f"{where}: {', '.join(extra)} with psfield=: an SDSS frame brings its own "
@@ -231,17 +243,32 @@ def read_frame_list(
                 bg = float(bg)
             except ValueError:
                 bg = _resolve(folder, bg) if "background" in keys else bg
-        if "field-id" in keys or "psf-params" in keys:
-            if "field-id" in keys and "psf-params" in keys:
-                raise ValueError(f"{where}: give one of field-id= and psf-params=, not both")
-            fid, psf = keys.get("field-id"), keys.get("psf-params")
+        given = [k for k in PSF_KEYS if k in keys]
+        if len(given) > 1:
+            raise ValueError(f"{where}: give one of {', '.join(k + '=' for k in PSF_KEYS)} not {len(given)}")
+        if given:
+            fid, psf, width = keys.get("field-id"), keys.get("psf-params"), keys.get("fwhm")
+            psf_image = _resolve(folder, keys["psf-image"]) if "psf-image" in keys else None
         else:
-            fid, psf = field_id, psf_params
-        if fid is None and psf is None and require_inputs:
+            fid, psf, width, psf_image = field_id, psf_params, fwhm, None
+        if fid is None and psf is None and width is None and psf_image is None and require_inputs:
             raise ValueError(
-                f"{where}: {paths[0]} needs field-id= or psf-params= (or the command's --field-id or --psf-params)"
+                f"{where}: {paths[0]} needs field-id= or psf-params= (or fwhm=, psf-image=, or the command's "
+                "--field-id, --psf-params or --fwhm)"
             )
-        frames.append(Frame(len(frames), number, file, name, background=bg, field_id=fid, psf_params=psf))
+        frames.append(
+            Frame(
+                len(frames),
+                number,
+                file,
+                name,
+                background=bg,
+                field_id=fid,
+                psf_params=psf,
+                fwhm=width,
+                psf_image=psf_image,
+            )
+        )
     return frames
 
 
@@ -379,12 +406,22 @@ class FieldBankCache:
             raise cli.UsageError(f"--field-id {field_id}: {cli.message(exc).split(': ', 1)[1]}") from None
 
 
-def open_frame(frame: Frame, bank: FieldBankCache) -> images.Inputs:
-    """The frame's image, background and PSF, read and checked (the readers of ``npejax.predict``)."""
+def open_frame(frame: Frame, bank: FieldBankCache, image_checks: bool = True) -> images.Inputs:
+    """The frame's image, background and PSF, read and checked (the readers and checks of ``npejax.predict``;
+    the pixel checks of :mod:`npejax.cataloging.checks` only when ``image_checks``)."""
     if frame.is_sdss:
-        return images.open_sdss_frame(frame.path, frame.psfield)
+        return images.open_sdss_frame(frame.path, frame.psfield, image_checks)
     psf = bank.psf_params(frame.field_id) if frame.field_id is not None else frame.psf_params
-    return images.open_inputs(frame.path, background=frame.background, psf_params=psf)
+    return images.open_inputs(
+        frame.path,
+        background=frame.background,
+        psf_params=psf,
+        bank=bank.path if frame.fwhm is not None else None,
+        fwhm=frame.fwhm,
+        psf_image=frame.psf_image,
+        image_checks=image_checks,
+        psf_flags=("fwhm=", "psf-image="),
+    )
 
 
 # A frame's own fault (a missing, truncated or corrupt file, a value out of range, a non-finite output): its
@@ -657,12 +694,14 @@ def catalog_frames(
     chunk_size: int | None = CHUNK_SIZE,
     readers: int = 2,
     failures_file: str | None = None,
+    image_checks: bool = True,
 ) -> Summary:
     """Catalogs ``frames`` with ``net`` into ``out/catalogs`` (module doc), ``readers`` threads reading the
     next frames while one is predicted (frames held in memory: readers + 1); each catalog records its
     :func:`frame_identity` (:func:`write_catalog`). A frame that fails is a line on stderr and a row of
-    ``failures_file`` (default ``failures-0-of-1.csv``); the others go on. Prints one line per cataloged frame;
-    returns the :class:`Summary`."""
+    ``failures_file`` (default ``failures-0-of-1.csv``); the others go on. Prints one line per cataloged frame
+    (after the lines of a PSF from ``fwhm=`` or ``psf-image=``); returns the :class:`Summary`. ``image_checks``
+    false skips the pixel checks of :mod:`npejax.cataloging.checks` (``--skip-image-checks``)."""
     failures_file = failures_file or failures_path(out, 0, 1)
     network = net.network_identity()
     summary = Summary()
@@ -670,17 +709,18 @@ def catalog_frames(
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=readers) as pool:
         # frames k+1 .. k+readers are read (in threads) while frame k is predicted and written
-        pending = collections.deque(pool.submit(open_frame, f, bank) for f in frames[:readers])
+        pending = collections.deque(pool.submit(open_frame, f, bank, image_checks) for f in frames[:readers])
         for k, frame in enumerate(frames):
             t0 = time.perf_counter()
             try:
                 future = pending.popleft()
                 if k + readers < len(frames):
-                    pending.append(pool.submit(open_frame, frames[k + readers], bank))
-                table = images.catalog_inputs(
-                    net, future.result(), min_prob, batch_size=1, chunk_size=chunk_size or None
-                )
-                future = None  # the frame's arrays go
+                    pending.append(pool.submit(open_frame, frames[k + readers], bank, image_checks))
+                inputs = future.result()
+                for note in inputs.notes:  # how a fwhm= or psf-image= became PSF parameters
+                    print(f"frame {frame.index} {frame.name}: {note}", flush=True)
+                table = images.catalog_inputs(net, inputs, min_prob, batch_size=1, chunk_size=chunk_size or None)
+                future = inputs = None  # the frame's arrays go
                 table.meta["FRAME"] = frame.name
                 identity = frame_identity(network, frame, min_prob, chunk_size, bank.path)
                 path = write_catalog(table, catalog_path(out, frame, fmt), identity)

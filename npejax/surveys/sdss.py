@@ -275,6 +275,26 @@ def psfield_name_parts(path):
     return None if match is None else tuple(int(match.group(k)) for k in (1, 2, 3))
 
 
+def psfield_identity(path) -> tuple[tuple[int, int, int] | None, str]:
+    """``((run, camcol, field), where it was read)`` of a psField file: the ``RUN``, ``CAMCOL`` and ``FIELD``
+    keywords of its HDU 0 header, else those columns of its HDU 6 table, else its file name
+    (:func:`psfield_name_parts`); ``(None, "")`` when none says. The header wins over the name: a renamed
+    psField of another field is known by what it holds."""
+    path = os.fspath(path)
+    hdus = _read_hdus(path, "psField")
+    keys = ("RUN", "CAMCOL", "FIELD")
+    header = hdus[0][0]
+    if all(k in header for k in keys):
+        return tuple(int(header[k]) for k in keys), "HDU 0 RUN, CAMCOL, FIELD"
+    if len(hdus) > PSFIELD_HDU and isinstance(hdus[PSFIELD_HDU][1], fits.FITS_rec):
+        table = hdus[PSFIELD_HDU][1]
+        names = {n.upper(): n for n in table.columns.names}
+        if all(k in names for k in keys) and len(table):
+            return tuple(int(np.ravel(table[names[k]])[0]) for k in keys), f"HDU {PSFIELD_HDU} RUN, CAMCOL, FIELD"
+    named = psfield_name_parts(path)
+    return (named, "file name") if named else (None, "")
+
+
 def _frame_sky(hdus, path: str) -> tuple[np.ndarray, np.ndarray]:
     """:func:`read_frame` of HDUs already read."""
     image = hdus[0][1]
