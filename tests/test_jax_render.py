@@ -1,0 +1,165 @@
+"""JAX renderer (npejax.sim.jax_render): agreement with GalSim on the hard cases (the brightest star, a bright
+compact bulge, the largest galaxies, sources on edges and corners) within the targets of issue 22 (0.1 sigma of
+each pixel's noise, 0.02 sigma for r > 16), flux, noise models and determinism by (seed, batch index).
+benchmarks/render_agreement.py runs the large version of the agreement check."""
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from configs import default  # the repository root is on sys.path (conftest.py)
+from npejax import catalogs, schema
+from npejax.sim import fields, jax_render, render
+
+SHAPE = (80, 80)
+BRIGHTEST = 613314.0 * 1.185 - 0.553  # c * scale + loc of the star prior: 7.3e5 nmgy, r 7.85
+
+
+def _config(**changes):
+    return dataclasses.replace(render.RenderConfig.from_config(default.get_config().render), **changes)
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return fields.load_bank()
+
+
+def _catalog(sources, slots=3):
+    """Catalogs of one source each (dicts of schema keys), padded to ``slots``: [N, slots] arrays."""
+    n = len(sources)
+    cat = {k: np.zeros((n, slots), bool if k == "is_galaxy" else np.float32) for k in schema.CATALOG_KEYS}
+    cat["n_sources"] = np.ones(n, np.int32)
+    for i, source in enumerate(sources):
+        for key, value in source.items():
+            cat[key][i, 0] = value
+    return cat
+
+
+def _galaxy(x, y, flux, a_disk, a_bulge, frac=0.5, angle=0.7, q_disk=0.4, q_bulge=0.7):
+    return dict(
+        x=x, y=y, flux=flux, is_galaxy=True, disk_frac=frac, angle=angle, disk_q=q_disk, bulge_q=q_bulge,
+        disk_a=a_disk, bulge_a=a_bulge,
+    )  # fmt: skip
+
+
+def _largest_radius(which):
+    shape, loc, scale = getattr(default.get_config().prior, which)
+    return loc + stats.gamma(shape, scale=scale).ppf(1 - 1e-4)
+
+
+@pytest.mark.slow
+def test_agrees_with_galsim_on_the_hard_cases(bank):
+    """Each source alone in a noiseless image: the largest per-pixel difference from the GalSim reference (every
+    star in real space, tight GSParams) within 0.1 sigma, 0.02 sigma for r > 16; the same flux in the image."""
+    assert catalogs.flux_to_mag(BRIGHTEST) == pytest.approx(7.85, abs=0.01)
+    big_d, big_b = _largest_radius("disk_a"), _largest_radius("bulge_a")
+    sources = [
+        dict(x=40.3, y=39.7, flux=BRIGHTEST),  # the brightest star
+        dict(x=0.2, y=79.9, flux=BRIGHTEST),  # ... in a corner
+        dict(x=79.6, y=33.3, flux=80.0),  # r 17.7 star on an edge
+        dict(x=12.1, y=50.5, flux=2.0),  # r 21.7 star
+        _galaxy(40.2, 39.6, 4000.0, 1.0, 0.45, frac=0.1, q_bulge=0.3),  # r 13.5, compact bulge
+        _galaxy(77.6, 0.3, 150.0, 2.0, 1.0),  # r 17.1 galaxy in a corner
+        _galaxy(30.5, 60.2, 3922.0, big_d, big_b),  # the largest galaxy, the brightest flux
+        _galaxy(3.3, 8.8, 1.5, big_d, big_b, angle=2.9, q_disk=0.05),  # the largest galaxy, faint, near a corner
+        _galaxy(55.0, 70.1, 0.7, 1.3, 0.6),  # r 22.9
+    ]
+    cat = _catalog(sources)
+    field_id = np.array([0, 250, 499, 7, 10, 123, 77, 300, 400])
+    origins = np.tile([[300, 400]], (len(sources), 1))
+    config = _config(noise="none")
+    renderer = jax_render.JaxRenderer(bank, SHAPE, config)
+    got = renderer.render(cat, field_id, origins, jax_render.batch_key(0, 0))[0]
+    ref = jax_render.reference_renderer(bank, SHAPE, config).render(cat, field_id, origins, np.random.default_rng(0))[0]
+    to_e = bank.to_electrons(field_id)[:, None, None]
+    sky = np.stack([bank.background_electrons(f, o, SHAPE) for f, o in zip(field_id, origins)])
+    sigma = np.sqrt(sky + np.maximum(ref, 0) * to_e) / to_e
+    err = (np.abs(got.astype(np.float64) - ref) / sigma).max(axis=(1, 2))
+    mags = catalogs.flux_to_mag(cat["flux"][:, 0])
+    targets = np.where(mags > 16, 0.02, 0.1)
+    assert np.all(err < targets), dict(zip(mags.round(1), err.round(4)))
+    np.testing.assert_allclose(got.sum(axis=(1, 2)), ref.sum(axis=(1, 2)), rtol=2e-3)
+    assert got[0].sum() == pytest.approx(BRIGHTEST, rel=1e-5)  # the whole truncated PSF lies inside
+    assert got[0].min() >= 0 and got[1].min() >= 0  # no ringing around the brightest stars
+    # the batch's sources are summed as lists: no light goes to another image of the batch
+    part = [5, 6, 1]
+    alone = renderer.render(
+        {k: v[part] for k, v in cat.items()}, field_id[part], origins[part], jax_render.batch_key(0, 0)
+    )
+    np.testing.assert_allclose(alone[0], got[part], rtol=0, atol=1e-6 * np.abs(got[part]).max())
+
+
+@pytest.mark.fast
+def test_source_lists_are_padded_to_few_sizes():
+    sizes = [jax_render._bucket(n) for n in range(0, 3000)]
+    assert sizes[0] == sizes[8] == 8 and sizes[9] == 10 and sizes[17] == 20
+    assert all(n <= size <= max(8, 1.25 * n) for n, size in enumerate(sizes))
+    assert len(set(sizes)) == 35  # 8 .. 3072
+
+
+@pytest.mark.fast
+def test_batch_key_depends_only_on_seed_and_index():
+    a, b = jax_render.batch_key(3, 7), jax_render.batch_key(3, 7)
+    assert np.array_equal(jax.random.key_data(a), jax.random.key_data(b))
+    for other in (jax_render.batch_key(3, 8), jax_render.batch_key(4, 7)):
+        assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(other))
+
+
+@pytest.mark.fast
+def test_edge_offsets_hold_every_pixel_the_truncation_circle_crosses():
+    trunc, radius = 25.0, 26
+    offsets = {tuple(v) for v in jax_render._edge_offsets(trunc, radius).tolist()}
+    rng = np.random.default_rng(0)
+    d = np.arange(-radius, radius + 1)
+    for fy, fx in rng.random((50, 2)):
+        lo_y, lo_x = d[:, None] - fy, d[None, :] - fx  # pixel's low edges relative to the star
+        near = lambda lo: np.where((lo <= 0) & (lo + 1 >= 0), 0.0, np.minimum(np.abs(lo), np.abs(lo + 1)))
+        far = lambda lo: np.maximum(np.abs(lo), np.abs(lo + 1))
+        crossing = (near(lo_y) ** 2 + near(lo_x) ** 2 < trunc**2) & (far(lo_y) ** 2 + far(lo_x) ** 2 > trunc**2)
+        rows, cols = np.nonzero(crossing)
+        assert rows.size > 100
+        assert {(int(d[r]), int(d[c])) for r, c in zip(rows, cols)} <= offsets
+    assert len(offsets) < 0.2 * (2 * radius + 1) ** 2
+
+
+@pytest.mark.fast
+def test_devaucouleurs_table_is_galsims_unit_flux_profile():
+    table = np.exp(jax_render.devaucouleurs_table(1e-2, 3e-3))
+    assert table[0] == pytest.approx(1.0, abs=1e-6)  # unit flux
+    # decreasing to nothing (but for a 1e-4 step where GalSim switches from its small-k series to its table)
+    assert np.all(np.diff(table) < 1e-3 * table[1:]) and table[-1] < 1e-8
+    u = np.geomspace(jax_render._DEV_UMIN, jax_render._DEV_UMAX, jax_render._DEV_POINTS)
+    k = int(np.searchsorted(u, 1.0))
+    import galsim
+
+    assert table[k] == pytest.approx(galsim.DeVaucouleurs(half_light_radius=1.0).kValue(u[k], 0.0).real, rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_noise_is_keyed_and_matches_the_background(bank, noise):
+    """Empty images: variance = sky (electrons) in nmgy^2; batch i is the same for the same (seed, i) and another
+    for another i; a bright star's counts stay finite (lambda >= 0: no ringing)."""
+    shape = (40, 40)
+    r = jax_render.JaxRenderer(bank, shape, _config(noise=noise), pad=24)
+    cat = _catalog([dict(x=20.4, y=21.7, flux=BRIGHTEST)] + [dict(x=10.0, y=10.0, flux=0.0)] * 31, slots=1)
+    cat["n_sources"][1:] = 0
+    field = 77
+    field_id, origins = np.full(32, field), np.tile([[300, 400]], (32, 1))
+    images, background = r.render(cat, field_id, origins, jax_render.batch_key(5, 2))
+    again, _ = r.render(cat, field_id, origins, jax_render.batch_key(5, 2))
+    other, _ = r.render(cat, field_id, origins, jax_render.batch_key(5, 3))
+    np.testing.assert_array_equal(images, again)
+    assert not np.array_equal(images, other)
+    assert np.isfinite(images).all()
+    to_nmgy = bank.calibration[field] / bank.gain[field]
+    sky_e = bank.background_electrons(field, (300, 400), shape)
+    np.testing.assert_allclose(background[1], sky_e * to_nmgy, rtol=1e-5)
+    ratio = images[1:].var(axis=0, ddof=1) / (sky_e * to_nmgy**2)
+    assert ratio.mean() == pytest.approx(1.0, abs=0.03)
+    assert abs(images[1:].mean()) < 4 * math.sqrt((sky_e * to_nmgy**2).mean() / images[1:].size)
+    assert images[0].sum() == pytest.approx(BRIGHTEST, rel=5e-3)  # less the Moffat wing beyond the 40 x 40 image
