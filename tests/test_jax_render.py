@@ -4,7 +4,9 @@ each pixel's noise, 0.02 sigma for r > 16), flux, noise models and determinism b
 benchmarks/render_agreement.py runs the large version of the agreement check."""
 
 import dataclasses
+import importlib.util
 import math
+import os
 
 import jax
 import numpy as np
@@ -163,3 +165,52 @@ def test_noise_is_keyed_and_matches_the_background(bank, noise):
     assert ratio.mean() == pytest.approx(1.0, abs=0.03)
     assert abs(images[1:].mean()) < 4 * math.sqrt((sky_e * to_nmgy**2).mean() / images[1:].size)
     assert images[0].sum() == pytest.approx(BRIGHTEST, rel=5e-3)  # less the Moffat wing beyond the 40 x 40 image
+
+
+def _bench(name):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.fast
+def test_agreement_benchmark_cases_and_table(bank):
+    """benchmarks/render_agreement.py: its hard cases are what they claim, and its table reports the largest
+    difference in sigma per group (fabricated images: a known difference in one pixel of one source)."""
+    agreement = _bench("render_agreement")
+    config = default.get_config()
+    cat, field_id, origins, labels = agreement.build_cases(config, bank, 20, 1, SHAPE)
+    assert len(field_id) == len(labels) == len(cat["n_sources"]) and cat["x"].shape[1] == 1
+    assert set(labels) == {"prior-many", "prior-one", "brightest-star", "largest-galaxy", "edge-corner"}
+    assert np.all(field_id[labels == "prior-one"] == bank.reference)
+    np.testing.assert_allclose(cat["flux"][labels == "brightest-star", 0], BRIGHTEST, rtol=1e-6)
+    big = cat["disk_a"][labels == "largest-galaxy", 0]
+    assert np.all(big == pytest.approx(_largest_radius("disk_a"), rel=1e-6))
+    edge = labels == "edge-corner"
+    x = cat["x"][edge, 0]
+    assert np.all((x < 0.5) | (x > SHAPE[1] - 0.5)) and np.all(cat["flux"][edge, 0] > 0)
+
+    n = len(field_id)
+    ref = np.zeros((n, *SHAPE), np.float32)
+    images = dict(galsim=ref, galsim_default=ref.copy(), jax=ref.copy())
+    to_nmgy = 1 / bank.to_electrons(field_id[0])
+    sigma = np.sqrt(bank.background_electrons(field_id[0], origins[0], SHAPE)[3, 4]) * to_nmgy
+    images["jax"][0, 3, 4] = 0.05 * sigma
+    metrics = agreement.compare(bank, cat, field_id, origins, images)
+    assert metrics["jax_vs_galsim"][0] == pytest.approx(0.05, rel=1e-4) and metrics["jax_vs_galsim"][1:].max() == 0
+    rows = agreement.table(metrics, labels)
+    first = catalogs.flux_to_mag(cat["flux"][0, 0])
+    kind = "galaxy" if cat["is_galaxy"][0, 0] else "star"
+    worst = max(rows, key=lambda row: row["jax_vs_galsim"])
+    assert worst["type"] == kind and worst["jax_vs_galsim"] == pytest.approx(0.05, rel=1e-4)
+    assert worst["met"] == (first <= 16)  # 0.05 sigma: within 0.1, not within 0.02 (r > 16)
+    assert sum(row["sources"] for row in rows if row["type"] in ("star", "galaxy")) == n
+
+
+@pytest.mark.slow
+def test_simulate_throughput_times_the_jax_renderer(bank):
+    out = _bench("simulate_throughput").bench_jax(default.get_config(), bank, [3], repeats=1)
+    assert out["device"] == str(jax.devices()[0])
+    assert out["batch"]["3"]["images_per_s"] > 0 and out["canvas"] == [512, 512]
