@@ -11,11 +11,12 @@ import os
 import jax
 import numpy as np
 import pytest
+from conftest import assert_one_error
 from scipy import stats
 
 from configs import default  # the repository root is on sys.path (conftest.py)
-from npejax import catalogs, schema
-from npejax.sim import fields, jax_render, render
+from npejax import catalogs, configuration, schema
+from npejax.sim import fields, jax_render, pipeline, render
 
 SHAPE = (80, 80)
 BRIGHTEST = 613314.0 * 1.185 - 0.553  # c * scale + loc of the star prior: 7.3e5 nmgy, r 7.85
@@ -214,3 +215,63 @@ def test_simulate_throughput_times_the_jax_renderer(bank):
     out = _bench("simulate_throughput").bench_jax(default.get_config(), bank, [3], repeats=1)
     assert out["device"] == str(jax.devices()[0])
     assert out["batch"]["3"]["images_per_s"] > 0 and out["canvas"] == [512, 512]
+
+
+# --- the backend in the simulator: config.simulator.backend, npejax.simulate --backend ---
+
+
+@pytest.mark.fast
+def test_backend_is_validated(bank):
+    config = default.get_config()
+    assert config.simulator.backend == "galsim"  # the default stays GalSim
+    config.simulator.backend = "cuda"
+    with pytest.raises(ValueError, match=r"simulator.backend must be one of \('galsim', 'jax'\), got 'cuda'"):
+        configuration.validate(config, 1)
+    with pytest.raises(ValueError, match="simulator.backend"):
+        pipeline.SimulationSpec.from_config(config, bank=bank)
+    saved = configuration.upgrade(configuration.to_json(default.get_config()) | {"simulator": {"num_workers": 2}})
+    assert saved["simulator"]["backend"] == "galsim"  # configs saved before the key rendered with GalSim
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--backend", "cuda"], "flag --backend=cuda: value should be one of <galsim|jax>"),
+        (["--config.simulator.backend=cuda"], "simulator.backend must be one of ('galsim', 'jax'), got 'cuda'"),
+    ],
+)
+def test_simulate_refuses_an_unknown_backend(tmp_path, capsys, flags, fragment):
+    from npejax import simulate
+
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+    argv = ["simulate", "--config", config, "--split", "val", "--num-images", "2", "--out", str(tmp_path / "ds")]
+    code = simulate.main(argv + flags)
+    out, err = capsys.readouterr()
+    assert_one_error(code, out, err, fragment)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_jax_backend_batches_match_the_galsim_backend(bank):
+    """Batch i of the jax backend: the GalSim backend's catalogs, fields and crops, images within the GalSim
+    defaults' own error, noise keyed by (seed, i); the Simulator renders it in its thread (no processes)."""
+    config = default.get_config()
+    config.simulator.backend = "jax"
+    spec = pipeline.SimulationSpec.from_config(config, seed=11, batch_size=6, bank=bank)
+    assert spec.backend == "jax"
+    batch = pipeline.simulate_batch(spec, 3)
+    np.testing.assert_array_equal(batch["images"], pipeline.simulate_batch(spec, 3)["images"])
+    assert not np.array_equal(batch["images"], pipeline.simulate_batch(spec, 4)["images"])
+    with pipeline.Simulator(spec, num_workers=2, start=3, num_batches=1) as simulator:
+        (again,) = list(simulator)
+        assert simulator._executor is None
+    np.testing.assert_array_equal(again["images"], batch["images"])
+    quiet = dataclasses.replace(spec, render=dataclasses.replace(spec.render, noise="none"))
+    jax_batch = pipeline.simulate_batch(quiet, 3)
+    galsim_batch = pipeline.simulate_batch(dataclasses.replace(quiet, backend="galsim"), 3)
+    for key in (*schema.CATALOG_KEYS, "n_sources", "field_id", "crop_origin", "psf_params", "background"):
+        np.testing.assert_allclose(jax_batch[key], galsim_batch[key], rtol=1e-6, err_msg=key)
+    to_nmgy = 1 / bank.to_electrons(jax_batch["field_id"])[:, None, None]
+    sigma = np.sqrt(jax_batch["background"] / to_nmgy + np.maximum(galsim_batch["images"], 0) / to_nmgy) * to_nmgy
+    assert (np.abs(jax_batch["images"] - galsim_batch["images"]) / sigma).max() < 0.3  # GalSim's own, at worst

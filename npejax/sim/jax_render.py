@@ -77,6 +77,13 @@ def reference_renderer(bank: fields_lib.FieldBank, image_shape, config: render_l
     return _RealSpaceStars(bank, image_shape, dataclasses.replace(config, method="kspace", **REFERENCE_GSPARAMS))
 
 
+@functools.lru_cache(maxsize=4)
+def cached_renderer(bank: fields_lib.FieldBank, image_shape, config: render_lib.RenderConfig) -> JaxRenderer:
+    """One :class:`JaxRenderer` per (bank, image shape, settings): its compiled function is kept across calls
+    (:func:`npejax.sim.pipeline.make_renderer`)."""
+    return JaxRenderer(bank, tuple(int(v) for v in image_shape), config)
+
+
 def batch_key(seed: int, batch_index: int) -> jax.Array:
     """The noise key of batch ``batch_index`` of the simulation seeded by ``seed`` (depends on nothing else)."""
     return jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(batch_index))
