@@ -275,3 +275,25 @@ def test_jax_backend_batches_match_the_galsim_backend(bank):
     to_nmgy = 1 / bank.to_electrons(jax_batch["field_id"])[:, None, None]
     sigma = np.sqrt(jax_batch["background"] / to_nmgy + np.maximum(galsim_batch["images"], 0) / to_nmgy) * to_nmgy
     assert (np.abs(jax_batch["images"] - galsim_batch["images"]) / sigma).max() < 0.3  # GalSim's own, at worst
+
+
+@pytest.mark.slow
+def test_a_dataset_records_its_backend(tmp_path, bank):
+    """A cached dataset rendered by the jax backend says so: neither resumed nor trained on as a GalSim one."""
+    from npejax import datasets
+    from npejax.nn import input_pipeline
+
+    config = default.get_config()
+    config.simulator.backend = "jax"
+    spec = pipeline.SimulationSpec.from_config(config, seed=2, batch_size=2, bank=bank)
+    out = str(tmp_path / "ds")
+    datasets.write_dataset(spec, out, 2, "val", config=config, num_workers=2, shard_size=2, progress=False)
+    ds = datasets.load(out)
+    assert ds.manifest["spec"]["backend"] == "jax" and ds.manifest["config"]["simulator"]["backend"] == "jax"
+    np.testing.assert_array_equal(ds[1]["images"], pipeline.simulate_batch(spec, 0)["images"][1])
+    input_pipeline.check_dataset(ds, "val", spec, "val_dir")
+    galsim = dataclasses.replace(spec, backend="galsim")
+    with pytest.raises(datasets.DatasetError, match="simulator.backend='jax', the config has 'galsim'"):
+        input_pipeline.check_dataset(ds, "val", galsim, "val_dir")
+    with pytest.raises(datasets.DatasetError, match="different dataset.*backend"):
+        datasets.write_dataset(galsim, out, 2, "val", config=config, num_workers=0, shard_size=2, progress=False)

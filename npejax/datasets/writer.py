@@ -251,6 +251,8 @@ def _new_manifest(spec: pipeline.SimulationSpec, num_images: int, split: str, co
                 field_prior=spec.field_prior,
                 prior=dataclasses.asdict(spec.prior),
                 render=dataclasses.asdict(spec.render),
+                # the renderer, when not GalSim (manifests written before the JAX renderer stay the same)
+                **({} if spec.backend == "galsim" else {"backend": spec.backend}),
             )
         ),
         bank=bank_info(spec.bank),
