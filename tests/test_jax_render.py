@@ -88,6 +88,11 @@ def test_agrees_with_galsim_on_the_hard_cases(bank):
     np.testing.assert_allclose(got.sum(axis=(1, 2)), ref.sum(axis=(1, 2)), rtol=2e-3)
     assert got[0].sum() == pytest.approx(BRIGHTEST, rel=1e-5)  # the whole truncated PSF lies inside
     assert got[0].min() >= 0 and got[1].min() >= 0  # no ringing around the brightest stars
+    # long galaxy lists go in chunks (GALAXY_CHUNK; here 2 of the 8 entries at a time): the same images
+    chunked = jax_render.JaxRenderer(bank, SHAPE, config)
+    chunked.galaxy_chunk = 1
+    again = chunked.render(cat, field_id, origins, jax_render.batch_key(0, 0))[0]
+    assert np.all(np.abs(again - got).max(axis=(1, 2)) <= 1e-5 * np.abs(got).max(axis=(1, 2)))
     # the batch's sources are summed as lists: no light goes to another image of the batch
     part = [5, 6, 1]
     alone = renderer.render(

@@ -68,6 +68,7 @@ from npejax.sim import psf as psf_lib
 from npejax.sim import render as render_lib
 
 DEFAULT_PAD = 432  # pixels of canvas beyond the image (80 x 80 images: a 512 x 512 canvas)
+GALAXY_CHUNK = 256  # galaxies per step when a batch's list is longer than 4 chunks (memory: C x Ny x Nx/2 floats)
 _FFT_SIZES = sorted({2**a * 3**b * 5**c for a in range(13) for b in range(4) for c in range(3)})
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(3)  # as render.py's star quadrature, on [0, 1]
 _GL_NODES, _GL_WEIGHTS = (_GL_NODES + 1) / 2, _GL_WEIGHTS / 2
@@ -174,6 +175,7 @@ class JaxRenderer:
         self.pad = int(pad)
         h, w = self.image_shape
         self.canvas_shape = (_fft_size(h + self.pad), _fft_size(w + self.pad))
+        self.galaxy_chunk = GALAXY_CHUNK
         trunc = float(config.psf_trunc_pixels)
         self.stamp_radius = math.ceil(trunc) + 1
         self._edges = _edge_offsets(trunc, self.stamp_radius)
@@ -274,37 +276,46 @@ class JaxRenderer:
         jx = jnp.arange(nx // 2 + 1, dtype=jnp.int32)  # half plane along columns, [Nx/2 + 1]
         ky, kx = (2 * math.pi / ny) * jy.astype(jnp.float32), (2 * math.pi / nx) * jx.astype(jnp.float32)
 
-        scale = float(self.config.pixel_scale_arcsec)
-        c, s = jnp.cos(src["angle"]), jnp.sin(src["angle"])
-        u_ = c[:, None, None] * kx[None, None, :] + s[:, None, None] * ky[None, :, None]  # [G, Ny, Nx/2+1]
-        v_ = -s[:, None, None] * kx[None, None, :] + c[:, None, None] * ky[None, :, None]
+        def chunk_spectrum(src):  # [C, Ny, Nx/2 + 1] complex: each galaxy's transform, placed by its phase
+            scale = float(self.config.pixel_scale_arcsec)
+            c, s = jnp.cos(src["angle"]), jnp.sin(src["angle"])
+            u_ = c[:, None, None] * kx[None, None, :] + s[:, None, None] * ky[None, :, None]  # [G, Ny, Nx/2+1]
+            v_ = -s[:, None, None] * kx[None, None, :] + c[:, None, None] * ky[None, :, None]
 
-        def radial(a_arcsec, q):  # |J k| for semi-major half-light radius a, axis ratio q
-            a = (a_arcsec / scale)[:, None, None]
-            return a * jnp.sqrt(u_**2 + (q[:, None, None] * v_) ** 2)
+            def radial(a_arcsec, q):  # |J k| for semi-major half-light radius a, axis ratio q
+                a = (a_arcsec / scale)[:, None, None]
+                return a * jnp.sqrt(u_**2 + (q[:, None, None] * v_) ** 2)
 
-        ud = radial(src["disk_a"], src["disk_q"])
-        disk = (1.0 + (ud * self._disk_r0) ** 2) ** -1.5
-        ub = radial(src["bulge_a"], src["bulge_q"])
-        dev = arrays["dev_table"]
-        step = math.log(_DEV_UMAX / _DEV_UMIN) / (_DEV_POINTS - 1)
-        lpos = jnp.clip((jnp.log(jnp.maximum(ub, _DEV_UMIN)) - math.log(_DEV_UMIN)) / step, 0.0, _DEV_POINTS - 1.0)
-        b0 = jnp.minimum(jnp.floor(lpos).astype(jnp.int32), _DEV_POINTS - 2)
-        bt = lpos - b0
-        bulge = jnp.where(ub < _DEV_UMAX, jnp.exp(dev[b0] * (1 - bt) + dev[b0 + 1] * bt), 0.0)
-        frac = src["disk_frac"][:, None, None]
-        shape = src["flux"][:, None, None] * (frac * disk + (1.0 - frac) * bulge)  # [G, Ny, Nx/2+1], real
+            ud = radial(src["disk_a"], src["disk_q"])
+            disk = (1.0 + (ud * self._disk_r0) ** 2) ** -1.5
+            ub = radial(src["bulge_a"], src["bulge_q"])
+            dev = arrays["dev_table"]
+            step = math.log(_DEV_UMAX / _DEV_UMIN) / (_DEV_POINTS - 1)
+            lpos = jnp.clip((jnp.log(jnp.maximum(ub, _DEV_UMIN)) - math.log(_DEV_UMIN)) / step, 0.0, _DEV_POINTS - 1.0)
+            b0 = jnp.minimum(jnp.floor(lpos).astype(jnp.int32), _DEV_POINTS - 2)
+            bt = lpos - b0
+            bulge = jnp.where(ub < _DEV_UMAX, jnp.exp(dev[b0] * (1 - bt) + dev[b0 + 1] * bt), 0.0)
+            frac = src["disk_frac"][:, None, None]
+            shape = src["flux"][:, None, None] * (frac * disk + (1.0 - frac) * bulge)  # [G, Ny, Nx/2+1], real
 
-        # phase exp(-i k (x - 0.5)) of each source, the integer part of x reduced exactly modulo N
-        def phase(pos_, n, j):
-            whole = jnp.floor(pos_).astype(jnp.int32)
-            rest = pos_ - whole.astype(jnp.float32) - 0.5
-            turns = jnp.mod(j[None, :] * whole[:, None], n).astype(jnp.float32)
-            angle = (-2 * math.pi / n) * (turns + j[None, :].astype(jnp.float32) * rest[:, None])
-            return jnp.exp(1j * angle)
+            # phase exp(-i k (x - 0.5)) of each source, the integer part of x reduced exactly modulo N
+            def phase(pos_, n, j):
+                whole = jnp.floor(pos_).astype(jnp.int32)
+                rest = pos_ - whole.astype(jnp.float32) - 0.5
+                turns = jnp.mod(j[None, :] * whole[:, None], n).astype(jnp.float32)
+                angle = (-2 * math.pi / n) * (turns + j[None, :].astype(jnp.float32) * rest[:, None])
+                return jnp.exp(1j * angle)
 
-        spectrum = shape * phase(src["y"], ny, jy)[:, :, None] * phase(src["x"], nx, jx)[:, None, :]
-        spectrum = jax.ops.segment_sum(spectrum, src["image"], num_segments=b)  # [B, Ny, Nx/2+1]
+            return shape * phase(src["y"], ny, jy)[:, :, None] * phase(src["x"], nx, jx)[:, None, :]
+
+        n = src["x"].shape[0]
+        chunk = self.galaxy_chunk
+        if n > 4 * chunk and n % chunk == 0:  # long lists (large batches) in chunks: bounded memory
+            chunks = {k: v.reshape(n // chunk, chunk) for k, v in src.items()}
+            zero = jnp.zeros((b, ny, nx // 2 + 1), jnp.complex64)
+            spectrum = jax.lax.scan(lambda acc, c: (acc.at[c["image"]].add(chunk_spectrum(c)), None), zero, chunks)[0]
+        else:
+            spectrum = jax.ops.segment_sum(chunk_spectrum(src), src["image"], num_segments=b)  # [B, Ny, Nx/2+1]
 
         # PSF x pixel transfer function of each image's field: render.py's radial table, linear interpolation
         table = arrays["psf_table"][field_index]  # [B, T]
