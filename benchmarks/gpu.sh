@@ -29,7 +29,8 @@
 # --simulate-jax: instead of the suite, the JAX renderer's throughput only (npejax.sim.jax_render, issue 22):
 #   python benchmarks/simulate_throughput.py --backend jax --jax-batch-sizes 256 1024 4096
 # images/s at batch 256, 1024 and 4096 on the GPU (goal: 100,000 on one H100), into OUTDIR/simulate_jax.json and
-# OUTDIR/simulate_jax.log (about 2-4 minutes, compiles included); nothing is appended to RESULTS.md.
+# OUTDIR/simulate_jax.log (about 2-4 minutes, compiles included); nothing is appended to RESULTS.md. With
+# --cpu-smoke: batch 4 on whatever JAX finds (about 30 s on a 2-core CPU).
 # --cpu-smoke: for testing this script (about a minute on a 2-core CPU): one train run (float32) and one
 # predict run of a 4-channel network at tiny sizes, on whatever JAX finds, titled "CPU smoke"; its section
 # goes to OUTDIR/RESULTS.md unless RESULTS is set.
@@ -86,9 +87,12 @@ print(f"{len(d)} x {d[0].device_kind}, jax {jax.__version__}")
 '; then exit 4; fi
 fi
 
-if [ "$SIMULATE_JAX" = 1 ]; then
+if [ "$SIMULATE_JAX" = 1 ]; then  # with --cpu-smoke: batch 4, for testing this branch
+  SIZES="256 1024 4096"
+  [ "$SMOKE" = 1 ] && SIZES="4"
+  # shellcheck disable=SC2086  # the sizes are meant to split
   timeout --kill-after=10 "${STEP_TIMEOUT:-480}" "$PYTHON" benchmarks/simulate_throughput.py --backend jax \
-    --jax-batch-sizes 256 1024 4096 --json "$OUTDIR/simulate_jax.json" 2>&1 | tee "$OUTDIR/simulate_jax.log"
+    --jax-batch-sizes $SIZES --json "$OUTDIR/simulate_jax.json" 2>&1 | tee "$OUTDIR/simulate_jax.log"
   exit "${PIPESTATUS[0]}"
 fi
 

@@ -5,8 +5,11 @@ benchmarks/render_agreement.py runs the large version of the agreement check."""
 
 import dataclasses
 import importlib.util
+import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -302,3 +305,23 @@ def test_a_dataset_records_its_backend(tmp_path, bank):
         input_pipeline.check_dataset(ds, "val", galsim, "val_dir")
     with pytest.raises(datasets.DatasetError, match="different dataset.*backend"):
         datasets.write_dataset(galsim, out, 2, "val", config=config, num_workers=0, shard_size=2, progress=False)
+
+
+@pytest.mark.slow
+def test_gpu_sh_prepares_the_jax_renderer_throughput(tmp_path):
+    """bash benchmarks/gpu.sh OUTDIR --simulate-jax (here with --cpu-smoke: batch 4 on the CPU) writes the
+    renderer's images/s and its log, and nothing else."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", os.path.join(root, "benchmarks", "gpu.sh"), str(out), "--simulate-jax", "--cpu-smoke"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(os.listdir(out)) == ["simulate_jax.json", "simulate_jax.log"]
+    with open(out / "simulate_jax.json") as f:
+        assert json.load(f)["jax"]["batch"]["4"]["images_per_s"] > 0
