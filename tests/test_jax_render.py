@@ -116,7 +116,8 @@ def test_source_lists_are_padded_to_few_sizes():
 def test_batch_key_depends_only_on_seed_and_index():
     a, b = jax_render.batch_key(3, 7), jax_render.batch_key(3, 7)
     assert np.array_equal(jax.random.key_data(a), jax.random.key_data(b))
-    for other in (jax_render.batch_key(3, 8), jax_render.batch_key(4, 7)):
+    others = [jax_render.batch_key(*pair) for pair in ((3, 8), (4, 7), (7, 3), (3, 7 + 2**32), (3, 2**40))]
+    for other in others:
         assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(other))
 
 

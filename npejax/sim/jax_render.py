@@ -101,8 +101,15 @@ def cached_renderer(bank: fields_lib.FieldBank, image_shape, config: render_lib.
 
 
 def batch_key(seed: int, batch_index: int) -> jax.Array:
-    """The noise key of batch ``batch_index`` of the simulation seeded by ``seed`` (depends on nothing else)."""
-    return jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(batch_index))
+    """The noise key of batch ``batch_index`` of the simulation seeded by ``seed`` (depends on nothing else): each
+    integer, taken modulo 2^64, folded into the key as two 32-bit words (batch indices reach 2^40: the
+    normalizer's batch, npejax.nn.input_pipeline)."""
+    key = jax.random.PRNGKey(0)
+    for value in (int(seed), int(batch_index)):
+        value %= 2**64
+        for word in (value >> 32, value & 0xFFFFFFFF):
+            key = jax.random.fold_in(key, np.uint32(word))
+    return key
 
 
 @functools.lru_cache(maxsize=4)
