@@ -269,7 +269,9 @@ class JaxRenderer:
         bi = src["image"][:, None, None]
         ri = (fy.astype(jnp.int32)[:, None] + jnp.arange(2 * r + 1)[None, :])[:, :, None]  # canvas row of offset -r
         ci = (fx.astype(jnp.int32)[:, None] + jnp.arange(2 * r + 1)[None, :])[:, None, :]
-        canvas = canvas.at[bi, ri, ci].add(stamp * (flux * p0)[:, None, None])
+        # a star outside the image (not from the prior) lands partly outside the canvas: dropped, never wrapped
+        ri, ci = jnp.where(ri < 0, canvas.shape[1], ri), jnp.where(ci < 0, canvas.shape[2], ci)
+        canvas = canvas.at[bi, ri, ci].add(stamp * (flux * p0)[:, None, None], mode="drop")
         return image + canvas[:, r : r + h, r : r + w]
 
     def _galaxies(self, src, field_index):
