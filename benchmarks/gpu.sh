@@ -26,6 +26,11 @@
 #
 # Environment: PYTHON (default python3; the machine needs jax with CUDA, flax, optax, galsim, astropy,
 # ml_collections, tfp: checked first), RESULTS, STEP_TIMEOUT, SUITE_LIMIT, PEAK_TFLOPS.
+# --simulate-jax: instead of the suite, the JAX renderer's throughput only (npejax.sim.jax_render, issue 22):
+#   python benchmarks/simulate_throughput.py --backend jax --jax-batch-sizes 256 1024 4096
+# images/s at batch 256, 1024 and 4096 on the GPU (goal: 100,000 on one H100), into OUTDIR/simulate_jax.json and
+# OUTDIR/simulate_jax.log (about 2-4 minutes, compiles included); nothing is appended to RESULTS.md. With
+# --cpu-smoke: batch 4 on whatever JAX finds (about 30 s on a 2-core CPU).
 # --cpu-smoke: for testing this script (about a minute on a 2-core CPU): one train run (float32) and one
 # predict run of a 4-channel network at tiny sizes, on whatever JAX finds, titled "CPU smoke"; its section
 # goes to OUTDIR/RESULTS.md unless RESULTS is set.
@@ -35,12 +40,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
 SMOKE=0
+SIMULATE_JAX=0
 OUTDIR=""
 for arg in "$@"; do
   case "$arg" in
     --cpu-smoke) SMOKE=1 ;;
+    --simulate-jax) SIMULATE_JAX=1 ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    -*) echo "error: unknown option $arg (usage: bash benchmarks/gpu.sh [OUTDIR] [--cpu-smoke])" >&2; exit 2 ;;
+    -*) echo "error: unknown option $arg (usage: bash benchmarks/gpu.sh [OUTDIR] [--cpu-smoke] [--simulate-jax])" >&2; exit 2 ;;
     *) OUTDIR=$arg ;;
   esac
 done
@@ -78,6 +85,15 @@ if d[0].platform != "gpu":
              "JAX (jax[cuda12] or jax[cuda13], matching the driver), or run bash benchmarks/gpu.sh OUTDIR --cpu-smoke")
 print(f"{len(d)} x {d[0].device_kind}, jax {jax.__version__}")
 '; then exit 4; fi
+fi
+
+if [ "$SIMULATE_JAX" = 1 ]; then  # with --cpu-smoke: batch 4, for testing this branch
+  SIZES="256 1024 4096"
+  [ "$SMOKE" = 1 ] && SIZES="4"
+  # shellcheck disable=SC2086  # the sizes are meant to split
+  timeout --kill-after=10 "${STEP_TIMEOUT:-480}" "$PYTHON" benchmarks/simulate_throughput.py --backend jax \
+    --jax-batch-sizes $SIZES --json "$OUTDIR/simulate_jax.json" 2>&1 | tee "$OUTDIR/simulate_jax.log"
+  exit "${PIPESTATUS[0]}"
 fi
 
 TRAIN="$PYTHON benchmarks/train_throughput.py"

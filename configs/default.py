@@ -88,6 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.simulator = ml_collections.ConfigDict()
     config.simulator.num_workers = 2  # worker processes; 0: none (rendered in a background thread)
     config.simulator.prefetch = 8  # batches rendered ahead
+    # Renderer: "galsim" (npejax.sim.render, in the worker processes) or "jax" (npejax.sim.jax_render on JAX's default
+    # device, in the simulator's own thread: num_workers does not apply). The same catalogs, fields and crops for
+    # a seed; the JAX noise comes from jax.random (benchmarks/RESULTS.md, "JAX renderer against GalSim").
+    config.simulator.backend = "galsim"
 
     # Inference network (npejax.nn.model.from_config builds CatalogNet, which has no defaults of its own): 48
     # conv-BN-SiLU blocks at this size.

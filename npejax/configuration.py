@@ -52,6 +52,7 @@ __all__ = [
     "CONTEXTS",
     "COLOURS",
     "DECODES",
+    "SIM_BACKENDS",
     "KeyRule",
     "KEYS",
     "RESUMABLE_KEYS",
@@ -74,6 +75,7 @@ DTYPES = ("float32", "bfloat16")  # model.dtype: the activations' dtype (npejax.
 CONTEXTS = ("independent", "checkerboard")  # posterior.context (npejax.nn.model)
 COLOURS = (2, 4)  # posterior.colours of a checkerboard
 DECODES = ("tile", "group")  # posterior.decode: how a catalog is read (npejax.nn.posterior.merge_split_sources)
+SIM_BACKENDS = ("galsim", "jax")  # simulator.backend: the renderer (npejax.sim.render, npejax.sim.jax_render)
 
 
 # --- keys that saved configs treat specially -----------------------------------------------------------------
@@ -100,6 +102,7 @@ KEYS = {
     "train.figure_every": KeyRule(resumable=True, why="display (TensorBoard figures)"),
     "simulator.num_workers": KeyRule(resumable=True, why="a simulated batch depends only on its index"),
     "simulator.prefetch": KeyRule(resumable=True, why="as simulator.num_workers"),
+    "simulator.backend": KeyRule(before="galsim", why="GalSim, the only renderer before npejax.sim.jax_render"),
     "data.num_train": KeyRule(resumable=True, why="a dataset size (npejax.simulate, data.simulate_first)"),
     "data.num_test": KeyRule(resumable=True, why="the test set: npejax.simulate, npejax.experiment"),
     "data.shard_size": KeyRule(resumable=True, why="the layout of a cached dataset, not its images"),
@@ -266,6 +269,13 @@ def validate(config, num_devices: int) -> None:
     check_variant(config.model.variant)
     if config.fields.prior not in FIELD_PRIORS:
         raise ValueError(f"fields.prior must be one of {FIELD_PRIORS}, got {config.fields.prior!r}")
+    if config.simulator.backend not in SIM_BACKENDS:
+        raise ValueError(f"simulator.backend must be one of {SIM_BACKENDS}, got {config.simulator.backend!r}")
+    if config.simulator.backend == "jax" and artifacts_enabled(config.get("artifacts")):
+        raise ValueError(
+            f"simulator.backend = 'jax' with artifacts {artifacts_enabled(config.get('artifacts'))} on: the JAX "
+            "renderer draws no artifacts of real frames; turn them off or use simulator.backend = 'galsim'"
+        )
     if int(config.tile_size) < 1 or int(config.image_size) % int(config.tile_size):
         raise ValueError(f"image_size={config.image_size} must be a positive multiple of tile_size={config.tile_size}")
     check_model(config)

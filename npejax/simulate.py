@@ -1,7 +1,8 @@
 """Simulates a cached dataset split and its true catalog.
 
     python -m npejax.simulate --config configs/psf_aware.py --split val --out runs/val \
-        [--num-images N] [--num-workers K] [--shard-size S] [--catalog truth.csv] [--fits image.fits]
+        [--num-images N] [--num-workers K] [--shard-size S] [--backend galsim|jax] [--catalog truth.csv]
+        [--fits image.fits]
         [--config.KEY=VALUE ...]
 
 Writes DIR/manifest.json and DIR/shard-NNNNN/ (see npejax.datasets.format), and the true catalog of every source
@@ -10,8 +11,10 @@ a FITS image and its background as ``image-sky.fits`` (:func:`write_fits_image`)
 ``npejax.predict`` command that catalogs it; existing FITS files are refused unless ``--overwrite`` is given.
 Defaults: --num-images from
 config.data.num_<split>, --num-workers from config.simulator.num_workers, --shard-size from
-config.data.shard_size. The seed of the split is npejax.datasets.split_seed(config.seed, split). Running
-the same command again resumes an interrupted run (only missing shards are rendered).
+config.data.shard_size, --backend from config.simulator.backend (``jax``: npejax.sim.jax_render on JAX's default
+device, in this process; --num-workers does not apply). The seed of the split is
+npejax.datasets.split_seed(config.seed, split). Running the same command again resumes an interrupted run (only
+missing shards are rendered).
 """
 
 from __future__ import annotations
@@ -46,6 +49,14 @@ def define_flags(fv: flags.FlagValues) -> None:
         flag_values=fv,
     )
     flags.DEFINE_integer("shard-size", None, "Images per shard (default: config.data.shard_size).", flag_values=fv)
+    flags.DEFINE_enum(
+        "backend",
+        None,
+        ["galsim", "jax"],
+        "Renderer (default: config.simulator.backend): galsim, or jax (npejax.sim.jax_render on JAX's default "
+        "device, in this process; --num-workers does not apply).",
+        flag_values=fv,
+    )
     flags.DEFINE_string("catalog", None, "Also write the true catalog here (.fits or .csv).", flag_values=fv)
     flags.DEFINE_string(
         "fits",
@@ -70,6 +81,12 @@ def _setting(fv, flag: str, config, section: str, key: str) -> int:
         except (KeyError, AttributeError):
             raise cli.UsageError(f"--{flag} not given and the config has no {section}.{key}") from None
     return int(value)
+
+
+def _jax_device() -> str:
+    import jax  # deferred: only the jax backend needs it here
+
+    return str(jax.devices()[0])
 
 
 def run(fv: flags.FlagValues) -> None:
@@ -105,6 +122,8 @@ def run(fv: flags.FlagValues) -> None:
         io.check_output_file(fv.fits, "--fits")
         for path in (fv.fits, fits_sky_path(fv.fits)):
             cli.check_new_file(path, "--fits", fv.overwrite)
+    if fv.backend is not None:
+        config.simulator.backend = fv.backend  # recorded in the manifest's config
     from npejax import datasets  # deferred: GalSim (seconds) loads after the cheap checks
     from npejax.sim import pipeline  # deferred: as datasets
 
@@ -118,7 +137,8 @@ def run(fv: flags.FlagValues) -> None:
     print(
         f"simulating {num_images} {split} images (seed {seed}, fields prior {spec.field_prior!r}, "
         f"{len(bank)} {'SYNTHETIC ' if bank.synthetic else ''}fields) into {fv.out} "
-        f"with {num_workers} worker(s), {shard_size} images per shard",
+        + (f"with {num_workers} worker(s)" if spec.backend == "galsim" else f"with the JAX renderer on {_jax_device()}")
+        + f", {shard_size} images per shard",
         flush=True,
     )
     try:

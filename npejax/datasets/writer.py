@@ -244,6 +244,8 @@ def _new_manifest(spec: pipeline.SimulationSpec, num_images: int, split: str, co
                 render=dataclasses.asdict(spec.render),
                 # only with an artifact on: a dataset without any keeps the manifest (and identity) it had
                 **({} if spec.artifacts is None else {"artifacts": dataclasses.asdict(spec.artifacts)}),
+                # the renderer, when not GalSim (manifests written before the JAX renderer stay the same)
+                **({} if spec.backend == "galsim" else {"backend": spec.backend}),
             )
         ),
         bank=bank_info(spec.bank),

@@ -82,8 +82,8 @@ def _jsonable(obj):
 
 def check_dataset(ds: data_lib.Dataset, split: str, spec: pipeline.SimulationSpec, key: str) -> None:
     """DatasetError (one line naming ``data.<key>`` and each difference) unless the cached dataset ``ds`` is
-    the ``split`` split simulated as ``spec`` says: image and tile size, catalog prior, renderer, field
-    prior and field bank (its checksum)."""
+    the ``split`` split simulated as ``spec`` says: image and tile size, catalog prior, renderer (settings and
+    ``simulator.backend``), field prior and field bank (its checksum)."""
     m = ds.manifest
     problems = []
     if m["split"] != split:
@@ -99,6 +99,11 @@ def check_dataset(ds: data_lib.Dataset, split: str, spec: pipeline.SimulationSpe
     if stored.get("field_prior") != spec.field_prior:
         problems.append(
             f"it was simulated with fields.prior={stored.get('field_prior')!r}, the config has {spec.field_prior!r}"
+        )
+    if stored.get("backend", "galsim") != spec.backend:
+        problems.append(
+            f"it was rendered with simulator.backend={stored.get('backend', 'galsim')!r}, the config has "
+            f"{spec.backend!r}"
         )
     for section, settings in (("prior", spec.prior), ("render", spec.render)):
         if section in stored:

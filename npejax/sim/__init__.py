@@ -6,5 +6,6 @@
 * :mod:`~npejax.sim.interp`: linear interpolation weights on a grid of nodes (sky grids).
 * :mod:`~npejax.sim.synthetic_bank`: the embedded SYNTHETIC SDSS-like bank and how it is built.
 * :mod:`~npejax.sim.render`: the GalSim k-space renderer, noise and sky subtraction.
+* :mod:`~npejax.sim.jax_render`: the same forward model in JAX (jit-compiled, batched, float32), for accelerators.
 * :mod:`~npejax.sim.pipeline`: batches from ``(seed, index)`` and the prefetching worker-process simulator.
 """

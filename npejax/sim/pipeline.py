@@ -16,8 +16,13 @@ These are the batch keys of :mod:`npejax.schema` (IMAGE_KEYS, CATALOG_KEYS, TILE
 and units; a cached dataset (:mod:`npejax.datasets`) has the same keys.
 
 Batch ``i`` depends only on ``(spec.seed, i)``, so the same seed gives the same batches for any number
-of workers. :class:`Simulator` renders batches in a pool of worker processes (GalSim holds the GIL, so
-threads do not scale), keeps at most ``prefetch`` batches in flight, and hands them over in order through a
+of workers. ``spec.backend`` (``config.simulator.backend``) picks the renderer: ``galsim``
+(:class:`npejax.sim.render.Renderer`) or ``jax`` (:class:`npejax.sim.jax_render.JaxRenderer`, noise keyed by
+:func:`npejax.sim.jax_render.batch_key` ``(seed, i)``; rendered in the simulator's thread, no worker processes);
+the catalogs, fields and crops of batch ``i`` are the same for both.
+
+:class:`Simulator` renders batches in a pool of worker processes (GalSim holds the GIL, so threads do not
+scale), keeps at most ``prefetch`` batches in flight, and hands them over in order through a
 bounded queue that a background thread fills. A worker's exception is re-raised in the consumer with the
 worker's traceback; leaving the ``with`` block (normally, on an error or on Ctrl-C) stops the pool, and
 workers exit on their own if the parent process dies.
@@ -48,7 +53,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import threadpoolctl
 
-from npejax import schema
+from npejax import configuration, schema
 from npejax.sim import artifacts as artifacts_lib
 from npejax.sim import fields as fields_lib
 from npejax.sim import prior as prior_lib
@@ -74,8 +79,16 @@ class SimulationSpec:
     seed: int
     batch_size: int = DEFAULT_BATCH_SIZE
     artifacts: artifacts_lib.ArtifactSpec | None = None  # None: no artifact of real frames (the paper's model)
+    backend: str = "galsim"  # configuration.SIM_BACKENDS
 
     def __post_init__(self):
+        if self.backend not in configuration.SIM_BACKENDS:
+            raise ValueError(f"simulator.backend must be one of {configuration.SIM_BACKENDS}, got {self.backend!r}")
+        if self.backend == "jax" and self.artifacts is not None:
+            raise ValueError(
+                "simulator.backend = 'jax' draws no artifacts of real frames (npejax.sim.artifacts is numpy, after "
+                "the GalSim renderer): turn config.artifacts off or use simulator.backend = 'galsim'"
+            )
         if self.field_prior not in schema.FIELD_PRIORS:
             raise ValueError(f"fields.prior must be 'many' or 'one', got {self.field_prior!r}")
         if self.batch_size < 1:
@@ -113,6 +126,7 @@ class SimulationSpec:
             batch_size=int(batch_size if batch_size is not None else DEFAULT_BATCH_SIZE),
             seed=int(seed if seed is not None else config.seed),
             artifacts=artifacts,
+            backend=str(config.simulator.backend),
         )
 
 
@@ -121,9 +135,17 @@ def batch_rng(seed: int, batch_index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(batch_index)]))
 
 
-def simulate_batch(
-    spec: SimulationSpec, batch_index: int, renderer: render_lib.Renderer | None = None
-) -> dict[str, np.ndarray]:
+def make_renderer(spec: SimulationSpec):
+    """The renderer of ``spec.backend``: a new GalSim :class:`~npejax.sim.render.Renderer`, or the JAX renderer
+    of this bank, image shape and settings (cached: it holds the compiled function)."""
+    if spec.backend == "jax":
+        from npejax.sim import jax_render  # deferred: GalSim workers do not load JAX
+
+        return jax_render.cached_renderer(spec.bank, spec.prior.image_shape, spec.render)
+    return render_lib.Renderer(spec.bank, spec.prior.image_shape, spec.render)
+
+
+def simulate_batch(spec: SimulationSpec, batch_index: int, renderer=None) -> dict[str, np.ndarray]:
     """Simulates batch ``batch_index`` (see module docstring for the keys).
 
     Runs with one BLAS thread: the renderer's many small matrix products get slower, not faster, with
@@ -134,13 +156,17 @@ def simulate_batch(
 
 
 def _simulate_batch(spec, batch_index, renderer):
-    renderer = renderer or render_lib.Renderer(spec.bank, spec.prior.image_shape, spec.render)
+    renderer = renderer or make_renderer(spec)
     rng = batch_rng(spec.seed, batch_index)
     b = spec.batch_size
     catalog = spec.prior.sample(rng, b)
     field_id = spec.bank.sample_fields(rng, b, spec.field_prior)
     origins = spec.bank.sample_crop_origins(rng, b, spec.prior.image_shape)
-    if spec.artifacts is None:
+    if spec.backend == "jax":
+        from npejax.sim import jax_render  # deferred: as in make_renderer
+
+        images, background = renderer.render(catalog, field_id, origins, jax_render.batch_key(spec.seed, batch_index))
+    elif spec.artifacts is None:
         images, background = renderer.render(catalog, field_id, origins, rng)
     else:
         images, background, mask, artifact_bits = renderer.render_artifacts(
@@ -243,7 +269,8 @@ class Simulator:
 
     Args:
       spec: what to simulate.
-      num_workers: worker processes; 0 renders in the background thread (same batches, no processes).
+      num_workers: worker processes; 0 renders in the background thread (same batches, no processes). The
+        ``jax`` backend always renders in the background thread (on JAX's default device).
       prefetch: most batches rendered ahead of the consumer (bounds memory).
       transform: optional function applied to each batch in the background thread (e.g. a device put).
     """
@@ -289,7 +316,7 @@ class Simulator:
     def _launch(self) -> None:
         if self._thread is not None:
             return
-        if self.num_workers > 0:
+        if self.num_workers > 0 and self.spec.backend != "jax":
             # The spec (with the field bank) goes through a file, not the spawn pipe: a large pickle in
             # the pipe blocks the parent forever if a child dies before reading it. A private scratch file
             # in the temporary directory (removed by close()), not an output: no npejax.io here. Its name
@@ -346,7 +373,7 @@ class Simulator:
     def _produce(self) -> None:
         try:
             if self._executor is None:
-                renderer = render_lib.Renderer(self.spec.bank, self.spec.prior.image_shape, self.spec.render)
+                renderer = make_renderer(self.spec)
                 for i in self._indices():
                     batch = simulate_batch(self.spec, i, renderer)
                     if not self._put(self.transform(batch) if self.transform else batch):
