@@ -44,7 +44,8 @@ CONVENTIONS = (CENTER0, EDGE)
 _CENTER0_TEXT = "x, y: 0-based pixel centres (PIXCONV = CENTER0; FITS and SExtractor pixel = x + 1, y + 1)"
 
 # CSV text of each column (FITS keeps full precision): positions 1/1000 pixel, ra/dec 1e-7 deg (4 mas),
-# fluxes 5 significant digits, magnitudes 1/1000, probabilities and shape parameters 4 decimals.
+# fluxes 5 significant digits, magnitudes 1/1000, probabilities, fractions and shape parameters 4 decimals,
+# distances from the training fields 1/100.
 CSV_FORMATS = {
     "x": "{:.3f}",
     "y": "{:.3f}",
@@ -65,6 +66,8 @@ CSV_FORMATS = {
     "bulge_q": "{:.4f}",
     "disk_a": "{:.4f}",
     "bulge_a": "{:.4f}",
+    "masked_frac": "{:.4f}",
+    "field_distance": "{:.2f}",
 }
 _CSV_FLOAT = "{:#.7g}"  # another float column: float32's precision ("#": a float also when whole)
 _CSV_UNITS = "units:"  # the second comment line: "units: image [], x [pix], ..."

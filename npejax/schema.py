@@ -108,6 +108,11 @@ PREDICTION_COLUMNS = {
     "flux_lo": (None, "flux 15.9th percentile (nmgy): lower end of the central 68% interval"),
     "flux_hi": (None, "flux 84.1th percentile (nmgy): upper end of the central 68% interval"),
     "masked_frac": (None, "fraction of masked (NaN/inf input) pixels within 6 pixels of the detection"),
+    "field_distance": (
+        None,
+        "Mahalanobis distance of the image's PSF parameters and mean background from the network's training "
+        "field bank (npejax.sim.fields.FieldBank.distance; meta FIELDTHR: the bank's own 99.9th percentile)",
+    ),
 }
 
 # Dataset splits; each has its own seed stream (npejax.datasets.split_seed).

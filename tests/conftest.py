@@ -116,6 +116,15 @@ def make_tiny_config() -> ml_collections.ConfigDict:
     return config
 
 
+FIELD_WARNING = "from the network's training fields"  # npejax.cataloging.images.FieldRange (tests/test_field_range.py)
+
+
+def without_field_warnings(err: str) -> str:
+    """``err`` without the warnings of images beyond the network's training fields: the SDSS frame fixtures and
+    several tests' PSFs lie outside the default bank, and tests/test_field_range.py tests those lines."""
+    return "".join(line for line in err.splitlines(keepends=True) if FIELD_WARNING not in line)
+
+
 def one_error_line(err: str) -> str:
     """The single ``error: ...`` line a command prints for a user's mistake (npejax.cli), no traceback."""
     lines = [line for line in err.strip().splitlines() if line.strip()]

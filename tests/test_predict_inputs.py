@@ -16,7 +16,7 @@ import pytest
 import test_sdss as sdss_files  # the SDSS data-model fixture writers
 from astropy.io import fits
 from astropy.wcs import WCS
-from conftest import assert_one_error, one_error_line
+from conftest import assert_one_error, one_error_line, without_field_warnings
 
 from npejax import catalogs as catalog
 from npejax import datasets as data
@@ -43,9 +43,10 @@ def trained(tmp_path_factory, tiny_config):
 
 
 def _predict(capsys, *args):
+    """(exit status, stdout, stderr without the training-fields warnings: conftest.without_field_warnings)."""
     code = predict.main(["npejax.predict", *map(str, args)])
     out = capsys.readouterr()
-    return code, out.out, out.err
+    return code, out.out, without_field_warnings(out.err)
 
 
 @pytest.fixture

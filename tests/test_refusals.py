@@ -33,7 +33,7 @@ from conftest import make_tiny_config, one_error_line
 from npejax import io
 from npejax.nn import checkpoints
 
-PSF = "1.3,3.9,1.2,3.0,0.03,0.13"
+PSF = "1.421,2.131,2.19,4.3,0.1848,0.05"  # the default bank's reference field: inside the training fields
 FRAME = "frame-r-000094-1-0012.fits"
 
 

@@ -46,6 +46,7 @@ from npejax import catalogs as catalog_lib
 from npejax import datasets as data_lib
 from npejax.cataloging import checks
 from npejax.nn.predictor import CHUNK_SIZE, Predictor, check_inputs, masked_pixels
+from npejax.schema import PREDICTION_COLUMNS
 from npejax.sim import fields as fields_lib
 from npejax.sim import psf as psf_lib
 from npejax.surveys import sdss
@@ -388,10 +389,79 @@ def catalog_inputs(
 ):
     """The catalog of ``inputs`` by ``net`` (:meth:`~npejax.nn.predictor.Predictor.catalog_batches`: read
     ``batch_size`` images at a time, a dataset is never loaded whole; ``progress``: its bars on a terminal); with
-    ``ra``/``dec`` columns when the inputs have a celestial WCS (:func:`npejax.catalogs.add_sky_coordinates`)."""
+    ``ra``/``dec`` columns when the inputs have a celestial WCS (:func:`npejax.catalogs.add_sky_coordinates`),
+    and each image's distance from the fields the network was trained on (:class:`FieldRange`: the
+    ``field_distance`` column, the meta ``FIELDBNK`` and ``FIELDTHR``, and a warning line for an image beyond
+    the threshold)."""
+    fields_range = FieldRange.of(net)
     table = net.catalog_batches(
-        inputs.batches(batch_size), min_prob, batch_size, chunk_size, progress=progress, num_images=inputs.num_images
+        fields_range.measured(inputs.batches(batch_size)),
+        min_prob,
+        batch_size,
+        chunk_size,
+        progress=progress,
+        num_images=inputs.num_images,
     )
+    fields_range.annotate(table, inputs.name)
     if inputs.wcs is not None:
         catalog_lib.add_sky_coordinates(table, inputs.wcs)
     return table
+
+
+FIELD_WARNINGS = 5  # images named one by one in warnings beyond the training fields; the rest are counted
+
+
+@dataclasses.dataclass
+class FieldRange:
+    """How far images' field covariates (six PSF parameters, mean background) lie from the field bank a network
+    was trained on (its config's ``fields.bank``): :meth:`npejax.sim.fields.FieldBank.distance`, a Mahalanobis
+    distance, against the bank's own 99.9th percentile (:meth:`~npejax.sim.fields.FieldBank.distance_threshold`).
+    Beyond it the network meets a PSF or sky it was not trained on, and its catalog deserves less trust (the
+    default bank's PSFs are one family: a real psField row can lie far outside it; ``fields.bank = "survey"``
+    spans SDSS). ``bank`` is None when the network's bank cannot be read here (a bank file of another machine):
+    nothing is measured then, and one warning says so."""
+
+    bank: fields_lib.FieldBank | None
+    name: str
+    threshold: float = float("nan")
+    distances: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, net: Predictor) -> FieldRange:
+        name = str(net.config.fields.bank)
+        try:
+            bank = fields_lib.load_bank(name)
+        except (OSError, ValueError) as exc:
+            checks.warn(f"the network's field bank {name!r} cannot be read here ({exc}): no field_distance column")
+            return cls(None, name)
+        return cls(bank, name, bank.distance_threshold())
+
+    def measured(self, batches: Iterator[tuple[int, tuple]]) -> Iterator[tuple[int, tuple]]:
+        """``batches`` passed through unchanged, each image's distance recorded on the way."""
+        for start, arrays in batches:
+            if self.bank is not None:
+                images, background, psf_params = arrays
+                one = np.ndim(images) == 2  # one image: [H, W], psf [6]
+                background = np.asarray(background, np.float64)[None] if one else background
+                psf_params = np.asarray(psf_params)[None] if one else psf_params
+                for i, d in enumerate(np.atleast_1d(self.bank.distance(psf_params, background))):
+                    self.distances[start + i] = float(d)
+            yield start, arrays
+
+    def annotate(self, table, source: str) -> None:
+        """Adds ``field_distance`` (per row, its image's) and the meta; warns on images beyond the threshold."""
+        if self.bank is None:
+            return
+        table["field_distance"] = np.array([self.distances[int(i)] for i in table["image"]], np.float32)
+        table["field_distance"].unit, table["field_distance"].description = PREDICTION_COLUMNS["field_distance"]
+        table.meta["FIELDBNK"] = self.name
+        table.meta["FIELDTHR"] = round(self.threshold, 4)
+        beyond = sorted(i for i, d in self.distances.items() if d > self.threshold)
+        for i in beyond[:FIELD_WARNINGS]:
+            checks.warn(
+                f"{source}: image {i}: its PSF and background lie {self.distances[i]:.1f} from the network's training "
+                f"fields (bank {self.name!r}; its own 99.9th percentile is {self.threshold:.1f}): the network has not "
+                "seen such fields, trust its catalog less (field_distance column)"
+            )
+        if len(beyond) > FIELD_WARNINGS:
+            checks.warn(f"{source}: {len(beyond) - FIELD_WARNINGS} more images beyond the training fields")
