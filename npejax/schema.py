@@ -53,7 +53,9 @@ r). B = images in a batch, M = ``max_sources``, H x W = image size, t = ``tile_s
 
 5. **Tables** (astropy, one row per source; :mod:`npejax.catalogs`): :data:`TRUTH_COLUMNS` for the true
    catalog of a dataset, :data:`PREDICTION_COLUMNS` for a predicted one; name -> (unit, description).
-   ``image`` is the global index of the image in its dataset.
+   ``image`` is the global index of the image in its dataset. :data:`QUALITY_COLUMNS` are what the quality flag
+   from the forward model adds to a predicted table, :data:`QUALITY_IMAGE_COLUMNS` its per-image table
+   (:mod:`npejax.cataloging.quality`).
 """
 
 from __future__ import annotations
@@ -103,6 +105,24 @@ PREDICTION_COLUMNS = {
     "y_std": (_PIX, "posterior standard deviation of y"),
     "flux_lo": (None, "flux 15.9th percentile (nmgy): lower end of the central 68% interval"),
     "flux_hi": (None, "flux 84.1th percentile (nmgy): upper end of the central 68% interval"),
+}
+# The quality flag from the forward model (npejax.cataloging.quality): columns it adds to a predicted catalog, and
+# its per-image table. chi^2 per pixel of z = (image - re-rendered catalog) / pixel noise (sigma units).
+QUALITY_COLUMNS = {
+    "quality_chi2": (None, "mean z^2 in the aperture (2 PSF FWHM) around the detection, z = residual / noise"),
+    "quality_maxres": (None, "largest |z| in the aperture, in sigma of the pixel noise"),
+    "quality_flag": (None, "quality_chi2 above QTHRDET or quality_flux_ratio below QTHRRAT (calibrated thresholds)"),
+    "quality_flux_ratio": (None, "flux fitted to the image with the detection's profiles over the predicted flux"),
+    "image_quality_chi2": (None, "mean z^2 over the unmasked pixels of the detection's image"),
+    "image_quality_flag": (None, "image_quality_chi2 above the calibrated threshold (QTHRIMG)"),
+}
+QUALITY_IMAGE_COLUMNS = {
+    "image": (None, "global image index"),
+    "n_detections": (None, "rows of the catalog in this image"),
+    "quality_chi2": (None, "mean z^2 over the unmasked pixels, z = (image - re-rendered catalog) / noise"),
+    "quality_frac5": (None, "fraction of the unmasked pixels with |z| > 5"),
+    "quality_pixels": (None, "unmasked finite pixels the statistics are over"),
+    "quality_flag": (None, "quality_chi2 above the calibrated threshold (QTHRIMG)"),
 }
 
 # Dataset splits; each has its own seed stream (npejax.datasets.split_seed).
