@@ -4,7 +4,10 @@ a missing source and on a detection where the image holds nothing, units, and th
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,9 +17,8 @@ from scipy import stats
 from npejax import catalogs, schema
 from npejax.cataloging import quality
 from npejax.sim import fields as fields_lib
+from npejax.sim import psf as psf_lib
 from npejax.sim import render as render_lib
-
-pytestmark = pytest.mark.fast  # the whole file is in the fast tier
 
 SHAPE = (40, 40)
 FIELD = 7  # a field of the embedded bank
@@ -75,6 +77,7 @@ def _z(setup, images, background, psf, table, model_error=True):
     return quality.residuals(images, stars, galaxies, background, to_e), ratio
 
 
+@pytest.mark.fast
 def test_the_true_catalog_leaves_residuals_distributed_as_n01(setup):
     rng = np.random.default_rng(0)
     images, background, psf = _scene(setup, rng)
@@ -94,6 +97,7 @@ def test_the_true_catalog_leaves_residuals_distributed_as_n01(setup):
     assert not img["flag"][0] and not det["flag"].any()
 
 
+@pytest.mark.fast
 def test_units_nmgy_in_sigma_out(setup):
     """An empty catalog: z is the image over sqrt(background / electrons_per_nmgy); a 5-sigma excess is 5."""
     config, _, _, sky, to_e = setup
@@ -111,6 +115,7 @@ def test_units_nmgy_in_sigma_out(setup):
     assert img10["chi2"][0] == pytest.approx(100 * img["chi2"][0])
 
 
+@pytest.mark.fast
 def test_a_missing_bright_source_flags_its_image(setup):
     config, _, _, _, to_e = setup
     images, background, psf = _scene(setup, np.random.default_rng(1))
@@ -121,6 +126,7 @@ def test_a_missing_bright_source_flags_its_image(setup):
     assert without["flag"][0] and without["chi2"][0] > 3 * quality.THRESHOLDS.image
 
 
+@pytest.mark.fast
 def test_a_detection_on_empty_sky_is_flagged(setup):
     config, _, _, _, to_e = setup
     images, background, psf = _scene(setup, np.random.default_rng(2))
@@ -131,6 +137,7 @@ def test_a_detection_on_empty_sky_is_flagged(setup):
     assert not img["flag"][0]  # the image itself is explained
 
 
+@pytest.mark.fast
 def test_an_unexplained_bump_flags_the_detection_on_it(setup):
     """A cosmic-ray-like spike of a few pixels under a detection: the star cannot fit it."""
     config, _, _, _, to_e = setup
@@ -150,6 +157,7 @@ def test_an_unexplained_bump_flags_the_detection_on_it(setup):
     assert det["flag"].tolist() == [False, False, False, True] and det["flux_ratio"][3] < 0.1
 
 
+@pytest.mark.fast
 def test_add_quality_columns_on_a_predicted_table(setup, tmp_path):
     config, _, _, _, to_e = setup
     first, background, psf = _scene(setup, np.random.default_rng(4))
@@ -180,6 +188,7 @@ def test_add_quality_columns_on_a_predicted_table(setup, tmp_path):
     assert back.meta["QTHRDET"] == quality.THRESHOLDS.detection
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     "change, fragment",
     [
@@ -203,7 +212,26 @@ def test_bad_inputs_are_refused_naming_them(setup, change, fragment):
         quality.quality(_table(), config=config, **args)
 
 
+@pytest.mark.fast
 def test_thresholds_are_checked():
     with pytest.raises(ValueError, match="flux_ratio"):
         quality.Thresholds(detection=5.0, image=1.4, flux_ratio=math.nan)
     assert dataclasses.asdict(quality.THRESHOLDS).keys() == {"detection", "image", "flux_ratio"}
+
+
+def test_the_benchmarks_mismatched_psf_is_the_same_profile_twenty_percent_wider(root):
+    """Not in the fast tier: loading the benchmark imports the network (JAX)."""
+    bench_dir = os.path.join(root, "benchmarks")
+    spec = importlib.util.spec_from_file_location("bench_quality_flag", os.path.join(bench_dir, "quality_flag.py"))
+    bench = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, bench_dir)
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(bench_dir)
+    params = fields_lib.load_bank().psf_params[:3]
+    wide = bench.scaled_psf(params, bench.FWHM_SCALE)
+    for p, q in zip(params, wide):
+        assert psf_lib.fwhm_pixels(q) == pytest.approx(1.2 * psf_lib.fwhm_pixels(p), rel=1e-6)
+        r = np.linspace(0, 10, 11)
+        np.testing.assert_allclose(psf_lib.profile(1.2 * r, q, 1.2 * 25) * 1.44, psf_lib.profile(r, p, 25), rtol=1e-9)
