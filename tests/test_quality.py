@@ -235,3 +235,18 @@ def test_the_benchmarks_mismatched_psf_is_the_same_profile_twenty_percent_wider(
         assert psf_lib.fwhm_pixels(q) == pytest.approx(1.2 * psf_lib.fwhm_pixels(p), rel=1e-6)
         r = np.linspace(0, 10, 11)
         np.testing.assert_allclose(psf_lib.profile(1.2 * r, q, 1.2 * 25) * 1.44, psf_lib.profile(r, p, 25), rtol=1e-9)
+
+
+@pytest.mark.fast
+def test_non_finite_pixels_are_left_out_like_masked_ones(setup):
+    config, _, _, _, to_e = setup
+    images, background, psf = _scene(setup, np.random.default_rng(5))
+    holes = images.copy()
+    holes[0, 0:6, 0:6] = np.nan  # a block without data (masked.fill = "nan")
+    mask = np.zeros(images.shape, bool)
+    mask[0, 0:6, 0:6] = True
+    det_nan, img_nan = quality.quality(_table(), holes, background, psf, to_e, config)
+    det_mask, img_mask = quality.quality(_table(), images, background, psf, to_e, config, mask)
+    assert img_nan["pixels"][0] == img_mask["pixels"][0] == SHAPE[0] * SHAPE[1] - 36
+    np.testing.assert_allclose(img_nan["chi2"], img_mask["chi2"])
+    np.testing.assert_allclose(det_nan["flux_ratio"], det_mask["flux_ratio"])

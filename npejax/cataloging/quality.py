@@ -267,9 +267,8 @@ def model_images(images, background, psf_params, electrons_per_nmgy, table, conf
             )
             # weights: the inverse Poisson variance of the predicted catalog's expected counts (nmgy^-2)
             weight = to_e / np.maximum(columns.sum(axis=0) + background[i], 1e-12)
-            if mask is not None:
-                weight = np.where(mask[i], 0.0, weight)
-            amplitude = _fit(images[i], columns, weight)
+            usable = np.isfinite(images[i]) if mask is None else np.isfinite(images[i]) & ~mask[i]
+            amplitude = _fit(np.where(usable, images[i], 0.0), columns, np.where(usable, weight, 0.0))
             fitted = amplitude[:, None, None] * columns
             stars[i] = fitted[~galaxy_column].sum(axis=0)
             galaxies[i] = fitted[galaxy_column].sum(axis=0)
