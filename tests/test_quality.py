@@ -250,3 +250,12 @@ def test_non_finite_pixels_are_left_out_like_masked_ones(setup):
     assert img_nan["pixels"][0] == img_mask["pixels"][0] == SHAPE[0] * SHAPE[1] - 36
     np.testing.assert_allclose(img_nan["chi2"], img_mask["chi2"])
     np.testing.assert_allclose(det_nan["flux_ratio"], det_mask["flux_ratio"])
+
+
+@pytest.mark.fast
+def test_detections_under_a_mask_have_no_statistics(setup):
+    config, _, _, _, to_e = setup
+    images, background, psf = _scene(setup, np.random.default_rng(6))
+    det, img = quality.quality(_table(), images, background, psf, to_e, config, np.ones(images.shape, bool))
+    assert np.isnan(det["chi2"]).all() and np.isnan(det["flux_ratio"]).all() and not det["flag"].any()
+    assert img["pixels"][0] == 0 and np.isnan(img["chi2"][0]) and not img["flag"][0]

@@ -231,12 +231,12 @@ def _profiles(renderer, field: int, to_e: float, x, y, flux, prob_galaxy, shape)
     return np.asarray(columns).reshape(-1, *renderer.image_shape), np.asarray(owner, np.int64), np.asarray(kinds)
 
 
-def _fit(image, columns, weight) -> np.ndarray:
+def _fit(image, columns, weight) -> np.ndarray | None:
     """Non-negative amplitudes a [K] minimizing sum(weight * (image - a . columns)^2) over the pixels the columns
-    reach (scipy.optimize.nnls); weight 0 leaves a pixel out."""
+    reach (scipy.optimize.nnls); weight 0 leaves a pixel out. None when no pixel is left."""
     reach = (np.abs(columns).sum(axis=0) > 0) & (weight > 0)
     if not reach.any():
-        return np.ones(len(columns))
+        return None
     sw = np.sqrt(weight[reach])
     amplitude, _ = optimize.nnls(columns[:, reach].T * sw[:, None], image[reach] * sw)
     return amplitude
@@ -269,6 +269,8 @@ def model_images(images, background, psf_params, electrons_per_nmgy, table, conf
             weight = to_e / np.maximum(columns.sum(axis=0) + background[i], 1e-12)
             usable = np.isfinite(images[i]) if mask is None else np.isfinite(images[i]) & ~mask[i]
             amplitude = _fit(np.where(usable, images[i], 0.0), columns, np.where(usable, weight, 0.0))
+            if amplitude is None:  # every pixel the detections reach is masked: nothing to compare (ratio NaN)
+                continue
             fitted = amplitude[:, None, None] * columns
             stars[i] = fitted[~galaxy_column].sum(axis=0)
             galaxies[i] = fitted[galaxy_column].sum(axis=0)
