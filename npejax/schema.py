@@ -58,6 +58,8 @@ size, t = ``tile_size``, Th = H / t, Tw = W / t.
    Tables, unlike the arrays above, give ``x``, ``y`` as 0-based pixel centres (the first pixel's centre is
    0.0, as numpy, astropy, photutils and sep; meta ``PIXCONV = 'CENTER0'``): table x = array x - 0.5,
    converted by :func:`npejax.catalogs.table_xy` and :func:`~npejax.catalogs.array_xy` alone.
+   :data:`QUALITY_COLUMNS` are what the quality flag from the forward model adds to a predicted table,
+   :data:`QUALITY_IMAGE_COLUMNS` its per-image table (:mod:`npejax.cataloging.quality`).
 """
 
 from __future__ import annotations
@@ -113,6 +115,24 @@ PREDICTION_COLUMNS = {
         "Mahalanobis distance of the image's PSF parameters and mean background from the network's training "
         "field bank (npejax.sim.fields.FieldBank.distance; meta FIELDTHR: the bank's own 99.9th percentile)",
     ),
+}
+# The quality flag from the forward model (npejax.cataloging.quality): columns it adds to a predicted catalog, and
+# its per-image table. chi^2 per pixel of z = (image - re-rendered catalog) / pixel noise (sigma units).
+QUALITY_COLUMNS = {
+    "quality_chi2": (None, "mean z^2 in the aperture (2 PSF FWHM) around the detection, z = residual / noise"),
+    "quality_maxres": (None, "largest |z| in the aperture, in sigma of the pixel noise"),
+    "quality_flag": (None, "quality_chi2 above QTHRDET or quality_flux_ratio below QTHRRAT (calibrated thresholds)"),
+    "quality_flux_ratio": (None, "flux fitted to the image with the detection's profiles over the predicted flux"),
+    "image_quality_chi2": (None, "mean z^2 over the unmasked pixels of the detection's image"),
+    "image_quality_flag": (None, "image_quality_chi2 above the calibrated threshold (QTHRIMG)"),
+}
+QUALITY_IMAGE_COLUMNS = {
+    "image": (None, "global image index"),
+    "n_detections": (None, "rows of the catalog in this image"),
+    "quality_chi2": (None, "mean z^2 over the unmasked pixels, z = (image - re-rendered catalog) / noise"),
+    "quality_frac5": (None, "fraction of the unmasked pixels with |z| > 5"),
+    "quality_pixels": (None, "unmasked finite pixels the statistics are over"),
+    "quality_flag": (None, "quality_chi2 above the calibrated threshold (QTHRIMG)"),
 }
 
 # Dataset splits; each has its own seed stream (npejax.datasets.split_seed).
