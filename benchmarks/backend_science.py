@@ -21,7 +21,7 @@ Runs, one after another (each step resumable: a rerun finds the finished ones an
 Then prints, from ``OUT/report/metrics.json`` (``methods.NAME.headline``, npejax.evaluation.headline), one row per
 headline metric and for ``test_nll`` (:func:`test_nll`: the tile-catalog NLL per image on the test set, mean and
 standard error, the quantity training validates on, here on the same GalSim images for every run): each run's
-value, the 1-sigma bootstrap error over the test images, the galsim seeds' spread
+value, the 1-sigma bootstrap error over the test images (none for the AUC), the galsim seeds' spread
 ``s = max - min`` and whether every jax value lies within ``[min - s, max + s]`` of the galsim values (the
 rule of :func:`within_spread`; ``OUTSIDE`` otherwise), and each run's validation NLL by epoch
 (``WORKDIR/metrics.csv``) and training wall time (the sum of its epochs' ``seconds``). The table is also written
@@ -155,7 +155,7 @@ def table(rows: list[dict], names: list[tuple[str, str, int]], histories: dict[s
         "| --- |" + " --- |" * (len(cols) + 2),
     ]
     for r in rows:
-        cells = [f"{r['values'][n]:.4f} +- {r['stds'][n]:.4f}" for n in cols]
+        cells = [f"{r['values'][n]:.4f}" + ("" if r["stds"][n] is None else f" +- {r['stds'][n]:.4f}") for n in cols]
         verdict = "yes" if not r["outside"] else "OUTSIDE: " + ", ".join(r["outside"])
         lines.append(f"| {r['key']} | " + " | ".join(cells) + f" | {r['spread']:.4f} | {verdict} |")
     epochs = max(len(h) for h in histories.values())
