@@ -568,3 +568,67 @@ def test_artifact_spurious_counts_unmatched_detections_near_the_artifact_only():
     rows = np.arange(2), out["n_sources"] - 1
     assert not out["is_galaxy"][rows].any() and np.all((out["flux"][rows] > 10**3.4) & (out["flux"][rows] < 10**4.6))
     assert np.all((out["x"][rows] >= 8) & (out["x"][rows] <= 72))
+
+
+# --- backend_science.py (the same science from either renderer) ---
+
+
+def _backend_science(argv):
+    from npejax import cli
+
+    bench = _load("backend_science")
+    return cli.main(bench.define_flags, bench.run, ["backend_science.py", *argv], doc=bench.__doc__)
+
+
+@pytest.mark.fast
+def test_backend_science_refuses_bad_arguments_before_any_work(tmp_path, capsys):
+    from conftest import one_error_line
+
+    out = tmp_path / "out"
+    cases = [
+        (["--seeds", "0"], "--seeds '0': expected two or more distinct integers >= 0"),
+        (["--seeds", "1,1"], "--seeds '1,1'"),
+        (["--seeds", "0,-1"], "--seeds '0,-1'"),
+        (["--seeds", "a,b"], "--seeds 'a,b'"),
+        (["--num-images", "0"], "--num-images 0: expected a positive number"),
+        (["--train-config", str(tmp_path / "nope.py")], "--train-config '"),
+    ]
+    for argv, fragment in cases:
+        assert _backend_science(["--out", str(out), *argv]) == 2, argv
+        assert fragment in one_error_line(capsys.readouterr().err), argv
+        assert not out.exists(), argv
+    assert _backend_science([]) == 2
+    assert "--out" in one_error_line(capsys.readouterr().err)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert _backend_science(["--out", str(afile)]) == 2
+    assert "is an existing file" in one_error_line(capsys.readouterr().err)
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.fast
+def test_backend_science_spread_rule_and_table():
+    """A jax value counts as within when it lies in [min - s, max + s] of the galsim seeds (s = their spread)."""
+    bench = _load("backend_science")
+    assert bench.parse_seeds("0,1") == [0, 1]
+    names = bench.run_names([0, 1])
+    assert [n for n, _, _ in names] == ["galsim_s0", "jax_s0", "galsim_s1", "jax_s1"]
+    assert bench.within_spread([0.90, 0.92], 0.94) and bench.within_spread([0.90, 0.92], 0.88)
+    assert not bench.within_spread([0.90, 0.92], 0.9401) and not bench.within_spread([0.90, 0.90], 0.9001)
+    values = {"galsim_s0": (0.90, 5.0), "galsim_s1": (0.92, 6.0), "jax_s0": (0.93, 7.5), "jax_s1": (0.95, 4.0)}
+    metrics = {
+        "methods": {
+            n: {"headline": {"recall": {"value": r, "std": 0.01}, "mape": {"value": m, "std": None}}}
+            for n, (r, m) in values.items()
+        }
+    }
+    rows = bench.comparison(metrics, names)
+    assert [r["key"] for r in rows] == ["recall", "mape"]
+    assert rows[0]["spread"] == pytest.approx(0.02) and rows[0]["outside"] == ["jax_s1"]
+    assert rows[1]["spread"] == pytest.approx(1.0) and rows[1]["outside"] == ["jax_s0"]
+    history = [{"val_nll": "20.5", "seconds": "10"}, {"val_nll": "9.25", "seconds": "12"}]
+    text = bench.table(rows, names, {n: history for n, _, _ in names})
+    assert "| recall | 0.9000 +- 0.0100 | 0.9300 +- 0.0100 | 0.9200 +- 0.0100 | 0.9500 +- 0.0100 | 0.0200 |" in text
+    assert "| mape | 5.0000 | 7.5000 | 6.0000 | 4.0000 | 1.0000 | OUTSIDE: jax_s0 |" in text  # no error: none shown
+    assert "OUTSIDE: jax_s1" in text
+    assert "| 2 | 9.25 | 9.25 | 9.25 | 9.25 |" in text and "| training s | 22 | 22 | 22 | 22 |" in text
