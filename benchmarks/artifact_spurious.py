@@ -16,8 +16,10 @@ artifact touched.
 Rates are raised over the realistic defaults of ``configs/default.py`` so that most images hold the artifact
 (:data:`STRESS`): six cosmic-ray hits per image, one satellite trail, one bad column and one masked block per image
 (Poisson means); for saturation and spikes every image gets one extra bright star (r uniform in :data:`BRIGHT_MAG`,
-placed uniformly at least 8 pixels inside the image), in both twins. Masked blocks are filled with 0 (the
-documented stand-in until a network reads ``mask``).
+placed uniformly at least 8 pixels inside the image), in both twins. Masked blocks are filled with NaN, a frame's
+missing data: the predictor sets them to 0 for every network (:meth:`npejax.nn.predictor.Predictor.catalog`) and
+gives them as the mask channel to a network that has one (``model.mask_channel``), so a network without it reads
+the zeros it read before (one ``warning:`` line per such image on stderr).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def stress(name: str, image_shape) -> dict:
         "cosmic_rays": dict(rate_per_mpix=6e6 / (h * w)),  # six hits per image
         "satellite": dict(rate=1.0),
         "bad_columns": dict(per_column=1.0 / w),
-        "masked": dict(rate=1.0, fill="zero"),
+        "masked": dict(rate=1.0, fill="nan"),
         "saturation": {},
         "spikes": {},
     }[name]
