@@ -568,3 +568,24 @@ def test_artifact_spurious_counts_unmatched_detections_near_the_artifact_only():
     rows = np.arange(2), out["n_sources"] - 1
     assert not out["is_galaxy"][rows].any() and np.all((out["flux"][rows] > 10**3.4) & (out["flux"][rows] < 10**4.6))
     assert np.all((out["x"][rows] >= 8) & (out["x"][rows] <= 72))
+
+
+@pytest.mark.fast
+def test_artifact_spurious_matches_the_catalog_in_the_truths_pixel_convention():
+    """The predictor's table gives 0-based pixel centres; the true catalog pixels from the edge: the benchmark
+    compares them in the arrays' convention (a source at array x = 6.5 is table x = 6.0)."""
+    from npejax import catalogs
+
+    bench = _load("artifact_spurious")
+
+    class Fake:
+        def catalog(self, images, background, psf):
+            table = Table(dict(image=[0], x=[6.0], y=[9.5], prob_source=[0.9]))
+            table.meta["PIXCONV"] = catalogs.CENTER0
+            return table
+
+    pred = bench.predictor_sources(Fake(), None, None, None)
+    np.testing.assert_array_equal(pred["x"], [6.5])
+    np.testing.assert_array_equal(pred["y"], [10.0])
+    truth = dict(image=np.array([0]), x=np.array([7.2]), y=np.array([10.5]), flux=np.ones(1))
+    np.testing.assert_array_equal(bench.unmatched(pred, truth, 1, 1.0), [0])  # 0.86 px apart (1.56 unconverted)
