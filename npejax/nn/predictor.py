@@ -282,7 +282,7 @@ class Predictor:
         self.decode = str(config.posterior.decode)  # checked by model_lib.from_config
         self.margin = receptive_margin(net) + net.context_margin  # tiles
 
-        def forward(variables, images, background, psf_params, mask, origin):
+        def forward(variables, images, background, psf_params, origin, mask=None):
             feats = normalizer.features(images, background, psf_params, self.variant, mask)
             q = TilePosterior.from_params(net.apply(variables, feats, train=False, origin=origin))
             return dict(q.mode(), **q.summary())
@@ -383,16 +383,11 @@ class Predictor:
     def _run(self, images, background, psf_params, mask, first_index: int, row0: int = 0, col0: int = 0) -> dict:
         """One network call on host arrays; outputs checked to be finite (``row0``/``col0``: the tile
         offset of a chunk, for the message)."""
-        out = jax.device_get(
-            self._forward(
-                self.variables,
-                jnp.asarray(images),
-                jnp.asarray(background),
-                jnp.asarray(psf_params),
-                jnp.asarray(mask) if self.normalizer.mask_channel else None,
-                jnp.asarray([row0, col0], jnp.int32),
-            )
-        )
+        args = [self.variables, jnp.asarray(images), jnp.asarray(background), jnp.asarray(psf_params)]
+        args.append(jnp.asarray([row0, col0], jnp.int32))
+        if self.normalizer.mask_channel:  # a network without the channel is called as before it existed
+            args.append(jnp.asarray(mask))
+        out = jax.device_get(self._forward(*args))
         for key in TILE_FLOAT_KEYS:
             bad = ~np.isfinite(out[key])
             if np.any(bad):
