@@ -16,8 +16,10 @@ artifact touched.
 Rates are raised over the realistic defaults of ``configs/default.py`` so that most images hold the artifact
 (:data:`STRESS`): six cosmic-ray hits per image, one satellite trail, one bad column and one masked block per image
 (Poisson means); for saturation and spikes every image gets one extra bright star (r uniform in :data:`BRIGHT_MAG`,
-placed uniformly at least 8 pixels inside the image), in both twins. Masked blocks are filled with 0 (the
-documented stand-in until a network reads ``mask``).
+placed uniformly at least 8 pixels inside the image), in both twins. Masked blocks are filled with NaN, a frame's
+missing data: the predictor sets them to 0 for every network (:meth:`npejax.nn.predictor.Predictor.catalog`) and
+gives them as the mask channel to a network that has one (``model.mask_channel``), so a network without it reads
+the zeros it read before (one ``warning:`` line per such image on stderr).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from npejax import cli, io  # noqa: E402
+from npejax import catalogs, cli, io  # noqa: E402
 from npejax.datasets import split_seed  # noqa: E402
 from npejax.evaluation import metrics  # noqa: E402
 from npejax.nn.predictor import Predictor  # noqa: E402
@@ -53,7 +55,7 @@ def stress(name: str, image_shape) -> dict:
         "cosmic_rays": dict(rate_per_mpix=6e6 / (h * w)),  # six hits per image
         "satellite": dict(rate=1.0),
         "bad_columns": dict(per_column=1.0 / w),
-        "masked": dict(rate=1.0, fill="zero"),
+        "masked": dict(rate=1.0, fill="nan"),
         "saturation": {},
         "spikes": {},
     }[name]
@@ -126,11 +128,20 @@ def twins(spec: pipeline.SimulationSpec, artifacts: artifacts_lib.ArtifactSpec, 
     return clean, dirty, background, psf, bits, truth
 
 
+def predictor_sources(predictor: Predictor, images, background, psf) -> dict:
+    """The network's catalog (``prob_source`` > 0.5) as columns ``image``, ``x``, ``y`` in the arrays' convention
+    (pixels from the image edge, as the true catalog's; :func:`npejax.catalogs.array_xy` of the table's 0-based pixel
+    centres)."""
+    table = predictor.catalog(images, background, psf)
+    x, y = catalogs.array_xy(table)
+    return dict(image=np.asarray(table["image"]), x=x, y=y)
+
+
 def spurious_near(pred, truth, near: np.ndarray, slack: float) -> np.ndarray:
     """Per image: detections of ``pred`` that match no true source and fall on a ``near`` pixel [B, H, W]."""
     num_images, h, w = near.shape
     counts = np.zeros(num_images, int)
-    if len(pred) == 0:
+    if len(pred["x"]) == 0:
         return counts
     _, p2t = metrics.match(truth, pred, num_images, slack=slack)
     image = np.asarray(pred["image"], int)
@@ -144,7 +155,7 @@ def spurious_near(pred, truth, near: np.ndarray, slack: float) -> np.ndarray:
 def unmatched(pred, truth, num_images: int, slack: float) -> np.ndarray:
     """Per image: detections that match no true source, anywhere."""
     counts = np.zeros(num_images, int)
-    if len(pred):
+    if len(pred["x"]):
         _, p2t = metrics.match(truth, pred, num_images, slack=slack)
         np.add.at(counts, np.asarray(pred["image"], int)[p2t < 0], 1)
     return counts
@@ -162,12 +173,12 @@ def measure(predictor: Predictor, config, name: str, num_images: int, radius: fl
     affected = touched.any(axis=(1, 2))
     out = dict(images=num_images, images_with_artifact=int(affected.sum()), pixels=int(touched.sum()))
     for label, images in (("clean", clean), ("artifact", dirty)):
-        pred = predictor.catalog(images, background, psf)
+        pred = predictor_sources(predictor, images, background, psf)
         near_counts = spurious_near(pred, truth, near, slack)
         out[label] = dict(
             spurious_near_per_image=float(near_counts[affected].mean()) if affected.any() else float("nan"),
             spurious_per_image=float(unmatched(pred, truth, num_images, slack).mean()),
-            detections_per_image=len(pred) / num_images,
+            detections_per_image=len(pred["x"]) / num_images,
         )
     return out
 

@@ -106,6 +106,11 @@ def get_config() -> ml_collections.ConfigDict:
     # over its 3 x 3 tiles, f learned (npejax.nn.model, "Aperture flux"): bright fluxes keep a slope of 1
     # beyond those seen in training. Off: the paper's network.
     config.model.aperture_flux = False
+    # One more input channel, 1 where a pixel carries no information (NaN or infinite: missing data; in training the
+    # masked blocks of artifacts.masked with fill "nan"; in prediction a user's NaN pixels), those pixels set to 0
+    # (npejax.nn.inputs, "Mask channel"). Off: the paper's inputs, and NaN pixels are refused in training and set to 0,
+    # unannounced to the network, in prediction.
+    config.model.mask_channel = False
     config.model.stages = ((1, 3, 1), (2, 3, 2), (4, 3, 2), (4, 3, 1), (4, 2, 1))  # (width mult, bottlenecks, stride)
     config.model.dtype = "float32"  # or "bfloat16" (activations; parameters and loss stay float32)
 

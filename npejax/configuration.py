@@ -126,6 +126,7 @@ KEYS = {
     "posterior.context_width": KeyRule(before=16),
     "model.stem_kernel": KeyRule(before=5, why="the 5 x 5 first stem block"),
     "model.aperture_flux": KeyRule(before=False, why="no aperture-flux term"),
+    "model.mask_channel": KeyRule(before=False, why="no mask input channel"),
     "train.ema_decay": KeyRule(before=0.0, why="no moving average"),
 }
 RESUMABLE_KEYS = tuple(key for key, rule in KEYS.items() if rule.resumable)
@@ -306,6 +307,7 @@ def validate(config, num_devices: int) -> None:
         raise ValueError(f"train.ema_decay={train.ema_decay}: must be in [0, 1) (0: no moving average)")
     if not (math.isfinite(float(train.time_limit_minutes)) and float(train.time_limit_minutes) >= 0):
         raise ValueError(f"train.time_limit_minutes={train.time_limit_minutes}: must be >= 0 (0: no time limit)")
+    _check_mask_channel(config)
     _check_input_path(config)
     if not config.data.train_dir and int(train.images_per_epoch) < int(train.batch_size):
         raise ValueError(
@@ -320,6 +322,25 @@ def validate(config, num_devices: int) -> None:
     if int(config.data.simulate_workers) < -1:
         raise ValueError(
             f"data.simulate_workers={config.data.simulate_workers}: must be >= 0, or -1 (one process per CPU)"
+        )
+
+
+def _check_mask_channel(config) -> None:
+    """Masked blocks (``artifacts.masked``) and the mask channel must agree: NaN-filled blocks need the channel
+    (the input normalizer refuses NaN pixels without it), and zero-filled ones would never reach it."""
+    masked = config.get("artifacts", {}).get("masked", {})
+    if not masked.get("enabled", False):
+        return
+    fill, channel = str(masked.get("fill", "zero")), bool(config.model.get("mask_channel", False))
+    if fill == "nan" and not channel:
+        raise ValueError(
+            'artifacts.masked.fill="nan" with model.mask_channel=False: the network would read NaN pixels; expected '
+            'model.mask_channel=True (or fill "zero")'
+        )
+    if fill != "nan" and channel:
+        raise ValueError(
+            f"artifacts.masked.fill={fill!r} with model.mask_channel=True: the mask channel marks NaN pixels, so "
+            'zero-filled blocks would never reach it; expected artifacts.masked.fill="nan"'
         )
 
 

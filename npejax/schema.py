@@ -74,8 +74,9 @@ NETWORK_KEYS = ("images", "background", "psf_params") + TARGET_KEYS
 # the pixels a frame's mask flags (saturated, interpolated, cosmic ray, no data); ``artifact_bits`` [B, H, W]
 # uint8, which artifacts touched each pixel (npejax.sim.artifacts.BITS).
 ARTIFACT_KEYS = ("mask", "artifact_bits")
-# Keys laid out on the image grid ([B, H, W] or [B, Th, Tw, ...]): what a rotation or flip moves.
-SPATIAL_KEYS = ("images", "background", "tile_has_source", "tile_locs", "tile_is_galaxy", "tile_flux")
+# Keys laid out on the image grid ([B, H, W] or [B, Th, Tw, ...]): what a rotation or flip moves (those of
+# ARTIFACT_KEYS only where a batch has them).
+SPATIAL_KEYS = ("images", "background", "tile_has_source", "tile_locs", "tile_is_galaxy", "tile_flux") + ARTIFACT_KEYS
 TILE_SUMMARY_KEYS = TARGET_KEYS + ("prob_source", "prob_galaxy", "loc_std", "flux_lo", "flux_hi")
 
 # Units of tables (astropy unit names; FITS has no nanomaggy, so fluxes carry none and say nmgy in words).

@@ -632,3 +632,24 @@ def test_backend_science_spread_rule_and_table():
     assert "| mape | 5.0000 | 7.5000 | 6.0000 | 4.0000 | 1.0000 | OUTSIDE: jax_s0 |" in text  # no error: none shown
     assert "OUTSIDE: jax_s1" in text
     assert "| 2 | 9.25 | 9.25 | 9.25 | 9.25 |" in text and "| training s | 22 | 22 | 22 | 22 |" in text
+
+
+@pytest.mark.fast
+def test_artifact_spurious_matches_the_catalog_in_the_truths_pixel_convention():
+    """The predictor's table gives 0-based pixel centres; the true catalog pixels from the edge: the benchmark
+    compares them in the arrays' convention (a source at array x = 6.5 is table x = 6.0)."""
+    from npejax import catalogs
+
+    bench = _load("artifact_spurious")
+
+    class Fake:
+        def catalog(self, images, background, psf):
+            table = Table(dict(image=[0], x=[6.0], y=[9.5], prob_source=[0.9]))
+            table.meta["PIXCONV"] = catalogs.CENTER0
+            return table
+
+    pred = bench.predictor_sources(Fake(), None, None, None)
+    np.testing.assert_array_equal(pred["x"], [6.5])
+    np.testing.assert_array_equal(pred["y"], [10.0])
+    truth = dict(image=np.array([0]), x=np.array([7.2]), y=np.array([10.5]), flux=np.ones(1))
+    np.testing.assert_array_equal(bench.unmatched(pred, truth, 1, 1.0), [0])  # 0.86 px apart (1.56 unconverted)

@@ -738,3 +738,31 @@ def test_own_image_that_would_be_cataloged_wrong_is_refused(case, own_files):
     for fragment in fragments:
         assert fragment.format(**values) in line, f"{fragment!r} not named in: {line}"
     assert out == "" and snapshot(own_files["root"]) == before, "a file was written, changed or removed"
+
+
+# --- mask channel ---
+@pytest.mark.parametrize(
+    "config, overrides, fragment",
+    [
+        (
+            "cpu",
+            ["--config.artifacts.masked.enabled=True", "--config.artifacts.masked.fill=nan"],
+            'artifacts.masked.fill="nan" with model.mask_channel=False',
+        ),
+        (
+            "cpu_artifacts",
+            ["--config.artifacts.masked.fill=zero"],
+            "artifacts.masked.fill='zero' with model.mask_channel",
+        ),
+    ],
+)
+def test_training_refuses_masked_blocks_the_mask_channel_would_not_read(
+    tmp_path, config_path, config, overrides, fragment
+):
+    before = snapshot(tmp_path)
+    status, out, err = run_command(
+        "main", ["--config", config_path(config), *overrides, "--workdir", str(tmp_path / "w")]
+    )
+    assert status == 2, err[-2000:]
+    assert fragment in one_error_line(err)
+    assert snapshot(tmp_path) == before, "the refused training wrote something"

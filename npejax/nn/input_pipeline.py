@@ -204,7 +204,8 @@ def fit_normalizer(config, data: TrainingData) -> inputs_lib.Normalizer:
         batch = data.train_ds[0 : min(num_images, len(data.train_ds))]
     else:
         batch = pipeline.simulate_batch(dataclasses.replace(data.train_spec, batch_size=num_images), 2**40)
-    return inputs_lib.Normalizer.fit(batch["images"], batch["background"], batch["psf_params"])
+    mask_channel = bool(config.model.get("mask_channel", False))
+    return inputs_lib.Normalizer.fit(batch["images"], batch["background"], batch["psf_params"], mask_channel)
 
 
 def validation_batches(config, data: TrainingData, sharding) -> list[dict]:

@@ -13,7 +13,8 @@ Arrays: ``images`` [N, H, W] (or one [H, W]; nmgy, sky-subtracted), ``background
 any prediction (:func:`check_inputs`): finite pixels, a background in (0, :data:`MAX_BACKGROUND`] nmgy per
 pixel, valid PSF parameters; the first bad value is one ``ValueError`` naming it. A catalog
 (:meth:`Predictor.catalog`) masks NaN and infinite pixels instead: they are set to 0, the sky-subtracted sky's
-expectation (the network has no mask input), one ``warning:`` line per image names how many, and each
+expectation, and a network with the mask channel (``model.mask_channel``, :mod:`npejax.nn.inputs`) is given them
+as its masked pixels (one without it is not told); one ``warning:`` line per image names how many, and each
 detection's ``masked_frac`` is the fraction of masked pixels within :data:`MASK_RADIUS` pixels of it; an image
 more than :data:`MAX_MASKED_FRACTION` masked is refused. A background is never masked (NaN there: refused).
 Reading images from files
@@ -281,8 +282,8 @@ class Predictor:
         self.decode = str(config.posterior.decode)  # checked by model_lib.from_config
         self.margin = receptive_margin(net) + net.context_margin  # tiles
 
-        def forward(variables, images, background, psf_params, origin):
-            feats = normalizer.features(images, background, psf_params, self.variant)
+        def forward(variables, images, background, psf_params, origin, mask=None):
+            feats = normalizer.features(images, background, psf_params, self.variant, mask)
             q = TilePosterior.from_params(net.apply(variables, feats, train=False, origin=origin))
             return dict(q.mode(), **q.summary())
 
@@ -362,29 +363,31 @@ class Predictor:
             )
         return int(chunk_size) // self.tile_size
 
-    def _check(self, images, background, psf_params, first_index: int = 0):
-        """Validated float32 arrays (:func:`check_inputs`), padded at the bottom and right to multiples of the
-        tile size."""
+    def _check(self, images, background, psf_params, first_index: int = 0, mask=None):
+        """Validated float32 arrays (:func:`check_inputs`) and the masked pixels (bool; ``mask`` or none), padded at
+        the bottom and right to multiples of the tile size."""
         images, background, psf_params = check_inputs(images, background, psf_params, first_index)
+        if mask is None:
+            mask = np.zeros(images.shape, bool)
+        elif np.shape(mask) != images.shape:
+            raise ValueError(f"mask of shape {np.shape(mask)}: expected the images' shape {images.shape} (bool)")
         h, w = images.shape[1:]
         pad_h, pad_w = (-h) % self.tile_size, (-w) % self.tile_size
-        if pad_h or pad_w:  # zeros are the sky-subtracted sky; the background continues its edge
+        if pad_h or pad_w:  # zeros are the sky-subtracted sky (not masked); the background continues its edge
             images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w)))
             background = np.pad(background, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-        return images, np.ascontiguousarray(background), np.ascontiguousarray(psf_params)
+            mask = np.pad(mask, ((0, 0), (0, pad_h), (0, pad_w)))
+        mask = np.ascontiguousarray(mask, bool)
+        return images, np.ascontiguousarray(background), np.ascontiguousarray(psf_params), mask
 
-    def _run(self, images, background, psf_params, first_index: int, row0: int = 0, col0: int = 0) -> dict:
+    def _run(self, images, background, psf_params, mask, first_index: int, row0: int = 0, col0: int = 0) -> dict:
         """One network call on host arrays; outputs checked to be finite (``row0``/``col0``: the tile
         offset of a chunk, for the message)."""
-        out = jax.device_get(
-            self._forward(
-                self.variables,
-                jnp.asarray(images),
-                jnp.asarray(background),
-                jnp.asarray(psf_params),
-                jnp.asarray([row0, col0], jnp.int32),
-            )
-        )
+        args = [self.variables, jnp.asarray(images), jnp.asarray(background), jnp.asarray(psf_params)]
+        args.append(jnp.asarray([row0, col0], jnp.int32))
+        if self.normalizer.mask_channel:  # a network without the channel is called as before it existed
+            args.append(jnp.asarray(mask))
+        out = jax.device_get(self._forward(*args))
         for key in TILE_FLOAT_KEYS:
             bad = ~np.isfinite(out[key])
             if np.any(bad):
@@ -397,7 +400,7 @@ class Predictor:
                 )
         return out
 
-    def _chunked(self, image, background, psf_params, index: int, chunk: int, progress: bool = False) -> dict:
+    def _chunked(self, image, background, psf_params, mask, index: int, chunk: int, progress: bool = False) -> dict:
         """Tiles of one padded image [Hp, Wp] predicted chunk by chunk (see the module doc); ``progress``: a bar
         of the chunks (:func:`progress_bar`)."""
         t = self.tile_size
@@ -410,7 +413,13 @@ class Predictor:
                 for a2, b2, s2 in plan_w:
                     rows, cols = slice(s * t, (s + ch) * t), slice(s2 * t, (s2 + cw) * t)
                     piece = self._run(
-                        image[None, rows, cols], background[None, rows, cols], psf_params[None], index, s, s2
+                        image[None, rows, cols],
+                        background[None, rows, cols],
+                        psf_params[None],
+                        mask[None, rows, cols],
+                        index,
+                        s,
+                        s2,
                     )
                     if out is None:
                         out = {k: np.empty((1, th, tw) + v.shape[3:], v.dtype) for k, v in piece.items()}
@@ -428,6 +437,7 @@ class Predictor:
         chunk_size: int | None = CHUNK_SIZE,
         image_offset: int = 0,
         progress: bool = False,
+        mask=None,
     ) -> dict[str, np.ndarray]:
         """Per-tile mode and summaries ([N, ceil(H/t), ceil(W/t)] arrays) for images [N, H, W] (nmgy).
 
@@ -436,20 +446,24 @@ class Predictor:
         Images with a side above ``chunk_size`` pixels are predicted in overlapping chunks (None or 0:
         whole). ``image_offset``: the index of the first image, for messages. NonFiniteOutputError if an
         output is NaN or infinite. Every pixel must be finite here (:meth:`catalog` masks NaN pixels);
-        ``progress``: a bar of each chunked image's chunks (:func:`progress_bar`).
+        ``progress``: a bar of each chunked image's chunks (:func:`progress_bar`). ``mask`` (bool [N, H, W],
+        optional): pixels that carry no information, given to a network with the mask channel
+        (``model.mask_channel``) and ignored by one without it (:meth:`catalog` passes the NaN pixels).
         """
         batch_size = check_batch_size(batch_size)
         chunk = self.check_chunk_size(chunk_size)
-        images, background, psf_params = self._check(images, background, psf_params, image_offset)
+        images, background, psf_params, mask = self._check(images, background, psf_params, image_offset, mask)
         th, tw = images.shape[1] // self.tile_size, images.shape[2] // self.tile_size
         parts = []
         if chunk is None or (th <= chunk and tw <= chunk):
             for start in range(0, len(images), batch_size):
                 sl = slice(start, start + batch_size)
-                parts.append(self._run(images[sl], background[sl], psf_params[sl], image_offset + start))
+                parts.append(self._run(images[sl], background[sl], psf_params[sl], mask[sl], image_offset + start))
         else:
             for i in range(len(images)):
-                parts.append(self._chunked(images[i], background[i], psf_params[i], image_offset + i, chunk, progress))
+                parts.append(
+                    self._chunked(images[i], background[i], psf_params[i], mask[i], image_offset + i, chunk, progress)
+                )
         return self.read_tiles({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
     def read_tiles(self, tiles: dict) -> dict[str, np.ndarray]:
@@ -461,8 +475,8 @@ class Predictor:
         self, images, background, psf_params, min_prob, batch_size, chunk_size, image_offset, progress=False
     ) -> dict:
         """Detections of images that may hold masked (NaN, +-inf) pixels: those are set to 0, the sky-subtracted
-        sky's expectation (the network has no mask input), one warning line per image says how many, and each
-        detection gets ``masked_frac`` (:func:`masked_fraction`)."""
+        sky's expectation, and given as the mask channel to a network that has one; one warning line per image
+        says how many, and each detection gets ``masked_frac`` (:func:`masked_fraction`)."""
         images = np.asarray(images, np.float32)
         images = images[None] if images.ndim == 2 else images
         h, w = images.shape[-2:]
@@ -476,7 +490,16 @@ class Predictor:
                 )
             sys.stderr.flush()
             images = np.where(masked, np.float32(0), images)
-        tiles = self.predict_tiles(images, background, psf_params, batch_size, chunk_size, image_offset, progress)
+        tiles = self.predict_tiles(
+            images,
+            background,
+            psf_params,
+            batch_size,
+            chunk_size,
+            image_offset,
+            progress,
+            masked if masked.any() else None,
+        )
         sources = tiles_to_sources(tiles, self.tile_size, min_prob=min_prob)
         inside = (sources["x"] < w) & (sources["y"] < h)
         sources = {k: v[inside] for k, v in sources.items()}
@@ -498,7 +521,8 @@ class Predictor:
         """Probabilistic catalog (astropy Table) of tiles with ``prob_source > min_prob``; sources whose
         position falls in the padding of an image of any other size are dropped.
 
-        NaN and infinite pixels are masked: set to 0 (the sky-subtracted sky) before the network sees them, one
+        NaN and infinite pixels are masked: set to 0 (the sky-subtracted sky) before the network sees them (and given
+        as its mask channel to a network that has one, ``model.mask_channel``), one
         ``warning:`` line per image on stderr, and the column ``masked_frac`` (every catalog has it) gives each
         detection's fraction of masked pixels within :data:`MASK_RADIUS` pixels; an image with more than
         :data:`MAX_MASKED_FRACTION` masked is refused (ValueError).

@@ -89,7 +89,7 @@ def _init_fn(net, shape: tuple[int, ...]):
 
 def create_state(config, net, steps_per_epoch: int, key) -> TrainState:
     """A fresh state for ``net`` (:func:`npejax.nn.model.from_config`), initialized from ``key``."""
-    channels = inputs_lib.num_channels(config.model.variant)
+    channels = inputs_lib.num_channels(config.model.variant, bool(config.model.get("mask_channel", False)))
     shape = (1, int(config.image_size), int(config.image_size), channels)
     variables = _init_fn(net, shape)(key)
     tx = optax.adam(learning_rate_schedule(config, steps_per_epoch))

@@ -64,8 +64,9 @@ def _flip_locs(locs):
 def dihedral(example: dict, k: jax.Array) -> dict:
     """Applies element ``k`` (0..7) of the square's symmetry group to one example (no batch axis):
     ``k % 4`` counterclockwise quarter turns, then a left-right flip if ``k >= 4``. Moves every key of
-    :data:`npejax.schema.SPATIAL_KEYS`; ``tile_locs`` values are transformed with their tiles."""
-    grids = tuple(key for key in SPATIAL_KEYS if key != "tile_locs")
+    :data:`npejax.schema.SPATIAL_KEYS` that ``example`` has (``mask`` and ``artifact_bits`` only in batches simulated
+    with artifacts); ``tile_locs`` values are transformed with their tiles."""
+    grids = tuple(key for key in SPATIAL_KEYS if key != "tile_locs" and key in example)
 
     def transform(turns, flip):
         def fn(ex):
@@ -87,7 +88,7 @@ def dihedral(example: dict, k: jax.Array) -> dict:
 def augment(batch: dict, key: jax.Array) -> dict:
     """Random rotation by a multiple of 90 degrees and random flip per image, catalog included."""
     ks = jax.random.randint(key, (batch["images"].shape[0],), 0, 8)
-    out = jax.vmap(dihedral)({k: batch[k] for k in SPATIAL_KEYS}, ks)
+    out = jax.vmap(dihedral)({k: batch[k] for k in SPATIAL_KEYS if k in batch}, ks)
     return dict(batch, **out)
 
 
@@ -95,7 +96,8 @@ def augment(batch: dict, key: jax.Array) -> dict:
 
 
 def features(batch: dict, normalizer: inputs_lib.Normalizer, variant: str) -> jax.Array:
-    """Network input [B, H, W, C] of a batch (:meth:`npejax.nn.inputs.Normalizer.features`)."""
+    """Network input [B, H, W, C] of a batch (:meth:`npejax.nn.inputs.Normalizer.features`; with the mask channel,
+    the batch's NaN pixels are its masked pixels)."""
     return normalizer.features(batch["images"], batch["background"], batch["psf_params"], variant)
 
 
