@@ -1,5 +1,5 @@
-"""``configs/cpu.py`` trained on the artifacts of real SDSS frames, with the mask input channel (issue 23, items 2
-and 5): the network for real frames at the CPU size, about 30 minutes on the 2-core development machine.
+"""``configs/cpu.py`` trained on the artifacts of real SDSS frames, with the mask input channel: the
+network for real frames at the CPU size, about 30 minutes on the 2-core development machine.
 
 Every artifact of :mod:`npejax.sim.artifacts` on at its documented, realistic rate (the defaults of
 ``configs/default.py``, whose sources and assumptions the module's docstring gives): cosmic-ray residuals (9.3 per

@@ -4,7 +4,7 @@ The network's catalog of an image is a claim about what the image holds. Renderi
 own PSF and background (:class:`npejax.sim.render.Renderer`, noiseless) and dividing the difference by the
 pixel noise gives residuals in sigma units; where the catalog explains the image they are about N(0, 1), and
 what the forward model never drew -- cosmic rays, satellite trails, bleed trails, a PSF other than the one the
-network was told -- leaves a residual (issue 23, item 3).
+network was told -- leaves a residual.
 
 Python API (the commands gain it in a later change)::
 
