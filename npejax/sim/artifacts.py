@@ -46,8 +46,8 @@ Facts and their sources (``search`` of public SDSS documentation); where none wa
   amplifier in DN; the camera's values were not found. ASSUMPTION: 25000 DN above the bias (1.2e5 electrons at
   the bank's gain of 4.7 e-/DN), set so that SDSS r saturates near r 14 for a star in typical seeing: in the embedded
   bank's median-seeing field (FWHM 3.6 pixels) an r 14.0 star centred on a pixel peaks at 26200 DN with the sky, so
-  stars saturate from r 14.05; from r 13.7 to 14.4 over the bank's
-  10th to 90th percentile fields (measured with the renderer; tests/test_artifacts.py checks the median field).
+  stars saturate from r 14.05; from r 13.7 to 14.4 over the bank's 10th to 90th percentile fields (measured with
+  the renderer; tests/test_artifacts.py checks the median field).
 * Bleed: the excess charge of a saturated pixel spills into its neighbours along the column (the CCD's charge
   transfer direction), symmetric up and down (ASSUMPTION: no preferred direction), conserving the charge;
   what spills beyond the image's edge leaves the image.
