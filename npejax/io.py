@@ -35,6 +35,8 @@ import math
 import os
 import re
 import tempfile
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 TMP_MARKER = ".tmp-"
@@ -244,3 +246,18 @@ def check_plain_name(name, what: str) -> str:
             "(it becomes a file name in the output folder)"
         )
     return name
+
+
+# warnings.catch_warnings swaps the process's warning state (filters, showwarning): two threads inside it at once
+# (the survey reads frames in reader threads) record each other's warnings or restore each other's filters, so a
+# frame was blamed for another frame's "file may have been truncated". Every such region holds this lock.
+_WARNINGS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def caught_warnings(action: str = "always", category: type[Warning] = Warning, record: bool = False):
+    """``warnings.catch_warnings(record=record)`` with ``warnings.simplefilter(action, category)``, one thread
+    at a time (:data:`_WARNINGS_LOCK`); yields the list of recorded warnings (None unless ``record``)."""
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=record) as caught:
+        warnings.simplefilter(action, category)
+        yield caught

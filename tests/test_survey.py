@@ -840,3 +840,39 @@ def test_merge_reads_frame_catalogs_of_earlier_versions(capsys, tmp_path):
     assert merged.meta["PIXCONV"] == "CENTER0" and list(merged["frame"]) == ["a", "a", "b", "b", "c", "c"]
     np.testing.assert_array_equal(merged["x"], np.tile(now["x"], 3))
     np.testing.assert_array_equal(merged["y"], np.tile(now["y"], 3))
+
+
+@pytest.mark.fast
+def test_warnings_caught_in_one_reader_thread_are_not_another_threads():
+    """The survey's reader threads read FITS files inside ``io.caught_warnings``: a warning raised in one thread
+    must not land in the record of another thread that entered later (it blamed frame c for cut's "file may have
+    been truncated"). Without the lock, c enters while cut waits and cut's warning goes to c's record."""
+    import threading
+    import warnings as warnings_lib
+
+    from npejax import io
+
+    cut_inside, c_inside, cut_warned = threading.Event(), threading.Event(), threading.Event()
+    records = {}
+
+    def cut():
+        with io.caught_warnings("always", record=True) as caught:
+            cut_inside.set()
+            c_inside.wait(0.5)  # with the lock, c cannot enter meanwhile
+            warnings_lib.warn("file may have been truncated", UserWarning, stacklevel=1)
+            cut_warned.set()
+            records["cut"] = list(caught)
+
+    def c():
+        cut_inside.wait(5)
+        with io.caught_warnings("always", record=True) as caught:
+            c_inside.set()
+            cut_warned.wait(0.5)
+            records["c"] = list(caught)
+
+    threads = [threading.Thread(target=cut), threading.Thread(target=c)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert records["c"] == [] and [str(w.message) for w in records["cut"]] == ["file may have been truncated"]

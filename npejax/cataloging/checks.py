@@ -40,12 +40,12 @@ checks always run.
 from __future__ import annotations
 
 import sys
-import warnings
 
 import numpy as np
 from astropy import wcs as wcs_lib
 from astropy.wcs import utils as wcs_utils
 
+from npejax import io
 from npejax.sim import psf as psf_lib
 
 PIXEL_SCALE = 0.396  # arcsec per pixel: SDSS's, the network's (the simulator's images)
@@ -172,8 +172,7 @@ def check_wcs(header, name: str, later: list | None = None) -> float | None:
     :data:`SCALE_TOLERANCE` from :data:`PIXEL_SCALE` is one warning line (:func:`warn`, into ``later`` if
     given)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with io.caught_warnings("ignore"):
             w = wcs_lib.WCS(header, fix=False)
     except wcs_lib.SingularMatrixError:
         w = None

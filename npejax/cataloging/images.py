@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 
@@ -44,6 +43,7 @@ from astropy.io import fits
 
 from npejax import catalogs as catalog_lib
 from npejax import datasets as data_lib
+from npejax import io
 from npejax.cataloging import checks
 from npejax.nn.predictor import CHUNK_SIZE, Predictor, check_inputs, masked_pixels
 from npejax.schema import PREDICTION_COLUMNS
@@ -180,9 +180,8 @@ def read_fits_image(path: str, what: str = "FITS file") -> tuple[np.ndarray, fit
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path} does not exist")
     found = None
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+    try:  # one thread at a time (io.caught_warnings): the survey reads frames in threads
+        with io.caught_warnings("always", record=True) as caught:
             with fits.open(sdss.fits_source(path), memmap=False, lazy_load_hdus=False) as hdul:
                 for hdu in hdul:
                     if hdu.is_image and hdu.header.get("NAXIS") == 2 and hdu.data is not None:
@@ -204,8 +203,7 @@ def celestial_wcs(header: fits.Header, name: str) -> wcs_lib.WCS | None:
     """The celestial part of the WCS in ``header``, or None when it has none; ValueError naming ``name``
     for WCS keywords astropy cannot use."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", wcs_lib.FITSFixedWarning)
+        with io.caught_warnings("ignore", wcs_lib.FITSFixedWarning):
             w = wcs_lib.WCS(header)
     except Exception as exc:  # astropy raises several types for bad WCS keywords
         raise ValueError(

@@ -96,7 +96,6 @@ import shlex
 import sys
 import time
 import traceback
-import warnings
 
 import jax
 import numpy as np
@@ -518,8 +517,7 @@ def read_catalog(path: str) -> tuple[table_lib.Table, dict | None]:
     """(the catalog table, :func:`read_identity`) of a frame's catalog file; :class:`DamagedCatalogError` naming
     the file and why when it cannot be read."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # astropy's "file may have been truncated": the error below says it
+        with io.caught_warnings("ignore"):  # astropy's "file may have been truncated": the error below says it
             table = catalog_lib.read_table(path)
     except Exception as exc:  # noqa: BLE001  (astropy raises many types for a damaged file)
         raise DamagedCatalogError(f"catalog {path} cannot be read ({type(exc).__name__}: {cli.message(exc)})") from None
@@ -533,8 +531,7 @@ def read_identity(path: str) -> dict | None:
     without one is read whole). :class:`DamagedCatalogError` naming the file and why when it cannot be read."""
     try:
         if catalog_lib.table_format(path) == "fits":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "file may have been truncated": checked below
+            with io.caught_warnings("ignore"):  # "file may have been truncated": checked below
                 with fits.open(path) as hdul:
                     last = len(hdul) - 1
                     end = hdul.fileinfo(last)["datLoc"] + hdul.fileinfo(last)["datSpan"]

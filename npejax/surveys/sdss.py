@@ -27,11 +27,11 @@ import gzip
 import io as std_io  # (npejax.io is the atomic writer)
 import os
 import re
-import warnings
 
 import numpy as np
 from astropy.io import fits
 
+from npejax import io
 from npejax.sim import fields as fields_lib
 from npejax.sim import interp
 from npejax.sim import psf as psf_lib
@@ -155,8 +155,7 @@ def _read_hdus(path, kind: str) -> list[tuple[fits.Header, object]]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{kind} file {path} does not exist")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with io.caught_warnings("always", record=True) as caught:  # one thread at a time: the survey's readers
             with fits.open(fits_source(path), memmap=False, lazy_load_hdus=False) as hdul:
                 hdus = []
                 for hdu in hdul:
