@@ -33,6 +33,7 @@ metadata (the FITS header of a ``.fits`` catalog).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import zipfile
 from collections.abc import Callable, Iterator
@@ -409,6 +410,14 @@ def catalog_inputs(
 FIELD_WARNINGS = 5  # images named one by one in warnings beyond the training fields; the rest are counted
 
 
+@functools.lru_cache(maxsize=4)
+def _bank_and_threshold(name: str) -> tuple[fields_lib.FieldBank, float]:
+    """A network's training bank and its distance threshold, read once per process (a survey catalogs every
+    frame with the same network); a bank that cannot be read raises each time (nothing cached)."""
+    bank = fields_lib.load_bank(name)
+    return bank, bank.distance_threshold()
+
+
 @dataclasses.dataclass
 class FieldRange:
     """How far images' field covariates (six PSF parameters, mean background) lie from the field bank a network
@@ -428,11 +437,11 @@ class FieldRange:
     def of(cls, net: Predictor) -> FieldRange:
         name = str(net.config.fields.bank)
         try:
-            bank = fields_lib.load_bank(name)
+            bank, threshold = _bank_and_threshold(name)
         except (OSError, ValueError) as exc:
             checks.warn(f"the network's field bank {name!r} cannot be read here ({exc}): no field_distance column")
             return cls(None, name)
-        return cls(bank, name, bank.distance_threshold())
+        return cls(bank, name, threshold)
 
     def measured(self, batches: Iterator[tuple[int, tuple]]) -> Iterator[tuple[int, tuple]]:
         """``batches`` passed through unchanged, each image's distance recorded on the way."""
