@@ -47,6 +47,9 @@ from npejax import cli, io  # noqa: E402
 
 BACKENDS = ("galsim", "jax")
 REFERENCE = "galsim"  # the backend whose seed-to-seed spread is the yardstick
+# Every run trains the config's num_epochs: early stopping could end one run before the learning-rate drop while
+# its twin trains past it, and the comparison would be of training lengths, not of renderers.
+NO_EARLY_STOP = 10_000
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -198,6 +201,7 @@ def run(fv: flags.FlagValues) -> None:
                 f"--workdir={os.path.join(out, name)}",
                 f"--config.seed={seed}",
                 f"--config.simulator.backend={backend}",
+                f"--config.train.patience={NO_EARLY_STOP}",
                 "--config.train.progress=false",
             ],
             os.path.join(out, f"train_{name}.log"),
