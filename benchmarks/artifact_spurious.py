@@ -1,11 +1,11 @@
 r"""Spurious detections on the artifacts of real frames: what a network does with them (issue 23, item 2).
 
     python benchmarks/artifact_spurious.py [--pretrained cpu | --workdir DIR] [--num-images 40] \
-        [--artifacts cosmic_rays,satellite,...] [--radius 3] [--slack 1] [--seed 0] [--json out.json]
+        [--artifacts cosmic_rays,satellite,...] [--radius 3] [--slack 1] [--seed 0] [--bank NAME] [--json out.json]
 
 For each artifact of :mod:`npejax.sim.artifacts` alone, ``--num-images`` test images are simulated with the
-network's config (image size, prior, field bank, renderer; the ``test`` split's seed, offset by ``--seed``) twice:
-with the artifact and without it (the same catalogs, fields, crops and, with the config's Gaussian noise, the same
+network's config (image size, prior, field bank unless ``--bank`` names another, renderer; the ``test`` split's
+seed, offset by ``--seed``) twice: with the artifact and without it (the same catalogs, fields, crops and, with the config's Gaussian noise, the same
 noise draws: the artifacts draw from their own stream). The network catalogs both (``prob_source`` > 0.5). A
 detection is *spurious near the artifact* when it matches no true source (:func:`npejax.evaluation.metrics.match`,
 ``--slack`` pixels, every true source of the catalog however faint) and its pixel lies within ``--radius`` pixels
@@ -72,6 +72,13 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("radius", 3.0, "Pixels from an artifact's pixels.", lower_bound=0.0, flag_values=fv)
     flags.DEFINE_float("slack", 1.0, "Match radius to true sources, pixels.", lower_bound=0.0, flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Offset of the test split's seed.", lower_bound=0, flag_values=fv)
+    flags.DEFINE_string(
+        "bank",
+        None,
+        "Field bank of the test images (config.fields.bank: synthetic, survey or a .npz); default the network's, "
+        "so that two networks trained on different banks can be measured on the same images.",
+        flag_values=fv,
+    )
     flags.DEFINE_string("json", None, "Also write the results here.", flag_values=fv)
 
 
@@ -200,6 +207,9 @@ def run(fv: flags.FlagValues) -> None:
 
         config = config.copy_and_resolve_references()
         config.artifacts = default.get_config().artifacts
+    if fv.bank:
+        config = config.copy_and_resolve_references()
+        config.fields.bank = fv.bank
     results = {}
     for name in fv.artifacts:
         t0 = time.perf_counter()
@@ -222,6 +232,7 @@ def run(fv: flags.FlagValues) -> None:
                 radius=fv.radius,
                 slack=fv.slack,
                 seed=fv.seed,
+                bank=str(config.fields.bank),
                 stress=STRESS,
                 bright_mag=BRIGHT_MAG,
                 results=results,
