@@ -5,13 +5,13 @@ r"""Spurious detections on the artifacts of real frames: what a network does wit
 
 For each artifact of :mod:`npejax.sim.artifacts` alone, ``--num-images`` test images are simulated with the
 network's config (image size, prior, field bank unless ``--bank`` names another, renderer; the ``test`` split's
-seed, offset by ``--seed``) twice: with the artifact and without it (the same catalogs, fields, crops and, with
-the config's Gaussian noise, the same noise draws: the artifacts draw from their own stream). The network catalogs
-both (``prob_source`` > 0.5). A detection is *spurious near the artifact* when it matches no true source (:func:`npejax.evaluation.metrics.match`,
-``--slack`` pixels, every true source of the catalog however faint) and its pixel lies within ``--radius`` pixels
-of a pixel the artifact touched (``artifact_bits``). The clean images are counted in the same places (the artifact's
-pixels of their twin), so the difference is what the artifact causes. Per image means are over the images the
-artifact touched.
+seed, offset by ``--seed``) twice: with the artifact and without it (the same catalogs, fields, crops and, with the
+config's Gaussian noise, the same noise draws: the artifacts draw from their own stream). The network catalogs both
+(``prob_source`` > 0.5). A detection is *spurious near the artifact* when it matches no true source
+(:func:`npejax.evaluation.metrics.match`, ``--slack`` pixels, every true source of the catalog however faint) and
+its pixel lies within ``--radius`` pixels of a pixel the artifact touched (``artifact_bits``). The clean images are
+counted in the same places (the artifact's pixels of their twin), so the difference is what the artifact causes. Per
+image means are over the images the artifact touched.
 
 Rates are raised over the realistic defaults of ``configs/default.py`` so that most images hold the artifact
 (:data:`STRESS`): six cosmic-ray hits per image, one satellite trail, one bad column and one masked block per image
