@@ -1,5 +1,5 @@
 r"""Same science from either renderer? One network config trained with ``simulator.backend = "galsim"`` and with
-``"jax"``, two seeds each, evaluated on one GalSim-rendered test set (issue 22, item 4).
+``"jax"``, two or more seeds each, evaluated on one GalSim-rendered test set (issue 22, item 4).
 
     python benchmarks/backend_science.py --out runs/backend_science [--train-config configs/cpu_small.py] \
         [--seeds 0,1] [--num-images 500]
@@ -7,12 +7,13 @@ r"""Same science from either renderer? One network config trained with ``simulat
 Runs, one after another (each step resumable: a rerun finds the finished ones and goes on), in subprocesses:
 
 1. ``python -m npejax.main --config CONFIG --workdir OUT/{galsim,jax}_s{SEED} --config.seed=SEED
-   --config.simulator.backend=BACKEND`` (CONFIG: ``--train-config``) for every seed, alternating the backends
+   --config.simulator.backend=BACKEND --config.train.patience=10000`` (CONFIG: ``--train-config``; early stopping
+   off, :data:`NO_EARLY_STOP`: every run trains the config's ``num_epochs``) for every seed, alternating the backends
    (galsim s0, jax s0, galsim s1, ...) so that a machine's changing load falls on both. ``config.seed`` sets the
-   network's initialisation, the training images (and the normalizer's) and the validation set, all simulated
-   with the run's backend (a cached ``data.val_dir`` rendered by GalSim is refused for a jax run: a dataset
-   records its renderer), so the seeds' validation NLLs are on different images, and a jax run's on the JAX
-   rendering of its galsim twin's catalogs and fields;
+   network's initialisation, the training images (and the normalizer's) and the validation set, all simulated with
+   the run's backend (a cached ``data.val_dir`` rendered by GalSim is refused for a jax run: a dataset records its
+   renderer), so the seeds' validation NLLs are on different images, and a jax run's on the JAX rendering of its
+   galsim twin's catalogs and fields;
 2. ``python -m npejax.simulate --config CONFIG --split test --backend galsim --num-images N --out OUT/test`` (the
    config's ``seed``: split seed ``npejax.datasets.split_seed(seed, "test")``, never trained or validated on);
 3. ``python -m npejax.evaluate --workdir galsim_s0=... --workdir jax_s0=... ... --test-dir OUT/test --out
@@ -25,7 +26,8 @@ value, the 1-sigma bootstrap error over the test images (none for the AUC), the 
 ``s = max - min`` and whether every jax value lies within ``[min - s, max + s]`` of the galsim values (the
 rule of :func:`within_spread`; ``OUTSIDE`` otherwise), and each run's validation NLL by epoch
 (``WORKDIR/metrics.csv``) and training wall time (the sum of its epochs' ``seconds``). The table is also written
-to ``OUT/comparison.md``. Results: benchmarks/RESULTS.md, "JAX renderer against GalSim".
+to ``OUT/comparison.md``. Results: benchmarks/RESULTS.md, "Same science: cpu_small trained on each renderer,
+three seeds".
 """
 
 from __future__ import annotations
