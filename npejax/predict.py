@@ -90,6 +90,25 @@ def define_skip_checks(fv: flags.FlagValues) -> None:
     )
 
 
+def define_quality_flags(fv: flags.FlagValues) -> None:
+    """``--[no]quality`` and ``--electrons-per-nmgy`` (also flags of ``npejax.survey catalog``; checked by
+    :func:`npejax.cataloging.options.electrons_per_nmgy_flag`)."""
+    flags.DEFINE_boolean(
+        "quality",
+        True,
+        "Add the quality flag from the forward model (quality_* and image_quality_* columns: the catalog "
+        "re-rendered and compared with the image, in 80x80 crops; npejax.cataloging.quality).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "electrons-per-nmgy",
+        None,
+        "The images' gain / calibration (electrons per nmgy) for the quality flag's pixel noise (default: the "
+        "dataset's field bank, an .npz's electrons_per_nmgy, else measured from each image's pixel noise).",
+        flag_values=fv,
+    )
+
+
 def define_flags(fv: flags.FlagValues) -> None:
     define_network_flags(fv)
     flags.DEFINE_string(
@@ -149,6 +168,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "bank", None, "Field bank for --field-id and --fwhm (default: the embedded synthetic bank).", flag_values=fv
     )
     define_skip_checks(fv)
+    define_quality_flags(fv)
     flags.DEFINE_boolean(
         "progress",
         True,
@@ -208,6 +228,7 @@ def run(fv: flags.FlagValues) -> None:
     # everything a user can get wrong is checked before the network runs: flags, output paths, inputs
     options.check_network_flags(fv)
     min_prob = options.min_prob_flag(fv["min-prob"].value)
+    electrons = options.electrons_per_nmgy_flag(fv["electrons-per-nmgy"].value, fv.quality)
     batch_size, chunk_size = fv["batch-size"].value, fv["chunk-size"].value
     if batch_size < 1:
         raise cli.UsageError(f"--batch-size {batch_size}: expected a positive number of images per network call")
@@ -231,7 +252,16 @@ def run(fv: flags.FlagValues) -> None:
     net = options.load_network(fv)
     chunk_size = options.chunk_size_flag(net, chunk_size)
 
-    table = images.catalog_inputs(net, inputs, min_prob, batch_size, chunk_size, progress=fv.progress)
+    table = images.catalog_inputs(
+        net,
+        inputs,
+        min_prob,
+        batch_size,
+        chunk_size,
+        progress=fv.progress,
+        quality=fv.quality,
+        electrons_per_nmgy=electrons,
+    )
     with io.write_errors("--out", fv.out):  # a full disk: one line, no partial file (atomic write)
         catalog_lib.write_table(table, fv.out)
     print(f"{len(table)} sources in {inputs.num_images} images -> {fv.out}")

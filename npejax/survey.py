@@ -112,6 +112,7 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
         "fwhm", None, "Default PSF of FITS lines: its FWHM in arcsec (as npejax.predict --fwhm).", flag_values=fv
     )
     predict.define_skip_checks(fv)
+    predict.define_quality_flags(fv)  # --[no]quality, --electrons-per-nmgy
     flags.DEFINE_string("bank", None, "Field bank of field-id (default: the embedded synthetic bank).", flag_values=fv)
     flags.DEFINE_bool(
         "redo-mismatched",
@@ -130,6 +131,7 @@ def run_catalog(fv: flags.FlagValues) -> int:
     # everything a user can get wrong in the command line is checked before a frame is read
     options.check_network_flags(fv)
     min_prob = options.min_prob_flag(fv["min-prob"].value)
+    electrons = options.electrons_per_nmgy_flag(fv["electrons-per-nmgy"].value, fv.quality)
     field_id, psf_params = fv["field-id"].value, fv["psf-params"].value
     options.check_defaults(fv.background, field_id, psf_params, fv.fwhm)
     shard, num_shards, shard_source = runner_lib.resolve_shard(fv.shard)
@@ -148,7 +150,9 @@ def run_catalog(fv: flags.FlagValues) -> int:
     # a resume checks what made the existing catalogs, and a missing workdir is refused even with nothing to do
     network = options.network_identity(fv)
     chunk = fv["chunk-size"].value
-    identities = {f.name: runner_lib.frame_identity(network, f, min_prob, chunk, fv.bank) for f in mine}
+    identities = {
+        f.name: runner_lib.frame_identity(network, f, min_prob, chunk, fv.bank, fv.quality, electrons) for f in mine
+    }
     plan = runner_lib.plan_resume(mine, out, fmt, identities, redo=fv["redo-mismatched"].value)
     for line in plan.warnings(out, fmt):
         sys.stderr.write(line + "\n")
@@ -178,6 +182,8 @@ def run_catalog(fv: flags.FlagValues) -> int:
             fv.readers,
             failures_file,
             image_checks=not fv["skip-image-checks"].value,
+            quality=fv.quality,
+            electrons_per_nmgy=electrons,
         )
     runner_lib.clear_failures(failures_file, summary.failures)  # a rerun that catalogued every frame
     failed = len(summary.failures)
