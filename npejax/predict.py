@@ -18,7 +18,10 @@ An SDSS frame (``--sdss-frame``, r band) brings its own image (HDU 0, nmgy), bac
 interpolated to every pixel times its calibration, nmgy) and, with ``--psfield``, its PSF parameters: nothing
 to convert by hand. A FITS input with a celestial WCS (an SDSS frame has one) gives ``ra`` and ``dec`` columns
 and a FITS catalog keeps the WCS in its header. ``--png`` draws the detections on the (first) image. See
-:mod:`npejax.cataloging.images` for the inputs and :mod:`npejax.nn.predictor` for the catalog's columns.
+:mod:`npejax.cataloging.images` for the inputs and :mod:`npejax.nn.predictor` for the catalog's columns. The
+catalog has the quality flag from the forward model by default (``--noquality``: not; its columns, crops and
+gain / calibration, which ``--electrons-per-nmgy`` gives: :func:`npejax.cataloging.images.add_quality`), and one
+warning line per image with a flagged crop or detection.
 
 Refused before any prediction, with one ``error:`` line and exit status 2, nothing written: a missing or
 foreign workdir, both or neither of ``--workdir`` and ``--pretrained``, an unknown ``--pretrained`` name (the
@@ -31,7 +34,8 @@ near each detection is to them), an image with the sky left in or not in nmgy
 (:mod:`npejax.cataloging.checks`), a singular WCS matrix, invalid PSF parameters or ones outside physical
 ranges, two PSFs, a ``--psf-image`` fitted badly, a ``--chunk-size`` below the network's smallest useful
 one (half of each chunk's side output: the error names it; smaller ones multiply the network calls),
-``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
+``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--electrons-per-nmgy`` that is not a positive
+finite number or is given with ``--noquality``, an ``--out``
 or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory), that is
 one of the inputs (the same file as ``--input``, ``--background``, ``--sdss-frame``, ``--psfield`` or
 ``--bank``, links followed) or that exists (unless ``--overwrite``). A network

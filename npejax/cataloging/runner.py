@@ -55,9 +55,12 @@ FITS catalog in its header keyword ``NPEJAXID``, a CSV one in ``out/identity/NAM
 SHA-256): ``network`` (``pretrained NAME`` or ``workdir W checkpoint best (epoch N)``), ``network_sha256`` (the
 pretrained file's, or that of the checkpoint's checksum record: :func:`npejax.nn.checkpoints.network_identity`),
 ``decode`` (``posterior.decode``), ``min_prob``, ``chunk_size`` (pixels, 0: whole), the frame's ``background``
-and ``psf`` as its line gives them, and ``npejax_version``. A resume (:func:`plan_resume`) compares
-:data:`COMPARED_KEYS` (the network, decode, min_prob, background, PSF; not the chunk size, which leaves the
-catalog as it is, nor the version) with the run's: a catalog made otherwise is an :class:`IdentityMismatchError`
+and ``psf`` as its line gives them, ``quality`` (the quality flag's columns:
+:func:`npejax.cataloging.images.add_quality`) and ``electrons_per_nmgy`` (its gain / calibration when given),
+and ``npejax_version``. A resume (:func:`plan_resume`) compares :data:`COMPARED_KEYS` (the network, decode,
+min_prob, quality, background, PSF, electrons_per_nmgy; not the chunk size, which leaves the catalog as it is,
+nor the version; a key an older identity lacks reads as :data:`IDENTITY_DEFAULTS`: no quality columns) with the
+run's: a catalog made otherwise is an :class:`IdentityMismatchError`
 naming it and the keys with both values (or, with ``redo``, cataloged again), before anything is written; a
 catalog that cannot be read (empty, truncated, corrupt; catalogs are written atomically, so only damage after
 the write does this) is cataloged again with a warning naming it; a catalog that records nothing (written by
@@ -74,8 +77,9 @@ loaded: refusing it would strand every survey begun before, and ``redo`` catalog
 or of the given names in that order: a ``frame`` column (the frame's name) followed by the catalog columns
 less ``image`` (units kept, ``FLUXUNIT`` nmgy, ``NFRAMES``; NaN ``ra``/``dec`` for frames without a WCS among
 frames with one), held in memory (about 150 bytes a row), and the names without a catalog. The catalogs
-must record one network and min_prob (:data:`RUN_KEYS`; two frames that differ are named in an
-:class:`IdentityMismatchError`), which the merged table's meta records (``NPEJAXID``).
+must record one network, min_prob and quality setting (:data:`RUN_KEYS`; two frames that differ are named in an
+:class:`IdentityMismatchError`), which the merged table's meta records (``NPEJAXID``), with the quality flag's
+thresholds and crop (:data:`QUALITY_META`).
 
 **Exit semantics** of the command: a frame that failed (:attr:`Summary.failures`) or a name without a catalog
 makes the exit status :data:`EXIT_FRAMES_FAILED` (1) at the end, after the other frames; a bad frame list
