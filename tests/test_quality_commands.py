@@ -180,3 +180,15 @@ def test_the_quality_setting_is_part_of_a_survey_catalogs_identity(inputs, capsy
     merged = catalog.read_table(tmp_path / "all.fits")
     assert _has_quality(merged) and merged.meta["QTHRDET"] == quality.THRESHOLDS.detection
     assert sorted(set(merged["frame"])) == ["a", "b"]
+
+
+@pytest.mark.fast
+def test_an_npz_with_a_bad_electrons_per_nmgy_is_refused(capsys, tmp_path):
+    images = np.zeros((2, 16, 16), np.float32)
+    psf = np.tile(np.array([1.2, 3.5, 1.5, 3.0, 0.1, 0.08], np.float32), (2, 1))
+    for name, value in (("zero", [0.0, 1000.0]), ("length", [900.0, 1000.0, 1100.0])):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, images=images, background=images + 0.7, psf_params=psf, electrons_per_nmgy=value)
+        code, stdout, err = _predict(capsys, *NETWORK, "--input", path, "--out", tmp_path / "c.fits")
+        assert_one_error(code, stdout, err, f"{path}: electrons_per_nmgy {value} (shape ({len(value)},))")
+        assert not (tmp_path / "c.fits").exists()

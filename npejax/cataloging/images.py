@@ -100,11 +100,15 @@ class Inputs:
         images, background, psf_params = check_inputs(images, background, psf_params, allow_masked=True)
         known = None
         if electrons_per_nmgy is not None:
-            values = np.broadcast_to(np.asarray(electrons_per_nmgy, np.float64), (len(images),)).copy()
+            try:
+                values = np.broadcast_to(np.asarray(electrons_per_nmgy, np.float64), (len(images),)).copy()
+            except ValueError:  # another length, or not numbers
+                values = np.full(len(images), np.nan)
             if not np.all(np.isfinite(values) & (values > 0)):
                 raise ValueError(
-                    f"{name}: electrons_per_nmgy {electrons_per_nmgy!r}: expected positive finite numbers (gain / "
-                    "calibration, electrons per nmgy), one or one per image"
+                    f"{name}: electrons_per_nmgy {np.ravel(electrons_per_nmgy)[:5].tolist()} (shape "
+                    f"{np.shape(electrons_per_nmgy)}): expected positive finite numbers (gain / calibration, "
+                    f"electrons per nmgy), one or one per image ({len(images)})"
                 )
             known = lambda a, b: values[a:b]  # noqa: E731
         return cls(
