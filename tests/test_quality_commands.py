@@ -92,6 +92,19 @@ def test_predict_writes_the_quality_columns_for_every_input_kind(inputs, capsys)
     given = catalog.read_table(root / "g.fits")
     assert given.meta["QEPNMGY"] == 900 and given.meta["QEPSRC"] == "given (--electrons-per-nmgy)"
     assert np.all(np.asarray(given["quality_chi2"]) != np.asarray(table["quality_chi2"]))
+    # --min-prob 0: the rows above 0.5 (the calibration's catalog) are modelled as at the default, the others not
+    code, _, err = _predict(
+        capsys, *NETWORK, "--input", root / "image.fits", "--background", root / "sky.fits", "--field-id", field,
+        "--out", root / "all.fits", "--min-prob", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    every = catalog.read_table(root / "all.fits")
+    above = np.asarray(every["prob_source"]) > 0.5
+    assert len(every) == 400 and above.sum() == len(table) and every.meta["QMINPROB"] == 0.5
+    for name in schema.QUALITY_COLUMNS:
+        np.testing.assert_array_equal(np.asarray(every[name])[above], np.asarray(table[name]), err_msg=name)
+    assert np.all(np.isnan(np.asarray(every["quality_chi2"])[~above])) and not np.any(every["quality_flag"][~above])
+    assert np.all(np.asarray(every["image_quality_chi2"]) == table["image_quality_chi2"][0])  # one crop
     # --noquality: the catalog of before, without the columns or their meta
     code, _, err = _predict(
         capsys, *NETWORK, "--input", root / "image.fits", "--background", root / "sky.fits", "--field-id", field,

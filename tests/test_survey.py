@@ -736,6 +736,8 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
         chunk_size=512,
         background=0.7,
         psf=f"psf-params={PSF.replace('3.0', '3')}",
+        quality=True,  # the quality flag's columns, by default (tests/test_quality_commands.py)
+        electrons_per_nmgy=None,
         npejax_version=npejax.__version__,
     )
     assert (
@@ -789,7 +791,11 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
     assert code == 0 and err == "", err
     merged = catalog.read_table(tmp_path / "all.fits")
     assert json.loads(merged.meta[runner_lib.IDENTITY_KEY]) == dict(
-        network=identity["network"], network_sha256=identity["network_sha256"], decode="group", min_prob=0.3
+        network=identity["network"],
+        network_sha256=identity["network_sha256"],
+        decode="group",
+        min_prob=0.3,
+        quality=True,
     )
     code, stdout, err = _survey(
         capsys, "catalog", *args[1:], "--min-prob", "0.6", "--redo-mismatched", "--shard", "1/2"

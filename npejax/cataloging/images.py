@@ -495,6 +495,10 @@ def catalog_inputs(
 
 
 QUALITY_WARNINGS = 5  # images named one by one in the quality flag's warnings; the rest are counted
+# The quality flag's thresholds were calibrated on catalogs at the default --min-prob: only rows above it are
+# modelled and flagged (a catalog at --min-prob 0 holds a row per tile; fitting them all would fit the noise, and
+# cost a fit of thousands of profiles per crop)
+QUALITY_MIN_PROB = 0.5
 
 
 def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, electrons_per_nmgy=None) -> dict:
@@ -511,7 +515,9 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
     middle where it cannot be). The meta records it (``QEPNMGY``: the median over the images; ``QEPSRC``: where
     it comes from), the thresholds and crop (``QTHR*``, ``QCROP``, ``QMARGIN``) and the counts over all images
     (``QNCROP`` crops, ``QNCRFLG`` of them flagged, ``QNDETFLG`` detections flagged; ``QFRCROP`` and ``QFRDET``
-    the fractions). One warning line per image with a flagged crop or detection (the first
+    the fractions). Only rows with ``prob_source`` above :data:`QUALITY_MIN_PROB` (the calibration's catalogs) are
+    modelled and flagged: those below (a ``min_prob`` below it) get NaN statistics, no ``quality_flag``, and their
+    crop's ``image_quality_*``. One warning line per image with a flagged crop or detection (the first
     :data:`QUALITY_WARNINGS`, then a count). Returns the counts per image (``crops``, ``crops_flagged``,
     ``detections``, ``detections_flagged``: arrays [num_images])."""
     from npejax.cataloging import quality as quality_lib  # deferred: GalSim loads only when the flag is asked
@@ -527,13 +533,14 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
     crop_chi2, crop_flag = np.full(len(table), np.nan), np.zeros(len(table), bool)
     counts = {k: np.zeros(n, np.int64) for k in ("crops", "crops_flagged", "detections", "detections_flagged")}
     values, sources = [], set()
+    claimed = np.asarray(table["prob_source"], np.float64) > QUALITY_MIN_PROB
     for start, (images, background, psf_params) in inputs.batches(batch_size):
         images = np.asarray(images)[None] if np.ndim(images) == 2 else np.asarray(images)
         stop = start + len(images)
         to_e, source = _electrons(inputs, start, stop, images, background, electrons_per_nmgy)
         values.append(to_e)
         sources.add(source)
-        rows = np.flatnonzero((image >= start) & (image < stop))
+        rows = np.flatnonzero((image >= start) & (image < stop) & claimed)
         masked = ~np.isfinite(images)
         found, crops = quality_lib.crop_quality(
             table[rows],
@@ -548,10 +555,15 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
         for key in det:
             det[key][rows] = found[key]
         crop_chi2[rows], crop_flag[rows] = crops["chi2"][found["crop"]], crops["flag"][found["crop"]]
+        rest = np.flatnonzero((image >= start) & (image < stop) & ~claimed)  # their crop's statistic
+        if rest.size:
+            x, y = catalog_lib.array_xy(table[rest])
+            k = crop_lookup(crops, image[rest] - start, x, y)
+            crop_chi2[rest], crop_flag[rest] = crops["chi2"][k], crops["flag"][k]
         where = start + crops["image"]
         np.add.at(counts["crops"], where, 1)
         np.add.at(counts["crops_flagged"], where, crops["flag"].astype(np.int64))
-    np.add.at(counts["detections"], image, 1)
+    np.add.at(counts["detections"], image[claimed], 1)
     np.add.at(counts["detections_flagged"], image, det["flag"].astype(np.int64))
     quality_lib.set_quality_columns(table, det, crop_chi2, crop_flag, quality_lib.THRESHOLDS)
     crops_total, crops_flagged = int(counts["crops"].sum()), int(counts["crops_flagged"].sum())
@@ -565,7 +577,8 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
         QNCRFLG=crops_flagged,
         QNDETFLG=flagged,
         QFRCROP=round(crops_flagged / max(crops_total, 1), 5),
-        QFRDET=round(flagged / max(len(table), 1), 5),
+        QFRDET=round(flagged / max(int(claimed.sum()), 1), 5),
+        QMINPROB=QUALITY_MIN_PROB,
     )
     noted = np.flatnonzero((counts["crops_flagged"] > 0) | (counts["detections_flagged"] > 0))
     size = quality_lib.CROP_SIZE
@@ -578,6 +591,24 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
     if len(noted) > QUALITY_WARNINGS:
         checks.warn(f"{inputs.name}: {len(noted) - QUALITY_WARNINGS} more images flagged by the quality check")
     return counts
+
+
+def crop_lookup(crops: dict, image, x, y) -> np.ndarray:
+    """The row of :func:`npejax.cataloging.quality.crop_quality`'s per-crop arrays whose core holds each point
+    (``image`` index into its images, ``x``, ``y`` pixels from the edge): the crop of the nearest core centre."""
+    from npejax.cataloging.quality import crop_of  # deferred: as add_quality
+
+    keys = {(int(i), int(r), int(c)): k for k, (i, r, c) in enumerate(zip(crops["image"], crops["row"], crops["col"]))}
+    out = np.zeros(len(x), np.int64)
+    for i in np.unique(image):
+        mine = crops["image"] == i
+        row_starts, col_starts = np.unique(crops["row"][mine]), np.unique(crops["col"][mine])
+        rows_side, cols_side = int(crops["rows"][mine][0]), int(crops["cols"][mine][0])
+        sel = np.flatnonzero(image == i)
+        a = row_starts[crop_of(y[sel], row_starts, rows_side)]
+        b = col_starts[crop_of(x[sel], col_starts, cols_side)]
+        out[sel] = [keys[(int(i), int(r), int(c))] for r, c in zip(a, b)]
+    return out
 
 
 def _electrons(inputs: Inputs, start: int, stop: int, images, background, given) -> tuple[np.ndarray, str]:
