@@ -416,6 +416,7 @@ def sharded(workdir, tmp_path_factory):
                 "0.5",
                 "--readers",
                 str(i + 1),
+                "--noquality",  # (the tiny network's row per tile; tests/test_quality_commands.py tests the flag)
             ]
         )
         outputs.append(code)
@@ -454,6 +455,7 @@ def test_shards_are_disjoint_and_cover_the_list(sharded, workdir, capsys, monkey
             PSF,
             "--shard",
             f"{i}/3",
+            "--noquality",
         )
         assert code == 0, err
         names = _catalog_names(out)
@@ -479,6 +481,7 @@ def test_shards_are_disjoint_and_cover_the_list(sharded, workdir, capsys, monkey
         PSF,
         "--format",
         "csv",
+        "--noquality",
     ]
     code, stdout, err = _survey(capsys, *common, "--out", root / "slurm")
     assert code == 0, err
@@ -732,6 +735,7 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
     (tmp_path / "frames.txt").write_text(f"a.fits psf-params={PSF}\nb.fits psf-params=1.20,3.5,1.5,3,0.1,0.08\n")
     out = tmp_path / "out"
     args = ["catalog", "--workdir", workdir, "--frames", tmp_path / "frames.txt", "--out", out, "--background", "0.7"]
+    args.append("--noquality")  # (cost: the tiny network's row per tile; the default: test_quality_commands.py)
     code, stdout, err = _survey(capsys, *args)
     assert code == 0 and err == "", err
     identity = checkpoints.network_identity(workdir)
@@ -742,7 +746,7 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
         chunk_size=512,
         background=0.7,
         psf=f"psf-params={PSF.replace('3.0', '3')}",
-        quality=True,  # the quality flag's columns, by default (tests/test_quality_commands.py)
+        quality=False,
         electrons_per_nmgy=None,
         npejax_version=npejax.__version__,
     )
@@ -801,7 +805,7 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
         network_sha256=identity["network_sha256"],
         decode="group",
         min_prob=0.3,
-        quality=True,
+        quality=False,
     )
     code, stdout, err = _survey(
         capsys, "catalog", *args[1:], "--min-prob", "0.6", "--redo-mismatched", "--shard", "1/2"
@@ -820,6 +824,7 @@ def test_csv_catalogs_record_their_identity_beside_them(workdir, tmp_path, capsy
     (tmp_path / "frames.txt").write_text(f"a.fits background=0.7 psf-params={PSF}\n")
     out = tmp_path / "out"
     args = ["catalog", "--workdir", workdir, "--frames", tmp_path / "frames.txt", "--out", out, "--format", "csv"]
+    args.append("--noquality")  # (cost: the tiny network's row per tile)
     assert _survey(capsys, *args)[0] == 0
     assert os.listdir(out / "catalogs") == ["a.csv"] and os.listdir(out / "identity") == ["a.json"]
     assert runner_lib.read_catalog(str(out / "catalogs" / "a.csv"))[1]["network"].startswith(f"workdir {workdir}")
