@@ -347,3 +347,18 @@ def test_a_hot_streak_flags_its_crop_and_the_detections_on_it(setup):
     struck = (crops["row"] <= 139) & (crops["row"] + 80 > 100) & (crops["col"] <= 84) & (crops["col"] + 80 > 60)
     assert np.all(crops["flag"][struck]) and not crops["flag"][~struck].any()
     assert hit.size >= 1 and np.all(det["flag"][hit])
+
+
+@pytest.mark.fast
+def test_a_crop_crowded_beyond_max_detections_is_skipped(setup):
+    """A crop whose modelled window holds more than max_detections rows is not fitted (an untrained network's row
+    per tile would cost minutes): NaN statistics, no flag, marked skipped; at the limit it is checked as ever."""
+    config, _, _, _, to_e = setup
+    images, background, psf = _scene(setup, np.random.default_rng(10))
+    at_limit, _ = quality.crop_quality(_table(), images, background, psf, to_e, config, max_detections=3)
+    unlimited, crops = quality.crop_quality(_table(), images, background, psf, to_e, config)
+    np.testing.assert_array_equal(at_limit["chi2"], unlimited["chi2"])
+    assert not crops["skipped"].any()
+    det, crops = quality.crop_quality(_table(), images, background, psf, to_e, config, max_detections=2)
+    assert crops["skipped"].tolist() == [True] and np.isnan(crops["chi2"]).all() and not crops["flag"].any()
+    assert np.isnan(det["chi2"]).all() and not det["flag"].any() and crops["n_detections"].tolist() == [3]

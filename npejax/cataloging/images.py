@@ -499,6 +499,10 @@ QUALITY_WARNINGS = 5  # images named one by one in the quality flag's warnings; 
 # modelled and flagged (a catalog at --min-prob 0 holds a row per tile; fitting them all would fit the noise, and
 # cost a fit of thousands of profiles per crop)
 QUALITY_MIN_PROB = 0.5
+# A crop whose modelled window (112 x 112 pixels, 784 tiles) holds more detections is not checked (NaN, a warning):
+# a catalog with a detection in most tiles (an untrained network) would cost minutes of fitting per crop; the
+# simulated 1000 x 1000 image of the cost measurement holds about 8 per window
+QUALITY_MAX_DETECTIONS = 200
 
 
 def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, electrons_per_nmgy=None) -> dict:
@@ -515,11 +519,13 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
     middle where it cannot be). The meta records it (``QEPNMGY``: the median over the images; ``QEPSRC``: where
     it comes from), the thresholds and crop (``QTHR*``, ``QCROP``, ``QMARGIN``) and the counts over all images
     (``QNCROP`` crops, ``QNCRFLG`` of them flagged, ``QNDETFLG`` detections flagged; ``QFRCROP`` and ``QFRDET``
-    the fractions). Only rows with ``prob_source`` above :data:`QUALITY_MIN_PROB` (the calibration's catalogs) are
-    modelled and flagged: those below (a ``min_prob`` below it) get NaN statistics, no ``quality_flag``, and their
-    crop's ``image_quality_*``. One warning line per image with a flagged crop or detection (the first
-    :data:`QUALITY_WARNINGS`, then a count). Returns the counts per image (``crops``, ``crops_flagged``,
-    ``detections``, ``detections_flagged``: arrays [num_images])."""
+    the fractions; ``QNCRSKIP`` crops not checked: more than :data:`QUALITY_MAX_DETECTIONS` detections in their
+    modelled window, NaN statistics, one warning line per image). Only rows with ``prob_source`` above
+    :data:`QUALITY_MIN_PROB` (the calibration's catalogs) are modelled and flagged: those below (a ``min_prob``
+    below it) get NaN statistics, no ``quality_flag``, and their crop's ``image_quality_*``. One warning line per
+    image with a flagged crop or detection (the first :data:`QUALITY_WARNINGS`, then a count). Returns the counts
+    per image (``crops``, ``crops_flagged``, ``crops_skipped``, ``detections``, ``detections_flagged``: arrays
+    [num_images])."""
     from npejax.cataloging import quality as quality_lib  # deferred: GalSim loads only when the flag is asked
 
     n = inputs.num_images
@@ -531,7 +537,10 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
         flag=np.zeros(len(table), bool),
     )
     crop_chi2, crop_flag = np.full(len(table), np.nan), np.zeros(len(table), bool)
-    counts = {k: np.zeros(n, np.int64) for k in ("crops", "crops_flagged", "detections", "detections_flagged")}
+    counts = {
+        k: np.zeros(n, np.int64)
+        for k in ("crops", "crops_flagged", "crops_skipped", "detections", "detections_flagged")
+    }
     values, sources = [], set()
     claimed = np.asarray(table["prob_source"], np.float64) > QUALITY_MIN_PROB
     for start, (images, background, psf_params) in inputs.batches(batch_size):
@@ -551,6 +560,7 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
             net.config,
             mask=masked if masked.any() else None,
             image_offset=start,
+            max_detections=QUALITY_MAX_DETECTIONS,
         )
         for key in det:
             det[key][rows] = found[key]
@@ -563,6 +573,7 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
         where = start + crops["image"]
         np.add.at(counts["crops"], where, 1)
         np.add.at(counts["crops_flagged"], where, crops["flag"].astype(np.int64))
+        np.add.at(counts["crops_skipped"], where, crops["skipped"].astype(np.int64))
     np.add.at(counts["detections"], image[claimed], 1)
     np.add.at(counts["detections_flagged"], image, det["flag"].astype(np.int64))
     quality_lib.set_quality_columns(table, det, crop_chi2, crop_flag, quality_lib.THRESHOLDS)
@@ -575,6 +586,7 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
         QEPSRC="; ".join(sorted(sources)),
         QNCROP=crops_total,
         QNCRFLG=crops_flagged,
+        QNCRSKIP=int(counts["crops_skipped"].sum()),
         QNDETFLG=flagged,
         QFRCROP=round(crops_flagged / max(crops_total, 1), 5),
         QFRDET=round(flagged / max(int(claimed.sum()), 1), 5),
@@ -590,6 +602,15 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
         )
     if len(noted) > QUALITY_WARNINGS:
         checks.warn(f"{inputs.name}: {len(noted) - QUALITY_WARNINGS} more images flagged by the quality check")
+    skipped = np.flatnonzero(counts["crops_skipped"] > 0)
+    for i in skipped[:QUALITY_WARNINGS]:
+        checks.warn(
+            f"{inputs.name}: image {i}: {counts['crops_skipped'][i]} of {counts['crops'][i]} {size}x{size} regions not "
+            f"checked by the quality check: more than {QUALITY_MAX_DETECTIONS} detections around each (a detection in "
+            "most tiles: is the network trained?); NaN quality columns there"
+        )
+    if len(skipped) > QUALITY_WARNINGS:
+        checks.warn(f"{inputs.name}: {len(skipped) - QUALITY_WARNINGS} more images with regions not checked")
     return counts
 
 

@@ -493,6 +493,9 @@ def crop_of(position, starts: np.ndarray, side: int) -> np.ndarray:
     return np.searchsorted(midpoints, np.asarray(position, np.float64), side="right")
 
 
+CROP_KEYS = ("image", "row", "col", "rows", "cols", "chi2", "frac5", "pixels", "flag")  # and n_detections, skipped
+
+
 def crop_quality(
     table,
     images,
@@ -505,6 +508,7 @@ def crop_quality(
     image_offset: int = 0,
     crop: int = CROP_SIZE,
     margin: int = CROP_MARGIN,
+    max_detections: int | None = None,
 ) -> tuple[dict, dict]:
     """(per-detection statistics, per-crop statistics) of ``table``'s rows against ``images`` of any size, in crops
     whose cores are the calibration's ``crop`` x ``crop`` pixels (:func:`crop_starts`; arguments as
@@ -517,8 +521,10 @@ def crop_quality(
     in exactly one. An image of ``crop`` x ``crop`` pixels or smaller is one crop with no margin: the numbers of
     :func:`quality`. Per detection: ``chi2``, ``maxres``, ``flux_ratio``, ``flag`` and ``crop`` (its crop's row in
     the per-crop arrays); per crop: ``image`` (index into ``images``), ``row``, ``col`` (its core's first pixel),
-    ``rows``, ``cols`` (its core's size), ``chi2``, ``frac5``, ``pixels``, ``flag``, ``n_detections``. Memory:
-    the profiles of one crop at a time."""
+    ``rows``, ``cols`` (its core's size), ``chi2``, ``frac5``, ``pixels``, ``flag``, ``n_detections``,
+    ``skipped``. Memory: the profiles of one crop at a time. ``max_detections``: a crop whose modelled window holds
+    more detections is skipped (NaN statistics, no flag, ``skipped``): a catalog with a detection in most tiles
+    (an untrained network) would cost a fit of thousands of profiles per crop."""
     images, background, psf_params, to_e, mask = _check_arrays(images, background, psf_params, electrons_per_nmgy, mask)
     for column in ("image", "x", "y", "flux", "prob_galaxy"):
         if column not in table.colnames:
@@ -558,6 +564,14 @@ def crop_quality(
                             (1, *key), psf_params[i : i + 1], to_e[i : i + 1], background[i : i + 1], config
                         )[0]
                     inside = np.flatnonzero(mine & (y >= e0) & (y < e1) & (x >= f0) & (x < f1))
+                    held = (crop_row[inside] == a) & (crop_col[inside] == b)
+                    if max_detections is not None and inside.size > max_detections:
+                        det["crop"][inside[held]] = len(crops["image"])
+                        for name, value in zip(CROP_KEYS, (i, r0, c0, rows_side, cols_side, np.nan, np.nan, 0, False)):
+                            crops[name].append(value)
+                        crops["n_detections"].append(int(held.sum()))
+                        crops["skipped"].append(True)
+                        continue
                     window = (slice(e0, e1), slice(f0, f1))
                     crop_mask = None if mask is None else mask[i][window]
                     stars, galaxies, ratio = _model_image(
@@ -584,7 +598,6 @@ def crop_quality(
                     core = np.full(z.shape, np.nan)
                     core[:, r0 - e0 : r1 - e0, c0 - f0 : c1 - f0] = z[:, r0 - e0 : r1 - e0, c0 - f0 : c1 - f0]
                     stats = image_statistics(core, thresholds)
-                    held = (crop_row[inside] == a) & (crop_col[inside] == b)
                     own = inside[held]
                     found = detection_statistics(
                         z, np.zeros(own.size, np.int64), x[own] - f0, y[own] - e0, fwhm[i : i + 1]
@@ -592,19 +605,18 @@ def crop_quality(
                     det["chi2"][own], det["maxres"][own] = found["chi2"], found["maxres"]
                     det["flux_ratio"][own] = ratio[held]
                     det["crop"][own] = len(crops["image"])
-                    for name, value in (
-                        ("image", i),
-                        ("row", r0),
-                        ("col", c0),
-                        ("rows", rows_side),
-                        ("cols", cols_side),
-                        ("chi2", stats["chi2"][0]),
-                        ("frac5", stats["frac5"][0]),
-                        ("pixels", stats["pixels"][0]),
-                        ("flag", stats["flag"][0]),
-                        ("n_detections", own.size),
-                    ):
+                    values = (
+                        i,
+                        r0,
+                        c0,
+                        rows_side,
+                        cols_side,
+                        *(stats[k][0] for k in ("chi2", "frac5", "pixels", "flag")),
+                    )
+                    for name, value in zip(CROP_KEYS, values):
                         crops[name].append(value)
+                    crops["n_detections"].append(own.size)
+                    crops["skipped"].append(False)
     det["flag"] = detection_flags(det["chi2"], det["flux_ratio"], thresholds)
     per_crop = {name: np.asarray(values) for name, values in crops.items()}
     return det, per_crop
