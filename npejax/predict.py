@@ -18,7 +18,10 @@ An SDSS frame (``--sdss-frame``, r band) brings its own image (HDU 0, nmgy), bac
 interpolated to every pixel times its calibration, nmgy) and, with ``--psfield``, its PSF parameters: nothing
 to convert by hand. A FITS input with a celestial WCS (an SDSS frame has one) gives ``ra`` and ``dec`` columns
 and a FITS catalog keeps the WCS in its header. ``--png`` draws the detections on the (first) image. See
-:mod:`npejax.cataloging.images` for the inputs and :mod:`npejax.nn.predictor` for the catalog's columns.
+:mod:`npejax.cataloging.images` for the inputs and :mod:`npejax.nn.predictor` for the catalog's columns. The
+catalog has the quality flag from the forward model by default (``--noquality``: not; its columns, crops and
+gain / calibration, which ``--electrons-per-nmgy`` gives: :func:`npejax.cataloging.images.add_quality`), and one
+warning line per image with a flagged crop or detection.
 
 Refused before any prediction, with one ``error:`` line and exit status 2, nothing written: a missing or
 foreign workdir, both or neither of ``--workdir`` and ``--pretrained``, an unknown ``--pretrained`` name (the
@@ -31,7 +34,8 @@ near each detection is to them), an image with the sky left in or not in nmgy
 (:mod:`npejax.cataloging.checks`), a singular WCS matrix, invalid PSF parameters or ones outside physical
 ranges, two PSFs, a ``--psf-image`` fitted badly, a ``--chunk-size`` below the network's smallest useful
 one (half of each chunk's side output: the error names it; smaller ones multiply the network calls),
-``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--out``
+``--min-prob`` outside [0, 1), ``--batch-size`` < 1, an ``--electrons-per-nmgy`` that is not a positive
+finite number or is given with ``--noquality``, an ``--out``
 or ``--png`` that cannot be written (under a file, in a read-only directory, an existing directory), that is
 one of the inputs (the same file as ``--input``, ``--background``, ``--sdss-frame``, ``--psfield`` or
 ``--bank``, links followed) or that exists (unless ``--overwrite``). A network
@@ -86,6 +90,25 @@ def define_skip_checks(fv: flags.FlagValues) -> None:
         False,
         "Catalog images that do not look sky-subtracted and in nanomaggies (median, noise against the "
         "background, BUNIT: npejax.cataloging.checks) instead of refusing them.",
+        flag_values=fv,
+    )
+
+
+def define_quality_flags(fv: flags.FlagValues) -> None:
+    """``--[no]quality`` and ``--electrons-per-nmgy`` (also flags of ``npejax.survey catalog``; checked by
+    :func:`npejax.cataloging.options.electrons_per_nmgy_flag`)."""
+    flags.DEFINE_boolean(
+        "quality",
+        True,
+        "Add the quality flag from the forward model (quality_* and image_quality_* columns: the catalog "
+        "re-rendered and compared with the image, in 80x80 crops; npejax.cataloging.quality).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "electrons-per-nmgy",
+        None,
+        "The images' gain / calibration (electrons per nmgy) for the quality flag's pixel noise (default: the "
+        "dataset's field bank, an .npz's electrons_per_nmgy, else measured from each image's pixel noise).",
         flag_values=fv,
     )
 
@@ -149,6 +172,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "bank", None, "Field bank for --field-id and --fwhm (default: the embedded synthetic bank).", flag_values=fv
     )
     define_skip_checks(fv)
+    define_quality_flags(fv)
     flags.DEFINE_boolean(
         "progress",
         True,
@@ -208,6 +232,7 @@ def run(fv: flags.FlagValues) -> None:
     # everything a user can get wrong is checked before the network runs: flags, output paths, inputs
     options.check_network_flags(fv)
     min_prob = options.min_prob_flag(fv["min-prob"].value)
+    electrons = options.electrons_per_nmgy_flag(fv["electrons-per-nmgy"].value, fv.quality)
     batch_size, chunk_size = fv["batch-size"].value, fv["chunk-size"].value
     if batch_size < 1:
         raise cli.UsageError(f"--batch-size {batch_size}: expected a positive number of images per network call")
@@ -231,7 +256,16 @@ def run(fv: flags.FlagValues) -> None:
     net = options.load_network(fv)
     chunk_size = options.chunk_size_flag(net, chunk_size)
 
-    table = images.catalog_inputs(net, inputs, min_prob, batch_size, chunk_size, progress=fv.progress)
+    table = images.catalog_inputs(
+        net,
+        inputs,
+        min_prob,
+        batch_size,
+        chunk_size,
+        progress=fv.progress,
+        quality=fv.quality,
+        electrons_per_nmgy=electrons,
+    )
     with io.write_errors("--out", fv.out):  # a full disk: one line, no partial file (atomic write)
         catalog_lib.write_table(table, fv.out)
     print(f"{len(table)} sources in {inputs.num_images} images -> {fv.out}")

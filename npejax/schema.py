@@ -59,7 +59,10 @@ size, t = ``tile_size``, Th = H / t, Tw = W / t.
    0.0, as numpy, astropy, photutils and sep; meta ``PIXCONV = 'CENTER0'``): table x = array x - 0.5,
    converted by :func:`npejax.catalogs.table_xy` and :func:`~npejax.catalogs.array_xy` alone.
    :data:`QUALITY_COLUMNS` are what the quality flag from the forward model adds to a predicted table,
-   :data:`QUALITY_IMAGE_COLUMNS` its per-image table (:mod:`npejax.cataloging.quality`).
+   :data:`QUALITY_IMAGE_COLUMNS` its per-image table (:mod:`npejax.cataloging.quality`); in the commands'
+   catalogs (and :func:`npejax.cataloging.quality.add_crop_quality_columns`) ``image_quality_chi2`` and
+   ``image_quality_flag`` are those of the 80 x 80 crop around the detection (the whole image when it is no
+   larger); thresholds calibrated for the shipped ``cpu`` network at 80 x 80 (meta ``QTHR*``).
 """
 
 from __future__ import annotations
@@ -124,7 +127,11 @@ QUALITY_COLUMNS = {
     "quality_maxres": (None, "largest |z| in the aperture, in sigma of the pixel noise"),
     "quality_flag": (None, "quality_chi2 above QTHRDET or quality_flux_ratio below QTHRRAT (calibrated thresholds)"),
     "quality_flux_ratio": (None, "flux fitted to the image with the detection's profiles over the predicted flux"),
-    "image_quality_chi2": (None, "mean z^2 over the unmasked pixels of the detection's image"),
+    "image_quality_chi2": (
+        None,
+        "mean z^2 over the unmasked pixels of the detection's image, or of the 80 x 80 crop around it (QCROP) "
+        "in the commands' catalogs and images larger than that",
+    ),
     "image_quality_flag": (None, "image_quality_chi2 above the calibrated threshold (QTHRIMG)"),
 }
 QUALITY_IMAGE_COLUMNS = {

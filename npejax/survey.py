@@ -3,6 +3,7 @@
     python -m npejax.survey catalog --workdir runs/aware --frames frames.txt --out DIR [--format fits|csv]
         [--shard I/N] [--min-prob 0.5] [--chunk-size 512] [--background B] [--field-id NAME | --psf-params P]
         [--bank bank.npz] [--checkpoint best|latest] [--readers 2] [--redo-mismatched]
+        [--noquality | --electrons-per-nmgy E]
     python -m npejax.survey catalog --pretrained cpu --frames frames.txt --out DIR ...   # a shipped network
     python -m npejax.survey merge --survey DIR --out all.fits [--frames frames.txt]
 
@@ -14,21 +15,22 @@ The frame list (``--frames``) is a text file, one frame per line, ``#`` comments
     images/f3.fits                                                     # the command's --background, --field-id
     images/f4.fits background=0.7 fwhm=1.4                             # or psf-image=f4-psf.fits
 
-``catalog`` writes ``DIR/catalogs/NAME.fits`` (or ``.csv``) per frame of its shard (NAME: the file name
-without its extensions), each recording what made it (the network: ``--pretrained`` name or ``--workdir``
-checkpoint and its SHA-256; ``--min-prob``; the frame's background and PSF; the npejax version: in the FITS
-header, for CSV in ``DIR/identity/NAME.json``). A rerun resumes: it skips the frames whose catalog was made
-by the same network and settings, catalogs again (a warning line each) those whose catalog cannot be read,
-keeps with a warning those whose catalog records nothing (an older npejax's), and refuses any other (exit 2,
-naming the catalog and what differs) unless ``--redo-mismatched``, before any work. A frame that cannot be
-cataloged is one line ``failed: frame K NAME (PATH): REASON`` on stderr and a row of
-``DIR/failures-I-of-N.csv``; the others go on. Frame K belongs to shard K mod N: ``--shard I/N``, else a
-Slurm job array's ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, else every frame. ``merge`` writes one
-table ``--out`` (FITS or CSV by extension) of every catalog in ``--survey DIR``'s ``catalogs`` (by name), or of
-the ``--frames`` list's frames in its order, with a ``frame`` column (an existing ``--out`` is refused unless
-``--overwrite``) and, in a FITS table's header, the one network and ``--min-prob`` that made them
-(catalogs of two are refused, naming two frames that differ); the earlier spelling ``merge --out DIR --table T``
-is refused with a line that gives the new one.
+``catalog`` writes ``DIR/catalogs/NAME.fits`` (or ``.csv``) per frame of its shard (NAME: the file name without
+its extensions), each recording what made it (the network: ``--pretrained`` name or ``--workdir`` checkpoint and
+its SHA-256; ``--min-prob``; the frame's background and PSF; ``--[no]quality`` and ``--electrons-per-nmgy``: the
+quality flag's columns, on by default, as ``npejax.predict``'s; the npejax version: in the FITS header, for CSV
+in ``DIR/identity/NAME.json``). A rerun resumes: it skips the frames whose catalog was made by the same network
+and settings, catalogs again (a warning line each) those whose catalog cannot be read, keeps with a warning those
+whose catalog records nothing (an older npejax's), and refuses any other (exit 2, naming the catalog and what
+differs) unless ``--redo-mismatched``, before any work. A frame that cannot be cataloged is one line ``failed:
+frame K NAME (PATH): REASON`` on stderr and a row of ``DIR/failures-I-of-N.csv``; the others go on. Frame K
+belongs to shard K mod N: ``--shard I/N``, else a Slurm job array's
+``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, else every frame. ``merge`` writes one table ``--out`` (FITS
+or CSV by extension) of every catalog in ``--survey DIR``'s ``catalogs`` (by name), or of the ``--frames`` list's
+frames in its order, with a ``frame`` column (an existing ``--out`` is refused unless ``--overwrite``) and, in a
+FITS table's header, the one network and ``--min-prob`` that made them (catalogs of two are refused, naming two
+frames that differ); the earlier spelling ``merge --out DIR --table T`` is refused with a line that gives the new
+one.
 The frame list's keys, the files, the sharding rule and the merged table: :mod:`npejax.cataloging.runner`.
 
 Exit status: 0; 1 when a frame failed (catalog) or a listed frame has no catalog (merge; the table of the
@@ -112,6 +114,7 @@ def define_catalog_flags(fv: flags.FlagValues) -> None:
         "fwhm", None, "Default PSF of FITS lines: its FWHM in arcsec (as npejax.predict --fwhm).", flag_values=fv
     )
     predict.define_skip_checks(fv)
+    predict.define_quality_flags(fv)  # --[no]quality, --electrons-per-nmgy
     flags.DEFINE_string("bank", None, "Field bank of field-id (default: the embedded synthetic bank).", flag_values=fv)
     flags.DEFINE_bool(
         "redo-mismatched",
@@ -130,6 +133,7 @@ def run_catalog(fv: flags.FlagValues) -> int:
     # everything a user can get wrong in the command line is checked before a frame is read
     options.check_network_flags(fv)
     min_prob = options.min_prob_flag(fv["min-prob"].value)
+    electrons = options.electrons_per_nmgy_flag(fv["electrons-per-nmgy"].value, fv.quality)
     field_id, psf_params = fv["field-id"].value, fv["psf-params"].value
     options.check_defaults(fv.background, field_id, psf_params, fv.fwhm)
     shard, num_shards, shard_source = runner_lib.resolve_shard(fv.shard)
@@ -148,7 +152,9 @@ def run_catalog(fv: flags.FlagValues) -> int:
     # a resume checks what made the existing catalogs, and a missing workdir is refused even with nothing to do
     network = options.network_identity(fv)
     chunk = fv["chunk-size"].value
-    identities = {f.name: runner_lib.frame_identity(network, f, min_prob, chunk, fv.bank) for f in mine}
+    identities = {
+        f.name: runner_lib.frame_identity(network, f, min_prob, chunk, fv.bank, fv.quality, electrons) for f in mine
+    }
     plan = runner_lib.plan_resume(mine, out, fmt, identities, redo=fv["redo-mismatched"].value)
     for line in plan.warnings(out, fmt):
         sys.stderr.write(line + "\n")
@@ -178,6 +184,8 @@ def run_catalog(fv: flags.FlagValues) -> int:
             fv.readers,
             failures_file,
             image_checks=not fv["skip-image-checks"].value,
+            quality=fv.quality,
+            electrons_per_nmgy=electrons,
         )
     runner_lib.clear_failures(failures_file, summary.failures)  # a rerun that catalogued every frame
     failed = len(summary.failures)

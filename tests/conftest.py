@@ -119,10 +119,15 @@ def make_tiny_config() -> ml_collections.ConfigDict:
 FIELD_WARNING = "from the network's training fields"  # npejax.cataloging.images.FieldRange (tests/test_field_range.py)
 
 
-def without_field_warnings(err: str) -> str:
+QUALITY_WARNING = "flagged by the quality check"  # npejax.cataloging.images.add_quality (test_quality_commands.py)
+
+
+def without_field_warnings(err: str, quality: bool = False) -> str:
     """``err`` without the warnings of images beyond the network's training fields: the SDSS frame fixtures and
-    several tests' PSFs lie outside the default bank, and tests/test_field_range.py tests those lines."""
-    return "".join(line for line in err.splitlines(keepends=True) if FIELD_WARNING not in line)
+    several tests' PSFs lie outside the default bank, and tests/test_field_range.py tests those lines; with
+    ``quality``, without the quality flag's lines too (a tiny test network's catalogs are flagged)."""
+    drop = (FIELD_WARNING, QUALITY_WARNING) if quality else (FIELD_WARNING,)
+    return "".join(line for line in err.splitlines(keepends=True) if not any(d in line for d in drop))
 
 
 def one_error_line(err: str) -> str:

@@ -10,7 +10,7 @@ from astropy.io import fits
 
 from npejax import catalogs as catalog
 from npejax import datasets as data
-from npejax import predict
+from npejax import predict, schema
 from npejax.nn import predictor, train
 from npejax.sim import fields, pipeline
 
@@ -37,11 +37,16 @@ def _predict(capsys, *args):
 def assert_same_catalog(got, expected, allow_empty=False, csv=False):
     """Row for row: same columns, same images, positions and fluxes to float32 precision (``csv``: to the
     precision a CSV prints, catalog.CSV_FORMATS). The commands' catalogs also give each image's
-    ``field_distance`` from the training fields (npejax.cataloging.images.FieldRange; tests/test_field_range.py),
+    ``field_distance`` from the training fields (npejax.cataloging.images.FieldRange; tests/test_field_range.py)
+    and, unless --noquality, the quality flag's columns (npejax.schema.QUALITY_COLUMNS; tests/test_quality.py),
     which ``Predictor.catalog`` (``expected``) does not."""
     if "field_distance" in got.colnames and "field_distance" not in expected.colnames:
         assert np.all(np.isfinite(np.asarray(got["field_distance"], float)))
         got = got[[name for name in got.colnames if name != "field_distance"]]
+    if "quality_flag" in got.colnames and "quality_flag" not in expected.colnames:
+        assert all(name in got.colnames for name in schema.QUALITY_COLUMNS)
+        assert got["quality_flag"].dtype == bool and got["image_quality_flag"].dtype == bool
+        got = got[[name for name in got.colnames if name not in schema.QUALITY_COLUMNS]]
     assert got.colnames == expected.colnames and len(got) == len(expected)
     assert allow_empty or len(got) > 0
     for name in got.colnames:
@@ -83,8 +88,18 @@ def test_dataset_and_npz_inputs_give_the_predictor_catalog(trained, capsys):
     tmp, net, arrays = trained
     expected = net.catalog(arrays["images"], arrays["background"], arrays["psf_params"], min_prob=0.0)
     assert len(expected) == 6 * 20 * 20 and set(expected["image"]) == set(range(6))
+    # --noquality: min-prob 0 keeps every tile, which the quality flag rightly flags (tests/test_quality.py)
     code, out, err = _predict(
-        capsys, "--workdir", tmp / "run", "--input", tmp / "test", "--out", tmp / "a.fits", "--min-prob", "0"
+        capsys,
+        "--workdir",
+        tmp / "run",
+        "--input",
+        tmp / "test",
+        "--out",
+        tmp / "a.fits",
+        "--min-prob",
+        "0",
+        "--noquality",
     )
     assert code == 0 and err == "", err
     assert out == f"{6 * 20 * 20} sources in 6 images -> {tmp / 'a.fits'}\n"
@@ -102,6 +117,7 @@ def test_dataset_and_npz_inputs_give_the_predictor_catalog(trained, capsys):
         "0",
         "--batch-size",
         "4",
+        "--noquality",
     )  # both spellings; batches of 4 and 2
     assert code == 0, err
     assert_same_catalog(catalog.read_table(tmp / "b.csv"), expected, csv=True)

@@ -259,3 +259,106 @@ def test_detections_under_a_mask_have_no_statistics(setup):
     det, img = quality.quality(_table(), images, background, psf, to_e, config, np.ones(images.shape, bool))
     assert np.isnan(det["chi2"]).all() and np.isnan(det["flux_ratio"]).all() and not det["flag"].any()
     assert img["pixels"][0] == 0 and np.isnan(img["chi2"][0]) and not img["flag"][0]
+
+
+# --- images of any size: crops of the calibration size (the commands' quality flag) ---------------------------
+
+
+@pytest.mark.fast
+def test_an_image_of_the_calibration_size_or_smaller_is_one_crop_with_the_same_numbers(setup):
+    """crop_quality / add_crop_quality_columns on an image <= 80 x 80 give exactly quality / add_quality_columns
+    (one crop, no margin), for each of a batch of images, masked pixels included."""
+    config, _, _, _, to_e = setup
+    first, background, psf = _scene(setup, np.random.default_rng(7))
+    second, _, _ = _scene(setup, np.random.default_rng(8))
+    images = np.concatenate([first, second])
+    images[1, 0:4, 0:5] = np.nan
+    mask = ~np.isfinite(images)
+    table = _table({k: [*v, *v] for k, v in SOURCES.items()})
+    table["image"] = np.repeat([4, 5], 3)  # a batch's global indices
+    args = (images, np.concatenate([background] * 2), np.concatenate([psf] * 2), to_e, config, mask)
+    want, want_image = quality.add_quality_columns(table.copy(), *args, image_offset=4)
+    got, crops = quality.add_crop_quality_columns(table.copy(), *args, image_offset=4)
+    for name in schema.QUALITY_COLUMNS:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)
+    assert crops["image"].tolist() == [0, 1] and crops["n_detections"].tolist() == [3, 3]
+    np.testing.assert_array_equal(crops["chi2"].astype(np.float32), want_image["quality_chi2"])
+    assert crops["pixels"].tolist() == want_image["quality_pixels"].tolist() == [1600, 1580]
+    assert got.meta["QCROP"] == quality.CROP_SIZE and got.meta["QTHRIMG"] == quality.THRESHOLDS.image
+
+
+@pytest.mark.fast
+def test_crops_cover_an_image_and_each_detection_is_in_exactly_one():
+    for size in (1, 79, 80, 81, 160, 161, 1000, 1489, 2048):
+        starts, side = quality.crop_starts(size)
+        assert side == min(size, quality.CROP_SIZE) and starts[0] == 0 and starts[-1] + side == size
+        assert np.all(np.diff(starts) <= side) and np.all(np.diff(starts) > 0)  # no gap, no repeat
+        assert len(starts) == math.ceil(size / quality.CROP_SIZE)
+        position = np.random.default_rng(size).uniform(0, size, 500)
+        k = quality.crop_of(position, starts, side)
+        assert np.all((starts[k] <= position) & (position < starts[k] + side))  # a core that holds it
+
+
+def _large_scene(setup, shape, sources, rng):
+    """(images [1, H, W], background, psf) of ``sources`` (stars and the flag's galaxy) on field FIELD."""
+    config, bank, _, _, to_e = setup
+    renderer = render_lib.Renderer(bank, shape, render_lib.RenderConfig.from_config(config.render))
+    n = len(sources["x"])
+    catalog = {k: np.asarray(v) for k, v in sources.items()}
+    catalog.update({k: np.full(n, v) for k, v in quality.galaxy_shape(config.prior).items()}, n_sources=n)
+    sky = bank.background_electrons(FIELD, (0, 0), shape) / to_e
+    expected = renderer.source_electrons(catalog, FIELD) + sky * to_e
+    image = (expected + np.sqrt(expected) * rng.standard_normal(shape) - sky * to_e) / to_e
+    return image[None], sky[None], bank.psf_params[FIELD][None]
+
+
+@pytest.mark.fast
+def test_a_hot_streak_flags_its_crop_and_the_detections_on_it(setup):
+    """A 200 x 170 image of 40 sources in 9 crops of 80 x 80: clean, no crop and (almost) no detection is flagged,
+    every detection is counted in one crop, and the statistics agree with the whole image's; a cosmic-ray-like
+    streak across one crop flags that crop and the detections it crosses, not the others."""
+    config, _, _, _, to_e = setup
+    rng = np.random.default_rng(9)
+    shape = (200, 170)
+    sources = dict(
+        x=rng.uniform(2, shape[1] - 2, 40),
+        y=rng.uniform(2, shape[0] - 2, 40),
+        flux=rng.uniform(3, 40, 40),
+        is_galaxy=rng.uniform(size=40) < 0.3,
+    )
+    images, background, psf = _large_scene(setup, shape, sources, rng)
+    table = _table(sources)
+    det, crops = quality.crop_quality(table, images, background, psf, to_e, config)
+    assert len(crops["chi2"]) == 9 and crops["n_detections"].sum() == 40
+    assert np.all((crops["row"][det["crop"]] <= sources["y"]) & (sources["y"] < crops["row"][det["crop"]] + 80))
+    assert np.all((crops["col"][det["crop"]] <= sources["x"]) & (sources["x"] < crops["col"][det["crop"]] + 80))
+    assert not crops["flag"].any() and det["flag"].sum() <= 1
+    whole, _ = quality.quality(table, images, background, psf, to_e, config)  # the margin models the neighbours
+    np.testing.assert_allclose(det["chi2"], whole["chi2"], rtol=0.02)
+    np.testing.assert_allclose(det["flux_ratio"], whole["flux_ratio"], rtol=0.02)
+
+    streaked = images.copy()
+    rows = np.arange(100, 140)
+    streaked[0, rows, (rows * 0.6).astype(int)] += 2.0  # 40 hot pixels along a line (~70 sigma each)
+    hit = np.flatnonzero(
+        np.min(np.hypot(sources["x"][:, None] - (rows * 0.6 + 0.5), sources["y"][:, None] - (rows + 0.5)), axis=1) < 3
+    )
+    det, crops = quality.crop_quality(table, streaked, background, psf, to_e, config)
+    struck = (crops["row"] <= 139) & (crops["row"] + 80 > 100) & (crops["col"] <= 84) & (crops["col"] + 80 > 60)
+    assert np.all(crops["flag"][struck]) and not crops["flag"][~struck].any()
+    assert hit.size >= 1 and np.all(det["flag"][hit])
+
+
+@pytest.mark.fast
+def test_a_crop_crowded_beyond_max_detections_is_skipped(setup):
+    """A crop whose modelled window holds more than max_detections rows is not fitted (an untrained network's row
+    per tile would cost minutes): NaN statistics, no flag, marked skipped; at the limit it is checked as ever."""
+    config, _, _, _, to_e = setup
+    images, background, psf = _scene(setup, np.random.default_rng(10))
+    at_limit, _ = quality.crop_quality(_table(), images, background, psf, to_e, config, max_detections=3)
+    unlimited, crops = quality.crop_quality(_table(), images, background, psf, to_e, config)
+    np.testing.assert_array_equal(at_limit["chi2"], unlimited["chi2"])
+    assert not crops["skipped"].any()
+    det, crops = quality.crop_quality(_table(), images, background, psf, to_e, config, max_detections=2)
+    assert crops["skipped"].tolist() == [True] and np.isnan(crops["chi2"]).all() and not crops["flag"].any()
+    assert np.isnan(det["chi2"]).all() and not det["flag"].any() and crops["n_detections"].tolist() == [3]

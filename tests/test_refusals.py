@@ -766,3 +766,77 @@ def test_training_refuses_masked_blocks_the_mask_channel_would_not_read(
     assert status == 2, err[-2000:]
     assert fragment in one_error_line(err)
     assert snapshot(tmp_path) == before, "the refused training wrote something"
+
+
+# --- quality ---
+# The quality flag's gain / calibration (--electrons-per-nmgy, both commands): refused before any input is read;
+# a survey resume with the other --[no]quality setting is refused like another --min-prob.
+
+QUALITY_CASES = [
+    (
+        "predict-electrons-per-nmgy-zero",
+        "predict",
+        "--pretrained cpu --input {image} --background 0.7 --psf-params {psf} --out {d}/c.fits --electrons-per-nmgy 0",
+        ["--electrons-per-nmgy 0", "expected a positive number of electrons per nmgy"],
+    ),
+    (
+        "predict-electrons-per-nmgy-nan",
+        "predict",
+        "--pretrained cpu --input {image} --background 0.7 --psf-params {psf} --out {d}/c.fits "
+        "--electrons-per-nmgy nan",
+        ["--electrons-per-nmgy nan", "expected a positive number"],
+    ),
+    (
+        "predict-electrons-per-nmgy-without-quality",
+        "predict",
+        "--pretrained cpu --input {image} --background 0.7 --psf-params {psf} --out {d}/c.fits "
+        "--electrons-per-nmgy 900 --noquality",
+        ["--electrons-per-nmgy 900", "--noquality"],
+    ),
+    (
+        "survey-electrons-per-nmgy-negative",
+        "survey",
+        "catalog --pretrained cpu --frames {frames} --out {root}/out --electrons-per-nmgy -5",
+        ["--electrons-per-nmgy -5", "expected a positive number"],
+    ),
+]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("case", QUALITY_CASES, ids=[c[0] for c in QUALITY_CASES])
+def test_a_bad_quality_setting_is_refused(case, files):
+    _, command, argv, fragments = case
+    values = dict(files, psf=PSF)
+    args = [a.format(**values) for a in argv.split()]
+    before = snapshot(files["root"])
+    status, out, err = run_command(command, args)
+    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
+    line = one_error_line(err)
+    for fragment in fragments:
+        assert fragment.format(**values) in line, f"{fragment!r} not named in: {line}"
+    assert snapshot(files["root"]) == before, "a file was written, changed or removed"
+
+
+@pytest.mark.fast
+def test_a_survey_resume_with_the_other_quality_setting_is_refused(identity_files):
+    """The fixture's catalog was made without the flag (as every catalog before it): a resume with the default
+    --quality is refused naming the setting, as is one with --noquality over a catalog made with it."""
+    from npejax.cataloging import runner  # noqa: PLC0415
+    from npejax.nn import pretrained  # noqa: PLC0415
+
+    argv = f"catalog --pretrained cpu --frames {identity_files['frames']} --out {identity_files['survey']}"
+    before = snapshot(identity_files["root"])
+    status, out, err = run_command("survey", argv.split())
+    assert status == 2 and "quality False -> True" in one_error_line(err), err
+    assert snapshot(identity_files["root"]) == before, "a file was written, changed or removed"
+    (frame,) = runner.read_frame_list(identity_files["frames"])
+    path = runner.catalog_path(identity_files["survey"], frame, "fits")
+    identity = runner.frame_identity(pretrained.identity("cpu"), frame, 0.5, 512, quality=True)
+    os.unlink(path)
+    from astropy.table import Table  # noqa: PLC0415
+
+    runner.write_catalog(Table({"x": [1.0]}), path, identity)
+    before = snapshot(identity_files["root"])
+    status, out, err = run_command("survey", [*argv.split(), "--noquality"])
+    assert status == 2 and "quality True -> False" in one_error_line(err), err
+    assert snapshot(identity_files["root"]) == before, "a file was written, changed or removed"

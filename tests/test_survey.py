@@ -25,7 +25,7 @@ from conftest import assert_one_error, make_tiny_config, without_field_warnings
 
 import npejax
 from npejax import catalogs as catalog
-from npejax import configuration, io, survey
+from npejax import configuration, io, schema, survey
 from npejax.cataloging import images
 from npejax.cataloging import runner as runner_lib
 from npejax.nn import checkpoints, predictor
@@ -183,11 +183,11 @@ def no_network(monkeypatch):
 
 
 def _survey(capsys, *args):
-    """``npejax.survey`` in this process: (exit status, stdout, stderr without the training-fields warnings:
-    conftest.without_field_warnings)."""
+    """``npejax.survey`` in this process: (exit status, stdout, stderr without the training-fields warnings and
+    the quality flag's lines on the tiny network's catalogs: conftest.without_field_warnings)."""
     code = survey.main(["npejax.survey", *map(str, args)])
     out = capsys.readouterr()
-    return code, out.out, without_field_warnings(out.err)
+    return code, out.out, without_field_warnings(out.err, quality=True)
 
 
 def _write_small(path, seed):
@@ -196,9 +196,12 @@ def _write_small(path, seed):
 
 def _assert_same_table(got, expected, where="", csv=False):
     """Same columns and rows; values to float32 precision (``csv``: to the precision a CSV prints). A survey's
-    ``field_distance`` (npejax.cataloging.images.FieldRange), absent from ``Predictor.catalog``, is left out."""
+    ``field_distance`` (npejax.cataloging.images.FieldRange) and quality flag's columns (tests/test_quality.py),
+    absent from ``Predictor.catalog``, are left out."""
     if "field_distance" in got.colnames and "field_distance" not in expected.colnames:
         got = got[[name for name in got.colnames if name != "field_distance"]]
+    if "quality_flag" in got.colnames and "quality_flag" not in expected.colnames:
+        got = got[[name for name in got.colnames if name not in schema.QUALITY_COLUMNS]]
     assert got.colnames == expected.colnames and len(got) == len(expected) > 0, where
     for name in got.colnames:
         want = np.asarray(expected[name], float)
@@ -232,7 +235,9 @@ def test_sources_on_chunk_seams_reported_once_on_a_full_frame(workdir, tmp_path,
     (tmp_path / "frames.txt").write_text(f"frame-seams.fits background=sky.fits field-id={field}\n")
 
     shapes = network_call_shapes
-    common = ["catalog", "--workdir", workdir, "--frames", tmp_path / "frames.txt", "--min-prob", "0"]
+    # --noquality: the tiny network's thousands of detections on a full frame would make the quality flag's fits
+    # the test's cost (tests/test_quality_commands.py tests the flag)
+    common = ["catalog", "--workdir", workdir, "--frames", tmp_path / "frames.txt", "--min-prob", "0", "--noquality"]
     code, out, err = _survey(capsys, *common, "--out", tmp_path / "whole", "--chunk-size", "0")
     assert code == 0, err
     assert shapes == [(1, 1492, 2048)]  # one network call on the frame padded to whole tiles
@@ -302,6 +307,7 @@ def test_catalog_per_frame_rerun_skips_and_failures_reported(workdir, tmp_path, 
         "0.6",
         "--psf-params",
         PSF,
+        "--noquality",  # the tiny network's row per tile: the quality flag's fits would be the test's cost
     ]
     code, stdout, err = _survey(capsys, *args)
     assert code == 1, stdout + err
@@ -410,6 +416,7 @@ def sharded(workdir, tmp_path_factory):
                 "0.5",
                 "--readers",
                 str(i + 1),
+                "--noquality",  # (the tiny network's row per tile; tests/test_quality_commands.py tests the flag)
             ]
         )
         outputs.append(code)
@@ -448,6 +455,7 @@ def test_shards_are_disjoint_and_cover_the_list(sharded, workdir, capsys, monkey
             PSF,
             "--shard",
             f"{i}/3",
+            "--noquality",
         )
         assert code == 0, err
         names = _catalog_names(out)
@@ -473,6 +481,7 @@ def test_shards_are_disjoint_and_cover_the_list(sharded, workdir, capsys, monkey
         PSF,
         "--format",
         "csv",
+        "--noquality",
     ]
     code, stdout, err = _survey(capsys, *common, "--out", root / "slurm")
     assert code == 0, err
@@ -726,6 +735,7 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
     (tmp_path / "frames.txt").write_text(f"a.fits psf-params={PSF}\nb.fits psf-params=1.20,3.5,1.5,3,0.1,0.08\n")
     out = tmp_path / "out"
     args = ["catalog", "--workdir", workdir, "--frames", tmp_path / "frames.txt", "--out", out, "--background", "0.7"]
+    args.append("--noquality")  # (cost: the tiny network's row per tile; the default: test_quality_commands.py)
     code, stdout, err = _survey(capsys, *args)
     assert code == 0 and err == "", err
     identity = checkpoints.network_identity(workdir)
@@ -736,6 +746,8 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
         chunk_size=512,
         background=0.7,
         psf=f"psf-params={PSF.replace('3.0', '3')}",
+        quality=False,
+        electrons_per_nmgy=None,
         npejax_version=npejax.__version__,
     )
     assert (
@@ -789,7 +801,11 @@ def test_catalogs_record_what_made_them_and_a_resume_checks_it(workdir, tmp_path
     assert code == 0 and err == "", err
     merged = catalog.read_table(tmp_path / "all.fits")
     assert json.loads(merged.meta[runner_lib.IDENTITY_KEY]) == dict(
-        network=identity["network"], network_sha256=identity["network_sha256"], decode="group", min_prob=0.3
+        network=identity["network"],
+        network_sha256=identity["network_sha256"],
+        decode="group",
+        min_prob=0.3,
+        quality=False,
     )
     code, stdout, err = _survey(
         capsys, "catalog", *args[1:], "--min-prob", "0.6", "--redo-mismatched", "--shard", "1/2"
@@ -808,6 +824,7 @@ def test_csv_catalogs_record_their_identity_beside_them(workdir, tmp_path, capsy
     (tmp_path / "frames.txt").write_text(f"a.fits background=0.7 psf-params={PSF}\n")
     out = tmp_path / "out"
     args = ["catalog", "--workdir", workdir, "--frames", tmp_path / "frames.txt", "--out", out, "--format", "csv"]
+    args.append("--noquality")  # (cost: the tiny network's row per tile)
     assert _survey(capsys, *args)[0] == 0
     assert os.listdir(out / "catalogs") == ["a.csv"] and os.listdir(out / "identity") == ["a.json"]
     assert runner_lib.read_catalog(str(out / "catalogs" / "a.csv"))[1]["network"].startswith(f"workdir {workdir}")

@@ -25,6 +25,9 @@ one ``warning:`` line on stderr (:func:`warn`).
   refused), in DN at least 158 times too noisy (500 of 500 refused), with a background 5 times too large or
   too small warned (998 of 1000).
 
+  :func:`noise_electrons_per_nmgy` inverts the relation: the e-/nmgy an image's measured noise implies (the
+  commands' quality flag takes it for an image that does not say its own).
+
 * :func:`check_wcs` -- a celestial WCS whose CD (or PC x CDELT) matrix is singular or all zero (RA/Dec would be
   meaningless: astropy silently replaces a zero CD matrix by 1 degree per pixel) is refused; a pixel scale more
   than :data:`SCALE_TOLERANCE` from :data:`PIXEL_SCALE` (the network's, SDSS's 0.396"/pixel) is warned.
@@ -87,6 +90,17 @@ def pixel_statistics(image, background) -> dict:
         noise=float(1.4826 * mad / np.sqrt(2.0)),
         background=float(np.median(background)),
     )
+
+
+def noise_electrons_per_nmgy(stats: dict) -> float:
+    """The gain / calibration (electrons per nmgy) that an image's measured noise implies, when its pixel noise is
+    the sky's photon noise (module doc): ``background / noise^2`` of :func:`pixel_statistics`' ``stats``; NaN
+    where the noise could not be measured. Read noise and a flat field's variations make it an underestimate (a
+    larger noise): the quality flag (:mod:`npejax.cataloging.quality`) is then the more lenient."""
+    noise, sky = stats["noise"], stats["background"]
+    if not (np.isfinite(noise) and noise > 0 and np.isfinite(sky) and sky > 0):
+        return float("nan")
+    return float(sky / noise**2)
 
 
 def expected_noise(background: float, electrons_per_nmgy=ELECTRONS_PER_NMGY) -> tuple[float, float]:

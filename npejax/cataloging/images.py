@@ -53,6 +53,7 @@ from npejax.sim import psf as psf_lib
 from npejax.surveys import sdss
 
 INPUT_ARRAYS = ("images", "background", "psf_params")  # what an .npz input holds (npejax.schema batch keys)
+ELECTRONS_ARRAY = "electrons_per_nmgy"  # and may hold: gain / calibration, [N] or one number
 FITS_SUFFIXES = (".fits", ".fit", ".fts")  # an uncompressed FITS file
 FITS_EXTENSIONS = (*FITS_SUFFIXES, ".fits.gz", ".fit.gz", ".fits.bz2")  # what a FITS input may be named
 MAX_PSF_FIT_RESIDUAL = 0.1  # a --psf-image fitted worse than this (||model - image|| / ||image||) is refused
@@ -63,41 +64,100 @@ class Inputs:
     """Images to catalog (:func:`open_inputs`): ``name`` (for messages), ``num_images``, ``read(start, stop)``
     giving (images, background, psf_params) of images [start, stop) (checked with
     :func:`~npejax.nn.predictor.check_inputs`), ``wcs`` (the celestial WCS of a single FITS image, else
-    None) and ``notes`` (lines for the user: how a ``--fwhm`` or ``--psf-image`` became PSF parameters)."""
+    None), ``notes`` (lines for the user: how a ``--fwhm`` or ``--psf-image`` became PSF parameters), and what the
+    input knows of its gain / calibration (for the quality flag, :func:`add_quality`): ``electrons_per_nmgy(start,
+    stop)`` giving it per image [stop - start] (None: not known, estimated from each image's noise) and
+    ``electrons_source`` (where it comes from, in words)."""
 
     name: str
     num_images: int
     read: Callable[[int, int], tuple]
     wcs: wcs_lib.WCS | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    electrons_per_nmgy: Callable[[int, int], np.ndarray] | None = None
+    electrons_source: str = ""
 
     @classmethod
-    def from_arrays(cls, images, background, psf_params, name: str = "arrays", wcs=None, notes=()) -> Inputs:
+    def from_arrays(
+        cls,
+        images,
+        background,
+        psf_params,
+        name: str = "arrays",
+        wcs=None,
+        notes=(),
+        electrons_per_nmgy=None,
+        electrons_source: str = "given",
+    ) -> Inputs:
         """Inputs held in memory; checked now (:func:`~npejax.nn.predictor.check_inputs`; NaN and infinite
-        pixels are kept as masked pixels, an image mostly masked is refused)."""
+        pixels are kept as masked pixels, an image mostly masked is refused). ``electrons_per_nmgy``: a number or
+        one per image (positive finite), or None (not known)."""
         images = np.asarray(images, np.float32)
         try:
             masked_pixels(images[None] if images.ndim == 2 else images)  # the refusal names the file
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
         images, background, psf_params = check_inputs(images, background, psf_params, allow_masked=True)
-        return cls(name, len(images), lambda a, b: (images[a:b], background[a:b], psf_params[a:b]), wcs, list(notes))
+        known = None
+        if electrons_per_nmgy is not None:
+            try:
+                values = np.broadcast_to(np.asarray(electrons_per_nmgy, np.float64), (len(images),)).copy()
+            except ValueError:  # another length, or not numbers
+                values = np.full(len(images), np.nan)
+            if not np.all(np.isfinite(values) & (values > 0)):
+                raise ValueError(
+                    f"{name}: electrons_per_nmgy {np.ravel(electrons_per_nmgy)[:5].tolist()} (shape "
+                    f"{np.shape(electrons_per_nmgy)}): expected positive finite numbers (gain / calibration, "
+                    f"electrons per nmgy), one or one per image ({len(images)})"
+                )
+            known = lambda a, b: values[a:b]  # noqa: E731
+        return cls(
+            name,
+            len(images),
+            lambda a, b: (images[a:b], background[a:b], psf_params[a:b]),
+            wcs,
+            list(notes),
+            known,
+            electrons_source if known is not None else "",
+        )
 
     @classmethod
     def from_dataset(cls, path: str) -> Inputs:
-        """A dataset directory read ``batch_size`` images at a time (memory-mapped, checked on opening)."""
+        """A dataset directory read ``batch_size`` images at a time (memory-mapped, checked on opening); its
+        images' gain / calibration from the field bank its manifest records (:func:`dataset_electrons`)."""
         ds = data_lib.load(path)
 
         def read(start, stop):
             arrays = ds[start:stop]
             return tuple(check_inputs(*(arrays[k] for k in INPUT_ARRAYS), first_index=start))
 
-        return cls(os.fspath(path), len(ds), read)
+        electrons, source = dataset_electrons(ds)
+        return cls(os.fspath(path), len(ds), read, electrons_per_nmgy=electrons, electrons_source=source)
 
     def batches(self, batch_size: int) -> Iterator[tuple[int, tuple]]:
         """(index of the first image, (images, background, psf_params)) per batch of ``batch_size``."""
         for start in range(0, self.num_images, batch_size):
             yield start, self.read(start, min(start + batch_size, self.num_images))
+
+
+def dataset_electrons(ds) -> tuple[Callable[[int, int], np.ndarray] | None, str]:
+    """(images [start, stop) -> gain / calibration [stop - start], where it comes from) of a dataset: the field
+    bank its manifest records (``bank.source``: an embedded bank's name or a file), checked against the manifest's
+    ``bank.sha256``, read at each image's ``field_id`` (:meth:`npejax.sim.fields.FieldBank.to_electrons`); (None,
+    why) when that bank cannot be read here or is another one (each image's noise is then measured instead)."""
+    record = ds.manifest.get("bank") or {}
+    source = record.get("source")
+    try:
+        bank = fields_lib.load_bank(source)
+    except (OSError, ValueError, TypeError) as exc:
+        return None, f"the dataset's field bank {source!r} cannot be read here ({type(exc).__name__})"
+    if data_lib.bank_sha256(bank) != record.get("sha256"):
+        return None, f"the field bank {source!r} is not the one the dataset was simulated with (SHA-256)"
+
+    def electrons(start, stop):
+        return np.asarray(bank.to_electrons(np.asarray(ds[start:stop]["field_id"], np.int64)), np.float64)
+
+    return electrons, f"field bank {source} (gain / calibration of each image's field_id)"
 
 
 def open_inputs(
@@ -144,7 +204,10 @@ def open_inputs(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"input {path} does not exist")
     if path.endswith(".npz"):
-        return Inputs.from_arrays(*_read_npz(path), name=path)
+        *arrays, electrons = _read_npz(path)
+        return Inputs.from_arrays(
+            *arrays, name=path, electrons_per_nmgy=electrons, electrons_source=f"{path} electrons_per_nmgy"
+        )
     if path.lower().endswith(FITS_EXTENSIONS):
         return _fits_inputs(path, background, psf_params, field_id, bank, fwhm, psf_image, image_checks, psf_flags)
     raise ValueError(
@@ -165,7 +228,8 @@ def _read_npz(path: str):
             missing = [k for k in INPUT_ARRAYS if k not in f.files]
             if missing:
                 raise ValueError(f"{path} lacks arrays {missing}; expected images, background, psf_params")
-            return tuple(np.asarray(f[k]) for k in INPUT_ARRAYS)
+            electrons = np.asarray(f[ELECTRONS_ARRAY]) if ELECTRONS_ARRAY in f.files else None
+            return (*(np.asarray(f[k]) for k in INPUT_ARRAYS), electrons)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         if isinstance(exc, ValueError) and "lacks arrays" in str(exc):
             raise
@@ -250,7 +314,9 @@ def _fits_inputs(
     wcs = celestial_wcs(header, name)
     if image_checks:
         checks.check_units(header, name)
-        checks.check_pixels(image, bg, name, what="--background", later=later)
+        stats = checks.check_pixels(image, bg, name, what="--background", later=later)
+    else:
+        stats = checks.pixel_statistics(image, bg)
     notes = []
     if field_id is not None:
         bank = fields_lib.load_bank(bank)
@@ -264,6 +330,7 @@ def _fits_inputs(
     else:
         psf = parse_psf_params(psf_params)
     inputs = Inputs.from_arrays(image[None], bg[None], np.asarray(psf, np.float32)[None], path, wcs, notes)
+    _noise_electrons(inputs, stats, "the image")
     for text in later:
         checks.warn(text)
     return inputs
@@ -301,12 +368,27 @@ def open_sdss_frame(frame: str, psfield: str, image_checks: bool = True) -> Inpu
     checks.check_wcs(header, name, later)
     if image_checks:
         checks.check_units(header, name)
-        checks.check_pixels(image, background, name, what="the frame's own sky", later=later)
+        stats = checks.check_pixels(image, background, name, what="the frame's own sky", later=later)
+    else:
+        stats = checks.pixel_statistics(image, background)
     psf = checks.check_psf_params(sdss.read_psfield(psfield, band="r"), f"--psfield {psfield}")
     inputs = Inputs.from_arrays(image[None], background[None], psf[None], name=frame, wcs=celestial_wcs(header, name))
+    _noise_electrons(inputs, stats, "the frame (its gain is in the photoField file, not read here)")
     for text in later:
         checks.warn(text)
     return inputs
+
+
+def _noise_electrons(inputs: Inputs, stats: dict, what: str) -> None:
+    """Gives ``inputs`` (one image) the gain / calibration its measured noise implies
+    (:func:`npejax.cataloging.checks.noise_electrons_per_nmgy` of ``stats``), when it can be measured."""
+    value = checks.noise_electrons_per_nmgy(stats)
+    if np.isfinite(value):
+        inputs.electrons_per_nmgy = lambda a, b: np.full(max(min(b, 1) - a, 0), value)
+        inputs.electrons_source = (
+            f"estimated from the pixel noise of {what}: median background {stats['background']:.4g} / noise "
+            f"{stats['noise']:.4g}^2"
+        )
 
 
 def parse_psf_params(text) -> np.ndarray:
@@ -385,13 +467,16 @@ def catalog_inputs(
     batch_size: int = 256,
     chunk_size: int | None = CHUNK_SIZE,
     progress: bool = False,
+    quality: bool = False,
+    electrons_per_nmgy: float | None = None,
 ):
     """The catalog of ``inputs`` by ``net`` (:meth:`~npejax.nn.predictor.Predictor.catalog_batches`: read
     ``batch_size`` images at a time, a dataset is never loaded whole; ``progress``: its bars on a terminal); with
     ``ra``/``dec`` columns when the inputs have a celestial WCS (:func:`npejax.catalogs.add_sky_coordinates`),
     and each image's distance from the fields the network was trained on (:class:`FieldRange`: the
     ``field_distance`` column, the meta ``FIELDBNK`` and ``FIELDTHR``, and a warning line for an image beyond
-    the threshold)."""
+    the threshold). With ``quality`` (the commands' default), the quality flag's columns too (:func:`add_quality`;
+    ``electrons_per_nmgy``: the gain / calibration of every image, instead of what the inputs know)."""
     fields_range = FieldRange.of(net)
     table = net.catalog_batches(
         fields_range.measured(inputs.batches(batch_size)),
@@ -402,9 +487,169 @@ def catalog_inputs(
         num_images=inputs.num_images,
     )
     fields_range.annotate(table, inputs.name)
+    if quality:
+        add_quality(net, inputs, table, batch_size, electrons_per_nmgy)
     if inputs.wcs is not None:
         catalog_lib.add_sky_coordinates(table, inputs.wcs)
     return table
+
+
+QUALITY_WARNINGS = 5  # images named one by one in the quality flag's warnings; the rest are counted
+# The quality flag's thresholds were calibrated on catalogs at the default --min-prob: only rows above it are
+# modelled and flagged (a catalog at --min-prob 0 holds a row per tile; fitting them all would fit the noise, and
+# cost a fit of thousands of profiles per crop)
+QUALITY_MIN_PROB = 0.5
+# A crop whose modelled window (112 x 112 pixels, 784 tiles) holds more detections is not checked (NaN, a warning):
+# a catalog with a detection in most tiles (an untrained network) would cost minutes of fitting per crop; the
+# simulated 1000 x 1000 image of the cost measurement holds about 8 per window
+QUALITY_MAX_DETECTIONS = 200
+
+
+def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, electrons_per_nmgy=None) -> dict:
+    """Adds the quality flag's columns (:data:`npejax.schema.QUALITY_COLUMNS`) to ``table``, the catalog of
+    ``inputs`` by ``net``: :func:`npejax.cataloging.quality.crop_quality` of each image (read again,
+    ``batch_size`` at a time), in crops of the calibration's :data:`~npejax.cataloging.quality.CROP_SIZE` pixels
+    (``image_quality_chi2`` and ``image_quality_flag`` are those of the crop around the detection; the whole image
+    for images of that size or smaller), with the NaN and infinite pixels (masked by the catalog) left out.
+
+    The gain / calibration (electrons per nmgy) of each image is ``electrons_per_nmgy`` when given, else what the
+    inputs know (:attr:`Inputs.electrons_per_nmgy`: a dataset's field bank, an .npz's ``electrons_per_nmgy``, a FITS
+    image's or SDSS frame's pixel noise), else measured from each image's noise
+    (:func:`npejax.cataloging.checks.noise_electrons_per_nmgy`; :data:`~npejax.cataloging.checks.ELECTRONS_PER_NMGY`'s
+    middle where it cannot be). The meta records it (``QEPNMGY``: the median over the images; ``QEPSRC``: where
+    it comes from), the thresholds and crop (``QTHR*``, ``QCROP``, ``QMARGIN``) and the counts over all images
+    (``QNCROP`` crops, ``QNCRFLG`` of them flagged, ``QNDETFLG`` detections flagged; ``QFRCROP`` and ``QFRDET``
+    the fractions; ``QNCRSKIP`` crops not checked: more than :data:`QUALITY_MAX_DETECTIONS` detections in their
+    modelled window, NaN statistics, one warning line per image). Only rows with ``prob_source`` above
+    :data:`QUALITY_MIN_PROB` (the calibration's catalogs) are modelled and flagged: those below (a ``min_prob``
+    below it) get NaN statistics, no ``quality_flag``, and their crop's ``image_quality_*``. One warning line per
+    image with a flagged crop or detection (the first :data:`QUALITY_WARNINGS`, then a count). Returns the counts
+    per image (``crops``, ``crops_flagged``, ``crops_skipped``, ``detections``, ``detections_flagged``: arrays
+    [num_images])."""
+    from npejax.cataloging import quality as quality_lib  # deferred: GalSim loads only when the flag is asked
+
+    n = inputs.num_images
+    image = np.asarray(table["image"], np.int64)
+    det = dict(
+        chi2=np.full(len(table), np.nan),
+        maxres=np.full(len(table), np.nan),
+        flux_ratio=np.full(len(table), np.nan),
+        flag=np.zeros(len(table), bool),
+    )
+    crop_chi2, crop_flag = np.full(len(table), np.nan), np.zeros(len(table), bool)
+    counts = {
+        k: np.zeros(n, np.int64)
+        for k in ("crops", "crops_flagged", "crops_skipped", "detections", "detections_flagged")
+    }
+    values, sources = [], set()
+    claimed = np.asarray(table["prob_source"], np.float64) > QUALITY_MIN_PROB
+    for start, (images, background, psf_params) in inputs.batches(batch_size):
+        images = np.asarray(images)[None] if np.ndim(images) == 2 else np.asarray(images)
+        stop = start + len(images)
+        to_e, source = _electrons(inputs, start, stop, images, background, electrons_per_nmgy)
+        values.append(to_e)
+        sources.add(source)
+        rows = np.flatnonzero((image >= start) & (image < stop) & claimed)
+        masked = ~np.isfinite(images)
+        found, crops = quality_lib.crop_quality(
+            table[rows],
+            images,
+            background,
+            psf_params,
+            to_e,
+            net.config,
+            mask=masked if masked.any() else None,
+            image_offset=start,
+            max_detections=QUALITY_MAX_DETECTIONS,
+        )
+        for key in det:
+            det[key][rows] = found[key]
+        crop_chi2[rows], crop_flag[rows] = crops["chi2"][found["crop"]], crops["flag"][found["crop"]]
+        rest = np.flatnonzero((image >= start) & (image < stop) & ~claimed)  # their crop's statistic
+        if rest.size:
+            x, y = catalog_lib.array_xy(table[rest])
+            k = crop_lookup(crops, image[rest] - start, x, y)
+            crop_chi2[rest], crop_flag[rest] = crops["chi2"][k], crops["flag"][k]
+        where = start + crops["image"]
+        np.add.at(counts["crops"], where, 1)
+        np.add.at(counts["crops_flagged"], where, crops["flag"].astype(np.int64))
+        np.add.at(counts["crops_skipped"], where, crops["skipped"].astype(np.int64))
+    np.add.at(counts["detections"], image[claimed], 1)
+    np.add.at(counts["detections_flagged"], image, det["flag"].astype(np.int64))
+    quality_lib.set_quality_columns(table, det, crop_chi2, crop_flag, quality_lib.THRESHOLDS)
+    crops_total, crops_flagged = int(counts["crops"].sum()), int(counts["crops_flagged"].sum())
+    flagged = int(det["flag"].sum())
+    table.meta.update(
+        QCROP=quality_lib.CROP_SIZE,
+        QMARGIN=quality_lib.CROP_MARGIN,
+        QEPNMGY=round(float(np.median(np.concatenate(values))), 4) if values else float("nan"),
+        QEPSRC="; ".join(sorted(sources)),
+        QNCROP=crops_total,
+        QNCRFLG=crops_flagged,
+        QNCRSKIP=int(counts["crops_skipped"].sum()),
+        QNDETFLG=flagged,
+        QFRCROP=round(crops_flagged / max(crops_total, 1), 5),
+        QFRDET=round(flagged / max(int(claimed.sum()), 1), 5),
+        QMINPROB=QUALITY_MIN_PROB,
+    )
+    noted = np.flatnonzero((counts["crops_flagged"] > 0) | (counts["detections_flagged"] > 0))
+    size = quality_lib.CROP_SIZE
+    for i in noted[:QUALITY_WARNINGS]:
+        checks.warn(
+            f"{inputs.name}: image {i}: {counts['detections_flagged'][i]} of {counts['detections'][i]} detections and "
+            f"{counts['crops_flagged'][i]} of {counts['crops'][i]} {size}x{size} regions flagged by the quality check "
+            "(quality_flag, image_quality_flag): artifacts or a wrong PSF?"
+        )
+    if len(noted) > QUALITY_WARNINGS:
+        checks.warn(f"{inputs.name}: {len(noted) - QUALITY_WARNINGS} more images flagged by the quality check")
+    skipped = np.flatnonzero(counts["crops_skipped"] > 0)
+    for i in skipped[:QUALITY_WARNINGS]:
+        checks.warn(
+            f"{inputs.name}: image {i}: {counts['crops_skipped'][i]} of {counts['crops'][i]} {size}x{size} regions not "
+            f"checked by the quality check: more than {QUALITY_MAX_DETECTIONS} detections around each (a detection in "
+            "most tiles: is the network trained?); NaN quality columns there"
+        )
+    if len(skipped) > QUALITY_WARNINGS:
+        checks.warn(f"{inputs.name}: {len(skipped) - QUALITY_WARNINGS} more images with regions not checked")
+    return counts
+
+
+def crop_lookup(crops: dict, image, x, y) -> np.ndarray:
+    """The row of :func:`npejax.cataloging.quality.crop_quality`'s per-crop arrays whose core holds each point
+    (``image`` index into its images, ``x``, ``y`` pixels from the edge): the crop of the nearest core centre."""
+    from npejax.cataloging.quality import crop_of  # deferred: as add_quality
+
+    keys = {(int(i), int(r), int(c)): k for k, (i, r, c) in enumerate(zip(crops["image"], crops["row"], crops["col"]))}
+    out = np.zeros(len(x), np.int64)
+    for i in np.unique(image):
+        mine = crops["image"] == i
+        row_starts, col_starts = np.unique(crops["row"][mine]), np.unique(crops["col"][mine])
+        rows_side, cols_side = int(crops["rows"][mine][0]), int(crops["cols"][mine][0])
+        sel = np.flatnonzero(image == i)
+        a = row_starts[crop_of(y[sel], row_starts, rows_side)]
+        b = col_starts[crop_of(x[sel], col_starts, cols_side)]
+        out[sel] = [keys[(int(i), int(r), int(c))] for r, c in zip(a, b)]
+    return out
+
+
+def _electrons(inputs: Inputs, start: int, stop: int, images, background, given) -> tuple[np.ndarray, str]:
+    """(gain / calibration of images [start, stop), where it comes from): :func:`add_quality`'s order."""
+    if given is not None:
+        return np.full(stop - start, float(given)), "given (--electrons-per-nmgy)"
+    if inputs.electrons_per_nmgy is not None:
+        return np.asarray(inputs.electrons_per_nmgy(start, stop), np.float64), inputs.electrons_source
+    background = np.broadcast_to(np.asarray(background, np.float64), images.shape)
+    values = np.array(
+        [checks.noise_electrons_per_nmgy(checks.pixel_statistics(im, bg)) for im, bg in zip(images, background)]
+    )
+    source = "estimated from each image's pixel noise" + (
+        f" ({inputs.electrons_source})" if inputs.electrons_source else ""
+    )
+    unmeasured = ~np.isfinite(values)
+    if unmeasured.any():
+        values[unmeasured] = float(np.mean(checks.ELECTRONS_PER_NMGY))
+        source += f"; {float(np.mean(checks.ELECTRONS_PER_NMGY)):g} where the noise could not be measured"
+    return values, source
 
 
 FIELD_WARNINGS = 5  # images named one by one in warnings beyond the training fields; the rest are counted

@@ -5,6 +5,8 @@ option, the value and what was expected (one ``error:`` line, exit status 2, bef
 network runs):
 
 * :func:`min_prob_flag` -- ``--min-prob``: a probability in [0, 1) (:func:`npejax.nn.predictor.check_min_prob`).
+* :func:`electrons_per_nmgy_flag` -- ``--electrons-per-nmgy``: a positive finite gain / calibration, with
+  ``--quality`` only.
 * :func:`parse_background_arg` -- ``--background``: a sky level in nmgy per pixel, or a FITS file's name.
 * :func:`chunk_size_flag` -- ``--chunk-size``: pixels, 0 for whole images, at least four network margins
   (half of each chunk's side is output).
@@ -17,6 +19,7 @@ network runs):
 
 from __future__ import annotations
 
+import math
 import os
 
 from npejax import cli
@@ -32,6 +35,28 @@ def min_prob_flag(value) -> float:
         raise cli.UsageError(
             f"--min-prob {value}: expected a probability in [0, 1) (rows with prob_source above it are kept)"
         ) from None
+
+
+def electrons_per_nmgy_flag(text: str | None, quality: bool = True) -> float | None:
+    """The ``--electrons-per-nmgy`` flag (None: not given): a positive finite number (gain / calibration,
+    electrons per nmgy), and only with ``--quality`` (the one thing it sets); a usage error naming it otherwise."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise cli.UsageError(
+            f"--electrons-per-nmgy {text}: expected a positive number of electrons per nmgy (gain / calibration; "
+            "SDSS r-band frames about 800-1200)"
+        )
+    if not quality:
+        raise cli.UsageError(
+            f"--electrons-per-nmgy {text} sets the quality flag's pixel noise; with --noquality it sets nothing: "
+            "leave one out"
+        )
+    return value
 
 
 def parse_background_arg(text: str | None):

@@ -6,11 +6,14 @@ pixel noise gives residuals in sigma units; where the catalog explains the image
 what the forward model never drew -- cosmic rays, satellite trails, bleed trails, a PSF other than the one the
 network was told -- leaves a residual.
 
-Python API (the commands gain it in a later change)::
+``python -m npejax.predict`` and ``python -m npejax.survey catalog`` add its columns to every catalog by default
+(``--noquality``: not; :func:`npejax.cataloging.images.add_quality`, in crops: below). Python API::
 
     table = predictor.catalog(images, background, psf_params)
     table, per_image = add_quality_columns(table, images, background, psf_params, electrons_per_nmgy,
-                                           predictor.config, mask=None)
+                                           predictor.config, mask=None)      # whole images (80 x 80)
+    table, per_crop = add_crop_quality_columns(table, images, background, psf_params, electrons_per_nmgy,
+                                               predictor.config, mask=None)  # any size, in 80 x 80 crops
 
 Inputs: ``images`` [N, H, W] nmgy, sky-subtracted; ``background`` (a number, [H, W] or [N, H, W]) nmgy per
 pixel; ``psf_params`` [6] or [N, 6] (s1, s2, sP, beta, b, p0; :mod:`npejax.sim.psf`); ``electrons_per_nmgy``
@@ -62,10 +65,20 @@ percentile of the images' chi2, the 99.75th of the detections' chi2 and the 0.25
 at most 1% of clean images and of clean detections are flagged with the calibration's sampling error (0.5% and
 0.5% measured on another 1000, the ``test`` split's seed; at the 99th percentiles it was 1.2%:
 benchmarks/RESULTS.md, "A quality flag from the forward model", which gives the recall at both). They hold for
-images of that size and that network; the per-image chi^2 is a mean over the image, so over a whole frame a
-local artifact is diluted: there the per-detection flags (and the image statistic over crops of about 80 x 80)
-are the ones to read. The model-error fractions and the aperture are set by hand (not fitted); the thresholds
-absorb them.
+images of that size and that network (a network trained by a user gets the same thresholds; its own errors
+may flag more or fewer clean detections: rerun the benchmark to calibrate them); the per-image chi^2 is a mean
+over the image, so over a whole frame a local artifact is diluted: hence the crops below. The model-error
+fractions and the aperture are set by hand (not fitted); the thresholds absorb them.
+
+**Images of any size** (:func:`crop_quality`, :func:`add_crop_quality_columns`; what the commands use): the
+image is cut into cores of :data:`CROP_SIZE` (80) pixels a side, ``ceil(side / 80)`` per axis evenly spaced from
+edge to edge (:func:`crop_starts`; neighbours overlap by less than a core); each core is modelled and fitted
+with every detection within :data:`CROP_MARGIN` (16) pixels of it, so light from detections just outside is
+drawn, and its statistic (``image_quality_chi2``) is over the core alone; each detection's statistics come from
+the one crop whose core holds it (the nearest core centre: :func:`crop_of`). On a 240 x 240 simulated image
+(39 sources) against the whole-image statistics, a 16-pixel margin changed the detections' ``quality_chi2`` by
+at most 0.06% and no flag; without a margin, a crop beside a bright star outside it read chi2 10 (flagged). An
+image of 80 x 80 or smaller is one crop without margin: the numbers of :func:`add_quality_columns`.
 
 Table columns added (:data:`npejax.schema.QUALITY_COLUMNS`): ``quality_chi2``, ``quality_maxres``,
 ``quality_flag``, ``quality_flux_ratio`` per detection and ``image_quality_chi2``, ``image_quality_flag`` (its
@@ -75,11 +88,14 @@ detections. The table's meta records the thresholds and settings (``QTHRDET``,
 
 Cost: up to four renders per detection (k-space stars and galaxies, :mod:`npejax.sim.render`) and a small fit per
 image; about 16 ms per 80 x 80 image (``benchmarks/quality_flag.py`` reports it). The profiles of an image are held
-as dense [K, H, W] arrays, so give large frames in crops (the per-image statistic is calibrated on 80 x 80 anyway).
+as dense [K, H, W] arrays, so :func:`quality` wants small images; :func:`crop_quality` holds one crop's (112 x
+112 pixels with its margin) at a time: a 1000 x 1000 image (530 detections, 169 crops) took about 1.7 s of CPU
+(``python -m npejax.predict --pretrained cpu``: 10.9 s of CPU with the flag, 9.2 s without).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 
@@ -260,23 +276,44 @@ def model_images(images, background, psf_params, electrons_per_nmgy, table, conf
     ratio = np.full(len(index), np.nan)
     with threadpoolctl.threadpool_limits(1):  # the renderer's small matrix products
         for i in range(n):
-            rows = np.flatnonzero((index == i) & (flux > 0))
-            if not rows.size:
-                continue
-            to_e = float(electrons_per_nmgy[i])
-            columns, owner, galaxy_column = _profiles(
-                renderer, int(field[i]), to_e, x[rows], y[rows], flux[rows], prob_galaxy[rows], shape
+            rows = np.flatnonzero(index == i)
+            stars[i], galaxies[i], ratio[rows] = _model_image(
+                renderer,
+                int(field[i]),
+                float(electrons_per_nmgy[i]),
+                images[i],
+                background[i],
+                None if mask is None else mask[i],
+                x[rows],
+                y[rows],
+                flux[rows],
+                prob_galaxy[rows],
+                shape,
             )
-            # weights: the inverse Poisson variance of the predicted catalog's expected counts (nmgy^-2)
-            weight = to_e / np.maximum(columns.sum(axis=0) + background[i], 1e-12)
-            usable = np.isfinite(images[i]) if mask is None else np.isfinite(images[i]) & ~mask[i]
-            amplitude = _fit(np.where(usable, images[i], 0.0), columns, np.where(usable, weight, 0.0))
-            if amplitude is None:  # every pixel the detections reach is masked: nothing to compare (ratio NaN)
-                continue
-            fitted = amplitude[:, None, None] * columns
-            stars[i] = fitted[~galaxy_column].sum(axis=0)
-            galaxies[i] = fitted[galaxy_column].sum(axis=0)
-            ratio[rows] = np.bincount(owner, weights=amplitude, minlength=rows.size)
+    return stars, galaxies, ratio
+
+
+def _model_image(renderer, field, to_e, image, background, mask, x, y, flux, prob_galaxy, shape):
+    """(stars, galaxies, flux_ratio) of one image [H, W] (:func:`model_images`) and its detections (``x``, ``y``
+    pixels from the image edge, ``flux``, ``prob_galaxy``; those of flux <= 0 are not drawn, ratio NaN)."""
+    stars, galaxies = np.zeros(renderer.image_shape), np.zeros(renderer.image_shape)
+    ratio = np.full(len(x), np.nan)
+    rows = np.flatnonzero(flux > 0)
+    if not rows.size:
+        return stars, galaxies, ratio
+    columns, owner, galaxy_column = _profiles(
+        renderer, field, to_e, x[rows], y[rows], flux[rows], prob_galaxy[rows], shape
+    )
+    # weights: the inverse Poisson variance of the predicted catalog's expected counts (nmgy^-2)
+    weight = to_e / np.maximum(columns.sum(axis=0) + background, 1e-12)
+    usable = np.isfinite(image) if mask is None else np.isfinite(image) & ~mask
+    amplitude = _fit(np.where(usable, image, 0.0), columns, np.where(usable, weight, 0.0))
+    if amplitude is None:  # every pixel the detections reach is masked: nothing to compare (ratio NaN)
+        return stars, galaxies, ratio
+    fitted = amplitude[:, None, None] * columns
+    stars = fitted[~galaxy_column].sum(axis=0)
+    galaxies = fitted[galaxy_column].sum(axis=0)
+    ratio[rows] = np.bincount(owner, weights=amplitude, minlength=rows.size)
     return stars, galaxies, ratio
 
 
@@ -375,6 +412,30 @@ def quality(
     return per_detection, per_image
 
 
+def set_quality_columns(table, det: dict, image_chi2, image_flag, thresholds: Thresholds) -> None:
+    """Sets the :data:`npejax.schema.QUALITY_COLUMNS` of ``table`` (per-detection statistics ``det``, each row's
+    image or crop statistic) and the meta of the thresholds and settings."""
+    values = {
+        "quality_chi2": det["chi2"].astype(np.float32),
+        "quality_maxres": det["maxres"].astype(np.float32),
+        "quality_flag": np.asarray(det["flag"], bool),
+        "quality_flux_ratio": det["flux_ratio"].astype(np.float32),
+        "image_quality_chi2": np.asarray(image_chi2).astype(np.float32),
+        "image_quality_flag": np.asarray(image_flag, bool),
+    }
+    for name, value in values.items():
+        table[name] = value
+        table[name].unit, table[name].description = schema.QUALITY_COLUMNS[name]
+    table.meta.update(
+        QTHRDET=thresholds.detection,
+        QTHRIMG=thresholds.image,
+        QTHRRAT=thresholds.flux_ratio,
+        QAPFWHM=APERTURE_FWHM,
+        QERRSTAR=MODEL_ERROR_STAR,
+        QERRGAL=MODEL_ERROR_GALAXY,
+    )
+
+
 def add_quality_columns(
     table,
     images,
@@ -393,25 +454,7 @@ def add_quality_columns(
         table, images, background, psf_params, electrons_per_nmgy, config, mask, thresholds, image_offset
     )
     index = np.asarray(table["image"], np.int64) - image_offset
-    values = {
-        "quality_chi2": det["chi2"].astype(np.float32),
-        "quality_maxres": det["maxres"].astype(np.float32),
-        "quality_flag": det["flag"],
-        "quality_flux_ratio": det["flux_ratio"].astype(np.float32),
-        "image_quality_chi2": img["chi2"][index].astype(np.float32),
-        "image_quality_flag": img["flag"][index],
-    }
-    for name, value in values.items():
-        table[name] = value
-        table[name].unit, table[name].description = schema.QUALITY_COLUMNS[name]
-    table.meta.update(
-        QTHRDET=thresholds.detection,
-        QTHRIMG=thresholds.image,
-        QTHRRAT=thresholds.flux_ratio,
-        QAPFWHM=APERTURE_FWHM,
-        QERRSTAR=MODEL_ERROR_STAR,
-        QERRGAL=MODEL_ERROR_GALAXY,
-    )
+    set_quality_columns(table, det, img["chi2"][index], img["flag"][index], thresholds)
     n = len(img["chi2"])
     per_image = table_lib.Table()
     per_image["image"] = np.arange(n, dtype=np.int64) + image_offset
@@ -424,3 +467,182 @@ def add_quality_columns(
         per_image[name].unit, per_image[name].description = schema.QUALITY_IMAGE_COLUMNS[name]
     per_image.meta.update(QTHRIMG=thresholds.image)
     return table, per_image
+
+
+# --- images of any size: the statistics in crops of the calibration size ------------------------------------
+
+CROP_SIZE = 80  # pixels: the side of the calibration images (THRESHOLDS.image holds for a mean over so many)
+CROP_MARGIN = 16  # pixels around a crop whose detections are modelled too (their light reaches the crop)
+
+
+def crop_starts(size: int, crop: int = CROP_SIZE) -> tuple[np.ndarray, int]:
+    """(first pixels of the crops' cores along an axis of ``size`` pixels, the cores' side): one core of the whole
+    axis when ``size`` <= ``crop``, else ``ceil(size / crop)`` cores of ``crop`` pixels evenly spaced from 0 to
+    ``size - crop`` (neighbours overlap by less than a core; their union is the axis)."""
+    if size <= crop:
+        return np.zeros(1, np.int64), int(size)
+    n = math.ceil(size / crop)
+    return np.round(np.linspace(0, size - crop, n)).astype(np.int64), int(crop)
+
+
+def crop_of(position, starts: np.ndarray, side: int) -> np.ndarray:
+    """Index of the core (of :func:`crop_starts`) whose centre is nearest to each ``position`` (pixels from the
+    edge along that axis): a core that holds it, since neighbouring cores overlap or touch."""
+    centres = starts + side / 2
+    midpoints = (centres[1:] + centres[:-1]) / 2
+    return np.searchsorted(midpoints, np.asarray(position, np.float64), side="right")
+
+
+CROP_KEYS = ("image", "row", "col", "rows", "cols", "chi2", "frac5", "pixels", "flag")  # and n_detections, skipped
+
+
+def crop_quality(
+    table,
+    images,
+    background,
+    psf_params,
+    electrons_per_nmgy,
+    config,
+    mask=None,
+    thresholds: Thresholds = THRESHOLDS,
+    image_offset: int = 0,
+    crop: int = CROP_SIZE,
+    margin: int = CROP_MARGIN,
+    max_detections: int | None = None,
+) -> tuple[dict, dict]:
+    """(per-detection statistics, per-crop statistics) of ``table``'s rows against ``images`` of any size, in crops
+    whose cores are the calibration's ``crop`` x ``crop`` pixels (:func:`crop_starts`; arguments as
+    :func:`quality`).
+
+    Each crop is modelled over its core and ``margin`` pixels around it (:func:`model_images` of the detections
+    there: light from detections just outside the core is drawn and fitted too); its statistics
+    (:func:`image_statistics`) are over its core alone, and each detection's (:func:`detection_statistics`, the
+    fitted flux ratio, the flag) are those of the crop whose core holds it (:func:`crop_of`): every detection is
+    in exactly one. An image of ``crop`` x ``crop`` pixels or smaller is one crop with no margin: the numbers of
+    :func:`quality`. Per detection: ``chi2``, ``maxres``, ``flux_ratio``, ``flag`` and ``crop`` (its crop's row in
+    the per-crop arrays); per crop: ``image`` (index into ``images``), ``row``, ``col`` (its core's first pixel),
+    ``rows``, ``cols`` (its core's size), ``chi2``, ``frac5``, ``pixels``, ``flag``, ``n_detections``,
+    ``skipped``. Memory: the profiles of one crop at a time. ``max_detections``: a crop whose modelled window holds
+    more detections is skipped (NaN statistics, no flag, ``skipped``): a catalog with a detection in most tiles
+    (an untrained network) would cost a fit of thousands of profiles per crop."""
+    images, background, psf_params, to_e, mask = _check_arrays(images, background, psf_params, electrons_per_nmgy, mask)
+    for column in ("image", "x", "y", "flux", "prob_galaxy"):
+        if column not in table.colnames:
+            raise ValueError(
+                f"table: no column {column!r}; expected a predicted catalog (npejax.schema.PREDICTION_COLUMNS)"
+            )
+    n, h, w = images.shape
+    index = _image_index(table, n, image_offset)
+    x, y = catalog_lib.array_xy(table)
+    flux = np.asarray(table["flux"], np.float64)
+    prob_galaxy = np.asarray(table["prob_galaxy"], np.float64)
+    fwhm = psf_fwhm(psf_params, _render_config(config).psf_trunc_pixels)
+    shape = galaxy_shape(config.prior)
+    row_starts, rows_side = crop_starts(h, crop)
+    col_starts, cols_side = crop_starts(w, crop)
+    crop_row = crop_of(y, row_starts, rows_side)
+    crop_col = crop_of(x, col_starts, cols_side)
+    det = dict(
+        chi2=np.full(len(index), np.nan),
+        maxres=np.full(len(index), np.nan),
+        flux_ratio=np.full(len(index), np.nan),
+        crop=np.zeros(len(index), np.int64),
+    )
+    crops = collections.defaultdict(list)
+    with threadpoolctl.threadpool_limits(1):  # the renderer's small matrix products
+        for i in range(n):
+            renderers = {}  # one per crop shape; the sky that picks the bright-star drawing is the whole image's
+            mine = index == i
+            for a, r0 in enumerate(row_starts):
+                for b, c0 in enumerate(col_starts):
+                    r1, c1 = r0 + rows_side, c0 + cols_side
+                    e0, e1 = max(r0 - margin, 0), min(r1 + margin, h)  # the modelled window
+                    f0, f1 = max(c0 - margin, 0), min(c1 + margin, w)
+                    key = (e1 - e0, f1 - f0)
+                    if key not in renderers:
+                        renderers[key] = _renderer(
+                            (1, *key), psf_params[i : i + 1], to_e[i : i + 1], background[i : i + 1], config
+                        )[0]
+                    inside = np.flatnonzero(mine & (y >= e0) & (y < e1) & (x >= f0) & (x < f1))
+                    held = (crop_row[inside] == a) & (crop_col[inside] == b)
+                    if max_detections is not None and inside.size > max_detections:
+                        det["crop"][inside[held]] = len(crops["image"])
+                        for name, value in zip(CROP_KEYS, (i, r0, c0, rows_side, cols_side, np.nan, np.nan, 0, False)):
+                            crops[name].append(value)
+                        crops["n_detections"].append(int(held.sum()))
+                        crops["skipped"].append(True)
+                        continue
+                    window = (slice(e0, e1), slice(f0, f1))
+                    crop_mask = None if mask is None else mask[i][window]
+                    stars, galaxies, ratio = _model_image(
+                        renderers[key],
+                        0,
+                        float(to_e[i]),
+                        images[i][window],
+                        background[i][window],
+                        crop_mask,
+                        x[inside] - f0,
+                        y[inside] - e0,
+                        flux[inside],
+                        prob_galaxy[inside],
+                        shape,
+                    )
+                    z = residuals(
+                        images[i][window][None],
+                        stars[None],
+                        galaxies[None],
+                        background[i][window][None],
+                        to_e[i : i + 1],
+                        None if crop_mask is None else crop_mask[None],
+                    )
+                    core = np.full(z.shape, np.nan)
+                    core[:, r0 - e0 : r1 - e0, c0 - f0 : c1 - f0] = z[:, r0 - e0 : r1 - e0, c0 - f0 : c1 - f0]
+                    stats = image_statistics(core, thresholds)
+                    own = inside[held]
+                    found = detection_statistics(
+                        z, np.zeros(own.size, np.int64), x[own] - f0, y[own] - e0, fwhm[i : i + 1]
+                    )
+                    det["chi2"][own], det["maxres"][own] = found["chi2"], found["maxres"]
+                    det["flux_ratio"][own] = ratio[held]
+                    det["crop"][own] = len(crops["image"])
+                    values = (
+                        i,
+                        r0,
+                        c0,
+                        rows_side,
+                        cols_side,
+                        *(stats[k][0] for k in ("chi2", "frac5", "pixels", "flag")),
+                    )
+                    for name, value in zip(CROP_KEYS, values):
+                        crops[name].append(value)
+                    crops["n_detections"].append(own.size)
+                    crops["skipped"].append(False)
+    det["flag"] = detection_flags(det["chi2"], det["flux_ratio"], thresholds)
+    per_crop = {name: np.asarray(values) for name, values in crops.items()}
+    return det, per_crop
+
+
+def add_crop_quality_columns(
+    table,
+    images,
+    background,
+    psf_params,
+    electrons_per_nmgy,
+    config,
+    mask=None,
+    thresholds: Thresholds = THRESHOLDS,
+    image_offset: int = 0,
+    crop: int = CROP_SIZE,
+    margin: int = CROP_MARGIN,
+):
+    """(table with the quality columns added, per-crop statistics): :func:`add_quality_columns` for images of any
+    size, by :func:`crop_quality` -- ``image_quality_chi2`` and ``image_quality_flag`` are those of the ``crop`` x
+    ``crop`` crop whose core holds the detection (the whole image for images of that size or smaller, whose numbers
+    are :func:`add_quality_columns`'). ``table`` is changed in place and returned; its meta gains ``QCROP`` and
+    ``QMARGIN`` (pixels) besides the thresholds. The per-crop dict's ``image`` is an index into ``images``."""
+    det, crops = crop_quality(
+        table, images, background, psf_params, electrons_per_nmgy, config, mask, thresholds, image_offset, crop, margin
+    )
+    set_quality_columns(table, det, crops["chi2"][det["crop"]], crops["flag"][det["crop"]], thresholds)
+    table.meta.update(QCROP=int(crop), QMARGIN=int(margin))
+    return table, crops

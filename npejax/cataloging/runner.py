@@ -55,9 +55,12 @@ FITS catalog in its header keyword ``NPEJAXID``, a CSV one in ``out/identity/NAM
 SHA-256): ``network`` (``pretrained NAME`` or ``workdir W checkpoint best (epoch N)``), ``network_sha256`` (the
 pretrained file's, or that of the checkpoint's checksum record: :func:`npejax.nn.checkpoints.network_identity`),
 ``decode`` (``posterior.decode``), ``min_prob``, ``chunk_size`` (pixels, 0: whole), the frame's ``background``
-and ``psf`` as its line gives them, and ``npejax_version``. A resume (:func:`plan_resume`) compares
-:data:`COMPARED_KEYS` (the network, decode, min_prob, background, PSF; not the chunk size, which leaves the
-catalog as it is, nor the version) with the run's: a catalog made otherwise is an :class:`IdentityMismatchError`
+and ``psf`` as its line gives them, ``quality`` (the quality flag's columns:
+:func:`npejax.cataloging.images.add_quality`) and ``electrons_per_nmgy`` (its gain / calibration when given),
+and ``npejax_version``. A resume (:func:`plan_resume`) compares :data:`COMPARED_KEYS` (the network, decode,
+min_prob, quality, background, PSF, electrons_per_nmgy; not the chunk size, which leaves the catalog as it is,
+nor the version; a key an older identity lacks reads as :data:`IDENTITY_DEFAULTS`: no quality columns) with the
+run's: a catalog made otherwise is an :class:`IdentityMismatchError`
 naming it and the keys with both values (or, with ``redo``, cataloged again), before anything is written; a
 catalog that cannot be read (empty, truncated, corrupt; catalogs are written atomically, so only damage after
 the write does this) is cataloged again with a warning naming it; a catalog that records nothing (written by
@@ -74,8 +77,9 @@ loaded: refusing it would strand every survey begun before, and ``redo`` catalog
 or of the given names in that order: a ``frame`` column (the frame's name) followed by the catalog columns
 less ``image`` (units kept, ``FLUXUNIT`` nmgy, ``NFRAMES``; NaN ``ra``/``dec`` for frames without a WCS among
 frames with one), held in memory (about 150 bytes a row), and the names without a catalog. The catalogs
-must record one network and min_prob (:data:`RUN_KEYS`; two frames that differ are named in an
-:class:`IdentityMismatchError`), which the merged table's meta records (``NPEJAXID``).
+must record one network, min_prob and quality setting (:data:`RUN_KEYS`; two frames that differ are named in an
+:class:`IdentityMismatchError`), which the merged table's meta records (``NPEJAXID``), with the quality flag's
+thresholds and crop (:data:`QUALITY_META`).
 
 **Exit semantics** of the command: a frame that failed (:attr:`Summary.failures`) or a name without a catalog
 makes the exit status :data:`EXIT_FRAMES_FAILED` (1) at the end, after the other frames; a bad frame list
@@ -438,8 +442,16 @@ def _reason(exc: BaseException) -> str:
 IDENTITY_KEY = "NPEJAXID"  # the FITS header keyword (table meta) of a catalog's identity, as JSON
 IDENTITY_DIR = "identity"  # out/identity/NAME.json: a CSV catalog's identity (plain CSV has no metadata)
 # Keys of the identity that a resume compares (the others are the record: who, with which npejax, chunked how):
-RUN_KEYS = ("network_sha256", "decode", "min_prob")  # the same for every frame of a run (and of a merged table)
-COMPARED_KEYS = RUN_KEYS + ("background", "psf")  # ... and the frame's own inputs, as the frame list gives them
+# the same for every frame of a run (and of a merged table):
+RUN_KEYS = ("network_sha256", "decode", "min_prob", "quality")
+# ... and the frame's own inputs, as the frame list gives them, and the quality flag's gain / calibration if given:
+COMPARED_KEYS = RUN_KEYS + ("background", "psf", "electrons_per_nmgy")
+# what an identity that lacks a key meant (written before the key existed): no quality columns, no gain given
+IDENTITY_DEFAULTS = {"quality": False, "electrons_per_nmgy": None}
+
+
+# the quality flag's thresholds and settings (npejax.cataloging.quality), kept in a merged table's meta
+QUALITY_META = ("QTHRDET", "QTHRIMG", "QTHRRAT", "QAPFWHM", "QERRSTAR", "QERRGAL", "QCROP", "QMARGIN")
 
 
 class IdentityMismatchError(cli.UsageError):
@@ -447,14 +459,21 @@ class IdentityMismatchError(cli.UsageError):
 
 
 def frame_identity(
-    network: dict, frame: Frame, min_prob: float, chunk_size: int | None, bank: str | None = None
+    network: dict,
+    frame: Frame,
+    min_prob: float,
+    chunk_size: int | None,
+    bank: str | None = None,
+    quality: bool = False,
+    electrons_per_nmgy: float | None = None,
 ) -> dict:
     """What makes the catalog of ``frame``, as its file records it: the ``network`` (the keys of
     :meth:`npejax.nn.predictor.Predictor.network_identity`: ``network``, ``network_sha256``, ``decode``),
     ``min_prob``, ``chunk_size`` (pixels, 0: whole; recorded only: chunked and whole predictions agree), the
     frame's ``background`` (nmgy per pixel, a FITS file's absolute path, or the SDSS frame's own sky) and
-    ``psf`` (``psf-params=...``, ``field-id=F bank=B``, or ``psfield=P``) as the frame list gives them, and
-    ``npejax_version``."""
+    ``psf`` (``psf-params=...``, ``field-id=F bank=B``, or ``psfield=P``) as the frame list gives them,
+    ``quality`` (whether the catalog has the quality flag's columns) and ``electrons_per_nmgy`` (the gain /
+    calibration given for it, None: the frame's own), and ``npejax_version``."""
     if frame.is_sdss:
         background, psf = "sdss frame sky", f"psfield={os.path.abspath(frame.psfield)}"
     else:
@@ -478,6 +497,8 @@ def frame_identity(
         chunk_size=int(chunk_size or 0),
         background=background,
         psf=psf,
+        quality=bool(quality),
+        electrons_per_nmgy=None if electrons_per_nmgy is None else float(electrons_per_nmgy),
         npejax_version=__version__,
     )
 
@@ -568,7 +589,7 @@ def identity_differences(stored: dict, current: dict, keys=COMPARED_KEYS) -> lis
     the ``network`` of each side)."""
     out = []
     for key in keys:
-        a, b = stored.get(key), current.get(key)
+        a, b = (side.get(key, IDENTITY_DEFAULTS.get(key)) for side in (stored, current))
         if a != b:
             if key == "network_sha256":
                 out.append(f"network {stored.get('network')} ({a}) -> {current.get('network')} ({b})")
@@ -692,13 +713,17 @@ def catalog_frames(
     readers: int = 2,
     failures_file: str | None = None,
     image_checks: bool = True,
+    quality: bool = False,
+    electrons_per_nmgy: float | None = None,
 ) -> Summary:
     """Catalogs ``frames`` with ``net`` into ``out/catalogs`` (module doc), ``readers`` threads reading the
     next frames while one is predicted (frames held in memory: readers + 1); each catalog records its
     :func:`frame_identity` (:func:`write_catalog`). A frame that fails is a line on stderr and a row of
     ``failures_file`` (default ``failures-0-of-1.csv``); the others go on. Prints one line per cataloged frame
     (after the lines of a PSF from ``fwhm=`` or ``psf-image=``); returns the :class:`Summary`. ``image_checks``
-    false skips the pixel checks of :mod:`npejax.cataloging.checks` (``--skip-image-checks``)."""
+    false skips the pixel checks of :mod:`npejax.cataloging.checks` (``--skip-image-checks``); ``quality`` adds the
+    quality flag's columns (:func:`npejax.cataloging.images.add_quality`, ``electrons_per_nmgy`` its gain /
+    calibration if given; the frame's warning lines name it)."""
     failures_file = failures_file or failures_path(out, 0, 1)
     network = net.network_identity()
     summary = Summary()
@@ -716,10 +741,18 @@ def catalog_frames(
                 inputs = future.result()
                 for note in inputs.notes:  # how a fwhm= or psf-image= became PSF parameters
                     print(f"frame {frame.index} {frame.name}: {note}", flush=True)
-                table = images.catalog_inputs(net, inputs, min_prob, batch_size=1, chunk_size=chunk_size or None)
+                table = images.catalog_inputs(
+                    net,
+                    inputs,
+                    min_prob,
+                    batch_size=1,
+                    chunk_size=chunk_size or None,
+                    quality=quality,
+                    electrons_per_nmgy=electrons_per_nmgy,
+                )
                 future = inputs = None  # the frame's arrays go
                 table.meta["FRAME"] = frame.name
-                identity = frame_identity(network, frame, min_prob, chunk_size, bank.path)
+                identity = frame_identity(network, frame, min_prob, chunk_size, bank.path, quality, electrons_per_nmgy)
                 path = write_catalog(table, catalog_path(out, frame, fmt), identity)
             except KeyboardInterrupt:
                 raise
@@ -775,6 +808,7 @@ def merge_catalogs(out: str, names: list[str] | None = None) -> tuple[table_lib.
     missing = [n for n in names if n not in files]
     tables = []
     first, unrecorded = None, []  # (name, identity) of the first identified catalog; names of the others
+    quality_meta = {}
     for name in names:
         if name not in files:
             continue
@@ -797,6 +831,9 @@ def merge_catalogs(out: str, names: list[str] | None = None) -> tuple[table_lib.
                     "merged table holds one network's catalogs: give --frames the frames of one, or catalog them "
                     "again (python -m npejax.survey catalog --redo-mismatched)"
                 )
+        for key in QUALITY_META:  # the quality flag's thresholds and settings (those of every frame: one run's)
+            if key in t.meta:
+                quality_meta.setdefault(key, t.meta[key])
         if len(t) == 0:
             continue
         if "image" in t.colnames:
@@ -820,6 +857,7 @@ def merge_catalogs(out: str, names: list[str] | None = None) -> tuple[table_lib.
     merged.meta["FLUXUNIT"] = "nmgy"
     merged.meta[catalog_lib.PIXCONV] = catalog_lib.CENTER0  # read_table gave every frame's in CENTER0
     merged.meta["NFRAMES"] = len(names) - len(missing)
+    merged.meta.update(quality_meta)
     if first is not None:
         merged.meta[IDENTITY_KEY] = json.dumps({k: first[1].get(k) for k in ("network",) + RUN_KEYS}, sort_keys=True)
     if unrecorded:
