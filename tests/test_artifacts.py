@@ -219,8 +219,9 @@ def test_every_shipped_config_has_every_artifact_off():
     assert "default" in names and len(names) > 5
     for name in names:
         config = importlib.import_module(f"configs.{name}").get_config()
-        if name == "cpu_artifacts":  # the network for real frames: every artifact on, read with the mask channel
-            assert sorted(configuration.artifacts_enabled(config.artifacts)) == sorted(artifacts.ARTIFACTS)
+        if name in ("cpu_artifacts", "cpu_real"):  # networks for real frames: every artifact on, with the mask channel
+            assert sorted(configuration.artifacts_enabled(config.artifacts)) == sorted(artifacts.ARTIFACTS), name
+            assert config.model.mask_channel, name
             continue
         assert configuration.artifacts_enabled(config.get("artifacts")) == [], name
 
