@@ -1,6 +1,7 @@
 """Exports a trained network as a pretrained network file of the package, and registers it.
 
-    python -m npejax.export_pretrained --workdir runs/cpu --name cpu --config-name configs/cpu.py
+    python -m npejax.export_pretrained --workdir runs/cpu --name cpu --config-name configs/cpu.py \
+        [--quality-thresholds DETECTION,IMAGE,FLUX_RATIO]
     npejax-export-pretrained --workdir RUN --name NAME [--which best|latest] [--out DIR]
 
 Reads checkpoint ``--which`` (default best) of the training directory ``--workdir`` (checksums and config
@@ -40,7 +41,14 @@ def define_flags(fv: flags.FlagValues) -> None:
         "The config file it was trained with, recorded in the entry (configs/cpu.py).",
         flag_values=fv,
     )
-    cli.define_underscore_aliases(fv)  # --config_name
+    flags.DEFINE_list(
+        "quality-thresholds",
+        None,
+        "DETECTION,IMAGE,FLUX_RATIO: the quality flag's thresholds calibrated for this network (python "
+        "benchmarks/quality_flag.py --pretrained NAME), recorded in the entry; default: none (the package's).",
+        flag_values=fv,
+    )
+    cli.define_underscore_aliases(fv)  # --config_name, --quality_thresholds
 
 
 def run(fv: flags.FlagValues) -> None:
@@ -50,10 +58,16 @@ def run(fv: flags.FlagValues) -> None:
         name = pretrained_lib.check_name(fv.name)
     except ValueError as exc:
         raise cli.UsageError(f"--name: {cli.message(exc)}") from None
+    quality = fv["quality-thresholds"].value
+    if quality is not None:
+        try:
+            quality = pretrained_lib.check_quality_thresholds(quality, "--quality-thresholds")
+        except ValueError as exc:
+            raise cli.UsageError(cli.message(exc)) from None
     directory = fv.out if fv.out is not None else pretrained_lib.package_directory()
     io.check_output_dir(directory, "--out")
     known = pretrained_lib.read_registry(directory)
-    entry = pretrained_lib.export(fv.workdir, name, fv.which, directory, fv["config-name"].value)
+    entry = pretrained_lib.export(fv.workdir, name, fv.which, directory, fv["config-name"].value, quality)
     path = os.path.join(directory, entry["file"])
     replaced = f" (replaces the entry of SHA-256 {known[name]['sha256']})" if name in known else ""
     print(f"{path}: {entry['bytes']} bytes, {entry['parameters']} parameters, sha256 {entry['sha256']}")

@@ -152,6 +152,48 @@ def test_an_unknown_name_lists_the_available_ones(exported, tmp_path):
     assert pretrained_lib.available(root / "nets") == ["tiny"]
 
 
+def test_a_networks_calibrated_quality_thresholds_travel_with_it(exported, tmp_path, monkeypatch, capsys):
+    """``export_pretrained --quality-thresholds`` records them in the entry (the file unchanged); the predictor
+    carries them and the commands' quality flag uses them (``QTHR*``, ``QTHRSRC``); bad values are refused."""
+    root, entry = exported
+    out = tmp_path / "calibrated"
+    argv = ["npejax.export_pretrained", "--workdir", str(root / "run"), "--name", "tiny", "--out", str(out)]
+    assert export_pretrained.main([*argv, "--quality-thresholds", "50,4.5,0.2"]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    expected = {"detection": 50.0, "image": 4.5, "flux_ratio": 0.2}
+    got = pretrained_lib.read_registry(out)["tiny"]
+    assert got["quality_thresholds"] == expected and got["sha256"] == entry["sha256"]  # the same file
+    assert predictor.Predictor.pretrained("tiny", out).quality_thresholds == expected
+    assert predictor.Predictor.pretrained("tiny", root / "nets").quality_thresholds is None  # none recorded
+
+    monkeypatch.setattr(pretrained_lib, "package_directory", lambda: str(out))
+    for name, directory in (("calibrated", out), ("package", root / "nets")):
+        monkeypatch.setattr(pretrained_lib, "package_directory", lambda d=directory: str(d))
+        path = tmp_path / f"{name}.fits"
+        code = predict.main(
+            ["npejax.predict", "--pretrained", "tiny", "--input", str(root / "test"), "--out", str(path)]
+        )
+        assert code == 0, capsys.readouterr()
+        header = fits.getheader(path, 1)
+        if name == "calibrated":
+            assert (header["QTHRDET"], header["QTHRIMG"], header["QTHRRAT"]) == (50.0, 4.5, 0.2)
+            assert header["QTHRSRC"] == "network"
+        else:
+            assert header["QTHRDET"] == 14.7 and header["QTHRSRC"].startswith("package")
+    capsys.readouterr()
+
+    for bad in ("1,2", "0,1,0.5", "1,2,1.5", "a,b,c", "1,nan,0.2"):
+        code = export_pretrained.main([*argv[:-2], "--out", str(tmp_path / "bad"), "--quality-thresholds", bad])
+        assert code == 2 and "--quality-thresholds" in one_error_line(capsys.readouterr().err), bad
+        assert not (tmp_path / "bad").exists()
+
+    registry = json.loads((out / "registry.json").read_text())
+    registry["networks"]["tiny"]["quality_thresholds"] = {"detection": -1.0, "image": 4.5, "flux_ratio": 0.2}
+    (out / "registry.json").write_text(json.dumps(registry))
+    with pytest.raises(pretrained_lib.PretrainedError, match="network 'tiny', quality_thresholds"):
+        predictor.Predictor.pretrained("tiny", out)
+
+
 def test_predict_pretrained_catalogs_like_the_checkpoint(shipped_here, capsys):
     root = shipped_here
     for name, args in (("ckpt", ["--workdir", root / "run"]), ("shipped", ["--pretrained", "tiny"])):

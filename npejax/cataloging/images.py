@@ -517,7 +517,8 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
     image's or SDSS frame's pixel noise), else measured from each image's noise
     (:func:`npejax.cataloging.checks.noise_electrons_per_nmgy`; :data:`~npejax.cataloging.checks.ELECTRONS_PER_NMGY`'s
     middle where it cannot be). The meta records it (``QEPNMGY``: the median over the images; ``QEPSRC``: where
-    it comes from), the thresholds and crop (``QTHR*``, ``QCROP``, ``QMARGIN``) and the counts over all images
+    it comes from), the thresholds (``net.quality_thresholds``, a pretrained network's calibrated ones, else the
+    package's; ``QTHR*``, ``QTHRSRC`` which) and crop (``QCROP``, ``QMARGIN``) and the counts over all images
     (``QNCROP`` crops, ``QNCRFLG`` of them flagged, ``QNDETFLG`` detections flagged; ``QFRCROP`` and ``QFRDET``
     the fractions; ``QNCRSKIP`` crops not checked: more than :data:`QUALITY_MAX_DETECTIONS` detections in their
     modelled window, NaN statistics, one warning line per image). Only rows with ``prob_source`` above
@@ -527,6 +528,11 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
     per image (``crops``, ``crops_flagged``, ``crops_skipped``, ``detections``, ``detections_flagged``: arrays
     [num_images])."""
     from npejax.cataloging import quality as quality_lib  # deferred: GalSim loads only when the flag is asked
+
+    if net.quality_thresholds is None:
+        thresholds, threshold_source = quality_lib.THRESHOLDS, "package (calibrated for cpu)"
+    else:
+        thresholds, threshold_source = quality_lib.Thresholds(**net.quality_thresholds), "network"
 
     n = inputs.num_images
     image = np.asarray(table["image"], np.int64)
@@ -559,6 +565,7 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
             to_e,
             net.config,
             mask=masked if masked.any() else None,
+            thresholds=thresholds,
             image_offset=start,
             max_detections=QUALITY_MAX_DETECTIONS,
         )
@@ -576,7 +583,7 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
         np.add.at(counts["crops_skipped"], where, crops["skipped"].astype(np.int64))
     np.add.at(counts["detections"], image[claimed], 1)
     np.add.at(counts["detections_flagged"], image, det["flag"].astype(np.int64))
-    quality_lib.set_quality_columns(table, det, crop_chi2, crop_flag, quality_lib.THRESHOLDS)
+    quality_lib.set_quality_columns(table, det, crop_chi2, crop_flag, thresholds)
     crops_total, crops_flagged = int(counts["crops"].sum()), int(counts["crops_flagged"].sum())
     flagged = int(det["flag"].sum())
     table.meta.update(
@@ -591,6 +598,7 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
         QFRCROP=round(crops_flagged / max(crops_total, 1), 5),
         QFRDET=round(flagged / max(int(claimed.sum()), 1), 5),
         QMINPROB=QUALITY_MIN_PROB,
+        QTHRSRC=threshold_source,
     )
     noted = np.flatnonzero((counts["crops_flagged"] > 0) | (counts["detections_flagged"] > 0))
     size = quality_lib.CROP_SIZE

@@ -451,7 +451,7 @@ IDENTITY_DEFAULTS = {"quality": False, "electrons_per_nmgy": None}
 
 
 # the quality flag's thresholds and settings (npejax.cataloging.quality), kept in a merged table's meta
-QUALITY_META = ("QTHRDET", "QTHRIMG", "QTHRRAT", "QAPFWHM", "QERRSTAR", "QERRGAL", "QCROP", "QMARGIN")
+QUALITY_META = ("QTHRDET", "QTHRIMG", "QTHRRAT", "QTHRSRC", "QAPFWHM", "QERRSTAR", "QERRGAL", "QCROP", "QMARGIN")
 
 
 class IdentityMismatchError(cli.UsageError):

@@ -266,11 +266,15 @@ class Predictor:
         normalizer: inputs_lib.Normalizer,
         source: str = "the network",
         identity: dict | None = None,
+        quality_thresholds: dict | None = None,
     ):
         """``variables`` must be those of ``config``'s network (:func:`check_variables`); ``source`` names the
         network in messages; ``identity``: what identifies it (:meth:`network_identity`; from_workdir and
-        pretrained give it)."""
+        pretrained give it); ``quality_thresholds``: the quality flag's thresholds calibrated for this network
+        (``{"detection", "image", "flux_ratio"}``; :meth:`pretrained` gives a registry entry's), None: the
+        package's (:data:`npejax.cataloging.quality.THRESHOLDS`)."""
         self.config = config
+        self.quality_thresholds = quality_thresholds
         self.variables = variables
         self.normalizer = normalizer
         self.source = source
@@ -307,6 +311,7 @@ class Predictor:
             *pretrained_lib.load(name, directory),
             source=f"pretrained network {name} ({path})",
             identity=pretrained_lib.identity(name, directory),
+            quality_thresholds=pretrained_lib.quality_thresholds(name, directory),
         )
 
     def network_identity(self) -> dict:

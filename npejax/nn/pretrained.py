@@ -25,14 +25,17 @@ The registry, ``npejax/pretrained/registry.json`` (:data:`REGISTRY_FILE`), lists
     {"format": "npejax-pretrained-registry", "version": 1,
      "networks": {"NAME": {"file": "NAME.npz", "sha256": HEX, "bytes": N, "card": "NAME.md",
                            "config": "configs/cpu.py", "variant": "psf_aware", "parameters": P,
-                           "training": {...}}}}
+                           "training": {...}, "quality_thresholds": {...}}}}
 
-``card`` is the model card beside the file (config, training images and budget, evaluation, intended use
-and limits). :func:`load` checks the file's SHA-256 against its entry on every load: a file that differs
-(damaged, or replaced without re-registering it) is refused, naming the file and both digests.
-:func:`export` (the library behind ``python -m npejax.export_pretrained``) writes the file of a training
-directory's checkpoint and its registry entry. Every function takes the directory of the registry
-(``directory``; default :func:`package_directory`, the package's own), so networks can be kept elsewhere.
+``quality_thresholds`` (optional): the quality flag's thresholds calibrated for this network (``{"detection": D,
+"image": I, "flux_ratio": R}``, :class:`npejax.cataloging.quality.Thresholds`; ``python benchmarks/quality_flag.py
+--pretrained NAME`` calibrates them), used by the commands' quality flag for its catalogs; without it the flag uses
+the package's (calibrated for ``cpu``). ``card`` is the model card beside the file (config, training images and
+budget, evaluation, intended use and limits). :func:`load` checks the file's SHA-256 against its entry on every
+load: a file that differs (damaged, or replaced without re-registering it) is refused, naming the file and both
+digests. :func:`export` (the library behind ``python -m npejax.export_pretrained``) writes the file of a training
+directory's checkpoint and its registry entry. Every function takes the directory of the registry (``directory``;
+default :func:`package_directory`, the package's own), so networks can be kept elsewhere.
 """
 
 from __future__ import annotations
@@ -349,8 +352,46 @@ def read_network(path, sha256: str | None = None):
 # --- export -----------------------------------------------------------------------------------------
 
 
-def make_entry(path, name: str, config_name: str | None = None) -> dict:
-    """The registry entry of the flat file ``path`` (read back: its SHA-256, size and meta)."""
+QUALITY_KEYS = ("detection", "image", "flux_ratio")  # npejax.cataloging.quality.Thresholds' fields
+
+
+def check_quality_thresholds(values, where: str) -> dict[str, float]:
+    """``values`` (a dict of :data:`QUALITY_KEYS` or a sequence in that order) as a dict of floats; ValueError
+    naming ``where`` unless all three are finite and positive and ``flux_ratio`` is below 1."""
+    if isinstance(values, dict):
+        keys = sorted(values)
+        ok = keys == sorted(QUALITY_KEYS)
+        values = [values.get(k) for k in QUALITY_KEYS] if ok else []
+    else:
+        values, ok = list(values), len(list(values)) == len(QUALITY_KEYS)
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not all(np.isfinite(v) and v > 0 for v in numbers) or numbers[2] >= 1:
+        raise ValueError(
+            f"{where}: expected the quality flag's thresholds {', '.join(QUALITY_KEYS)} -- three positive numbers, "
+            f"flux_ratio below 1 -- got {values!r}"
+        )
+    return dict(zip(QUALITY_KEYS, numbers))
+
+
+def quality_thresholds(name: str, directory=None) -> dict[str, float] | None:
+    """Network ``name``'s calibrated quality thresholds from its registry entry, or None when it has none;
+    PretrainedError for a malformed entry."""
+    value = entry(name, directory).get("quality_thresholds")
+    if value is None:
+        return None
+    where = f"{os.path.join(_directory(directory), REGISTRY_FILE)}, network {name!r}, quality_thresholds"
+    try:
+        return check_quality_thresholds(value, where)
+    except ValueError as exc:
+        raise PretrainedError(str(exc)) from None
+
+
+def make_entry(path, name: str, config_name: str | None = None, quality: dict | None = None) -> dict:
+    """The registry entry of the flat file ``path`` (read back: its SHA-256, size and meta); ``quality``: its
+    calibrated quality thresholds (:func:`check_quality_thresholds`), recorded when given."""
     path = os.fspath(path)
     meta = read_meta(path)
     config = checkpoints.config_from_dict(meta["config"])
@@ -365,6 +406,7 @@ def make_entry(path, name: str, config_name: str | None = None) -> dict:
         variant=str(config.model.variant),
         parameters=parameters,
         training=meta.get("training"),
+        **({} if quality is None else dict(quality_thresholds=check_quality_thresholds(quality, "quality"))),
     )
 
 
@@ -378,11 +420,19 @@ def register(name: str, network_entry: dict, directory=None) -> str:
     return io.write_json(os.path.join(_directory(directory), REGISTRY_FILE), registry, allow_nan=False)
 
 
-def export(workdir: str, name: str, which: str = "best", directory=None, config_name: str | None = None) -> dict:
+def export(
+    workdir: str,
+    name: str,
+    which: str = "best",
+    directory=None,
+    config_name: str | None = None,
+    quality: dict | None = None,
+) -> dict:
     """Writes ``directory/NAME.npz`` (default: the package's directory) from checkpoint ``which`` of the
     training directory ``workdir`` (:func:`npejax.nn.checkpoints.load_network`: checksums and config verified) and
     registers it; returns the registry entry. ``config_name`` (e.g. ``configs/cpu.py``) is recorded in the
-    entry: a config.json does not name its file."""
+    entry: a config.json does not name its file; ``quality``: the network's calibrated quality thresholds
+    (``quality_thresholds`` of the entry)."""
     check_name(name)
     directory = _directory(directory)
     config, variables, normalizer = checkpoints.load_network(workdir, which)
@@ -393,6 +443,6 @@ def export(workdir: str, name: str, which: str = "best", directory=None, config_
     path = os.path.join(directory, f"{name}.npz")
     write_network(path, name, config, variables, normalizer, training)
     read_network(path)  # the file just written loads back (names, shapes and dtypes of the config's network)
-    network_entry = make_entry(path, name, config_name)
+    network_entry = make_entry(path, name, config_name, quality)
     register(name, network_entry, directory)
     return network_entry
