@@ -64,6 +64,21 @@ def run_command(command: str, argv: list[str]) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
+def assert_refused(command: str, argv: str, fragments, values: dict, root) -> str:
+    """Runs ``npejax.COMMAND`` with ``argv`` (a template of ``values``' keys, split on spaces) and asserts the
+    refusal: exit 2, one ``error:`` line naming every fragment (templates too), nothing under ``root`` created,
+    changed or removed. Returns the command's stdout."""
+    args = [a.format(**values) for a in argv.split()]
+    before = snapshot(root)
+    status, out, err = run_command(command, args)
+    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
+    line = one_error_line(err)
+    for fragment in fragments:
+        assert fragment.format(**values) in line, f"{fragment!r} not named in: {line}"
+    assert snapshot(root) == before, "a file was written, changed or removed"
+    return out
+
+
 @pytest.fixture
 def files(tmp_path):
     """A folder of inputs: a FITS image, a background, an SDSS frame and psField (bytes only: the guards refuse
@@ -298,15 +313,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_output_that_would_destroy_an_input_is_refused(case, files):
     _, command, argv, fragments = case
-    values = dict(files, psf=PSF)
-    args = [a.format(**values) for a in argv.split()]
-    before = snapshot(files["root"])
-    status, out, err = run_command(command, args)
-    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
-    line = one_error_line(err)
-    for fragment in fragments:
-        assert fragment.format(**values) in line, f"{fragment!r} not named in: {line}"
-    assert snapshot(files["root"]) == before, "a file was written, changed or removed"
+    assert_refused(command, argv, fragments, dict(files, psf=PSF), files["root"])
 
 
 @pytest.mark.fast
@@ -570,14 +577,7 @@ ROBUSTNESS_CASES = [
 @pytest.mark.parametrize("case", IDENTITY_CASES, ids=[c[0] for c in IDENTITY_CASES])
 def test_input_of_another_identity_is_refused(case, identity_files):
     _, command, argv, fragments = case
-    args = [a.format(**identity_files) for a in argv.split()]
-    before = snapshot(identity_files["root"])
-    status, out, err = run_command(command, args)
-    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
-    line = one_error_line(err)
-    for fragment in fragments:
-        assert fragment.format(**identity_files) in line, f"{fragment!r} not named in: {line}"
-    assert snapshot(identity_files["root"]) == before, "a file was written, changed or removed"
+    assert_refused(command, argv, fragments, identity_files, identity_files["root"])
 
 
 # --- artifacts of real frames ---
@@ -604,17 +604,10 @@ def test_simulate_refuses_a_bad_artifact_setting(tmp_path, config_path, override
 @pytest.mark.parametrize("argv, setup, fragments", ROBUSTNESS_CASES)
 def test_prediction_robustness_refusals(argv, setup, fragments, robustness_files, monkeypatch):
     """Exit 2, one error line naming the value, nothing written (the full disk's partial file removed too)."""
-    values = robustness_files
-    args = [a.format(**values) for a in f"--pretrained cpu {argv} --psf-params {{psf}} --out {{d}}/c.fits".split()]
     if setup is not None:
         setup(monkeypatch)
-    before = snapshot(values["d"])
-    status, out, err = run_command("predict", args)
-    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
-    line = one_error_line(err)
-    for fragment in fragments:
-        assert fragment.format(**values) in line, f"{fragment!r} not named in: {line}"
-    assert snapshot(values["d"]) == before, "a file was written, changed or removed"
+    argv = f"--pretrained cpu {argv} --psf-params {{psf}} --out {{d}}/c.fits"
+    assert_refused("predict", argv, fragments, robustness_files, robustness_files["d"])
 
 
 # --- own-image checks ---------------------------------------------------------------------------------------------
@@ -729,15 +722,7 @@ def test_own_image_that_would_be_cataloged_wrong_is_refused(case, own_files):
     command = "predict"
     if argv.startswith("survey:"):
         command, argv = "survey", argv[len("survey:") :]
-    values = dict(own_files, psf=PSF)
-    args = [a.format(**values) for a in argv.split()]
-    before = snapshot(own_files["root"])
-    status, out, err = run_command(command, args)
-    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
-    line = one_error_line(err)
-    for fragment in fragments:
-        assert fragment.format(**values) in line, f"{fragment!r} not named in: {line}"
-    assert out == "" and snapshot(own_files["root"]) == before, "a file was written, changed or removed"
+    assert assert_refused(command, argv, fragments, dict(own_files, psf=PSF), own_files["root"]) == ""
 
 
 # --- mask channel ---
@@ -806,15 +791,7 @@ QUALITY_CASES = [
 @pytest.mark.parametrize("case", QUALITY_CASES, ids=[c[0] for c in QUALITY_CASES])
 def test_a_bad_quality_setting_is_refused(case, files):
     _, command, argv, fragments = case
-    values = dict(files, psf=PSF)
-    args = [a.format(**values) for a in argv.split()]
-    before = snapshot(files["root"])
-    status, out, err = run_command(command, args)
-    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
-    line = one_error_line(err)
-    for fragment in fragments:
-        assert fragment.format(**values) in line, f"{fragment!r} not named in: {line}"
-    assert snapshot(files["root"]) == before, "a file was written, changed or removed"
+    assert_refused(command, argv, fragments, dict(files, psf=PSF), files["root"])
 
 
 @pytest.mark.fast
