@@ -495,6 +495,17 @@ def catalog_inputs(
 
 
 QUALITY_WARNINGS = 5  # images named one by one in the quality flag's warnings; the rest are counted
+
+
+def warn_images(source: str, indices, line: Callable[[int], str], rest: str, limit: int = QUALITY_WARNINGS) -> None:
+    """One warning line per image of ``indices`` -- ``SOURCE: image I: line(I)`` -- for the first ``limit``, then
+    one line counting the others (``SOURCE: N more images REST``): a dataset of many images warns in a few lines."""
+    for i in indices[:limit]:
+        checks.warn(f"{source}: image {i}: {line(i)}")
+    if len(indices) > limit:
+        checks.warn(f"{source}: {len(indices) - limit} more images {rest}")
+
+
 # The quality flag's thresholds were calibrated on catalogs at the default --min-prob: only rows above it are
 # modelled and flagged (a catalog at --min-prob 0 holds a row per tile; fitting them all would fit the noise, and
 # cost a fit of thousands of profiles per crop)
@@ -600,25 +611,27 @@ def add_quality(net: Predictor, inputs: Inputs, table, batch_size: int = 256, el
         QMINPROB=QUALITY_MIN_PROB,
         QTHRSRC=threshold_source,
     )
-    noted = np.flatnonzero((counts["crops_flagged"] > 0) | (counts["detections_flagged"] > 0))
     size = quality_lib.CROP_SIZE
-    for i in noted[:QUALITY_WARNINGS]:
-        checks.warn(
-            f"{inputs.name}: image {i}: {counts['detections_flagged'][i]} of {counts['detections'][i]} detections and "
+    warn_images(
+        inputs.name,
+        np.flatnonzero((counts["crops_flagged"] > 0) | (counts["detections_flagged"] > 0)),
+        lambda i: (
+            f"{counts['detections_flagged'][i]} of {counts['detections'][i]} detections and "
             f"{counts['crops_flagged'][i]} of {counts['crops'][i]} {size}x{size} regions flagged by the quality check "
             "(quality_flag, image_quality_flag): artifacts or a wrong PSF?"
-        )
-    if len(noted) > QUALITY_WARNINGS:
-        checks.warn(f"{inputs.name}: {len(noted) - QUALITY_WARNINGS} more images flagged by the quality check")
-    skipped = np.flatnonzero(counts["crops_skipped"] > 0)
-    for i in skipped[:QUALITY_WARNINGS]:
-        checks.warn(
-            f"{inputs.name}: image {i}: {counts['crops_skipped'][i]} of {counts['crops'][i]} {size}x{size} regions not "
-            f"checked by the quality check: more than {QUALITY_MAX_DETECTIONS} detections around each (a detection in "
-            "most tiles: is the network trained?); NaN quality columns there"
-        )
-    if len(skipped) > QUALITY_WARNINGS:
-        checks.warn(f"{inputs.name}: {len(skipped) - QUALITY_WARNINGS} more images with regions not checked")
+        ),
+        "flagged by the quality check",
+    )
+    warn_images(
+        inputs.name,
+        np.flatnonzero(counts["crops_skipped"] > 0),
+        lambda i: (
+            f"{counts['crops_skipped'][i]} of {counts['crops'][i]} {size}x{size} regions not checked by the quality "
+            f"check: more than {QUALITY_MAX_DETECTIONS} detections around each (a detection in most tiles: is the "
+            "network trained?); NaN quality columns there"
+        ),
+        "with regions not checked",
+    )
     return counts
 
 
@@ -716,12 +729,14 @@ class FieldRange:
         table["field_distance"].unit, table["field_distance"].description = PREDICTION_COLUMNS["field_distance"]
         table.meta["FIELDBNK"] = self.name
         table.meta["FIELDTHR"] = round(self.threshold, 4)
-        beyond = sorted(i for i, d in self.distances.items() if d > self.threshold)
-        for i in beyond[:FIELD_WARNINGS]:
-            checks.warn(
-                f"{source}: image {i}: its PSF and background lie {self.distances[i]:.1f} from the network's training "
-                f"fields (bank {self.name!r}; its own 99.9th percentile is {self.threshold:.1f}): the network has not "
-                "seen such fields, trust its catalog less (field_distance column)"
-            )
-        if len(beyond) > FIELD_WARNINGS:
-            checks.warn(f"{source}: {len(beyond) - FIELD_WARNINGS} more images beyond the training fields")
+        warn_images(
+            source,
+            sorted(i for i, d in self.distances.items() if d > self.threshold),
+            lambda i: (
+                f"its PSF and background lie {self.distances[i]:.1f} from the network's training fields (bank "
+                f"{self.name!r}; its own 99.9th percentile is {self.threshold:.1f}): the network has not seen such "
+                "fields, trust its catalog less (field_distance column)"
+            ),
+            "beyond the training fields",
+            FIELD_WARNINGS,
+        )
