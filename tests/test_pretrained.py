@@ -166,7 +166,6 @@ def test_a_networks_calibrated_quality_thresholds_travel_with_it(exported, tmp_p
     assert predictor.Predictor.pretrained("tiny", out).quality_thresholds == expected
     assert predictor.Predictor.pretrained("tiny", root / "nets").quality_thresholds is None  # none recorded
 
-    monkeypatch.setattr(pretrained_lib, "package_directory", lambda: str(out))
     for name, directory in (("calibrated", out), ("package", root / "nets")):
         monkeypatch.setattr(pretrained_lib, "package_directory", lambda d=directory: str(d))
         path = tmp_path / f"{name}.fits"

@@ -358,20 +358,17 @@ QUALITY_KEYS = ("detection", "image", "flux_ratio")  # npejax.cataloging.quality
 def check_quality_thresholds(values, where: str) -> dict[str, float]:
     """``values`` (a dict of :data:`QUALITY_KEYS` or a sequence in that order) as a dict of floats; ValueError
     naming ``where`` unless all three are finite and positive and ``flux_ratio`` is below 1."""
+    given = values
     if isinstance(values, dict):
-        keys = sorted(values)
-        ok = keys == sorted(QUALITY_KEYS)
-        values = [values.get(k) for k in QUALITY_KEYS] if ok else []
-    else:
-        values, ok = list(values), len(list(values)) == len(QUALITY_KEYS)
+        values = [values[k] for k in QUALITY_KEYS] if sorted(values) == sorted(QUALITY_KEYS) else []
     try:
         numbers = [float(v) for v in values]
     except (TypeError, ValueError):
-        ok = False
-    if not ok or not all(np.isfinite(v) and v > 0 for v in numbers) or numbers[2] >= 1:
+        numbers = []
+    if len(numbers) != len(QUALITY_KEYS) or not all(np.isfinite(v) and v > 0 for v in numbers) or numbers[2] >= 1:
         raise ValueError(
             f"{where}: expected the quality flag's thresholds {', '.join(QUALITY_KEYS)} -- three positive numbers, "
-            f"flux_ratio below 1 -- got {values!r}"
+            f"flux_ratio below 1 -- got {given!r}"
         )
     return dict(zip(QUALITY_KEYS, numbers))
 
@@ -397,7 +394,7 @@ def make_entry(path, name: str, config_name: str | None = None, quality: dict | 
     config = checkpoints.config_from_dict(meta["config"])
     with _open_npz(path) as f:
         parameters = sum(int(np.prod(f[k].shape)) for k in f.files if k.startswith(PREFIX + "params/"))
-    return dict(
+    network_entry = dict(
         file=os.path.basename(path),
         sha256=io.sha256_file(path),
         bytes=os.path.getsize(path),
@@ -406,8 +403,10 @@ def make_entry(path, name: str, config_name: str | None = None, quality: dict | 
         variant=str(config.model.variant),
         parameters=parameters,
         training=meta.get("training"),
-        **({} if quality is None else dict(quality_thresholds=check_quality_thresholds(quality, "quality"))),
     )
+    if quality is not None:
+        network_entry["quality_thresholds"] = check_quality_thresholds(quality, "quality")
+    return network_entry
 
 
 def register(name: str, network_entry: dict, directory=None) -> str:
