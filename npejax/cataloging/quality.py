@@ -197,6 +197,18 @@ def _render_config(config) -> render_lib.RenderConfig:
     return render_lib.RenderConfig.from_config(config.render)
 
 
+TABLE_COLUMNS = ("image", "x", "y", "flux", "prob_galaxy")  # what the re-render reads of a predicted catalog
+
+
+def _check_columns(table) -> None:
+    """ValueError naming the first of :data:`TABLE_COLUMNS` that ``table`` lacks."""
+    for column in TABLE_COLUMNS:
+        if column not in table.colnames:
+            raise ValueError(
+                f"table: no column {column!r}; expected a predicted catalog (npejax.schema.PREDICTION_COLUMNS)"
+            )
+
+
 def _image_index(table, n: int, image_offset: int) -> np.ndarray:
     """``table["image"] - image_offset``, checked to index the ``n`` images given."""
     index = np.asarray(table["image"], np.int64).reshape(-1) - image_offset
@@ -396,11 +408,7 @@ def quality(
     """(per-detection statistics, per-image statistics) of ``table``'s rows against ``images`` (see the module
     doc; arrays in table row order and image order). ``image_offset``: the ``image`` value of ``images[0]``."""
     images, background, psf_params, to_e, mask = _check_arrays(images, background, psf_params, electrons_per_nmgy, mask)
-    for column in ("image", "x", "y", "flux", "prob_galaxy"):
-        if column not in table.colnames:
-            raise ValueError(
-                f"table: no column {column!r}; expected a predicted catalog (npejax.schema.PREDICTION_COLUMNS)"
-            )
+    _check_columns(table)
     stars, galaxies, ratio = model_images(images, background, psf_params, to_e, table, config, mask, image_offset)
     z = residuals(images, stars, galaxies, background, to_e, mask)
     fwhm = psf_fwhm(psf_params, _render_config(config).psf_trunc_pixels)
@@ -526,11 +534,7 @@ def crop_quality(
     more detections is skipped (NaN statistics, no flag, ``skipped``): a catalog with a detection in most tiles
     (an untrained network) would cost a fit of thousands of profiles per crop."""
     images, background, psf_params, to_e, mask = _check_arrays(images, background, psf_params, electrons_per_nmgy, mask)
-    for column in ("image", "x", "y", "flux", "prob_galaxy"):
-        if column not in table.colnames:
-            raise ValueError(
-                f"table: no column {column!r}; expected a predicted catalog (npejax.schema.PREDICTION_COLUMNS)"
-            )
+    _check_columns(table)
     n, h, w = images.shape
     index = _image_index(table, n, image_offset)
     x, y = catalog_lib.array_xy(table)
